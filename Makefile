@@ -1,0 +1,57 @@
+# mediadrive developer entry points. `make test` installs everything it
+# needs (Debian packages, the uv environment, test binaries) and is quick
+# when nothing changed.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV ?= uv
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help install test-deps lint test demo bench-core bench-fuse clean
+
+help:
+	@echo "make install     system packages + uv environment (.venv/bin/mediadrive)"
+	@echo "make test-deps   install + test binaries (MinIO) under .cache/"
+	@echo "make lint        ruff check, ruff format --check, mypy"
+	@echo "make test        test-deps, lint, pytest (extra args: PYTEST_ARGS=...)"
+	@echo "make demo        run the end-to-end demo"
+	@echo "make bench-core  core benchmarks against MinIO and PostgreSQL"
+	@echo "make bench-fuse  FUSE mount benchmarks"
+	@echo "make clean       remove .venv, .cache and tool caches"
+
+install:
+	scripts/install-system-deps.sh
+	@if [ -f uv.lock ]; then \
+		$(UV) sync --all-packages --frozen; \
+	else \
+		$(UV) sync --all-packages; \
+	fi
+
+test-deps: install
+	scripts/build-test-binaries.sh
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: test-deps lint
+	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
+
+demo: install
+	$(PYTHON) -m mediadrive.cli.demo
+
+bench-core: test-deps
+	$(PYTHON) bench/core_bench.py
+
+bench-fuse: test-deps
+	$(PYTHON) bench/fuse_bench.py
+
+clean:
+	if [ -d .cache ]; then chmod -R u+w .cache; fi
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis dist
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +

@@ -1,0 +1,148 @@
+"""Chunks in an S3 bucket (AWS or any S3-compatible server), through boto3.
+
+botocore's ``standard`` retry mode handles throttling and transient errors; large
+chunks go up as concurrent multipart uploads through boto3's transfer manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..config import StoreUrl
+from ..errors import NotFound, StoreUnavailable
+from . import BlobStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+T = TypeVar("T")
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+_PART_SIZE = 16 << 20
+
+
+class S3BlobStore(BlobStore):
+    def __init__(
+        self, url: str, location: StoreUrl, *, create: bool = False, concurrency: int = 16
+    ) -> None:
+        self.url = url
+        self.bucket = location.bucket
+        self.prefix = f"{location.prefix}/" if location.prefix else ""
+        self.endpoint = location.endpoint
+        self._create = create
+        region = location.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self._client: S3Client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=location.endpoint,
+            region_name=region,
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 5},
+                max_pool_connections=concurrency * 2,
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"} if location.endpoint else {},
+            ),
+        )
+        self._transfer = TransferConfig(
+            multipart_threshold=_PART_SIZE,
+            multipart_chunksize=_PART_SIZE,
+            max_concurrency=4,
+            use_threads=True,
+        )
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3")
+
+    def _key(self, chunk_id: str) -> str:
+        return f"{self.prefix}chunks/{chunk_id[:2]}/{chunk_id}"
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING:
+                raise NotFound(f"object {args or kwargs} is not in {self._where()}") from None
+            raise StoreUnavailable(f"S3 store {self._where()} refused: {code or err}") from None
+        except BotoCoreError as err:
+            raise StoreUnavailable(f"S3 store {self._where()} is unreachable: {err}") from None
+
+    def _where(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" + (
+            f" at {self.endpoint}" if self.endpoint else ""
+        )
+
+    async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+        await self._call(
+            self._client.upload_fileobj,
+            io.BytesIO(data),
+            self.bucket,
+            self._key(chunk_id),
+            Config=self._transfer,
+        )
+
+    async def get(self, chunk_id: str) -> bytes:
+        def fetch() -> bytes:
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(chunk_id))[
+                "Body"
+            ].read()
+
+        return await self._call(fetch)
+
+    async def get_range(self, chunk_id: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+
+        def fetch() -> bytes:
+            try:
+                response = self._client.get_object(
+                    Bucket=self.bucket,
+                    Key=self._key(chunk_id),
+                    Range=f"bytes={offset}-{offset + length - 1}",
+                )
+            except ClientError as err:
+                if err.response.get("Error", {}).get("Code") == "InvalidRange":
+                    return b""
+                raise
+            return response["Body"].read()
+
+        return await self._call(fetch)
+
+    async def exists(self, chunk_id: str) -> bool:
+        try:
+            await self._call(self._client.head_object, Bucket=self.bucket, Key=self._key(chunk_id))
+        except NotFound:
+            return False
+        return True
+
+    async def delete(self, chunk_id: str) -> None:
+        await self._call(self._client.delete_object, Bucket=self.bucket, Key=self._key(chunk_id))
+
+    async def list(self) -> AsyncIterator[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = await self._call(
+            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}chunks/"))
+        )
+        for page in pages:
+            for item in page.get("Contents", []):
+                yield item["Key"].rsplit("/", 1)[-1]
+
+    async def check(self) -> None:
+        try:
+            await self._call(self._client.head_bucket, Bucket=self.bucket)
+        except NotFound:
+            if not self._create:
+                raise StoreUnavailable(f"bucket {self.bucket!r} does not exist") from None
+            await self._call(self._client.create_bucket, Bucket=self.bucket)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self._client.close()

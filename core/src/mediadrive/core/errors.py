@@ -1,0 +1,67 @@
+"""Errors a person can act on: each carries a one-line message that names the problem."""
+
+from __future__ import annotations
+
+
+class MediadriveError(Exception):
+    """Base class; ``str(err)`` is a complete sentence fit for a terminal."""
+
+
+class ConfigError(MediadriveError):
+    """A URL, size, duration or setting that cannot be used."""
+
+
+class NotFound(MediadriveError):
+    pass
+
+
+class DriveNotFound(NotFound):
+    pass
+
+
+class PathNotFound(NotFound):
+    pass
+
+
+class VersionNotFound(NotFound):
+    pass
+
+
+class AlreadyExists(MediadriveError):
+    pass
+
+
+class InvalidPath(MediadriveError):
+    pass
+
+
+class NotADirectory(MediadriveError):
+    pass
+
+
+class IsADirectory(MediadriveError):
+    pass
+
+
+class DirectoryNotEmpty(MediadriveError):
+    pass
+
+
+class ConflictError(MediadriveError):
+    """A commit whose base is no longer the head, under the ``reject`` policy."""
+
+
+class StoreUnavailable(MediadriveError):
+    """The metadata or blob store cannot be reached or refused the request."""
+
+
+class ChunkMissing(MediadriveError):
+    """A chunk a commit relied on was collected before the commit landed."""
+
+
+class CorruptChunk(MediadriveError):
+    """Chunk bytes whose hash does not match their id."""
+
+
+class SchemaError(MediadriveError):
+    """The metadata store's schema is missing, older or newer than this program."""

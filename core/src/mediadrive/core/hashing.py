@@ -1,0 +1,26 @@
+"""Chunk ids: BLAKE3-256 of the chunk's bytes, as lowercase hex."""
+
+from __future__ import annotations
+
+from blake3 import blake3
+
+from .errors import CorruptChunk
+
+ID_LENGTH = 64
+# Below this the thread pool costs more than it saves.
+_PARALLEL_THRESHOLD = 4 << 20
+
+
+def chunk_id(data: bytes | bytearray | memoryview) -> str:
+    threads = blake3.AUTO if len(data) >= _PARALLEL_THRESHOLD else 1
+    return blake3(data, max_threads=threads).hexdigest()
+
+
+def is_chunk_id(text: str) -> bool:
+    return len(text) == ID_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+def verify(expected_id: str, data: bytes | bytearray | memoryview) -> None:
+    actual = chunk_id(data)
+    if actual != expected_id:
+        raise CorruptChunk(f"chunk {expected_id} is corrupt: its bytes hash to {actual}")

@@ -1,0 +1,95 @@
+"""PostgreSQL (and CockroachDB, which speaks its protocol) through a psycopg 3 pool."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ..errors import StoreUnavailable
+from .schema import POSTGRES
+from .sql import Row, SqlMetaStore
+
+
+def _pg(sql: str) -> str:
+    # The shared SQL is written with qmark placeholders and never contains a literal '?'.
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PgTx:
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = await self._conn.execute(_pg(sql), params)
+        return cursor.rowcount
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        async with self._conn.cursor() as cursor:
+            await cursor.executemany(_pg(sql), list(rows))
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        cursor = await self._conn.execute(_pg(sql), params)
+        return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cursor = await self._conn.execute(_pg(sql), params)
+        return await cursor.fetchall()
+
+
+class PostgresMetaStore(SqlMetaStore):
+    dialect = POSTGRES
+
+    def __init__(self, url: str, drive: str, pool_size: int = 8) -> None:
+        super().__init__(url, drive)
+        self._conninfo = url.replace("cockroachdb://", "postgresql://", 1)
+        self._pool_size = pool_size
+        self._pool: AsyncConnectionPool | None = None
+
+    async def _get_pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            pool = AsyncConnectionPool(
+                self._conninfo,
+                min_size=1,
+                max_size=self._pool_size,
+                open=False,
+                timeout=15,
+                kwargs={"autocommit": True, "connect_timeout": 10},
+                configure=self._configure,
+            )
+            try:
+                await pool.open(wait=True, timeout=15)
+            except (PoolTimeout, psycopg.OperationalError) as err:
+                await pool.close()
+                raise StoreUnavailable(
+                    f"cannot reach PostgreSQL at {self._where()}: {str(err).splitlines()[0]}"
+                ) from None
+            self._pool = pool
+        return self._pool
+
+    @staticmethod
+    async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        # Serializable everywhere: CockroachDB's only level, and the one that makes
+        # the commit/GC race safe without locks.
+        await conn.set_isolation_level(psycopg.IsolationLevel.SERIALIZABLE)
+
+    @asynccontextmanager
+    async def _transaction(self, write: bool) -> AsyncIterator[_PgTx]:
+        pool = await self._get_pool()
+        async with pool.connection() as conn, conn.transaction():
+            yield _PgTx(conn)
+
+    def _retryable(self, exc: BaseException) -> bool:
+        return isinstance(
+            exc,
+            pg_errors.SerializationFailure | pg_errors.DeadlockDetected | pg_errors.UniqueViolation,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

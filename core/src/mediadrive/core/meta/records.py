@@ -1,0 +1,116 @@
+"""Plain records passed across the metadata-store interface."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class NodeKind(StrEnum):
+    DIR = "dir"
+    FILE = "file"
+    SYMLINK = "symlink"
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: int
+    parent_id: int | None
+    name: str
+    kind: NodeKind
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    ctime_ns: int
+    size: int
+    head_version: int | None
+    target: str | None = None
+    deleted_ns: int | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind is NodeKind.DIR
+
+
+@dataclass(frozen=True, slots=True)
+class Extent:
+    """``length`` bytes at file ``offset`` are the whole of chunk ``chunk_id``."""
+
+    offset: int
+    length: int
+    chunk_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    file_id: int
+    version: int
+    size: int
+    mode: int
+    mtime_ns: int
+    created: float
+    author: str
+    message: str
+    parent_version: int | None
+    tier: str
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    seq: int
+    kind: str
+    path: str
+    file_id: int | None
+    version: int | None
+    actor: str
+    created: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRequest:
+    """A new version of ``parent_path/name`` made of chunks that are already stored.
+
+    ``base_version`` is the head the writer started from (``None`` for a new file);
+    if the head moved since, the drive's conflict policy decides.
+    """
+
+    parent_id: int
+    parent_path: str
+    name: str
+    base_version: int | None
+    extents: list[Extent]
+    size: int
+    mode: int
+    mtime_ns: int
+    author: str
+    message: str
+    host: str
+    origin: str = "commit"
+    tier: str = "cloud"
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOutcome:
+    path: str
+    file_id: int
+    version: int
+    conflict: bool = False
+    previous_head: int | None = None
+    rejected: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkClaim:
+    chunk_id: str
+    # pending: the caller must upload it; stored: already durable; busy: GC is deleting it.
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class GcCandidate:
+    chunk_id: str
+    size: int

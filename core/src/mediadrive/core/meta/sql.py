@@ -1,0 +1,886 @@
+"""The metadata store over SQL, shared by every engine.
+
+Engines provide a transaction and say which errors are worth a retry; this class
+holds all the SQL. The SQL sticks to what SQLite, PostgreSQL and CockroachDB all
+run: no LISTEN/NOTIFY, no advisory locks, counters kept in rows, and every write
+wrapped in a transaction that is retried when the database reports a
+serialization conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import posixpath
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeVar
+
+from ..config import ConflictPolicy, DriveSettings, Retention
+from ..errors import (
+    AlreadyExists,
+    ChunkMissing,
+    ConflictError,
+    DirectoryNotEmpty,
+    DriveNotFound,
+    InvalidPath,
+    IsADirectory,
+    NotADirectory,
+    PathNotFound,
+    SchemaError,
+    VersionNotFound,
+)
+from .records import (
+    ChunkClaim,
+    CommitOutcome,
+    CommitRequest,
+    Event,
+    Extent,
+    GcCandidate,
+    Node,
+    NodeKind,
+    VersionInfo,
+)
+from .schema import BOOKKEEPING, LATEST, MIGRATIONS, Dialect, render
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+ROOT_ID = 1
+NODE_COLUMNS = (
+    "id, parent_id, name, kind, mode, uid, gid, mtime_ns, ctime_ns, size, head_version, "
+    "target, deleted_ns"
+)
+VERSION_COLUMNS = (
+    "file_id, version, size, mode, mtime_ns, created, author, message, parent_version, tier, origin"
+)
+MAX_ATTEMPTS = 30
+# How long a claimed chunk is safe from GC while its upload and commit run; long
+# uploads renew the hold.
+CHUNK_HOLD = 15 * 60.0
+
+
+class Tx(Protocol):
+    """One open transaction. SQL uses ``?`` placeholders whatever the engine."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+
+def _node(row: Row) -> Node:
+    return Node(
+        id=row[0],
+        parent_id=row[1],
+        name=row[2],
+        kind=NodeKind(row[3]),
+        mode=row[4],
+        uid=row[5],
+        gid=row[6],
+        mtime_ns=row[7],
+        ctime_ns=row[8],
+        size=row[9],
+        head_version=row[10],
+        target=row[11],
+        deleted_ns=row[12],
+    )
+
+
+def _version(row: Row) -> VersionInfo:
+    return VersionInfo(*row)
+
+
+def conflict_name(name: str, host: str, when: float) -> str:
+    """``cut.mov`` -> ``cut (conflict from HOST at 2026-11-27 11-36-20).mov``."""
+    stem, ext = posixpath.splitext(name)
+    stamp = time.strftime("%Y-%m-%d %H-%M-%S", time.gmtime(when))
+    return f"{stem} (conflict from {host} at {stamp}){ext}"
+
+
+class SqlMetaStore(ABC):
+    """The metadata of one drive in one SQL database (which may hold many drives)."""
+
+    dialect: Dialect
+
+    def __init__(self, url: str, drive: str) -> None:
+        self.url = url
+        self.drive = drive
+
+    # -- engine hooks -------------------------------------------------------------
+
+    @abstractmethod
+    def _transaction(self, write: bool) -> AbstractAsyncContextManager[Tx]:
+        """A transaction that commits on clean exit and rolls back on error."""
+
+    @abstractmethod
+    def _retryable(self, exc: BaseException) -> bool:
+        """True for serialization failures and lock time-outs worth another attempt."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def _run(self, body: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                async with self._transaction(write) as tx:
+                    return await body(tx)
+            except Exception as exc:
+                if not self._retryable(exc) or attempt == MAX_ATTEMPTS - 1:
+                    raise
+                log.debug("retrying transaction after %s", exc)
+                await asyncio.sleep(min(0.5, 0.005 * 2**attempt) * random.random())
+        raise AssertionError("unreachable")
+
+    # -- schema and drive lifecycle -------------------------------------------------
+
+    async def _schema_version(self, tx: Tx) -> int:
+        await tx.execute(render(BOOKKEEPING, self.dialect))
+        row = await tx.fetchone("SELECT MAX(version) FROM schema_migrations")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    async def migrate(self) -> int:
+        """Apply every migration this database lacks; returns the schema version."""
+
+        async def body(tx: Tx) -> int:
+            current = await self._schema_version(tx)
+            if current > LATEST:
+                raise SchemaError(
+                    f"metadata schema is version {current}, newer than this program's {LATEST}"
+                )
+            for number in range(current + 1, LATEST + 1):
+                for statement in MIGRATIONS[number - 1]:
+                    await tx.execute(render(statement, self.dialect))
+                await tx.execute(
+                    "INSERT INTO schema_migrations (version, applied) VALUES (?, ?)",
+                    (number, time.time()),
+                )
+            return LATEST
+
+        return await self._run(body)
+
+    async def create_drive(self, settings: DriveSettings) -> None:
+        await self.migrate()
+        now = time.time()
+        now_ns = time.time_ns()
+
+        async def body(tx: Tx) -> None:
+            if await tx.fetchone("SELECT 1 FROM drives WHERE name = ?", (self.drive,)):
+                raise AlreadyExists(f"drive {self.drive!r} already exists in {self._where()}")
+            await tx.execute(
+                "INSERT INTO drives (name, settings, next_node, event_seq, created) "
+                "VALUES (?, ?, ?, 0, ?)",
+                (self.drive, settings.model_dump_json(), ROOT_ID, now),
+            )
+            await tx.execute(
+                f"INSERT INTO nodes (drive, {NODE_COLUMNS}) "
+                "VALUES (?, ?, NULL, '', 'dir', ?, 0, 0, ?, ?, 0, NULL, NULL, NULL)",
+                (self.drive, ROOT_ID, 0o755, now_ns, now_ns),
+            )
+
+        await self._run(body)
+
+    async def open_drive(self) -> DriveSettings:
+        """Check the schema is current and return the drive's settings."""
+
+        async def body(tx: Tx) -> DriveSettings:
+            version = await self._schema_version(tx)
+            if version != LATEST:
+                raise SchemaError(
+                    f"metadata schema in {self._where()} is version {version}, "
+                    f"this program needs {LATEST}"
+                )
+            row = await tx.fetchone("SELECT settings FROM drives WHERE name = ?", (self.drive,))
+            if row is None:
+                raise DriveNotFound(f"drive {self.drive!r} does not exist in {self._where()}")
+            return DriveSettings.model_validate_json(row[0])
+
+        return await self._run(body, write=False)
+
+    async def update_settings(self, settings: DriveSettings) -> None:
+        async def body(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE drives SET settings = ? WHERE name = ?",
+                (settings.model_dump_json(), self.drive),
+            )
+
+        await self._run(body)
+
+    def _where(self) -> str:
+        if self.url.startswith("sqlite:"):
+            return self.url.removeprefix("sqlite://")
+        return self.url.split("@")[-1]
+
+    # -- counters and events ----------------------------------------------------------
+
+    async def _next(self, tx: Tx, column: str) -> int:
+        row = await tx.fetchone(
+            f"UPDATE drives SET {column} = {column} + 1 WHERE name = ? RETURNING {column}",
+            (self.drive,),
+        )
+        if row is None:
+            raise DriveNotFound(f"drive {self.drive!r} does not exist in {self._where()}")
+        return int(row[0])
+
+    async def _event(
+        self,
+        tx: Tx,
+        kind: str,
+        path: str,
+        actor: str,
+        file_id: int | None = None,
+        version: int | None = None,
+        **detail: Any,
+    ) -> int:
+        seq = await self._next(tx, "event_seq")
+        await tx.execute(
+            "INSERT INTO events (drive, seq, kind, path, file_id, version, actor, created, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (self.drive, seq, kind, path, file_id, version, actor, time.time(), json.dumps(detail)),
+        )
+        return seq
+
+    async def record_event(
+        self,
+        kind: str,
+        path: str,
+        actor: str,
+        file_id: int | None = None,
+        version: int | None = None,
+        **detail: Any,
+    ) -> int:
+        async def body(tx: Tx) -> int:
+            return await self._event(tx, kind, path, actor, file_id, version, **detail)
+
+        return await self._run(body)
+
+    async def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
+        async def body(tx: Tx) -> list[Event]:
+            rows = await tx.fetchall(
+                "SELECT seq, kind, path, file_id, version, actor, created, detail FROM events "
+                "WHERE drive = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (self.drive, seq, limit),
+            )
+            return [
+                Event(
+                    seq=row[0],
+                    kind=row[1],
+                    path=row[2],
+                    file_id=row[3],
+                    version=row[4],
+                    actor=row[5],
+                    created=row[6],
+                    detail=json.loads(row[7]),
+                )
+                for row in rows
+            ]
+
+        return await self._run(body, write=False)
+
+    async def last_event_seq(self) -> int:
+        async def body(tx: Tx) -> int:
+            row = await tx.fetchone("SELECT event_seq FROM drives WHERE name = ?", (self.drive,))
+            return int(row[0]) if row else 0
+
+        return await self._run(body, write=False)
+
+    async def follow_events(self, since: int, poll: float = 0.5) -> AsyncIterator[Event]:
+        """Every event after ``since``, then new ones as they land (polling; no NOTIFY)."""
+        while True:
+            batch = await self.events_after(since)
+            for event in batch:
+                yield event
+                since = event.seq
+            if not batch:
+                await asyncio.sleep(poll)
+
+    # -- the tree -------------------------------------------------------------------------
+
+    async def _get_node(self, tx: Tx, node_id: int) -> Node | None:
+        row = await tx.fetchone(
+            f"SELECT {NODE_COLUMNS} FROM nodes WHERE drive = ? AND id = ?", (self.drive, node_id)
+        )
+        return _node(row) if row else None
+
+    async def _lookup(self, tx: Tx, parent_id: int, name: str) -> Node | None:
+        row = await tx.fetchone(
+            f"SELECT {NODE_COLUMNS} FROM nodes "
+            "WHERE drive = ? AND parent_id = ? AND name = ? AND deleted_ns IS NULL",
+            (self.drive, parent_id, name),
+        )
+        return _node(row) if row else None
+
+    async def get_node(self, node_id: int) -> Node | None:
+        return await self._run(lambda tx: self._get_node(tx, node_id), write=False)
+
+    async def lookup(self, parent_id: int, name: str) -> Node | None:
+        return await self._run(lambda tx: self._lookup(tx, parent_id, name), write=False)
+
+    async def resolve(self, path: str) -> Node | None:
+        """The live node at a normalized absolute drive path, in one transaction."""
+
+        async def body(tx: Tx) -> Node | None:
+            node = await self._get_node(tx, ROOT_ID)
+            for part in [p for p in path.split("/") if p]:
+                if node is None or not node.is_dir:
+                    return None
+                node = await self._lookup(tx, node.id, part)
+            return node
+
+        return await self._run(body, write=False)
+
+    async def last_deleted(self, parent_id: int, name: str) -> Node | None:
+        """The most recently deleted node of that name, for the time machine."""
+
+        async def body(tx: Tx) -> Node | None:
+            row = await tx.fetchone(
+                f"SELECT {NODE_COLUMNS} FROM nodes WHERE drive = ? AND parent_id = ? AND name = ? "
+                "AND deleted_ns IS NOT NULL ORDER BY deleted_ns DESC LIMIT 1",
+                (self.drive, parent_id, name),
+            )
+            return _node(row) if row else None
+
+        return await self._run(body, write=False)
+
+    async def list_dir(self, dir_id: int) -> list[Node]:
+        async def body(tx: Tx) -> list[Node]:
+            rows = await tx.fetchall(
+                f"SELECT {NODE_COLUMNS} FROM nodes "
+                "WHERE drive = ? AND parent_id = ? AND deleted_ns IS NULL ORDER BY name",
+                (self.drive, dir_id),
+            )
+            return [_node(r) for r in rows]
+
+        return await self._run(body, write=False)
+
+    async def _insert_node(
+        self,
+        tx: Tx,
+        parent: Node,
+        name: str,
+        kind: NodeKind,
+        mode: int,
+        now_ns: int,
+        target: str | None = None,
+        uid: int = 0,
+        gid: int = 0,
+    ) -> Node:
+        node_id = await self._next(tx, "next_node")
+        await tx.execute(
+            f"INSERT INTO nodes (drive, {NODE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL)",
+            (
+                self.drive,
+                node_id,
+                parent.id,
+                name,
+                kind.value,
+                mode,
+                uid,
+                gid,
+                now_ns,
+                now_ns,
+                len(target.encode()) if target else 0,
+                target,
+            ),
+        )
+        await self._touch_dir(tx, parent.id, now_ns)
+        return Node(node_id, parent.id, name, kind, mode, uid, gid, now_ns, now_ns, 0, None, target)
+
+    async def _touch_dir(self, tx: Tx, dir_id: int, now_ns: int) -> None:
+        await tx.execute(
+            "UPDATE nodes SET mtime_ns = ?, ctime_ns = ? WHERE drive = ? AND id = ?",
+            (now_ns, now_ns, self.drive, dir_id),
+        )
+
+    async def _live_dir(self, tx: Tx, dir_id: int, path: str) -> Node:
+        parent = await self._get_node(tx, dir_id)
+        if parent is None or parent.deleted_ns is not None:
+            raise PathNotFound(f"folder {path!r} does not exist")
+        if not parent.is_dir:
+            raise NotADirectory(f"{path!r} is not a folder")
+        return parent
+
+    async def make_node(
+        self,
+        parent_id: int,
+        parent_path: str,
+        name: str,
+        kind: NodeKind,
+        mode: int,
+        actor: str,
+        target: str | None = None,
+        uid: int = 0,
+        gid: int = 0,
+    ) -> Node:
+        """A new folder, symlink or empty file (an empty file has no version yet)."""
+        path = posixpath.join(parent_path, name)
+        now_ns = time.time_ns()
+
+        async def body(tx: Tx) -> Node:
+            parent = await self._live_dir(tx, parent_id, parent_path)
+            if await self._lookup(tx, parent_id, name):
+                raise AlreadyExists(f"{path!r} already exists")
+            node = await self._insert_node(tx, parent, name, kind, mode, now_ns, target, uid, gid)
+            event = {NodeKind.DIR: "mkdir", NodeKind.SYMLINK: "symlink", NodeKind.FILE: "create"}
+            await self._event(tx, event[kind], path, actor, node.id, target=target)
+            return node
+
+        return await self._run(body)
+
+    async def set_attrs(
+        self,
+        node_id: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Node:
+        async def body(tx: Tx) -> Node:
+            node = await self._get_node(tx, node_id)
+            if node is None:
+                raise PathNotFound(f"node {node_id} does not exist")
+            await tx.execute(
+                "UPDATE nodes SET mode = ?, uid = ?, gid = ?, mtime_ns = ?, ctime_ns = ? "
+                "WHERE drive = ? AND id = ?",
+                (
+                    node.mode if mode is None else mode,
+                    node.uid if uid is None else uid,
+                    node.gid if gid is None else gid,
+                    node.mtime_ns if mtime_ns is None else mtime_ns,
+                    time.time_ns(),
+                    self.drive,
+                    node_id,
+                ),
+            )
+            updated = await self._get_node(tx, node_id)
+            assert updated is not None
+            return updated
+
+        return await self._run(body)
+
+    async def _has_children(self, tx: Tx, dir_id: int) -> bool:
+        row = await tx.fetchone(
+            "SELECT 1 FROM nodes WHERE drive = ? AND parent_id = ? AND deleted_ns IS NULL LIMIT 1",
+            (self.drive, dir_id),
+        )
+        return row is not None
+
+    async def remove(
+        self, parent_id: int, parent_path: str, name: str, actor: str, recursive: bool = False
+    ) -> Node:
+        """Delete a file, symlink or folder. Versions stay in history until retention."""
+        path = posixpath.join(parent_path, name)
+        now_ns = time.time_ns()
+
+        async def body(tx: Tx) -> Node:
+            node = await self._lookup(tx, parent_id, name)
+            if node is None:
+                raise PathNotFound(f"{path!r} does not exist")
+            if node.is_dir and not recursive and await self._has_children(tx, node.id):
+                raise DirectoryNotEmpty(f"folder {path!r} is not empty")
+            await tx.execute(
+                "UPDATE nodes SET deleted_ns = ? WHERE drive = ? AND id = ?",
+                (now_ns, self.drive, node.id),
+            )
+            await self._touch_dir(tx, parent_id, now_ns)
+            await self._event(tx, "delete", path, actor, node.id, node.head_version)
+            return node
+
+        return await self._run(body)
+
+    async def rename(
+        self,
+        src_parent: int,
+        src_path: str,
+        dst_parent: int,
+        dst_path: str,
+        actor: str,
+        replace: bool = True,
+    ) -> Node:
+        """Atomic move; an existing file or empty folder at the target is replaced."""
+        src_name = posixpath.basename(src_path)
+        dst_name = posixpath.basename(dst_path)
+        now_ns = time.time_ns()
+
+        async def body(tx: Tx) -> Node:
+            node = await self._lookup(tx, src_parent, src_name)
+            if node is None:
+                raise PathNotFound(f"{src_path!r} does not exist")
+            target_dir = await self._live_dir(tx, dst_parent, posixpath.dirname(dst_path))
+            if node.is_dir:
+                # Walk up from the target: a folder cannot move into itself.
+                cursor: Node | None = target_dir
+                while cursor is not None and cursor.parent_id is not None:
+                    if cursor.id == node.id:
+                        raise InvalidPath(f"cannot move {src_path!r} into itself ({dst_path!r})")
+                    cursor = await self._get_node(tx, cursor.parent_id)
+            existing = await self._lookup(tx, dst_parent, dst_name)
+            if existing is not None and existing.id == node.id:
+                return node
+            if existing is not None:
+                if not replace:
+                    raise AlreadyExists(f"{dst_path!r} already exists")
+                if existing.is_dir and not node.is_dir:
+                    raise IsADirectory(f"{dst_path!r} is a folder")
+                if node.is_dir and not existing.is_dir:
+                    raise NotADirectory(f"{dst_path!r} is not a folder")
+                if existing.is_dir and await self._has_children(tx, existing.id):
+                    raise DirectoryNotEmpty(f"folder {dst_path!r} is not empty")
+                await tx.execute(
+                    "UPDATE nodes SET deleted_ns = ? WHERE drive = ? AND id = ?",
+                    (now_ns, self.drive, existing.id),
+                )
+            await tx.execute(
+                "UPDATE nodes SET parent_id = ?, name = ?, ctime_ns = ? WHERE drive = ? AND id = ?",
+                (dst_parent, dst_name, now_ns, self.drive, node.id),
+            )
+            await self._touch_dir(tx, src_parent, now_ns)
+            if dst_parent != src_parent:
+                await self._touch_dir(tx, dst_parent, now_ns)
+            await self._event(
+                tx, "rename", dst_path, actor, node.id, node.head_version, source=src_path
+            )
+            moved = await self._get_node(tx, node.id)
+            assert moved is not None
+            return moved
+
+        return await self._run(body)
+
+    # -- versions ---------------------------------------------------------------------------
+
+    async def commit(self, req: CommitRequest, policy: ConflictPolicy) -> CommitOutcome:
+        """Make a new version from stored chunks, applying ``policy`` if the head moved.
+
+        Raises :class:`ConflictError` under ``reject`` after recording the conflict event.
+        """
+        path = posixpath.join(req.parent_path, req.name)
+        chunk_ids = sorted({e.chunk_id for e in req.extents})
+
+        async def body(tx: Tx) -> CommitOutcome:
+            now = time.time()
+            parent = await self._live_dir(tx, req.parent_id, req.parent_path)
+            await self._require_stored(tx, chunk_ids)
+            node = await self._lookup(tx, req.parent_id, req.name)
+            if node is not None and node.is_dir:
+                raise IsADirectory(f"{path!r} is a folder")
+            head = node.head_version if node else None
+            landed = path
+            if node is not None and head != req.base_version:
+                detail = {"policy": policy.value, "base": req.base_version, "head": head}
+                if policy is ConflictPolicy.REJECT:
+                    await self._event(tx, "conflict", path, req.author, node.id, head, **detail)
+                    return CommitOutcome(path, node.id, head or 0, True, head, rejected=True)
+                if policy is ConflictPolicy.KEEP_BOTH:
+                    sibling = await self._free_name(tx, parent.id, req.name, req.host, now)
+                    sibling_path = posixpath.join(req.parent_path, sibling)
+                    await self._event(
+                        tx,
+                        "conflict",
+                        path,
+                        req.author,
+                        node.id,
+                        head,
+                        kept_as=sibling_path,
+                        **detail,
+                    )
+                    node = await self._insert_node(
+                        tx, parent, sibling, NodeKind.FILE, req.mode, time.time_ns()
+                    )
+                    landed, head = sibling_path, None
+                else:
+                    await self._event(tx, "conflict", path, req.author, node.id, head, **detail)
+            if node is None:
+                node = await self._insert_node(
+                    tx, parent, req.name, NodeKind.FILE, req.mode, time.time_ns()
+                )
+            version = await self._insert_version(tx, node.id, req, head, now)
+            await self._event(
+                tx,
+                req.origin,
+                landed,
+                req.author,
+                node.id,
+                version,
+                size=req.size,
+                message=req.message,
+                host=req.host,
+            )
+            return CommitOutcome(
+                landed, node.id, version, landed != path or head != req.base_version, head
+            )
+
+        outcome = await self._run(body)
+        if outcome.rejected:
+            raise ConflictError(
+                f"{path!r} changed since version {req.base_version} (head is now "
+                f"{outcome.previous_head}); the drive's conflict policy is reject, nothing "
+                "was committed"
+            )
+        return outcome
+
+    async def _free_name(self, tx: Tx, parent_id: int, name: str, host: str, now: float) -> str:
+        candidate = conflict_name(name, host, now)
+        stem, ext = posixpath.splitext(candidate)
+        n = 1
+        while await self._lookup(tx, parent_id, candidate):
+            n += 1
+            candidate = f"{stem} {n}{ext}"
+        return candidate
+
+    async def _insert_version(
+        self, tx: Tx, file_id: int, req: CommitRequest, parent_version: int | None, now: float
+    ) -> int:
+        row = await tx.fetchone(
+            "SELECT MAX(version) FROM versions WHERE drive = ? AND file_id = ?",
+            (self.drive, file_id),
+        )
+        version = (int(row[0]) if row and row[0] is not None else 0) + 1
+        await tx.execute(
+            f"INSERT INTO versions (drive, {VERSION_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.drive,
+                file_id,
+                version,
+                req.size,
+                req.mode,
+                req.mtime_ns,
+                now,
+                req.author,
+                req.message,
+                parent_version,
+                req.tier,
+                req.origin,
+            ),
+        )
+        await tx.executemany(
+            "INSERT INTO extents (drive, file_id, version, idx, file_offset, length, chunk_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (self.drive, file_id, version, i, e.offset, e.length, e.chunk_id)
+                for i, e in enumerate(req.extents)
+            ],
+        )
+        now_ns = time.time_ns()
+        await tx.execute(
+            "UPDATE nodes SET head_version = ?, size = ?, mode = ?, mtime_ns = ?, ctime_ns = ?, "
+            "deleted_ns = NULL WHERE drive = ? AND id = ?",
+            (version, req.size, req.mode, req.mtime_ns, now_ns, self.drive, file_id),
+        )
+        return version
+
+    async def versions(self, file_id: int) -> list[VersionInfo]:
+        async def body(tx: Tx) -> list[VersionInfo]:
+            rows = await tx.fetchall(
+                f"SELECT {VERSION_COLUMNS} FROM versions WHERE drive = ? AND file_id = ? "
+                "ORDER BY version",
+                (self.drive, file_id),
+            )
+            return [_version(r) for r in rows]
+
+        return await self._run(body, write=False)
+
+    async def version(self, file_id: int, version: int) -> tuple[VersionInfo, list[Extent]]:
+        async def body(tx: Tx) -> tuple[VersionInfo, list[Extent]]:
+            row = await tx.fetchone(
+                f"SELECT {VERSION_COLUMNS} FROM versions "
+                "WHERE drive = ? AND file_id = ? AND version = ?",
+                (self.drive, file_id, version),
+            )
+            if row is None:
+                raise VersionNotFound(f"version {version} does not exist")
+            rows = await tx.fetchall(
+                "SELECT file_offset, length, chunk_id FROM extents "
+                "WHERE drive = ? AND file_id = ? AND version = ? ORDER BY idx",
+                (self.drive, file_id, version),
+            )
+            return _version(row), [Extent(*r) for r in rows]
+
+        return await self._run(body, write=False)
+
+    # -- chunks -------------------------------------------------------------------------------
+
+    async def claim_chunks(
+        self, chunks: Sequence[tuple[str, int]], hold: float = CHUNK_HOLD
+    ) -> list[ChunkClaim]:
+        """Announce chunks a commit is about to reference; says which need uploading.
+
+        A claim holds the chunk for ``hold`` seconds: GC leaves it alone, whatever its
+        grace period, while the upload and the commit that follows it are in flight.
+        """
+
+        async def body(tx: Tx) -> list[ChunkClaim]:
+            until = time.time() + hold
+            claims = []
+            for chunk_id, size in chunks:
+                await tx.execute(
+                    "INSERT INTO chunks (drive, id, size, state, held_until) "
+                    "VALUES (?, ?, ?, 'pending', ?) ON CONFLICT (drive, id) DO UPDATE "
+                    "SET held_until = excluded.held_until WHERE chunks.state <> 'deleting'",
+                    (self.drive, chunk_id, size, until),
+                )
+                row = await tx.fetchone(
+                    "SELECT state FROM chunks WHERE drive = ? AND id = ?", (self.drive, chunk_id)
+                )
+                assert row is not None
+                state = "busy" if row[0] == "deleting" else str(row[0])
+                claims.append(ChunkClaim(chunk_id, state))
+            return claims
+
+        return await self._run(body)
+
+    async def hold_chunks(self, chunk_ids: Sequence[str], hold: float = CHUNK_HOLD) -> None:
+        """Extend the hold of chunks a long upload is still working on."""
+
+        async def body(tx: Tx) -> None:
+            until = time.time() + hold
+            await tx.executemany(
+                "UPDATE chunks SET held_until = ? WHERE drive = ? AND id = ? "
+                "AND state <> 'deleting'",
+                [(until, self.drive, c) for c in chunk_ids],
+            )
+
+        await self._run(body)
+
+    async def mark_stored(self, chunk_ids: Sequence[str]) -> None:
+        async def body(tx: Tx) -> None:
+            await tx.executemany(
+                "UPDATE chunks SET state = 'stored' "
+                "WHERE drive = ? AND id = ? AND state = 'pending'",
+                [(self.drive, c) for c in chunk_ids],
+            )
+
+        await self._run(body)
+
+    async def _require_stored(self, tx: Tx, chunk_ids: Sequence[str]) -> None:
+        # Writing the rows (not only reading them) makes this commit and a concurrent
+        # GC touch the same rows, so one of them waits or retries.
+        for start in range(0, len(chunk_ids), 500):
+            batch = chunk_ids[start : start + 500]
+            marks = ", ".join("?" for _ in batch)
+            touched = await tx.execute(
+                f"UPDATE chunks SET held_until = ? WHERE drive = ? AND state = 'stored' "
+                f"AND id IN ({marks})",
+                (time.time(), self.drive, *batch),
+            )
+            if touched != len(batch):
+                raise ChunkMissing("a chunk of this commit is no longer stored; upload it again")
+
+    async def chunk_stats(self) -> tuple[int, int]:
+        """(number of stored chunks, their total bytes)."""
+
+        async def body(tx: Tx) -> tuple[int, int]:
+            row = await tx.fetchone(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks "
+                "WHERE drive = ? AND state = 'stored'",
+                (self.drive,),
+            )
+            assert row is not None
+            return int(row[0]), int(row[1])
+
+        return await self._run(body, write=False)
+
+    async def logical_bytes(self) -> int:
+        """Bytes of every version of every file, as if nothing were shared."""
+
+        async def body(tx: Tx) -> int:
+            row = await tx.fetchone(
+                "SELECT COALESCE(SUM(size), 0) FROM versions WHERE drive = ?", (self.drive,)
+            )
+            return int(row[0]) if row else 0
+
+        return await self._run(body, write=False)
+
+    # -- retention and garbage collection ----------------------------------------------------
+
+    async def prune_versions(self, retention: Retention, now: float) -> int:
+        """Delete versions no rule keeps; heads always stay. Returns how many went."""
+        if retention.keep_last is None and retention.keep_within is None:
+            return 0
+
+        async def body(tx: Tx) -> int:
+            rows = await tx.fetchall(
+                "SELECT v.file_id, v.version, v.created, n.head_version FROM versions v "
+                "JOIN nodes n ON n.drive = v.drive AND n.id = v.file_id "
+                "WHERE v.drive = ? ORDER BY v.file_id, v.version DESC",
+                (self.drive,),
+            )
+            doomed: list[tuple[int, int]] = []
+            rank: dict[int, int] = {}
+            for file_id, version, created, head in rows:
+                rank[file_id] = rank.get(file_id, 0) + 1
+                if version == head:
+                    continue
+                if retention.keep_last is not None and rank[file_id] <= retention.keep_last:
+                    continue
+                if retention.keep_within is not None and created >= now - retention.keep_within:
+                    continue
+                doomed.append((file_id, version))
+            for file_id, version in doomed:
+                for table in ("extents", "versions"):
+                    await tx.execute(
+                        f"DELETE FROM {table} WHERE drive = ? AND file_id = ? AND version = ?",
+                        (self.drive, file_id, version),
+                    )
+            return len(doomed)
+
+        return await self._run(body)
+
+    async def gc_candidates(self, cutoff: float) -> list[GcCandidate]:
+        """Chunks no version references and nobody has held since ``cutoff``."""
+
+        async def body(tx: Tx) -> list[GcCandidate]:
+            rows = await tx.fetchall(
+                "SELECT c.id, c.size FROM chunks c WHERE c.drive = ? AND c.held_until < ? "
+                "AND NOT EXISTS (SELECT 1 FROM extents e WHERE e.drive = c.drive "
+                "AND e.chunk_id = c.id)",
+                (self.drive, cutoff),
+            )
+            return [GcCandidate(r[0], r[1]) for r in rows]
+
+        return await self._run(body, write=False)
+
+    async def begin_delete_chunk(self, chunk_id: str, cutoff: float) -> bool:
+        """Mark a chunk as being deleted if it is still unreferenced and stale."""
+
+        async def body(tx: Tx) -> bool:
+            changed = await tx.execute(
+                "UPDATE chunks SET state = 'deleting' "
+                "WHERE drive = ? AND id = ? AND held_until < ? "
+                "AND NOT EXISTS (SELECT 1 FROM extents e WHERE e.drive = ? AND e.chunk_id = ?)",
+                (self.drive, chunk_id, cutoff, self.drive, chunk_id),
+            )
+            return changed == 1
+
+        return await self._run(body)
+
+    async def finish_delete_chunk(self, chunk_id: str) -> None:
+        async def body(tx: Tx) -> None:
+            await tx.execute(
+                "DELETE FROM chunks WHERE drive = ? AND id = ? AND state = 'deleting'",
+                (self.drive, chunk_id),
+            )
+
+        await self._run(body)
+
+    async def deleting_chunks(self) -> list[str]:
+        """Chunks whose deletion was begun but not finished (a GC that died midway)."""
+
+        async def body(tx: Tx) -> list[str]:
+            rows = await tx.fetchall(
+                "SELECT id FROM chunks WHERE drive = ? AND state = 'deleting'", (self.drive,)
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(body, write=False)

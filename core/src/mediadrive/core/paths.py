@@ -1,0 +1,37 @@
+"""Drive paths: absolute, normalized, and never above the drive's root."""
+
+from __future__ import annotations
+
+import posixpath
+
+from .errors import InvalidPath
+
+
+def normalize(path: str) -> str:
+    """``'a//b/./c'`` -> ``'/a/b/c'``; ``'/../x'`` is refused, not clamped to ``'/x'``."""
+    if "\0" in path:
+        raise InvalidPath(f"path {path!r} contains a NUL byte")
+    depth = 0
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                raise InvalidPath(f"path {path!r} escapes the drive")
+            parts.pop()
+            continue
+        if len(part.encode()) > 255:
+            raise InvalidPath(f"name {part[:40]!r}... in {path!r} is longer than 255 bytes")
+        depth += 1
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def split(path: str) -> tuple[str, str]:
+    """Normalized ``'/a/b'`` -> ``('/a', 'b')``; the root has no parent."""
+    if path == "/":
+        raise InvalidPath("the drive's root folder cannot be used here")
+    parent, name = posixpath.split(path)
+    return parent, name
