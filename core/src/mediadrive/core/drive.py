@@ -9,12 +9,15 @@ and an upload killed half-way leaves no version behind, only chunks for GC.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import logging
 import os
 import shutil
 import stat as stat_mode
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -34,12 +37,13 @@ from .config import (
 from .errors import (
     AlreadyExists,
     ChunkMissing,
+    CorruptChunk,
     IsADirectory,
     NotADirectory,
     PathNotFound,
     VersionNotFound,
 )
-from .hashing import chunk_id, verify
+from .hashing import BLOCK_SIZE, block_digests, chunk_id, verify, verify_block
 from .meta import (
     CommitOutcome,
     CommitRequest,
@@ -53,7 +57,10 @@ from .meta import (
 )
 from .meta.sql import CHUNK_HOLD
 
+log = logging.getLogger(__name__)
+
 Progress = Callable[[int], None]
+_DIGEST_CACHE = 4096
 
 
 @dataclass(frozen=True)
@@ -95,27 +102,53 @@ class DriveStats:
         return self.files_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
 
-class VersionReader:
-    """Reads one immutable version: byte ranges, or whole verified chunks in order."""
+BlockFetcher = Callable[[str, int], Awaitable[bytes]]
 
-    def __init__(self, blobs: BlobStore, info: VersionInfo, extents: list[Extent]) -> None:
+
+class VersionReader:
+    """Reads one immutable version: verified byte ranges, or whole verified chunks."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        fetch_block: BlockFetcher,
+        info: VersionInfo,
+        extents: list[Extent],
+    ) -> None:
         self.blobs = blobs
+        self.fetch_block = fetch_block
         self.info = info
         self.extents = extents
         self.size = info.size
+        self._starts = [e.offset for e in extents]
+
+    def blocks_for(self, offset: int, size: int) -> list[tuple[Extent, int]]:
+        """The (extent, block index) pairs covering ``size`` bytes at ``offset``."""
+        end = min(offset + size, self.size)
+        covering = []
+        i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        while i < len(self.extents) and self.extents[i].offset < end:
+            extent = self.extents[i]
+            first = max(offset - extent.offset, 0) // BLOCK_SIZE
+            last = (min(end, extent.offset + extent.length) - extent.offset - 1) // BLOCK_SIZE
+            covering.extend((extent, b) for b in range(first, last + 1))
+            i += 1
+        return covering
 
     async def read(self, offset: int, size: int) -> bytes:
+        """Fetches only the blocks the range touches, each checked against its digest."""
         end = min(offset + size, self.size)
-        parts = []
-        for extent in self.extents:
-            if extent.offset + extent.length <= offset:
-                continue
-            if extent.offset >= end:
-                break
-            start = max(offset, extent.offset) - extent.offset
-            stop = min(end, extent.offset + extent.length) - extent.offset
-            parts.append(self.blobs.get_range(extent.chunk_id, start, stop - start))
-        return b"".join(await asyncio.gather(*parts))
+        if end <= offset:
+            return b""
+        covering = self.blocks_for(offset, size)
+        blocks = await asyncio.gather(*(self.fetch_block(e.chunk_id, b) for e, b in covering))
+        out = bytearray()
+        for (extent, index), data in zip(covering, blocks, strict=True):
+            block_start = extent.offset + index * BLOCK_SIZE
+            lo = max(offset, block_start) - block_start
+            hi = min(end, block_start + len(data)) - block_start
+            out += data[lo:hi]
+        return bytes(out)
 
     async def chunks(self, prefetch: int = 4) -> AsyncIterator[bytes]:
         """Every chunk in file order, fetched ``prefetch`` ahead and checked against its id."""
@@ -150,6 +183,7 @@ class Drive:
         self.author = env_author()
         self.host = os.uname().nodename
         self.upload_concurrency = 4
+        self._digests: OrderedDict[str, bytes | None] = OrderedDict()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -281,16 +315,16 @@ class Drive:
         """Chunk, hash and store ``source``; only chunks the drive lacks are sent."""
         chunker = make_chunker(self.settings.chunking, self.settings.chunk_size)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[Piece, str] | BaseException | None] = asyncio.Queue(
+        queue: asyncio.Queue[tuple[Piece, str, bytes] | BaseException | None] = asyncio.Queue(
             maxsize=self.upload_concurrency
         )
 
         def produce() -> None:
             # Chunking and hashing run in a thread; the queue bounds memory in flight.
-            item: tuple[Piece, str] | BaseException | None = None
+            item: tuple[Piece, str, bytes] | BaseException | None = None
             try:
                 for piece in chunker.split(source):
-                    item = (piece, chunk_id(piece.data))
+                    item = (piece, chunk_id(piece.data), block_digests(piece.data))
                     asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
                 item = None
             except BaseException as exc:
@@ -325,13 +359,13 @@ class Drive:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                piece, cid = item
+                piece, cid, digests = item
                 extents.append(Extent(piece.offset, len(piece.data), cid))
                 if cid in claimed:
                     if progress:
                         progress(len(piece.data))
                     continue
-                state = await self._claim(cid, len(piece.data))
+                state = await self._claim(cid, len(piece.data), digests)
                 claimed.add(cid)
                 if state == "stored":
                     if progress:
@@ -350,9 +384,9 @@ class Drive:
         size = extents[-1].offset + extents[-1].length if extents else 0
         return UploadResult(extents, size, uploaded_bytes, len(extents), len(sent))
 
-    async def _claim(self, cid: str, size: int) -> str:
+    async def _claim(self, cid: str, size: int, digests: bytes) -> str:
         while True:
-            (claim,) = await self.meta.claim_chunks([(cid, size)])
+            (claim,) = await self.meta.claim_chunks([(cid, size, digests)])
             if claim.state != "busy":
                 return claim.state
             # GC is deleting this chunk right now; claim it again once the row is gone.
@@ -432,6 +466,38 @@ class Drive:
             )
         raise AssertionError("unreachable")
 
+    # -- reading -----------------------------------------------------------------------------
+
+    async def read_block(self, chunk: str, index: int) -> bytes:
+        """Block ``index`` (``BLOCK_SIZE`` bytes, the last one shorter) of a chunk, verified.
+
+        Raises :class:`CorruptChunk` rather than ever returning bytes that do not
+        match what was committed.
+        """
+        digests = await self._block_digests(chunk)
+        if digests is None:
+            # Chunks recorded without block digests are verified whole.
+            data = await self.blobs.get(chunk)
+            await asyncio.to_thread(verify, chunk, data)
+            return data[index * BLOCK_SIZE : (index + 1) * BLOCK_SIZE]
+        data = await self.blobs.get_range(chunk, index * BLOCK_SIZE, BLOCK_SIZE)
+        try:
+            verify_block(chunk, index, digests, data)
+        except CorruptChunk:
+            log.error("corrupt block", extra={"chunk": chunk, "block": index, "drive": self.name})
+            raise
+        return data
+
+    async def _block_digests(self, chunk: str) -> bytes | None:
+        if chunk in self._digests:
+            self._digests.move_to_end(chunk)
+            return self._digests[chunk]
+        digests = await self.meta.chunk_blocks(chunk)
+        self._digests[chunk] = digests
+        if len(self._digests) > _DIGEST_CACHE:
+            self._digests.popitem(last=False)
+        return digests
+
     # -- the time machine ----------------------------------------------------------------------
 
     async def _file(self, path: str, allow_deleted: bool = True) -> Node:
@@ -460,7 +526,7 @@ class Drive:
                 empty = VersionInfo(
                     node.id, 0, 0, node.mode, node.mtime_ns, 0, "", "", None, "", ""
                 )
-                return VersionReader(self.blobs, empty, [])
+                return VersionReader(self.blobs, self.read_block, empty, [])
             raise VersionNotFound(f"{self.name}:{paths.normalize(path)} has no versions")
         try:
             info, extents = await self.meta.version(node.id, number)
@@ -468,7 +534,7 @@ class Drive:
             raise VersionNotFound(
                 f"{self.name}:{paths.normalize(path)} has no version {number}"
             ) from None
-        return VersionReader(self.blobs, info, extents)
+        return VersionReader(self.blobs, self.read_block, info, extents)
 
     async def read_to(
         self,
@@ -489,7 +555,7 @@ class Drive:
         node = await self._file(path)
         reader = await self.reader(path, version)
         upload = UploadResult(reader.extents, reader.size, 0, len(reader.extents), 0)
-        await self.meta.claim_chunks([(e.chunk_id, e.length) for e in reader.extents])
+        await self.meta.claim_chunks([(e.chunk_id, e.length, None) for e in reader.extents])
         return await self.commit(
             path,
             upload,

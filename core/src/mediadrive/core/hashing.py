@@ -7,6 +7,9 @@ from blake3 import blake3
 from .errors import CorruptChunk
 
 ID_LENGTH = 64
+DIGEST_SIZE = 32
+# Reads are verified per block, so a small read never needs its whole chunk.
+BLOCK_SIZE = 1 << 20
 # Below this the thread pool costs more than it saves.
 _PARALLEL_THRESHOLD = 4 << 20
 
@@ -24,3 +27,19 @@ def verify(expected_id: str, data: bytes | bytearray | memoryview) -> None:
     actual = chunk_id(data)
     if actual != expected_id:
         raise CorruptChunk(f"chunk {expected_id} is corrupt: its bytes hash to {actual}")
+
+
+def block_digests(data: bytes | bytearray | memoryview) -> bytes:
+    """The BLAKE3 digests of each ``BLOCK_SIZE`` block of a chunk, concatenated."""
+    view = memoryview(data)
+    return b"".join(
+        blake3(view[i : i + BLOCK_SIZE]).digest() for i in range(0, len(view), BLOCK_SIZE)
+    )
+
+
+def verify_block(
+    chunk: str, index: int, digests: bytes, data: bytes | bytearray | memoryview
+) -> None:
+    expected = digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
+    if blake3(data).digest() != expected:
+        raise CorruptChunk(f"block {index} of chunk {chunk} is corrupt: its hash does not match")

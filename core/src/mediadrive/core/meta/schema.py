@@ -92,6 +92,8 @@ MIGRATIONS: list[list[str]] = [
             detail {text} NOT NULL,
             PRIMARY KEY (drive, seq))""",
     ],
+    # 2: per-block digests, so ranged reads are verified without the whole chunk.
+    ["ALTER TABLE chunks ADD COLUMN blocks {blob}"],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -712,7 +712,7 @@ class SqlMetaStore(ABC):
     # -- chunks -------------------------------------------------------------------------------
 
     async def claim_chunks(
-        self, chunks: Sequence[tuple[str, int]], hold: float = CHUNK_HOLD
+        self, chunks: Sequence[tuple[str, int, bytes | None]], hold: float = CHUNK_HOLD
     ) -> list[ChunkClaim]:
         """Announce chunks a commit is about to reference; says which need uploading.
 
@@ -723,12 +723,14 @@ class SqlMetaStore(ABC):
         async def body(tx: Tx) -> list[ChunkClaim]:
             until = time.time() + hold
             claims = []
-            for chunk_id, size in chunks:
+            for chunk_id, size, blocks in chunks:
                 await tx.execute(
-                    "INSERT INTO chunks (drive, id, size, state, held_until) "
-                    "VALUES (?, ?, ?, 'pending', ?) ON CONFLICT (drive, id) DO UPDATE "
-                    "SET held_until = excluded.held_until WHERE chunks.state <> 'deleting'",
-                    (self.drive, chunk_id, size, until),
+                    "INSERT INTO chunks (drive, id, size, state, held_until, blocks) "
+                    "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (drive, id) DO UPDATE "
+                    "SET held_until = excluded.held_until, "
+                    "blocks = COALESCE(chunks.blocks, excluded.blocks) "
+                    "WHERE chunks.state <> 'deleting'",
+                    (self.drive, chunk_id, size, until, blocks),
                 )
                 row = await tx.fetchone(
                     "SELECT state FROM chunks WHERE drive = ? AND id = ?", (self.drive, chunk_id)
@@ -776,6 +778,17 @@ class SqlMetaStore(ABC):
             )
             if touched != len(batch):
                 raise ChunkMissing("a chunk of this commit is no longer stored; upload it again")
+
+    async def chunk_blocks(self, chunk_id: str) -> bytes | None:
+        """The per-block digests recorded for a chunk, if any."""
+
+        async def body(tx: Tx) -> bytes | None:
+            row = await tx.fetchone(
+                "SELECT blocks FROM chunks WHERE drive = ? AND id = ?", (self.drive, chunk_id)
+            )
+            return bytes(row[0]) if row and row[0] is not None else None
+
+        return await self._run(body, write=False)
 
     async def chunk_stats(self) -> tuple[int, int]:
         """(number of stored chunks, their total bytes)."""
