@@ -125,7 +125,7 @@ class VersionReader:
     def blocks_for(self, offset: int, size: int) -> list[tuple[Extent, int]]:
         """The (extent, block index) pairs covering ``size`` bytes at ``offset``."""
         end = min(offset + size, self.size)
-        covering = []
+        covering: list[tuple[Extent, int]] = []
         i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
         while i < len(self.extents) and self.extents[i].offset < end:
             extent = self.extents[i]
