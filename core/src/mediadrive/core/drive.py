@@ -550,19 +550,36 @@ class Drive:
                 progress(len(data))
         return reader.info
 
-    async def restore(self, path: str, version: int, message: str = "") -> CommitOutcome:
+    async def copy_version(
+        self, reader: VersionReader, path: str, message: str = "", origin: str = "commit"
+    ) -> CommitResult:
+        """Commit an existing version's chunks at ``path``: no byte is uploaded."""
+        base = await self.head_version(path)
+        await self.meta.claim_chunks([(e.chunk_id, e.length, None) for e in reader.extents])
+        upload = UploadResult(reader.extents, reader.size, 0, len(reader.extents), 0)
+        outcome = await self.commit(path, upload, base, message, reader.info.mode, origin=origin)
+        return CommitResult(
+            outcome.path,
+            outcome.file_id,
+            outcome.version,
+            reader.size,
+            0,
+            len(reader.extents),
+            0,
+            outcome.conflict,
+        )
+
+    async def restore(self, path: str, version: int, message: str = "") -> CommitResult:
         """A new head with the content of ``version``; history is never rewritten."""
         node = await self._file(path)
         reader = await self.reader(path, version)
-        upload = UploadResult(reader.extents, reader.size, 0, len(reader.extents), 0)
-        await self.meta.claim_chunks([(e.chunk_id, e.length, None) for e in reader.extents])
-        return await self.commit(
-            path,
-            upload,
-            node.head_version if node.deleted_ns is None else None,
-            message or f"restore version {version}",
-            reader.info.mode,
-            origin="restore",
+        if node.deleted_ns is not None:
+            # Bringing back a deleted file: the name must still be free.
+            with contextlib.suppress(PathNotFound):
+                await self.stat(path)
+                raise AlreadyExists(f"{self.name}:{paths.normalize(path)} exists again")
+        return await self.copy_version(
+            reader, path, message or f"restore version {version}", origin="restore"
         )
 
     # -- events, GC, figures ----------------------------------------------------------------------

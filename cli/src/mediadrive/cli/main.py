@@ -1,0 +1,580 @@
+"""The ``mediadrive`` command.
+
+Drive paths are written ``NAME:/path``; a read may pick a version with
+``NAME:/path@N``. Every failure a person can cause ends in one line on stderr and
+a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from mediadrive.core import paths
+from mediadrive.core.config import (
+    ConflictPolicy,
+    DriveSettings,
+    Retention,
+    check_drive_name,
+    check_meta_url,
+    list_refs,
+    parse_store_url,
+)
+from mediadrive.core.drive import CommitResult, Drive
+from mediadrive.core.errors import ConfigError, InvalidPath, MediadriveError, PathNotFound
+from mediadrive.core.meta import Node, NodeKind
+from mediadrive.core.units import format_size, parse_duration, parse_size
+from rich.console import Console
+from rich.table import Table
+
+from .progress import transfer_progress
+from .targets import DriveTarget, parse_target
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="mediadrive",
+    help="An open cloud drive for media work: chunked, versioned, deduplicated.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+drive_app = typer.Typer(help="Create and list drives.", no_args_is_help=True)
+app.add_typer(drive_app, name="drive")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    sys.stderr.write(f"mediadrive: error: {message}\n")
+    raise typer.Exit(code)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except MediadriveError as exc:
+        fail(str(exc))
+
+
+def print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+async def with_drive(name: str, body: Callable[[Drive], Awaitable[T]]) -> T:
+    drive = await Drive.open(name)
+    try:
+        return await body(drive)
+    finally:
+        await drive.close()
+
+
+def drive_target(text: str, allow_version: bool = False) -> DriveTarget:
+    target = parse_target(text)
+    if target is None:
+        fail(f"{text!r} is not a drive path; write it as NAME:/path")
+    if target.version is not None and not allow_version:
+        fail(f"{text!r}: a version (@N) can only be read, not written or changed")
+    return target
+
+
+# -- drives ------------------------------------------------------------------------------
+
+
+@drive_app.command("create")
+def drive_create(
+    name: str,
+    meta: Annotated[
+        str | None,
+        typer.Option(help="Metadata store URL: sqlite:///PATH or postgresql://USER@HOST/DB."),
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(help="Chunk store URL: file:///PATH or s3://BUCKET/PREFIX?endpoint=URL."),
+    ] = None,
+    chunking: Annotated[str, typer.Option(help="fixed or cdc (content-defined).")] = "fixed",
+    chunk_size: Annotated[
+        str | None,
+        typer.Option(help="Chunk size (fixed) or average size (cdc), e.g. 64MiB or 2MiB."),
+    ] = None,
+    conflict: Annotated[
+        str, typer.Option(help="last-writer-wins, keep-both or reject.")
+    ] = ConflictPolicy.LAST_WRITER_WINS.value,
+    keep_last: Annotated[
+        int | None, typer.Option(help="Retention: keep the last N versions of each file.")
+    ] = None,
+    keep_within: Annotated[
+        str | None, typer.Option(help="Retention: keep versions newer than this, e.g. 30d.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create a drive (embedded defaults: SQLite and a local folder under MEDIADRIVE_HOME)."""
+    try:
+        check_drive_name(name)
+        if meta is not None:
+            check_meta_url(meta)
+        if store is not None:
+            parse_store_url(store)
+        if chunking not in ("fixed", "cdc"):
+            raise ConfigError(f"--chunking {chunking!r} is not one of: fixed, cdc")
+        policies = [p.value for p in ConflictPolicy]
+        if conflict not in policies:
+            raise ConfigError(f"--conflict {conflict!r} is not one of: {', '.join(policies)}")
+        if keep_last is not None and keep_last < 1:
+            raise ConfigError("--keep-last must be at least 1")
+        settings = DriveSettings(
+            chunking=chunking,  # type: ignore[arg-type]
+            chunk_size=parse_size(chunk_size) if chunk_size else 0,
+            conflict=ConflictPolicy(conflict),
+            retention=Retention(
+                keep_last=keep_last,
+                keep_within=parse_duration(keep_within) if keep_within else None,
+            ),
+        )
+    except MediadriveError as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(_validation_message(exc))
+
+    async def create() -> Drive:
+        drive = await Drive.create(name, settings, meta_url=meta, store_url=store)
+        await drive.close()
+        return drive
+
+    drive = run(create())
+    if json_out:
+        print_json({**drive.ref.model_dump(), "settings": drive.settings.model_dump(mode="json")})
+    else:
+        out.print(
+            f"created drive [bold]{name}[/]: {settings.chunking} chunks of "
+            f"{format_size(settings.chunk_size)}, conflicts {settings.conflict.value}"
+        )
+        out.print(f"  metadata {drive.ref.meta_url}\n  chunks   {drive.ref.store_url}")
+
+
+def _validation_message(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    return str(exc)
+
+
+@drive_app.command("list")
+def drive_list(json_out: JsonFlag = False) -> None:
+    """List the drives known on this machine."""
+    refs = list_refs()
+    if json_out:
+        print_json([r.model_dump() for r in refs])
+        return
+    table = Table("name", "metadata", "chunks")
+    for ref in refs:
+        table.add_row(ref.name, ref.meta_url, ref.store_url)
+    out.print(table)
+
+
+@drive_app.command("info")
+def drive_info(name: str, json_out: JsonFlag = False) -> None:
+    """Settings and dedup figures of a drive."""
+
+    async def body(drive: Drive) -> dict[str, Any]:
+        stats = await drive.stats()
+        return {
+            "name": drive.name,
+            "settings": drive.settings.model_dump(mode="json"),
+            "files_bytes": stats.files_bytes,
+            "stored_bytes": stats.stored_bytes,
+            "stored_chunks": stats.stored_chunks,
+            "dedup_ratio": round(stats.dedup_ratio, 3),
+        }
+
+    info = run(with_drive(name, body))
+    if json_out:
+        print_json(info)
+        return
+    out.print(
+        f"[bold]{name}[/]: every version of every file totals {format_size(info['files_bytes'])}; "
+        f"{info['stored_chunks']} chunks store {format_size(info['stored_bytes'])} "
+        f"(dedup ratio {info['dedup_ratio']:.2f}x)"
+    )
+
+
+# -- copying -------------------------------------------------------------------------------
+
+
+@app.command("cp")
+def cp(
+    src: str,
+    dst: str,
+    message: Annotated[str, typer.Option("-m", "--message", help="Version message.")] = "",
+    json_out: JsonFlag = False,
+) -> None:
+    """Copy a file into a drive (a new version), out of one (any version), or within one."""
+    source, target = parse_target(src), parse_target(dst)
+    if source is None and target is None:
+        fail("one side of cp must be a drive path NAME:/path")
+    if target is not None and target.version is not None:
+        fail(f"{dst!r}: a version (@N) can only be read, not written")
+    if source is None:
+        assert target is not None
+        result = run(_upload(Path(src), target, message))
+        _report_upload(result, target.drive, json_out)
+    elif target is None:
+        written, info_version, size = run(_download(source, Path(dst)))
+        if json_out:
+            print_json({"path": str(written), "version": info_version, "size": size})
+        else:
+            out.print(f"copied {source} (version {info_version}) to {written}")
+    else:
+        result = run(_copy_within(source, target, message))
+        _report_upload(result, target.drive, json_out)
+
+
+def _report_upload(result: CommitResult, drive: str, json_out: bool) -> None:
+    if json_out:
+        print_json({"drive": drive, **asdict(result)})
+        return
+    note = " [yellow](conflict: see mediadrive events)[/]" if result.conflict else ""
+    out.print(
+        f"{drive}:{result.path} version {result.version}: {format_size(result.size)}, "
+        f"uploaded {format_size(result.bytes_uploaded)} "
+        f"({result.chunks_new} new of {result.chunks_total} chunks){note}"
+    )
+
+
+async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResult:
+    if not local.exists():
+        raise PathNotFound(f"local file {str(local)!r} does not exist")
+    if local.is_dir():
+        raise InvalidPath(f"{str(local)!r} is a folder; cp copies one file")
+    drive = await Drive.open(target.drive)
+    try:
+        path = target.path
+        try:
+            if (await drive.stat(path)).is_dir:
+                path = paths.normalize(f"{path}/{local.name}")
+        except PathNotFound:
+            pass
+        stat = local.stat()
+        with open(local, "rb") as source, transfer_progress(err, stat.st_size, local.name) as tick:
+            return await drive.write_file(
+                path,
+                source,
+                message=message,
+                mode=stat.st_mode,
+                mtime_ns=stat.st_mtime_ns,
+                progress=tick,
+            )
+    finally:
+        await drive.close()
+
+
+async def _download(source: DriveTarget, local: Path) -> tuple[Path, int, int]:
+    drive = await Drive.open(source.drive)
+    try:
+        node = await drive.stat(source.path) if source.version is None else None
+        if node is not None and node.is_dir:
+            raise InvalidPath(f"{source} is a folder; cp copies one file")
+        reader = await drive.reader(source.path, source.version)
+        if local.is_dir():
+            local = local / Path(source.path).name
+        if not local.parent.is_dir():
+            raise PathNotFound(f"local folder {str(local.parent)!r} does not exist")
+        # Write beside the target and rename: an interrupted copy leaves no half file.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
+        try:
+            with (
+                os.fdopen(fd, "wb") as dest,
+                transfer_progress(err, reader.size, local.name) as tick,
+            ):
+                async for data in reader.chunks():
+                    await asyncio.to_thread(dest.write, data)
+                    tick(len(data))
+                dest.flush()
+                os.fsync(dest.fileno())
+            os.chmod(tmp_name, reader.info.mode & 0o7777 or 0o644)
+            mtime = reader.info.mtime_ns
+            os.utime(tmp_name, ns=(mtime, mtime))
+            os.replace(tmp_name, local)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return local, reader.info.version, reader.size
+    finally:
+        await drive.close()
+
+
+async def _copy_within(source: DriveTarget, target: DriveTarget, message: str) -> CommitResult:
+    if source.drive != target.drive:
+        with tempfile.TemporaryDirectory(prefix="mediadrive-cp-") as spool:
+            local, _, _ = await _download(source, Path(spool) / "data")
+            return await _upload(local, target, message)
+    drive = await Drive.open(source.drive)
+    try:
+        reader = await drive.reader(source.path, source.version)
+        path = target.path
+        try:
+            if (await drive.stat(path)).is_dir:
+                path = paths.normalize(f"{path}/{Path(source.path).name}")
+        except PathNotFound:
+            pass
+        return await drive.copy_version(reader, path, message)
+    finally:
+        await drive.close()
+
+
+# -- the tree --------------------------------------------------------------------------------
+
+
+def _node_json(node: Node, parent: str) -> dict[str, Any]:
+    return {
+        "name": node.name,
+        "path": paths.normalize(f"{parent}/{node.name}"),
+        "kind": node.kind.value,
+        "size": node.size,
+        "mode": oct(node.mode),
+        "mtime": node.mtime_ns / 1e9,
+        "version": node.head_version,
+        "target": node.target,
+    }
+
+
+@app.command("ls")
+def ls(
+    target: Annotated[str, typer.Argument(help="NAME:/path (NAME: for the root).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """List a folder of a drive (metadata only; no chunk is read)."""
+    where = drive_target(target)
+
+    async def body(drive: Drive) -> tuple[list[Node], str]:
+        node = await drive.stat(where.path)
+        if node.is_dir:
+            return await drive.meta.list_dir(node.id), where.path
+        return [node], paths.split(where.path)[0]
+
+    nodes, parent = run(with_drive(where.drive, body))
+    if json_out:
+        print_json([_node_json(n, parent) for n in nodes])
+        return
+    table = Table("kind", "size", "version", "modified", "name", box=None)
+    for node in nodes:
+        name = f"{node.name}/" if node.is_dir else node.name
+        if node.kind is NodeKind.SYMLINK:
+            name = f"{node.name} -> {node.target}"
+        table.add_row(
+            node.kind.value,
+            "" if node.is_dir else format_size(node.size),
+            "" if node.head_version is None else str(node.head_version),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(node.mtime_ns / 1e9)),
+            name,
+        )
+    out.print(table)
+
+
+@app.command("mkdir")
+def mkdir(
+    target: str,
+    parents: Annotated[bool, typer.Option("-p", "--parents", help="Make parents too.")] = False,
+) -> None:
+    """Make a folder in a drive."""
+    where = drive_target(target)
+    run(with_drive(where.drive, lambda d: d.mkdir(where.path, parents=parents)))
+
+
+@app.command("mv")
+def mv(src: str, dst: str) -> None:
+    """Move or rename within a drive (atomic)."""
+    source, target = drive_target(src), drive_target(dst)
+    if source.drive != target.drive:
+        fail("mv works within one drive; use cp between drives")
+    run(with_drive(source.drive, lambda d: d.move(source.path, target.path)))
+
+
+@app.command("rm")
+def rm(
+    target: str,
+    recursive: Annotated[
+        bool, typer.Option("-r", "--recursive", help="Remove a folder and its content.")
+    ] = False,
+) -> None:
+    """Remove a file or folder; its versions stay in history until retention says otherwise."""
+    where = drive_target(target)
+    run(with_drive(where.drive, lambda d: d.remove(where.path, recursive=recursive)))
+
+
+# -- the time machine ----------------------------------------------------------------------------
+
+
+@app.command("versions")
+def versions(
+    target: Annotated[str, typer.Argument(help="NAME:/path, or a path inside a mount.")],
+    json_out: JsonFlag = False,
+) -> None:
+    """List every version of a file."""
+    listed = _local("local_versions", target)
+    if listed is None:
+        where = drive_target(target)
+        found = run(with_drive(where.drive, lambda d: d.versions(where.path)))
+        listed = [
+            {
+                "version": v.version,
+                "size": v.size,
+                "created": v.created,
+                "author": v.author,
+                "message": v.message,
+                "parent_version": v.parent_version,
+                "origin": v.origin,
+                "tier": v.tier,
+            }
+            for v in found
+        ]
+    if json_out:
+        print_json(listed)
+        return
+    table = Table("version", "size", "created", "author", "origin", "message", box=None)
+    for v in listed:
+        table.add_row(
+            str(v["version"]),
+            format_size(v["size"]),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["created"])),
+            v["author"],
+            v.get("origin", ""),
+            v["message"],
+        )
+    out.print(table)
+
+
+@app.command("restore")
+def restore(
+    target: Annotated[str, typer.Argument(help="NAME:/path, or a path inside a mount.")],
+    version: Annotated[int, typer.Option("--version", help="The version to bring back.")],
+    message: Annotated[str, typer.Option("-m", "--message")] = "",
+    json_out: JsonFlag = False,
+) -> None:
+    """Make an old version the head again, as a new version (history is kept)."""
+    restored = _local("local_restore", target, version)
+    if restored is None:
+        where = drive_target(target)
+        outcome = run(with_drive(where.drive, lambda d: d.restore(where.path, version, message)))
+        restored = {"path": outcome.path, "version": outcome.version, "restored": version}
+    if json_out:
+        print_json(restored)
+    else:
+        out.print(f"{target}: version {restored['version']} now holds version {version}")
+
+
+def _local(name: str, *args: Any) -> Any:
+    """Delegate to the mount's live API when the path is inside a mount."""
+    if parse_target(str(args[0])) is not None:
+        return None
+    mount_commands = _mount_commands()
+    handler = getattr(mount_commands, name, None)
+    if handler is None:
+        return None
+    try:
+        return handler(*args)
+    except MediadriveError as exc:
+        fail(str(exc))
+
+
+# -- housekeeping --------------------------------------------------------------------------------
+
+
+@app.command("gc")
+def gc(
+    name: str,
+    grace: Annotated[
+        str, typer.Option(help="Keep unreferenced chunks younger than this, e.g. 1h or 0s.")
+    ] = "1h",
+    json_out: JsonFlag = False,
+) -> None:
+    """Apply retention, then delete chunks no version references."""
+    try:
+        seconds = parse_duration(grace)
+    except MediadriveError as exc:
+        fail(str(exc))
+    report = run(with_drive(name, lambda d: d.gc(seconds)))
+    if json_out:
+        print_json(asdict(report))
+    else:
+        out.print(
+            f"pruned {report.versions_pruned} versions, deleted {report.chunks_deleted} chunks, "
+            f"freed {format_size(report.bytes_freed)}"
+        )
+
+
+@app.command("events")
+def events(
+    name: str,
+    since: Annotated[int, typer.Option(help="Only events after this sequence number.")] = 0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print the drive's change events (commit, rename, delete, conflict, restore, ...)."""
+
+    async def body(drive: Drive) -> None:
+        async for event in drive.events(since, follow=follow):
+            if json_out:
+                sys.stdout.write(json.dumps(asdict(event)) + "\n")
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.created))
+                version = f" v{event.version}" if event.version else ""
+                extra = " ".join(f"{k}={v}" for k, v in event.detail.items() if v not in ("", None))
+                sys.stdout.write(
+                    f"{event.seq:>6} {when} {event.kind:<8} {event.path}{version} "
+                    f"{event.actor} {extra}\n"
+                )
+            sys.stdout.flush()
+
+    try:
+        run(with_drive(name, body))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _mount_commands() -> ModuleType | None:
+    # The mount commands need the node agent's distribution; without it the rest works.
+    try:
+        return importlib.import_module("mediadrive.cli.mount_commands")
+    except ImportError:
+        return None
+
+
+if (_mounts := _mount_commands()) is not None:
+    _mounts.register(app)
+
+
+def main() -> None:
+    """Entry point; turns anything unexpected into one line too."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.stderr.write("mediadrive: interrupted\n")
+        sys.exit(130)
+    except MediadriveError as exc:
+        sys.stderr.write(f"mediadrive: error: {exc}\n")
+        sys.exit(1)
+    except Exception as exc:  # a bug, not bad input; the detail is for bug reports
+        if os.environ.get("MEDIADRIVE_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"mediadrive: internal error: {type(exc).__name__}: {exc} "
+            "(set MEDIADRIVE_DEBUG=1 for details)\n"
+        )
+        sys.exit(70)
