@@ -270,6 +270,10 @@ async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResul
                 path = paths.normalize(f"{path}/{local.name}")
         except PathNotFound:
             pass
+        parent = paths.split(path)[0]
+        if parent != "/":
+            # Like object stores and rclone: copying into a new folder makes it.
+            await drive.mkdir(parent, parents=True)
         stat = local.stat()
         with open(local, "rb") as source, transfer_progress(err, stat.st_size, local.name) as tick:
             return await drive.write_file(

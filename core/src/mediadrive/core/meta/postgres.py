@@ -52,6 +52,16 @@ class PostgresMetaStore(SqlMetaStore):
 
     async def _get_pool(self) -> AsyncConnectionPool:
         if self._pool is None:
+            # One direct attempt first: the pool would retry a dead server for its whole
+            # timeout, where a person wants the reason at once.
+            try:
+                probe = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=10)
+            except psycopg.OperationalError as err:
+                raise StoreUnavailable(
+                    f"cannot reach PostgreSQL at {self._where()}: "
+                    f"{str(err).strip().splitlines()[0]}"
+                ) from None
+            await probe.close()
             pool = AsyncConnectionPool(
                 self._conninfo,
                 min_size=1,

@@ -1,0 +1,286 @@
+"""The CLI contract, driven through the installed ``mediadrive`` command.
+
+These are the acceptance flows: real files, a real subprocess per command, and
+both the embedded defaults and PostgreSQL with an S3 server on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import S3Server
+
+MIB = 1 << 20
+MEDIADRIVE = str(Path(sys.executable).with_name("mediadrive"))
+
+
+class Cli:
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = {**os.environ, **env, "MEDIADRIVE_HOME": str(home)}
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [MEDIADRIVE, *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"mediadrive {' '.join(args)} failed: {proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def fails(self, *args: str) -> str:
+        """Run a command that must fail cleanly; returns its one-line message."""
+        proc = self.run(*args, check=False)
+        assert proc.returncode != 0, f"mediadrive {' '.join(args)} succeeded"
+        assert "Traceback" not in proc.stderr, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        return lines[0]
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path / "home", {})
+
+
+@pytest.fixture(params=["embedded", "postgres+s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Cli, list[str]]]:
+    """A CLI and the ``drive create`` options for one (metadata, chunk store) pair."""
+    if request.param == "embedded":
+        yield Cli(tmp_path / "home", {}), []
+        return
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    s3: S3Server = request.getfixturevalue("moto_s3")
+    bucket = s3.new_bucket()
+    cli = Cli(
+        tmp_path / "home",
+        {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key},
+    )
+    yield (
+        cli,
+        [
+            "--meta",
+            postgres_url,
+            "--store",
+            f"s3://{bucket}/drives?endpoint={s3.endpoint_url}",
+        ],
+    )
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def random_file(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+def test_fixed_chunks_upload_only_what_changed(
+    backend: tuple[Cli, list[str]], tmp_path: Path
+) -> None:
+    cli, options = backend
+    name = unique("fixed")
+    cli.run("drive", "create", name, *options)
+    media = tmp_path / "plate.mov"
+    original = random_file(media, 256 * MIB)
+
+    first = cli.json("cp", str(media), f"{name}:/shots/plate.mov")
+    assert first["version"] == 1
+    assert first["bytes_uploaded"] == 256 * MIB
+    assert (first["chunks_total"], first["chunks_new"]) == (4, 4)
+    assert first["size"] == 256 * MIB
+
+    with open(media, "r+b") as f:
+        f.seek(128 * MIB - MIB // 2)
+        f.write(os.urandom(MIB))
+    second = cli.json("cp", str(media), f"{name}:/shots/plate.mov", "-m", "grade pass")
+    assert second["version"] == 2
+    assert 0 < second["bytes_uploaded"] <= 128 * MIB  # the edit straddles two chunks
+    assert second["chunks_new"] == 2
+
+    media.write_bytes(original[: 128 * MIB] + os.urandom(MIB) + original[129 * MIB :])
+    third = cli.json("cp", str(media), f"{name}:/shots/plate.mov")
+    assert third["version"] == 3
+    assert third["bytes_uploaded"] <= 64 * MIB
+
+    restored = tmp_path / "v1.mov"
+    cli.run("cp", f"{name}:/shots/plate.mov@1", str(restored))
+    assert restored.read_bytes() == original
+
+    media.write_bytes(original)
+    again = cli.json("cp", str(media), f"{name}:/elsewhere.mov")
+    assert again["bytes_uploaded"] == 0
+    assert again["chunks_new"] == 0
+
+    listed = cli.json("versions", f"{name}:/shots/plate.mov")
+    assert [v["version"] for v in listed] == [1, 2, 3]
+    assert listed[1]["message"] == "grade pass"
+    assert {"version", "size", "created", "author", "message"} <= set(listed[0])
+
+
+def test_cdc_insertion_at_start_uploads_little(
+    backend: tuple[Cli, list[str]], tmp_path: Path
+) -> None:
+    cli, options = backend
+    name = unique("cdc")
+    cli.run("drive", "create", name, "--chunking", "cdc", *options)
+    media = tmp_path / "edit.mov"
+    original = random_file(media, 256 * MIB)
+    first = cli.json("cp", str(media), f"{name}:/edit.mov")
+    assert first["bytes_uploaded"] == 256 * MIB
+
+    media.write_bytes(os.urandom(MIB) + original)
+    second = cli.json("cp", str(media), f"{name}:/edit.mov")
+    assert second["version"] == 2
+    assert second["bytes_uploaded"] <= 16 * MIB
+    out = tmp_path / "back.mov"
+    cli.run("cp", f"{name}:/edit.mov@1", str(out))
+    assert out.read_bytes() == original
+
+
+def test_tree_commands_and_time_machine(cli: Cli, tmp_path: Path) -> None:
+    cli.run("drive", "create", "show")
+    assert [d["name"] for d in cli.json("drive", "list")] == ["show"]
+    cli.run("mkdir", "-p", "show:/seq/010")
+    src = tmp_path / "a.exr"
+    v1 = random_file(src, 3 * MIB)
+    cli.run("cp", str(src), "show:/seq/010/a.exr")
+    src.write_bytes(b"second take")
+    cli.run("cp", str(src), "show:/seq/010/a.exr")
+    cli.run("mv", "show:/seq/010/a.exr", "show:/seq/010/b.exr")
+    names = [e["name"] for e in cli.json("ls", "show:/seq/010")]
+    assert names == ["b.exr"]
+
+    restored = cli.json("restore", "show:/seq/010/b.exr", "--version", "1")
+    assert restored["version"] == 3
+    out = tmp_path / "out.exr"
+    cli.run("cp", "show:/seq/010/b.exr", str(out))
+    assert out.read_bytes() == v1
+
+    cli.run("rm", "show:/seq/010/b.exr")
+    assert cli.json("ls", "show:/seq/010") == []
+    # A deleted file's history is still there for the time machine.
+    assert len(cli.json("versions", "show:/seq/010/b.exr")) == 3
+    cli.run("cp", "show:/seq/010/b.exr@2", str(out))
+    assert out.read_bytes() == b"second take"
+
+    kinds = [
+        json.loads(line)["kind"] for line in cli.run("events", "show", "--json").stdout.splitlines()
+    ]
+    assert kinds == ["mkdir", "mkdir", "commit", "commit", "rename", "restore", "delete"]
+    seqs = [
+        json.loads(line)["seq"] for line in cli.run("events", "show", "--json").stdout.splitlines()
+    ]
+    assert seqs == list(range(1, 8))
+    later = cli.run("events", "show", "--since", "5", "--json").stdout.splitlines()
+    assert [json.loads(line)["seq"] for line in later] == [6, 7]
+
+
+def test_gc_collects_only_unreferenced_chunks(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "home", {})
+    cli.run("drive", "create", "keep", "--chunk-size", "1MiB", "--keep-last", "1")
+    src = tmp_path / "f"
+    first = random_file(src, 4 * MIB)
+    cli.run("cp", str(src), "keep:/f")
+    src.write_bytes(first[: 2 * MIB] + os.urandom(2 * MIB))
+    cli.run("cp", str(src), "keep:/f")
+    store = tmp_path / "home" / "keep" / "store" / "chunks"
+    assert len(list(store.glob("*/*"))) == 6
+
+    report = cli.json("gc", "keep", "--grace", "0s")
+    assert report == {"versions_pruned": 1, "chunks_deleted": 2, "bytes_freed": 2 * MIB}
+    assert len(list(store.glob("*/*"))) == 4
+    out = tmp_path / "out"
+    cli.run("cp", "keep:/f", str(out))
+    assert out.read_bytes() == src.read_bytes()
+    assert "version 1" in cli.fails("cp", "keep:/f@1", str(out))
+
+
+def test_events_follow_streams_new_commits(cli: Cli, tmp_path: Path) -> None:
+    cli.run("drive", "create", "live")
+    follower = subprocess.Popen(
+        [MEDIADRIVE, "events", "live", "--follow", "--json"],
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        src = tmp_path / "x"
+        src.write_bytes(b"hello")
+        cli.run("cp", str(src), "live:/x")
+        assert follower.stdout is not None
+        event = json.loads(follower.stdout.readline())
+        assert (event["kind"], event["path"], event["version"]) == ("commit", "/x", 1)
+    finally:
+        follower.terminate()
+        follower.wait(10)
+
+
+def test_bad_input_is_one_line_and_changes_nothing(cli: Cli, tmp_path: Path) -> None:
+    cli.run("drive", "create", "ok")
+    src = tmp_path / "f"
+    src.write_bytes(b"data")
+    cli.run("cp", str(src), "ok:/f")
+    before = cli.run("events", "ok", "--json").stdout
+
+    assert "drive 'ghost' does not exist" in cli.fails("ls", "ghost:/")
+    assert "escapes the drive" in cli.fails("cp", str(src), "ok:/../etc/passwd")
+    assert "no version 7" in cli.fails("cp", "ok:/f@7", str(tmp_path / "o"))
+    assert "does not exist" in cli.fails("cp", str(tmp_path / "missing"), "ok:/g")
+    assert "store URL" in cli.fails("drive", "create", "bad1", "--store", "ftp://x/y")
+    assert "metadata URL" in cli.fails("drive", "create", "bad2", "--meta", "mysql://h/db")
+    assert "size" in cli.fails("drive", "create", "bad3", "--chunk-size", "lots")
+    assert "chunking" in cli.fails("drive", "create", "bad4", "--chunking", "zip")
+    assert "conflict" in cli.fails("drive", "create", "bad5", "--conflict", "maybe")
+    assert "drive name" in cli.fails("drive", "create", "Bad Name")
+    assert "already exists" in cli.fails("drive", "create", "ok")
+    assert "duration" in cli.fails("gc", "ok", "--grace", "soon")
+    unreachable = cli.fails(
+        "drive", "create", "bad6", "--store", "s3://bucket/p?endpoint=http://127.0.0.1:9"
+    )
+    assert "unreachable" in unreachable or "refused" in unreachable
+    dead_pg = cli.fails("drive", "create", "bad7", "--meta", "postgresql://u@127.0.0.1:9/db")
+    assert "PostgreSQL" in dead_pg
+
+    assert [d["name"] for d in cli.json("drive", "list")] == ["ok"]
+    assert sorted(p.name for p in cli.home.iterdir()) == ["ok"]
+    assert cli.run("events", "ok", "--json").stdout == before
+    assert not (tmp_path / "o").exists()
+
+
+def test_download_is_atomic_and_refuses_folders(cli: Cli, tmp_path: Path) -> None:
+    cli.run("drive", "create", "dl")
+    cli.run("mkdir", "dl:/dir")
+    assert "folder" in cli.fails("cp", "dl:/dir", str(tmp_path / "x"))
+    target = tmp_path / "keep.txt"
+    target.write_bytes(b"precious")
+    assert "does not exist" in cli.fails("cp", "dl:/nothing", str(target))
+    assert target.read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_copy_within_a_drive_uploads_nothing(cli: Cli, tmp_path: Path) -> None:
+    cli.run("drive", "create", "dup", "--chunk-size", "1MiB")
+    src = tmp_path / "f"
+    data = random_file(src, 5 * MIB)
+    cli.run("cp", str(src), "dup:/a")
+    copied = cli.json("cp", "dup:/a", "dup:/b")
+    assert copied["bytes_uploaded"] == 0
+    out = tmp_path / "o"
+    cli.run("cp", "dup:/b", str(out))
+    assert out.read_bytes() == data
