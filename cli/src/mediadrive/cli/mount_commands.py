@@ -1,0 +1,299 @@
+"""Commands for mounted drives: mount, umount, save, pin, unpin, status, hydrate.
+
+They talk to the node agent of the mount through its live-filesystem API; a path
+inside a mount is enough to find it. ``local_versions`` and ``local_restore`` let
+``mediadrive versions`` and ``restore`` answer for such paths too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+import yaml
+from mediadrive.core.errors import ConfigError, MediadriveError
+from mediadrive.core.units import format_size, parse_duration, parse_size
+from mediadrive.node import client as node_client
+from mediadrive.node.options import CommitOn, MountOptions
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _print_json(value: object) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def _options(**values: Any) -> MountOptions:
+    try:
+        return MountOptions.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]).replace("_", "-")
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"--{field}: {message}") from None
+
+
+def mount(
+    name: Annotated[str, typer.Argument(help="The drive to mount.")],
+    mountpoint: Annotated[Path, typer.Argument(help="An existing, empty folder.")],
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Local cache and staging folder [default: $MEDIADRIVE_HOME/cache/NAME]."),
+    ] = None,
+    cache_size: Annotated[
+        str, typer.Option(help="Bound of the block cache, e.g. 50GiB.")
+    ] = "10GiB",
+    checkpoint_interval: Annotated[
+        str, typer.Option(help="Commit dirty files this often in the background, or 'off'.")
+    ] = "30s",
+    commit_on: Annotated[
+        CommitOn,
+        typer.Option(help="Also commit a written file on close, on fsync, or only on save."),
+    ] = CommitOn.CLOSE,
+    read_only: Annotated[bool, typer.Option("--read-only", help="Mount read-only.")] = False,
+    subdir: Annotated[str, typer.Option(help="Mount this folder of the drive.")] = "/",
+    foreground: Annotated[
+        bool, typer.Option("--foreground", help="Serve in this process until unmounted.")
+    ] = False,
+) -> None:
+    """Mount a drive as a folder; returns once the mount is live."""
+    if checkpoint_interval.strip().lower() != "off":
+        parse_duration(checkpoint_interval)
+    options = _options(
+        drive=name,
+        mountpoint=mountpoint,
+        cache_dir=cache_dir,
+        cache_size=parse_size(cache_size),
+        checkpoint_interval=checkpoint_interval,
+        commit_on=commit_on,
+        read_only=read_only,
+        subdir=subdir,
+    )
+    if foreground:
+        from mediadrive.node.agent import run_agent
+
+        problems: list[str] = []
+
+        def ready(problem: str | None) -> None:
+            if problem is not None:
+                problems.append(problem)
+            else:
+                err.print(f"mounted {name}{'' if subdir == '/' else subdir} at {mountpoint}")
+
+        code = asyncio.run(run_agent(options, ready))
+        if problems:
+            raise node_client.MountError(problems[0])
+        raise typer.Exit(code)
+    entry = node_client.mount(options)
+    out.print(f"mounted {name}{'' if subdir == '/' else subdir} at {entry.mountpoint}")
+
+
+def umount(
+    mountpoint: Annotated[Path, typer.Argument(help="A mount point of mediadrive.")],
+) -> None:
+    """Upload what is pending, then unmount."""
+    result = node_client.umount(mountpoint)
+    out.print(f"unmounted {result['unmounted']}")
+
+
+def save(
+    path: Annotated[Path, typer.Argument(help="A file or folder inside a mount.")],
+    message: Annotated[str, typer.Option("-m", "--message", help="Say what changed.")] = "",
+    json_out: JsonFlag = False,
+) -> None:
+    """Commit a file (or everything changed under a folder) now, as a new version."""
+    mount_client, inner = node_client.client_for(path)
+    reports = mount_client.save(inner, message)
+    if json_out:
+        _print_json(reports[0] if len(reports) == 1 and not path.is_dir() else reports)
+        return
+    if not reports:
+        out.print(f"{path}: nothing to save")
+    for report in reports:
+        what = "saved" if report["committed"] else "unchanged"
+        extra = (
+            f" (conflict: kept as {report['landed']})" if report["landed"] != report["path"] else ""
+        )
+        out.print(
+            f"{report['path']}: {what}, version {report['version']}, "
+            f"{format_size(report['bytes_uploaded'])} uploaded{extra}"
+        )
+
+
+def pin(path: Annotated[Path, typer.Argument(help="A file or folder inside a mount.")]) -> None:
+    """Keep a file or folder on this machine: fetch it now and never evict it."""
+    mount_client, inner = node_client.client_for(path)
+    result = mount_client.pin(inner)
+    out.print(
+        f"pinned {path}: {result['files']} files, {format_size(result['bytes'])}, "
+        f"{format_size(result['bytes_fetched'])} fetched"
+    )
+
+
+def unpin(path: Annotated[Path, typer.Argument(help="A pinned path inside a mount.")]) -> None:
+    """Let a pinned file or folder be evicted from the cache again."""
+    mount_client, inner = node_client.client_for(path)
+    result = mount_client.unpin(inner)
+    if not result["unpinned"]:
+        raise ConfigError(f"{path} is not pinned")
+    out.print(f"unpinned {path}")
+
+
+_STATUS_ROWS = (
+    ("drive", "drive", str),
+    ("subdir", "subdir", str),
+    ("cache", "cache_bytes", format_size),
+    ("cache size", "cache_size", format_size),
+    ("pinned", "pinned_bytes", format_size),
+    ("pending upload", "pending_upload_bytes", format_size),
+    ("fetched", "bytes_fetched", format_size),
+    ("uploaded", "bytes_uploaded", format_size),
+    ("open files", "open_files", str),
+    ("dirty files", "dirty_files", str),
+    ("commits", "commits", str),
+    ("conflicts", "conflicts", str),
+    ("commit on", "commit_on", str),
+)
+
+
+def status(
+    mountpoint: Annotated[Path, typer.Argument(help="A mount point (or any path in it).")],
+    json_out: JsonFlag = False,
+) -> None:
+    """Cache, transfer and write-back figures of a mount."""
+    mount_client, _ = node_client.client_for(mountpoint)
+    figures = mount_client.status()
+    if json_out:
+        _print_json(figures)
+        return
+    table = Table(show_header=False, box=None)
+    table.add_row("mount", figures["mountpoint"])
+    for label, key, render in _STATUS_ROWS:
+        table.add_row(label, render(figures[key]))
+    for problem in figures.get("errors", []):
+        table.add_row("error", problem)
+    out.print(table)
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read manifest {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"manifest {path} is not valid YAML or JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"manifest {path} must be a mapping with an 'include' list")
+    return data
+
+
+def hydrate(
+    mountpoint: Annotated[Path, typer.Argument(help="A mount point.")],
+    globs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Paths or globs inside the mount (** crosses folders)."),
+    ] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="A YAML or JSON manifest (docs/hydrate-manifest.md).")
+    ] = None,
+    no_pin: Annotated[bool, typer.Option("--no-pin", help="Fetch without pinning.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Fetch the files a workflow needs onto this machine, in parallel, and pin them."""
+    if not globs and manifest is None:
+        raise ConfigError("give at least one glob or --manifest FILE")
+    mount_client, _ = node_client.client_for(mountpoint)
+    document = _load_manifest(manifest) if manifest is not None else None
+    pin_files = False if no_pin else None
+    if json_out or not err.is_terminal:
+        result = mount_client.hydrate(list(globs or []), document, pin_files)
+    else:
+        with Progress(
+            TextColumn("[bold]hydrate"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("hydrate", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = mount_client.hydrate(list(globs or []), document, pin_files, progress)
+    if json_out:
+        _print_json(result)
+        return
+    out.print(
+        f"hydrated {result['files']} files ({format_size(result['bytes'])}), "
+        f"fetched {format_size(result['bytes_fetched'])}" + (", pinned" if result["pinned"] else "")
+    )
+
+
+def local_versions(path: str) -> list[dict[str, Any]] | None:
+    """Versions of a file inside a mount, or None when ``path`` is not in one."""
+    found = node_client.find_mount(path)
+    if found is None:
+        return None
+    mount_client, inner = found
+    return mount_client.versions(inner)
+
+
+def local_restore(path: str, version: int) -> dict[str, Any] | None:
+    """Restore a file inside a mount through its agent, or None when not in a mount."""
+    found = node_client.find_mount(path)
+    if found is None:
+        return None
+    mount_client, inner = found
+    return mount_client.restore(inner, version)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("mount")(_guard(mount))
+    app.command("umount")(_guard(umount))
+    app.command("save")(_guard(save))
+    app.command("pin")(_guard(pin))
+    app.command("unpin")(_guard(unpin))
+    app.command("status")(_guard(status))
+    app.command("hydrate")(_guard(hydrate))
+
+
+def _guard(command: Callable[P, R]) -> Callable[P, R]:
+    """One line and a non-zero exit for anything a person can cause; no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except MediadriveError as exc:
+            sys.stderr.write(f"mediadrive: error: {exc}\n")
+            raise typer.Exit(1) from None
+
+    return wrapper

@@ -1,0 +1,341 @@
+"""The block cache: verified 1 MiB blocks of chunks, on local disk, kept across remounts.
+
+A block is named by its chunk id and its index inside the chunk, so it is shared by
+every file and version that uses the chunk. The cache is bounded by size and evicts
+the least recently used blocks, except those of pinned files, which stay whatever
+the bound. Concurrent readers of one missing block share one fetch.
+
+Layout under the cache folder::
+
+    blocks/ab/<chunk id>.<index>   the bytes of one block
+    index.db                       SQLite: blocks (size, last use) and pins
+
+The index is rebuilt from what is on disk if it is lost; a block file whose size
+does not match its index row is dropped when the cache opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[str, int], Awaitable[bytes]]
+BlockKey = tuple[str, int]
+
+# Recently used blocks also stay in memory: a sequential reader asks for the same
+# block several times when the kernel splits its requests.
+_MEMORY_BYTES = 64 << 20
+_INDEX_FLUSH_SECONDS = 5.0
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS blocks ("
+    " chunk TEXT NOT NULL, idx INTEGER NOT NULL, size INTEGER NOT NULL,"
+    " used REAL NOT NULL, PRIMARY KEY (chunk, idx))",
+    "CREATE TABLE IF NOT EXISTS pins ("
+    " path TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 0, added REAL NOT NULL,"
+    " PRIMARY KEY (path, version))",
+)
+
+
+@dataclass(frozen=True)
+class Pin:
+    path: str
+    # 0: the head of the file (or everything under a folder), followed as it changes.
+    version: int
+
+
+@dataclass
+class CacheFigures:
+    bytes_fetched: int = 0
+    blocks_fetched: int = 0
+    hits: int = 0
+    misses: int = 0
+    evicted_bytes: int = 0
+
+
+class BlockCache:
+    def __init__(
+        self, root: Path, capacity: int, fetch: Fetch, fetch_concurrency: int = 16
+    ) -> None:
+        self.root = root
+        self.capacity = capacity
+        self._fetch = fetch
+        self._slots = asyncio.Semaphore(fetch_concurrency)
+        self._blocks_dir = root / "blocks"
+        self._sizes: OrderedDict[BlockKey, int] = OrderedDict()
+        self._memory: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._memory_bytes = 0
+        self._inflight: dict[BlockKey, asyncio.Future[bytes]] = {}
+        self._touched: set[BlockKey] = set()
+        self._db: sqlite3.Connection | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._fills: set[asyncio.Task[None]] = set()
+        self.total = 0
+        self.pinned_chunks: frozenset[str] = frozenset()
+        self.figures = CacheFigures()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def open(self) -> None:
+        self._blocks_dir.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.root / "index.db", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=OFF")
+        for statement in _SCHEMA:
+            db.execute(statement)
+        self._db = db
+        rows = db.execute("SELECT chunk, idx, size FROM blocks ORDER BY used").fetchall()
+        known: set[BlockKey] = set()
+        stale: list[BlockKey] = []
+        for chunk, idx, size in rows:
+            key = (str(chunk), int(idx))
+            try:
+                on_disk = self._path(key).stat().st_size
+            except FileNotFoundError:
+                on_disk = -1
+            if on_disk != size:
+                stale.append(key)
+                continue
+            known.add(key)
+            self._sizes[key] = int(size)
+            self.total += int(size)
+        # Blocks on disk without a row (the index was lost): adopt them as least recent.
+        adopted: list[tuple[str, int, int, float]] = []
+        for sub in self._blocks_dir.iterdir():
+            if not sub.is_dir():
+                continue
+            for path in sub.iterdir():
+                if path.name.startswith("."):
+                    path.unlink(missing_ok=True)  # a write that never finished
+                    continue
+                chunk, _, index = path.name.partition(".")
+                if not index.isdigit():
+                    continue
+                key = (chunk, int(index))
+                if key in known or key in stale:
+                    continue
+                size = path.stat().st_size
+                self._sizes[key] = size
+                self._sizes.move_to_end(key, last=False)
+                self.total += size
+                adopted.append((chunk, int(index), size, 0.0))
+        for key in stale:
+            self._path(key).unlink(missing_ok=True)
+            db.execute("DELETE FROM blocks WHERE chunk = ? AND idx = ?", key)
+        if adopted:
+            db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", adopted)
+        self._evict()
+
+    def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for future in list(self._inflight.values()):
+            with contextlib.suppress(BaseException):
+                await future
+        self._flush_index()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_INDEX_FLUSH_SECONDS)
+            self._flush_index()
+
+    def _flush_index(self) -> None:
+        if self._db is None or not self._touched:
+            return
+        now = time.time()
+        rows = [(now, c, i) for c, i in self._touched if (c, i) in self._sizes]
+        self._touched.clear()
+        self._db.executemany("UPDATE blocks SET used = ? WHERE chunk = ? AND idx = ?", rows)
+
+    # -- blocks --------------------------------------------------------------------------
+
+    def _path(self, key: BlockKey) -> Path:
+        return self._blocks_dir / key[0][:2] / f"{key[0]}.{key[1]}"
+
+    def has(self, chunk: str, index: int) -> bool:
+        return (chunk, index) in self._sizes
+
+    async def get(self, chunk: str, index: int) -> bytes:
+        """Block ``index`` of ``chunk``: from memory, from disk, or fetched once."""
+        key = (chunk, index)
+        data = self._memory.get(key)
+        if data is not None:
+            self._memory.move_to_end(key)
+            self._use(key)
+            self.figures.hits += 1
+            return data
+        if key in self._sizes:
+            try:
+                data = self._read_file(key)
+            except FileNotFoundError:
+                self._forget(key)
+            else:
+                self._use(key)
+                self._remember(key, data)
+                self.figures.hits += 1
+                return data
+        future = self._inflight.get(key)
+        if future is None:
+            self.figures.misses += 1
+            future = asyncio.get_running_loop().create_future()
+            self._inflight[key] = future
+            self._spawn(key, future)
+        return await asyncio.shield(future)
+
+    def prefetch(self, chunk: str, index: int) -> None:
+        """Start fetching a block in the background unless it is here or on its way."""
+        key = (chunk, index)
+        if key in self._sizes or key in self._inflight or key in self._memory:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        # Nobody may ever await a read-ahead: mark its failure as seen.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._spawn(key, future)
+
+    def _spawn(self, key: BlockKey, future: asyncio.Future[bytes]) -> None:
+        task = asyncio.create_task(self._fill(key, future))
+        self._fills.add(task)
+        task.add_done_callback(self._fills.discard)
+
+    async def _fill(self, key: BlockKey, future: asyncio.Future[bytes]) -> None:
+        try:
+            async with self._slots:
+                data = await self._fetch(*key)
+            self.figures.bytes_fetched += len(data)
+            self.figures.blocks_fetched += 1
+            # Readers go on at once; the copy on disk follows.
+            self._remember(key, data)
+            if not future.done():
+                future.set_result(data)
+            await asyncio.to_thread(self._write_file, key, data)
+            self._add(key, len(data))
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+            else:
+                log.warning("cannot keep block %s.%d in the cache: %s", key[0], key[1], exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._inflight.pop(key, None)
+
+    def _read_file(self, key: BlockKey) -> bytes:
+        with open(self._path(key), "rb") as f:
+            return f.read()
+
+    def _write_file(self, key: BlockKey, data: bytes | memoryview) -> None:
+        path = self._path(key)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    async def put_many(self, blocks: Iterable[tuple[str, int, bytes]]) -> None:
+        """Add blocks known to be right (just committed from local data)."""
+        for chunk, index, data in blocks:
+            key = (chunk, index)
+            if key in self._sizes:
+                continue
+            await asyncio.to_thread(self._write_file, key, data)
+            self._add(key, len(data))
+
+    def _add(self, key: BlockKey, size: int) -> None:
+        if key in self._sizes:
+            self._use(key)
+            return
+        self._sizes[key] = size
+        self.total += size
+        if self._db is not None:
+            self._db.execute(
+                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", (*key, size, time.time())
+            )
+        self._evict()
+
+    def _use(self, key: BlockKey) -> None:
+        if key in self._sizes:
+            self._sizes.move_to_end(key)
+            self._touched.add(key)
+
+    def _remember(self, key: BlockKey, data: bytes) -> None:
+        if key in self._memory:
+            return
+        self._memory[key] = data
+        self._memory_bytes += len(data)
+        while self._memory_bytes > _MEMORY_BYTES and self._memory:
+            _, dropped = self._memory.popitem(last=False)
+            self._memory_bytes -= len(dropped)
+
+    def _forget(self, key: BlockKey) -> None:
+        size = self._sizes.pop(key, None)
+        if size is None:
+            return
+        self.total -= size
+        dropped = self._memory.pop(key, None)
+        if dropped is not None:
+            self._memory_bytes -= len(dropped)
+        self._path(key).unlink(missing_ok=True)
+        if self._db is not None:
+            self._db.execute("DELETE FROM blocks WHERE chunk = ? AND idx = ?", key)
+
+    def _evict(self) -> None:
+        if self.total <= self.capacity:
+            return
+        for key in list(self._sizes):
+            if self.total <= self.capacity:
+                break
+            if key[0] in self.pinned_chunks:
+                continue
+            self.figures.evicted_bytes += self._sizes[key]
+            self._forget(key)
+
+    def set_pinned(self, chunks: Iterable[str]) -> None:
+        self.pinned_chunks = frozenset(chunks)
+        self._evict()
+
+    @property
+    def pinned_bytes(self) -> int:
+        pinned = self.pinned_chunks
+        return sum(size for (chunk, _), size in self._sizes.items() if chunk in pinned)
+
+    # -- pins ----------------------------------------------------------------------------
+
+    def pins(self) -> list[Pin]:
+        assert self._db is not None
+        rows = self._db.execute("SELECT path, version FROM pins ORDER BY path").fetchall()
+        return [Pin(str(p), int(v)) for p, v in rows]
+
+    def add_pin(self, path: str, version: int = 0) -> None:
+        assert self._db is not None
+        self._db.execute(
+            "INSERT OR REPLACE INTO pins VALUES (?, ?, ?)", (path, version, time.time())
+        )
+
+    def remove_pin(self, path: str) -> int:
+        """Unpin ``path`` and everything pinned under it; returns how many pins went."""
+        assert self._db is not None
+        prefix = path.rstrip("/") + "/"
+        cursor = self._db.execute(
+            "DELETE FROM pins WHERE path = ? OR substr(path, 1, ?) = ?",
+            (path, len(prefix), prefix),
+        )
+        return cursor.rowcount

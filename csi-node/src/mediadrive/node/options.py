@@ -1,0 +1,69 @@
+"""What a mount is asked to do: validated once, at the boundary, then passed around."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from mediadrive.core import paths
+from mediadrive.core.config import check_drive_name, home
+from mediadrive.core.units import ByteSize, parse_duration
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DEFAULT_CACHE_SIZE = 10 << 30
+DEFAULT_CHECKPOINT = 30.0
+
+
+class CommitOn(StrEnum):
+    """When a written file becomes a new version (besides checkpoints and explicit saves)."""
+
+    CLOSE = "close"
+    FSYNC = "fsync"
+    SAVE = "save"
+
+
+class MountOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    drive: str
+    mountpoint: Path
+    cache_dir: Path | None = None
+    cache_size: ByteSize = DEFAULT_CACHE_SIZE
+    # Seconds between background commits of dirty files; None turns checkpoints off.
+    checkpoint_interval: float | None = DEFAULT_CHECKPOINT
+    commit_on: CommitOn = CommitOn.CLOSE
+    read_only: bool = False
+    subdir: str = "/"
+    # Seconds between polls of the drive's event log (collaborators' changes).
+    follow_interval: float = Field(default=0.5, gt=0)
+    writeback_cache: bool = True
+
+    @field_validator("drive")
+    @classmethod
+    def _drive(cls, value: str) -> str:
+        return check_drive_name(value)
+
+    @field_validator("subdir")
+    @classmethod
+    def _subdir(cls, value: str) -> str:
+        return paths.normalize(value)
+
+    @field_validator("mountpoint")
+    @classmethod
+    def _mountpoint(cls, value: Path) -> Path:
+        return Path(value).expanduser().absolute()
+
+    @field_validator("checkpoint_interval", mode="before")
+    @classmethod
+    def _checkpoint(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "off"):
+            return None
+        if isinstance(value, str | int | float):
+            seconds = parse_duration(value)
+            return seconds if seconds > 0 else None
+        return value
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir).expanduser().absolute()
+        return home() / "cache" / self.drive

@@ -1,0 +1,91 @@
+"""Reading committed file content through the block cache, with sequential read-ahead."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from mediadrive.core.hashing import BLOCK_SIZE
+from mediadrive.core.meta import Extent
+
+from .cache import BlockCache
+
+# Read-ahead grows while a reader stays sequential: 2, 4, 8 ... blocks, up to this.
+MAX_READAHEAD_BLOCKS = 32
+
+
+@dataclass(frozen=True)
+class Content:
+    """One committed version of a file: where its bytes are."""
+
+    version: int | None
+    size: int
+    extents: tuple[Extent, ...]
+    starts: tuple[int, ...] = field(default=())
+
+    @classmethod
+    def of(cls, version: int | None, size: int, extents: list[Extent]) -> Content:
+        return cls(version, size, tuple(extents), tuple(e.offset for e in extents))
+
+    def blocks(self, offset: int, size: int) -> list[tuple[int, str, int]]:
+        """(file offset of the block, chunk id, block index) covering the range."""
+        end = min(offset + size, self.size)
+        out: list[tuple[int, str, int]] = []
+        if end <= offset or not self.extents:
+            return out
+        i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
+        while i < len(self.extents) and self.extents[i].offset < end:
+            extent = self.extents[i]
+            first = max(offset - extent.offset, 0) // BLOCK_SIZE
+            last = (min(end, extent.offset + extent.length) - extent.offset - 1) // BLOCK_SIZE
+            for b in range(first, last + 1):
+                out.append((extent.offset + b * BLOCK_SIZE, extent.chunk_id, b))
+            i += 1
+        return out
+
+
+@dataclass
+class ReadAhead:
+    """Per open file: where the last read ended and how far ahead to fetch."""
+
+    next_offset: int = -1
+    window: int = 0
+
+    def advance(self, offset: int, size: int) -> int:
+        gap = offset - self.next_offset
+        # Requests of one sequential reader may arrive slightly out of order.
+        if self.next_offset >= 0 and -BLOCK_SIZE <= gap <= 4 * BLOCK_SIZE:
+            self.window = min(max(self.window * 2, 2), MAX_READAHEAD_BLOCKS)
+            self.next_offset = max(self.next_offset, offset + size)
+        else:
+            self.window = 0
+            self.next_offset = offset + size
+        return self.window
+
+
+async def read_content(
+    cache: BlockCache, content: Content, offset: int, size: int, ahead: ReadAhead | None
+) -> bytes:
+    end = min(offset + size, content.size)
+    if end <= offset:
+        return b""
+    covering = content.blocks(offset, end - offset)
+    if ahead is not None:
+        window = ahead.advance(offset, end - offset)
+        if window:
+            for _, chunk, index in content.blocks(end, window * BLOCK_SIZE):
+                cache.prefetch(chunk, index)
+    if len(covering) == 1:
+        start, chunk, index = covering[0]
+        data = await cache.get(chunk, index)
+        return data[offset - start : end - start]
+    parts = []
+    for _, chunk, index in covering:
+        # Start every fetch before waiting on the first.
+        cache.prefetch(chunk, index)
+    for start, chunk, index in covering:
+        data = await cache.get(chunk, index)
+        lo = max(offset, start) - start
+        hi = min(end, start + len(data)) - start
+        parts.append(data[lo:hi])
+    return b"".join(parts)

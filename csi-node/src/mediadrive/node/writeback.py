@@ -1,0 +1,348 @@
+"""Turning staged copies into versions: on close, on fsync, on save, and by checkpoint.
+
+Commits run in the background, one at a time per file. A commit uploads a snapshot of
+the staged copy (only chunks the drive lacks travel) and records a version based on
+the version the copy started from; if the head moved meanwhile, the drive's conflict
+policy decides. A refused commit (``reject``) leaves the local copy in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mediadrive.core.drive import Drive, UploadResult
+from mediadrive.core.errors import (
+    ChunkMissing,
+    ConflictError,
+    MediadriveError,
+    PathNotFound,
+    StoreUnavailable,
+)
+from mediadrive.core.hashing import BLOCK_SIZE
+from mediadrive.core.meta import CommitOutcome
+
+from .cache import BlockCache
+from .options import CommitOn, MountOptions
+from .staging import StagedFile, Staging
+from .tree import Tree
+
+log = logging.getLogger(__name__)
+
+_RETRY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class CommitReport:
+    """What a commit did, in mount paths."""
+
+    path: str
+    version: int
+    size: int
+    bytes_uploaded: int
+    chunks_total: int
+    chunks_new: int
+    conflict: bool
+    committed: bool
+    landed: str
+    message: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class WritebackFigures:
+    bytes_uploaded: int = 0
+    commits: int = 0
+    conflicts: int = 0
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+
+# Called after every commit: (node id the copy belonged to, outcome, upload).
+Committed = Callable[[int, CommitOutcome, UploadResult], None]
+
+
+class Writeback:
+    def __init__(
+        self,
+        drive: Drive,
+        tree: Tree,
+        staging: Staging,
+        cache: BlockCache,
+        options: MountOptions,
+        committed: Committed,
+    ) -> None:
+        self.drive = drive
+        self.tree = tree
+        self.staging = staging
+        self.cache = cache
+        self.options = options
+        self._committed = committed
+        self._queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        self._queued: set[int] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.figures = WritebackFigures()
+        self.last: dict[int, CommitReport] = {}
+        self._busy = 0
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def start(self, workers: int = 2) -> None:
+        for _ in range(workers):
+            self._tasks.append(asyncio.create_task(self._worker()))
+        if self.options.checkpoint_interval is not None:
+            self._tasks.append(asyncio.create_task(self._checkpoints()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def schedule(self, node_id: int, message: str = "") -> None:
+        if node_id in self._queued:
+            return
+        self._queued.add(node_id)
+        self._queue.put_nowait((node_id, message))
+
+    def schedule_on(self, event: CommitOn, node_id: int, message: str) -> None:
+        if self.options.commit_on is event:
+            self.schedule(node_id, message)
+
+    async def _worker(self) -> None:
+        while True:
+            node_id, message = await self._queue.get()
+            self._queued.discard(node_id)
+            staged = self.staging.get(node_id)
+            if staged is None or not staged.dirty or staged.rejected or staged.orphan:
+                self._queue.task_done()
+                continue
+            self._busy += 1
+            try:
+                await self.commit(staged, message)
+            except ConflictError as exc:
+                log.warning("%s", exc)
+            except StoreUnavailable as exc:
+                self._error(f"{staged.path}: {exc}; retrying in {_RETRY_SECONDS:.0f}s")
+                asyncio.get_running_loop().call_later(
+                    _RETRY_SECONDS, self.schedule, node_id, message
+                )
+            except MediadriveError as exc:
+                self._error(f"{staged.path}: {exc}")
+            except Exception as exc:
+                log.exception("commit of %s failed", staged.path)
+                self._error(f"{staged.path}: {exc!r}")
+            finally:
+                self._busy -= 1
+                self._queue.task_done()
+
+    async def _checkpoints(self) -> None:
+        interval = self.options.checkpoint_interval
+        assert interval is not None
+        while True:
+            await asyncio.sleep(interval)
+            for staged in list(self.staging.files.values()):
+                if staged.dirty and not staged.rejected and not staged.orphan:
+                    self.schedule(staged.node_id, "checkpoint")
+
+    def _error(self, message: str) -> None:
+        log.error("%s", message)
+        self.figures.errors.append(f"{time.strftime('%H:%M:%S')} {message}")
+
+    @property
+    def busy(self) -> bool:
+        return self._busy > 0 or not self._queue.empty()
+
+    # -- committing ------------------------------------------------------------------------
+
+    async def commit(self, staged: StagedFile, message: str = "") -> CommitReport | None:
+        """Commit a staged copy now; None when it has nothing new (or was unlinked)."""
+        async with staged.commit_lock:
+            if staged.orphan:
+                if staged.writers == 0:
+                    self.staging.drop(staged)
+                return None
+            if not staged.dirty:
+                return None
+            return await self._commit(staged, message)
+
+    async def _commit(self, staged: StagedFile, message: str) -> CommitReport | None:
+        gen = staged.gen
+        node_id = staged.node_id
+        snap = await self.staging.snapshot(staged)
+        try:
+            return await self._commit_snapshot(staged, node_id, gen, snap, message)
+        finally:
+            snap.unlink(missing_ok=True)
+
+    async def _commit_snapshot(
+        self, staged: StagedFile, node_id: int, gen: int, snap: Path, message: str
+    ) -> CommitReport | None:
+        upload = await self._upload(snap)
+        async with self.tree.names:
+            if staged.orphan:
+                # Unlinked or replaced here meanwhile: it is not part of the tree.
+                if staged.writers == 0:
+                    self.staging.drop(staged)
+                return None
+            try:
+                # Resolved after the upload, from the metadata: the file may have moved.
+                path = await self.tree.path_of(node_id, fresh=True)
+            except PathNotFound:
+                # Deleted elsewhere while we wrote: commit where it was, nothing is lost.
+                path = staged.path
+            staged.path = path
+            committed = True
+            if staged.recovered and await self._unchanged(staged, upload):
+                outcome = CommitOutcome(path, node_id, staged.base_version or 0)
+                committed = False
+            else:
+                try:
+                    outcome = await self._record(staged, path, upload, snap, message)
+                except ConflictError as exc:
+                    staged.rejected = True
+                    self.figures.conflicts += 1
+                    self._error(str(exc))
+                    raise
+        if committed:
+            self.figures.commits += 1
+            self.figures.bytes_uploaded += upload.bytes_uploaded
+            if outcome.conflict:
+                self.figures.conflicts += 1
+        landed_elsewhere = outcome.path != path
+        if landed_elsewhere:
+            # keep-both: our bytes are safe in a sibling; this name follows the other
+            # writer's head from now on.
+            staged.base_version = outcome.previous_head
+        else:
+            # (A file deleted elsewhere meanwhile is a new node now; its base is that.)
+            staged.base_version = outcome.version
+        if staged.gen == gen:
+            staged.dirty = False
+            staged.recovered = False
+        if self.staging.get(staged.node_id) is staged:
+            self.staging.write_journal(staged)
+        if committed:
+            self._committed(node_id, outcome, upload)
+            if not landed_elsewhere:
+                await self._keep_blocks(snap, upload)
+        report = CommitReport(
+            path=self.tree.to_mount(path) or path,
+            version=outcome.version,
+            size=upload.size,
+            bytes_uploaded=upload.bytes_uploaded if committed else 0,
+            chunks_total=upload.chunks_total,
+            chunks_new=upload.chunks_new if committed else 0,
+            conflict=outcome.conflict,
+            committed=committed,
+            landed=self.tree.to_mount(outcome.path) or outcome.path,
+            message=message,
+        )
+        self.last[outcome.file_id] = report
+        if staged.writers == 0:
+            if not staged.dirty or landed_elsewhere:
+                self.staging.drop(staged)
+            else:
+                # Changed again while this commit ran, and closed since.
+                self.schedule_on(CommitOn.CLOSE, staged.node_id, message)
+        return report
+
+    async def _upload(self, snap: Path) -> UploadResult:
+        source = await asyncio.to_thread(open, snap, "rb")
+        try:
+            return await self.drive.upload(source)
+        finally:
+            source.close()
+
+    async def _record(
+        self, staged: StagedFile, path: str, upload: UploadResult, snap: Path, message: str
+    ) -> CommitOutcome:
+        for attempt in range(2):
+            try:
+                return await self.drive.commit(
+                    path,
+                    upload,
+                    staged.base_version,
+                    message,
+                    mode=staged.mode,
+                    mtime_ns=staged.mtime_ns,
+                )
+            except ChunkMissing:
+                # GC took a chunk the upload found stored; send the bytes again once.
+                if attempt:
+                    raise
+                upload = await self._upload(snap)
+        raise AssertionError("unreachable")
+
+    async def _unchanged(self, staged: StagedFile, upload: UploadResult) -> bool:
+        """A copy found after a restart that holds exactly its base version."""
+        if staged.base_version is None:
+            return False
+        node = await self.drive.meta.get_node(staged.node_id)
+        if node is None or node.deleted_ns is not None or node.head_version != staged.base_version:
+            return False
+        _, extents = await self.drive.meta.version(node.id, staged.base_version)
+        return extents == upload.extents
+
+    async def _keep_blocks(self, snap: Path, upload: UploadResult) -> None:
+        """Put what was just committed into the block cache: reading it back is local."""
+        if upload.size > self.cache.capacity // 4:
+            return
+
+        def read_blocks() -> list[tuple[str, int, bytes]]:
+            blocks = []
+            with open(snap, "rb") as f:
+                for extent in upload.extents:
+                    for index in range((extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE):
+                        if self.cache.has(extent.chunk_id, index):
+                            continue
+                        f.seek(extent.offset + index * BLOCK_SIZE)
+                        size = min(BLOCK_SIZE, extent.length - index * BLOCK_SIZE)
+                        blocks.append((extent.chunk_id, index, f.read(size)))
+            return blocks
+
+        try:
+            await self.cache.put_many(await asyncio.to_thread(read_blocks))
+        except OSError as exc:
+            log.warning("cannot keep committed blocks in the cache: %s", exc)
+
+    # -- explicit saves --------------------------------------------------------------------
+
+    async def save(self, drive_path: str, message: str) -> list[CommitReport]:
+        """Commit every staged file at or under ``drive_path`` now and wait for it."""
+        reports = []
+        prefix = drive_path.rstrip("/") + "/"
+        for staged in list(self.staging.files.values()):
+            if staged.orphan:
+                continue
+            try:
+                path = await self.tree.path_of(staged.node_id)
+            except PathNotFound:
+                path = staged.path
+            if path != drive_path and not path.startswith(prefix) and drive_path != "/":
+                continue
+            async with staged.commit_lock:
+                if staged.dirty and not staged.orphan:
+                    report = await self._commit(staged, message)
+                    if report is not None:
+                        reports.append(report)
+        return reports
+
+    async def flush(self) -> None:
+        """Commit everything pending (unmount); errors are logged, the copies stay."""
+        await self._queue.join()
+        for staged in list(self.staging.files.values()):
+            if staged.dirty and not staged.orphan and not staged.rejected:
+                try:
+                    await self.commit(staged, "saved on unmount")
+                except MediadriveError as exc:
+                    self._error(f"{staged.path}: {exc}; the local copy is kept")
