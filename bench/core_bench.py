@@ -41,13 +41,14 @@ from typing import Any
 
 from blake3 import blake3
 from boto3.s3.transfer import TransferConfig
+from rich.console import Console
+from rich.table import Table
+
 from mediadrive.core.chunking import DEFAULT_CDC_AVERAGE, DEFAULT_FIXED_SIZE, make_chunker
 from mediadrive.core.config import DriveSettings
 from mediadrive.core.drive import CommitResult, Drive
 from mediadrive.core.hashing import chunk_id
 from mediadrive.core.units import format_size, parse_size
-from rich.console import Console
-from rich.table import Table
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))

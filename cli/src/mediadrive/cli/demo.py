@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mediadrive.core.config import home
 from rich.console import Console
+
+from mediadrive.core.config import home
 
 MIB = 1 << 20
 console = Console()

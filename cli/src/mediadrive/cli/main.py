@@ -21,6 +21,9 @@ from types import ModuleType
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
 from mediadrive.core import paths
 from mediadrive.core.config import (
     ConflictPolicy,
@@ -35,8 +38,6 @@ from mediadrive.core.drive import CommitResult, Drive
 from mediadrive.core.errors import ConfigError, InvalidPath, MediadriveError, PathNotFound
 from mediadrive.core.meta import Node, NodeKind
 from mediadrive.core.units import format_size, parse_duration, parse_size
-from rich.console import Console
-from rich.table import Table
 
 from .progress import transfer_progress
 from .targets import DriveTarget, parse_target

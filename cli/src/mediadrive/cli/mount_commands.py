@@ -17,10 +17,6 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 import yaml
-from mediadrive.core.errors import ConfigError, MediadriveError
-from mediadrive.core.units import format_size, parse_duration, parse_size
-from mediadrive.node import client as node_client
-from mediadrive.node.options import CommitOn, MountOptions
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
@@ -32,6 +28,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+
+from mediadrive.core.errors import ConfigError, MediadriveError
+from mediadrive.core.units import format_size, parse_duration, parse_size
+from mediadrive.node import client as node_client
+from mediadrive.node.options import CommitOn, MountOptions
 
 P = ParamSpec("P")
 R = TypeVar("R")

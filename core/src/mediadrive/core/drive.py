@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import stat as stat_mode
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -319,11 +320,15 @@ class Drive:
             maxsize=self.upload_concurrency
         )
 
+        stop = threading.Event()
+
         def produce() -> None:
             # Chunking and hashing run in a thread; the queue bounds memory in flight.
             item: tuple[Piece, str, bytes] | BaseException | None = None
             try:
                 for piece in chunker.split(source):
+                    if stop.is_set():
+                        return
                     item = (piece, chunk_id(piece.data), block_digests(piece.data))
                     asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
                 item = None
@@ -380,6 +385,12 @@ class Drive:
             raise
         finally:
             renewer.cancel()
+            # On failure the producer may be blocked on a full queue: stop and drain it.
+            stop.set()
+            while not producer.done():
+                while not queue.empty():
+                    queue.get_nowait()
+                await asyncio.sleep(0.01)
             await asyncio.gather(producer, return_exceptions=True)
         size = extents[-1].offset + extents[-1].length if extents else 0
         return UploadResult(extents, size, uploaded_bytes, len(extents), len(sent))

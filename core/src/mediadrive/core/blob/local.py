@@ -79,7 +79,12 @@ class LocalBlobStore(BlobStore):
     async def check(self) -> None:
         def probe() -> None:
             if self._create:
-                self._chunks.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._chunks.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise StoreUnavailable(
+                        f"cannot create store folder {self.root}: {err.strerror}"
+                    ) from None
             if not self._chunks.is_dir():
                 raise StoreUnavailable(f"store folder {self.root} does not exist")
             if not os.access(self._chunks, os.W_OK):

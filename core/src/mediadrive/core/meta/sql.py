@@ -394,7 +394,10 @@ class SqlMetaStore(ABC):
             ),
         )
         await self._touch_dir(tx, parent.id, now_ns)
-        return Node(node_id, parent.id, name, kind, mode, uid, gid, now_ns, now_ns, 0, None, target)
+        size = len(target.encode()) if target else 0
+        return Node(
+            node_id, parent.id, name, kind, mode, uid, gid, now_ns, now_ns, size, None, target
+        )
 
     async def _touch_dir(self, tx: Tx, dir_id: int, now_ns: int) -> None:
         await tx.execute(
