@@ -1,0 +1,288 @@
+"""The blob-store contract: every engine passes the same tests.
+
+Engines: a local folder, moto's standalone S3 server and MinIO, both over real
+HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mediadrive.core.blob import BlobStore, open_store
+from mediadrive.core.errors import NotFound, StoreUnavailable
+from mediadrive.core.hashing import chunk_id
+from tests.servers import S3Server
+
+ENGINES = [
+    "local",
+    pytest.param("moto", marks=pytest.mark.s3),
+    pytest.param("minio", marks=pytest.mark.s3),
+]
+
+
+@dataclass(frozen=True)
+class Engine:
+    kind: str
+    url: str
+    server: S3Server | None
+    bucket: str = ""
+
+    def url_for(self, location: str, prefix: str = "chunks-under-test") -> str:
+        """A store URL of the same engine at another folder or bucket."""
+        if self.server is None:
+            return f"file://{location}"
+        return f"s3://{location}/{prefix}?endpoint={self.server.endpoint_url}"
+
+
+def use_credentials(monkeypatch: pytest.MonkeyPatch, server: S3Server) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", server.region)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def make_engine(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Engine:
+    if kind == "local":
+        return Engine("local", f"file://{tmp_path}/store", None)
+    server: S3Server = request.getfixturevalue(f"{kind}_s3")
+    use_credentials(monkeypatch, server)
+    bucket = server.new_bucket("blob")
+    return Engine(kind, f"s3://{bucket}/drives/show?endpoint={server.endpoint_url}", server, bucket)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Engine:
+    return make_engine(request.param, request, tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=ENGINES[1:])
+def s3_engine(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Engine:
+    return make_engine(request.param, request, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+async def store(engine: Engine) -> AsyncIterator[BlobStore]:
+    blobs = open_store(engine.url, create=True)
+    await blobs.check()
+    try:
+        yield blobs
+    finally:
+        await blobs.close()
+
+
+def payload(size: int, seed: int = 0) -> tuple[str, bytes]:
+    data = random.Random(seed).randbytes(size)
+    return chunk_id(data), data
+
+
+async def listed(store: BlobStore) -> set[str]:
+    return {cid async for cid in store.list()}
+
+
+async def test_put_get_exists(store: BlobStore) -> None:
+    cid, data = payload(100_000)
+    assert not await store.exists(cid)
+    await store.put(cid, data)
+    assert await store.exists(cid)
+    assert await store.get(cid) == data
+    # Putting the same chunk again is harmless.
+    await store.put(cid, memoryview(data))
+    assert await store.get(cid) == data
+
+
+async def test_empty_chunk(store: BlobStore) -> None:
+    cid = chunk_id(b"")
+    await store.put(cid, b"")
+    assert await store.exists(cid)
+    assert await store.get(cid) == b""
+
+
+async def test_get_range(store: BlobStore) -> None:
+    cid, data = payload(10_000, seed=1)
+    await store.put(cid, data)
+    assert await store.get_range(cid, 0, 100) == data[:100]
+    assert await store.get_range(cid, 4321, 1000) == data[4321:5321]
+    assert await store.get_range(cid, 9_999, 1) == data[9_999:]
+    assert await store.get_range(cid, 0, 10_000) == data
+    # Past the end: only what is there, and nothing at all beyond it.
+    assert await store.get_range(cid, 9_000, 5_000) == data[9_000:]
+    assert await store.get_range(cid, 10_000, 10) == b""
+    assert await store.get_range(cid, 50_000, 10) == b""
+    assert await store.get_range(cid, 10, 0) == b""
+
+
+async def test_missing_chunk_raises_not_found(store: BlobStore) -> None:
+    cid, _ = payload(10, seed=2)
+    with pytest.raises(NotFound):
+        await store.get(cid)
+    with pytest.raises(NotFound):
+        await store.get_range(cid, 0, 5)
+    assert not await store.exists(cid)
+
+
+async def test_delete_is_idempotent(store: BlobStore) -> None:
+    keep_id, keep = payload(1000, seed=3)
+    gone_id, gone = payload(1000, seed=4)
+    await store.put(keep_id, keep)
+    await store.put(gone_id, gone)
+    await store.delete(gone_id)
+    assert not await store.exists(gone_id)
+    with pytest.raises(NotFound):
+        await store.get(gone_id)
+    await store.delete(gone_id)
+    await store.delete(chunk_id(b"never stored"))
+    assert await store.get(keep_id) == keep
+
+
+async def test_list(store: BlobStore) -> None:
+    assert await listed(store) == set()
+    ids = []
+    for seed in range(5):
+        cid, data = payload(500 + seed, seed=10 + seed)
+        await store.put(cid, data)
+        ids.append(cid)
+    assert await listed(store) == set(ids)
+    await store.delete(ids[0])
+    assert await listed(store) == set(ids[1:])
+
+
+async def test_stores_at_other_locations_do_not_share_chunks(
+    store: BlobStore, engine: Engine, tmp_path: Path
+) -> None:
+    if engine.server is None:
+        other_url = engine.url_for(f"{tmp_path}/other")
+    else:
+        other_url = engine.url_for(engine.bucket, prefix="drives/other")
+    other = open_store(other_url, create=True)
+    try:
+        await other.check()
+        cid, data = payload(300, seed=5)
+        await store.put(cid, data)
+        assert not await other.exists(cid)
+        assert await listed(other) == set()
+        await other.put(cid, data)
+        await other.delete(cid)
+        assert await store.get(cid) == data
+    finally:
+        await other.close()
+
+
+async def test_a_large_chunk_round_trips(store: BlobStore, engine: Engine) -> None:
+    size = 40 << 20
+    data = os.urandom(size)
+    cid = chunk_id(data)
+    await store.put(cid, data)
+    assert await store.get(cid) == data
+    # Ranges across the 16 MiB part boundaries of a multipart upload.
+    for offset in (0, (16 << 20) - 10, (32 << 20) - 1, size - 100):
+        assert await store.get_range(cid, offset, 4096) == data[offset : offset + 4096]
+    if engine.server is not None:
+        head = engine.server.client().head_object(
+            Bucket=engine.bucket, Key=f"drives/show/chunks/{cid[:2]}/{cid}"
+        )
+        assert head["ContentLength"] == size
+        # An S3 ETag of the form "<md5>-<parts>" marks a multipart upload.
+        assert head["ETag"].strip('"').endswith("-3")
+
+
+async def test_concurrent_puts_and_gets(store: BlobStore) -> None:
+    chunks = [payload(50_000 + i, seed=100 + i) for i in range(16)]
+    await asyncio.gather(*(store.put(cid, data) for cid, data in chunks))
+    got = await asyncio.gather(*(store.get(cid) for cid, _ in chunks))
+    assert got == [data for _, data in chunks]
+    assert await listed(store) == {cid for cid, _ in chunks}
+
+
+async def test_check_on_a_usable_store(store: BlobStore) -> None:
+    await store.check()
+
+
+async def test_missing_location_without_create(engine: Engine, tmp_path: Path) -> None:
+    if engine.server is None:
+        url = engine.url_for(f"{tmp_path}/absent")
+        where = tmp_path / "absent"
+    else:
+        url = engine.url_for(f"absent-{os.urandom(6).hex()}")
+        where = None
+    store = open_store(url)
+    try:
+        with pytest.raises(StoreUnavailable, match="does not exist"):
+            await store.check()
+    finally:
+        await store.close()
+    if where is not None:
+        assert not where.exists()
+    # With create, the folder or bucket is made and then works.
+    made = open_store(url, create=True)
+    try:
+        await made.check()
+        cid, data = payload(64, seed=6)
+        await made.put(cid, data)
+        assert await made.get(cid) == data
+    finally:
+        await made.close()
+
+
+async def test_put_into_a_missing_bucket_is_store_unavailable(s3_engine: Engine) -> None:
+    store = open_store(s3_engine.url_for(f"absent-{os.urandom(6).hex()}"))
+    try:
+        cid, data = payload(64, seed=7)
+        with pytest.raises(StoreUnavailable):
+            await store.put(cid, data)
+        # Large enough for the multipart path.
+        big_id, big = payload(17 << 20, seed=8)
+        with pytest.raises(StoreUnavailable):
+            await store.put(big_id, big)
+        # Reading from it says the store is unusable, not that one chunk is missing.
+        with pytest.raises(StoreUnavailable, match="NoSuchBucket"):
+            await store.get(cid)
+    finally:
+        await store.close()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_unreachable_endpoint_is_store_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "nobody")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "nothing")
+    url = f"s3://bucket/prefix?endpoint=http://127.0.0.1:{closed_port()}"
+    store = open_store(url, create=True)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            await store.check()
+        with pytest.raises(StoreUnavailable):
+            await store.get(chunk_id(b"anything"))
+    finally:
+        await store.close()
+    assert time.monotonic() - started < 60
+
+
+async def test_unusable_local_folder_is_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("x")
+    store = open_store(f"file://{blocker}/store", create=True)
+    with pytest.raises(StoreUnavailable, match="file-not-folder"):
+        await store.check()

@@ -1,0 +1,293 @@
+"""The whole engine on each pairing of metadata and blob store.
+
+Pairings: SQLite + local folder (the embedded default), PostgreSQL + moto and
+PostgreSQL + MinIO.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mediadrive.core.config import DriveSettings, Retention
+from mediadrive.core.drive import Drive
+from mediadrive.core.errors import CorruptChunk, NotFound, VersionNotFound
+from mediadrive.core.hashing import BLOCK_SIZE, chunk_id
+from tests.servers import S3Server
+
+MIB = 1 << 20
+CHUNK = 2 * MIB
+
+PAIRINGS = [
+    "sqlite+local",
+    pytest.param("postgres+moto", marks=[pytest.mark.postgres, pytest.mark.s3]),
+    pytest.param("postgres+minio", marks=[pytest.mark.postgres, pytest.mark.s3]),
+]
+
+
+@dataclass(frozen=True)
+class Pairing:
+    name: str
+    meta_url: str
+    store_url: str
+    base: Path
+    local_root: Path | None = None
+    server: S3Server | None = None
+    bucket: str = ""
+    prefix: str = ""
+
+    def overwrite_chunk(self, cid: str, data: bytes) -> None:
+        """Replace a stored chunk's bytes behind the engine's back."""
+        if self.local_root is not None:
+            (self.local_root / "chunks" / cid[:2] / cid).write_bytes(data)
+            return
+        assert self.server is not None
+        key = f"{self.prefix}/chunks/{cid[:2]}/{cid}"
+        self.server.client().put_object(Bucket=self.bucket, Key=key, Body=data)
+
+
+def new_postgres_database(admin_url: str) -> str:
+    name = f"drive_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=PAIRINGS)
+def pairing(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Pairing:
+    base = tmp_path / "home"
+    if request.param == "sqlite+local":
+        root = tmp_path / "store"
+        return Pairing(request.param, f"sqlite:///{tmp_path}/meta.db", f"file://{root}", base, root)
+    meta_url = new_postgres_database(request.getfixturevalue("postgres_url"))
+    server: S3Server = request.getfixturevalue(request.param.split("+")[1] + "_s3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)
+    bucket = server.new_bucket("drive")
+    store_url = f"s3://{bucket}/show?endpoint={server.endpoint_url}"
+    return Pairing(request.param, meta_url, store_url, base, None, server, bucket, "show")
+
+
+async def open_drive(pairing: Pairing, settings: DriveSettings) -> AsyncIterator[Drive]:
+    drive = await Drive.create(
+        "show", settings, pairing.meta_url, pairing.store_url, base=pairing.base
+    )
+    try:
+        yield drive
+    finally:
+        await drive.close()
+
+
+@pytest.fixture
+async def drive(pairing: Pairing) -> AsyncIterator[Drive]:
+    async for d in open_drive(pairing, DriveSettings(chunking="fixed", chunk_size=CHUNK)):
+        yield d
+
+
+async def read_all(drive: Drive, path: str, version: int | None = None) -> bytes:
+    out = io.BytesIO()
+    await drive.read_to(path, out, version=version)
+    return out.getvalue()
+
+
+async def stored_ids(drive: Drive) -> set[str]:
+    return {cid async for cid in drive.blobs.list()}
+
+
+def chunk_ids(data: bytes, size: int = CHUNK) -> list[str]:
+    return [chunk_id(data[i : i + size]) for i in range(0, len(data), size)]
+
+
+def edited(data: bytes, offset: int, patch: bytes) -> bytes:
+    return data[:offset] + patch + data[offset + len(patch) :]
+
+
+async def test_versions_dedup_restore_retention_gc(drive: Drive) -> None:
+    data1 = os.urandom(6 * CHUNK + 5000)  # six whole chunks and a short one
+    await drive.mkdir("/media")
+
+    first = await drive.write_file("/media/a.bin", io.BytesIO(data1), message="first cut")
+    assert (first.path, first.version, first.size) == ("/media/a.bin", 1, len(data1))
+    assert (first.bytes_uploaded, first.chunks_total, first.chunks_new) == (len(data1), 7, 7)
+    assert await stored_ids(drive) == set(chunk_ids(data1))
+
+    # A 1 KiB edit in the middle uploads the one chunk it falls in.
+    data2 = edited(data1, 2 * CHUNK + 100, os.urandom(1024))
+    second = await drive.write_file("/media/a.bin", io.BytesIO(data2))
+    assert (second.version, second.conflict) == (2, False)
+    assert (second.bytes_uploaded, second.chunks_total, second.chunks_new) == (CHUNK, 7, 1)
+
+    assert await read_all(drive, "/media/a.bin", 1) == data1
+    assert await read_all(drive, "/media/a.bin") == data2
+    old = await drive.reader("/media/a.bin", 1)
+    assert await old.read(2 * CHUNK, 2048) == data1[2 * CHUNK : 2 * CHUNK + 2048]
+    head = await drive.reader("/media/a.bin")
+    assert await head.read(2 * CHUNK, 2048) == data2[2 * CHUNK : 2 * CHUNK + 2048]
+    assert await head.read(len(data2) - 10, 100) == data2[-10:]
+
+    # The same bytes at another path upload nothing.
+    copy = await drive.write_file("/media/copy.bin", io.BytesIO(data2))
+    assert (copy.version, copy.bytes_uploaded, copy.chunks_new, copy.chunks_total) == (1, 0, 0, 7)
+    before_restore = await stored_ids(drive)
+    assert len(before_restore) == 8
+
+    # Restore makes a new head with the old bytes; history stays.
+    restored = await drive.restore("/media/a.bin", 1)
+    assert (restored.version, restored.conflict) == (3, False)
+    versions = await drive.versions("/media/a.bin")
+    assert [(v.version, v.origin, v.parent_version) for v in versions] == [
+        (1, "commit", None),
+        (2, "commit", 1),
+        (3, "restore", 2),
+    ]
+    assert versions[0].message == "first cut"
+    assert await read_all(drive, "/media/a.bin") == data1
+    assert await read_all(drive, "/media/a.bin", 2) == data2
+    assert await stored_ids(drive) == before_restore
+    events = [e async for e in drive.events()]
+    assert events[-1].kind == "restore" and events[-1].version == 3
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+    # New heads for both files, then keep only the last version of each.
+    await drive.write_file("/media/copy.bin", io.BytesIO(b"small"))
+    data3 = edited(data1, 5 * CHUNK + 7, os.urandom(3000))
+    await drive.write_file("/media/a.bin", io.BytesIO(data3))
+    await drive.write_file("/media/notes.txt", io.BytesIO(b"old notes"))
+    await drive.remove("/media/notes.txt")
+    drive.settings = drive.settings.model_copy(update={"retention": Retention(keep_last=1)})
+    await drive.meta.update_settings(drive.settings)
+
+    gone = {chunk_ids(data2)[2], chunk_ids(data1)[5]}
+    assert gone <= await stored_ids(drive)
+    report = await drive.gc(grace=0)
+    assert (report.versions_pruned, report.chunks_deleted) == (4, 2)
+    assert report.bytes_freed == 2 * CHUNK
+    expected = set(chunk_ids(data3)) | {chunk_id(b"small"), chunk_id(b"old notes")}
+    assert await stored_ids(drive) == expected
+    for cid in gone:
+        assert not await drive.blobs.exists(cid)
+    assert await read_all(drive, "/media/a.bin") == data3
+    assert await read_all(drive, "/media/copy.bin") == b"small"
+    # A deleted file's last version stays in history.
+    assert await read_all(drive, "/media/notes.txt") == b"old notes"
+    assert [v.version for v in await drive.versions("/media/a.bin")] == [4]
+    with pytest.raises(VersionNotFound):
+        await drive.reader("/media/a.bin", 1)
+    stats = await drive.stats()
+    assert (stats.stored_chunks, stats.stored_bytes) == (
+        len(expected),
+        len(data3) + len(b"small") + len(b"old notes"),
+    )
+    assert await drive.gc(grace=0) == type(report)(0, 0, 0)
+
+
+async def test_an_edit_across_a_chunk_boundary_uploads_two_chunks(drive: Drive) -> None:
+    data = os.urandom(4 * CHUNK)
+    await drive.write_file("/f", io.BytesIO(data))
+    straddle = edited(data, 2 * CHUNK - 10, os.urandom(20))
+    result = await drive.write_file("/f", io.BytesIO(straddle))
+    assert (result.version, result.bytes_uploaded, result.chunks_new) == (2, 2 * CHUNK, 2)
+    grown = straddle + os.urandom(10)
+    appended = await drive.write_file("/f", io.BytesIO(grown))
+    assert (appended.bytes_uploaded, appended.chunks_new, appended.chunks_total) == (10, 1, 5)
+    assert await read_all(drive, "/f", 2) == straddle
+    assert await read_all(drive, "/f") == grown
+
+
+async def test_gc_with_a_grace_period_keeps_recent_chunks(drive: Drive) -> None:
+    data = os.urandom(3 * CHUNK)
+    newer = os.urandom(100)
+    await drive.write_file("/f", io.BytesIO(data))
+    await drive.write_file("/f", io.BytesIO(newer))
+    drive.settings = drive.settings.model_copy(update={"retention": Retention(keep_last=1)})
+    report = await drive.gc(grace=3600)
+    assert (report.versions_pruned, report.chunks_deleted) == (1, 0)
+    assert set(chunk_ids(data)) <= await stored_ids(drive)
+    assert (await drive.gc(grace=0)).chunks_deleted == 3
+    assert await stored_ids(drive) == {chunk_id(newer)}
+
+
+async def test_a_corrupt_chunk_is_an_error_never_wrong_bytes(
+    drive: Drive, pairing: Pairing
+) -> None:
+    data = os.urandom(3 * CHUNK)
+    await drive.write_file("/clip.mov", io.BytesIO(data))
+    await drive.write_file("/other.mov", io.BytesIO(os.urandom(CHUNK)))
+    first, second, third = chunk_ids(data)
+
+    # One flipped byte in the second block of the first chunk.
+    bad = bytearray(data[:CHUNK])
+    bad[BLOCK_SIZE + 1234] ^= 0xFF
+    pairing.overwrite_chunk(first, bytes(bad))
+    # The second chunk cut short.
+    pairing.overwrite_chunk(second, data[CHUNK : 2 * CHUNK - 1])
+
+    reopened = await Drive.open("show", base=pairing.base)
+    for d in (drive, reopened):
+        with pytest.raises(CorruptChunk):
+            await read_all(d, "/clip.mov")
+        reader = await d.reader("/clip.mov")
+        with pytest.raises(CorruptChunk):
+            await reader.read(BLOCK_SIZE + 1000, 500)
+        with pytest.raises(CorruptChunk):
+            await reader.read(2 * CHUNK - 100, 10)  # the short block of the short chunk
+        with pytest.raises(CorruptChunk):
+            await reader.read(CHUNK - 10, 20)  # starts in a sound block, ends in a bad one
+        # Blocks that are intact still read, and other files are untouched.
+        assert await reader.read(100, 1000) == data[100:1100]
+        assert await reader.read(CHUNK + 5, 1000) == data[CHUNK + 5 : CHUNK + 1005]
+        assert await reader.read(2 * CHUNK + 5, 1000) == data[2 * CHUNK + 5 : 2 * CHUNK + 1005]
+        assert len(await read_all(d, "/other.mov")) == CHUNK
+    await reopened.close()
+
+    # A chunk gone from the store is an error too.
+    await drive.blobs.delete(third)
+    fresh = await Drive.open("show", base=pairing.base)
+    try:
+        reader = await fresh.reader("/clip.mov")
+        with pytest.raises(NotFound):
+            await reader.read(2 * CHUNK + 5, 10)
+    finally:
+        await fresh.close()
+
+
+async def test_cdc_insertion_uploads_little(pairing: Pairing) -> None:
+    settings = DriveSettings(chunking="cdc", chunk_size=64 * 1024)
+    async for drive in open_drive(pairing, settings):
+        data = os.urandom(8 * MIB)
+        first = await drive.write_file("/take.wav", io.BytesIO(data))
+        assert first.bytes_uploaded == len(data)
+        inserted = os.urandom(100_000) + data
+        second = await drive.write_file("/take.wav", io.BytesIO(inserted))
+        # The new bytes plus the few chunks around them, not the whole file.
+        assert second.bytes_uploaded <= 100_000 + 8 * 256 * 1024
+        assert second.chunks_new <= 10
+        assert await read_all(drive, "/take.wav") == inserted
+        assert await read_all(drive, "/take.wav", 1) == data
+
+
+async def test_reopened_drive_sees_everything(pairing: Pairing, drive: Drive) -> None:
+    data = os.urandom(CHUNK + 1)
+    await drive.mkdir("/a/b", parents=True)
+    await drive.write_file("/a/b/c.bin", io.BytesIO(data), message="hello")
+    await drive.move("/a/b/c.bin", "/a/d.bin")
+    reopened = await Drive.open("show", base=pairing.base)
+    try:
+        assert reopened.settings == drive.settings
+        assert [n.name for n in await reopened.listdir("/a")] == ["b", "d.bin"]
+        assert await read_all(reopened, "/a/d.bin") == data
+        (info,) = await reopened.versions("/a/d.bin")
+        assert (info.message, info.size) == ("hello", len(data))
+        kinds = [e.kind async for e in reopened.events()]
+        assert kinds == ["mkdir", "mkdir", "commit", "rename"]
+    finally:
+        await reopened.close()

@@ -1,0 +1,763 @@
+"""The metadata-store contract: every engine passes the same tests.
+
+Engines: SQLite (a file per test) and the real PostgreSQL server (a fresh
+database per test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import posixpath
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from mediadrive.core.config import ConflictPolicy, DriveSettings, Retention
+from mediadrive.core.errors import (
+    AlreadyExists,
+    ChunkMissing,
+    ConflictError,
+    DirectoryNotEmpty,
+    DriveNotFound,
+    InvalidPath,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    PathNotFound,
+    SchemaError,
+    VersionNotFound,
+)
+from mediadrive.core.hashing import chunk_id
+from mediadrive.core.meta import (
+    CommitOutcome,
+    CommitRequest,
+    Extent,
+    MetaStore,
+    Node,
+    NodeKind,
+    connect,
+)
+from mediadrive.core.meta.schema import LATEST
+
+ACTOR = "ana@render-01"
+LWW = ConflictPolicy.LAST_WRITER_WINS
+
+
+def new_postgres_database(admin_url: str) -> str:
+    """A fresh, empty database on the test server; returns its URL."""
+    name = f"meta_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def raw_execute(url: str, sql: str) -> None:
+    """Run one statement on the database behind ``url``, outside the store."""
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(urlsplit(url).path) as conn:
+            conn.execute(sql)
+        return
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def meta_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/meta.db"
+    return new_postgres_database(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(meta_url: str) -> AsyncIterator[MetaStore]:
+    meta = connect(meta_url, "show")
+    await meta.create_drive(DriveSettings())
+    try:
+        yield meta
+    finally:
+        await meta.close()
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+async def stored_extents(meta: MetaStore, *payloads: bytes) -> list[Extent]:
+    """Claim and store ``payloads`` as chunks; the extents of their concatenation."""
+    extents = []
+    offset = 0
+    for data in payloads:
+        extents.append(Extent(offset, len(data), chunk_id(data)))
+        offset += len(data)
+    fresh = {e.chunk_id: e.length for e in extents}
+    await meta.claim_chunks([(cid, size, None) for cid, size in fresh.items()])
+    await meta.mark_stored(list(fresh))
+    return extents
+
+
+async def resolve(meta: MetaStore, path: str) -> Node:
+    node = await meta.resolve(path)
+    assert node is not None, f"{path} does not resolve"
+    return node
+
+
+async def mkdir(meta: MetaStore, path: str) -> Node:
+    parent_path, name = posixpath.split(path)
+    parent = await resolve(meta, parent_path)
+    return await meta.make_node(parent.id, parent_path, name, NodeKind.DIR, 0o755, ACTOR)
+
+
+def request(
+    parent: Node,
+    path: str,
+    base: int | None,
+    extents: list[Extent],
+    host: str = "render-01",
+    author: str = ACTOR,
+) -> CommitRequest:
+    parent_path, name = posixpath.split(path)
+    return CommitRequest(
+        parent_id=parent.id,
+        parent_path=parent_path,
+        name=name,
+        base_version=base,
+        extents=extents,
+        size=sum(e.length for e in extents),
+        mode=0o644,
+        mtime_ns=time.time_ns(),
+        author=author,
+        message=f"from {host}",
+        host=host,
+    )
+
+
+async def commit(
+    meta: MetaStore,
+    path: str,
+    base: int | None,
+    *payloads: bytes,
+    policy: ConflictPolicy = LWW,
+    host: str = "render-01",
+) -> CommitOutcome:
+    extents = await stored_extents(meta, *payloads)
+    parent = await resolve(meta, posixpath.dirname(path))
+    return await meta.commit(request(parent, path, base, extents, host), policy)
+
+
+async def all_events(meta: MetaStore) -> list[tuple[int, str, str]]:
+    return [(e.seq, e.kind, e.path) for e in await meta.events_after(0)]
+
+
+# -- schema and drive lifecycle ---------------------------------------------------------
+
+
+async def test_migrate_is_idempotent(meta_url: str) -> None:
+    meta = connect(meta_url, "show")
+    try:
+        assert await meta.migrate() == LATEST
+        assert await meta.migrate() == LATEST
+    finally:
+        await meta.close()
+
+
+async def test_create_then_open_returns_the_settings(meta_url: str) -> None:
+    settings = DriveSettings(
+        chunking="cdc",
+        chunk_size="256KiB",  # type: ignore[arg-type]
+        conflict=ConflictPolicy.REJECT,
+        retention=Retention(keep_last=5, keep_within=86400),
+    )
+    creator = connect(meta_url, "show")
+    await creator.create_drive(settings)
+    await creator.close()
+    opener = connect(meta_url, "show")
+    try:
+        assert await opener.open_drive() == settings
+        changed = settings.model_copy(update={"conflict": ConflictPolicy.KEEP_BOTH})
+        await opener.update_settings(changed)
+        assert await opener.open_drive() == changed
+    finally:
+        await opener.close()
+
+
+async def test_create_twice_raises_already_exists(store: MetaStore, meta_url: str) -> None:
+    with pytest.raises(AlreadyExists, match="show"):
+        await store.create_drive(DriveSettings())
+    again = connect(meta_url, "show")
+    try:
+        with pytest.raises(AlreadyExists):
+            await again.create_drive(DriveSettings(conflict=ConflictPolicy.REJECT))
+        # The first drive's settings are untouched.
+        assert (await again.open_drive()).conflict is LWW
+    finally:
+        await again.close()
+
+
+async def test_unknown_drive_raises_drive_not_found(store: MetaStore, meta_url: str) -> None:
+    other = connect(meta_url, "nosuch")
+    try:
+        with pytest.raises(DriveNotFound, match="nosuch"):
+            await other.open_drive()
+        # Nothing can be made in a drive that does not exist.
+        with pytest.raises(NotFound):
+            await other.make_node(1, "/", "x", NodeKind.DIR, 0o755, ACTOR)
+    finally:
+        await other.close()
+
+
+async def test_open_before_migration_raises_schema_error(meta_url: str) -> None:
+    meta = connect(meta_url, "show")
+    try:
+        with pytest.raises(SchemaError, match="version 0"):
+            await meta.open_drive()
+    finally:
+        await meta.close()
+
+
+async def test_newer_schema_is_refused(store: MetaStore, meta_url: str) -> None:
+    raw_execute(
+        meta_url,
+        f"INSERT INTO schema_migrations (version, applied) VALUES ({LATEST + 1}, 0)",
+    )
+    reopened = connect(meta_url, "show")
+    try:
+        with pytest.raises(SchemaError, match=f"version {LATEST + 1}"):
+            await reopened.open_drive()
+        with pytest.raises(SchemaError, match="newer"):
+            await reopened.migrate()
+        with pytest.raises(SchemaError):
+            await reopened.create_drive(DriveSettings())
+    finally:
+        await reopened.close()
+
+
+async def test_one_database_holds_many_drives(store: MetaStore, meta_url: str) -> None:
+    other = connect(meta_url, "other")
+    try:
+        await other.create_drive(DriveSettings(chunking="cdc"))
+        await mkdir(store, "/only-in-show")
+        await commit(other, "/only-in-other.txt", None, b"other")
+        assert [n.name for n in await store.list_dir(1)] == ["only-in-show"]
+        assert [n.name for n in await other.list_dir(1)] == ["only-in-other.txt"]
+        # Sequence numbers are per drive.
+        assert [e[0] for e in await all_events(store)] == [1]
+        assert [e[0] for e in await all_events(other)] == [1]
+        assert (await other.open_drive()).chunking == "cdc"
+        assert (await store.open_drive()).chunking == "fixed"
+        assert await store.chunk_stats() == (0, 0)
+    finally:
+        await other.close()
+
+
+# -- the tree ---------------------------------------------------------------------------
+
+
+async def test_make_lookup_resolve_list(store: MetaStore) -> None:
+    root = await resolve(store, "/")
+    assert root.is_dir and root.parent_id is None
+    shots = await mkdir(store, "/shots")
+    assert shots.kind is NodeKind.DIR and shots.parent_id == root.id
+    s010 = await mkdir(store, "/shots/010")
+    link = await store.make_node(
+        shots.id, "/shots", "latest", NodeKind.SYMLINK, 0o777, ACTOR, target="010"
+    )
+    empty = await store.make_node(shots.id, "/shots", "notes.txt", NodeKind.FILE, 0o640, ACTOR)
+
+    assert link.target == "010" and link.size == 3
+    assert await store.get_node(link.id) == link
+    assert empty.head_version is None and empty.size == 0
+    assert (await store.lookup(shots.id, "010")) == (await store.get_node(s010.id))
+    assert await store.lookup(shots.id, "nope") is None
+    assert (await resolve(store, "/shots/010")).id == s010.id
+    assert await store.resolve("/shots/011") is None
+    assert await store.resolve("/shots/notes.txt/deeper") is None
+    assert [n.name for n in await store.list_dir(shots.id)] == ["010", "latest", "notes.txt"]
+    assert [n.name for n in await store.list_dir(s010.id)] == []
+
+    with pytest.raises(AlreadyExists):
+        await mkdir(store, "/shots/010")
+    with pytest.raises(PathNotFound):
+        await store.make_node(9999, "/gone", "x", NodeKind.DIR, 0o755, ACTOR)
+    with pytest.raises(NotADirectory):
+        await store.make_node(empty.id, "/shots/notes.txt", "x", NodeKind.FILE, 0o644, ACTOR)
+
+    kinds = [(kind, path) for _, kind, path in await all_events(store)]
+    assert kinds == [
+        ("mkdir", "/shots"),
+        ("mkdir", "/shots/010"),
+        ("symlink", "/shots/latest"),
+        ("create", "/shots/notes.txt"),
+    ]
+
+
+async def test_set_attrs(store: MetaStore) -> None:
+    node = await mkdir(store, "/a")
+    changed = await store.set_attrs(node.id, mode=0o700, uid=1000, mtime_ns=42)
+    assert (changed.mode, changed.uid, changed.gid, changed.mtime_ns) == (0o700, 1000, 0, 42)
+    assert await store.get_node(node.id) == changed
+    with pytest.raises(PathNotFound):
+        await store.set_attrs(12345, mode=0o600)
+
+
+async def test_rename_moves_and_records_source(store: MetaStore) -> None:
+    a = await mkdir(store, "/a")
+    b = await mkdir(store, "/b")
+    moved = await commit(store, "/a/f.txt", None, b"payload")
+    node = await store.rename(a.id, "/a/f.txt", b.id, "/b/g.txt", ACTOR)
+    assert (node.id, node.parent_id, node.name) == (moved.file_id, b.id, "g.txt")
+    assert node.head_version == 1
+    assert await store.resolve("/a/f.txt") is None
+    assert (await resolve(store, "/b/g.txt")).id == moved.file_id
+    event = (await store.events_after(0))[-1]
+    assert (event.kind, event.path, event.detail["source"]) == ("rename", "/b/g.txt", "/a/f.txt")
+    # Versions travel with the file.
+    assert [v.version for v in await store.versions(moved.file_id)] == [1]
+
+
+async def test_rename_replaces_an_existing_file(store: MetaStore) -> None:
+    src = await commit(store, "/src.txt", None, b"new")
+    dst = await commit(store, "/dst.txt", None, b"old")
+    await store.rename(1, "/src.txt", 1, "/dst.txt", ACTOR)
+    assert (await resolve(store, "/dst.txt")).id == src.file_id
+    assert await store.resolve("/src.txt") is None
+    assert [n.name for n in await store.list_dir(1)] == ["dst.txt"]
+    # The replaced file is deleted but stays in history.
+    replaced = await store.last_deleted(1, "dst.txt")
+    assert replaced is not None and replaced.id == dst.file_id
+    assert [v.version for v in await store.versions(dst.file_id)] == [1]
+
+
+async def test_rename_refusals(store: MetaStore) -> None:
+    a = await mkdir(store, "/a")
+    ab = await mkdir(store, "/a/b")
+    full = await mkdir(store, "/full")
+    await mkdir(store, "/full/inside")
+    await mkdir(store, "/empty")
+    await commit(store, "/f.txt", None, b"f")
+    await commit(store, "/g.txt", None, b"g")
+
+    with pytest.raises(InvalidPath, match="into itself"):
+        await store.rename(1, "/a", a.id, "/a/a2", ACTOR)
+    with pytest.raises(InvalidPath, match="into itself"):
+        await store.rename(1, "/a", ab.id, "/a/b/a", ACTOR)
+    with pytest.raises(AlreadyExists):
+        await store.rename(1, "/f.txt", 1, "/g.txt", ACTOR, replace=False)
+    with pytest.raises(IsADirectory):
+        await store.rename(1, "/f.txt", 1, "/empty", ACTOR)
+    with pytest.raises(NotADirectory):
+        await store.rename(1, "/a", 1, "/f.txt", ACTOR)
+    with pytest.raises(DirectoryNotEmpty):
+        await store.rename(1, "/a", 1, "/full", ACTOR)
+    with pytest.raises(PathNotFound):
+        await store.rename(1, "/missing", 1, "/x", ACTOR)
+    with pytest.raises(PathNotFound):
+        await store.rename(1, "/f.txt", 9999, "/gone/f.txt", ACTOR)
+    with pytest.raises(NotADirectory):
+        await store.rename(1, "/f.txt", (await resolve(store, "/g.txt")).id, "/g.txt/f", ACTOR)
+
+    # Nothing changed, and no event was recorded for the refusals.
+    assert [n.name for n in await store.list_dir(1)] == ["a", "empty", "f.txt", "full", "g.txt"]
+    assert [n.name for n in await store.list_dir(full.id)] == ["inside"]
+    assert all(kind != "rename" for _, kind, _ in await all_events(store))
+
+    # A folder may replace an empty folder, and renaming onto itself is a no-op.
+    moved = await store.rename(1, "/a", 1, "/empty", ACTOR)
+    assert moved.id == a.id
+    assert (await resolve(store, "/empty/b")).id == ab.id
+    same = await store.rename(1, "/empty", 1, "/empty", ACTOR)
+    assert same.id == a.id
+
+
+async def test_remove(store: MetaStore) -> None:
+    d = await mkdir(store, "/d")
+    await commit(store, "/d/f.txt", None, b"x")
+    await mkdir(store, "/e")
+    with pytest.raises(DirectoryNotEmpty):
+        await store.remove(1, "/", "d", ACTOR)
+    with pytest.raises(PathNotFound):
+        await store.remove(1, "/", "missing", ACTOR)
+    removed = await store.remove(d.id, "/d", "f.txt", ACTOR)
+    assert removed.head_version == 1
+    assert await store.resolve("/d/f.txt") is None
+    gone = await store.last_deleted(d.id, "f.txt")
+    assert gone is not None and gone.id == removed.id and gone.deleted_ns is not None
+    await store.remove(1, "/", "d", ACTOR)
+    await store.remove(1, "/", "e", ACTOR)
+    assert await store.list_dir(1) == []
+    # The name is free again.
+    again = await mkdir(store, "/d")
+    assert again.id != d.id
+
+
+async def test_remove_recursive(store: MetaStore) -> None:
+    await mkdir(store, "/tree")
+    await mkdir(store, "/tree/sub")
+    await commit(store, "/tree/sub/leaf.bin", None, b"leaf")
+    await store.remove(1, "/", "tree", ACTOR, recursive=True)
+    assert await store.resolve("/tree") is None
+    assert await store.resolve("/tree/sub/leaf.bin") is None
+    assert await store.list_dir(1) == []
+
+
+# -- versions and conflicts -------------------------------------------------------------
+
+
+async def test_commit_makes_versions(store: MetaStore) -> None:
+    await mkdir(store, "/clips")
+    first = await commit(store, "/clips/a.mov", None, b"aaaa", b"bbbb")
+    assert (first.path, first.version, first.conflict) == ("/clips/a.mov", 1, False)
+    second = await commit(store, "/clips/a.mov", 1, b"aaaa", b"cccccc")
+    assert (second.version, second.file_id, second.conflict) == (2, first.file_id, False)
+
+    node = await resolve(store, "/clips/a.mov")
+    assert (node.head_version, node.size, node.kind) == (2, 10, NodeKind.FILE)
+    info, extents = await store.version(first.file_id, 1)
+    assert (info.version, info.size, info.parent_version, info.author) == (1, 8, None, ACTOR)
+    assert extents == [Extent(0, 4, chunk_id(b"aaaa")), Extent(4, 4, chunk_id(b"bbbb"))]
+    info2, extents2 = await store.version(first.file_id, 2)
+    assert info2.parent_version == 1 and info2.origin == "commit"
+    assert [e.chunk_id for e in extents2] == [chunk_id(b"aaaa"), chunk_id(b"cccccc")]
+    assert [v.version for v in await store.versions(first.file_id)] == [1, 2]
+    with pytest.raises(VersionNotFound):
+        await store.version(first.file_id, 3)
+    assert await store.logical_bytes() == 18
+    assert await store.chunk_stats() == (3, 14)
+
+
+async def test_commit_of_an_empty_file_and_to_a_folder(store: MetaStore) -> None:
+    empty = await commit(store, "/empty.bin", None)
+    assert empty.version == 1
+    _, extents = await store.version(empty.file_id, 1)
+    assert extents == []
+    await mkdir(store, "/dir")
+    with pytest.raises(IsADirectory):
+        await commit(store, "/dir", None, b"x")
+    root = await resolve(store, "/")
+    await store.remove(1, "/", "dir", ACTOR)
+    parent_gone = request(root, "/dir/x", None, await stored_extents(store, b"x"))
+    dir_node = await store.last_deleted(1, "dir")
+    assert dir_node is not None
+    with pytest.raises(PathNotFound):
+        await store.commit(dataclasses.replace(parent_gone, parent_id=dir_node.id), LWW)
+
+
+async def test_commit_requires_stored_chunks(store: MetaStore) -> None:
+    root = await resolve(store, "/")
+    never = Extent(0, 5, chunk_id(b"never"))
+    with pytest.raises(ChunkMissing):
+        await store.commit(request(root, "/x.bin", None, [never]), LWW)
+    # Claimed but not yet stored is not enough either.
+    (claim,) = await store.claim_chunks([(chunk_id(b"pending"), 7, None)])
+    assert claim.state == "pending"
+    pending = Extent(0, 7, chunk_id(b"pending"))
+    with pytest.raises(ChunkMissing):
+        await store.commit(request(root, "/x.bin", None, [pending]), LWW)
+    # One good chunk does not carry a missing one.
+    (good,) = await stored_extents(store, b"good")
+    with pytest.raises(ChunkMissing):
+        await store.commit(request(root, "/x.bin", None, [good, Extent(4, 5, never.chunk_id)]), LWW)
+    assert await store.resolve("/x.bin") is None
+    assert await all_events(store) == []
+    await store.mark_stored([pending.chunk_id])
+    outcome = await store.commit(request(root, "/x.bin", None, [pending]), LWW)
+    assert outcome.version == 1
+
+
+async def test_last_writer_wins_keeps_the_loser_in_history(store: MetaStore) -> None:
+    first = await commit(store, "/cut.mov", None, b"v1")
+    winner = await commit(store, "/cut.mov", 1, b"from-a", host="render-a")
+    late = await commit(store, "/cut.mov", 1, b"from-b", host="render-b")
+    assert (winner.version, winner.conflict) == (2, False)
+    assert (late.path, late.file_id, late.version) == ("/cut.mov", first.file_id, 3)
+    assert late.conflict and late.previous_head == 2
+    info, extents = await store.version(first.file_id, 3)
+    assert extents[0].chunk_id == chunk_id(b"from-b")
+    assert info.parent_version == 2
+    assert [v.version for v in await store.versions(first.file_id)] == [1, 2, 3]
+    conflicts = [e for e in await store.events_after(0) if e.kind == "conflict"]
+    assert len(conflicts) == 1
+    assert conflicts[0].path == "/cut.mov"
+    assert conflicts[0].detail == {"policy": "last-writer-wins", "base": 1, "head": 2}
+
+
+async def test_new_file_created_twice_is_a_conflict(store: MetaStore) -> None:
+    await commit(store, "/new.txt", None, b"a")
+    late = await commit(store, "/new.txt", None, b"b")
+    assert late.conflict and late.version == 2 and late.previous_head == 1
+
+
+async def test_keep_both_lands_the_loser_beside(store: MetaStore) -> None:
+    keep = ConflictPolicy.KEEP_BOTH
+    first = await commit(store, "/cut.mov", None, b"v1", policy=keep)
+    await commit(store, "/cut.mov", 1, b"from-a", policy=keep, host="render-a")
+    late = await commit(store, "/cut.mov", 1, b"from-b", policy=keep, host="render-b")
+    assert late.conflict
+    assert late.path.startswith("/cut (conflict from render-b at ")
+    assert late.path.endswith(").mov")
+    assert late.file_id != first.file_id and late.version == 1
+
+    head = await resolve(store, "/cut.mov")
+    assert head.head_version == 2
+    sibling = await resolve(store, late.path)
+    assert sibling.id == late.file_id
+    _, extents = await store.version(sibling.id, 1)
+    assert extents[0].chunk_id == chunk_id(b"from-b")
+    _, head_extents = await store.version(head.id, 2)
+    assert head_extents[0].chunk_id == chunk_id(b"from-a")
+
+    # A third writer from the same stale base gets a name of its own.
+    third = await commit(store, "/cut.mov", 1, b"from-c", policy=keep, host="render-b")
+    assert third.path not in (late.path, "/cut.mov")
+    assert len(await store.list_dir(1)) == 3
+
+    conflicts = [e for e in await store.events_after(0) if e.kind == "conflict"]
+    assert [c.detail["kept_as"] for c in conflicts] == [late.path, third.path]
+    assert all(c.detail["policy"] == "keep-both" for c in conflicts)
+
+
+async def test_reject_raises_and_changes_nothing_but_the_log(store: MetaStore) -> None:
+    reject = ConflictPolicy.REJECT
+    first = await commit(store, "/cut.mov", None, b"v1", policy=reject)
+    await commit(store, "/cut.mov", 1, b"from-a", policy=reject)
+    before = await store.last_event_seq()
+    with pytest.raises(ConflictError, match="reject"):
+        await commit(store, "/cut.mov", 1, b"from-b", policy=reject)
+    node = await resolve(store, "/cut.mov")
+    assert node.head_version == 2
+    assert [v.version for v in await store.versions(first.file_id)] == [1, 2]
+    assert [n.name for n in await store.list_dir(1)] == ["cut.mov"]
+    events = await store.events_after(before)
+    assert [(e.seq, e.kind, e.path) for e in events] == [(before + 1, "conflict", "/cut.mov")]
+    assert events[0].detail == {"policy": "reject", "base": 1, "head": 2}
+    # The writer may try again from the new head.
+    again = await commit(store, "/cut.mov", 2, b"from-b", policy=reject)
+    assert (again.version, again.conflict) == (3, False)
+
+
+async def test_recommit_after_delete_revives_the_name(store: MetaStore) -> None:
+    first = await commit(store, "/f.txt", None, b"one")
+    await store.remove(1, "/", "f.txt", ACTOR)
+    fresh = await commit(store, "/f.txt", None, b"two")
+    assert fresh.file_id != first.file_id and fresh.version == 1 and not fresh.conflict
+
+
+# -- chunks -----------------------------------------------------------------------------
+
+
+async def test_claim_and_mark_stored(store: MetaStore) -> None:
+    a, b = chunk_id(b"a"), chunk_id(b"b")
+    claims = await store.claim_chunks([(a, 1, b"\x01" * 32), (b, 1, None)])
+    assert [(c.chunk_id, c.state) for c in claims] == [(a, "pending"), (b, "pending")]
+    assert await store.chunk_stats() == (0, 0)
+    await store.mark_stored([a])
+    claims = await store.claim_chunks([(a, 1, None), (b, 1, b"\x02" * 32)])
+    assert [c.state for c in claims] == ["stored", "pending"]
+    assert await store.chunk_stats() == (1, 1)
+    # Block digests recorded first are kept; a later claim fills them in only if missing.
+    assert await store.chunk_blocks(a) == b"\x01" * 32
+    assert await store.chunk_blocks(b) == b"\x02" * 32
+    assert await store.chunk_blocks(chunk_id(b"unknown")) is None
+    # Marking an unknown chunk stored does not invent it.
+    await store.mark_stored([chunk_id(b"unknown")])
+    assert await store.chunk_stats() == (1, 1)
+
+
+# -- events -----------------------------------------------------------------------------
+
+
+async def test_event_sequence_is_gapless(store: MetaStore) -> None:
+    await mkdir(store, "/a")
+    await commit(store, "/a/f", None, b"1")
+    with pytest.raises(AlreadyExists):
+        await mkdir(store, "/a")  # a failed change takes no number
+    await store.rename(1, "/a", 1, "/b", ACTOR)
+    await store.remove((await resolve(store, "/b")).id, "/b", "f", ACTOR)
+    seq = await store.record_event("publish", "/b", ACTOR, None, None, tier="cloud")
+    events = await store.events_after(0)
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5]
+    assert [e.kind for e in events] == ["mkdir", "commit", "rename", "delete", "publish"]
+    assert seq == 5 == await store.last_event_seq()
+    assert events[1].version == 1 and events[1].detail["size"] == 1
+    assert events[4].detail == {"tier": "cloud"}
+    assert all(e.actor == ACTOR for e in events)
+    assert [e.seq for e in await store.events_after(3)] == [4, 5]
+    assert [e.seq for e in await store.events_after(1, limit=2)] == [2, 3]
+    assert await store.events_after(5) == []
+    assert events == sorted(events, key=lambda e: e.created)
+
+
+async def test_event_sequence_is_gapless_under_concurrent_writers(
+    store: MetaStore, meta_url: str
+) -> None:
+    second = connect(meta_url, "show")
+    try:
+        await second.open_drive()
+
+        async def make(meta: MetaStore, name: str) -> None:
+            await meta.make_node(1, "/", name, NodeKind.DIR, 0o755, ACTOR)
+
+        await asyncio.gather(
+            *(make(store, f"s{i}") for i in range(12)),
+            *(make(second, f"t{i}") for i in range(12)),
+        )
+        events = await second.events_after(0)
+        assert [e.seq for e in events] == list(range(1, 25))
+        assert sorted(e.path for e in events) == sorted(
+            [f"/s{i}" for i in range(12)] + [f"/t{i}" for i in range(12)]
+        )
+        assert len(await store.list_dir(1)) == 24
+    finally:
+        await second.close()
+
+
+async def test_follow_events_sees_new_events(store: MetaStore) -> None:
+    await mkdir(store, "/before")
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for event in store.follow_events(0, poll=0.02):
+            seen.append(event.path)
+            if len(seen) == 2:
+                return
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.1)
+    await mkdir(store, "/after")
+    await asyncio.wait_for(task, timeout=10)
+    assert seen == ["/before", "/after"]
+
+
+# -- retention and garbage collection ---------------------------------------------------
+
+
+async def _file_with_versions(meta: MetaStore, path: str, count: int) -> int:
+    file_id = 0
+    for n in range(1, count + 1):
+        outcome = await commit(meta, path, n - 1 or None, f"{path} v{n}".encode())
+        file_id = outcome.file_id
+    return file_id
+
+
+async def test_prune_keep_last(store: MetaStore) -> None:
+    f = await _file_with_versions(store, "/f", 5)
+    g = await _file_with_versions(store, "/g", 2)
+    assert await store.prune_versions(Retention(), time.time()) == 0
+    assert await store.prune_versions(Retention(keep_last=2), time.time()) == 3
+    assert [v.version for v in await store.versions(f)] == [4, 5]
+    assert [v.version for v in await store.versions(g)] == [1, 2]
+    with pytest.raises(VersionNotFound):
+        await store.version(f, 1)
+    assert await store.prune_versions(Retention(keep_last=1), time.time()) == 2
+    assert [v.version for v in await store.versions(f)] == [5]
+    assert [v.version for v in await store.versions(g)] == [2]
+    assert await store.prune_versions(Retention(keep_last=1), time.time()) == 0
+
+
+async def test_prune_keep_within(store: MetaStore) -> None:
+    f = await _file_with_versions(store, "/f", 3)
+    await asyncio.sleep(0.05)
+    middle = time.time()
+    await asyncio.sleep(0.05)
+    await commit(store, "/f", 3, b"v4")
+    await commit(store, "/f", 4, b"v5")
+    now = middle + 1000.0
+    # Versions younger than 1000 s at ``now`` are those made after ``middle``.
+    assert await store.prune_versions(Retention(keep_within=1000.0), now) == 3
+    assert [v.version for v in await store.versions(f)] == [4, 5]
+    # Far in the future only the head is left, whatever its age.
+    assert await store.prune_versions(Retention(keep_within=60.0), now + 10**6) == 1
+    assert [v.version for v in await store.versions(f)] == [5]
+
+
+async def test_prune_rules_combine_as_either_keeps(store: MetaStore) -> None:
+    f = await _file_with_versions(store, "/f", 4)
+    now = time.time()
+    # keep_last=2 alone would drop 1 and 2; keep_within keeps everything recent.
+    both = Retention(keep_last=2, keep_within=3600.0)
+    assert await store.prune_versions(both, now) == 0
+    assert await store.prune_versions(both, now + 7200.0) == 2
+    assert [v.version for v in await store.versions(f)] == [3, 4]
+
+
+async def test_gc_candidates_and_deletion(store: MetaStore) -> None:
+    await commit(store, "/f", None, b"shared", b"only-v1")
+    await commit(store, "/f", 1, b"shared", b"only-v2")
+    orphan = chunk_id(b"orphan")
+    held = chunk_id(b"held")
+    await store.claim_chunks([(orphan, 6, None)], hold=0)
+    await store.mark_stored([orphan])
+    await store.claim_chunks([(held, 4, None)])  # the default hold: an upload in flight
+    await store.mark_stored([held])
+
+    later = time.time() + 1
+    # Everything was touched just now: a grace period of an hour protects all.
+    assert await store.gc_candidates(time.time() - 3600) == []
+    assert {c.chunk_id for c in await store.gc_candidates(later)} == {orphan}
+
+    assert await store.prune_versions(Retention(keep_last=1), time.time()) == 1
+    candidates = {c.chunk_id: c.size for c in await store.gc_candidates(later)}
+    assert candidates == {orphan: 6, chunk_id(b"only-v1"): 7}
+
+    # Referenced and held chunks cannot be marked for deletion.
+    assert not await store.begin_delete_chunk(chunk_id(b"shared"), later)
+    assert not await store.begin_delete_chunk(held, later)
+    assert await store.begin_delete_chunk(orphan, later)
+    assert await store.deleting_chunks() == [orphan]
+    (busy,) = await store.claim_chunks([(orphan, 6, None)])
+    assert busy.state == "busy"
+    await store.finish_delete_chunk(orphan)
+    assert await store.deleting_chunks() == []
+    (fresh,) = await store.claim_chunks([(orphan, 6, None)])
+    assert fresh.state == "pending"
+    assert await store.chunk_stats() == (4, len(b"shared" + b"only-v1" + b"only-v2" + b"held"))
+
+
+async def test_commit_loses_to_a_chunk_being_deleted(store: MetaStore) -> None:
+    extents = await stored_extents(store, b"doomed")
+    later = time.time() + 1
+    await store.claim_chunks([(extents[0].chunk_id, 6, None)], hold=0)
+    assert await store.begin_delete_chunk(extents[0].chunk_id, later)
+    root = await resolve(store, "/")
+    with pytest.raises(ChunkMissing):
+        await store.commit(request(root, "/f", None, extents), LWW)
+    assert await store.resolve("/f") is None
+
+
+async def test_a_commit_never_lands_on_a_chunk_gc_took(store: MetaStore) -> None:
+    # Writer B's upload finds the chunk already stored and claims it for its commit.
+    await commit(store, "/a", None, b"common")
+    (claim,) = await store.claim_chunks([(chunk_id(b"common"), 6, None)])
+    assert claim.state == "stored"
+    # Meanwhile writer A commits it again, replaces it, and retention drops both
+    # versions. Whether GC may take the chunk now is the engine's call (a commit
+    # refreshes holds); what must never happen is B's version naming a deleted chunk.
+    await commit(store, "/a", 1, b"common")
+    await commit(store, "/a", 2, b"other")
+    assert await store.prune_versions(Retention(keep_last=1), time.time()) == 2
+    taken = await store.begin_delete_chunk(chunk_id(b"common"), time.time() + 1)
+    root = await resolve(store, "/")
+    extents = [Extent(0, 6, chunk_id(b"common"))]
+    if taken:
+        await store.finish_delete_chunk(chunk_id(b"common"))
+        with pytest.raises(ChunkMissing):
+            await store.commit(request(root, "/b", None, extents), LWW)
+        assert await store.resolve("/b") is None
+        assert await store.chunk_stats() == (1, len(b"other"))
+    else:
+        assert (await store.commit(request(root, "/b", None, extents), LWW)).version == 1
+
+
+async def test_hold_chunks_extends_a_hold(store: MetaStore) -> None:
+    cid = chunk_id(b"long upload")
+    await store.claim_chunks([(cid, 11, None)], hold=0)
+    soon = time.time() + 1
+    assert [c.chunk_id for c in await store.gc_candidates(soon)] == [cid]
+    await store.hold_chunks([cid], hold=600)
+    assert await store.gc_candidates(soon) == []
+    assert not await store.begin_delete_chunk(cid, soon)
