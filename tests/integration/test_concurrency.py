@@ -272,12 +272,6 @@ async def test_an_upload_waits_for_a_deletion_in_progress(open_drives: Opener) -
     assert await read_all(collector, "/again.bin") == content
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ChunkMissing,
-    reason="a commit resets the hold of every chunk it names to 'now' (meta/sql.py "
-    "_require_stored), ending the holds of other uploads still in flight",
-)
 async def test_another_commit_does_not_end_an_uploads_hold(open_drives: Opener) -> None:
     writer, other, collector = await open_drives(settings(ConflictPolicy.LAST_WRITER_WINS), 3)
     content = os.urandom(2 * CHUNK)

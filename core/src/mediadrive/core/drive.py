@@ -17,6 +17,7 @@ import shutil
 import stat as stat_mode
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ class UploadResult:
     bytes_uploaded: int
     chunks_total: int
     chunks_new: int
+    # Names this upload's holds on its chunks; the commit releases them.
+    token: str = ""
 
 
 @dataclass(frozen=True)
@@ -321,6 +324,7 @@ class Drive:
         )
 
         stop = threading.Event()
+        token = uuid.uuid4().hex
 
         def produce() -> None:
             # Chunking and hashing run in a thread; the queue bounds memory in flight.
@@ -357,7 +361,7 @@ class Drive:
         async def renew_holds() -> None:
             while True:
                 await asyncio.sleep(CHUNK_HOLD / 3)
-                await self.meta.hold_chunks(sorted(claimed))
+                await self.meta.hold_chunks(sorted(claimed), token=token)
 
         renewer = asyncio.create_task(renew_holds())
         try:
@@ -370,7 +374,7 @@ class Drive:
                     if progress:
                         progress(len(piece.data))
                     continue
-                state = await self._claim(cid, len(piece.data), digests)
+                state = await self._claim(cid, len(piece.data), digests, token)
                 claimed.add(cid)
                 if state == "stored":
                     if progress:
@@ -393,11 +397,11 @@ class Drive:
                 await asyncio.sleep(0.01)
             await asyncio.gather(producer, return_exceptions=True)
         size = extents[-1].offset + extents[-1].length if extents else 0
-        return UploadResult(extents, size, uploaded_bytes, len(extents), len(sent))
+        return UploadResult(extents, size, uploaded_bytes, len(extents), len(sent), token)
 
-    async def _claim(self, cid: str, size: int, digests: bytes) -> str:
+    async def _claim(self, cid: str, size: int, digests: bytes, token: str) -> str:
         while True:
-            (claim,) = await self.meta.claim_chunks([(cid, size, digests)])
+            (claim,) = await self.meta.claim_chunks([(cid, size, digests)], token=token)
             if claim.state != "busy":
                 return claim.state
             # GC is deleting this chunk right now; claim it again once the row is gone.
@@ -429,6 +433,7 @@ class Drive:
             message=message,
             host=self.host,
             origin=origin,
+            hold_token=upload.token,
         )
         return await self.meta.commit(request, self.settings.conflict)
 
@@ -566,8 +571,11 @@ class Drive:
     ) -> CommitResult:
         """Commit an existing version's chunks at ``path``: no byte is uploaded."""
         base = await self.head_version(path)
-        await self.meta.claim_chunks([(e.chunk_id, e.length, None) for e in reader.extents])
-        upload = UploadResult(reader.extents, reader.size, 0, len(reader.extents), 0)
+        token = uuid.uuid4().hex
+        await self.meta.claim_chunks(
+            [(e.chunk_id, e.length, None) for e in reader.extents], token=token
+        )
+        upload = UploadResult(reader.extents, reader.size, 0, len(reader.extents), 0, token)
         outcome = await self.commit(path, upload, base, message, reader.info.mode, origin=origin)
         return CommitResult(
             outcome.path,
@@ -613,6 +621,7 @@ class Drive:
         """
         now = time.time()
         pruned = await self.meta.prune_versions(self.settings.retention, now)
+        await self.meta.expire_holds()
         for leftover in await self.meta.deleting_chunks():
             await self.blobs.delete(leftover)
             await self.meta.finish_delete_chunk(leftover)

@@ -91,6 +91,8 @@ class CommitRequest:
     host: str
     origin: str = "commit"
     tier: str = "cloud"
+    # The upload whose holds this commit releases (see MetaStore.claim_chunks).
+    hold_token: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,6 +94,15 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 2: per-block digests, so ranged reads are verified without the whole chunk.
     ["ALTER TABLE chunks ADD COLUMN blocks {blob}"],
+    # 3: holds per upload, so one commit never ends another upload's hold.
+    [
+        """CREATE TABLE holds (
+            drive {text} NOT NULL,
+            chunk_id {text} NOT NULL,
+            token {text} NOT NULL,
+            until {real} NOT NULL,
+            PRIMARY KEY (drive, chunk_id, token))""",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -574,6 +574,9 @@ class SqlMetaStore(ABC):
             now = time.time()
             parent = await self._live_dir(tx, req.parent_id, req.parent_path)
             await self._require_stored(tx, chunk_ids)
+            await tx.execute(
+                "DELETE FROM holds WHERE drive = ? AND token = ?", (self.drive, req.hold_token)
+            )
             node = await self._lookup(tx, req.parent_id, req.name)
             if node is not None and node.is_dir:
                 raise IsADirectory(f"{path!r} is a folder")
@@ -715,16 +718,20 @@ class SqlMetaStore(ABC):
     # -- chunks -------------------------------------------------------------------------------
 
     async def claim_chunks(
-        self, chunks: Sequence[tuple[str, int, bytes | None]], hold: float = CHUNK_HOLD
+        self,
+        chunks: Sequence[tuple[str, int, bytes | None]],
+        hold: float = CHUNK_HOLD,
+        token: str = "",
     ) -> list[ChunkClaim]:
-        """Announce chunks a commit is about to reference; says which need uploading.
+        """Announce chunks an upload is about to commit; says which need uploading.
 
-        A claim holds the chunk for ``hold`` seconds: GC leaves it alone, whatever its
-        grace period, while the upload and the commit that follows it are in flight.
+        Each claim is a hold for ``hold`` seconds under the upload's ``token``: GC
+        leaves a held chunk alone, whatever its grace period, while the upload and
+        the commit that follows it are in flight. The commit releases its own holds.
         """
 
         async def body(tx: Tx) -> list[ChunkClaim]:
-            until = time.time() + hold
+            now = time.time()
             claims = []
             for chunk_id, size, blocks in chunks:
                 await tx.execute(
@@ -733,30 +740,47 @@ class SqlMetaStore(ABC):
                     "SET held_until = excluded.held_until, "
                     "blocks = COALESCE(chunks.blocks, excluded.blocks) "
                     "WHERE chunks.state <> 'deleting'",
-                    (self.drive, chunk_id, size, until, blocks),
+                    (self.drive, chunk_id, size, now, blocks),
                 )
                 row = await tx.fetchone(
                     "SELECT state FROM chunks WHERE drive = ? AND id = ?", (self.drive, chunk_id)
                 )
                 assert row is not None
-                state = "busy" if row[0] == "deleting" else str(row[0])
-                claims.append(ChunkClaim(chunk_id, state))
+                if row[0] == "deleting":
+                    claims.append(ChunkClaim(chunk_id, "busy"))
+                    continue
+                await self._hold(tx, [chunk_id], token, now + hold)
+                claims.append(ChunkClaim(chunk_id, str(row[0])))
             return claims
 
         return await self._run(body)
 
-    async def hold_chunks(self, chunk_ids: Sequence[str], hold: float = CHUNK_HOLD) -> None:
-        """Extend the hold of chunks a long upload is still working on."""
+    async def _hold(self, tx: Tx, chunk_ids: Sequence[str], token: str, until: float) -> None:
+        await tx.executemany(
+            "INSERT INTO holds (drive, chunk_id, token, until) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (drive, chunk_id, token) DO UPDATE SET until = excluded.until",
+            [(self.drive, c, token, until) for c in chunk_ids],
+        )
+
+    async def hold_chunks(
+        self, chunk_ids: Sequence[str], hold: float = CHUNK_HOLD, token: str = ""
+    ) -> None:
+        """Extend the holds of chunks a long upload is still working on."""
 
         async def body(tx: Tx) -> None:
-            until = time.time() + hold
-            await tx.executemany(
-                "UPDATE chunks SET held_until = ? WHERE drive = ? AND id = ? "
-                "AND state <> 'deleting'",
-                [(until, self.drive, c) for c in chunk_ids],
-            )
+            await self._hold(tx, chunk_ids, token, time.time() + hold)
 
         await self._run(body)
+
+    async def expire_holds(self) -> int:
+        """Forget holds whose uploads died without committing."""
+
+        async def body(tx: Tx) -> int:
+            return await tx.execute(
+                "DELETE FROM holds WHERE drive = ? AND until < ?", (self.drive, time.time())
+            )
+
+        return await self._run(body)
 
     async def mark_stored(self, chunk_ids: Sequence[str]) -> None:
         async def body(tx: Tx) -> None:
@@ -770,7 +794,8 @@ class SqlMetaStore(ABC):
 
     async def _require_stored(self, tx: Tx, chunk_ids: Sequence[str]) -> None:
         # Writing the rows (not only reading them) makes this commit and a concurrent
-        # GC touch the same rows, so one of them waits or retries.
+        # GC touch the same rows, so one of them waits or retries. The time written is
+        # where GC's grace period starts once the chunk is no longer referenced.
         for start in range(0, len(chunk_ids), 500):
             batch = chunk_ids[start : start + 500]
             marks = ", ".join("?" for _ in batch)
@@ -860,22 +885,35 @@ class SqlMetaStore(ABC):
             rows = await tx.fetchall(
                 "SELECT c.id, c.size FROM chunks c WHERE c.drive = ? AND c.held_until < ? "
                 "AND NOT EXISTS (SELECT 1 FROM extents e WHERE e.drive = c.drive "
-                "AND e.chunk_id = c.id)",
-                (self.drive, cutoff),
+                "AND e.chunk_id = c.id) "
+                "AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.drive = c.drive "
+                "AND h.chunk_id = c.id AND h.until >= ?)",
+                (self.drive, cutoff, time.time()),
             )
             return [GcCandidate(r[0], r[1]) for r in rows]
 
         return await self._run(body, write=False)
 
     async def begin_delete_chunk(self, chunk_id: str, cutoff: float) -> bool:
-        """Mark a chunk as being deleted if it is still unreferenced and stale."""
+        """Mark a chunk as being deleted if it is still unreferenced, unheld and stale."""
 
         async def body(tx: Tx) -> bool:
             changed = await tx.execute(
                 "UPDATE chunks SET state = 'deleting' "
                 "WHERE drive = ? AND id = ? AND held_until < ? "
-                "AND NOT EXISTS (SELECT 1 FROM extents e WHERE e.drive = ? AND e.chunk_id = ?)",
-                (self.drive, chunk_id, cutoff, self.drive, chunk_id),
+                "AND NOT EXISTS (SELECT 1 FROM extents e WHERE e.drive = ? AND e.chunk_id = ?) "
+                "AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.drive = ? AND h.chunk_id = ? "
+                "AND h.until >= ?)",
+                (
+                    self.drive,
+                    chunk_id,
+                    cutoff,
+                    self.drive,
+                    chunk_id,
+                    self.drive,
+                    chunk_id,
+                    time.time(),
+                ),
             )
             return changed == 1
 
