@@ -27,6 +27,7 @@ from typing import Any
 
 import pyfuse3
 import pyfuse3.asyncio
+
 from mediadrive.core import paths
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import ConfigError, ConflictError, MediadriveError, NotADirectory

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from mediadrive.core.errors import (
     ConflictError,
     InvalidPath,
@@ -24,7 +26,6 @@ from mediadrive.core.errors import (
     NotFound,
     StoreUnavailable,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .hydrate import Manifest
 

@@ -94,9 +94,6 @@ class Follower:
         if known is not None and known.version == version:
             return
         fs.contents.pop(file_id, None)
-        if fs.kernel_version.get(file_id, -1) == version:
-            return
-        fs.kernel_version.pop(file_id, None)
         await fs.refresh_kernel(file_id)
 
     async def _drop_entry(self, path: str) -> None:

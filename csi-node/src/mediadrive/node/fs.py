@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+
 from mediadrive.core.drive import Drive, UploadResult
 from mediadrive.core.errors import (
     AlreadyExists,
@@ -500,7 +501,11 @@ class DriveFS(pyfuse3.Operations):
         fh = next(self._fh)
         self.handles[fh] = Handle(node.id, writable)
         self.open_counts[node.id] += 1
-        keep = node.id in self.kernel_version and self.kernel_version[node.id] == node.head_version
+        known = node.id in self.kernel_version
+        keep = known and self.kernel_version[node.id] == node.head_version
+        if known and not keep and (node.id, node.head_version) not in self.own_versions:
+            # Changed elsewhere, and the event follower has not told the kernel yet.
+            self.stale.add(node.id)
         self.kernel_version[node.id] = node.head_version
         # The kernel may still hold an old size of a file changed elsewhere (the writeback
         # cache trusts its own): read around its page cache until it forgets the inode.

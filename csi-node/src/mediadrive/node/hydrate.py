@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from mediadrive.core import paths
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mediadrive.core import paths
 
 
 class ManifestEntry(BaseModel):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from mediadrive.core import paths
 from mediadrive.core.config import check_drive_name, home
 from mediadrive.core.units import ByteSize, parse_duration
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_CACHE_SIZE = 10 << 30
 DEFAULT_CHECKPOINT = 30.0

@@ -10,6 +10,7 @@ import asyncio
 import posixpath
 
 import pyfuse3
+
 from mediadrive.core import paths
 from mediadrive.core.errors import PathNotFound
 from mediadrive.core.meta import MetaStore, Node

@@ -1,0 +1,159 @@
+"""Fixtures for real mounts: a private MEDIADRIVE_HOME, drives, and mounted agents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mediadrive.core.config import ConflictPolicy, DriveSettings
+from mediadrive.core.drive import Drive
+from mediadrive.node import client, registry
+from mediadrive.node.options import MountOptions
+
+if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
+    pytest.fail("node tests need /dev/fuse and root", pytrace=False)
+
+
+class Mounts:
+    """Starts agents for a test and always unmounts them afterwards."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.active: list[Path] = []
+        self._n = 0
+
+    def folder(self, name: str) -> Path:
+        path = self.base / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def mount(
+        self,
+        drive: str,
+        mountpoint: Path | None = None,
+        cache: str | None = None,
+        **options: Any,
+    ) -> MountHandle:
+        self._n += 1
+        mountpoint = mountpoint or self.folder(f"mnt{self._n}")
+        cache_dir = self.base / (cache or f"cache{self._n}")
+        options.setdefault("checkpoint_interval", "off")
+        client.mount(
+            MountOptions(drive=drive, mountpoint=mountpoint, cache_dir=cache_dir, **options)
+        )
+        if mountpoint not in self.active:
+            self.active.append(mountpoint)
+        return MountHandle(mountpoint, cache_dir)
+
+    def umount(self, handle: MountHandle) -> None:
+        client.umount(handle.path)
+        if handle.path in self.active:
+            self.active.remove(handle.path)
+
+    def close(self) -> None:
+        for mountpoint in reversed(self.active):
+            with contextlib.suppress(Exception):
+                client.umount(mountpoint, timeout=60)
+            force_unmount(mountpoint)
+        self.active.clear()
+
+
+class MountHandle:
+    def __init__(self, path: Path, cache_dir: Path) -> None:
+        self.path = path
+        self.cache_dir = cache_dir
+
+    def client(self) -> client.MountClient:
+        return client.MountClient.for_mountpoint(self.path)
+
+    def status(self) -> dict[str, Any]:
+        return self.client().status()
+
+    def save(self, inner: str, message: str = "") -> list[dict[str, Any]]:
+        return self.client().save(inner, message)
+
+    def pid(self) -> int:
+        entry = registry.entry_for(self.path)
+        assert entry is not None
+        return entry.pid
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+
+def force_unmount(mountpoint: Path) -> None:
+    with open("/proc/self/mountinfo") as f:
+        mounted = any(line.split()[4] == str(mountpoint) for line in f)
+    if mounted:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+@pytest.fixture
+def home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # Short paths: the agent's control socket lives under MEDIADRIVE_HOME.
+    path = tmp_path_factory.mktemp("md")
+    monkeypatch.setenv("MEDIADRIVE_HOME", str(path / "home"))
+    monkeypatch.setenv("MEDIADRIVE_AUTHOR", "tester@node")
+    monkeypatch.delenv("MEDIADRIVE_RUN_DIR", raising=False)
+    return path
+
+
+@pytest.fixture
+def mounts(home: Path) -> Iterator[Mounts]:
+    manager = Mounts(home)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+DriveFactory = Callable[..., str]
+
+
+@pytest.fixture
+def make_drive(home: Path) -> DriveFactory:
+    def make(
+        name: str = "media",
+        conflict: ConflictPolicy = ConflictPolicy.LAST_WRITER_WINS,
+        chunk_size: str | int = "64MiB",
+        store_url: str | None = None,
+    ) -> str:
+        settings = DriveSettings(chunking="fixed", chunk_size=chunk_size, conflict=conflict)
+
+        async def create() -> None:
+            drive = await Drive.create(name, settings, store_url=store_url)
+            await drive.close()
+
+        asyncio.run(create())
+        return name
+
+    return make
+
+
+def drive_call(name: str, body: Callable[[Drive], Any]) -> Any:
+    """Run ``body(drive)`` against the drive directly (another machine, in effect)."""
+
+    async def run() -> Any:
+        drive = await Drive.open(name)
+        try:
+            return await body(drive)
+        finally:
+            await drive.close()
+
+    return asyncio.run(run())
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(step)

@@ -1,0 +1,110 @@
+"""Two mounts of one drive: two machines, in effect."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from mediadrive.core.config import ConflictPolicy
+from mediadrive.core.errors import ConflictError
+
+from .conftest import DriveFactory, Mounts, drive_call, wait_until
+
+
+def test_a_save_on_one_mount_is_seen_on_the_other_within_two_seconds(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive()
+    a = mounts.mount(name, commit_on="save")
+    b = mounts.mount(name, commit_on="save")
+    (a / "shot.txt").write_text("first take")
+    a.save("/shot.txt")
+    wait_until(
+        lambda: (b / "shot.txt").exists() and (b / "shot.txt").read_text() == "first take",
+        timeout=2.5,
+    )
+    # While a writes without saving, b keeps seeing the last committed version.
+    (a / "shot.txt").write_text("uncommitted draft")
+    time.sleep(1.0)
+    assert (b / "shot.txt").read_text() == "first take"
+    # b has read it: its kernel caches it. A new, longer version from a replaces it.
+    (a / "shot.txt").write_text("second take, longer")
+    a.save("/shot.txt")
+    wait_until(lambda: (b / "shot.txt").read_text() == "second take, longer", timeout=2.5)
+    (a / "shot.txt").write_text("3")
+    a.save("/shot.txt")
+    wait_until(lambda: (b / "shot.txt").read_text() == "3", timeout=2.5)
+    wait_until(lambda: os.stat(b / "shot.txt").st_size == 1, timeout=2.5)
+    # Renames and deletes travel too.
+    (a / "shot.txt").rename(a / "final.txt")
+    wait_until(lambda: not (b / "shot.txt").exists() and (b / "final.txt").exists(), timeout=2.5)
+    (a / "final.txt").unlink()
+    wait_until(lambda: not (b / "final.txt").exists(), timeout=2.5)
+
+
+@pytest.mark.parametrize("policy", list(ConflictPolicy))
+def test_simultaneous_saves_follow_the_policy_and_lose_no_version(
+    make_drive: DriveFactory, mounts: Mounts, policy: ConflictPolicy
+) -> None:
+    name = make_drive(conflict=policy)
+    drive_call(name, lambda d: d.write_file("/cut.txt", io.BytesIO(b"base")))
+    a = mounts.mount(name, commit_on="save")
+    b = mounts.mount(name, commit_on="save")
+    (a / "cut.txt").write_text("edit from a")
+    (b / "cut.txt").write_text("edit from b")
+    results: dict[str, Any] = {}
+
+    def save(label: str, handle: Any) -> None:
+        try:
+            results[label] = handle.save("/cut.txt")
+        except ConflictError as exc:
+            results[label] = exc
+
+    threads = [threading.Thread(target=save, args=p) for p in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    async def contents(d: Any) -> dict[str, list[bytes]]:
+        found: dict[str, list[bytes]] = {}
+        for node in await d.listdir("/"):
+            path = f"/{node.name}"
+            found[path] = []
+            for v in await d.versions(path):
+                reader = await d.reader(path, v.version)
+                found[path].append(await reader.read(0, reader.size))
+        return found
+
+    stored = drive_call(name, contents)
+    everything = [blob for blobs in stored.values() for blob in blobs]
+    if policy is ConflictPolicy.REJECT:
+        refused = [k for k, v in results.items() if isinstance(v, ConflictError)]
+        assert len(refused) == 1
+        loser = a if refused == ["a"] else b
+        winner_text = "edit from b" if refused == ["a"] else "edit from a"
+        assert stored == {"/cut.txt": [b"base", winner_text.encode()]}
+        # The refused edit stays on its machine, uncommitted, not lost.
+        assert loser.status()["dirty_files"] == 1
+        assert (loser / "cut.txt").read_text() == ("edit from a" if loser is a else "edit from b")
+        return
+    assert b"edit from a" in everything and b"edit from b" in everything
+    if policy is ConflictPolicy.LAST_WRITER_WINS:
+        assert list(stored) == ["/cut.txt"] and len(stored["/cut.txt"]) == 3
+    else:
+        assert len(stored) == 2
+        sibling = next(p for p in stored if p != "/cut.txt")
+        assert "(conflict from" in sibling
+        # Both machines end up showing both files.
+        wait_until(
+            lambda: (
+                sorted(p.name for p in a.path.iterdir()) == sorted(p.name for p in b.path.iterdir())
+                and len(list(a.path.iterdir())) == 2
+            ),
+            timeout=2.5,
+        )
