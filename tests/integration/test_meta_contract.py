@@ -761,3 +761,26 @@ async def test_hold_chunks_extends_a_hold(store: MetaStore) -> None:
     await store.hold_chunks([cid], hold=600)
     assert await store.gc_candidates(soon) == []
     assert not await store.begin_delete_chunk(cid, soon)
+
+
+async def test_commit_by_file_id_follows_a_rename(store: MetaStore) -> None:
+    root = await resolve(store, "/")
+    first = await store.commit(
+        request(root, "/cut.mov", None, await stored_extents(store, b"take one")),
+        ConflictPolicy.LAST_WRITER_WINS,
+    )
+    shots = await mkdir(store, "/shots")
+    await store.rename(root.id, "/cut.mov", shots.id, "/shots/final.mov", ACTOR)
+    # The writer still knows the old name, and the file's id.
+    stale = dataclasses.replace(
+        request(root, "/cut.mov", 1, await stored_extents(store, b"take two")),
+        file_id=first.file_id,
+    )
+    outcome = await store.commit(stale, ConflictPolicy.LAST_WRITER_WINS)
+    assert (outcome.path, outcome.file_id, outcome.version) == (
+        "/shots/final.mov",
+        first.file_id,
+        2,
+    )
+    assert outcome.conflict is False
+    assert await store.resolve("/cut.mov") is None

@@ -416,6 +416,7 @@ class Drive:
         mode: int = 0o644,
         mtime_ns: int | None = None,
         origin: str = "commit",
+        file_id: int | None = None,
     ) -> CommitOutcome:
         path = paths.normalize(path)
         parent_path, name = paths.split(path)
@@ -434,6 +435,7 @@ class Drive:
             host=self.host,
             origin=origin,
             hold_token=upload.token,
+            file_id=file_id,
         )
         return await self.meta.commit(request, self.settings.conflict)
 

@@ -218,7 +218,10 @@ class Writeback:
             self.figures.bytes_uploaded += upload.bytes_uploaded
             if outcome.conflict:
                 self.figures.conflicts += 1
-        landed_elsewhere = outcome.path != path
+        # keep-both puts our bytes in a new sibling node; a rename elsewhere only moves us.
+        landed_elsewhere = outcome.file_id != node_id and outcome.path != path
+        if not landed_elsewhere:
+            staged.path = outcome.path
         if landed_elsewhere:
             # keep-both: our bytes are safe in a sibling; this name follows the other
             # writer's head from now on.
@@ -275,6 +278,8 @@ class Writeback:
                     message,
                     mode=staged.mode,
                     mtime_ns=staged.mtime_ns,
+                    # By id: a rename on another machine moves where this version lands.
+                    file_id=staged.node_id,
                 )
             except ChunkMissing:
                 # GC took a chunk the upload found stored; send the bytes again once.

@@ -93,6 +93,9 @@ class CommitRequest:
     tier: str = "cloud"
     # The upload whose holds this commit releases (see MetaStore.claim_chunks).
     hold_token: str = ""
+    # The file as the writer knew it: if it was renamed meanwhile, the version lands
+    # where it is now, not as a new file at the old name.
+    file_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

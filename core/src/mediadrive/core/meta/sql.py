@@ -567,17 +567,23 @@ class SqlMetaStore(ABC):
 
         Raises :class:`ConflictError` under ``reject`` after recording the conflict event.
         """
-        path = posixpath.join(req.parent_path, req.name)
         chunk_ids = sorted({e.chunk_id for e in req.extents})
 
         async def body(tx: Tx) -> CommitOutcome:
             now = time.time()
-            parent = await self._live_dir(tx, req.parent_id, req.parent_path)
+            parent_id, parent_path, name = req.parent_id, req.parent_path, req.name
+            path = posixpath.join(parent_path, name)
+            known = await self._get_node(tx, req.file_id) if req.file_id is not None else None
+            if known is not None and known.deleted_ns is None and known.parent_id is not None:
+                parent_id, name = known.parent_id, known.name
+                parent_path = await self._path_of(tx, parent_id)
+                path = posixpath.join(parent_path, name)
+            parent = await self._live_dir(tx, parent_id, parent_path)
             await self._require_stored(tx, chunk_ids)
             await tx.execute(
                 "DELETE FROM holds WHERE drive = ? AND token = ?", (self.drive, req.hold_token)
             )
-            node = await self._lookup(tx, req.parent_id, req.name)
+            node = await self._lookup(tx, parent_id, name)
             if node is not None and node.is_dir:
                 raise IsADirectory(f"{path!r} is a folder")
             head = node.head_version if node else None
@@ -588,8 +594,8 @@ class SqlMetaStore(ABC):
                     await self._event(tx, "conflict", path, req.author, node.id, head, **detail)
                     return CommitOutcome(path, node.id, head or 0, True, head, rejected=True)
                 if policy is ConflictPolicy.KEEP_BOTH:
-                    sibling = await self._free_name(tx, parent.id, req.name, req.host, now)
-                    sibling_path = posixpath.join(req.parent_path, sibling)
+                    sibling = await self._free_name(tx, parent.id, name, req.host, now)
+                    sibling_path = posixpath.join(parent_path, sibling)
                     await self._event(
                         tx,
                         "conflict",
@@ -608,7 +614,7 @@ class SqlMetaStore(ABC):
                     await self._event(tx, "conflict", path, req.author, node.id, head, **detail)
             if node is None:
                 node = await self._insert_node(
-                    tx, parent, req.name, NodeKind.FILE, req.mode, time.time_ns()
+                    tx, parent, name, NodeKind.FILE, req.mode, time.time_ns()
                 )
             version = await self._insert_version(tx, node.id, req, head, now)
             await self._event(
@@ -629,11 +635,19 @@ class SqlMetaStore(ABC):
         outcome = await self._run(body)
         if outcome.rejected:
             raise ConflictError(
-                f"{path!r} changed since version {req.base_version} (head is now "
+                f"{outcome.path!r} changed since version {req.base_version} (head is now "
                 f"{outcome.previous_head}); the drive's conflict policy is reject, nothing "
                 "was committed"
             )
         return outcome
+
+    async def _path_of(self, tx: Tx, dir_id: int) -> str:
+        names = []
+        node = await self._get_node(tx, dir_id)
+        while node is not None and node.parent_id is not None:
+            names.append(node.name)
+            node = await self._get_node(tx, node.parent_id)
+        return "/" + "/".join(reversed(names))
 
     async def _free_name(self, tx: Tx, parent_id: int, name: str, host: str, now: float) -> str:
         candidate = conflict_name(name, host, now)
