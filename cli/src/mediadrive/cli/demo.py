@@ -132,7 +132,16 @@ def mount(name: str, work: Path) -> None:
         console.print(f"\n[bold cyan]$ ls -l {point}/shots/010[/]")
         for entry in sorted((point / "shots" / "010").iterdir()):
             console.print(f"  {entry.stat().st_size:>12}  {entry.name}")
-        step("status", str(point))
+        plate = point / "shots" / "010" / "plate.mov"
+        with open(plate, "rb") as f:
+            f.seek(100 * MIB)
+            f.read(MIB)
+        console.print(f"\n[bold]Read 1 MiB at offset 100 MiB of {plate.name} through the mount[/]")
+        status = json.loads(step("status", str(point), "--json", show=False))
+        console.print(
+            f"  fetched {status['bytes_fetched'] / MIB:.1f} MiB of a "
+            f"{plate.stat().st_size / MIB:.0f} MiB file"
+        )
     finally:
         step("umount", str(point))
 
