@@ -8,6 +8,7 @@ a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -258,6 +259,14 @@ def _report_upload(result: CommitResult, drive: str, json_out: bool) -> None:
     )
 
 
+async def _destination(drive: Drive, path: str, name: str) -> str:
+    """Copying onto a folder means into it, keeping the file's name."""
+    with contextlib.suppress(PathNotFound):
+        if (await drive.stat(path)).is_dir:
+            return paths.normalize(f"{path}/{name}")
+    return path
+
+
 async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResult:
     if not local.exists():
         raise PathNotFound(f"local file {str(local)!r} does not exist")
@@ -265,12 +274,7 @@ async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResul
         raise InvalidPath(f"{str(local)!r} is a folder; cp copies one file")
     drive = await Drive.open(target.drive)
     try:
-        path = target.path
-        try:
-            if (await drive.stat(path)).is_dir:
-                path = paths.normalize(f"{path}/{local.name}")
-        except PathNotFound:
-            pass
+        path = await _destination(drive, target.path, local.name)
         parent = paths.split(path)[0]
         if parent != "/":
             # Like object stores and rclone: copying into a new folder makes it.
@@ -332,12 +336,7 @@ async def _copy_within(source: DriveTarget, target: DriveTarget, message: str) -
     drive = await Drive.open(source.drive)
     try:
         reader = await drive.reader(source.path, source.version)
-        path = target.path
-        try:
-            if (await drive.stat(path)).is_dir:
-                path = paths.normalize(f"{path}/{Path(source.path).name}")
-        except PathNotFound:
-            pass
+        path = await _destination(drive, target.path, Path(source.path).name)
         return await drive.copy_version(reader, path, message)
     finally:
         await drive.close()
@@ -436,19 +435,7 @@ def versions(
     if listed is None:
         where = drive_target(target)
         found = run(with_drive(where.drive, lambda d: d.versions(where.path)))
-        listed = [
-            {
-                "version": v.version,
-                "size": v.size,
-                "created": v.created,
-                "author": v.author,
-                "message": v.message,
-                "parent_version": v.parent_version,
-                "origin": v.origin,
-                "tier": v.tier,
-            }
-            for v in found
-        ]
+        listed = [asdict(v) for v in found]
     if json_out:
         print_json(listed)
         return

@@ -19,20 +19,14 @@ import typer
 import yaml
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from mediadrive.core.errors import ConfigError, MediadriveError
 from mediadrive.core.units import format_size, parse_duration, parse_size
 from mediadrive.node import client as node_client
 from mediadrive.node.options import CommitOn, MountOptions
+
+from .progress import transfer_bar
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -234,15 +228,7 @@ def hydrate(
     if json_out or not err.is_terminal:
         result = mount_client.hydrate(list(globs or []), document, pin_files)
     else:
-        with Progress(
-            TextColumn("[bold]hydrate"),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
+        with transfer_bar(err) as bar:
             task = bar.add_task("hydrate", total=None)
 
             def progress(done: int, total: int) -> None:

@@ -19,13 +19,9 @@ from rich.progress import (
 _MIN_BYTES = 8 << 20
 
 
-@contextmanager
-def transfer_progress(console: Console, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """Yields ``tick(nbytes)``; draws a bar on a terminal, does nothing elsewhere."""
-    if not console.is_terminal or total < _MIN_BYTES:
-        yield lambda _n: None
-        return
-    with Progress(
+def transfer_bar(console: Console) -> Progress:
+    """The bar every long transfer draws: bytes, speed and time left."""
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
@@ -33,6 +29,15 @@ def transfer_progress(console: Console, total: int, label: str) -> Iterator[Call
         TimeRemainingColumn(),
         console=console,
         transient=True,
-    ) as bar:
+    )
+
+
+@contextmanager
+def transfer_progress(console: Console, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """Yields ``tick(nbytes)``; draws a bar on a terminal, does nothing elsewhere."""
+    if not console.is_terminal or total < _MIN_BYTES:
+        yield lambda _n: None
+        return
+    with transfer_bar(console) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)

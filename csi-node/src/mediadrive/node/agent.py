@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -281,19 +281,7 @@ class Agent:
 
     async def versions(self, mount_path: str) -> list[dict[str, Any]]:
         found = await self.drive.versions(self.drive_path(mount_path))
-        return [
-            {
-                "version": v.version,
-                "size": v.size,
-                "created": v.created,
-                "author": v.author,
-                "message": v.message,
-                "parent_version": v.parent_version,
-                "origin": v.origin,
-                "tier": v.tier,
-            }
-            for v in found
-        ]
+        return [asdict(v) for v in found]
 
     async def read_version(
         self, mount_path: str, version: int | None

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mediadrive.core.durability import fsync_dir
 from mediadrive.core.errors import MediadriveError
 
 log = logging.getLogger(__name__)
@@ -72,14 +73,6 @@ class StagedFile:
             "mtime_ns": self.mtime_ns,
             "dirty": self.dirty,
         }
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Staging:
@@ -172,7 +165,7 @@ class Staging:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
         if durable:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
 
     def sync(self, staged: StagedFile) -> None:
         """Make the copy and its journal entry durable (runs in a worker thread)."""

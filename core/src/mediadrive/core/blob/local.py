@@ -7,16 +7,9 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ..durability import fsync_dir
 from ..errors import NotFound, StoreUnavailable
 from . import BlobStore
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalBlobStore(BlobStore):
@@ -41,7 +34,7 @@ class LocalBlobStore(BlobStore):
             os.fsync(f.fileno())
         # Rename after fsync: a reader sees the whole chunk or none of it.
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
         await asyncio.to_thread(self._put, chunk_id, data)
