@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from mediadrive.core.drive import Drive
+from mediadrive.core.errors import CorruptChunk
+
 from .conftest import DriveFactory, Mounts, drive_call, wait_until
 
 MiB = 1 << 20
@@ -290,6 +293,41 @@ def test_corrupt_chunk_is_an_io_error(make_drive: DriveFactory, mounts: Mounts, 
         with pytest.raises(OSError) as excinfo:
             f.read(1024)
     assert excinfo.value.errno == errno.EIO
+
+
+def test_coalesced_fetch_verifies_each_block(
+    make_drive: DriveFactory, mounts: Mounts, home: Path
+) -> None:
+    name = make_drive()
+    data = os.urandom(16 * MiB)
+    drive_call(name, lambda d: d.write_file("/run.bin", io.BytesIO(data)))
+    chunk = next((home / "home" / name / "store" / "chunks").glob("*/*"))
+    raw = bytearray(chunk.read_bytes())
+    raw[5 * MiB + 7] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+
+    async def ranges(d: Drive) -> list[bytes]:
+        with pytest.raises(CorruptChunk):
+            await d.read_blocks(chunk.name, 2, 6)
+        return await d.read_blocks(chunk.name, 6, 4)
+
+    blocks = drive_call(name, ranges)
+    assert blocks == [data[i * MiB : (i + 1) * MiB] for i in range(6, 10)]
+
+    m = mounts.mount(name)
+    # A sequential reader: read-ahead fetches runs of blocks that include the bad one.
+    fd = os.open(m / "run.bin", os.O_RDONLY)
+    try:
+        for i in range(16):
+            if i == 5:
+                with pytest.raises(OSError) as excinfo:
+                    os.pread(fd, MiB, i * MiB)
+                assert excinfo.value.errno == errno.EIO
+            else:
+                assert os.pread(fd, MiB, i * MiB) == data[i * MiB : (i + 1) * MiB], i
+    finally:
+        os.close(fd)
+    assert m.status()["bytes_fetched"] <= 16 * MiB
 
 
 def test_cache_is_bounded_and_pins_stay(make_drive: DriveFactory, mounts: Mounts) -> None:

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import faulthandler
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from mediadrive.core import paths
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import ConfigError, ConflictError, MediadriveError, NotADirectory
 from mediadrive.core.hashing import BLOCK_SIZE
+from mediadrive.core.logs import JsonFormatter
 from mediadrive.core.meta import Event, Node, NodeKind
 
 from . import registry
@@ -127,7 +129,12 @@ class Agent:
         self.staging = Staging(self.cache_dir / "staging")
         recovered = self.staging.open()
         self._cleanups.append(self.staging.close)
-        self.cache = BlockCache(self.cache_dir, options.cache_size, self.drive.read_block)
+        self.cache = BlockCache(
+            self.cache_dir,
+            options.cache_size,
+            self.drive.read_block,
+            fetch_run=self.drive.read_blocks,
+        )
         self.cache.open()
         self._cleanups.append(self.cache.close)
         self.tree = Tree(self.drive.meta, root, options.subdir)
@@ -202,17 +209,19 @@ class Agent:
         """Commit what is pending, unmount, release everything."""
         log.info("unmounting %s", self.mountpoint)
         with contextlib.suppress(AttributeError):
-            await self.follower.stop()
+            await self._bounded("stopping the event follower", self.follower.stop())
         if hasattr(self, "fs"):
             await self.fs.writeback.flush()
-            await self.fs.writeback.stop()
+            await self._bounded("stopping background commits", self.fs.writeback.stop())
         if self._pin_task is not None:
             self._pin_task.cancel()
         if self._fuse_task is not None:
             if not self._fuse_task.done():
                 pyfuse3.terminate()
-            with contextlib.suppress(BaseException):
-                await self._fuse_task
+            # Everything acknowledged is committed or journaled by now: a FUSE loop
+            # that does not wind down must not keep the mount (and the caller) hanging.
+            await self._bounded("stopping the FUSE loop", asyncio.shield(self._fuse_task))
+            self._fuse_task.cancel()
             pyfuse3.close(unmount=True)
         registry.remove_entry(self.mountpoint, os.getpid())
         for cleanup in reversed(self._cleanups):
@@ -223,6 +232,16 @@ class Agent:
             except Exception:
                 log.exception("cleanup failed")
         self._cleanups.clear()
+
+    async def _bounded(self, what: str, step: Awaitable[object], seconds: float = 15.0) -> None:
+        try:
+            await asyncio.wait_for(step, seconds)
+        except TimeoutError:
+            log.error("%s took over %.0fs; going on with the unmount", what, seconds)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("%s failed", what)
 
     # -- paths --------------------------------------------------------------------------------
 
@@ -547,7 +566,7 @@ def _setup_logging(log_path: Path | None) -> None:
         handler = logging.FileHandler(log_path)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(os.environ.get("MEDIADRIVE_LOG_LEVEL", "INFO").upper())
@@ -583,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = MountOptions.model_validate(json.loads(args.options))
     _setup_logging(args.log)
+    # `kill -USR1 PID` writes every thread's stack to the log: how to see where it hangs.
+    dump = open(args.log, "a") if args.log is not None else sys.stderr  # noqa: SIM115
+    faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
 
     def ready(problem: str | None) -> None:
         if args.ready_fd is None:

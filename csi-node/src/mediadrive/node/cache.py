@@ -30,7 +30,13 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[str, int], Awaitable[bytes]]
+# Blocks ``first`` .. ``first + count - 1`` of a chunk in one request, each verified.
+FetchRun = Callable[[str, int, int], Awaitable[list[bytes]]]
 BlockKey = tuple[str, int]
+
+# Consecutive missing blocks of one chunk asked for together go out as one ranged
+# request of at most this many blocks (several such requests run side by side).
+MAX_RUN_BLOCKS = 8
 
 # Recently used blocks also stay in memory: a sequential reader asks for the same
 # block several times when the kernel splits its requests.
@@ -65,11 +71,17 @@ class CacheFigures:
 
 class BlockCache:
     def __init__(
-        self, root: Path, capacity: int, fetch: Fetch, fetch_concurrency: int = 16
+        self,
+        root: Path,
+        capacity: int,
+        fetch: Fetch,
+        fetch_concurrency: int = 16,
+        fetch_run: FetchRun | None = None,
     ) -> None:
         self.root = root
         self.capacity = capacity
         self._fetch = fetch
+        self.fetch_run = fetch_run
         self._slots = asyncio.Semaphore(fetch_concurrency)
         self._blocks_dir = root / "blocks"
         self._sizes: OrderedDict[BlockKey, int] = OrderedDict()
@@ -77,6 +89,10 @@ class BlockCache:
         self._memory_bytes = 0
         self._inflight: dict[BlockKey, asyncio.Future[bytes]] = {}
         self._touched: set[BlockKey] = set()
+        # Index rows of blocks added since the last flush (a crash loses only rows:
+        # blocks on disk without one are adopted when the cache opens).
+        self._new_rows: dict[BlockKey, tuple[int, float]] = {}
+        self._dirs: set[Path] = set()
         self._db: sqlite3.Connection | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._fills: set[asyncio.Task[None]] = set()
@@ -158,7 +174,13 @@ class BlockCache:
             self._flush_index()
 
     def _flush_index(self) -> None:
-        if self._db is None or not self._touched:
+        if self._db is None:
+            return
+        if self._new_rows:
+            added = [(c, i, size, used) for (c, i), (size, used) in self._new_rows.items()]
+            self._new_rows.clear()
+            self._db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", added)
+        if not self._touched:
             return
         now = time.time()
         rows = [(now, c, i) for c, i in self._touched if (c, i) in self._sizes]
@@ -197,54 +219,108 @@ class BlockCache:
             self.figures.misses += 1
             future = asyncio.get_running_loop().create_future()
             self._inflight[key] = future
-            self._spawn(key, future)
+            self._spawn(chunk, index, [future])
         return await asyncio.shield(future)
 
     def prefetch(self, chunk: str, index: int) -> None:
         """Start fetching a block in the background unless it is here or on its way."""
-        key = (chunk, index)
-        if key in self._sizes or key in self._inflight or key in self._memory:
-            return
-        future = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        # Nobody may ever await a read-ahead: mark its failure as seen.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._spawn(key, future)
+        self.prefetch_many([(chunk, index)])
 
-    def _spawn(self, key: BlockKey, future: asyncio.Future[bytes]) -> None:
-        task = asyncio.create_task(self._fill(key, future))
+    def prefetch_many(self, keys: Iterable[BlockKey]) -> None:
+        """Start fetching the blocks that are neither here nor on their way.
+
+        Consecutive blocks of one chunk share a request (up to ``MAX_RUN_BLOCKS``).
+        """
+        run: list[asyncio.Future[bytes]] = []
+        run_chunk, run_first = "", 0
+        loop = asyncio.get_running_loop()
+        for key in keys:
+            if key in self._sizes or key in self._inflight or key in self._memory:
+                continue
+            chunk, index = key
+            if run and (
+                chunk != run_chunk
+                or index != run_first + len(run)
+                or len(run) >= MAX_RUN_BLOCKS
+                or self.fetch_run is None
+            ):
+                self._spawn(run_chunk, run_first, run)
+                run = []
+            if not run:
+                run_chunk, run_first = chunk, index
+            future = loop.create_future()
+            self._inflight[key] = future
+            # Nobody may ever await a read-ahead: mark its failure as seen.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            run.append(future)
+        if run:
+            self._spawn(run_chunk, run_first, run)
+
+    def _spawn(self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]) -> None:
+        task = asyncio.create_task(self._fill(chunk, first, futures))
         self._fills.add(task)
         task.add_done_callback(self._fills.discard)
 
-    async def _fill(self, key: BlockKey, future: asyncio.Future[bytes]) -> None:
+    async def _fetch_blocks(self, chunk: str, first: int, count: int) -> list[bytes]:
+        if self.fetch_run is not None:
+            return await self.fetch_run(chunk, first, count)
+        return [await self._fetch(chunk, first)]
+
+    async def _fill(self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]) -> None:
+        keys = [(chunk, first + n) for n in range(len(futures))]
         try:
-            async with self._slots:
-                data = await self._fetch(*key)
-            self.figures.bytes_fetched += len(data)
-            self.figures.blocks_fetched += 1
-            # Readers go on at once; the copy on disk follows.
-            self._remember(key, data)
-            if not future.done():
-                future.set_result(data)
-            await asyncio.to_thread(self._write_file, key, data)
-            self._add(key, len(data))
+            try:
+                async with self._slots:
+                    blocks = await self._fetch_blocks(chunk, first, len(futures))
+            except Exception as exc:
+                if len(futures) == 1:
+                    raise
+                # One block at a time, so that a bad block fails only its own readers.
+                log.info("fetching blocks of %s one by one: %s", chunk, exc)
+                await asyncio.gather(
+                    *(self._fill(chunk, first + n, [f]) for n, f in enumerate(futures))
+                )
+                return
+            kept: list[tuple[BlockKey, bytes]] = []
+            for n, (key, future) in enumerate(zip(keys, futures, strict=True)):
+                data = blocks[n] if n < len(blocks) else b""
+                if data:
+                    self.figures.bytes_fetched += len(data)
+                    self.figures.blocks_fetched += 1
+                    # Readers go on at once; the copy on disk follows.
+                    self._remember(key, data)
+                    kept.append((key, data))
+                if not future.done():
+                    future.set_result(data)
+            await asyncio.to_thread(self._write_files, kept)
+            for key, data in kept:
+                self._add(key, len(data))
         except BaseException as exc:
-            if not future.done():
+            failed = [f for f in futures if not f.done()]
+            for future in failed:
                 future.set_exception(exc)
-            else:
-                log.warning("cannot keep block %s.%d in the cache: %s", key[0], key[1], exc)
+            if not failed:
+                log.warning("cannot keep blocks of %s in the cache: %s", chunk, exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._inflight.pop(key, None)
+            for key, future in zip(keys, futures, strict=True):
+                if self._inflight.get(key) is future:
+                    del self._inflight[key]
 
     def _read_file(self, key: BlockKey) -> bytes:
         with open(self._path(key), "rb") as f:
             return f.read()
 
+    def _write_files(self, blocks: list[tuple[BlockKey, bytes]]) -> None:
+        for key, data in blocks:
+            self._write_file(key, data)
+
     def _write_file(self, key: BlockKey, data: bytes | memoryview) -> None:
         path = self._path(key)
-        path.parent.mkdir(exist_ok=True)
+        if path.parent not in self._dirs:
+            path.parent.mkdir(exist_ok=True)
+            self._dirs.add(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -265,10 +341,7 @@ class BlockCache:
             return
         self._sizes[key] = size
         self.total += size
-        if self._db is not None:
-            self._db.execute(
-                "INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", (*key, size, time.time())
-            )
+        self._new_rows[key] = (size, time.time())
         self._evict()
 
     def _use(self, key: BlockKey) -> None:
@@ -290,6 +363,7 @@ class BlockCache:
         if size is None:
             return
         self.total -= size
+        self._new_rows.pop(key, None)
         dropped = self._memory.pop(key, None)
         if dropped is not None:
             self._memory_bytes -= len(dropped)

@@ -50,17 +50,30 @@ class ReadAhead:
 
     next_offset: int = -1
     window: int = 0
+    # Read-ahead has been started up to here (a file offset).
+    ahead_to: int = 0
 
-    def advance(self, offset: int, size: int) -> int:
+    def advance(self, offset: int, size: int) -> tuple[int, int]:
+        """Note a read; the file range to start fetching ahead now (empty for none)."""
         gap = offset - self.next_offset
+        end = offset + size
         # Requests of one sequential reader may arrive slightly out of order.
         if self.next_offset >= 0 and -BLOCK_SIZE <= gap <= 4 * BLOCK_SIZE:
             self.window = min(max(self.window * 2, 2), MAX_READAHEAD_BLOCKS)
-            self.next_offset = max(self.next_offset, offset + size)
+            self.next_offset = max(self.next_offset, end)
         else:
             self.window = 0
-            self.next_offset = offset + size
-        return self.window
+            self.next_offset = end
+            self.ahead_to = 0
+            return end, end
+        limit = end + self.window * BLOCK_SIZE
+        start = max(end, self.ahead_to)
+        # Top the window up only once half of it is used, so that read-ahead goes out
+        # in runs of blocks (one request each) rather than a block at a time.
+        if start > end and limit - start < self.window * BLOCK_SIZE // 2:
+            return start, start
+        self.ahead_to = limit
+        return start, limit
 
 
 async def read_content(
@@ -70,19 +83,18 @@ async def read_content(
     if end <= offset:
         return b""
     covering = content.blocks(offset, end - offset)
+    # Start every fetch before waiting on the first; what the read needs goes first.
+    if len(covering) > 1:
+        cache.prefetch_many((chunk, index) for _, chunk, index in covering)
     if ahead is not None:
-        window = ahead.advance(offset, end - offset)
-        if window:
-            for _, chunk, index in content.blocks(end, window * BLOCK_SIZE):
-                cache.prefetch(chunk, index)
+        lo, hi = ahead.advance(offset, end - offset)
+        if hi > lo:
+            cache.prefetch_many((chunk, index) for _, chunk, index in content.blocks(lo, hi - lo))
     if len(covering) == 1:
         start, chunk, index = covering[0]
         data = await cache.get(chunk, index)
         return data[offset - start : end - start]
     parts = []
-    for _, chunk, index in covering:
-        # Start every fetch before waiting on the first.
-        cache.prefetch(chunk, index)
     for start, chunk, index in covering:
         data = await cache.get(chunk, index)
         lo = max(offset, start) - start
