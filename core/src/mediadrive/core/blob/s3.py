@@ -1,7 +1,13 @@
 """Chunks in an S3 bucket (AWS or any S3-compatible server), through boto3.
 
 botocore's ``standard`` retry mode handles throttling and transient errors; large
-chunks go up as concurrent multipart uploads through boto3's transfer manager.
+chunks go up as concurrent multipart uploads through one boto3 transfer manager
+shared by the store, smaller ones as a single PUT.
+
+Request bodies are not SHA-256 signed (``UNSIGNED-PAYLOAD``, what botocore already
+does over HTTPS): the request checksum botocore sends with every PUT and part
+(CRC32 by default) still lets the server reject damaged bytes, and a chunk's bytes
+are already named by their BLAKE3 hash. Signing would hash every byte once more.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
-from boto3.s3.transfer import TransferConfig
+from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -24,10 +30,14 @@ from . import BlobStore
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from s3transfer.manager import TransferManager
 
 T = TypeVar("T")
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+# Chunks up to this size go up in one PUT; larger ones in parts of this size.
 _PART_SIZE = 16 << 20
+# Parts in flight at once across all of the store's multipart uploads.
+_PART_CONCURRENCY = 16
 
 
 class S3BlobStore(BlobStore):
@@ -49,15 +59,19 @@ class S3BlobStore(BlobStore):
                 max_pool_connections=concurrency * 2,
                 connect_timeout=5,
                 read_timeout=60,
-                s3={"addressing_style": "path"} if location.endpoint else {},
+                s3={
+                    "payload_signing_enabled": False,
+                    **({"addressing_style": "path"} if location.endpoint else {}),
+                },
             ),
         )
         self._transfer = TransferConfig(
             multipart_threshold=_PART_SIZE,
             multipart_chunksize=_PART_SIZE,
-            max_concurrency=4,
+            max_concurrency=_PART_CONCURRENCY,
             use_threads=True,
         )
+        self._manager: TransferManager | None = None
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3")
 
     def _key(self, chunk_id: str) -> str:
@@ -80,14 +94,20 @@ class S3BlobStore(BlobStore):
             f" at {self.endpoint}" if self.endpoint else ""
         )
 
+    def _transfers(self) -> TransferManager:
+        if self._manager is None:
+            self._manager = create_transfer_manager(self._client, self._transfer)
+        return self._manager
+
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
-        await self._call(
-            self._client.upload_fileobj,
-            io.BytesIO(data),
-            self.bucket,
-            self._key(chunk_id),
-            Config=self._transfer,
-        )
+        body = data if isinstance(data, bytes) else bytes(data)
+        key = self._key(chunk_id)
+        if len(body) <= _PART_SIZE:
+            await self._call(self._client.put_object, Bucket=self.bucket, Key=key, Body=body)
+            return
+        # BytesIO shares the bytes object instead of copying it.
+        manager = self._transfers()
+        await self._call(lambda: manager.upload(io.BytesIO(body), self.bucket, key).result())
 
     async def get(self, chunk_id: str) -> bytes:
         def fetch() -> bytes:
@@ -144,5 +164,11 @@ class S3BlobStore(BlobStore):
             await self._call(self._client.create_bucket, Bucket=self.bucket)
 
     async def close(self) -> None:
+        if self._manager is not None:
+            manager, self._manager = self._manager, None
+            # Uploads still running belong to callers that gave up: abort them.
+            await asyncio.get_running_loop().run_in_executor(
+                self._pool, lambda: manager.shutdown(cancel=True)
+            )
         self._pool.shutdown(wait=False)
         self._client.close()

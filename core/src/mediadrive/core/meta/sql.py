@@ -129,11 +129,15 @@ class SqlMetaStore(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    async def _attempt(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
+        """One try of ``body`` in one transaction; engines may run it more cheaply."""
+        async with self._transaction(write) as tx:
+            return await body(tx)
+
     async def _run(self, body: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
         for attempt in range(MAX_ATTEMPTS):
             try:
-                async with self._transaction(write) as tx:
-                    return await body(tx)
+                return await self._attempt(body, write)
             except Exception as exc:
                 if not self._retryable(exc) or attempt == MAX_ATTEMPTS - 1:
                     raise
@@ -231,6 +235,17 @@ class SqlMetaStore(ABC):
             raise DriveNotFound(f"drive {self.drive!r} does not exist in {self._where()}")
         return int(row[0])
 
+    async def _next_node_and_event(self, tx: Tx) -> tuple[int, int]:
+        """A new node id and a new event number, in one statement."""
+        row = await tx.fetchone(
+            "UPDATE drives SET next_node = next_node + 1, event_seq = event_seq + 1 "
+            "WHERE name = ? RETURNING next_node, event_seq",
+            (self.drive,),
+        )
+        if row is None:
+            raise DriveNotFound(f"drive {self.drive!r} does not exist in {self._where()}")
+        return int(row[0]), int(row[1])
+
     async def _event(
         self,
         tx: Tx,
@@ -239,9 +254,13 @@ class SqlMetaStore(ABC):
         actor: str,
         file_id: int | None = None,
         version: int | None = None,
+        *,
+        seq: int | None = None,
         **detail: Any,
     ) -> int:
-        seq = await self._next(tx, "event_seq")
+        """Record an event; ``seq`` is a number already taken from the drive's counter."""
+        if seq is None:
+            seq = await self._next(tx, "event_seq")
         await tx.execute(
             "INSERT INTO events (drive, seq, kind, path, file_id, version, actor, created, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -373,8 +392,10 @@ class SqlMetaStore(ABC):
         target: str | None = None,
         uid: int = 0,
         gid: int = 0,
+        node_id: int | None = None,
     ) -> Node:
-        node_id = await self._next(tx, "next_node")
+        if node_id is None:
+            node_id = await self._next(tx, "next_node")
         await tx.execute(
             f"INSERT INTO nodes (drive, {NODE_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL)",
@@ -430,12 +451,27 @@ class SqlMetaStore(ABC):
         now_ns = time.time_ns()
 
         async def body(tx: Tx) -> Node:
-            parent = await self._live_dir(tx, parent_id, parent_path)
-            if await self._lookup(tx, parent_id, name):
+            # The parent and whether the name is taken, in one statement.
+            row = await tx.fetchone(
+                f"SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c WHERE c.drive = ? "
+                "AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL) "
+                "FROM nodes WHERE drive = ? AND id = ?",
+                (self.drive, parent_id, name, self.drive, parent_id),
+            )
+            parent = _node(row) if row else None
+            if parent is None or parent.deleted_ns is not None:
+                raise PathNotFound(f"folder {parent_path!r} does not exist")
+            if not parent.is_dir:
+                raise NotADirectory(f"{parent_path!r} is not a folder")
+            assert row is not None
+            if row[13]:
                 raise AlreadyExists(f"{path!r} already exists")
-            node = await self._insert_node(tx, parent, name, kind, mode, now_ns, target, uid, gid)
+            node_id, seq = await self._next_node_and_event(tx)
+            node = await self._insert_node(
+                tx, parent, name, kind, mode, now_ns, target, uid, gid, node_id=node_id
+            )
             event = {NodeKind.DIR: "mkdir", NodeKind.SYMLINK: "symlink", NodeKind.FILE: "create"}
-            await self._event(tx, event[kind], path, actor, node.id, target=target)
+            await self._event(tx, event[kind], path, actor, node.id, seq=seq, target=target)
             return node
 
         return await self._run(body)
@@ -588,8 +624,13 @@ class SqlMetaStore(ABC):
                 raise IsADirectory(f"{path!r} is a folder")
             head = node.head_version if node else None
             landed = path
+            seq: int | None = None
             if node is not None and head != req.base_version:
-                detail = {"policy": policy.value, "base": req.base_version, "head": head}
+                detail: dict[str, Any] = {
+                    "policy": policy.value,
+                    "base": req.base_version,
+                    "head": head,
+                }
                 if policy is ConflictPolicy.REJECT:
                     await self._event(tx, "conflict", path, req.author, node.id, head, **detail)
                     return CommitOutcome(path, node.id, head or 0, True, head, rejected=True)
@@ -606,15 +647,23 @@ class SqlMetaStore(ABC):
                         kept_as=sibling_path,
                         **detail,
                     )
+                    node_id, seq = await self._next_node_and_event(tx)
                     node = await self._insert_node(
-                        tx, parent, sibling, NodeKind.FILE, req.mode, time.time_ns()
+                        tx,
+                        parent,
+                        sibling,
+                        NodeKind.FILE,
+                        req.mode,
+                        time.time_ns(),
+                        node_id=node_id,
                     )
                     landed, head = sibling_path, None
                 else:
                     await self._event(tx, "conflict", path, req.author, node.id, head, **detail)
             if node is None:
+                node_id, seq = await self._next_node_and_event(tx)
                 node = await self._insert_node(
-                    tx, parent, name, NodeKind.FILE, req.mode, time.time_ns()
+                    tx, parent, name, NodeKind.FILE, req.mode, time.time_ns(), node_id=node_id
                 )
             version = await self._insert_version(tx, node.id, req, head, now)
             await self._event(
@@ -624,6 +673,7 @@ class SqlMetaStore(ABC):
                 req.author,
                 node.id,
                 version,
+                seq=seq,
                 size=req.size,
                 message=req.message,
                 host=req.host,

@@ -1,41 +1,88 @@
-"""The embedded engine: one SQLite file in WAL mode."""
+"""The embedded engine: one SQLite file in WAL mode.
+
+Every statement runs on one worker thread that owns the connection (stdlib
+``sqlite3``). A whole transaction -- BEGIN, the body's statements, COMMIT -- runs
+there in one hand-off from the event loop: the transaction's methods are
+coroutines that finish without suspending, so the body is driven to completion
+on the worker instead of hopping threads for every statement.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
-
-import aiosqlite
 
 from ..errors import StoreUnavailable
 from .schema import SQLITE
-from .sql import Row, SqlMetaStore
+from .sql import Row, SqlMetaStore, Tx
+
+T = TypeVar("T")
 
 
 class _SqliteTx:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    """Statements on the worker thread's connection; each call completes at once."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cursor = await self._conn.execute(sql, params)
-        return cursor.rowcount
+        return self._conn.execute(sql, params).rowcount
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        await self._conn.executemany(sql, rows)
+        self._conn.executemany(sql, rows)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        cursor = await self._conn.execute(sql, params)
-        row = await cursor.fetchone()
+        row = self._conn.execute(sql, params).fetchone()
         return tuple(row) if row is not None else None
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        cursor = await self._conn.execute(sql, params)
-        return [tuple(r) for r in await cursor.fetchall()]
+        return [tuple(r) for r in self._conn.execute(sql, params).fetchall()]
+
+
+class _ThreadTx:
+    """The same statements, each sent to the worker thread from the event loop."""
+
+    def __init__(self, store: SqliteMetaStore, conn: sqlite3.Connection) -> None:
+        self._store = store
+        self._sync = _SqliteTx(conn)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self._store._on_worker(_finish, self._sync.execute(sql, params))
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._store._on_worker(_finish, self._sync.executemany(sql, list(rows)))
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return await self._store._on_worker(_finish, self._sync.fetchone(sql, params))
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._store._on_worker(_finish, self._sync.fetchall(sql, params))
+
+
+class _Suspended(Exception):
+    """A transaction body waited on something other than its transaction."""
+
+
+def _finish(step: Awaitable[T]) -> T:
+    """Run an awaitable that never suspends to its result, synchronously."""
+    steps = step.__await__()
+    try:
+        steps.send(None)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+    except RuntimeError as err:
+        # asyncio refuses to work off the event loop's thread.
+        if "event loop" not in str(err):
+            raise
+        raise _Suspended(str(err)) from err
+    steps.close()
+    raise _Suspended("a SQLite transaction body may only await its own statements")
 
 
 class SqliteMetaStore(SqlMetaStore):
@@ -44,42 +91,84 @@ class SqliteMetaStore(SqlMetaStore):
     def __init__(self, url: str, drive: str) -> None:
         super().__init__(url, drive)
         self.path = Path(urlsplit(url).path)
-        self._conn: aiosqlite.Connection | None = None
-        # One connection serves this process; its transactions must not interleave.
+        self._conn: sqlite3.Connection | None = None
+        # One thread owns the connection, so this process's transactions run one at
+        # a time; other processes queue on SQLite's own locks (busy_timeout).
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         self._lock = asyncio.Lock()
 
-    async def _connection(self) -> aiosqlite.Connection:
+    async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             if not self.path.parent.is_dir():
                 raise StoreUnavailable(f"metadata folder {self.path.parent} does not exist")
             try:
-                conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
-                await conn.execute("PRAGMA journal_mode=WAL")
-                await conn.execute("PRAGMA synchronous=NORMAL")
-                await conn.execute("PRAGMA busy_timeout=30000")
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, timeout=30, cached_statements=256
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA busy_timeout=30000")
             except sqlite3.Error as err:
                 raise StoreUnavailable(f"cannot open metadata file {self.path}: {err}") from None
             self._conn = conn
         return self._conn
 
-    @asynccontextmanager
-    async def _transaction(self, write: bool) -> AsyncIterator[_SqliteTx]:
+    def _begin(self, write: bool) -> sqlite3.Connection:
+        conn = self._connection()
+        # IMMEDIATE takes the write lock up front, so two writers queue on
+        # busy_timeout instead of deadlocking on a lock upgrade.
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        return conn
+
+    def _end(self, conn: sqlite3.Connection, ok: bool) -> None:
+        try:
+            if ok:
+                conn.execute("COMMIT")
+        finally:
+            # A failed COMMIT leaves the transaction open; never carry it over.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _whole(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
+        conn = self._begin(write)
+        try:
+            result = _finish(body(_SqliteTx(conn)))
+        except BaseException:
+            self._end(conn, ok=False)
+            raise
+        self._end(conn, ok=True)
+        return result
+
+    async def _attempt(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
         async with self._lock:
-            conn = await self._connection()
-            # IMMEDIATE takes the write lock up front, so two writers queue on
-            # busy_timeout instead of deadlocking on a lock upgrade.
-            await conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
-                yield _SqliteTx(conn)
+                return await self._on_worker(self._whole, body, write)
+            except _Suspended:
+                pass
+        # A body that awaits something else runs statement by statement instead.
+        return await super()._attempt(body, write)
+
+    @asynccontextmanager
+    async def _transaction(self, write: bool) -> AsyncIterator[_ThreadTx]:
+        async with self._lock:
+            conn = await self._on_worker(self._begin, write)
+            try:
+                yield _ThreadTx(self, conn)
             except BaseException:
-                await conn.execute("ROLLBACK")
+                await self._on_worker(self._end, conn, False)
                 raise
-            await conn.execute("COMMIT")
+            await self._on_worker(self._end, conn, True)
 
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
     async def close(self) -> None:
         if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            await self._on_worker(conn.close)
+        # A closed store reconnects on its next use, on a fresh worker.
+        self._worker.shutdown(wait=False)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
