@@ -85,8 +85,10 @@ async def with_drive(name: str, body: Callable[[Drive], Awaitable[T]]) -> T:
         await drive.close()
 
 
-def drive_target(text: str, allow_version: bool = False) -> DriveTarget:
+def drive_target(text: str, allow_version: bool = False, or_mount: bool = False) -> DriveTarget:
     target = parse_target(text)
+    if target is None and or_mount:
+        fail(f"{text!r} is neither a drive path (NAME:/path) nor inside a mediadrive mount")
     if target is None:
         fail(f"{text!r} is not a drive path; write it as NAME:/path")
     if target.version is not None and not allow_version:
@@ -433,7 +435,7 @@ def versions(
     """List every version of a file."""
     listed = _local("local_versions", target)
     if listed is None:
-        where = drive_target(target)
+        where = drive_target(target, or_mount=True)
         found = run(with_drive(where.drive, lambda d: d.versions(where.path)))
         listed = [asdict(v) for v in found]
     if json_out:
@@ -462,7 +464,7 @@ def restore(
     """Make an old version the head again, as a new version (history is kept)."""
     restored = _local("local_restore", target, version)
     if restored is None:
-        where = drive_target(target)
+        where = drive_target(target, or_mount=True)
         outcome = run(with_drive(where.drive, lambda d: d.restore(where.path, version, message)))
         restored = {"path": outcome.path, "version": outcome.version, "restored": version}
     if json_out:
