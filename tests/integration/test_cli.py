@@ -284,3 +284,26 @@ def test_copy_within_a_drive_uploads_nothing(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "o"
     cli.run("cp", "dup:/b", str(out))
     assert out.read_bytes() == data
+
+
+def test_a_second_machine_attaches_a_shared_drive(
+    postgres_url: str, moto_s3: S3Server, tmp_path: Path
+) -> None:
+    creds = {"AWS_ACCESS_KEY_ID": moto_s3.access_key, "AWS_SECRET_ACCESS_KEY": moto_s3.secret_key}
+    first, second = Cli(tmp_path / "first", creds), Cli(tmp_path / "second", creds)
+    shared = ["--meta", postgres_url, "--store"]
+    store = f"s3://{moto_s3.new_bucket()}/drives?endpoint={moto_s3.endpoint_url}"
+    name = unique("shared")
+    first.run("drive", "create", name, "--conflict", "keep-both", *shared, store)
+    src = tmp_path / "cut.mov"
+    data = random_file(src, 2 * MIB)
+    first.run("cp", str(src), f"{name}:/cut.mov")
+
+    assert "does not exist" in second.fails("drive", "attach", "nope", *shared, store)
+    second.run("drive", "attach", name, *shared, store)
+    assert "already known" in second.fails("drive", "attach", name, *shared, store)
+    out = tmp_path / "out.mov"
+    second.run("cp", f"{name}:/cut.mov", str(out))
+    assert out.read_bytes() == data
+    assert second.json("drive", "info", name)["settings"]["conflict"] == "keep-both"
+    assert [d["name"] for d in second.json("drive", "list")] == [name]

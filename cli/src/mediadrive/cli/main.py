@@ -179,6 +179,26 @@ def _validation_message(exc: ValueError) -> str:
     return str(exc)
 
 
+@drive_app.command("attach")
+def drive_attach(
+    name: str,
+    meta: Annotated[str, typer.Option(help="The drive's metadata store URL.")],
+    store: Annotated[str, typer.Option(help="The drive's chunk store URL.")],
+) -> None:
+    """Use a drive created on another machine: same name, same metadata and chunk stores."""
+
+    async def attach() -> Drive:
+        drive = await Drive.attach(name, check_meta_url(meta), store)
+        await drive.close()
+        return drive
+
+    drive = run(attach())
+    out.print(
+        f"attached drive [bold]{name}[/]: {drive.settings.chunking} chunks, "
+        f"conflicts {drive.settings.conflict.value}"
+    )
+
+
 @drive_app.command("list")
 def drive_list(json_out: JsonFlag = False) -> None:
     """List the drives known on this machine."""

@@ -233,7 +233,26 @@ class Drive:
 
     @classmethod
     async def open(cls, name: str, base: Path | None = None) -> Drive:
-        ref = load_ref(name, base)
+        return await cls._open_ref(load_ref(name, base))
+
+    @classmethod
+    async def attach(
+        cls, name: str, meta_url: str, store_url: str, base: Path | None = None
+    ) -> Drive:
+        """Use on this machine a drive that was created elsewhere (shared stores)."""
+        check_drive_name(name)
+        root = base or home()
+        if (root / name / "drive.json").exists():
+            raise AlreadyExists(f"drive {name!r} is already known in {root}")
+        parse_store_url(store_url)
+        ref = DriveRef(name=name, meta_url=meta_url, store_url=store_url)
+        drive = await cls._open_ref(ref)
+        ref.save(root)
+        return drive
+
+    @classmethod
+    async def _open_ref(cls, ref: DriveRef) -> Drive:
+        name = ref.name
         meta = connect(ref.meta_url, name)
         blobs = open_store(ref.store_url)
         try:
