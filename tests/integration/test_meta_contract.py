@@ -784,3 +784,19 @@ async def test_commit_by_file_id_follows_a_rename(store: MetaStore) -> None:
     )
     assert outcome.conflict is False
     assert await store.resolve("/cut.mov") is None
+
+
+async def test_a_deleted_file_ages_out_by_the_same_rules(store: MetaStore) -> None:
+    await commit(store, "/gone.exr", None, b"old frame")
+    await commit(store, "/kept.exr", None, b"live frame")
+    root = await resolve(store, "/")
+    await store.remove(root.id, "/", "gone.exr", ACTOR)
+    later = time.time() + 7200
+    # keep_last still keeps a deleted file's last version...
+    assert await store.prune_versions(Retention(keep_last=1), later) == 0
+    # ...but a deleted file has no head to protect from keep_within.
+    assert await store.prune_versions(Retention(keep_within=3600), later) == 1
+    gone = await store.last_deleted(root.id, "gone.exr")
+    assert gone is not None and await store.versions(gone.id) == []
+    kept = await resolve(store, "/kept.exr")
+    assert [v.version for v in await store.versions(kept.id)] == [1]

@@ -910,22 +910,27 @@ class SqlMetaStore(ABC):
     # -- retention and garbage collection ----------------------------------------------------
 
     async def prune_versions(self, retention: Retention, now: float) -> int:
-        """Delete versions no rule keeps; heads always stay. Returns how many went."""
+        """Delete versions no rule keeps. Returns how many went.
+
+        A live file's head always stays; a deleted file has no head to protect, so
+        its history ages out by the same rules (``keep_last`` still keeps its last N).
+        """
         if retention.keep_last is None and retention.keep_within is None:
             return 0
 
         async def body(tx: Tx) -> int:
             rows = await tx.fetchall(
-                "SELECT v.file_id, v.version, v.created, n.head_version FROM versions v "
+                "SELECT v.file_id, v.version, v.created, n.head_version, n.deleted_ns "
+                "FROM versions v "
                 "JOIN nodes n ON n.drive = v.drive AND n.id = v.file_id "
                 "WHERE v.drive = ? ORDER BY v.file_id, v.version DESC",
                 (self.drive,),
             )
             doomed: list[tuple[int, int]] = []
             rank: dict[int, int] = {}
-            for file_id, version, created, head in rows:
+            for file_id, version, created, head, deleted_ns in rows:
                 rank[file_id] = rank.get(file_id, 0) + 1
-                if version == head:
+                if version == head and deleted_ns is None:
                     continue
                 if retention.keep_last is not None and rank[file_id] <= retention.keep_last:
                     continue
