@@ -208,30 +208,34 @@ class Agent:
     async def shutdown(self) -> None:
         """Commit what is pending, unmount, release everything."""
         log.info("unmounting %s", self.mountpoint)
-        with contextlib.suppress(AttributeError):
-            await self._bounded("stopping the event follower", self.follower.stop())
-        if hasattr(self, "fs"):
-            await self.fs.writeback.flush()
-            await self._bounded("stopping background commits", self.fs.writeback.stop())
-        if self._pin_task is not None:
-            self._pin_task.cancel()
-        if self._fuse_task is not None:
-            if not self._fuse_task.done():
-                pyfuse3.terminate()
-            # Everything acknowledged is committed or journaled by now: a FUSE loop
-            # that does not wind down must not keep the mount (and the caller) hanging.
-            await self._bounded("stopping the FUSE loop", asyncio.shield(self._fuse_task))
-            self._fuse_task.cancel()
-            pyfuse3.close(unmount=True)
-        registry.remove_entry(self.mountpoint, os.getpid())
-        for cleanup in reversed(self._cleanups):
-            try:
-                result = cleanup()
-                if asyncio.iscoroutine(result):
-                    await result
-            except Exception:
-                log.exception("cleanup failed")
-        self._cleanups.clear()
+        try:
+            with contextlib.suppress(AttributeError):
+                await self._bounded("stopping the event follower", self.follower.stop())
+            if hasattr(self, "fs"):
+                await self.fs.writeback.flush()
+                await self._bounded("stopping background commits", self.fs.writeback.stop())
+            if self._pin_task is not None:
+                self._pin_task.cancel()
+            if self._fuse_task is not None:
+                if not self._fuse_task.done():
+                    pyfuse3.terminate()
+                # Everything acknowledged is committed or journaled by now: a FUSE loop
+                # that does not wind down must not keep the mount (and the caller) hanging.
+                await self._bounded("stopping the FUSE loop", asyncio.shield(self._fuse_task))
+                self._fuse_task.cancel()
+                pyfuse3.close(unmount=True)
+        finally:
+            # Always release the stores: an open connection's thread would keep the
+            # process from exiting after an unmount step failed.
+            registry.remove_entry(self.mountpoint, os.getpid())
+            for cleanup in reversed(self._cleanups):
+                try:
+                    result = cleanup()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    log.exception("cleanup failed")
+            self._cleanups.clear()
 
     async def _bounded(self, what: str, step: Awaitable[object], seconds: float = 15.0) -> None:
         try:
