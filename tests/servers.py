@@ -75,12 +75,17 @@ class PostgresServer:
 
     def new_database(self, prefix: str = "test") -> str:
         """Create an empty database and return a URL to it."""
-        import psycopg
+        return create_database(self.url, prefix)
 
-        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{name}"
+
+def create_database(admin_url: str, prefix: str = "test") -> str:
+    """Create an empty database through ``admin_url``; returns a URL to the new one."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 @dataclass(frozen=True)

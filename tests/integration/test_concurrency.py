@@ -10,12 +10,10 @@ import asyncio
 import io
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Protocol
 
-import psycopg
 import pytest
 
 from mediadrive.core.config import ConflictPolicy, DriveSettings, Retention
@@ -30,20 +28,6 @@ PATH = "/shots/010/comp.exr"
 
 class Opener(Protocol):
     def __call__(self, settings: DriveSettings, count: int = 2) -> Awaitable[list[Drive]]: ...
-
-
-def new_postgres_database(admin_url: str) -> str:
-    name = f"conc_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + "/" + name
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def meta_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/meta.db"
-    return new_postgres_database(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture

@@ -13,12 +13,10 @@ import signal
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from mediadrive.core.config import DriveSettings
@@ -26,7 +24,7 @@ from mediadrive.core.drive import Drive
 from mediadrive.core.errors import PathNotFound
 from mediadrive.core.hashing import chunk_id
 from mediadrive.core.meta.sql import CHUNK_HOLD
-from tests.servers import S3Server
+from tests.servers import S3Server, create_database
 
 MIB = 1 << 20
 CHUNK = 4 * MIB
@@ -80,13 +78,6 @@ class Setup:
     env: dict[str, str]
 
 
-def new_postgres_database(admin_url: str) -> str:
-    name = f"crash_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture(
     params=["sqlite+local", pytest.param("postgres+minio", marks=[pytest.mark.postgres])]
 )
@@ -116,7 +107,7 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
         }
 
     return Setup(
-        new_postgres_database(request.getfixturevalue("postgres_url")),
+        create_database(request.getfixturevalue("postgres_url"), "crash"),
         f"s3://{bucket}/show?endpoint={server.endpoint_url}",
         in_bucket,
         env,

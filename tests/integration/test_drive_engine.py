@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import io
 import os
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from mediadrive.core.config import DriveSettings, Retention
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import CorruptChunk, NotFound, VersionNotFound
 from mediadrive.core.hashing import BLOCK_SIZE, chunk_id
-from tests.servers import S3Server
+from tests.servers import S3Server, create_database
 
 MIB = 1 << 20
 CHUNK = 2 * MIB
@@ -53,13 +51,6 @@ class Pairing:
         self.server.client().put_object(Bucket=self.bucket, Key=key, Body=data)
 
 
-def new_postgres_database(admin_url: str) -> str:
-    name = f"drive_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + "/" + name
-
-
 @pytest.fixture(params=PAIRINGS)
 def pairing(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -68,7 +59,7 @@ def pairing(
     if request.param == "sqlite+local":
         root = tmp_path / "store"
         return Pairing(request.param, f"sqlite:///{tmp_path}/meta.db", f"file://{root}", base, root)
-    meta_url = new_postgres_database(request.getfixturevalue("postgres_url"))
+    meta_url = create_database(request.getfixturevalue("postgres_url"), "drive")
     server: S3Server = request.getfixturevalue(request.param.split("+")[1] + "_s3")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", server.secret_key)

@@ -11,9 +11,7 @@ import dataclasses
 import posixpath
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -50,14 +48,6 @@ ACTOR = "ana@render-01"
 LWW = ConflictPolicy.LAST_WRITER_WINS
 
 
-def new_postgres_database(admin_url: str) -> str:
-    """A fresh, empty database on the test server; returns its URL."""
-    name = f"meta_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + "/" + name
-
-
 def raw_execute(url: str, sql: str) -> None:
     """Run one statement on the database behind ``url``, outside the store."""
     if url.startswith("sqlite:"):
@@ -66,13 +56,6 @@ def raw_execute(url: str, sql: str) -> None:
         return
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def meta_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/meta.db"
-    return new_postgres_database(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
