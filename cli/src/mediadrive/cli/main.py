@@ -22,7 +22,6 @@ from types import ModuleType
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mediadrive.core import paths
@@ -40,6 +39,7 @@ from mediadrive.core.errors import ConfigError, InvalidPath, MediadriveError, Pa
 from mediadrive.core.meta import Node, NodeKind
 from mediadrive.core.units import format_size, parse_duration, parse_size
 
+from .output import JsonFlag, err, out, print_json
 from .progress import transfer_progress
 from .targets import DriveTarget, parse_target
 
@@ -55,11 +55,6 @@ app = typer.Typer(
 drive_app = typer.Typer(help="Create and list drives.", no_args_is_help=True)
 app.add_typer(drive_app, name="drive")
 
-out = Console()
-err = Console(stderr=True)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
 
 def fail(message: str, code: int = 1) -> NoReturn:
     sys.stderr.write(f"mediadrive: error: {message}\n")
@@ -71,10 +66,6 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     except MediadriveError as exc:
         fail(str(exc))
-
-
-def print_json(value: object) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 async def with_drive(name: str, body: Callable[[Drive], Awaitable[T]]) -> T:

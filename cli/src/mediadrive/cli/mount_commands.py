@@ -18,7 +18,6 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 import yaml
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from mediadrive.core.errors import ConfigError, MediadriveError
@@ -26,19 +25,11 @@ from mediadrive.core.units import format_size, parse_duration, parse_size
 from mediadrive.node import client as node_client
 from mediadrive.node.options import CommitOn, MountOptions
 
+from .output import JsonFlag, err, out, print_json
 from .progress import transfer_bar
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-out = Console()
-err = Console(stderr=True)
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _print_json(value: object) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
 
 def _options(**values: Any) -> MountOptions:
@@ -123,7 +114,7 @@ def save(
     mount_client, inner = node_client.client_for(path)
     reports = mount_client.save(inner, message)
     if json_out:
-        _print_json(reports[0] if len(reports) == 1 and not path.is_dir() else reports)
+        print_json(reports[0] if len(reports) == 1 and not path.is_dir() else reports)
         return
     if not reports:
         out.print(f"{path}: nothing to save")
@@ -182,7 +173,7 @@ def status(
     mount_client, _ = node_client.client_for(mountpoint)
     figures = mount_client.status()
     if json_out:
-        _print_json(figures)
+        print_json(figures)
         return
     table = Table(show_header=False, box=None)
     table.add_row("mount", figures["mountpoint"])
@@ -236,7 +227,7 @@ def hydrate(
 
             result = mount_client.hydrate(list(globs or []), document, pin_files, progress)
     if json_out:
-        _print_json(result)
+        print_json(result)
         return
     out.print(
         f"hydrated {result['files']} files ({format_size(result['bytes'])}), "
