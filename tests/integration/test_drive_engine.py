@@ -16,8 +16,9 @@ import pytest
 
 from mediadrive.core.config import DriveSettings, Retention
 from mediadrive.core.drive import Drive
-from mediadrive.core.errors import CorruptChunk, NotFound, VersionNotFound
+from mediadrive.core.errors import ChunkMissing, CorruptChunk, NotFound, VersionNotFound
 from mediadrive.core.hashing import BLOCK_SIZE, chunk_id
+from mediadrive.core.meta import Extent
 from tests.servers import S3Server, create_database
 
 MIB = 1 << 20
@@ -282,3 +283,35 @@ async def test_reopened_drive_sees_everything(pairing: Pairing, drive: Drive) ->
         assert kinds == ["mkdir", "mkdir", "commit", "rename"]
     finally:
         await reopened.close()
+
+
+async def test_an_upload_keeps_untouched_chunks_without_reading_them(
+    drive: Drive, tmp_path: Path
+) -> None:
+    data = os.urandom(4 * CHUNK)
+    await drive.write_file("/f", io.BytesIO(data))
+    base = (await drive.reader("/f")).extents
+    # The new content differs in chunk 2 only; chunks 0, 1 and 3 are holes on disk.
+    new = edited(data, 2 * CHUNK + 5, b"edit")
+    sparse = tmp_path / "sparse.bin"
+    with open(sparse, "wb") as f:
+        f.truncate(len(new))
+        f.seek(2 * CHUNK)
+        f.write(new[2 * CHUNK : 3 * CHUNK])
+    reuse = {e.offset: e for e in base if e.offset != 2 * CHUNK}
+    with open(sparse, "rb") as f:
+        upload = await drive.upload(f, reuse=reuse)
+    assert (upload.bytes_uploaded, upload.chunks_new, upload.chunks_total) == (CHUNK, 1, 4)
+    outcome = await drive.commit("/f", upload, base_version=1)
+    assert await read_all(drive, "/f", outcome.version) == new
+    assert [e.chunk_id for e in upload.extents if e.offset != 2 * CHUNK] == [
+        e.chunk_id for e in base if e.offset != 2 * CHUNK
+    ]
+
+
+async def test_keeping_a_chunk_the_drive_lost_is_an_error(drive: Drive, tmp_path: Path) -> None:
+    sparse = tmp_path / "sparse.bin"
+    sparse.write_bytes(bytes(CHUNK))
+    gone = Extent(0, CHUNK, chunk_id(os.urandom(CHUNK)))
+    with open(sparse, "rb") as f, pytest.raises(ChunkMissing):
+        await drive.upload(f, reuse={0: gone})

@@ -151,6 +151,15 @@ def drive_call(name: str, body: Callable[[Drive], Any]) -> Any:
     return asyncio.run(run())
 
 
+def exited(pid: int) -> bool:
+    """The process is gone or a zombie (killed, not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 
-from .conftest import DriveFactory, Mounts, drive_call, wait_until
+from .conftest import DriveFactory, Mounts, drive_call, exited, wait_until
 
 MiB = 1 << 20
 
@@ -22,7 +22,7 @@ def test_fsynced_data_survives_kill_and_is_committed(
     os.fsync(fd)
     pid = m.pid()
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: _zombie(pid))
+    wait_until(lambda: exited(pid))
     with contextlib.suppress(OSError):
         os.close(fd)
     # Nothing was committed before the kill.
@@ -47,15 +47,7 @@ def test_killed_agent_leaves_no_stale_mount_behind_a_remount(
     wait_until(lambda: m.status()["dirty_files"] == 0)
     pid = m.pid()
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: _zombie(pid))
+    wait_until(lambda: exited(pid))
     m = mounts.mount(name, mountpoint=m.path, cache="crash2")
     assert (m / "a.txt").read_text() == "a"
     assert m.status()["recovered_files"] == 0
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -74,6 +74,11 @@ class UploadResult:
     chunks_new: int
     # Names this upload's holds on its chunks; the commit releases them.
     token: str = ""
+
+
+# What the upload's chunking thread hands over: a new piece (with its id and block
+# digests), or a chunk of an earlier version kept as it is.
+_Item = tuple[Piece, str, bytes] | Extent
 
 
 @dataclass(frozen=True)
@@ -334,11 +339,20 @@ class Drive:
 
     # -- writing ------------------------------------------------------------------------------
 
-    async def upload(self, source: BinaryIO, progress: Progress | None = None) -> UploadResult:
-        """Chunk, hash and store ``source``; only chunks the drive lacks are sent."""
-        chunker = make_chunker(self.settings.chunking, self.settings.chunk_size)
+    async def upload(
+        self,
+        source: BinaryIO,
+        progress: Progress | None = None,
+        reuse: Mapping[int, Extent] | None = None,
+    ) -> UploadResult:
+        """Chunk, hash and store ``source``; only chunks the drive lacks are sent.
+
+        ``reuse`` (fixed chunking only) names chunks of an earlier version, by offset,
+        that ``source`` holds unchanged: they are kept without reading those bytes,
+        which may be holes. A kept chunk the drive no longer stores is ChunkMissing.
+        """
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[Piece, str, bytes] | BaseException | None] = asyncio.Queue(
+        queue: asyncio.Queue[_Item | BaseException | None] = asyncio.Queue(
             maxsize=self.upload_concurrency
         )
 
@@ -347,12 +361,15 @@ class Drive:
 
         def produce() -> None:
             # Chunking and hashing run in a thread; the queue bounds memory in flight.
-            item: tuple[Piece, str, bytes] | BaseException | None = None
+            item: _Item | BaseException | None = None
             try:
-                for piece in chunker.split(source):
+                for piece in self._pieces(source, reuse):
                     if stop.is_set():
                         return
-                    item = (piece, chunk_id(piece.data), block_digests(piece.data))
+                    if isinstance(piece, Extent):
+                        item = piece
+                    else:
+                        item = (piece, chunk_id(piece.data), block_digests(piece.data))
                     asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
                 item = None
             except BaseException as exc:
@@ -387,6 +404,18 @@ class Drive:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
+                if isinstance(item, Extent):
+                    extents.append(item)
+                    if item.chunk_id not in claimed:
+                        state = await self._claim(item.chunk_id, item.length, None, token)
+                        claimed.add(item.chunk_id)
+                        if state != "stored":
+                            raise ChunkMissing(
+                                f"chunk {item.chunk_id} of an earlier version is gone"
+                            )
+                    if progress:
+                        progress(item.length)
+                    continue
                 piece, cid, digests = item
                 extents.append(Extent(piece.offset, len(piece.data), cid))
                 if cid in claimed:
@@ -418,7 +447,30 @@ class Drive:
         size = extents[-1].offset + extents[-1].length if extents else 0
         return UploadResult(extents, size, uploaded_bytes, len(extents), len(sent), token)
 
-    async def _claim(self, cid: str, size: int, digests: bytes, token: str) -> str:
+    def _pieces(
+        self, source: BinaryIO, reuse: Mapping[int, Extent] | None
+    ) -> Iterator[Piece | Extent]:
+        chunker = make_chunker(self.settings.chunking, self.settings.chunk_size)
+        if not reuse:
+            yield from chunker.split(source)
+            return
+        if self.settings.chunking != "fixed":
+            raise ValueError("reusing chunks needs fixed chunking")
+        size = os.fstat(source.fileno()).st_size
+        step = self.settings.chunk_size
+        for offset in range(0, size, step):
+            length = min(step, size - offset)
+            known = reuse.get(offset)
+            if known is not None and known.length == length:
+                yield known
+                continue
+            source.seek(offset)
+            data = source.read(length)
+            if len(data) != length:
+                raise OSError(f"short read at {offset} of a {size}-byte snapshot")
+            yield Piece(offset, data)
+
+    async def _claim(self, cid: str, size: int, digests: bytes | None, token: str) -> str:
         while True:
             (claim,) = await self.meta.claim_chunks([(cid, size, digests)], token=token)
             if claim.state != "busy":

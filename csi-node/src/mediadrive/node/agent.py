@@ -74,12 +74,17 @@ def _mounted(mountpoint: Path) -> bool:
 
 
 def clear_stale_mount(mountpoint: Path) -> None:
-    """A mount whose agent died answers ENOTCONN: detach it so the folder can be reused."""
+    """Detach a mount whose agent died, so the folder can be reused: it answers
+    ENOTCONN, or (while the killed agent's last threads still exit) it is still
+    there but its agent is gone."""
     try:
         os.stat(mountpoint)
         stale = False
     except OSError as exc:
         stale = exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    if not stale:
+        last = registry.entry_for(mountpoint, live_only=False)
+        stale = last is not None and not last.alive and _mounted(mountpoint)
     if not stale:
         return
     log.warning("detaching the stale mount at %s", mountpoint)

@@ -41,7 +41,7 @@ from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 from .cache import BlockCache
 from .options import CommitOn, MountOptions
 from .reading import Content, ReadAhead, read_content
-from .staging import StagedFile, Staging
+from .staging import BaseBlock, StagedFile, Staging
 from .tree import Tree
 from .writeback import Writeback
 
@@ -71,7 +71,6 @@ _ERRNO: list[tuple[type[Exception], int]] = [
     (StoreUnavailable, errno.EIO),
     (ConflictError, errno.EIO),
 ]
-_FILL_WINDOW = 32
 
 
 def errno_for(exc: Exception) -> int:
@@ -237,9 +236,7 @@ class DriveFS(pyfuse3.Operations):
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
             staged = await self._stage(node, empty=attr.st_size == 0)
-            if staged.copying is not None:
-                await staged.copying.wait()
-            os.ftruncate(staged.fd, attr.st_size)
+            await self._truncate(staged, attr.st_size)
             staged.touch()
             if fh is None and staged.writers == 0:
                 self.writeback.schedule_on(CommitOn.CLOSE, node.id, "")
@@ -449,35 +446,36 @@ class DriveFS(pyfuse3.Operations):
         return content
 
     async def _stage(self, node: Node, empty: bool = False) -> StagedFile:
-        """The staged copy of a file, made (and filled from its head) when missing."""
+        """The staged copy of a file, made when missing: the size of its head, lacking
+        the head's blocks until something needs them (``empty``: no bytes at all)."""
         lock = self._stage_locks.setdefault(node.id, asyncio.Lock())
         async with lock:
             staged = self.staging.get(node.id)
             if staged is not None:
                 return staged
             path = await self.tree.path_of(node.id)
-            staged = self.staging.create(
-                node.id, path, node.head_version, stat.S_IMODE(node.mode), node.mtime_ns
-            )
+            base: list[BaseBlock] = []
+            size = 0
             if not empty and node.head_version is not None:
-                try:
-                    await self._fill(staged, await self.content(node))
-                except BaseException:
-                    self.staging.drop(staged)
-                    raise
-            return staged
+                content = await self.content(node)
+                base = content.base_blocks()
+                size = content.size
+            return self.staging.create(
+                node.id,
+                path,
+                node.head_version,
+                stat.S_IMODE(node.mode),
+                node.mtime_ns,
+                base=base,
+                size=size,
+            )
 
-    async def _fill(self, staged: StagedFile, content: Content) -> None:
-        blocks = content.blocks(0, content.size)
-        for ahead in blocks[:_FILL_WINDOW]:
-            self.cache.prefetch(ahead[1], ahead[2])
-        for i, (offset, chunk, index) in enumerate(blocks):
-            if i + _FILL_WINDOW < len(blocks):
-                _, next_chunk, next_index = blocks[i + _FILL_WINDOW]
-                self.cache.prefetch(next_chunk, next_index)
-            data = await self.cache.get(chunk, index)
-            os.pwrite(staged.fd, data, offset)
-        os.ftruncate(staged.fd, content.size)
+    async def _truncate(self, staged: StagedFile, size: int) -> None:
+        past = await staged.prepare_truncate(size, self.cache.get)
+        if staged.copying is not None:
+            await staged.copying.wait()
+        os.ftruncate(staged.fd, size)
+        staged.settle(past)
 
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -490,7 +488,7 @@ class DriveFS(pyfuse3.Operations):
             truncate = bool(flags & os.O_TRUNC)
             staged = await self._stage(node, empty=truncate)
             if truncate and (staged.size() or node.size):
-                os.ftruncate(staged.fd, 0)
+                await self._truncate(staged, 0)
                 staged.touch()
             staged.writers += 1
         elif self.staging.get(node.id) is None:
@@ -529,6 +527,7 @@ class DriveFS(pyfuse3.Operations):
         handle = self.handles[fh]
         staged = self.staging.get(handle.node_id)
         if staged is not None:
+            await staged.materialize_range(off, size, self.cache.get)
             return os.pread(staged.fd, size, off)
         content = self.contents.get(handle.node_id)
         if content is None:
@@ -544,9 +543,11 @@ class DriveFS(pyfuse3.Operations):
         staged = self.staging.get(handle.node_id)
         if staged is None:
             staged = await self._stage(await self._node(self.tree.inode(handle.node_id)))
+        whole = await staged.prepare_write(off, len(buf), self.cache.get)
         if staged.copying is not None:
             await staged.copying.wait()
         written = os.pwrite(staged.fd, buf, off)
+        staged.settle(whole)
         staged.touch()
         return written
 

@@ -9,6 +9,7 @@ from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
 
 from .cache import BlockCache
+from .staging import BaseBlock
 
 # Read-ahead grows while a reader stays sequential: 2, 4, 8 ... blocks, up to this.
 MAX_READAHEAD_BLOCKS = 32
@@ -41,6 +42,15 @@ class Content:
             for b in range(first, last + 1):
                 out.append((extent.offset + b * BLOCK_SIZE, extent.chunk_id, b))
             i += 1
+        return out
+
+    def base_blocks(self) -> list[BaseBlock]:
+        """Every block of the content, in file order, as a staged copy's base."""
+        out = []
+        for extent in self.extents:
+            for b in range((extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE):
+                length = min(BLOCK_SIZE, extent.length - b * BLOCK_SIZE)
+                out.append(BaseBlock(extent.offset + b * BLOCK_SIZE, length, extent.chunk_id, b))
         return out
 
 

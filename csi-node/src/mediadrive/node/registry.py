@@ -106,9 +106,9 @@ def entries(live_only: bool = True) -> list[MountEntry]:
     return found
 
 
-def entry_for(mountpoint: Path | str) -> MountEntry | None:
+def entry_for(mountpoint: Path | str, live_only: bool = True) -> MountEntry | None:
     entry = read_entry(run_dir() / f"{mount_key(Path(mountpoint).absolute())}.json")
-    return entry if entry is not None and entry.alive else None
+    return entry if entry is not None and (entry.alive or not live_only) else None
 
 
 def find_mount(path: Path | str) -> tuple[MountEntry, str] | None:

@@ -1,28 +1,40 @@
 """The write-back staging area: local copies of files being written, and their journal.
 
-A file opened for writing gets a full local copy (``<node>.data``) and a journal
-entry (``<node>.json``) naming the drive node, the version the copy started from and
-its attributes. Writes go to the copy; a commit uploads a snapshot of it. ``fsync``
-makes the copy and its entry durable before it returns, so after ``kill -9`` (or a
-power cut, for fsync'd data) the agent finds every entry on restart and commits it.
+A file opened for writing gets a local copy (``<node>.data``) and a journal entry
+(``<node>.json``) naming the drive node, the version the copy started from and its
+attributes. Writes go to the copy; a commit uploads a snapshot of it. ``fsync`` makes
+the copy and its entry durable before it returns, so after ``kill -9`` (or a power
+cut, for fsync'd data) the agent finds every entry on restart and commits it.
 
-Nothing here talks to the drive: the agent decides when to commit.
+The copy starts sparse: the blocks of the version it started from are listed in
+``<node>.base`` and copied in only when something reads them, writes part of one, or
+a commit needs them. ``<node>.map`` has one byte per listed block, set once the copy
+no longer needs that block from the base (copied in, overwritten whole, or truncated
+away), so a restart knows which blocks the copy still lacks. Editing a megabyte of a
+remote file gigabytes long fetches the blocks around the edit, not the file.
+
+Nothing here talks to the drive: the agent decides when to commit, and says how to
+fetch a block.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mediadrive.core.durability import fsync_dir
 from mediadrive.core.errors import MediadriveError
+from mediadrive.core.hashing import BLOCK_SIZE
+from mediadrive.core.meta import Extent
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +43,29 @@ log = logging.getLogger(__name__)
 _INLINE_SNAPSHOT = 8 << 20
 
 
+# Blocks copied in side by side when a large range is needed at once.
+_FILL_WINDOW = 32
+
+# Fetches one verified block of a chunk: (chunk id, block index) -> its bytes.
+FetchBlock = Callable[[str, int], Awaitable[bytes]]
+
+
 class StagingBusy(MediadriveError):
     """Another agent is using this cache folder."""
+
+
+@dataclass(frozen=True)
+class BaseBlock:
+    """A block of the version a staged copy started from."""
+
+    offset: int
+    length: int
+    chunk_id: str
+    index: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
 
 
 @dataclass(eq=False)
@@ -54,6 +87,16 @@ class StagedFile:
     recovered: bool = False
     commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     copying: asyncio.Event | None = None
+    # The blocks of the base version, in file order, and which of them (by position)
+    # the copy still lacks; ``map_fd`` records the others, one byte per block.
+    base: Sequence[BaseBlock] = ()
+    missing: set[int] = field(default_factory=set)
+    map_fd: int = -1
+    _starts: list[int] = field(default_factory=list, init=False)
+    _fills: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self._starts = [block.offset for block in self.base]
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -73,6 +116,118 @@ class StagedFile:
             "mtime_ns": self.mtime_ns,
             "dirty": self.dirty,
         }
+
+    def missing_bytes(self) -> int:
+        return sum(self.base[i].length for i in self.missing)
+
+    def lacking(self, offset: int, size: int) -> list[int]:
+        """Positions of the base blocks the range ``offset``..+``size`` still lacks."""
+        if not self.missing or size <= 0:
+            return []
+        end = offset + size
+        i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        found = []
+        while i < len(self.base) and self.base[i].offset < end:
+            if i in self.missing and self.base[i].end > offset:
+                found.append(i)
+            i += 1
+        return found
+
+    def untouched_extents(self) -> list[tuple[Extent, list[int]]]:
+        """The base's chunks whose every block the copy still lacks (so has not
+        touched), with the positions of those blocks."""
+        out: list[tuple[Extent, list[int]]] = []
+        i = 0
+        while i < len(self.base):
+            first = self.base[i]
+            start = first.offset - first.index * BLOCK_SIZE
+            j = i
+            while (
+                j + 1 < len(self.base)
+                and self.base[j + 1].chunk_id == first.chunk_id
+                and self.base[j + 1].index == self.base[j].index + 1
+                and self.base[j + 1].offset == self.base[j].end
+            ):
+                j += 1
+            positions = list(range(i, j + 1))
+            if first.index == 0 and all(p in self.missing for p in positions):
+                length = self.base[j].end - start
+                out.append((Extent(start, length, first.chunk_id), positions))
+            i = j + 1
+        return out
+
+    def settle(self, positions: Sequence[int]) -> None:
+        """The copy no longer needs these base blocks (after their bytes were written)."""
+        for i in positions:
+            if i in self.missing:
+                self.missing.discard(i)
+                if self.map_fd >= 0:
+                    os.pwrite(self.map_fd, b"\x01", i)
+
+    async def materialize(self, positions: Sequence[int], fetch: FetchBlock) -> None:
+        """Copy in the listed base blocks the copy still lacks."""
+        for start in range(0, len(positions), _FILL_WINDOW):
+            window = positions[start : start + _FILL_WINDOW]
+            await asyncio.gather(*(self._fill(i, fetch) for i in window))
+
+    async def materialize_range(self, offset: int, size: int, fetch: FetchBlock) -> None:
+        if self.missing:
+            await self.materialize(self.lacking(offset, size), fetch)
+
+    async def _fill(self, i: int, fetch: FetchBlock) -> None:
+        task = self._fills.get(i)
+        if task is None:
+            if i not in self.missing:
+                return
+            task = asyncio.ensure_future(self._copy_in(i, fetch))
+            self._fills[i] = task
+        # One fetch per block whoever asks; a reader that gives up does not cancel it.
+        await asyncio.shield(task)
+
+    async def _copy_in(self, i: int, fetch: FetchBlock) -> None:
+        try:
+            block = self.base[i]
+            data = await fetch(block.chunk_id, block.index)
+            if i in self.missing:
+                os.pwrite(self.fd, data[: block.length], block.offset)
+                self.settle([i])
+        finally:
+            self._fills.pop(i, None)
+
+    async def _landed(self, i: int) -> None:
+        task = self._fills.get(i)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def prepare_write(self, offset: int, size: int, fetch: FetchBlock) -> list[int]:
+        """Ready the copy for a write: base blocks it covers in part are copied in; the
+        ones it covers whole are returned, to be settled once the write is done."""
+        end = offset + size
+        whole = []
+        for i in self.lacking(offset, size):
+            block = self.base[i]
+            if offset <= block.offset and block.end <= end:
+                await self._landed(i)
+                whole.append(i)
+            else:
+                await self._fill(i, fetch)
+        return whole
+
+    async def prepare_truncate(self, size: int, fetch: FetchBlock) -> list[int]:
+        """Ready the copy for a truncate to ``size``: the base block it cuts through is
+        copied in (growing again must show zeros past the cut); the blocks past it are
+        returned, to be settled once the truncate is done."""
+        past = []
+        for i in sorted(self.missing):
+            block = self.base[i]
+            if block.end <= size:
+                continue
+            if block.offset < size:
+                await self._fill(i, fetch)
+            else:
+                await self._landed(i)
+                past.append(i)
+        return past
 
 
 class Staging:
@@ -108,6 +263,14 @@ class Staging:
                 with contextlib.suppress(OSError):
                     entry_path.rename(entry_path.with_suffix(".broken"))
                 continue
+            try:
+                base, missing, map_fd = self._open_base(node_id)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("staging entry %s: bad base list (%s); kept aside", entry_path, exc)
+                os.close(data_fd)
+                with contextlib.suppress(OSError):
+                    entry_path.rename(entry_path.with_suffix(".broken"))
+                continue
             staged = StagedFile(
                 node_id=node_id,
                 path=str(record.get("path", "")),
@@ -119,18 +282,32 @@ class Staging:
                 # the commit notice when nothing changed.
                 dirty=True,
                 recovered=True,
+                base=base,
+                missing=missing,
+                map_fd=map_fd,
             )
             self.files[node_id] = staged
             recovered.append(staged)
-        for orphan in self.root.glob("*.data"):
-            if not orphan.with_suffix(".json").exists():
-                orphan.unlink(missing_ok=True)
+        for pattern in ("*.data", "*.base", "*.map"):
+            for orphan in self.root.glob(pattern):
+                if not orphan.with_suffix(".json").exists():
+                    orphan.unlink(missing_ok=True)
         return recovered
+
+    def _open_base(self, node_id: int) -> tuple[list[BaseBlock], set[int], int]:
+        """The base block list of a staged copy, which of them it lacks, and its map."""
+        base_path = self.root / f"{node_id}.base"
+        if not base_path.exists():
+            return [], set(), -1
+        rows = json.loads(base_path.read_text())
+        base = [BaseBlock(int(o), int(n), str(c), int(i)) for o, n, c, i in rows]
+        map_fd = os.open(self.root / f"{node_id}.map", os.O_RDWR)
+        settled = os.pread(map_fd, len(base), 0).ljust(len(base), b"\x00")
+        return base, {i for i in range(len(base)) if not settled[i]}, map_fd
 
     def close(self) -> None:
         for staged in self.files.values():
-            with contextlib.suppress(OSError):
-                os.close(staged.fd)
+            _close(staged)
         self.files.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -142,15 +319,55 @@ class Staging:
     def _entry(self, node_id: int) -> Path:
         return self.root / f"{node_id}.json"
 
+    def _base(self, node_id: int) -> Path:
+        return self.root / f"{node_id}.base"
+
+    def _map(self, node_id: int) -> Path:
+        return self.root / f"{node_id}.map"
+
     def get(self, node_id: int) -> StagedFile | None:
         return self.files.get(node_id)
 
     def create(
-        self, node_id: int, path: str, base_version: int | None, mode: int, mtime_ns: int
+        self,
+        node_id: int,
+        path: str,
+        base_version: int | None,
+        mode: int,
+        mtime_ns: int,
+        base: Sequence[BaseBlock] = (),
+        size: int = 0,
     ) -> StagedFile:
-        """An empty staged copy; the caller fills it (or keeps it empty for O_TRUNC)."""
+        """A staged copy of ``size`` bytes that lacks every block of ``base`` (none for
+        a new file or O_TRUNC); they are copied in as they are needed."""
         fd = os.open(self._data(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        staged = StagedFile(node_id, path, base_version, mode, mtime_ns, fd)
+        map_fd = -1
+        try:
+            os.ftruncate(fd, size)
+            if base:
+                rows = [[b.offset, b.length, b.chunk_id, b.index] for b in base]
+                self._base(node_id).write_text(json.dumps(rows))
+                map_fd = os.open(self._map(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.ftruncate(map_fd, len(base))
+            else:
+                self._base(node_id).unlink(missing_ok=True)
+                self._map(node_id).unlink(missing_ok=True)
+        except BaseException:
+            os.close(fd)
+            if map_fd >= 0:
+                os.close(map_fd)
+            raise
+        staged = StagedFile(
+            node_id,
+            path,
+            base_version,
+            mode,
+            mtime_ns,
+            fd,
+            base=base,
+            missing=set(range(len(base))),
+            map_fd=map_fd,
+        )
         self.files[node_id] = staged
         self.write_journal(staged)
         return staged
@@ -170,26 +387,31 @@ class Staging:
     def sync(self, staged: StagedFile) -> None:
         """Make the copy and its journal entry durable (runs in a worker thread)."""
         os.fsync(staged.fd)
+        if staged.map_fd >= 0:
+            os.fsync(staged.map_fd)
         self.write_journal(staged, durable=True)
 
     def drop(self, staged: StagedFile) -> None:
         if self.files.get(staged.node_id) is staged:
             del self.files[staged.node_id]
-        with contextlib.suppress(OSError):
-            os.close(staged.fd)
+        _close(staged)
         self._entry(staged.node_id).unlink(missing_ok=True)
         self._data(staged.node_id).unlink(missing_ok=True)
+        self._base(staged.node_id).unlink(missing_ok=True)
+        self._map(staged.node_id).unlink(missing_ok=True)
 
-    async def snapshot(self, staged: StagedFile) -> Path:
-        """A private copy of the staged bytes as they are now, for an upload to read."""
+    async def snapshot(self, staged: StagedFile, skip: Sequence[tuple[int, int]] = ()) -> Path:
+        """A private copy of the staged bytes as they are now, for an upload to read;
+        the ``skip`` ranges (offset, length), sorted, are left as holes."""
         snap = self.root / f"{staged.node_id}.{staged.gen}.snap"
         size = staged.size()
-        if size <= _INLINE_SNAPSHOT:
-            _copy(staged.fd, snap, size)
+        ranges = _complement(skip, size)
+        if sum(length for _, length in ranges) <= _INLINE_SNAPSHOT:
+            _copy(staged.fd, snap, size, ranges)
             return snap
         staged.copying = asyncio.Event()
         try:
-            await asyncio.to_thread(_copy, staged.fd, snap, size)
+            await asyncio.to_thread(_copy, staged.fd, snap, size, ranges)
         finally:
             staged.copying.set()
             staged.copying = None
@@ -200,18 +422,40 @@ class Staging:
         for staged in self.files.values():
             if staged.dirty and not staged.orphan:
                 with contextlib.suppress(OSError):
-                    total += staged.size()
+                    total += max(staged.size() - staged.missing_bytes(), 0)
         return total
 
 
-def _copy(src_fd: int, dest: Path, size: int) -> None:
+def _close(staged: StagedFile) -> None:
+    for fd in (staged.fd, staged.map_fd):
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    staged.map_fd = -1
+
+
+def _complement(skip: Sequence[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    out = []
+    position = 0
+    for offset, length in skip:
+        if offset > position:
+            out.append((position, min(offset, size) - position))
+        position = max(position, offset + length)
+    if position < size:
+        out.append((position, size - position))
+    return [(offset, length) for offset, length in out if length > 0]
+
+
+def _copy(src_fd: int, dest: Path, size: int, ranges: Sequence[tuple[int, int]]) -> None:
     out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        offset = 0
-        while offset < size:
-            sent = os.copy_file_range(src_fd, out, size - offset, offset, offset)
-            if sent == 0:
-                break
-            offset += sent
+        os.ftruncate(out, size)
+        for start, length in ranges:
+            offset, end = start, start + length
+            while offset < end:
+                sent = os.copy_file_range(src_fd, out, end - offset, offset, offset)
+                if sent == 0:
+                    break
+                offset += sent
     finally:
         os.close(out)

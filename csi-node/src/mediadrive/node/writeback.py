@@ -26,7 +26,7 @@ from mediadrive.core.errors import (
     StoreUnavailable,
 )
 from mediadrive.core.hashing import BLOCK_SIZE
-from mediadrive.core.meta import CommitOutcome
+from mediadrive.core.meta import CommitOutcome, Extent
 
 from .cache import BlockCache
 from .options import CommitOn, MountOptions
@@ -67,6 +67,10 @@ class WritebackFigures:
 
 # Called after every commit: (node id the copy belonged to, outcome, upload).
 Committed = Callable[[int, CommitOutcome, UploadResult], None]
+
+
+def _offset(extent: Extent) -> int:
+    return extent.offset
 
 
 class Writeback:
@@ -176,18 +180,48 @@ class Writeback:
             return await self._commit(staged, message)
 
     async def _commit(self, staged: StagedFile, message: str) -> CommitReport | None:
+        while True:
+            reuse = self._reusable(staged)
+            kept = {i for _, positions in reuse.values() for i in positions}
+            await staged.materialize(sorted(staged.missing - kept), self.cache.get)
+            # Nothing is awaited from this check to the start of the snapshot, so the
+            # snapshot is of the copy as checked; writes meanwhile mean checking again.
+            if staged.missing <= kept and self._reusable(staged).keys() == reuse.keys():
+                break
         gen = staged.gen
         node_id = staged.node_id
-        snap = await self.staging.snapshot(staged)
+        kept_extents = {offset: extent for offset, (extent, _) in reuse.items()}
+        skip = [(e.offset, e.length) for e in sorted(kept_extents.values(), key=_offset)]
+        snap = await self.staging.snapshot(staged, skip)
         try:
-            return await self._commit_snapshot(staged, node_id, gen, snap, message)
+            return await self._commit_snapshot(staged, node_id, gen, snap, kept_extents, message)
         finally:
             snap.unlink(missing_ok=True)
 
+    def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, list[int]]]:
+        """Chunks of the base the copy has not touched, which the commit can keep as
+        they are (fixed chunking cuts the copy where it cut the base): by offset, the
+        extent and the positions of its blocks."""
+        if not staged.missing or self.drive.settings.chunking != "fixed":
+            return {}
+        step = self.drive.settings.chunk_size
+        size = staged.size()
+        out = {}
+        for extent, positions in staged.untouched_extents():
+            if extent.offset % step == 0 and extent.length == min(step, size - extent.offset):
+                out[extent.offset] = (extent, positions)
+        return out
+
     async def _commit_snapshot(
-        self, staged: StagedFile, node_id: int, gen: int, snap: Path, message: str
+        self,
+        staged: StagedFile,
+        node_id: int,
+        gen: int,
+        snap: Path,
+        reuse: dict[int, Extent],
+        message: str,
     ) -> CommitReport | None:
-        upload = await self._upload(snap)
+        upload = await self._upload(snap, reuse)
         async with self.tree.names:
             if staged.orphan:
                 # Unlinked or replaced here meanwhile: it is not part of the tree.
@@ -207,7 +241,7 @@ class Writeback:
                 committed = False
             else:
                 try:
-                    outcome = await self._record(staged, path, upload, snap, message)
+                    outcome = await self._record(staged, path, upload, snap, reuse, message)
                 except ConflictError as exc:
                     staged.rejected = True
                     self.figures.conflicts += 1
@@ -237,7 +271,7 @@ class Writeback:
         if committed:
             self._committed(node_id, outcome, upload)
             if not landed_elsewhere:
-                await self._keep_blocks(snap, upload)
+                await self._keep_blocks(snap, upload, reuse)
         report = CommitReport(
             path=self.tree.to_mount(path) or path,
             version=outcome.version,
@@ -259,15 +293,21 @@ class Writeback:
                 self.schedule_on(CommitOn.CLOSE, staged.node_id, message)
         return report
 
-    async def _upload(self, snap: Path) -> UploadResult:
+    async def _upload(self, snap: Path, reuse: dict[int, Extent]) -> UploadResult:
         source = await asyncio.to_thread(open, snap, "rb")
         try:
-            return await self.drive.upload(source)
+            return await self.drive.upload(source, reuse=reuse)
         finally:
             source.close()
 
     async def _record(
-        self, staged: StagedFile, path: str, upload: UploadResult, snap: Path, message: str
+        self,
+        staged: StagedFile,
+        path: str,
+        upload: UploadResult,
+        snap: Path,
+        reuse: dict[int, Extent],
+        message: str,
     ) -> CommitOutcome:
         for attempt in range(2):
             try:
@@ -285,7 +325,7 @@ class Writeback:
                 # GC took a chunk the upload found stored; send the bytes again once.
                 if attempt:
                     raise
-                upload = await self._upload(snap)
+                upload = await self._upload(snap, reuse)
         raise AssertionError("unreachable")
 
     async def _unchanged(self, staged: StagedFile, upload: UploadResult) -> bool:
@@ -298,8 +338,11 @@ class Writeback:
         _, extents = await self.drive.meta.version(node.id, staged.base_version)
         return extents == upload.extents
 
-    async def _keep_blocks(self, snap: Path, upload: UploadResult) -> None:
-        """Put what was just committed into the block cache: reading it back is local."""
+    async def _keep_blocks(
+        self, snap: Path, upload: UploadResult, reuse: dict[int, Extent]
+    ) -> None:
+        """Put what was just committed into the block cache: reading it back is local.
+        (Kept chunks are holes in the snapshot; their blocks are not in it.)"""
         if upload.size > self.cache.capacity // 4:
             return
 
@@ -307,6 +350,8 @@ class Writeback:
             blocks = []
             with open(snap, "rb") as f:
                 for extent in upload.extents:
+                    if extent.offset in reuse:
+                        continue
                     for index in range((extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE):
                         if self.cache.has(extent.chunk_id, index):
                             continue

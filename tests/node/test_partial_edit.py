@@ -1,0 +1,122 @@
+"""Editing part of a remote file fetches the blocks around the edit, not the file."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+
+from mediadrive.core.drive import Drive
+
+from .conftest import DriveFactory, Mounts, drive_call, exited, wait_until
+
+MiB = 1 << 20
+CHUNK = 16 * MiB
+
+
+async def _extents(drive: Drive, path: str, version: int) -> list[str]:
+    reader = await drive.reader(path, version)
+    return [extent.chunk_id for extent in reader.extents]
+
+
+async def _read(drive: Drive, path: str) -> bytes:
+    reader = await drive.reader(path)
+    return await reader.read(0, reader.size)
+
+
+def _remote_file(make_drive: DriveFactory, size: int, chunk: int = CHUNK) -> tuple[str, bytes]:
+    name = make_drive(chunk_size=chunk)
+    data = os.urandom(size)
+    drive_call(name, lambda d: d.write_file("/take.mov", io.BytesIO(data)))
+    return name, data
+
+
+def test_editing_a_remote_file_fetches_and_uploads_only_the_edited_chunk(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name, data = _remote_file(make_drive, 6 * CHUNK)
+    m = mounts.mount(name)
+    patch = os.urandom(MiB)
+    offset = 2 * CHUNK + 5 * MiB + 12345
+    with open(m / "take.mov", "r+b") as f:
+        f.seek(offset)
+        f.write(patch)
+    expected = data[:offset] + patch + data[offset + len(patch) :]
+    wait_until(lambda: m.status()["bytes_uploaded"] > 0 and m.status()["dirty_files"] == 0)
+    status = m.status()
+    # The edited chunk is read whole to hash it again; the other five are not read.
+    assert status["bytes_fetched"] <= CHUNK, status["bytes_fetched"]
+    assert status["bytes_uploaded"] == CHUNK
+    assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
+    before = drive_call(name, lambda d: _extents(d, "/take.mov", 1))
+    after = drive_call(name, lambda d: _extents(d, "/take.mov", 2))
+    assert [a == b for a, b in zip(before, after, strict=True)] == [
+        True,
+        True,
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert (m / "take.mov").read_bytes() == expected
+
+
+def test_reads_and_writes_around_untouched_blocks_see_the_base(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name, data = _remote_file(make_drive, 3 * CHUNK + 300 * 1024)
+    m = mounts.mount(name, commit_on="save")
+    with open(m / "take.mov", "r+b") as f:
+        f.seek(CHUNK - 100)
+        f.write(b"x" * 200)  # straddles a chunk boundary
+        f.seek(3 * CHUNK)
+        assert f.read() == data[3 * CHUNK :]
+        f.seek(0)
+        whole = f.read()
+    expected = data[: CHUNK - 100] + b"x" * 200 + data[CHUNK + 100 :]
+    assert whole == expected
+    report = m.save("/take.mov", "straddle")
+    assert report[0]["bytes_uploaded"] == 2 * CHUNK
+    assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
+
+
+def test_truncating_into_an_untouched_block_then_growing_shows_zeros(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name, data = _remote_file(make_drive, 10 * MiB, chunk=4 * MiB)
+    m = mounts.mount(name, commit_on="save")
+    cut = 5 * MiB + MiB // 2
+    os.truncate(m / "take.mov", cut)
+    os.truncate(m / "take.mov", 8 * MiB)
+    expected = data[:cut] + bytes(8 * MiB - cut)
+    assert (m / "take.mov").read_bytes() == expected
+    report = m.save("/take.mov", "cut")
+    # Chunk 0 is kept as it was; chunk 1 (cut, then zeros) is new.
+    assert (report[0]["chunks_total"], report[0]["chunks_new"]) == (2, 1)
+    assert report[0]["bytes_uploaded"] == 4 * MiB
+    assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
+
+
+def test_an_fsynced_edit_of_a_remote_file_survives_kill(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name, data = _remote_file(make_drive, 4 * CHUNK)
+    m = mounts.mount(name, commit_on="save", cache="edit")
+    patch = os.urandom(3 * MiB)
+    offset = CHUNK + 7 * MiB
+    fd = os.open(m / "take.mov", os.O_RDWR)
+    os.pwrite(fd, patch, offset)
+    os.fsync(fd)
+    pid = m.pid()
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: exited(pid))
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+    m = mounts.mount(name, mountpoint=m.path, commit_on="save", cache="edit")
+    expected = data[:offset] + patch + data[offset + len(patch) :]
+    wait_until(lambda: m.status()["dirty_files"] == 0)
+    assert m.status()["bytes_uploaded"] == CHUNK
+    assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
+    assert (m / "take.mov").read_bytes() == expected
