@@ -1,6 +1,6 @@
 # mediadrive developer entry points. `make test` installs everything it
-# needs (Debian packages, the uv environment, test binaries) and is quick
-# when nothing changed.
+# needs (Debian packages, the uv environment, a pyfuse3 with FUSE passthrough
+# built against libfuse 3.17, test binaries) and is quick when nothing changed.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -14,6 +14,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make install     system packages + uv environment (.venv/bin/mediadrive)"
+	@echo "                 + pyfuse3 with FUSE passthrough (libfuse 3.17 in .cache/fuse3)"
 	@echo "make test-deps   install + test binaries (MinIO) under .cache/"
 	@echo "make lint        ruff check, ruff format --check, mypy"
 	@echo "make test        test-deps, lint, pytest (extra args: PYTEST_ARGS=...)"
@@ -29,6 +30,7 @@ install:
 	else \
 		$(UV) sync --all-packages; \
 	fi
+	scripts/build-fuse-passthrough.sh
 
 test-deps: install
 	scripts/build-test-binaries.sh

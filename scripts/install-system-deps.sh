@@ -5,7 +5,7 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(postgresql fuse3 libfuse3-dev pkg-config attr)
+packages=(postgresql fuse3 libfuse3-dev pkg-config attr gcc libc6-dev patch curl ca-certificates)
 
 missing=()
 for pkg in "${packages[@]}"; do

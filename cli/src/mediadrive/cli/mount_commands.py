@@ -60,6 +60,13 @@ def mount(
         typer.Option(help="Also commit a written file on close, on fsync, or only on save."),
     ] = CommitOn.CLOSE,
     read_only: Annotated[bool, typer.Option("--read-only", help="Mount read-only.")] = False,
+    passthrough: Annotated[
+        bool,
+        typer.Option(
+            help="On a read-only mount, let the kernel read cached files directly "
+            "(FUSE passthrough, where the kernel and pyfuse3 support it)."
+        ),
+    ] = True,
     subdir: Annotated[str, typer.Option(help="Mount this folder of the drive.")] = "/",
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Serve in this process until unmounted.")
@@ -76,6 +83,7 @@ def mount(
         checkpoint_interval=checkpoint_interval,
         commit_on=commit_on,
         read_only=read_only,
+        passthrough=passthrough,
         subdir=subdir,
     )
     if foreground:

@@ -36,13 +36,14 @@ from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.logs import JsonFormatter
 from mediadrive.core.meta import Event, Node, NodeKind
 
-from . import registry
+from . import passthrough, registry
 from .cache import BlockCache
 from .client import MountError
 from .follower import Follower
 from .fs import DriveFS
 from .hydrate import Manifest, ManifestEntry, fixed_prefix, matches
 from .options import MountOptions
+from .passthrough import Views
 from .reading import Content, read_content
 from .staging import Staging
 from .tree import Tree
@@ -109,6 +110,7 @@ class Agent:
         self.tree: Tree
         self.cache: BlockCache
         self.staging: Staging
+        self.views: Views | None
         self.follower: Follower
         self.socket_path = registry.socket_path_for(self.mountpoint)
         self.recovered = 0
@@ -143,7 +145,13 @@ class Agent:
         self.cache.open()
         self._cleanups.append(self.cache.close)
         self.tree = Tree(self.drive.meta, root, options.subdir)
-        self.fs = DriveFS(self.drive, self.tree, self.cache, self.staging, options)
+        self.views = None
+        if options.read_only and options.passthrough and passthrough.supported():
+            # Views of cached files take up to a quarter of the cache's size beside it.
+            self.views = Views(self.cache_dir / "views", options.cache_size // 4, self.cache)
+            self.views.start()
+            self._cleanups.append(self.views.close)
+        self.fs = DriveFS(self.drive, self.tree, self.cache, self.staging, options, self.views)
         self.follower = Follower(self.fs, options.follow_interval)
         self.follower.listeners.append(self._on_event)
 
@@ -385,6 +393,8 @@ class Agent:
             "commits": wb.figures.commits,
             "conflicts": wb.figures.conflicts,
             "open_files": sum(self.fs.open_counts.values()),
+            "passthrough": self.views is not None and self.views.enabled,
+            "passthrough_opens": self.views.opens if self.views is not None else 0,
             "recovered_files": self.recovered,
             "events_seen": self.follower.since,
             "errors": list(wb.figures.errors),

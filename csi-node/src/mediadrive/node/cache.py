@@ -195,6 +195,14 @@ class BlockCache:
     def has(self, chunk: str, index: int) -> bool:
         return (chunk, index) in self._sizes
 
+    def block_path(self, chunk: str, index: int) -> Path | None:
+        """Where a cached block's bytes are on disk (None when it is not cached)."""
+        key = (chunk, index)
+        if key not in self._sizes:
+            return None
+        self._use(key)
+        return self._path(key)
+
     async def get(self, chunk: str, index: int) -> bytes:
         """Block ``index`` of ``chunk``: from memory, from disk, or fetched once."""
         key = (chunk, index)

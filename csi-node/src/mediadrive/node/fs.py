@@ -40,6 +40,7 @@ from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 
 from .cache import BlockCache
 from .options import CommitOn, MountOptions
+from .passthrough import Views
 from .reading import Content, ReadAhead, read_content
 from .staging import BaseBlock, StagedFile, Staging
 from .tree import Tree
@@ -109,6 +110,8 @@ class Handle:
     node_id: int
     writable: bool
     ahead: ReadAhead = field(default_factory=ReadAhead)
+    # Read by the kernel from a backing file (see :mod:`.passthrough`).
+    passthrough: bool = False
 
 
 @dataclass
@@ -127,9 +130,13 @@ class DriveFS(pyfuse3.Operations):
         cache: BlockCache,
         staging: Staging,
         options: MountOptions,
+        views: Views | None = None,
     ) -> None:
         super().__init__()
-        self.enable_writeback_cache = options.writeback_cache
+        self.views = views
+        # The kernel refuses backing files on a connection with the writeback cache.
+        self.enable_writeback_cache = options.writeback_cache and views is None
+        self.enable_passthrough = views is not None
         self.drive = drive
         self.meta = drive.meta
         self.tree = tree
@@ -492,13 +499,22 @@ class DriveFS(pyfuse3.Operations):
                 staged.touch()
             staged.writers += 1
         elif self.staging.get(node.id) is None:
-            await self.content(node)
+            content = await self.content(node)
+            if self.views is not None:
+                others = self.open_counts[node.id] - self.views.opens_of(node.id)
+                backing_id = await self.views.open(node.id, content, others_open=others > 0)
+                if backing_id:
+                    return self._open_handle(node, writable, backing_id)
         return self._open_handle(node, writable)
 
-    def _open_handle(self, node: Node, writable: bool) -> pyfuse3.FileInfo:
+    def _open_handle(self, node: Node, writable: bool, backing_id: int = 0) -> pyfuse3.FileInfo:
         fh = next(self._fh)
-        self.handles[fh] = Handle(node.id, writable)
+        self.handles[fh] = Handle(node.id, writable, passthrough=backing_id > 0)
         self.open_counts[node.id] += 1
+        if backing_id:
+            info = pyfuse3.FileInfo(fh=fh, keep_cache=False)
+            info.backing_id = backing_id  # type: ignore[attr-defined, unused-ignore]
+            return info
         known = node.id in self.kernel_version
         keep = known and self.kernel_version[node.id] == node.head_version
         if known and not keep and (node.id, node.head_version) not in self.own_versions:
@@ -572,6 +588,8 @@ class DriveFS(pyfuse3.Operations):
         if handle is None:
             return
         self.open_counts[handle.node_id] -= 1
+        if handle.passthrough and self.views is not None:
+            self.views.release(handle.node_id)
         if self.open_counts[handle.node_id] <= 0:
             del self.open_counts[handle.node_id]
             if handle.node_id in self.stale:

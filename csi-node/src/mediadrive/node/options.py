@@ -38,6 +38,8 @@ class MountOptions(BaseModel):
     # Seconds between polls of the drive's event log (collaborators' changes).
     follow_interval: float = Field(default=0.5, gt=0)
     writeback_cache: bool = True
+    # Read-only mounts let the kernel read cached files directly, where it can.
+    passthrough: bool = True
 
     @field_validator("drive")
     @classmethod

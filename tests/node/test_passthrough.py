@@ -1,0 +1,98 @@
+"""Read-only mounts: the kernel reads cached files from a local view (FUSE passthrough)."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import pytest
+
+from mediadrive.node import passthrough
+
+from .conftest import DriveFactory, MountHandle, Mounts, drive_call, wait_until
+
+MiB = 1 << 20
+
+if not passthrough.supported():
+    pytest.fail(
+        "pyfuse3 lacks passthrough support: run `make install` (scripts/build-fuse-passthrough.sh)",
+        pytrace=False,
+    )
+
+
+def _served(m: MountHandle) -> int:
+    """Block reads the agent answered (from its cache or the store)."""
+    status = m.status()
+    return int(status["cache_hits"]) + int(status["cache_misses"])
+
+
+def _write(name: str, path: str, data: bytes) -> None:
+    drive_call(name, lambda d: d.write_file(path, io.BytesIO(data)))
+
+
+def test_a_cached_file_is_read_by_the_kernel_without_the_agent(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive(chunk_size="4MiB")
+    data = os.urandom(10 * MiB + 123)
+    _write(name, "/plate.exr", data)
+    m = mounts.mount(name, read_only=True)
+    assert m.status()["passthrough"] is True
+    # Cold: the blocks are not cached yet, so the agent serves (and caches) them.
+    assert (m / "plate.exr").read_bytes() == data
+    assert m.status()["bytes_fetched"] >= len(data)
+    served = _served(m)
+    with open(m / "plate.exr", "rb") as f:
+        assert m.status()["passthrough_opens"] == 1
+        assert f.read() == data
+        f.seek(5 * MiB + 7)
+        assert f.read(MiB) == data[5 * MiB + 7 : 6 * MiB + 7]
+    assert _served(m) == served
+    assert m.status()["passthrough_opens"] == 0
+
+
+def test_a_change_elsewhere_shows_at_the_next_open(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive(chunk_size="4MiB")
+    old = os.urandom(6 * MiB)
+    _write(name, "/comp.nk", old)
+    m = mounts.mount(name, read_only=True)
+    assert (m / "comp.nk").read_bytes() == old
+    held = open(m / "comp.nk", "rb")  # noqa: SIM115
+    try:
+        assert held.read() == old
+        new = os.urandom(5 * MiB)
+        _write(name, "/comp.nk", new)
+        time.sleep(2)
+        # Opens while one is held share its backing file: they see the old version.
+        held.seek(0)
+        assert held.read(MiB) == old[:MiB]
+    finally:
+        held.close()
+    # Once closed, the next open reads the new version (fetched, then passed through).
+    wait_until(lambda: (m / "comp.nk").read_bytes() == new)
+    served = _served(m)
+    assert (m / "comp.nk").read_bytes() == new
+    assert _served(m) == served
+
+
+def test_without_passthrough_the_agent_serves_every_read(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive(chunk_size="4MiB")
+    data = os.urandom(4 * MiB)
+    _write(name, "/ref.mov", data)
+    m = mounts.mount(name, read_only=True, passthrough=False)
+    assert m.status()["passthrough"] is False
+    assert (m / "ref.mov").read_bytes() == data
+    # The kernel keeps the pages; drop them so the next read asks again.
+    fd = os.open(m / "ref.mov", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    served = _served(m)
+    assert (m / "ref.mov").read_bytes() == data
+    assert _served(m) > served
