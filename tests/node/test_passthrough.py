@@ -27,6 +27,13 @@ def _served(m: MountHandle) -> int:
     return int(status["cache_hits"]) + int(status["cache_misses"])
 
 
+def _settled(m: MountHandle, cached: int) -> None:
+    """Wait until the agent has heard of every close (the kernel sends release late;
+    until then the agent reads through itself rather than risk a refused open) and
+    has ``cached`` bytes on disk (blocks are written there after readers got them)."""
+    wait_until(lambda: m.status()["open_files"] == 0 and m.status()["cache_bytes"] >= cached)
+
+
 def _write(name: str, path: str, data: bytes) -> None:
     drive_call(name, lambda d: d.write_file(path, io.BytesIO(data)))
 
@@ -42,6 +49,7 @@ def test_a_cached_file_is_read_by_the_kernel_without_the_agent(
     # Cold: the blocks are not cached yet, so the agent serves (and caches) them.
     assert (m / "plate.exr").read_bytes() == data
     assert m.status()["bytes_fetched"] >= len(data)
+    _settled(m, len(data))
     served = _served(m)
     with open(m / "plate.exr", "rb") as f:
         assert m.status()["passthrough_opens"] == 1
@@ -60,8 +68,10 @@ def test_a_change_elsewhere_shows_at_the_next_open(
     _write(name, "/comp.nk", old)
     m = mounts.mount(name, read_only=True)
     assert (m / "comp.nk").read_bytes() == old
+    _settled(m, len(old))
     held = open(m / "comp.nk", "rb")  # noqa: SIM115
     try:
+        assert m.status()["passthrough_opens"] == 1
         assert held.read() == old
         new = os.urandom(5 * MiB)
         _write(name, "/comp.nk", new)
@@ -73,6 +83,7 @@ def test_a_change_elsewhere_shows_at_the_next_open(
         held.close()
     # Once closed, the next open reads the new version (fetched, then passed through).
     wait_until(lambda: (m / "comp.nk").read_bytes() == new)
+    _settled(m, len(old) + len(new))
     served = _served(m)
     assert (m / "comp.nk").read_bytes() == new
     assert _served(m) == served
