@@ -413,6 +413,20 @@ async def test_commit_makes_versions(store: MetaStore) -> None:
     assert await store.chunk_stats() == (3, 14)
 
 
+async def test_label_version_replaces_only_automatic_messages(store: MetaStore) -> None:
+    await mkdir(store, "/clips")
+    first = await commit(store, "/clips/a.mov", None, b"aaaa")
+    auto = ("from render-01", "checkpoint")
+    assert await store.label_version(first.file_id, 1, "final cut", replaceable=auto)
+    info, _ = await store.version(first.file_id, 1)
+    assert info.message == "final cut"
+    # A message someone gave is never overwritten; an unknown version changes nothing.
+    assert not await store.label_version(first.file_id, 1, "other", replaceable=auto)
+    assert not await store.label_version(first.file_id, 9, "other", replaceable=auto)
+    info, _ = await store.version(first.file_id, 1)
+    assert info.message == "final cut"
+
+
 async def test_commit_of_an_empty_file_and_to_a_folder(store: MetaStore) -> None:
     empty = await commit(store, "/empty.bin", None)
     assert empty.version == 1

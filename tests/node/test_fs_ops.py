@@ -202,6 +202,21 @@ def test_commit_on_save_waits_for_an_explicit_save(
     assert m.client().versions("/s.txt")[0]["message"] == "done"
 
 
+def test_a_save_after_commit_on_close_names_that_version(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    m = mounts.mount(make_drive())
+    (m / "shot.exr").write_bytes(b"final pixels")
+    wait_until(lambda: versions(m / "shot.exr") == [1])
+    (report,) = m.save("/shot.exr", "approved by the director")
+    assert (report["version"], report["message"]) == (1, "approved by the director")
+    listed = m.client().versions("/shot.exr")
+    assert [(v["version"], v["message"]) for v in listed] == [(1, "approved by the director")]
+    # A message someone gave stays: a second save of the same bytes does not replace it.
+    m.save("/shot.exr", "again")
+    assert m.client().versions("/shot.exr")[0]["message"] == "approved by the director"
+
+
 def test_commit_on_fsync(make_drive: DriveFactory, mounts: Mounts) -> None:
     m = mounts.mount(make_drive(), commit_on="fsync")
     with open(m / "f.txt", "wb") as f:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from .passthrough import Views
 from .reading import Content, read_content
 from .staging import Staging
 from .tree import Tree
-from .writeback import CommitReport
+from .writeback import AFTER_RESTART, AUTOMATIC_MESSAGES, BEFORE_RESTORE, CommitReport
 
 pyfuse3.asyncio.enable()
 
@@ -191,7 +191,7 @@ class Agent:
         )
         for staged in recovered:
             log.info("committing %s, staged before the agent stopped", staged.path)
-            self.fs.writeback.schedule(staged.node_id, "recovered after restart")
+            self.fs.writeback.schedule(staged.node_id, AFTER_RESTART)
         self.recovered = len(recovered)
         self._refresh_pins()
         log.info("mounted drive %s%s at %s", options.drive, options.subdir, self.mountpoint)
@@ -299,6 +299,14 @@ class Agent:
             return reports
         last = self.fs.writeback.last.get(node.id)
         if last is not None and last.version == node.head_version:
+            # Already committed by close, fsync or a checkpoint: the save names it.
+            if message and message != last.message:
+                labelled = await self.drive.meta.label_version(
+                    node.id, last.version, message, replaceable=AUTOMATIC_MESSAGES
+                )
+                if labelled:
+                    last = replace(last, message=message)
+                    self.fs.writeback.last[node.id] = last
             return [last]
         return [
             CommitReport(
@@ -342,7 +350,7 @@ class Agent:
                     f"{mount_path} is open for writing on this machine; close it, then restore"
                 )
             if staged is not None and staged.dirty:
-                await self.fs.writeback.save(drive_path, "saved before restore")
+                await self.fs.writeback.save(drive_path, BEFORE_RESTORE)
             staged = self.staging.get(node.id)
             if staged is not None and not staged.writers:
                 self.staging.drop(staged)

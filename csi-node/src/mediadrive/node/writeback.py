@@ -37,6 +37,14 @@ log = logging.getLogger(__name__)
 
 _RETRY_SECONDS = 5.0
 
+CHECKPOINT = "checkpoint"
+ON_UNMOUNT = "saved on unmount"
+AFTER_RESTART = "recovered after restart"
+BEFORE_RESTORE = "saved before restore"
+# Messages of commits nobody asked for by name; an explicit save of the same bytes
+# may replace them with its own.
+AUTOMATIC_MESSAGES = ("", CHECKPOINT, ON_UNMOUNT, AFTER_RESTART, BEFORE_RESTORE)
+
 
 @dataclass(frozen=True)
 class CommitReport:
@@ -156,7 +164,7 @@ class Writeback:
             await asyncio.sleep(interval)
             for staged in list(self.staging.files.values()):
                 if staged.dirty and not staged.rejected and not staged.orphan:
-                    self.schedule(staged.node_id, "checkpoint")
+                    self.schedule(staged.node_id, CHECKPOINT)
 
     def _error(self, message: str) -> None:
         log.error("%s", message)
@@ -393,6 +401,6 @@ class Writeback:
         for staged in list(self.staging.files.values()):
             if staged.dirty and not staged.orphan and not staged.rejected:
                 try:
-                    await self.commit(staged, "saved on unmount")
+                    await self.commit(staged, ON_UNMOUNT)
                 except MediadriveError as exc:
                     self._error(f"{staged.path}: {exc}; the local copy is kept")

@@ -750,6 +750,23 @@ class SqlMetaStore(ABC):
         )
         return version
 
+    async def label_version(
+        self, file_id: int, version: int, message: str, replaceable: Sequence[str] = ("",)
+    ) -> bool:
+        """Give ``version`` the message ``message`` if its own is one of ``replaceable``
+        (the messages of automatic commits); True when it did."""
+
+        async def body(tx: Tx) -> bool:
+            marks = ", ".join("?" for _ in replaceable)
+            changed = await tx.execute(
+                f"UPDATE versions SET message = ? WHERE drive = ? AND file_id = ? "
+                f"AND version = ? AND message IN ({marks})",
+                (message, self.drive, file_id, version, *replaceable),
+            )
+            return changed > 0
+
+        return await self._run(body)
+
     async def versions(self, file_id: int) -> list[VersionInfo]:
         async def body(tx: Tx) -> list[VersionInfo]:
             rows = await tx.fetchall(
