@@ -316,6 +316,28 @@ async def test_rename_replaces_an_existing_file(store: MetaStore) -> None:
     assert [v.version for v in await store.versions(dst.file_id)] == [1]
 
 
+async def test_exchange_swaps_two_names_with_their_history(store: MetaStore) -> None:
+    shots = await mkdir(store, "/shots")
+    a = await commit(store, "/shots/a.exr", None, b"aaaa")
+    b = await commit(store, "/b.exr", None, b"bb")
+    at_b, at_a = await store.exchange(shots.id, "/shots/a.exr", 1, "/b.exr", ACTOR)
+    assert (at_b.id, at_b.parent_id, at_b.name) == (a.file_id, 1, "b.exr")
+    assert (at_a.id, at_a.parent_id, at_a.name) == (b.file_id, shots.id, "a.exr")
+    assert (await resolve(store, "/b.exr")).size == 4
+    assert (await resolve(store, "/shots/a.exr")).size == 2
+    events = [(e.kind, e.path, e.detail["source"]) for e in (await store.events_after(0))[-2:]]
+    assert events == [("rename", "/b.exr", "/shots/a.exr"), ("rename", "/shots/a.exr", "/b.exr")]
+    # A folder and a file swap too; a folder never lands inside itself.
+    folder, file = await store.exchange(1, "/shots", 1, "/b.exr", ACTOR)
+    assert (folder.name, folder.is_dir, file.name) == ("b.exr", True, "shots")
+    inner = await mkdir(store, "/b.exr/inner")
+    await commit(store, "/b.exr/inner/x", None, b"x")
+    with pytest.raises(InvalidPath):
+        await store.exchange(1, "/b.exr", inner.id, "/b.exr/inner/x", ACTOR)
+    with pytest.raises(PathNotFound):
+        await store.exchange(1, "/nothing", 1, "/b.exr", ACTOR)
+
+
 async def test_rename_refusals(store: MetaStore) -> None:
     a = await mkdir(store, "/a")
     ab = await mkdir(store, "/a/b")

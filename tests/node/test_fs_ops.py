@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import io
 import os
@@ -90,6 +91,34 @@ def test_rename_replaces_atomically(make_drive: DriveFactory, mounts: Mounts) ->
     # The drive agrees: one file, its history intact under the new name.
     node = drive_call("media", lambda d: d.stat("/moved/inner"))
     assert node.head_version == 1
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """renameat2(RENAME_EXCHANGE), which os.rename cannot ask for."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(a), at_fdcwd, bytes(b), rename_exchange) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def test_rename_exchange_swaps_two_names(make_drive: DriveFactory, mounts: Mounts) -> None:
+    m = mounts.mount(make_drive())
+    (m / "cut_a.edl").write_text("first cut")
+    os.mkdir(m / "renders")
+    (m / "renders" / "cut_b.edl").write_text("second cut, longer")
+    wait_until(lambda: m.status()["dirty_files"] == 0)
+    _exchange(m / "cut_a.edl", m / "renders" / "cut_b.edl")
+    assert (m / "cut_a.edl").read_text() == "second cut, longer"
+    assert (m / "renders" / "cut_b.edl").read_text() == "first cut"
+    # The drive agrees, and each file keeps its own history under its new name.
+    swapped = drive_call("media", lambda d: d.stat("/cut_a.edl"))
+    assert (swapped.size, swapped.head_version) == (len("second cut, longer"), 1)
+    # A folder cannot be swapped into itself.
+    (m / "renders" / "deep.txt").write_text("x")
+    with pytest.raises(OSError) as raised:
+        _exchange(m / "renders", m / "renders" / "deep.txt")
+    assert raised.value.errno == errno.EINVAL
 
 
 def test_unlinked_open_file_is_never_committed(make_drive: DriveFactory, mounts: Mounts) -> None:

@@ -379,10 +379,11 @@ class DriveFS(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> None:
         self._writable()
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise pyfuse3.FUSEError(errno.EINVAL)
         src_parent = self.tree.node_id(parent_inode_old)
         dst_parent = self.tree.node_id(parent_inode_new)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            await self._exchange(src_parent, name_old, dst_parent, name_new)
+            return
         async with self.tree.names:
             src_path = await self.tree.child_path(src_parent, os.fsdecode(name_old))
             dst_path = await self.tree.child_path(dst_parent, os.fsdecode(name_new))
@@ -404,6 +405,21 @@ class DriveFS(pyfuse3.Operations):
         staged = self.staging.get(moved.id)
         if staged is not None:
             staged.path = dst_path
+
+    async def _exchange(self, a_parent: int, a_name: bytes, b_parent: int, b_name: bytes) -> None:
+        async with self.tree.names:
+            a_path = await self.tree.child_path(a_parent, os.fsdecode(a_name))
+            b_path = await self.tree.child_path(b_parent, os.fsdecode(b_name))
+            a, b = await self.meta.exchange(a_parent, a_path, b_parent, b_path, self.drive.author)
+            if a.is_dir or b.is_dir:
+                self.tree.forget()
+            else:
+                self.tree.remember(a.id, b_path)
+                self.tree.remember(b.id, a_path)
+        for node, path in ((a, b_path), (b, a_path)):
+            staged = self.staging.get(node.id)
+            if staged is not None:
+                staged.path = path
 
     @fuse_errors
     async def symlink(

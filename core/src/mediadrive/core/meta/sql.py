@@ -557,13 +557,7 @@ class SqlMetaStore(ABC):
             if node is None:
                 raise PathNotFound(f"{src_path!r} does not exist")
             target_dir = await self._live_dir(tx, dst_parent, posixpath.dirname(dst_path))
-            if node.is_dir:
-                # Walk up from the target: a folder cannot move into itself.
-                cursor: Node | None = target_dir
-                while cursor is not None and cursor.parent_id is not None:
-                    if cursor.id == node.id:
-                        raise InvalidPath(f"cannot move {src_path!r} into itself ({dst_path!r})")
-                    cursor = await self._get_node(tx, cursor.parent_id)
+            await self._not_into_itself(tx, node, target_dir, src_path, dst_path)
             existing = await self._lookup(tx, dst_parent, dst_name)
             if existing is not None and existing.id == node.id:
                 return node
@@ -593,6 +587,54 @@ class SqlMetaStore(ABC):
             moved = await self._get_node(tx, node.id)
             assert moved is not None
             return moved
+
+        return await self._run(body)
+
+    async def _not_into_itself(
+        self, tx: Tx, node: Node, target_dir: Node | None, src_path: str, dst_path: str
+    ) -> None:
+        """Walk up from the target folder: a folder cannot move into itself."""
+        cursor = target_dir if node.is_dir else None
+        while cursor is not None and cursor.parent_id is not None:
+            if cursor.id == node.id:
+                raise InvalidPath(f"cannot move {src_path!r} into itself ({dst_path!r})")
+            cursor = await self._get_node(tx, cursor.parent_id)
+
+    async def exchange(
+        self, a_parent: int, a_path: str, b_parent: int, b_path: str, actor: str
+    ) -> tuple[Node, Node]:
+        """Swap two existing names atomically (``RENAME_EXCHANGE``): each node takes the
+        other's place, history and all. Returns both nodes at their new places."""
+        a_name = posixpath.basename(a_path)
+        b_name = posixpath.basename(b_path)
+        now_ns = time.time_ns()
+
+        async def body(tx: Tx) -> tuple[Node, Node]:
+            a = await self._lookup(tx, a_parent, a_name)
+            b = await self._lookup(tx, b_parent, b_name)
+            for node, path in ((a, a_path), (b, b_path)):
+                if node is None:
+                    raise PathNotFound(f"{path!r} does not exist")
+            assert a is not None and b is not None
+            if a.id == b.id:
+                return a, b
+            await self._not_into_itself(tx, a, await self._get_node(tx, b_parent), a_path, b_path)
+            await self._not_into_itself(tx, b, await self._get_node(tx, a_parent), b_path, a_path)
+            move = (
+                "UPDATE nodes SET parent_id = ?, name = ?, ctime_ns = ? WHERE drive = ? AND id = ?"
+            )
+            # A name with a slash is never a real one: it holds a's place for a moment.
+            await tx.execute(move, (a_parent, f"exchange/{a.id}", now_ns, self.drive, a.id))
+            await tx.execute(move, (a_parent, a_name, now_ns, self.drive, b.id))
+            await tx.execute(move, (b_parent, b_name, now_ns, self.drive, a.id))
+            for parent in {a_parent, b_parent}:
+                await self._touch_dir(tx, parent, now_ns)
+            await self._event(tx, "rename", b_path, actor, a.id, a.head_version, source=a_path)
+            await self._event(tx, "rename", a_path, actor, b.id, b.head_version, source=b_path)
+            moved_a = await self._get_node(tx, a.id)
+            moved_b = await self._get_node(tx, b.id)
+            assert moved_a is not None and moved_b is not None
+            return moved_a, moved_b
 
         return await self._run(body)
 
