@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -84,6 +85,12 @@ class MountHandle:
         entry = registry.entry_for(self.path)
         assert entry is not None
         return entry.pid
+
+    def kill(self) -> None:
+        """kill -9 the agent, as a crash would, and wait until it is gone."""
+        pid = self.pid()
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: exited(pid))
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 
-from .conftest import DriveFactory, Mounts, drive_call, exited, wait_until
+from .conftest import DriveFactory, Mounts, drive_call, wait_until
 
 MiB = 1 << 20
 
@@ -20,9 +19,7 @@ def test_fsynced_data_survives_kill_and_is_committed(
     fd = os.open(m / "precious.bin", os.O_CREAT | os.O_WRONLY, 0o644)
     os.write(fd, data)
     os.fsync(fd)
-    pid = m.pid()
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: exited(pid))
+    m.kill()
     with contextlib.suppress(OSError):
         os.close(fd)
     # Nothing was committed before the kill.
@@ -45,9 +42,7 @@ def test_killed_agent_leaves_no_stale_mount_behind_a_remount(
     m = mounts.mount(name, cache="crash2")
     (m / "a.txt").write_text("a")
     wait_until(lambda: m.status()["dirty_files"] == 0)
-    pid = m.pid()
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: exited(pid))
+    m.kill()
     m = mounts.mount(name, mountpoint=m.path, cache="crash2")
     assert (m / "a.txt").read_text() == "a"
     assert m.status()["recovered_files"] == 0

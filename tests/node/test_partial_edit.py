@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 
 from mediadrive.core.drive import Drive
 
-from .conftest import DriveFactory, Mounts, drive_call, exited, wait_until
+from .conftest import DriveFactory, Mounts, drive_call, wait_until
 
 MiB = 1 << 20
 CHUNK = 16 * MiB
@@ -108,9 +107,7 @@ def test_an_fsynced_edit_of_a_remote_file_survives_kill(
     fd = os.open(m / "take.mov", os.O_RDWR)
     os.pwrite(fd, patch, offset)
     os.fsync(fd)
-    pid = m.pid()
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: exited(pid))
+    m.kill()
     with contextlib.suppress(OSError):
         os.close(fd)
 
