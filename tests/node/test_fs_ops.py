@@ -339,6 +339,25 @@ def test_corrupt_chunk_is_an_io_error(make_drive: DriveFactory, mounts: Mounts, 
     assert excinfo.value.errno == errno.EIO
 
 
+def test_a_damaged_cached_block_is_fetched_again(make_drive: DriveFactory, mounts: Mounts) -> None:
+    name = make_drive()
+    data = os.urandom(3 * MiB)
+    drive_call(name, lambda d: d.write_file("/c.bin", io.BytesIO(data)))
+    m = mounts.mount(name, cache="kept")
+    assert (m / "c.bin").read_bytes() == data
+    mounts.umount(m)
+    # Bit rot on the local disk, behind the agent's back.
+    blocks = sorted((m.cache_dir / "blocks").glob("*/*.1"))
+    assert len(blocks) == 1
+    raw = bytearray(blocks[0].read_bytes())
+    raw[77] ^= 0xFF
+    blocks[0].write_bytes(bytes(raw))
+    m = mounts.mount(name, mountpoint=m.path, cache="kept")
+    assert (m / "c.bin").read_bytes() == data
+    status = m.status()
+    assert (status["cache_corrupt"], status["bytes_fetched"]) == (1, MiB)
+
+
 def test_coalesced_fetch_verifies_each_block(
     make_drive: DriveFactory, mounts: Mounts, home: Path
 ) -> None:

@@ -107,3 +107,27 @@ def test_without_passthrough_the_agent_serves_every_read(
     served = _served(m)
     assert (m / "ref.mov").read_bytes() == data
     assert _served(m) > served
+
+
+def test_a_damaged_cached_block_never_reaches_a_view(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive(chunk_size="4MiB")
+    data = os.urandom(6 * MiB)
+    _write(name, "/grade.cube", data)
+    m = mounts.mount(name, read_only=True, cache="kept")
+    assert (m / "grade.cube").read_bytes() == data
+    _settled(m, len(data))
+    mounts.umount(m)
+    (block,) = sorted((m.cache_dir / "blocks").glob("*/*.2"))
+    raw = bytearray(block.read_bytes())
+    raw[0] ^= 0xFF
+    block.write_bytes(bytes(raw))
+    m = mounts.mount(name, mountpoint=m.path, read_only=True, cache="kept")
+    # The view is refused; the agent finds the damage, fetches the block again.
+    assert (m / "grade.cube").read_bytes() == data
+    assert m.status()["cache_corrupt"] == 1
+    _settled(m, len(data))
+    with open(m / "grade.cube", "rb") as f:
+        assert m.status()["passthrough_opens"] == 1
+        assert f.read() == data

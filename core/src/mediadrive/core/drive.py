@@ -563,7 +563,7 @@ class Drive:
         Raises :class:`CorruptChunk` rather than ever returning bytes that do not
         match what was committed.
         """
-        digests = await self._block_digests(chunk)
+        digests = await self.block_digests(chunk)
         if digests is None:
             # Chunks recorded without block digests are verified whole.
             data = await self.blobs.get(chunk)
@@ -584,7 +584,7 @@ class Drive:
         :class:`CorruptChunk` (the caller may fetch the blocks one by one to tell
         which are sound). The list is shorter if the chunk ends sooner.
         """
-        digests = await self._block_digests(chunk)
+        digests = await self.block_digests(chunk)
         if digests is None:
             data = await self.blobs.get(chunk)
             await asyncio.to_thread(verify, chunk, data)
@@ -610,7 +610,20 @@ class Drive:
             raise
         return blocks
 
-    async def _block_digests(self, chunk: str) -> bytes | None:
+    async def check_block(self, chunk: str, index: int, data: bytes) -> bool:
+        """Whether ``data`` is block ``index`` of ``chunk`` as committed (a local copy's
+        check; chunks recorded without block digests cannot be checked by block)."""
+        digests = await self.block_digests(chunk)
+        if digests is None:
+            return True
+        try:
+            await asyncio.to_thread(verify_block, chunk, index, digests, data)
+        except CorruptChunk:
+            return False
+        return True
+
+    async def block_digests(self, chunk: str) -> bytes | None:
+        """The BLAKE3 digests of a chunk's blocks, end to end (None if not recorded)."""
         if chunk in self._digests:
             self._digests.move_to_end(chunk)
             return self._digests[chunk]

@@ -141,6 +141,7 @@ class Agent:
             options.cache_size,
             self.drive.read_block,
             fetch_run=self.drive.read_blocks,
+            check=self.drive.check_block,
         )
         self.cache.open()
         self._cleanups.append(self.cache.close)
@@ -148,7 +149,12 @@ class Agent:
         self.views = None
         if options.read_only and options.passthrough and passthrough.supported():
             # Views of cached files take up to a quarter of the cache's size beside it.
-            self.views = Views(self.cache_dir / "views", options.cache_size // 4, self.cache)
+            self.views = Views(
+                self.cache_dir / "views",
+                options.cache_size // 4,
+                self.cache,
+                self.drive.block_digests,
+            )
             self.views.start()
             self._cleanups.append(self.views.close)
         self.fs = DriveFS(self.drive, self.tree, self.cache, self.staging, options, self.views)
@@ -397,6 +403,7 @@ class Agent:
             "blocks_fetched": cache.figures.blocks_fetched,
             "cache_hits": cache.figures.hits,
             "cache_misses": cache.figures.misses,
+            "cache_corrupt": cache.figures.corrupt,
             "bytes_uploaded": wb.figures.bytes_uploaded,
             "commits": wb.figures.commits,
             "conflicts": wb.figures.conflicts,

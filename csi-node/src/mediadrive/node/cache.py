@@ -11,7 +11,9 @@ Layout under the cache folder::
     index.db                       SQLite: blocks (size, last use) and pins
 
 The index is rebuilt from what is on disk if it is lost; a block file whose size
-does not match its index row is dropped when the cache opens.
+does not match its index row is dropped when the cache opens. A block read back
+from disk is checked against its digest (when given a ``check``): a damaged one is
+dropped, logged and fetched again, never returned.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 Fetch = Callable[[str, int], Awaitable[bytes]]
 # Blocks ``first`` .. ``first + count - 1`` of a chunk in one request, each verified.
 FetchRun = Callable[[str, int, int], Awaitable[list[bytes]]]
+# Whether block bytes read back from disk are still what was fetched.
+Check = Callable[[str, int, bytes], Awaitable[bool]]
 BlockKey = tuple[str, int]
 
 # Consecutive missing blocks of one chunk asked for together go out as one ranged
@@ -67,6 +71,8 @@ class CacheFigures:
     hits: int = 0
     misses: int = 0
     evicted_bytes: int = 0
+    # Blocks found damaged on local disk (and fetched again).
+    corrupt: int = 0
 
 
 class BlockCache:
@@ -77,11 +83,13 @@ class BlockCache:
         fetch: Fetch,
         fetch_concurrency: int = 16,
         fetch_run: FetchRun | None = None,
+        check: Check | None = None,
     ) -> None:
         self.root = root
         self.capacity = capacity
         self._fetch = fetch
         self.fetch_run = fetch_run
+        self._check = check
         self._slots = asyncio.Semaphore(fetch_concurrency)
         self._blocks_dir = root / "blocks"
         self._sizes: OrderedDict[BlockKey, int] = OrderedDict()
@@ -218,10 +226,14 @@ class BlockCache:
             except FileNotFoundError:
                 self._forget(key)
             else:
-                self._use(key)
-                self._remember(key, data)
-                self.figures.hits += 1
-                return data
+                if self._check is None or await self._check(chunk, index, data):
+                    self._use(key)
+                    self._remember(key, data)
+                    self.figures.hits += 1
+                    return data
+                log.error("cached block %d of chunk %s is damaged; fetching it again", index, chunk)
+                self.figures.corrupt += 1
+                self._forget(key)
         future = self._inflight.get(key)
         if future is None:
             self.figures.misses += 1

@@ -3,9 +3,10 @@
 With passthrough the kernel reads an open file straight from a local "backing" file,
 as fast as the local disk; the agent answers only the open. A backing file must hold
 the whole version, so when a file whose blocks are all in the block cache is opened,
-its blocks are joined into a view (``views/<node>-<version>``) once; later opens of
-that version reuse it. Views are bounded (least recently opened go first), never
-removed while open, and rebuilt from the cache on demand.
+its blocks are checked against their digests and joined into a view
+(``views/<node>-<version>``) once; later opens of that version reuse it. Views are
+bounded (least recently opened go first), never removed while open, and rebuilt
+from the cache on demand.
 
 The kernel keeps one backing file per inode: while a file is open through one, every
 other open of it uses the same one, and an inode already open the usual way (through
@@ -26,13 +27,20 @@ import os
 import shutil
 import struct
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 
+from mediadrive.core.errors import CorruptChunk
+from mediadrive.core.hashing import verify_block
+
 from .cache import BlockCache
 from .reading import Content
+
+# A chunk's block digests (None when the chunk has none recorded).
+Digests = Callable[[str], Awaitable[bytes | None]]
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +82,11 @@ class _Backing:
 class Views:
     """Views of cached files and the kernel backing files made of them, per node."""
 
-    def __init__(self, root: Path, capacity: int, cache: BlockCache) -> None:
+    def __init__(self, root: Path, capacity: int, cache: BlockCache, digests: Digests) -> None:
         self.root = root
         self.capacity = capacity
         self.cache = cache
+        self._digests = digests
         self.enabled = True
         self._backings: dict[int, _Backing] = {}
         # View file name -> size, least recently opened first.
@@ -169,11 +178,17 @@ class Views:
         async with lock:
             if key in self._views:
                 return path
-            joined = [(b.offset, b.length, s) for b, s in zip(blocks, sources, strict=True) if s]
+            digests = {c: await self._digests(c) for c in {b.chunk_id for b in blocks}}
+            joined = [
+                _Part(b.offset, b.length, s, b.chunk_id, b.index, digests[b.chunk_id])
+                for b, s in zip(blocks, sources, strict=True)
+                if s
+            ]
             try:
                 await asyncio.to_thread(_join, path, content.size, joined)
-            except OSError as exc:
-                # A block evicted meanwhile, or a full disk: read through the agent.
+            except (OSError, CorruptChunk) as exc:
+                # A block evicted meanwhile, damaged on disk, or a full disk: read
+                # through the agent (which fetches a damaged block again).
                 log.info("no passthrough view of %s: %s", key, exc)
                 return None
             finally:
@@ -193,18 +208,30 @@ class Views:
             (self.root / key).unlink(missing_ok=True)
 
 
-def _join(path: Path, size: int, blocks: list[tuple[int, int, Path]]) -> None:
+@dataclass(frozen=True)
+class _Part:
+    offset: int
+    length: int
+    source: Path
+    chunk_id: str
+    index: int
+    digests: bytes | None
+
+
+def _join(path: Path, size: int, parts: list[_Part]) -> None:
     tmp = path.with_suffix(".tmp")
     out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.ftruncate(out, size)
-        for offset, length, source in blocks:
+        for part in parts:
             # Whole-block writes rather than copy_file_range: the page cache then holds
             # the view in large folios, which the kernel reads back much faster.
-            data = source.read_bytes()
-            if len(data) < length:
-                raise OSError(f"cached block {source.name} is shorter than {length}")
-            os.pwrite(out, memoryview(data)[:length], offset)
+            data = part.source.read_bytes()
+            if len(data) != part.length:
+                raise OSError(f"cached block {part.source.name} is not {part.length} bytes")
+            if part.digests is not None:
+                verify_block(part.chunk_id, part.index, part.digests, data)
+            os.pwrite(out, data, part.offset)
     except BaseException:
         os.close(out)
         tmp.unlink(missing_ok=True)
