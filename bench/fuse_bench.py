@@ -8,6 +8,8 @@
 - cold sequential read through the mount (fresh cache, page cache dropped) vs a direct
   parallel boto3 download of the same chunks from the same MinIO;
 - time to first byte at an offset in a cold large file;
+- editing 1 MiB in the middle of that cold file and saving: time, bytes fetched and
+  uploaded (one chunk each way, not the file);
 - create / stat / readdir of many small files per second.
 
 Needs root (FUSE, dropping the page cache) and the MinIO binary of
@@ -227,6 +229,24 @@ def main() -> int:
                 (
                     f"time to first byte at {format_size(offset)} of {format_size(ttfb_size)}",
                     f"{ttfb * 1000:8.1f} ms ({format_size(fetched)} fetched)",
+                )
+            )
+
+            # -- editing 1 MiB in the middle of the cold large file -------------------------------
+            mount_client = client.MountClient.for_mountpoint(mountpoint)
+            fetched_before = mount_client.status()["bytes_fetched"]
+            start = time.perf_counter()
+            with open(mountpoint / "big.bin", "r+b", buffering=0) as f:
+                f.seek(ttfb_size // 2 + 4321)
+                f.write(os.urandom(MiB))
+            (report,) = mount_client.save("/big.bin", "bench edit")
+            edit = time.perf_counter() - start
+            fetched = mount_client.status()["bytes_fetched"] - fetched_before
+            results.append(
+                (
+                    f"edit 1 MiB of the cold {format_size(ttfb_size)} file, save",
+                    f"{edit:8.2f} s ({format_size(fetched)} fetched, "
+                    f"{format_size(report['bytes_uploaded'])} uploaded)",
                 )
             )
 
