@@ -56,6 +56,10 @@ def test_mount_save_versions_restore_status_umount(
         ):
             assert isinstance(figures[key], int), key
         assert figures["bytes_uploaded"] >= 2 * MiB and figures["pending_upload_bytes"] == 0
+        # A read-write mount keeps the writeback cache, so no passthrough.
+        assert figures["passthrough"] is False
+        table = cli("status", str(mnt)).stdout
+        assert "pending upload" in table and "passthrough" in table
         (mnt / "unsaved.txt").write_text("pending at unmount")
         cli("umount", str(mnt))
         assert drive_call(name, lambda d: d.stat("/unsaved.txt")).head_version == 1

@@ -170,6 +170,8 @@ _STATUS_ROWS = (
     ("commits", "commits", str),
     ("conflicts", "conflicts", str),
     ("commit on", "commit_on", str),
+    ("passthrough", "passthrough", lambda on: "on" if on else "off"),
+    ("damaged blocks refetched", "cache_corrupt", str),
 )
 
 
