@@ -408,7 +408,9 @@ class Agent:
             "commits": wb.figures.commits,
             "conflicts": wb.figures.conflicts,
             "open_files": sum(self.fs.open_counts.values()),
-            "passthrough": self.views is not None and self.views.enabled,
+            "passthrough": (
+                self.views is not None and self.views.enabled and passthrough.negotiated()
+            ),
             "passthrough_opens": self.views.opens if self.views is not None else 0,
             "recovered_files": self.recovered,
             "events_seen": self.follower.since,

@@ -54,6 +54,12 @@ def supported() -> bool:
     return hasattr(pyfuse3, "session_fd")
 
 
+def negotiated() -> bool:
+    """Whether the kernel granted passthrough on this mount's connection."""
+    granted: bool = pyfuse3.passthrough_enabled()  # type: ignore[attr-defined, unused-ignore]
+    return granted
+
+
 def _session_fd() -> int:
     fd: int = pyfuse3.session_fd()  # type: ignore[attr-defined, unused-ignore]
     return fd
@@ -128,6 +134,10 @@ class Views:
             self.opens += 1
             return backing.backing_id
         if not self.enabled or others_open or content.version is None or not content.size:
+            return 0
+        if not negotiated():
+            log.warning("the kernel did not grant FUSE passthrough; reading through the agent")
+            self.enabled = False
             return 0
         key = f"{node_id}-{content.version}"
         path = await self._view(key, content)
