@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from typing import Any
 
 import pytest
 
@@ -38,16 +39,25 @@ def _write(name: str, path: str, data: bytes) -> None:
     drive_call(name, lambda d: d.write_file(path, io.BytesIO(data)))
 
 
+def _remote_file_read_only(
+    make_drive: DriveFactory, mounts: Mounts, path: str, size: int, **options: Any
+) -> tuple[str, bytes, MountHandle]:
+    """A drive with ``size`` random bytes at ``path``, mounted read-only, the file read
+    once (cold, through the agent)."""
+    name = make_drive(chunk_size="4MiB")
+    data = os.urandom(size)
+    _write(name, path, data)
+    m = mounts.mount(name, read_only=True, **options)
+    assert (m / path.lstrip("/")).read_bytes() == data
+    return name, data, m
+
+
 def test_a_cached_file_is_read_by_the_kernel_without_the_agent(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
-    name = make_drive(chunk_size="4MiB")
-    data = os.urandom(10 * MiB + 123)
-    _write(name, "/plate.exr", data)
-    m = mounts.mount(name, read_only=True)
-    assert m.status()["passthrough"] is True
     # Cold: the blocks are not cached yet, so the agent serves (and caches) them.
-    assert (m / "plate.exr").read_bytes() == data
+    _, data, m = _remote_file_read_only(make_drive, mounts, "/plate.exr", 10 * MiB + 123)
+    assert m.status()["passthrough"] is True
     assert m.status()["bytes_fetched"] >= len(data)
     _settled(m, len(data))
     served = _served(m)
@@ -63,11 +73,7 @@ def test_a_cached_file_is_read_by_the_kernel_without_the_agent(
 def test_a_change_elsewhere_shows_at_the_next_open(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
-    name = make_drive(chunk_size="4MiB")
-    old = os.urandom(6 * MiB)
-    _write(name, "/comp.nk", old)
-    m = mounts.mount(name, read_only=True)
-    assert (m / "comp.nk").read_bytes() == old
+    name, old, m = _remote_file_read_only(make_drive, mounts, "/comp.nk", 6 * MiB)
     _settled(m, len(old))
     held = open(m / "comp.nk", "rb")  # noqa: SIM115
     try:
@@ -92,12 +98,8 @@ def test_a_change_elsewhere_shows_at_the_next_open(
 def test_without_passthrough_the_agent_serves_every_read(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
-    name = make_drive(chunk_size="4MiB")
-    data = os.urandom(4 * MiB)
-    _write(name, "/ref.mov", data)
-    m = mounts.mount(name, read_only=True, passthrough=False)
+    _, data, m = _remote_file_read_only(make_drive, mounts, "/ref.mov", 4 * MiB, passthrough=False)
     assert m.status()["passthrough"] is False
-    assert (m / "ref.mov").read_bytes() == data
     # The kernel keeps the pages; drop them so the next read asks again.
     fd = os.open(m / "ref.mov", os.O_RDONLY)
     try:
@@ -112,11 +114,7 @@ def test_without_passthrough_the_agent_serves_every_read(
 def test_a_damaged_cached_block_never_reaches_a_view(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
-    name = make_drive(chunk_size="4MiB")
-    data = os.urandom(6 * MiB)
-    _write(name, "/grade.cube", data)
-    m = mounts.mount(name, read_only=True, cache="kept")
-    assert (m / "grade.cube").read_bytes() == data
+    name, data, m = _remote_file_read_only(make_drive, mounts, "/grade.cube", 6 * MiB, cache="kept")
     _settled(m, len(data))
     mounts.umount(m)
     (block,) = sorted((m.cache_dir / "blocks").glob("*/*.2"))
