@@ -450,9 +450,8 @@ class Drive:
     def _pieces(
         self, source: BinaryIO, reuse: Mapping[int, Extent] | None
     ) -> Iterator[Piece | Extent]:
-        chunker = make_chunker(self.settings.chunking, self.settings.chunk_size)
         if not reuse:
-            yield from chunker.split(source)
+            yield from make_chunker(self.settings.chunking, self.settings.chunk_size).split(source)
             return
         if self.settings.chunking != "fixed":
             raise ValueError("reusing chunks needs fixed chunking")

@@ -43,7 +43,6 @@ from .follower import Follower
 from .fs import DriveFS
 from .hydrate import Manifest, ManifestEntry, fixed_prefix, matches
 from .options import MountOptions
-from .passthrough import Views
 from .reading import Content, read_content
 from .staging import Staging
 from .tree import Tree
@@ -110,7 +109,7 @@ class Agent:
         self.tree: Tree
         self.cache: BlockCache
         self.staging: Staging
-        self.views: Views | None
+        self.views: passthrough.Views | None
         self.follower: Follower
         self.socket_path = registry.socket_path_for(self.mountpoint)
         self.recovered = 0
@@ -149,7 +148,7 @@ class Agent:
         self.views = None
         if options.read_only and options.passthrough and passthrough.supported():
             # Views of cached files take up to a quarter of the cache's size beside it.
-            self.views = Views(
+            self.views = passthrough.Views(
                 self.cache_dir / "views",
                 options.cache_size // 4,
                 self.cache,

@@ -20,7 +20,6 @@ when the kernel refuses, files are read through the agent as on any mount.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import logging
 import os
@@ -78,9 +77,8 @@ def close_backing(backing_id: int) -> None:
 
 @dataclass
 class _Backing:
-    version: int | None
+    # The view it reads, and the id the kernel gave it.
     key: str
-    fd: int
     backing_id: int
     opens: int = 0
 
@@ -106,9 +104,6 @@ class Views:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
-        for backing in self._backings.values():
-            with contextlib.suppress(OSError):
-                os.close(backing.fd)
         self._backings.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -141,17 +136,22 @@ class Views:
             return 0
         key = f"{node_id}-{content.version}"
         path = await self._view(key, content)
-        if path is None or node_id in self._backings:
-            return await self.open(node_id, content, others_open) if path else 0
+        if path is None:
+            return 0
+        if node_id in self._backings:
+            # Another open registered one while this view was being joined.
+            return await self.open(node_id, content, others_open)
         fd = os.open(path, os.O_RDONLY)
         try:
             backing_id = open_backing(fd)
         except OSError as exc:
-            os.close(fd)
             log.warning("kernel refused a passthrough file (%s); reading via the agent", exc)
             self.enabled = False
             return 0
-        self._backings[node_id] = _Backing(content.version, key, fd, backing_id, opens=1)
+        finally:
+            # The kernel holds its own reference to the file from here on.
+            os.close(fd)
+        self._backings[node_id] = _Backing(key, backing_id, opens=1)
         self.opens += 1
         return backing_id
 
@@ -168,7 +168,6 @@ class Views:
             close_backing(backing.backing_id)
         except OSError as exc:
             log.warning("cannot close passthrough file %d: %s", backing.backing_id, exc)
-        os.close(backing.fd)
         self._trim()
 
     async def _view(self, key: str, content: Content) -> Path | None:

@@ -171,8 +171,7 @@ class StagedFile:
             await asyncio.gather(*(self._fill(i, fetch) for i in window))
 
     async def materialize_range(self, offset: int, size: int, fetch: FetchBlock) -> None:
-        if self.missing:
-            await self.materialize(self.lacking(offset, size), fetch)
+        await self.materialize(self.lacking(offset, size), fetch)
 
     async def _fill(self, i: int, fetch: FetchBlock) -> None:
         task = self._fills.get(i)
@@ -296,12 +295,12 @@ class Staging:
 
     def _open_base(self, node_id: int) -> tuple[list[BaseBlock], set[int], int]:
         """The base block list of a staged copy, which of them it lacks, and its map."""
-        base_path = self.root / f"{node_id}.base"
+        base_path = self._base(node_id)
         if not base_path.exists():
             return [], set(), -1
         rows = json.loads(base_path.read_text())
         base = [BaseBlock(int(o), int(n), str(c), int(i)) for o, n, c, i in rows]
-        map_fd = os.open(self.root / f"{node_id}.map", os.O_RDWR)
+        map_fd = os.open(self._map(node_id), os.O_RDWR)
         settled = os.pread(map_fd, len(base), 0).ljust(len(base), b"\x00")
         return base, {i for i in range(len(base)) if not settled[i]}, map_fd
 

@@ -77,10 +77,6 @@ class WritebackFigures:
 Committed = Callable[[int, CommitOutcome, UploadResult], None]
 
 
-def _offset(extent: Extent) -> int:
-    return extent.offset
-
-
 class Writeback:
     def __init__(
         self,
@@ -199,7 +195,7 @@ class Writeback:
         gen = staged.gen
         node_id = staged.node_id
         kept_extents = {offset: extent for offset, (extent, _) in reuse.items()}
-        skip = [(e.offset, e.length) for e in sorted(kept_extents.values(), key=_offset)]
+        skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
         snap = await self.staging.snapshot(staged, skip)
         try:
             return await self._commit_snapshot(staged, node_id, gen, snap, kept_extents, message)
