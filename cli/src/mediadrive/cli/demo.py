@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from mediadrive.core.config import home
+from .settings import cli_settings
 
 MIB = 1 << 20
 console = Console()
@@ -80,7 +80,7 @@ def make_media(folder: Path) -> tuple[Path, list[Path]]:
 
 
 def main() -> None:
-    base = home()
+    base = cli_settings().home
     base.mkdir(parents=True, exist_ok=True)
     name = free_name(base)
     console.print(f"[bold]mediadrive demo[/]: drive [bold]{name}[/] under {base}")

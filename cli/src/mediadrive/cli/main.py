@@ -31,7 +31,6 @@ from mediadrive.core.config import (
     Retention,
     check_drive_name,
     check_meta_url,
-    list_refs,
     parse_store_url,
 )
 from mediadrive.core.drive import CommitResult, Drive
@@ -39,6 +38,7 @@ from mediadrive.core.errors import ConfigError, InvalidPath, MediadriveError, Pa
 from mediadrive.core.meta import Node, NodeKind
 from mediadrive.core.units import format_size, parse_duration, parse_size
 
+from .drive_registry import attach_drive, create_drive, list_refs, open_drive
 from .output import JsonFlag, err, out, print_json
 from .progress import transfer_progress
 from .targets import DriveTarget, parse_target
@@ -69,7 +69,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def with_drive(name: str, body: Callable[[Drive], Awaitable[T]]) -> T:
-    drive = await Drive.open(name)
+    drive = await open_drive(name)
     try:
         return await body(drive)
     finally:
@@ -146,7 +146,7 @@ def drive_create(
         fail(_validation_message(exc))
 
     async def create() -> Drive:
-        drive = await Drive.create(name, settings, meta_url=meta, store_url=store)
+        drive = await create_drive(name, settings, meta_url=meta, store_url=store)
         await drive.close()
         return drive
 
@@ -179,7 +179,7 @@ def drive_attach(
     """Use a drive created on another machine: same name, same metadata and chunk stores."""
 
     async def attach() -> Drive:
-        drive = await Drive.attach(name, check_meta_url(meta), store)
+        drive = await attach_drive(name, check_meta_url(meta), store)
         await drive.close()
         return drive
 
@@ -285,7 +285,7 @@ async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResul
         raise PathNotFound(f"local file {str(local)!r} does not exist")
     if local.is_dir():
         raise InvalidPath(f"{str(local)!r} is a folder; cp copies one file")
-    drive = await Drive.open(target.drive)
+    drive = await open_drive(target.drive)
     try:
         path = await _destination(drive, target.path, local.name)
         parent = paths.split(path)[0]
@@ -307,7 +307,7 @@ async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResul
 
 
 async def _download(source: DriveTarget, local: Path) -> tuple[Path, int, int]:
-    drive = await Drive.open(source.drive)
+    drive = await open_drive(source.drive)
     try:
         node = await drive.stat(source.path) if source.version is None else None
         if node is not None and node.is_dir:
@@ -346,7 +346,7 @@ async def _copy_within(source: DriveTarget, target: DriveTarget, message: str) -
         with tempfile.TemporaryDirectory(prefix="mediadrive-cp-") as spool:
             local, _, _ = await _download(source, Path(spool) / "data")
             return await _upload(local, target, message)
-    drive = await Drive.open(source.drive)
+    drive = await open_drive(source.drive)
     try:
         reader = await drive.reader(source.path, source.version)
         path = await _destination(drive, target.path, Path(source.path).name)

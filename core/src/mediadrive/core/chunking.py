@@ -8,19 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Literal, Protocol
+from typing import BinaryIO, Protocol
 
 from pyfastcdc.cy import FastCDC
 
+from .config import (
+    CDC_MAX_AVERAGE,
+    CDC_MIN_AVERAGE,
+    DEFAULT_CDC_AVERAGE,
+    DEFAULT_FIXED_SIZE,
+    ChunkingKind,
+)
 from .errors import ConfigError
 
-DEFAULT_FIXED_SIZE = 64 << 20
-DEFAULT_CDC_AVERAGE = 2 << 20
-# Limits of the FastCDC implementation.
-CDC_MIN_AVERAGE = 1 << 10
-CDC_MAX_AVERAGE = 4 << 20
-
-ChunkingKind = Literal["fixed", "cdc"]
+__all__ = [
+    "CDC_MAX_AVERAGE",
+    "CDC_MIN_AVERAGE",
+    "DEFAULT_CDC_AVERAGE",
+    "DEFAULT_FIXED_SIZE",
+    "Chunker",
+    "ChunkingKind",
+    "Piece",
+    "make_chunker",
+]
 
 
 @dataclass(frozen=True)

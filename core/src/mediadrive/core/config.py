@@ -1,30 +1,31 @@
-"""Drive settings, store URLs and the registry of drives under ``MEDIADRIVE_HOME``."""
+"""A drive's settings and where it lives: plain models, cheap to import.
+
+Nothing here reads the environment or imports an engine, so every deployable (the
+CLI, the node agent, the storage pod, the operator) can build its own settings
+and the JSON schemas of the custom resources from these models.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from enum import StrEnum
-from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .chunking import (
-    CDC_MAX_AVERAGE,
-    CDC_MIN_AVERAGE,
-    DEFAULT_CDC_AVERAGE,
-    DEFAULT_FIXED_SIZE,
-    ChunkingKind,
-)
-from .errors import ConfigError, DriveNotFound
+from .errors import ConfigError
 from .units import ByteSize, Seconds
 
 DRIVE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-REF_FILE = "drive.json"
+
+DEFAULT_FIXED_SIZE = 64 << 20
+DEFAULT_CDC_AVERAGE = 2 << 20
+# Limits of the FastCDC implementation.
+CDC_MIN_AVERAGE = 1 << 10
+CDC_MAX_AVERAGE = 4 << 20
+
+ChunkingKind = Literal["fixed", "cdc"]
 
 
 class ConflictPolicy(StrEnum):
@@ -65,17 +66,6 @@ class DriveSettings(BaseModel):
         return self
 
 
-class Environment(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MEDIADRIVE_")
-
-    home: Path = Path.home() / ".local" / "share" / "mediadrive"
-    author: str | None = None
-
-
-def home() -> Path:
-    return Environment().home.expanduser()
-
-
 def check_drive_name(name: str) -> str:
     if not DRIVE_NAME.match(name):
         raise ConfigError(
@@ -85,49 +75,13 @@ def check_drive_name(name: str) -> str:
 
 
 class DriveRef(BaseModel):
-    """Where a drive's metadata and chunks live; one small file per drive on this machine."""
+    """Where a drive lives: its name in the metadata store, and the two store URLs."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str
     meta_url: str
     store_url: str
-
-    @classmethod
-    def default(cls, name: str, base: Path | None = None) -> DriveRef:
-        root = (base or home()) / name
-        return cls(
-            name=name,
-            meta_url=f"sqlite:///{root / 'meta.db'}",
-            store_url=f"file://{root / 'store'}",
-        )
-
-    def save(self, base: Path | None = None) -> None:
-        folder = (base or home()) / self.name
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (REF_FILE + ".tmp")
-        tmp.write_text(self.model_dump_json(indent=2) + "\n")
-        tmp.replace(folder / REF_FILE)
-
-
-def load_ref(name: str, base: Path | None = None) -> DriveRef:
-    check_drive_name(name)
-    path = (base or home()) / name / REF_FILE
-    try:
-        return DriveRef.model_validate_json(path.read_text())
-    except FileNotFoundError:
-        raise DriveNotFound(f"drive {name!r} does not exist (no {path})") from None
-    except ValidationError as err:
-        raise ConfigError(f"drive file {path} is damaged: {err.errors()[0]['msg']}") from None
-
-
-def list_refs(base: Path | None = None) -> list[DriveRef]:
-    root = base or home()
-    refs = []
-    for path in sorted(root.glob(f"*/{REF_FILE}")):
-        try:
-            refs.append(DriveRef.model_validate(json.loads(path.read_text())))
-        except (ValueError, ValidationError):
-            continue
-    return refs
 
 
 class StoreUrl(BaseModel):
@@ -180,11 +134,3 @@ def check_meta_url(url: str) -> str:
     raise ConfigError(
         f"metadata URL {url!r} must start with sqlite://, postgresql:// or cockroachdb://"
     )
-
-
-def env_author() -> str:
-    configured = Environment().author
-    if configured:
-        return configured
-    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
-    return f"{user}@{os.uname().nodename}"

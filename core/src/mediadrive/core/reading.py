@@ -1,0 +1,158 @@
+"""Verified reads of committed content: blocks of chunks, and whole versions.
+
+A block is ``BLOCK_SIZE`` bytes of a chunk, checked against the BLAKE3 digest the
+upload recorded for it, so a small read never needs its whole chunk and never
+returns bytes that differ from what was committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from .blob import BlobStore
+from .errors import CorruptChunk
+from .extents import ExtentMap
+from .hashing import BLOCK_SIZE, verify, verify_block
+from .meta import Extent, MetaStore, VersionInfo
+
+log = logging.getLogger(__name__)
+
+# Block digests of this many chunks stay in memory.
+_DIGEST_CACHE = 4096
+
+BlockFetcher = Callable[[str, int], Awaitable[bytes]]
+
+
+class BlockReader:
+    """Fetches blocks of chunks from the blob store and checks them."""
+
+    def __init__(self, meta: MetaStore, blobs: BlobStore, drive: str) -> None:
+        self.meta = meta
+        self.blobs = blobs
+        self.drive = drive
+        self._digests: OrderedDict[str, bytes | None] = OrderedDict()
+
+    async def digests(self, chunk: str) -> bytes | None:
+        """The BLAKE3 digests of a chunk's blocks, end to end (None if not recorded)."""
+        if chunk in self._digests:
+            self._digests.move_to_end(chunk)
+            return self._digests[chunk]
+        digests = await self.meta.chunk_blocks(chunk)
+        self._digests[chunk] = digests
+        if len(self._digests) > _DIGEST_CACHE:
+            self._digests.popitem(last=False)
+        return digests
+
+    async def _whole(self, chunk: str) -> bytes:
+        # Chunks recorded without block digests are verified whole.
+        data = await self.blobs.get(chunk)
+        await asyncio.to_thread(verify, chunk, data)
+        return data
+
+    async def read_block(self, chunk: str, index: int) -> bytes:
+        """Block ``index`` of a chunk (the last one shorter); raises CorruptChunk rather
+        than ever returning bytes that do not match what was committed."""
+        digests = await self.digests(chunk)
+        if digests is None:
+            return (await self._whole(chunk))[index * BLOCK_SIZE : (index + 1) * BLOCK_SIZE]
+        data = await self.blobs.get_range(chunk, index * BLOCK_SIZE, BLOCK_SIZE)
+        try:
+            verify_block(chunk, index, digests, data)
+        except CorruptChunk:
+            log.error("corrupt block", extra={"chunk": chunk, "block": index, "drive": self.drive})
+            raise
+        return data
+
+    async def read_blocks(self, chunk: str, first: int, count: int) -> list[bytes]:
+        """Blocks ``first`` .. ``first + count - 1`` in one ranged read, each verified.
+
+        Any mismatch raises CorruptChunk (the caller may fetch the blocks one by one
+        to tell which are sound). The list is shorter if the chunk ends sooner.
+        """
+        digests = await self.digests(chunk)
+        if digests is None:
+            data = await self._whole(chunk)
+            return [
+                data[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE]
+                for i in range(first, first + count)
+                if i * BLOCK_SIZE < len(data)
+            ]
+        data = await self.blobs.get_range(chunk, first * BLOCK_SIZE, count * BLOCK_SIZE)
+        blocks = [data[i : i + BLOCK_SIZE] for i in range(0, len(data), BLOCK_SIZE)]
+
+        def check() -> None:
+            for n, block in enumerate(blocks):
+                verify_block(chunk, first + n, digests, block)
+
+        try:
+            await asyncio.to_thread(check)
+        except CorruptChunk:
+            log.error(
+                "corrupt block in range",
+                extra={"chunk": chunk, "block": first, "count": count, "drive": self.drive},
+            )
+            raise
+        return blocks
+
+    async def check_block(self, chunk: str, index: int, data: bytes) -> bool:
+        """Whether ``data`` is block ``index`` of ``chunk`` as committed (a local copy's
+        check; chunks recorded without block digests cannot be checked by block)."""
+        digests = await self.digests(chunk)
+        if digests is None:
+            return True
+        try:
+            await asyncio.to_thread(verify_block, chunk, index, digests, data)
+        except CorruptChunk:
+            return False
+        return True
+
+
+class VersionReader:
+    """Reads one immutable version: verified byte ranges, or whole verified chunks."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        fetch_block: BlockFetcher,
+        info: VersionInfo,
+        extents: list[Extent],
+    ) -> None:
+        self.blobs = blobs
+        self.fetch_block = fetch_block
+        self.info = info
+        self.extents = extents
+        self.size = info.size
+        self.map = ExtentMap.of(info.version, info.size, extents)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """Fetches only the blocks the range touches, each checked against its digest."""
+        end = min(offset + size, self.size)
+        covering = self.map.blocks(offset, size)
+        blocks = await asyncio.gather(*(self.fetch_block(b.chunk_id, b.block) for b in covering))
+        return b"".join(
+            self.map.slice_of(block, data, offset, end)
+            for block, data in zip(covering, blocks, strict=True)
+        )
+
+    async def chunks(self, prefetch: int = 4) -> AsyncIterator[bytes]:
+        """Every chunk in file order, fetched ``prefetch`` ahead and checked against its id."""
+
+        async def fetch(extent: Extent) -> bytes:
+            data = await self.blobs.get(extent.chunk_id)
+            await asyncio.to_thread(verify, extent.chunk_id, data)
+            return data
+
+        pending: list[asyncio.Task[bytes]] = []
+        try:
+            for extent in self.extents:
+                pending.append(asyncio.create_task(fetch(extent)))
+                if len(pending) > prefetch:
+                    yield await pending.pop(0)
+            while pending:
+                yield await pending.pop(0)
+        finally:
+            for task in pending:
+                task.cancel()
