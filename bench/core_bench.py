@@ -120,6 +120,15 @@ class Timing:
         return data
 
 
+async def embedded_drive(name: str, base: Path, settings: DriveSettings) -> Drive:
+    """A drive on the embedded defaults: SQLite and a local folder."""
+    folder = base / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return await Drive.create(
+        name, f"sqlite:///{folder}/meta.db", f"file://{folder}/store", settings
+    )
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -511,17 +520,16 @@ def run(args: argparse.Namespace, workdir: Path, size: int) -> dict[str, Timing]
             filter(None, [no_proxy, "127.0.0.1", "localhost"])
         )
         bucket = s3.new_bucket("bench")
-        embedded = runner.run(Drive.create("bench-embedded", DriveSettings(), base=drives))
+        embedded = runner.run(embedded_drive("bench-embedded", drives, DriveSettings()))
         remote = runner.run(
             Drive.create(
                 "bench-pg-minio",
+                pg.new_database("bench"),
+                f"s3://{bucket}/drive?endpoint={s3.endpoint_url}",
                 DriveSettings(),
-                meta_url=pg.new_database("bench"),
-                store_url=f"s3://{bucket}/drive?endpoint={s3.endpoint_url}",
-                base=drives,
             )
         )
-        cdc = runner.run(Drive.create("bench-cdc", DriveSettings(chunking="cdc"), base=drives))
+        cdc = runner.run(embedded_drive("bench-cdc", drives, DriveSettings(chunking="cdc")))
         try:
             log.print("commit: embedded defaults (SQLite + local folder)")
             timings["commit_embedded"] = commit(

@@ -20,6 +20,7 @@ from mediadrive.core.config import ConflictPolicy, DriveSettings, Retention
 from mediadrive.core.drive import CommitResult, Drive
 from mediadrive.core.errors import ChunkMissing, ConflictError
 from mediadrive.core.hashing import chunk_id
+from mediadrive.core.identity import Identity
 from mediadrive.core.meta import Event
 
 CHUNK = 64 * 1024
@@ -34,18 +35,16 @@ class Opener(Protocol):
 async def open_drives(meta_url: str, tmp_path: Path) -> AsyncIterator[Opener]:
     """Create the drive with given settings; return ``count`` writers on it."""
     opened: list[Drive] = []
-    base = tmp_path / "home"
 
     async def opener(settings: DriveSettings, count: int = 2) -> list[Drive]:
+        store_url = f"file://{tmp_path}/store"
         first = await Drive.create(
-            "show", settings, meta_url, f"file://{tmp_path}/store", base=base
+            "show", meta_url, store_url, settings, identity=Identity("artist0@render-0", "render-0")
         )
         opened.append(first)
-        for _ in range(count - 1):
-            opened.append(await Drive.open("show", base=base))
-        for n, drive in enumerate(opened):
-            drive.host = f"render-{n}"
-            drive.author = f"artist{n}@render-{n}"
+        for n in range(1, count):
+            identity = Identity(f"artist{n}@render-{n}", f"render-{n}")
+            opened.append(await Drive.open("show", meta_url, store_url, identity=identity))
         await first.mkdir("/shots/010", parents=True)
         return list(opened)
 

@@ -59,21 +59,21 @@ UPLOADER = textwrap.dedent(
             return True
 
 
-    async def main(base, source):
-        drive = await Drive.open("show", base=Path(base))
+    async def main(meta_url, store_url, source):
+        drive = await Drive.open("show", meta_url, store_url)
         await drive.write_file("/big.bin", SlowSource(source))
         print("upload finished", flush=True)
 
 
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
     """
 )
 
 
 @dataclass(frozen=True)
 class Setup:
-    meta_url: str | None
-    store_url: str | None
+    meta_url: str
+    store_url: str
     stored: Callable[[], set[str]]
     env: dict[str, str]
 
@@ -84,12 +84,13 @@ class Setup:
 def setup(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
     env = dict(os.environ)
     if request.param == "sqlite+local":
-        chunks = tmp_path / "home" / "show" / "store" / "chunks"
+        store = tmp_path / "store"
+        chunks = store / "chunks"
 
         def local() -> set[str]:
             return {p.name for p in chunks.glob("*/*") if not p.name.startswith(".")}
 
-        return Setup(None, None, local, env)
+        return Setup(f"sqlite:///{tmp_path}/meta.db", f"file://{store}", local, env)
     server: S3Server = request.getfixturevalue("minio_s3")
     bucket = server.new_bucket("crash")
     for name, value in (
@@ -126,13 +127,8 @@ async def wait_for(condition: Callable[[], bool], proc: asyncio.subprocess.Proce
 async def test_a_killed_upload_leaves_no_version(
     setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    base = tmp_path / "home"
     drive = await Drive.create(
-        "show",
-        DriveSettings(chunking="fixed", chunk_size=CHUNK),
-        setup.meta_url,
-        setup.store_url,
-        base=base,
+        "show", setup.meta_url, setup.store_url, DriveSettings(chunking="fixed", chunk_size=CHUNK)
     )
     keep = os.urandom(CHUNK + 1000)
     await drive.write_file("/keep.bin", io.BytesIO(keep))
@@ -150,7 +146,8 @@ async def test_a_killed_upload_leaves_no_version(
         sys.executable,
         "-c",
         UPLOADER,
-        str(base),
+        setup.meta_url,
+        setup.store_url,
         str(source),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -170,7 +167,7 @@ async def test_a_killed_upload_leaves_no_version(
     assert 3 <= len(orphans) < len(big_ids)
     assert orphans <= big_ids
 
-    drive = await Drive.open("show", base=base)
+    drive = await Drive.open("show", setup.meta_url, setup.store_url)
     try:
         # No version, no file, no commit event: the upload never happened.
         with pytest.raises(PathNotFound):
@@ -205,7 +202,7 @@ async def test_a_killed_upload_leaves_no_version(
         await drive.close()
 
     # The drive accepts the same file again, whole.
-    drive = await Drive.open("show", base=base)
+    drive = await Drive.open("show", setup.meta_url, setup.store_url)
     try:
         with source.open("rb") as f:
             result = await drive.write_file("/big.bin", f)

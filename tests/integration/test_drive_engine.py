@@ -70,9 +70,7 @@ def pairing(
 
 
 async def open_drive(pairing: Pairing, settings: DriveSettings) -> AsyncIterator[Drive]:
-    drive = await Drive.create(
-        "show", settings, pairing.meta_url, pairing.store_url, base=pairing.base
-    )
+    drive = await Drive.create("show", pairing.meta_url, pairing.store_url, settings)
     try:
         yield drive
     finally:
@@ -223,7 +221,7 @@ async def test_a_corrupt_chunk_is_an_error_never_wrong_bytes(
     # The second chunk cut short.
     pairing.overwrite_chunk(second, data[CHUNK : 2 * CHUNK - 1])
 
-    reopened = await Drive.open("show", base=pairing.base)
+    reopened = await Drive.open("show", pairing.meta_url, pairing.store_url)
     for d in (drive, reopened):
         with pytest.raises(CorruptChunk):
             await read_all(d, "/clip.mov")
@@ -243,7 +241,7 @@ async def test_a_corrupt_chunk_is_an_error_never_wrong_bytes(
 
     # A chunk gone from the store is an error too.
     await drive.blobs.delete(third)
-    fresh = await Drive.open("show", base=pairing.base)
+    fresh = await Drive.open("show", pairing.meta_url, pairing.store_url)
     try:
         reader = await fresh.reader("/clip.mov")
         with pytest.raises(NotFound):
@@ -272,7 +270,7 @@ async def test_reopened_drive_sees_everything(pairing: Pairing, drive: Drive) ->
     await drive.mkdir("/a/b", parents=True)
     await drive.write_file("/a/b/c.bin", io.BytesIO(data), message="hello")
     await drive.move("/a/b/c.bin", "/a/d.bin")
-    reopened = await Drive.open("show", base=pairing.base)
+    reopened = await Drive.open("show", pairing.meta_url, pairing.store_url)
     try:
         assert reopened.settings == drive.settings
         assert [n.name for n in await reopened.listdir("/a")] == ["b", "d.bin"]

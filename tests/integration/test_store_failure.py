@@ -17,7 +17,12 @@ from mediadrive.core.errors import StoreUnavailable
 async def test_failed_put_leaves_no_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    drive = await Drive.create("fail", DriveSettings(chunk_size="64KiB"), base=tmp_path)
+    drive = await Drive.create(
+        "fail",
+        f"sqlite:///{tmp_path}/meta.db",
+        f"file://{tmp_path}/store",
+        DriveSettings(chunk_size="64KiB"),
+    )
     try:
         data = os.urandom(4 << 20)
         await drive.write_file("/ok", io.BytesIO(data[: 1 << 20]))

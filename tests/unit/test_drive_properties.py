@@ -91,7 +91,9 @@ async def _read_version(drive: Drive, path: str, version: int) -> bytes:
 
 async def _run(chunking: DriveSettings, ops: list[Op], seed: int, base: Path) -> None:
     path = "/clips/shot.mov"
-    drive = await Drive.create("prop", chunking, base=base)
+    drive = await Drive.create(
+        "prop", f"sqlite:///{base}/meta.db", f"file://{base}/store", chunking
+    )
     try:
         await drive.mkdir("/clips")
         model = bytearray()

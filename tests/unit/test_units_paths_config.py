@@ -9,15 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from mediadrive.cli.drive_registry import default_ref, load_ref, save_ref
+from mediadrive.cli.settings import CliSettings
 from mediadrive.core import paths
 from mediadrive.core.config import (
     ConflictPolicy,
-    DriveRef,
     DriveSettings,
     Retention,
     check_drive_name,
     check_meta_url,
-    load_ref,
     parse_store_url,
 )
 from mediadrive.core.errors import ConfigError, DriveNotFound, InvalidPath
@@ -235,18 +235,19 @@ def test_drive_names_refused(name: str) -> None:
 
 
 def test_drive_ref_round_trip_and_missing(tmp_path: Path) -> None:
-    ref = DriveRef.default("show", tmp_path)
+    home = CliSettings(home=tmp_path)
+    ref = default_ref("show", home)
     assert ref.meta_url == f"sqlite:///{tmp_path}/show/meta.db"
     assert ref.store_url == f"file://{tmp_path}/show/store"
     check_meta_url(ref.meta_url)
     assert parse_store_url(ref.store_url).path == f"{tmp_path}/show/store"
-    ref.save(tmp_path)
-    assert load_ref("show", tmp_path) == ref
+    save_ref(ref, home)
+    assert load_ref("show", home) == ref
     with pytest.raises(DriveNotFound):
-        load_ref("other", tmp_path)
+        load_ref("other", home)
     (tmp_path / "show" / "drive.json").write_text("{not json")
     with pytest.raises(ConfigError, match="damaged"):
-        load_ref("show", tmp_path)
+        load_ref("show", home)
 
 
 def test_drive_settings_defaults_and_units() -> None:
