@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,15 @@ from mediadrive.core.config import (
     parse_store_url,
 )
 from mediadrive.core.errors import ConfigError, DriveNotFound, InvalidPath
-from mediadrive.core.units import format_size, parse_duration, parse_size
+from mediadrive.core.units import (
+    DURATION_PATTERN,
+    SIZE_PATTERN,
+    duration_text,
+    format_size,
+    parse_duration,
+    parse_size,
+    size_text,
+)
 
 # -- sizes ------------------------------------------------------------------------------
 
@@ -284,3 +294,43 @@ def test_drive_settings_defaults_and_units() -> None:
 def test_drive_settings_refuse(fields: dict[str, object]) -> None:
     with pytest.raises((ValidationError, ConfigError)):
         DriveSettings.model_validate(fields)
+
+
+# -- sizes and durations as strings in JSON and JSON schema ------------------------------------
+
+
+@given(st.integers(min_value=0, max_value=1 << 50))
+def test_size_text_round_trips(n: int) -> None:
+    text = size_text(n)
+    assert parse_size(text) == n
+    assert re.match(SIZE_PATTERN, text)
+
+
+@given(st.integers(min_value=0, max_value=10**8))
+def test_duration_text_round_trips(seconds: int) -> None:
+    text = duration_text(seconds)
+    assert parse_duration(text) == seconds
+    assert re.match(DURATION_PATTERN, text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.25, "250ms"), (5400, "1h30m"), (604800, "1w"), (90061, "1d1h1m1s")]
+)
+def test_duration_text_uses_whole_units(seconds: float, text: str) -> None:
+    assert duration_text(seconds) == text
+
+
+def test_settings_emit_and_accept_unit_strings() -> None:
+    settings = DriveSettings(chunk_size="4MiB", retention=Retention(keep_within="1h30m"))
+    dumped = json.loads(settings.model_dump_json())
+    assert dumped["chunk_size"] == "4MiB"
+    assert dumped["retention"]["keep_within"] == "1h30m"
+    assert DriveSettings.model_validate(dumped) == settings
+    # Plain numbers (settings stored before strings were emitted) still read.
+    assert DriveSettings.model_validate({"chunk_size": 4 << 20}).chunk_size == 4 << 20
+    schema = DriveSettings.model_json_schema()
+    size = schema["properties"]["chunk_size"]
+    assert size["type"] == "string" and size["pattern"] == SIZE_PATTERN
+    within = schema["$defs"]["Retention"]["properties"]["keep_within"]["anyOf"][0]
+    assert within == {**within, "type": "string", "pattern": DURATION_PATTERN}
+    assert "ge" not in within

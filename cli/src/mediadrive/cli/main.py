@@ -19,29 +19,19 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.table import Table
 
 from mediadrive.core import paths
-from mediadrive.core.config import (
-    ConflictPolicy,
-    DriveSettings,
-    Retention,
-    check_drive_name,
-    check_meta_url,
-    parse_store_url,
-)
-from mediadrive.core.drive import CommitResult, Drive
 from mediadrive.core.errors import ConfigError, InvalidPath, MediadriveError, PathNotFound
-from mediadrive.core.meta import Node, NodeKind
-from mediadrive.core.units import format_size, parse_duration, parse_size
 
-from .drive_registry import attach_drive, create_drive, list_refs, open_drive
 from .output import JsonFlag, err, out, print_json
-from .progress import transfer_progress
 from .targets import DriveTarget, parse_target
+
+if TYPE_CHECKING:
+    from mediadrive.core.drive import CommitResult, Drive
+    from mediadrive.core.meta import Node
 
 T = TypeVar("T")
 
@@ -51,8 +41,10 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help and usage errors: quick to start, one line for a usage error.
+    rich_markup_mode=None,
 )
-drive_app = typer.Typer(help="Create and list drives.", no_args_is_help=True)
+drive_app = typer.Typer(help="Create and list drives.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(drive_app, name="drive")
 
 
@@ -69,6 +61,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def with_drive(name: str, body: Callable[[Drive], Awaitable[T]]) -> T:
+    from .drive_registry import open_drive
+
     drive = await open_drive(name)
     try:
         return await body(drive)
@@ -108,7 +102,7 @@ def drive_create(
     ] = None,
     conflict: Annotated[
         str, typer.Option(help="last-writer-wins, keep-both or reject.")
-    ] = ConflictPolicy.LAST_WRITER_WINS.value,
+    ] = "last-writer-wins",
     keep_last: Annotated[
         int | None, typer.Option(help="Retention: keep the last N versions of each file.")
     ] = None,
@@ -118,6 +112,18 @@ def drive_create(
     json_out: JsonFlag = False,
 ) -> None:
     """Create a drive (embedded defaults: SQLite and a local folder under MEDIADRIVE_HOME)."""
+    from mediadrive.core.config import (
+        ConflictPolicy,
+        DriveSettings,
+        Retention,
+        check_drive_name,
+        check_meta_url,
+        parse_store_url,
+    )
+    from mediadrive.core.units import format_size, parse_duration, parse_size
+
+    from .drive_registry import create_drive
+
     try:
         check_drive_name(name)
         if meta is not None:
@@ -177,6 +183,9 @@ def drive_attach(
     store: Annotated[str, typer.Option(help="The drive's chunk store URL.")],
 ) -> None:
     """Use a drive created on another machine: same name, same metadata and chunk stores."""
+    from mediadrive.core.config import check_meta_url
+
+    from .drive_registry import attach_drive
 
     async def attach() -> Drive:
         drive = await attach_drive(name, check_meta_url(meta), store)
@@ -193,6 +202,10 @@ def drive_attach(
 @drive_app.command("list")
 def drive_list(json_out: JsonFlag = False) -> None:
     """List the drives known on this machine."""
+    from rich.table import Table
+
+    from .drive_registry import list_refs
+
     refs = list_refs()
     if json_out:
         print_json([r.model_dump() for r in refs])
@@ -206,6 +219,7 @@ def drive_list(json_out: JsonFlag = False) -> None:
 @drive_app.command("info")
 def drive_info(name: str, json_out: JsonFlag = False) -> None:
     """Settings and dedup figures of a drive."""
+    from mediadrive.core.units import format_size
 
     async def body(drive: Drive) -> dict[str, Any]:
         stats = await drive.stats()
@@ -261,6 +275,8 @@ def cp(
 
 
 def _report_upload(result: CommitResult, drive: str, json_out: bool) -> None:
+    from mediadrive.core.units import format_size
+
     if json_out:
         print_json({"drive": drive, **asdict(result)})
         return
@@ -281,6 +297,9 @@ async def _destination(drive: Drive, path: str, name: str) -> str:
 
 
 async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResult:
+    from .drive_registry import open_drive
+    from .progress import transfer_progress
+
     if not local.exists():
         raise PathNotFound(f"local file {str(local)!r} does not exist")
     if local.is_dir():
@@ -293,7 +312,10 @@ async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResul
             # Like object stores and rclone: copying into a new folder makes it.
             await drive.mkdir(parent, parents=True)
         stat = local.stat()
-        with open(local, "rb") as source, transfer_progress(err, stat.st_size, local.name) as tick:
+        with (
+            open(local, "rb") as source,
+            transfer_progress(err.console, stat.st_size, local.name) as tick,
+        ):
             return await drive.write_file(
                 path,
                 source,
@@ -307,6 +329,9 @@ async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResul
 
 
 async def _download(source: DriveTarget, local: Path) -> tuple[Path, int, int]:
+    from .drive_registry import open_drive
+    from .progress import transfer_progress
+
     drive = await open_drive(source.drive)
     try:
         node = await drive.stat(source.path) if source.version is None else None
@@ -322,7 +347,7 @@ async def _download(source: DriveTarget, local: Path) -> tuple[Path, int, int]:
         try:
             with (
                 os.fdopen(fd, "wb") as dest,
-                transfer_progress(err, reader.size, local.name) as tick,
+                transfer_progress(err.console, reader.size, local.name) as tick,
             ):
                 async for data in reader.chunks():
                     await asyncio.to_thread(dest.write, data)
@@ -342,6 +367,8 @@ async def _download(source: DriveTarget, local: Path) -> tuple[Path, int, int]:
 
 
 async def _copy_within(source: DriveTarget, target: DriveTarget, message: str) -> CommitResult:
+    from .drive_registry import open_drive
+
     if source.drive != target.drive:
         with tempfile.TemporaryDirectory(prefix="mediadrive-cp-") as spool:
             local, _, _ = await _download(source, Path(spool) / "data")
@@ -377,6 +404,11 @@ def ls(
     json_out: JsonFlag = False,
 ) -> None:
     """List a folder of a drive (metadata only; no chunk is read)."""
+    from rich.table import Table
+
+    from mediadrive.core.meta import NodeKind
+    from mediadrive.core.units import format_size
+
     where = drive_target(target)
 
     async def body(drive: Drive) -> tuple[list[Node], str]:
@@ -444,6 +476,10 @@ def versions(
     json_out: JsonFlag = False,
 ) -> None:
     """List every version of a file."""
+    from rich.table import Table
+
+    from mediadrive.core.units import format_size
+
     listed = _local("local_versions", target)
     if listed is None:
         where = drive_target(target, or_mount=True)
@@ -510,6 +546,8 @@ def gc(
     json_out: JsonFlag = False,
 ) -> None:
     """Apply retention, then delete chunks no version references."""
+    from mediadrive.core.units import format_size, parse_duration
+
     try:
         seconds = parse_duration(grace)
     except MediadriveError as exc:

@@ -40,7 +40,7 @@ class Retention(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     keep_last: int | None = Field(default=None, ge=1)
-    keep_within: Seconds | None = Field(default=None, ge=0)
+    keep_within: Seconds | None = None
 
 
 class DriveSettings(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 from .errors import ConfigError
 
@@ -76,5 +76,48 @@ def _duration(value: object) -> object:
     return parse_duration(value) if isinstance(value, str | int | float) else value
 
 
-ByteSize = Annotated[int, BeforeValidator(_size)]
-Seconds = Annotated[float, BeforeValidator(_duration)]
+_BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+
+
+def size_text(n: int) -> str:
+    """The exact size in the largest binary unit that divides it: 67108864 -> ``'64MiB'``."""
+    for unit, factor in _BINARY_UNITS:
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def duration_text(seconds: float) -> str:
+    """The duration in its largest whole units: 5400 -> ``'1h30m'``; 0.25 -> ``'250ms'``."""
+    if seconds != int(seconds):
+        ms = seconds * 1000
+        return f"{ms:g}ms" if ms == int(ms) else f"{seconds:g}s"
+    rest = int(seconds)
+    if rest == 0:
+        return "0s"
+    parts = []
+    for unit in ("w", "d", "h", "m", "s"):
+        factor = int(_DURATION_UNITS[unit])
+        if rest >= factor:
+            parts.append(f"{rest // factor}{unit}")
+            rest %= factor
+    return "".join(parts)
+
+
+# Strings in JSON and in JSON schemas (so custom resources and chart values read
+# `64MiB` and `30s`); plain numbers are still accepted when validating.
+SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([bB]|[kKmMgGtT]([iI]?[bB])?)?\s*$"
+DURATION_PATTERN = r"^\s*(\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h|d|w))+)\s*$"
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(_size),
+    PlainSerializer(size_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": SIZE_PATTERN, "examples": ["64MiB", "10GiB"]}),
+]
+Seconds = Annotated[
+    float,
+    BeforeValidator(_duration),
+    PlainSerializer(duration_text, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["30s", "7d"]}),
+]
