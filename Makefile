@@ -9,13 +9,15 @@ UV ?= uv
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Every step says how long it took.
+TIMED := scripts/timed.sh
 
 .PHONY: help install test-deps lint test demo bench-core bench-fuse clean
 
 help:
 	@echo "make install     system packages + uv environment (.venv/bin/mediadrive)"
 	@echo "                 + pyfuse3 with FUSE passthrough (libfuse 3.17 in .cache/fuse3)"
-	@echo "make test-deps   install + test binaries (MinIO) under .cache/"
+	@echo "make test-deps   install + test binaries (MinIO) under ~/.cache/mediadrive"
 	@echo "make lint        ruff check, ruff format --check, mypy"
 	@echo "make test        test-deps, lint, pytest (extra args: PYTEST_ARGS=...)"
 	@echo "make demo        run the end-to-end demo"
@@ -24,24 +26,20 @@ help:
 	@echo "make clean       remove .venv, .cache and tool caches"
 
 install:
-	scripts/install-system-deps.sh
-	@if [ -f uv.lock ]; then \
-		$(UV) sync --all-packages --frozen; \
-	else \
-		$(UV) sync --all-packages; \
-	fi
-	scripts/build-fuse-passthrough.sh
+	@$(TIMED) system-packages scripts/install-system-deps.sh
+	@$(TIMED) uv-sync $(UV) sync --all-packages --frozen
+	@$(TIMED) fuse-passthrough scripts/build-fuse-passthrough.sh
 
 test-deps: install
-	scripts/build-test-binaries.sh
+	@$(TIMED) test-binaries scripts/build-test-binaries.sh
 
 lint: install
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy
+	@$(TIMED) ruff $(VENV)/bin/ruff check .
+	@$(TIMED) ruff-format $(VENV)/bin/ruff format --check .
+	@$(TIMED) mypy $(VENV)/bin/mypy
 
 test: test-deps lint
-	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
+	@$(TIMED) pytest $(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
 
 demo: install
 	$(PYTHON) -m mediadrive.cli.demo

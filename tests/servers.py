@@ -17,7 +17,7 @@ Servers:
   ``mediadrive-test`` (created when missing) and the server runs as it.
 - moto: moto's standalone S3 server from the current Python environment.
 - MinIO: the binary built by ``scripts/build-test-binaries.sh`` into
-  ``.cache/bin/minio``.
+  ``$MEDIADRIVE_CACHE/bin/minio`` (default ``~/.cache/mediadrive``, outside the clone).
 
 Environment overrides: ``MEDIADRIVE_PG_BIN`` (a PostgreSQL bin directory),
 ``MEDIADRIVE_MINIO_BIN`` (a MinIO binary).
@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 PG_USER = "mediadrive-test"
-DEFAULT_MINIO_BIN = REPO_ROOT / ".cache" / "bin" / "minio"
+TOOL_CACHE = Path(os.environ.get("MEDIADRIVE_CACHE", Path.home() / ".cache" / "mediadrive"))
+DEFAULT_MINIO_BIN = TOOL_CACHE / "bin" / "minio"
 
 # Requests to loopback servers must never go through a proxy from the
 # environment.

@@ -55,7 +55,12 @@ def cli(tmp_path: Path) -> Cli:
     return Cli(tmp_path / "home", {})
 
 
-@pytest.fixture(params=["embedded", "postgres+s3"])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("postgres+s3", marks=[pytest.mark.postgres, pytest.mark.s3, pytest.mark.moto]),
+    ]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Cli, list[str]]]:
     """A CLI and the ``drive create`` options for one (metadata, chunk store) pair."""
     if request.param == "embedded":

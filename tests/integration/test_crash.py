@@ -79,7 +79,12 @@ class Setup:
 
 
 @pytest.fixture(
-    params=["sqlite+local", pytest.param("postgres+minio", marks=[pytest.mark.postgres])]
+    params=[
+        "sqlite+local",
+        pytest.param(
+            "postgres+minio", marks=[pytest.mark.postgres, pytest.mark.s3, pytest.mark.minio]
+        ),
+    ]
 )
 def setup(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
     env = dict(os.environ)

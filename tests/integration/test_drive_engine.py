@@ -26,8 +26,8 @@ CHUNK = 2 * MIB
 
 PAIRINGS = [
     "sqlite+local",
-    pytest.param("postgres+moto", marks=[pytest.mark.postgres, pytest.mark.s3]),
-    pytest.param("postgres+minio", marks=[pytest.mark.postgres, pytest.mark.s3]),
+    pytest.param("postgres+moto", marks=[pytest.mark.postgres, pytest.mark.s3, pytest.mark.moto]),
+    pytest.param("postgres+minio", marks=[pytest.mark.postgres, pytest.mark.s3, pytest.mark.minio]),
 ]
 
 
