@@ -1,32 +1,57 @@
 """The blob-store contract: every engine passes the same tests.
 
-Engines: a local folder, moto's standalone S3 server and MinIO, both over real
-HTTP on loopback.
+Engines: a local folder, an in-memory engine registered by this suite (the
+proof that an engine is one module plus its registration), a WrappedStore
+subclass around a local folder, and moto's standalone S3 server and MinIO, both
+over real HTTP on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from mediadrive.core.blob import BlobStore, open_store
-from mediadrive.core.errors import NotFound, StoreUnavailable
+from mediadrive.core.blob.wrapper import WrappedStore
+from mediadrive.core.errors import ConfigError, NotFound, StoreUnavailable
 from mediadrive.core.hashing import chunk_id
+from tests.integration import memory_store
 from tests.servers import S3Server
 
 ENGINES = [
     "local",
+    "memory",
+    "wrapped",
     pytest.param("moto", marks=pytest.mark.s3),
     pytest.param("minio", marks=pytest.mark.s3),
 ]
+S3_ENGINES = ENGINES[3:]
+
+
+class CountingStore(WrappedStore):
+    """A wrapper that only counts the calls it overrides and passes them on."""
+
+    def __init__(self, inner: BlobStore) -> None:
+        super().__init__(inner)
+        self.calls: Counter[str] = Counter()
+
+    async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+        self.calls["put"] += 1
+        await super().put(chunk_id, data)
+
+    async def get(self, chunk_id: str) -> bytes:
+        self.calls["get"] += 1
+        return await super().get(chunk_id)
 
 
 @dataclass(frozen=True)
@@ -38,9 +63,26 @@ class Engine:
 
     def url_for(self, location: str, prefix: str = "chunks-under-test") -> str:
         """A store URL of the same engine at another folder or bucket."""
+        if self.kind == "memory":
+            return memory_url(location)
         if self.server is None:
             return f"file://{location}"
         return f"s3://{location}/{prefix}?endpoint={self.server.endpoint_url}"
+
+    def open(self, url: str, *, create: bool = False) -> BlobStore:
+        store = open_store(url, create=create)
+        return CountingStore(store) if self.kind == "wrapped" else store
+
+
+def memory_url(location: str) -> str:
+    """A memory store named after a folder path (a URL host cannot hold slashes)."""
+    return f"memory://{hashlib.sha256(location.encode()).hexdigest()[:16]}"
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory_stores() -> Iterator[None]:
+    yield
+    memory_store.forget_all()
 
 
 def use_credentials(monkeypatch: pytest.MonkeyPatch, server: S3Server) -> None:
@@ -54,8 +96,10 @@ def use_credentials(monkeypatch: pytest.MonkeyPatch, server: S3Server) -> None:
 def make_engine(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Engine:
-    if kind == "local":
-        return Engine("local", f"file://{tmp_path}/store", None)
+    if kind in ("local", "wrapped"):
+        return Engine(kind, f"file://{tmp_path}/store", None)
+    if kind == "memory":
+        return Engine(kind, memory_url(f"{tmp_path}/store"), None)
     server: S3Server = request.getfixturevalue(f"{kind}_s3")
     use_credentials(monkeypatch, server)
     bucket = server.new_bucket("blob")
@@ -69,7 +113,7 @@ def engine(
     return make_engine(request.param, request, tmp_path, monkeypatch)
 
 
-@pytest.fixture(params=ENGINES[1:])
+@pytest.fixture(params=S3_ENGINES)
 def s3_engine(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Engine:
@@ -78,7 +122,7 @@ def s3_engine(
 
 @pytest.fixture
 async def store(engine: Engine) -> AsyncIterator[BlobStore]:
-    blobs = open_store(engine.url, create=True)
+    blobs = engine.open(engine.url, create=True)
     await blobs.check()
     try:
         yield blobs
@@ -169,7 +213,7 @@ async def test_stores_at_other_locations_do_not_share_chunks(
         other_url = engine.url_for(f"{tmp_path}/other")
     else:
         other_url = engine.url_for(engine.bucket, prefix="drives/other")
-    other = open_store(other_url, create=True)
+    other = engine.open(other_url, create=True)
     try:
         await other.check()
         cid, data = payload(300, seed=5)
@@ -220,7 +264,7 @@ async def test_missing_location_without_create(engine: Engine, tmp_path: Path) -
     else:
         url = engine.url_for(f"absent-{os.urandom(6).hex()}")
         where = None
-    store = open_store(url)
+    store = engine.open(url)
     try:
         with pytest.raises(StoreUnavailable, match="does not exist"):
             await store.check()
@@ -229,7 +273,7 @@ async def test_missing_location_without_create(engine: Engine, tmp_path: Path) -
     if where is not None:
         assert not where.exists()
     # With create, the folder or bucket is made and then works.
-    made = open_store(url, create=True)
+    made = engine.open(url, create=True)
     try:
         await made.check()
         cid, data = payload(64, seed=6)
@@ -286,3 +330,94 @@ async def test_unusable_local_folder_is_store_unavailable(tmp_path: Path) -> Non
     store = open_store(f"file://{blocker}/store", create=True)
     with pytest.raises(StoreUnavailable, match="file-not-folder"):
         await store.check()
+
+
+# -- listing in order, from a point, by prefix, in pages ---------------------------------
+
+
+def use_small_pages(store: BlobStore) -> None:
+    """Make an engine that lists in pages ask for two ids at a time."""
+    while isinstance(store, WrappedStore):
+        store = store.inner
+    if hasattr(store, "page_size"):
+        store.page_size = 2
+
+
+async def listing(store: BlobStore, prefix: str = "", after: str = "") -> list[str]:
+    return [cid async for cid in store.list(prefix, after)]
+
+
+async def test_list_pages_in_order_from_after_by_prefix(store: BlobStore) -> None:
+    use_small_pages(store)
+    chunks = [payload(200 + i, seed=300 + i) for i in range(9)]
+    await asyncio.gather(*(store.put(cid, data) for cid, data in chunks))
+    ids = sorted(cid for cid, _ in chunks)
+
+    assert await listing(store) == ids
+    assert await listing(store, after=ids[3]) == ids[4:]
+    assert await listing(store, after=ids[-1]) == []
+    # ``after`` need not be a stored id, nor as long as one.
+    assert await listing(store, after=ids[2] + "0") == ids[3:]
+    assert await listing(store, after=ids[5][:1]) == [i for i in ids if i > ids[5][:1]]
+    assert await listing(store, after="0") == [i for i in ids if i > "0"]
+
+    for length in (1, 2, 3, 64):
+        prefix = ids[4][:length]
+        assert await listing(store, prefix) == [i for i in ids if i.startswith(prefix)]
+    assert await listing(store, "g") == []
+    first = ids[0][:1]
+    assert await listing(store, first, after=ids[0]) == [i for i in ids[1:] if i.startswith(first)]
+
+    # A walk resumed from the last id seen misses nothing and repeats nothing.
+    resumed: list[str] = []
+    while True:
+        page = [cid async for cid in store.list(after=resumed[-1] if resumed else "")][:3]
+        if not page:
+            break
+        resumed += page
+    assert resumed == ids
+
+
+async def test_list_skips_unfinished_local_writes(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}/store", create=True)
+    await store.check()
+    cid, data = payload(100, seed=20)
+    await store.put(cid, data)
+    folder = tmp_path / "store" / "chunks" / cid[:2]
+    (folder / f".{cid}.123.456.tmp").write_bytes(b"half")
+    assert await listing(store) == [cid]
+
+
+# -- engines by URL scheme, and wrappers ----------------------------------------------------
+
+
+def test_an_engine_registers_its_scheme() -> None:
+    store = open_store("memory://registered")
+    assert isinstance(store, memory_store.MemoryBlobStore)
+    assert store.name == "registered"
+
+
+def test_unknown_scheme_names_the_url_and_the_known_schemes() -> None:
+    with pytest.raises(ConfigError) as refused:
+        open_store("ftp://host/dir")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "'ftp://host/dir'" in message
+    for scheme in ("file://", "s3://", "memory://"):
+        assert scheme in message
+
+
+async def test_a_wrapper_passes_calls_through(tmp_path: Path) -> None:
+    store = CountingStore(open_store(f"file://{tmp_path}/store", create=True))
+    await store.check()
+    cid, data = payload(1000, seed=21)
+    await store.put(cid, data)
+    assert await store.get(cid) == data
+    assert await store.get_range(cid, 10, 5) == data[10:15]
+    assert await store.exists(cid)
+    assert await listing(store) == [cid]
+    await store.delete(cid)
+    assert not await store.inner.exists(cid)
+    assert store.calls == Counter(put=1, get=1)
+    assert store.url == f"file://{tmp_path}/store"
+    await store.close()

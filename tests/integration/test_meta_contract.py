@@ -1,7 +1,8 @@
 """The metadata-store contract: every engine passes the same tests.
 
 Engines: SQLite (a file per test) and the real PostgreSQL server (a fresh
-database per test).
+database per test). The tests use stores only through the ``MetaStore``
+protocol (``mediadrive.core.meta.interface``), so any engine can run them.
 """
 
 from __future__ import annotations

@@ -1,15 +1,31 @@
 """The blob store: immutable chunks by id, with ranged reads.
 
-One interface, several engines (local folder, S3; storage pods later), all
-checked by the same contract tests.
+One interface, several engines chosen by URL scheme (``file://`` in ``local.py``,
+``s3://`` in ``s3.py``; storage pods later), all checked by the same contract
+tests. An engine is one module that parses its own URLs and calls
+:func:`register` when imported; the built-in ones are imported the first time a
+URL needs them, so importing this package loads no S3 client. Stores that change
+how another store works (tiers, sharding, encryption) wrap it: see ``wrapper.py``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
-from ..config import parse_store_url
+from ..schemes import SchemeRegistry
+
+__all__ = [
+    "BlobEngine",
+    "BlobStore",
+    "OpenStore",
+    "check_store_url",
+    "open_store",
+    "register",
+    "store_schemes",
+]
 
 
 class BlobStore(ABC):
@@ -36,8 +52,12 @@ class BlobStore(ABC):
         """Remove a chunk; removing an absent chunk is not an error."""
 
     @abstractmethod
-    def list(self) -> AsyncIterator[str]:
-        """Every chunk id held, in no particular order."""
+    def list(self, prefix: str = "", after: str = "") -> AsyncIterator[str]:
+        """Chunk ids starting with ``prefix`` and greater than ``after``, ascending.
+
+        Engines fetch them a page at a time, so a caller can stop early, or resume
+        an interrupted walk by passing the last id it saw as ``after``.
+        """
 
     @abstractmethod
     async def check(self) -> None:
@@ -47,13 +67,44 @@ class BlobStore(ABC):
         pass
 
 
+class OpenStore(Protocol):
+    def __call__(self, url: str, *, create: bool) -> BlobStore:
+        """The store at ``url``; ``create`` makes a missing folder or bucket on ``check``."""
+        ...
+
+
+@dataclass(frozen=True)
+class BlobEngine:
+    """How URLs of one scheme become blob stores."""
+
+    open: OpenStore
+    # Raises ConfigError naming the URL if the engine cannot use it; opens nothing.
+    check_url: Callable[[str], None]
+
+
+_ENGINES = SchemeRegistry[BlobEngine](
+    "store URL", {"file": "mediadrive.core.blob.local", "s3": "mediadrive.core.blob.s3"}
+)
+
+
+def register(scheme: str, open: OpenStore, check_url: Callable[[str], None]) -> None:
+    """Make ``scheme://`` store URLs use an engine; engines call this on import."""
+    _ENGINES.register(scheme, BlobEngine(open, check_url))
+
+
+def store_schemes() -> list[str]:
+    """The URL schemes blob stores can use."""
+    return _ENGINES.schemes()
+
+
+def check_store_url(url: str) -> str:
+    """``url`` if its engine accepts it, checked without opening anything; else ConfigError."""
+    _ENGINES.engine_for(url).check_url(url)
+    return url
+
+
 def open_store(url: str, *, create: bool = False) -> BlobStore:
     """The engine for ``url``; ``create`` makes a missing folder or bucket."""
-    parsed = parse_store_url(url)
-    if parsed.scheme == "file":
-        from .local import LocalBlobStore
-
-        return LocalBlobStore(url, parsed.path, create=create)
-    from .s3 import S3BlobStore
-
-    return S3BlobStore(url, parsed, create=create)
+    engine = _ENGINES.engine_for(url)
+    engine.check_url(url)
+    return engine.open(url, create=create)

@@ -1,4 +1,4 @@
-"""Chunks as files in a local folder: ``chunks/ab/abcdef...``."""
+"""Chunks as files in a local folder: ``chunks/ab/abcdef...``; URL ``file:///ABS/PATH``."""
 
 from __future__ import annotations
 
@@ -6,10 +6,48 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from ..durability import fsync_dir
-from ..errors import NotFound, StoreUnavailable
-from . import BlobStore
+from ..errors import ConfigError, NotFound, StoreUnavailable
+from . import BlobStore, register
+
+
+def local_root(url: str) -> str:
+    """The folder a ``file:///ABSOLUTE/PATH`` URL names; ConfigError for anything else."""
+    parts = urlsplit(url)
+    options = parse_qs(parts.query)
+    if options:
+        raise ConfigError(f"store URL {url!r} has unknown option(s): {', '.join(sorted(options))}")
+    if parts.scheme != "file" or parts.netloc or not parts.path.startswith("/"):
+        raise ConfigError(f"store URL {url!r} must be file:///ABSOLUTE/PATH")
+    return parts.path
+
+
+def check_local_url(url: str) -> None:
+    local_root(url)
+
+
+def _is_chunk_name(name: str) -> bool:
+    # Half-written chunks are dot files ending in .tmp (see _put).
+    return not name.startswith(".") and not name.endswith(".tmp")
+
+
+def _fan_out_folders(chunks: Path) -> list[str]:
+    try:
+        return sorted(entry.name for entry in os.scandir(chunks) if entry.is_dir())
+    except FileNotFoundError:
+        return []
+
+
+def _ids_in(folder: Path, prefix: str, after: str) -> list[str]:
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        name for name in names if _is_chunk_name(name) and name.startswith(prefix) and name > after
+    )
 
 
 class LocalBlobStore(BlobStore):
@@ -18,6 +56,10 @@ class LocalBlobStore(BlobStore):
         self.root = Path(root)
         self._chunks = self.root / "chunks"
         self._create = create
+
+    @classmethod
+    def from_url(cls, url: str, *, create: bool = False) -> LocalBlobStore:
+        return cls(url, local_root(url), create=create)
 
     def _path(self, chunk_id: str) -> Path:
         return self._chunks / chunk_id[:2] / chunk_id
@@ -60,14 +102,14 @@ class LocalBlobStore(BlobStore):
     async def delete(self, chunk_id: str) -> None:
         await asyncio.to_thread(self._path(chunk_id).unlink, True)
 
-    async def list(self) -> AsyncIterator[str]:
-        if not self._chunks.is_dir():
-            return
-        names = await asyncio.to_thread(
-            lambda: [p.name for p in self._chunks.glob("*/*") if not p.name.startswith(".")]
-        )
-        for name in names:
-            yield name
+    async def list(self, prefix: str = "", after: str = "") -> AsyncIterator[str]:
+        # One fan-out folder is one page: ids in folder "ab" all start with "ab", so
+        # walking the folders in order yields every id in order.
+        for folder in await asyncio.to_thread(_fan_out_folders, self._chunks):
+            if not folder.startswith(prefix[:2]) or folder < after[:2]:
+                continue
+            for chunk_id in await asyncio.to_thread(_ids_in, self._chunks / folder, prefix, after):
+                yield chunk_id
 
     async def check(self) -> None:
         def probe() -> None:
@@ -84,3 +126,6 @@ class LocalBlobStore(BlobStore):
                 raise StoreUnavailable(f"store folder {self.root} is not writable")
 
         await asyncio.to_thread(probe)
+
+
+register("file", LocalBlobStore.from_url, check_local_url)

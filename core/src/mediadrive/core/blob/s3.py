@@ -1,5 +1,9 @@
 """Chunks in an S3 bucket (AWS or any S3-compatible server), through boto3.
 
+URL: ``s3://BUCKET/PREFIX?endpoint=http(s)://HOST:PORT&region=REGION``; both
+options are optional (AWS itself needs no endpoint). Chunks live under
+``PREFIX/chunks/ab/abcdef...``.
+
 botocore's ``standard`` retry mode handles throttling and transient errors; large
 chunks go up as concurrent multipart uploads through one boto3 transfer manager
 shared by the store, smaller ones as a single PUT.
@@ -17,16 +21,17 @@ import io
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..config import StoreUrl
-from ..errors import NotFound, StoreUnavailable
-from . import BlobStore
+from ..errors import ConfigError, NotFound, StoreUnavailable
+from . import BlobStore, register
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -38,11 +43,58 @@ _MISSING = {"NoSuchKey", "404", "NotFound"}
 _PART_SIZE = 16 << 20
 # Parts in flight at once across all of the store's multipart uploads.
 _PART_CONCURRENCY = 16
+_OPTIONS = {"endpoint", "region"}
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where an ``s3://`` store URL points."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> S3Location:
+        """The location in ``url``; ConfigError naming the URL if it is unusable."""
+        parts = urlsplit(url)
+        query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+        unknown = set(query) - _OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"store URL {url!r} has unknown option(s): {', '.join(sorted(unknown))}"
+            )
+        if parts.scheme != "s3":
+            raise ConfigError(f"store URL {url!r} must start with s3://")
+        if not parts.netloc:
+            raise ConfigError(f"store URL {url!r} names no bucket: use s3://BUCKET/PREFIX")
+        endpoint = query.get("endpoint")
+        if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+            raise ConfigError(f"store URL {url!r}: endpoint must be an http:// or https:// URL")
+        return cls(
+            bucket=parts.netloc,
+            prefix=parts.path.strip("/"),
+            endpoint=endpoint,
+            region=query.get("region"),
+        )
+
+
+def check_s3_url(url: str) -> None:
+    S3Location.parse(url)
+
+
+def _fan_out(start: str) -> str:
+    """The key suffix under ``chunks/`` where ids beginning with ``start`` sort."""
+    return f"{start[:2]}/{start}" if len(start) >= 2 else start
 
 
 class S3BlobStore(BlobStore):
+    # Keys per LIST request; S3's maximum. Tests lower it to see several pages.
+    page_size = 1000
+
     def __init__(
-        self, url: str, location: StoreUrl, *, create: bool = False, concurrency: int = 16
+        self, url: str, location: S3Location, *, create: bool = False, concurrency: int = 16
     ) -> None:
         self.url = url
         self.bucket = location.bucket
@@ -73,6 +125,10 @@ class S3BlobStore(BlobStore):
         )
         self._manager: TransferManager | None = None
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3")
+
+    @classmethod
+    def from_url(cls, url: str, *, create: bool = False) -> S3BlobStore:
+        return cls(url, S3Location.parse(url), create=create)
 
     def _key(self, chunk_id: str) -> str:
         return f"{self.prefix}chunks/{chunk_id[:2]}/{chunk_id}"
@@ -146,14 +202,27 @@ class S3BlobStore(BlobStore):
     async def delete(self, chunk_id: str) -> None:
         await self._call(self._client.delete_object, Bucket=self.bucket, Key=self._key(chunk_id))
 
-    async def list(self) -> AsyncIterator[str]:
-        paginator = self._client.get_paginator("list_objects_v2")
-        pages = await self._call(
-            lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}chunks/"))
-        )
-        for page in pages:
+    async def list(self, prefix: str = "", after: str = "") -> AsyncIterator[str]:
+        # Keys sort as their ids do, since the fan-out folder is the id's first two
+        # characters; so Prefix and StartAfter can do the filtering server-side.
+        root = f"{self.prefix}chunks/"
+        request: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": root + _fan_out(prefix),
+            "MaxKeys": self.page_size,
+        }
+        if after:
+            request["StartAfter"] = root + _fan_out(after)
+        while True:
+            page = await self._call(lambda: self._client.list_objects_v2(**request))
             for item in page.get("Contents", []):
-                yield item["Key"].rsplit("/", 1)[-1]
+                chunk_id = item["Key"].rsplit("/", 1)[-1]
+                if chunk_id.startswith(prefix) and chunk_id > after:
+                    yield chunk_id
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            request["ContinuationToken"] = token
 
     async def check(self) -> None:
         try:
@@ -172,3 +241,6 @@ class S3BlobStore(BlobStore):
             )
         self._pool.shutdown(wait=False)
         self._client.close()
+
+
+register("s3", S3BlobStore.from_url, check_s3_url)

@@ -5,14 +5,28 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ..errors import StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
+from . import register
 from .schema import POSTGRES
 from .sql import Row, SqlMetaStore
+
+# CockroachDB speaks the PostgreSQL protocol; its scheme only says which server it is.
+SCHEMES = ("postgresql", "postgres", "cockroachdb")
+
+
+def check_postgres_url(url: str) -> None:
+    """Accept a PostgreSQL/CockroachDB URL that names a host."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise ConfigError(f"metadata URL {url!r} must start with postgresql:// or cockroachdb://")
+    if not parts.hostname:
+        raise ConfigError(f"metadata URL {url!r} names no host")
 
 
 def _pg(sql: str) -> str:
@@ -103,3 +117,8 @@ class PostgresMetaStore(SqlMetaStore):
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+# The class is the factory: registering it makes mypy check it against MetaStore.
+for _scheme in SCHEMES:
+    register(_scheme, PostgresMetaStore, check_postgres_url)

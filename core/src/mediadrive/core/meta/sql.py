@@ -34,6 +34,7 @@ from ..errors import (
     SchemaError,
     VersionNotFound,
 )
+from .interface import CHUNK_HOLD as CHUNK_HOLD  # re-exported: drive.py imports it here
 from .records import (
     ChunkClaim,
     CommitOutcome,
@@ -61,9 +62,6 @@ VERSION_COLUMNS = (
     "file_id, version, size, mode, mtime_ns, created, author, message, parent_version, tier, origin"
 )
 MAX_ATTEMPTS = 30
-# How long a claimed chunk is safe from GC while its upload and commit run; long
-# uploads renew the hold.
-CHUNK_HOLD = 15 * 60.0
 
 
 class Tx(Protocol):
@@ -108,7 +106,11 @@ def conflict_name(name: str, host: str, when: float) -> str:
 
 
 class SqlMetaStore(ABC):
-    """The metadata of one drive in one SQL database (which may hold many drives)."""
+    """The metadata of one drive in one SQL database (which may hold many drives).
+
+    Implements :class:`~mediadrive.core.meta.interface.MetaStore`; see there for
+    what each operation promises.
+    """
 
     dialect: Dialect
 

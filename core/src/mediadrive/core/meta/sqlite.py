@@ -18,11 +18,19 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from ..errors import StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
+from . import register
 from .schema import SQLITE
 from .sql import Row, SqlMetaStore, Tx
 
 T = TypeVar("T")
+
+
+def check_sqlite_url(url: str) -> None:
+    """Accept ``sqlite:///ABSOLUTE/PATH`` only: a relative path would depend on the cwd."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+        raise ConfigError(f"metadata URL {url!r} must be sqlite:///ABSOLUTE/PATH")
 
 
 class _SqliteTx:
@@ -172,3 +180,7 @@ class SqliteMetaStore(SqlMetaStore):
         # A closed store reconnects on its next use, on a fresh worker.
         self._worker.shutdown(wait=False)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
+
+
+# The class is the factory: registering it makes mypy check it against MetaStore.
+register("sqlite", SqliteMetaStore, check_sqlite_url)
