@@ -32,8 +32,8 @@ ENGINES = [
     "local",
     "memory",
     "wrapped",
-    pytest.param("moto", marks=pytest.mark.s3),
-    pytest.param("minio", marks=pytest.mark.s3),
+    pytest.param("moto", marks=[pytest.mark.s3, pytest.mark.moto]),
+    pytest.param("minio", marks=[pytest.mark.s3, pytest.mark.minio]),
 ]
 S3_ENGINES = ENGINES[3:]
 

@@ -153,7 +153,7 @@ async def test_migrate_is_idempotent(meta_url: str) -> None:
 async def test_create_then_open_returns_the_settings(meta_url: str) -> None:
     settings = DriveSettings(
         chunking="cdc",
-        chunk_size="256KiB",  # type: ignore[arg-type]
+        chunk_size="256KiB",
         conflict=ConflictPolicy.REJECT,
         retention=Retention(keep_last=5, keep_within=86400),
     )

@@ -14,15 +14,16 @@ from pydantic import ValidationError
 from mediadrive.cli.drive_registry import default_ref, load_ref, save_ref
 from mediadrive.cli.settings import CliSettings
 from mediadrive.core import paths
+from mediadrive.core.blob import check_store_url
+from mediadrive.core.blob.local import local_root
 from mediadrive.core.config import (
     ConflictPolicy,
     DriveSettings,
     Retention,
     check_drive_name,
-    check_meta_url,
-    parse_store_url,
 )
 from mediadrive.core.errors import ConfigError, DriveNotFound, InvalidPath
+from mediadrive.core.meta import check_meta_url
 from mediadrive.core.units import (
     DURATION_PATTERN,
     SIZE_PATTERN,
@@ -166,70 +167,6 @@ def test_split() -> None:
         paths.split("/")
 
 
-# -- store and metadata URLs ------------------------------------------------------------
-
-
-def test_parse_store_url_file() -> None:
-    url = parse_store_url("file:///var/lib/mediadrive/store")
-    assert (url.scheme, url.path) == ("file", "/var/lib/mediadrive/store")
-
-
-def test_parse_store_url_s3() -> None:
-    url = parse_store_url("s3://media-bucket/drives/show?endpoint=http://127.0.0.1:9000")
-    assert url.scheme == "s3"
-    assert url.bucket == "media-bucket"
-    assert url.prefix == "drives/show"
-    assert url.endpoint == "http://127.0.0.1:9000"
-    plain = parse_store_url("s3://media-bucket?region=eu-west-1")
-    assert (plain.prefix, plain.endpoint, plain.region) == ("", None, "eu-west-1")
-
-
-@pytest.mark.parametrize(
-    ("url", "complaint"),
-    [
-        ("ftp://host/dir", "must start with file:// or s3://"),
-        ("/plain/path", "must start with file:// or s3://"),
-        ("file://relative/dir", "file:///ABSOLUTE/PATH"),
-        ("file:relative", "file:///ABSOLUTE/PATH"),
-        ("s3:///prefix-only", "names no bucket"),
-        ("s3://bucket/p?endpoint=ftp://127.0.0.1:9000", "endpoint must be an http"),
-        ("s3://bucket/p?endpoint=127.0.0.1:9000", "endpoint must be an http"),
-        ("s3://bucket/p?secret=x", "unknown option"),
-    ],
-)
-def test_parse_store_url_refuses(url: str, complaint: str) -> None:
-    with pytest.raises(ConfigError, match=complaint):
-        parse_store_url(url)
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        "sqlite:////tmp/x/meta.db",
-        "postgresql://user@db.example:5432/media",
-        "postgres://db/media",
-        "cockroachdb://root@127.0.0.1:26257/defaultdb",
-    ],
-)
-def test_check_meta_url_accepts(url: str) -> None:
-    assert check_meta_url(url) == url
-
-
-@pytest.mark.parametrize(
-    ("url", "complaint"),
-    [
-        ("sqlite://relative.db", "sqlite:///ABSOLUTE/PATH"),
-        ("sqlite:relative.db", "sqlite:///ABSOLUTE/PATH"),
-        ("postgresql:///media", "names no host"),
-        ("mysql://db/media", "must start with sqlite://"),
-        ("meta.db", "must start with sqlite://"),
-    ],
-)
-def test_check_meta_url_refuses(url: str, complaint: str) -> None:
-    with pytest.raises(ConfigError, match=complaint):
-        check_meta_url(url)
-
-
 # -- drive names, refs and settings -----------------------------------------------------
 
 
@@ -250,7 +187,7 @@ def test_drive_ref_round_trip_and_missing(tmp_path: Path) -> None:
     assert ref.meta_url == f"sqlite:///{tmp_path}/show/meta.db"
     assert ref.store_url == f"file://{tmp_path}/show/store"
     check_meta_url(ref.meta_url)
-    assert parse_store_url(ref.store_url).path == f"{tmp_path}/show/store"
+    assert local_root(check_store_url(ref.store_url)) == f"{tmp_path}/show/store"
     save_ref(ref, home)
     assert load_ref("show", home) == ref
     with pytest.raises(DriveNotFound):

@@ -112,14 +112,14 @@ def drive_create(
     json_out: JsonFlag = False,
 ) -> None:
     """Create a drive (embedded defaults: SQLite and a local folder under MEDIADRIVE_HOME)."""
+    from mediadrive.core.blob import check_store_url
     from mediadrive.core.config import (
         ConflictPolicy,
         DriveSettings,
         Retention,
         check_drive_name,
-        check_meta_url,
-        parse_store_url,
     )
+    from mediadrive.core.meta import check_meta_url
     from mediadrive.core.units import format_size, parse_duration, parse_size
 
     from .drive_registry import create_drive
@@ -129,7 +129,7 @@ def drive_create(
         if meta is not None:
             check_meta_url(meta)
         if store is not None:
-            parse_store_url(store)
+            check_store_url(store)
         if chunking not in ("fixed", "cdc"):
             raise ConfigError(f"--chunking {chunking!r} is not one of: fixed, cdc")
         policies = [p.value for p in ConflictPolicy]
@@ -138,7 +138,7 @@ def drive_create(
         if keep_last is not None and keep_last < 1:
             raise ConfigError("--keep-last must be at least 1")
         settings = DriveSettings(
-            chunking=chunking,  # type: ignore[arg-type]
+            chunking=chunking,
             chunk_size=parse_size(chunk_size) if chunk_size else 0,
             conflict=ConflictPolicy(conflict),
             retention=Retention(
@@ -183,7 +183,7 @@ def drive_attach(
     store: Annotated[str, typer.Option(help="The drive's chunk store URL.")],
 ) -> None:
     """Use a drive created on another machine: same name, same metadata and chunk stores."""
-    from mediadrive.core.config import check_meta_url
+    from mediadrive.core.meta import check_meta_url
 
     from .drive_registry import attach_drive
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from typing import Literal, Self
-from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -82,55 +81,3 @@ class DriveRef(BaseModel):
     name: str
     meta_url: str
     store_url: str
-
-
-class StoreUrl(BaseModel):
-    """A parsed blob store URL: ``file:///dir`` or ``s3://bucket/prefix?endpoint=...``."""
-
-    scheme: str
-    path: str = ""
-    bucket: str = ""
-    prefix: str = ""
-    endpoint: str | None = None
-    region: str | None = None
-
-
-def parse_store_url(url: str) -> StoreUrl:
-    parts = urlsplit(url)
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(query) - {"endpoint", "region"}
-    if unknown:
-        raise ConfigError(f"store URL {url!r} has unknown option(s): {', '.join(sorted(unknown))}")
-    if parts.scheme == "file":
-        if parts.netloc or not parts.path.startswith("/"):
-            raise ConfigError(f"store URL {url!r} must be file:///ABSOLUTE/PATH")
-        return StoreUrl(scheme="file", path=parts.path)
-    if parts.scheme == "s3":
-        if not parts.netloc:
-            raise ConfigError(f"store URL {url!r} names no bucket: use s3://BUCKET/PREFIX")
-        endpoint = query.get("endpoint")
-        if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
-            raise ConfigError(f"store URL {url!r}: endpoint must be an http:// or https:// URL")
-        return StoreUrl(
-            scheme="s3",
-            bucket=parts.netloc,
-            prefix=parts.path.strip("/"),
-            endpoint=endpoint,
-            region=query.get("region"),
-        )
-    raise ConfigError(f"store URL {url!r} must start with file:// or s3://")
-
-
-def check_meta_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        if not parts.path.startswith("/") or parts.netloc:
-            raise ConfigError(f"metadata URL {url!r} must be sqlite:///ABSOLUTE/PATH")
-        return url
-    if parts.scheme in ("postgresql", "postgres", "cockroachdb"):
-        if not parts.hostname:
-            raise ConfigError(f"metadata URL {url!r} names no host")
-        return url
-    raise ConfigError(
-        f"metadata URL {url!r} must start with sqlite://, postgresql:// or cockroachdb://"
-    )
