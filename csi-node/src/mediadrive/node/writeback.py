@@ -85,14 +85,14 @@ class Writeback:
         staging: Staging,
         cache: BlockCache,
         options: MountOptions,
-        committed: Committed,
     ) -> None:
         self.drive = drive
         self.tree = tree
         self.staging = staging
         self.cache = cache
         self.options = options
-        self._committed = committed
+        # Told of every version this engine records (the VFS updates its caches).
+        self.on_commit: list[Committed] = []
         self._queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
         self._queued: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -273,7 +273,8 @@ class Writeback:
         if self.staging.get(staged.node_id) is staged:
             self.staging.write_journal(staged)
         if committed:
-            self._committed(node_id, outcome, upload)
+            for listener in self.on_commit:
+                listener(node_id, outcome, upload)
             if not landed_elsewhere:
                 await self._keep_blocks(snap, upload, reuse)
         report = CommitReport(
