@@ -524,9 +524,13 @@ class VFS:
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.handles[fh]
         staged = self.staging.get(handle.node_id)
-        if staged is not None:
+        while staged is not None:
             await staged.materialize_range(offset, size, self.cache.get)
-            return os.pread(staged.fd, size, offset)
+            # A commit that finished meanwhile may have dropped the copy (its bytes are
+            # the head's now): read that copy only while it is still the file's.
+            if self.staging.get(handle.node_id) is staged:
+                return os.pread(staged.fd, size, offset)
+            staged = self.staging.get(handle.node_id)
         content = self._contents.get(handle.node_id)
         if content is None:
             node = await self.meta.get_node(handle.node_id)

@@ -158,9 +158,13 @@ class Writeback:
         assert interval is not None
         while True:
             await asyncio.sleep(interval)
-            for staged in list(self.staging.files.values()):
-                if staged.dirty and not staged.rejected and not staged.orphan:
-                    self.schedule(staged.node_id, CHECKPOINT)
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Schedule a commit of every dirty file."""
+        for staged in list(self.staging.files.values()):
+            if staged.dirty and not staged.rejected and not staged.orphan:
+                self.schedule(staged.node_id, CHECKPOINT)
 
     def _error(self, message: str) -> None:
         log.error("%s", message)
@@ -391,6 +395,10 @@ class Writeback:
                     if report is not None:
                         reports.append(report)
         return reports
+
+    async def settle(self) -> None:
+        """Wait until every scheduled commit has run."""
+        await self._queue.join()
 
     async def flush(self) -> None:
         """Commit everything pending (unmount); errors are logged, the copies stay."""
