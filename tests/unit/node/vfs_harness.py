@@ -66,7 +66,9 @@ class TestVFS:
 
     async def read_file(self, path: str) -> bytes:
         inode = await self.inode(path)
-        size = (await self.vfs.getattr(inode)).size
+        return await self.read_inode(inode, (await self.vfs.getattr(inode)).size)
+
+    async def read_inode(self, inode: int, size: int) -> bytes:
         opened = await self.vfs.open(inode, os.O_RDONLY)
         try:
             parts = [
@@ -140,7 +142,7 @@ class TestVFS:
                     folders.add(path)
                     stack.append((path, entry.attrs.inode))
                 else:
-                    files[path] = await self.read_file(path)
+                    files[path] = await self.read_inode(entry.attrs.inode, entry.attrs.size)
         return files, folders
 
 

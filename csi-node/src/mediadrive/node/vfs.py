@@ -21,7 +21,7 @@ import stat
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mediadrive.core.drive import Drive, UploadResult
 from mediadrive.core.errors import MediadriveError
@@ -30,11 +30,14 @@ from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 
 from .cache import BlockCache
 from .options import CommitOn, MountOptions
-from .passthrough import Views
 from .reading import ReadAhead, read_content
 from .staging import BaseBlock, StagedFile, Staging, base_blocks
 from .tree import Tree
 from .writeback import Writeback
+
+if TYPE_CHECKING:
+    # Only a type here: the VFS itself never touches pyfuse3.
+    from .passthrough import Views
 
 log = logging.getLogger(__name__)
 
