@@ -1,4 +1,4 @@
-"""Fixtures for real mounts: a private MEDIADRIVE_HOME, drives, and mounted agents."""
+"""Fixtures for real mounts: a private CLI home, drives, and mounted agents."""
 
 from __future__ import annotations
 
@@ -14,10 +14,15 @@ from typing import Any
 
 import pytest
 
+from mediadrive.cli import drive_registry
+from mediadrive.cli.settings import CliSettings
 from mediadrive.core.config import ConflictPolicy, DriveSettings
 from mediadrive.core.drive import Drive
-from mediadrive.node import client, registry
+from mediadrive.node import client
 from mediadrive.node.options import MountOptions
+from mediadrive.node.registry import MountRegistry
+
+AUTHOR = "tester@node"
 
 if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
     pytest.fail("node tests need /dev/fuse and root", pytrace=False)
@@ -26,8 +31,10 @@ if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
 class Mounts:
     """Starts agents for a test and always unmounts them afterwards."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, settings: CliSettings) -> None:
         self.base = base
+        self.settings = settings
+        self.registry = MountRegistry(settings.mounts_dir)
         self.active: list[Path] = []
         self._n = 0
 
@@ -47,33 +54,44 @@ class Mounts:
         mountpoint = mountpoint or self.folder(f"mnt{self._n}")
         cache_dir = self.base / (cache or f"cache{self._n}")
         options.setdefault("checkpoint_interval", "off")
+        ref = drive_registry.load_ref(drive, self.settings)
         client.mount(
-            MountOptions(drive=drive, mountpoint=mountpoint, cache_dir=cache_dir, **options)
+            MountOptions(
+                drive=drive,
+                meta_url=ref.meta_url,
+                store_url=ref.store_url,
+                author=self.settings.author,
+                run_dir=self.settings.mounts_dir,
+                mountpoint=mountpoint,
+                cache_dir=cache_dir,
+                **options,
+            )
         )
         if mountpoint not in self.active:
             self.active.append(mountpoint)
-        return MountHandle(mountpoint, cache_dir)
+        return MountHandle(mountpoint, cache_dir, self.registry)
 
     def umount(self, handle: MountHandle) -> None:
-        client.umount(handle.path)
+        client.umount(handle.path, self.registry)
         if handle.path in self.active:
             self.active.remove(handle.path)
 
     def close(self) -> None:
         for mountpoint in reversed(self.active):
             with contextlib.suppress(Exception):
-                client.umount(mountpoint, timeout=60)
+                client.umount(mountpoint, self.registry, timeout=60)
             force_unmount(mountpoint)
         self.active.clear()
 
 
 class MountHandle:
-    def __init__(self, path: Path, cache_dir: Path) -> None:
+    def __init__(self, path: Path, cache_dir: Path, registry: MountRegistry) -> None:
         self.path = path
         self.cache_dir = cache_dir
+        self.registry = registry
 
     def client(self) -> client.MountClient:
-        return client.MountClient.for_mountpoint(self.path)
+        return client.MountClient.for_mountpoint(self.path, self.registry)
 
     def status(self) -> dict[str, Any]:
         return self.client().status()
@@ -82,7 +100,7 @@ class MountHandle:
         return self.client().save(inner, message)
 
     def pid(self) -> int:
-        entry = registry.entry_for(self.path)
+        entry = self.registry.entry_for(self.path)
         assert entry is not None
         return entry.pid
 
@@ -103,19 +121,25 @@ def force_unmount(mountpoint: Path) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
 
 
+def settings_for(base: Path) -> CliSettings:
+    """The CLI settings of a test: drives and mount entries under ``base/home``."""
+    return CliSettings(home=base / "home", author=AUTHOR)
+
+
 @pytest.fixture
 def home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    # Short paths: the agent's control socket lives under MEDIADRIVE_HOME.
+    # Short paths: the agent's control socket lives in the run folder under the home.
     path = tmp_path_factory.mktemp("md")
+    # For the `mediadrive` commands tests run: the CLI reads its settings from these.
     monkeypatch.setenv("MEDIADRIVE_HOME", str(path / "home"))
-    monkeypatch.setenv("MEDIADRIVE_AUTHOR", "tester@node")
+    monkeypatch.setenv("MEDIADRIVE_AUTHOR", AUTHOR)
     monkeypatch.delenv("MEDIADRIVE_RUN_DIR", raising=False)
     return path
 
 
 @pytest.fixture
 def mounts(home: Path) -> Iterator[Mounts]:
-    manager = Mounts(home)
+    manager = Mounts(home, settings_for(home))
     try:
         yield manager
     finally:
@@ -136,7 +160,9 @@ def make_drive(home: Path) -> DriveFactory:
         settings = DriveSettings(chunking="fixed", chunk_size=chunk_size, conflict=conflict)
 
         async def create() -> None:
-            drive = await Drive.create(name, settings, store_url=store_url)
+            drive = await drive_registry.create_drive(
+                name, settings, store_url=store_url, cli=settings_for(home)
+            )
             await drive.close()
 
         asyncio.run(create())
@@ -149,13 +175,18 @@ def drive_call(name: str, body: Callable[[Drive], Any]) -> Any:
     """Run ``body(drive)`` against the drive directly (another machine, in effect)."""
 
     async def run() -> Any:
-        drive = await Drive.open(name)
+        drive = await drive_registry.open_drive(name, _current_settings())
         try:
             return await body(drive)
         finally:
             await drive.close()
 
     return asyncio.run(run())
+
+
+def _current_settings() -> CliSettings:
+    """The settings of the running test (its home is in the environment the fixture set)."""
+    return CliSettings(home=Path(os.environ["MEDIADRIVE_HOME"]), author=AUTHOR)
 
 
 def exited(pid: int) -> bool:

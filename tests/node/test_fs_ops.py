@@ -22,9 +22,11 @@ MiB = 1 << 20
 
 
 def versions(mounts_handle_path: Path) -> list[int]:
+    from mediadrive.cli.settings import cli_settings
     from mediadrive.node.client import find_mount
+    from mediadrive.node.registry import MountRegistry
 
-    found = find_mount(mounts_handle_path)
+    found = find_mount(mounts_handle_path, MountRegistry(cli_settings().mounts_dir))
     assert found is not None
     mount_client, inner = found
     return [v["version"] for v in mount_client.versions(inner)]

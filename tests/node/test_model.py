@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from .conftest import DriveFactory, MountHandle, Mounts
+from .conftest import DriveFactory, MountHandle, Mounts, settings_for
 
 NAMES = st.sampled_from(["a", "b", "c"])
 FOLDERS = st.sampled_from(["", "d", "d/e"])
@@ -151,12 +151,13 @@ class MountModel(RuleBasedStateMachine):
 def test_mount_matches_the_model(make_drive: DriveFactory, home: Path, chunk_size: str) -> None:
     drive = make_drive(chunk_size=chunk_size)
     base = Path(tempfile.mkdtemp(dir=home))
-    manager = Mounts(base)
+    manager = Mounts(base, settings_for(home))
     MountModel.mounts = manager
     MountModel.drive = drive
     runner = MountModel.TestCase
     runner.settings = settings(
-        max_examples=8,
+        # A small differential check; tests/unit/node/test_model_vfs.py goes wide.
+        max_examples=5,
         stateful_step_count=15,
         deadline=None,
         # Every step is real I/O on a mount: report the failing sequence as found.

@@ -24,9 +24,12 @@ from mediadrive.core.errors import ConfigError, MediadriveError
 from mediadrive.core.units import format_size, parse_duration, parse_size
 from mediadrive.node import client as node_client
 from mediadrive.node.options import CommitOn, MountOptions
+from mediadrive.node.registry import MountRegistry
 
+from .drive_registry import load_ref
 from .output import JsonFlag, err, out, print_json
 from .progress import transfer_bar
+from .settings import cli_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,6 +43,11 @@ def _options(**values: Any) -> MountOptions:
         field = ".".join(str(p) for p in first["loc"]).replace("_", "-")
         message = str(first["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"--{field}: {message}") from None
+
+
+def _mounts() -> MountRegistry:
+    """The mounts of this machine, where the CLI's settings say they register."""
+    return MountRegistry(cli_settings().mounts_dir)
 
 
 def mount(
@@ -75,10 +83,17 @@ def mount(
     """Mount a drive as a folder; returns once the mount is live."""
     if checkpoint_interval.strip().lower() != "off":
         parse_duration(checkpoint_interval)
+    settings = cli_settings()
+    ref = load_ref(name, settings)
     options = _options(
         drive=name,
+        meta_url=ref.meta_url,
+        store_url=ref.store_url,
+        author=settings.author,
+        run_dir=settings.mounts_dir,
+        log_level=settings.log_level,
         mountpoint=mountpoint,
-        cache_dir=cache_dir,
+        cache_dir=cache_dir or settings.cache_dir_for(name),
         cache_size=parse_size(cache_size),
         checkpoint_interval=checkpoint_interval,
         commit_on=commit_on,
@@ -109,7 +124,7 @@ def umount(
     mountpoint: Annotated[Path, typer.Argument(help="A mount point of mediadrive.")],
 ) -> None:
     """Upload what is pending, then unmount."""
-    result = node_client.umount(mountpoint)
+    result = node_client.umount(mountpoint, _mounts())
     out.print(f"unmounted {result['unmounted']}")
 
 
@@ -119,7 +134,7 @@ def save(
     json_out: JsonFlag = False,
 ) -> None:
     """Commit a file (or everything changed under a folder) now, as a new version."""
-    mount_client, inner = node_client.client_for(path)
+    mount_client, inner = node_client.client_for(path, _mounts())
     reports = mount_client.save(inner, message)
     if json_out:
         print_json(reports[0] if len(reports) == 1 and not path.is_dir() else reports)
@@ -139,7 +154,7 @@ def save(
 
 def pin(path: Annotated[Path, typer.Argument(help="A file or folder inside a mount.")]) -> None:
     """Keep a file or folder on this machine: fetch it now and never evict it."""
-    mount_client, inner = node_client.client_for(path)
+    mount_client, inner = node_client.client_for(path, _mounts())
     result = mount_client.pin(inner)
     out.print(
         f"pinned {path}: {result['files']} files, {format_size(result['bytes'])}, "
@@ -149,7 +164,7 @@ def pin(path: Annotated[Path, typer.Argument(help="A file or folder inside a mou
 
 def unpin(path: Annotated[Path, typer.Argument(help="A pinned path inside a mount.")]) -> None:
     """Let a pinned file or folder be evicted from the cache again."""
-    mount_client, inner = node_client.client_for(path)
+    mount_client, inner = node_client.client_for(path, _mounts())
     result = mount_client.unpin(inner)
     if not result["unpinned"]:
         raise ConfigError(f"{path} is not pinned")
@@ -180,7 +195,7 @@ def status(
     json_out: JsonFlag = False,
 ) -> None:
     """Cache, transfer and write-back figures of a mount."""
-    mount_client, _ = node_client.client_for(mountpoint)
+    mount_client, _ = node_client.client_for(mountpoint, _mounts())
     figures = mount_client.status()
     if json_out:
         print_json(figures)
@@ -223,7 +238,7 @@ def hydrate(
     """Fetch the files a workflow needs onto this machine, in parallel, and pin them."""
     if not globs and manifest is None:
         raise ConfigError("give at least one glob or --manifest FILE")
-    mount_client, _ = node_client.client_for(mountpoint)
+    mount_client, _ = node_client.client_for(mountpoint, _mounts())
     document = _load_manifest(manifest) if manifest is not None else None
     pin_files = False if no_pin else None
     if json_out or not err.is_terminal:
@@ -247,7 +262,7 @@ def hydrate(
 
 def local_versions(path: str) -> list[dict[str, Any]] | None:
     """Versions of a file inside a mount, or None when ``path`` is not in one."""
-    found = node_client.find_mount(path)
+    found = node_client.find_mount(path, _mounts())
     if found is None:
         return None
     mount_client, inner = found
@@ -256,7 +271,7 @@ def local_versions(path: str) -> list[dict[str, Any]] | None:
 
 def local_restore(path: str, version: int) -> dict[str, Any] | None:
     """Restore a file inside a mount through its agent, or None when not in a mount."""
-    found = node_client.find_mount(path)
+    found = node_client.find_mount(path, _mounts())
     if found is None:
         return None
     mount_client, inner = found

@@ -14,7 +14,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -28,13 +28,11 @@ from mediadrive.core.errors import (
 )
 
 from .hydrate import Manifest
-
-if TYPE_CHECKING:
-    from .agent import Agent
+from .service import MountService
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-AGENT_KEY = web.AppKey("agent", object)
+SERVICE_KEY = web.AppKey("service", MountService)
 
 
 class PathRequest(BaseModel):
@@ -100,8 +98,8 @@ async def _body(request: web.Request, model: type[M]) -> M:
     return model.model_validate(raw)
 
 
-def _agent(request: web.Request) -> Agent:
-    return request.app[AGENT_KEY]  # type: ignore[return-value]
+def _service(request: web.Request) -> MountService:
+    return request.app[SERVICE_KEY]
 
 
 def _query_path(request: web.Request) -> str:
@@ -112,22 +110,22 @@ def _query_path(request: web.Request) -> str:
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(_agent(request).status())
+    return web.json_response(_service(request).status().model_dump())
 
 
 async def save(request: web.Request) -> web.Response:
     body = await _body(request, SaveRequest)
-    reports = await _agent(request).save(body.path, body.message)
+    reports = await _service(request).save(body.path, body.message)
     return web.json_response({"saved": [r.as_dict() for r in reports]})
 
 
 async def publish(request: web.Request) -> web.Response:
     body = await _body(request, SaveRequest)
-    return web.json_response(await _agent(request).publish(body.path, body.message))
+    return web.json_response(await _service(request).publish(body.path, body.message))
 
 
 async def versions(request: web.Request) -> web.Response:
-    return web.json_response(await _agent(request).versions(_query_path(request)))
+    return web.json_response(await _service(request).versions(_query_path(request)))
 
 
 async def read(request: web.Request) -> web.StreamResponse:
@@ -136,7 +134,7 @@ async def read(request: web.Request) -> web.StreamResponse:
         version = int(raw_version) if raw_version else None
     except ValueError:
         raise InvalidPath(f"version {raw_version!r} is not a number") from None
-    size, chunks = await _agent(request).read_version(_query_path(request), version)
+    size, chunks = await _service(request).read_version(_query_path(request), version)
     response = web.StreamResponse(
         headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}
     )
@@ -149,17 +147,17 @@ async def read(request: web.Request) -> web.StreamResponse:
 
 async def restore(request: web.Request) -> web.Response:
     body = await _body(request, RestoreRequest)
-    return web.json_response(await _agent(request).restore(body.path, body.version, body.message))
+    return web.json_response(await _service(request).restore(body.path, body.version, body.message))
 
 
 async def pin(request: web.Request) -> web.Response:
     body = await _body(request, PathRequest)
-    return web.json_response(await _agent(request).pin(body.path))
+    return web.json_response(await _service(request).pin(body.path))
 
 
 async def unpin(request: web.Request) -> web.Response:
     body = await _body(request, PathRequest)
-    return web.json_response(await _agent(request).unpin(body.path))
+    return web.json_response(await _service(request).unpin(body.path))
 
 
 async def hydrate(request: web.Request) -> web.StreamResponse:
@@ -168,7 +166,7 @@ async def hydrate(request: web.Request) -> web.StreamResponse:
     if not body.patterns and body.manifest is None:
         raise InvalidPath("give at least one glob or a manifest")
     pin_files = body.pin if body.pin is not None else (body.manifest.pin if body.manifest else True)
-    agent = _agent(request)
+    service = _service(request)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
     queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -182,7 +180,7 @@ async def hydrate(request: web.Request) -> web.StreamResponse:
 
     async def work() -> None:
         try:
-            result = await agent.hydrate(body.patterns, body.manifest, pin_files, progress)
+            result = await service.hydrate(body.patterns, body.manifest, pin_files, progress)
             queue.put_nowait({"done": result})
         except MediadriveError as exc:
             queue.put_nowait({"error": str(exc)})
@@ -210,14 +208,14 @@ async def events(request: web.Request) -> web.StreamResponse:
         since = int(raw) if raw else None
     except ValueError:
         raise InvalidPath(f"since {raw!r} is not a number") from None
-    agent = _agent(request)
+    service = _service(request)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
     await response.prepare(request)
-    async for event in agent.events(since):
+    async for event in service.events(since):
         payload = asdict(event)
-        payload["path"] = agent.mount_path(event.path)
+        payload["path"] = service.mount_path(event.path)
         text = f"id: {event.seq}\nevent: {event.kind}\ndata: {json.dumps(payload)}\n\n"
         await response.write(text.encode())
     return response
@@ -225,11 +223,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def unmount(request: web.Request) -> web.Response:
     """Commit what is pending, answer, then unmount and stop the agent."""
-    agent = _agent(request)
-    await agent.fs.writeback.flush()
-    pending = agent.status()["pending_upload_bytes"]
-    asyncio.get_running_loop().call_soon(agent.stopping.set)
-    return web.json_response({"unmounting": str(agent.mountpoint), "pending_upload_bytes": pending})
+    return web.json_response(await _service(request).unmount())
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -340,9 +334,9 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-def make_app(agent: Agent) -> web.Application:
+def make_app(service: MountService) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=16 << 20)
-    app[AGENT_KEY] = agent
+    app[SERVICE_KEY] = service
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/v1/status", status)
     app.router.add_post("/v1/save", save)
@@ -358,10 +352,10 @@ def make_app(agent: Agent) -> web.Application:
     return app
 
 
-async def start_api(agent: Agent, socket_path: Path) -> Callable[[], Awaitable[None]]:
+async def start_api(service: MountService, socket_path: Path) -> Callable[[], Awaitable[None]]:
     """Serve the API on ``socket_path`` (0600); returns the coroutine that stops it."""
     await asyncio.to_thread(_clear_socket, socket_path)
-    runner = web.AppRunner(make_app(agent), access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(make_app(service), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     old_umask = os.umask(0o177)
     try:

@@ -27,9 +27,8 @@ from mediadrive.core.errors import (
     StoreUnavailable,
 )
 
-from . import registry
 from .options import MountOptions
-from .registry import MountEntry
+from .registry import MountEntry, MountRegistry, pid_alive
 
 
 class MountError(MediadriveError):
@@ -67,7 +66,7 @@ class MountClient:
         self.timeout = timeout
 
     @classmethod
-    def for_mountpoint(cls, mountpoint: Path | str) -> MountClient:
+    def for_mountpoint(cls, mountpoint: Path | str, registry: MountRegistry) -> MountClient:
         entry = registry.entry_for(Path(mountpoint).absolute())
         if entry is None:
             raise NotInMount(f"{mountpoint} is not a mediadrive mount point")
@@ -177,7 +176,7 @@ class MountClient:
         return result
 
 
-def find_mount(path: Path | str) -> tuple[MountClient, str] | None:
+def find_mount(path: Path | str, registry: MountRegistry) -> tuple[MountClient, str] | None:
     """The client of the mount holding ``path`` and the path inside it, or None."""
     found = registry.find_mount(path)
     if found is None:
@@ -186,8 +185,8 @@ def find_mount(path: Path | str) -> tuple[MountClient, str] | None:
     return MountClient(entry), inner
 
 
-def client_for(path: Path | str) -> tuple[MountClient, str]:
-    found = find_mount(path)
+def client_for(path: Path | str, registry: MountRegistry) -> tuple[MountClient, str]:
+    found = find_mount(path, registry)
     if found is None:
         raise NotInMount(f"{path} is not inside a mediadrive mount")
     return found
@@ -198,7 +197,7 @@ def client_for(path: Path | str) -> tuple[MountClient, str]:
 
 def mount(options: MountOptions, timeout: float = 60.0) -> MountEntry:
     """Start an agent as a daemon; return once the mount is live (or say why not)."""
-    cache_dir = options.resolved_cache_dir()
+    cache_dir = options.cache_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
     log_path = cache_dir / "agent.log"
     read_fd, write_fd = os.pipe()
@@ -228,7 +227,7 @@ def mount(options: MountOptions, timeout: float = 60.0) -> MountEntry:
     finally:
         os.close(read_fd)
     if answer == "ok":
-        entry = registry.entry_for(options.mountpoint)
+        entry = MountRegistry(options.run_dir).entry_for(options.mountpoint)
         if entry is None:
             raise MountError(f"the agent for {options.mountpoint} started but did not register")
         return entry
@@ -275,7 +274,9 @@ def _is_mounted(mountpoint: Path) -> bool:
         return any(line.split()[4] == target for line in f)
 
 
-def umount(mountpoint: Path | str, timeout: float = 600.0) -> dict[str, Any]:
+def umount(
+    mountpoint: Path | str, registry: MountRegistry, timeout: float = 600.0
+) -> dict[str, Any]:
     """Commit what is pending, unmount, and wait for the agent to exit."""
     mp = Path(mountpoint).absolute()
     entry = registry.entry_for(mp)
@@ -291,7 +292,7 @@ def umount(mountpoint: Path | str, timeout: float = 600.0) -> dict[str, Any]:
     result: dict[str, Any] = client.call("POST", "/v1/unmount")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if not registry.pid_alive(entry.pid) and not _is_mounted(mp):
+        if not pid_alive(entry.pid) and not _is_mounted(mp):
             break
         time.sleep(0.05)
     else:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from mediadrive.core.meta import Event
 
-from .fs import DriveFS
+from .vfs import VFS
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,9 @@ Listener = Callable[[Event], None]
 
 
 class Follower:
-    def __init__(self, fs: DriveFS, interval: float) -> None:
-        self.fs = fs
-        self.meta = fs.meta
+    def __init__(self, vfs: VFS, interval: float) -> None:
+        self.vfs = vfs
+        self.meta = vfs.meta
         self.interval = interval
         self.since = 0
         self.listeners: list[Listener] = []
@@ -65,14 +65,14 @@ class Follower:
                 await asyncio.sleep(self.interval)
 
     async def apply(self, event: Event) -> None:
-        fs = self.fs
-        tree = fs.tree
+        vfs = self.vfs
+        tree = vfs.tree
         if event.kind in _CONTENT_EVENTS and event.file_id is not None:
-            if event.version is not None and (event.file_id, event.version) in fs.own_versions:
+            if event.version is not None and vfs.is_own_version(event.file_id, event.version):
                 return
             if tree.to_mount(event.path) is None:
                 return
-            await self._content_changed(event.file_id, event.version)
+            await vfs.content_changed(event.file_id, event.version)
         elif event.kind == "rename":
             tree.forget()
             source = str(event.detail.get("source", ""))
@@ -82,21 +82,13 @@ class Follower:
         elif event.kind == "delete" and event.file_id is not None:
             if tree.to_mount(event.path) is None:
                 return
-            fs.contents.pop(event.file_id, None)
+            vfs.forget_content(event.file_id)
             tree.forget_one(event.file_id)
             node = await self.meta.get_node(event.file_id)
             if node is not None and node.parent_id is not None:
-                await fs.invalidate_entry(node.parent_id, node.name, node.id)
-
-    async def _content_changed(self, file_id: int, version: int | None) -> None:
-        fs = self.fs
-        known = fs.contents.get(file_id)
-        if known is not None and known.version == version:
-            return
-        fs.contents.pop(file_id, None)
-        await fs.refresh_kernel(file_id)
+                await vfs.invalidate_entry(node.parent_id, node.name, node.id)
 
     async def _drop_entry(self, path: str) -> None:
         parent = await self.meta.resolve(posixpath.dirname(path))
         if parent is not None:
-            await self.fs.invalidate_entry(parent.id, posixpath.basename(path))
+            await self.vfs.invalidate_entry(parent.id, posixpath.basename(path))

@@ -1,4 +1,8 @@
-"""What a mount is asked to do: validated once, at the boundary, then passed around."""
+"""The node agent's settings: what a mount is asked to do and where its drive lives.
+
+Validated once, at the boundary (the CLI, the CSI service), then passed around:
+nothing in the node reads the environment.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mediadrive.core import paths
-from mediadrive.core.config import check_drive_name, home
+from mediadrive.core.config import check_drive_name
+from mediadrive.core.identity import Identity
 from mediadrive.core.units import ByteSize, parse_duration
 
 DEFAULT_CACHE_SIZE = 10 << 30
@@ -27,8 +32,16 @@ class MountOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     drive: str
+    meta_url: str
+    store_url: str
     mountpoint: Path
-    cache_dir: Path | None = None
+    # Local cache and staging folder of this mount.
+    cache_dir: Path
+    # Where mount entries and control sockets live (see :class:`.registry.MountRegistry`).
+    run_dir: Path
+    # Recorded with every version and event; None: the login user, as user@host.
+    author: str | None = None
+    log_level: str = "INFO"
     cache_size: ByteSize = DEFAULT_CACHE_SIZE
     # Seconds between background commits of dirty files; None turns checkpoints off.
     checkpoint_interval: float | None = DEFAULT_CHECKPOINT
@@ -51,10 +64,15 @@ class MountOptions(BaseModel):
     def _subdir(cls, value: str) -> str:
         return paths.normalize(value)
 
-    @field_validator("mountpoint")
+    @field_validator("mountpoint", "cache_dir", "run_dir")
     @classmethod
-    def _mountpoint(cls, value: Path) -> Path:
+    def _absolute(cls, value: Path) -> Path:
         return Path(value).expanduser().absolute()
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        return value.upper()
 
     @field_validator("checkpoint_interval", mode="before")
     @classmethod
@@ -66,7 +84,5 @@ class MountOptions(BaseModel):
             return seconds if seconds > 0 else None
         return value
 
-    def resolved_cache_dir(self) -> Path:
-        if self.cache_dir is not None:
-            return Path(self.cache_dir).expanduser().absolute()
-        return home() / "cache" / self.drive
+    def identity(self) -> Identity:
+        return Identity.local(self.author)

@@ -33,10 +33,11 @@ from pathlib import Path
 import pyfuse3
 
 from mediadrive.core.errors import CorruptChunk
+from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import verify_block
 
 from .cache import BlockCache
-from .reading import Content
+from .staging import base_blocks
 
 # A chunk's block digests (None when the chunk has none recorded).
 Digests = Callable[[str], Awaitable[bytes | None]]
@@ -115,7 +116,7 @@ class Views:
         backing = self._backings.get(node_id)
         return backing.opens if backing is not None else 0
 
-    async def open(self, node_id: int, content: Content, others_open: bool) -> int:
+    async def open(self, node_id: int, content: ExtentMap, others_open: bool) -> int:
         """A backing id for a new open of ``node_id`` (0: read through the agent).
 
         ``others_open`` says the node has opens that do not use passthrough; the kernel
@@ -170,7 +171,7 @@ class Views:
             log.warning("cannot close passthrough file %d: %s", backing.backing_id, exc)
         self._trim()
 
-    async def _view(self, key: str, content: Content) -> Path | None:
+    async def _view(self, key: str, content: ExtentMap) -> Path | None:
         """The view of ``content``, joined from the cache unless it exists; None when a
         block is not cached (or the view would not fit)."""
         path = self.root / key
@@ -179,7 +180,7 @@ class Views:
             return path
         if content.size > self.capacity:
             return None
-        blocks = content.base_blocks()
+        blocks = base_blocks(content)
         sources = [self.cache.block_path(b.chunk_id, b.index) for b in blocks]
         if any(source is None for source in sources):
             return None

@@ -2,56 +2,15 @@
 
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
-from mediadrive.core.meta import Extent
 
 from .cache import BlockCache
-from .staging import BaseBlock
 
 # Read-ahead grows while a reader stays sequential: 2, 4, 8 ... blocks, up to this.
 MAX_READAHEAD_BLOCKS = 32
-
-
-@dataclass(frozen=True)
-class Content:
-    """One committed version of a file: where its bytes are."""
-
-    version: int | None
-    size: int
-    extents: tuple[Extent, ...]
-    starts: tuple[int, ...] = field(default=())
-
-    @classmethod
-    def of(cls, version: int | None, size: int, extents: list[Extent]) -> Content:
-        return cls(version, size, tuple(extents), tuple(e.offset for e in extents))
-
-    def blocks(self, offset: int, size: int) -> list[tuple[int, str, int]]:
-        """(file offset of the block, chunk id, block index) covering the range."""
-        end = min(offset + size, self.size)
-        out: list[tuple[int, str, int]] = []
-        if end <= offset or not self.extents:
-            return out
-        i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
-        while i < len(self.extents) and self.extents[i].offset < end:
-            extent = self.extents[i]
-            first = max(offset - extent.offset, 0) // BLOCK_SIZE
-            last = (min(end, extent.offset + extent.length) - extent.offset - 1) // BLOCK_SIZE
-            for b in range(first, last + 1):
-                out.append((extent.offset + b * BLOCK_SIZE, extent.chunk_id, b))
-            i += 1
-        return out
-
-    def base_blocks(self) -> list[BaseBlock]:
-        """Every block of the content, in file order, as a staged copy's base."""
-        out = []
-        for extent in self.extents:
-            for b in range((extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE):
-                length = min(BLOCK_SIZE, extent.length - b * BLOCK_SIZE)
-                out.append(BaseBlock(extent.offset + b * BLOCK_SIZE, length, extent.chunk_id, b))
-        return out
 
 
 @dataclass
@@ -87,7 +46,7 @@ class ReadAhead:
 
 
 async def read_content(
-    cache: BlockCache, content: Content, offset: int, size: int, ahead: ReadAhead | None
+    cache: BlockCache, content: ExtentMap, offset: int, size: int, ahead: ReadAhead | None
 ) -> bytes:
     end = min(offset + size, content.size)
     if end <= offset:

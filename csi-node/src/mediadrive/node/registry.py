@@ -1,8 +1,8 @@
 """The mounts running on this machine: one small JSON file per mount in a run folder.
 
-The folder is ``$MEDIADRIVE_RUN_DIR`` when set, else ``$MEDIADRIVE_HOME/mounts``.
 Each entry names the mount's control socket, so a command given any local path can
-find the agent that serves it (:func:`find_mount`).
+find the agent that serves it (:meth:`MountRegistry.find_mount`). The folder is
+given by whoever runs the node (the CLI's settings, the CSI service's).
 """
 
 from __future__ import annotations
@@ -15,27 +15,12 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mediadrive.core.config import home
-
 # sun_path is 108 bytes on Linux; leave room for the terminating NUL.
 _MAX_SOCKET_PATH = 100
 
 
-def run_dir() -> Path:
-    configured = os.environ.get("MEDIADRIVE_RUN_DIR")
-    return Path(configured) if configured else home() / "mounts"
-
-
 def mount_key(mountpoint: Path | str) -> str:
     return hashlib.sha256(os.fsencode(str(mountpoint))).hexdigest()[:16]
-
-
-def socket_path_for(mountpoint: Path) -> Path:
-    key = mount_key(mountpoint)
-    preferred = run_dir() / f"{key}.sock"
-    if len(os.fsencode(str(preferred))) <= _MAX_SOCKET_PATH:
-        return preferred
-    return Path(tempfile.gettempdir()) / f"mediadrive-{os.getuid()}-{key}.sock"
 
 
 @dataclass(frozen=True)
@@ -68,25 +53,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def write_entry(entry: MountEntry) -> Path:
-    folder = run_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{mount_key(entry.mountpoint)}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(entry), indent=2) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def remove_entry(mountpoint: Path | str, pid: int | None = None) -> None:
-    path = run_dir() / f"{mount_key(mountpoint)}.json"
-    if pid is not None:
-        entry = read_entry(path)
-        if entry is not None and entry.pid != pid:
-            return
-    path.unlink(missing_ok=True)
-
-
 def read_entry(path: Path) -> MountEntry | None:
     try:
         return MountEntry(**json.loads(path.read_text()))
@@ -94,41 +60,70 @@ def read_entry(path: Path) -> MountEntry | None:
         return None
 
 
-def entries(live_only: bool = True) -> list[MountEntry]:
-    folder = run_dir()
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in sorted(folder.glob("*.json")):
-        entry = read_entry(path)
-        if entry is not None and (entry.alive or not live_only):
-            found.append(entry)
-    return found
+class MountRegistry:
+    """The entries and control sockets of the mounts under one run folder."""
 
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
 
-def entry_for(mountpoint: Path | str, live_only: bool = True) -> MountEntry | None:
-    entry = read_entry(run_dir() / f"{mount_key(Path(mountpoint).absolute())}.json")
-    return entry if entry is not None and (entry.alive or not live_only) else None
+    def _entry_path(self, mountpoint: Path | str) -> Path:
+        return self.run_dir / f"{mount_key(mountpoint)}.json"
 
+    def socket_path_for(self, mountpoint: Path) -> Path:
+        key = mount_key(mountpoint)
+        preferred = self.run_dir / f"{key}.sock"
+        if len(os.fsencode(str(preferred))) <= _MAX_SOCKET_PATH:
+            return preferred
+        return Path(tempfile.gettempdir()) / f"mediadrive-{os.getuid()}-{key}.sock"
 
-def find_mount(path: Path | str) -> tuple[MountEntry, str] | None:
-    """The live mount holding ``path`` and the path inside it (``/a/b``), or None."""
-    live = entries()
-    if not live:
+    def write_entry(self, entry: MountEntry) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self._entry_path(entry.mountpoint)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(entry), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    def remove_entry(self, mountpoint: Path | str, pid: int | None = None) -> None:
+        path = self._entry_path(mountpoint)
+        if pid is not None:
+            entry = read_entry(path)
+            if entry is not None and entry.pid != pid:
+                return
+        path.unlink(missing_ok=True)
+
+    def entries(self, live_only: bool = True) -> list[MountEntry]:
+        if not self.run_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.run_dir.glob("*.json")):
+            entry = read_entry(path)
+            if entry is not None and (entry.alive or not live_only):
+                found.append(entry)
+        return found
+
+    def entry_for(self, mountpoint: Path | str, live_only: bool = True) -> MountEntry | None:
+        entry = read_entry(self._entry_path(Path(mountpoint).absolute()))
+        return entry if entry is not None and (entry.alive or not live_only) else None
+
+    def find_mount(self, path: Path | str) -> tuple[MountEntry, str] | None:
+        """The live mount holding ``path`` and the path inside it (``/a/b``), or None."""
+        live = self.entries()
+        if not live:
+            return None
+        candidates = [os.path.abspath(path)]
+        with contextlib.suppress(OSError):
+            real = os.path.realpath(path)
+            if real != candidates[0]:
+                candidates.append(real)
+        for candidate in candidates:
+            best: MountEntry | None = None
+            for entry in live:
+                mp = entry.mountpoint.rstrip("/") or "/"
+                inside = candidate == mp or candidate.startswith(mp.rstrip("/") + "/")
+                if inside and (best is None or len(mp) > len(best.mountpoint)):
+                    best = entry
+            if best is not None:
+                rel = candidate[len(best.mountpoint.rstrip("/")) :] or "/"
+                return best, rel if rel.startswith("/") else "/" + rel
         return None
-    candidates = [os.path.abspath(path)]
-    with contextlib.suppress(OSError):
-        real = os.path.realpath(path)
-        if real != candidates[0]:
-            candidates.append(real)
-    for candidate in candidates:
-        best: MountEntry | None = None
-        for entry in live:
-            mp = entry.mountpoint.rstrip("/") or "/"
-            inside = candidate == mp or candidate.startswith(mp.rstrip("/") + "/")
-            if inside and (best is None or len(mp) > len(best.mountpoint)):
-                best = entry
-        if best is not None:
-            rel = candidate[len(best.mountpoint.rstrip("/")) :] or "/"
-            return best, rel if rel.startswith("/") else "/" + rel
-    return None

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from mediadrive.core.durability import fsync_dir
 from mediadrive.core.errors import MediadriveError
+from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
 
@@ -66,6 +67,14 @@ class BaseBlock:
     @property
     def end(self) -> int:
         return self.offset + self.length
+
+
+def base_blocks(content: ExtentMap) -> list[BaseBlock]:
+    """Every block of a committed version, in file order, as a staged copy's base."""
+    return [
+        BaseBlock(block.offset, length, block.chunk_id, block.block)
+        for block, length in content.all_blocks()
+    ]
 
 
 @dataclass(eq=False)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import posixpath
 
-import pyfuse3
-
 from mediadrive.core import paths
 from mediadrive.core.errors import PathNotFound
 from mediadrive.core.meta import MetaStore, Node
 
-ROOT_INODE: int = pyfuse3.ROOT_INODE
+# FUSE's number for the root of a mount.
+ROOT_INODE = 1
 
 
 class Tree:

@@ -85,14 +85,14 @@ class Writeback:
         staging: Staging,
         cache: BlockCache,
         options: MountOptions,
-        committed: Committed,
     ) -> None:
         self.drive = drive
         self.tree = tree
         self.staging = staging
         self.cache = cache
         self.options = options
-        self._committed = committed
+        # Told of every version this engine records (the VFS updates its caches).
+        self.on_commit: list[Committed] = []
         self._queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
         self._queued: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,9 +158,13 @@ class Writeback:
         assert interval is not None
         while True:
             await asyncio.sleep(interval)
-            for staged in list(self.staging.files.values()):
-                if staged.dirty and not staged.rejected and not staged.orphan:
-                    self.schedule(staged.node_id, CHECKPOINT)
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Schedule a commit of every dirty file."""
+        for staged in list(self.staging.files.values()):
+            if staged.dirty and not staged.rejected and not staged.orphan:
+                self.schedule(staged.node_id, CHECKPOINT)
 
     def _error(self, message: str) -> None:
         log.error("%s", message)
@@ -273,7 +277,8 @@ class Writeback:
         if self.staging.get(staged.node_id) is staged:
             self.staging.write_journal(staged)
         if committed:
-            self._committed(node_id, outcome, upload)
+            for listener in self.on_commit:
+                listener(node_id, outcome, upload)
             if not landed_elsewhere:
                 await self._keep_blocks(snap, upload, reuse)
         report = CommitReport(
@@ -390,6 +395,10 @@ class Writeback:
                     if report is not None:
                         reports.append(report)
         return reports
+
+    async def settle(self) -> None:
+        """Wait until every scheduled commit has run."""
+        await self._queue.join()
 
     async def flush(self) -> None:
         """Commit everything pending (unmount); errors are logged, the copies stay."""

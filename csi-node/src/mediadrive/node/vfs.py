@@ -1,0 +1,697 @@
+"""The drive as a POSIX file system, apart from FUSE.
+
+Listing and attributes come from the metadata store alone. Reads of committed content
+go through the block cache; files opened for writing get a staged local copy that the
+write-back engine (see :mod:`.writeback`) commits as versions.
+
+Methods take inode numbers, names as ``str`` and plain flags, return plain records
+(:class:`Attributes`, :class:`OpenResult`) and raise project errors (:class:`FsError`
+carries an errno); :mod:`.fs` adapts them to pyfuse3. What the kernel caches is
+invalidated through an injected :class:`Kernel`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import logging
+import os
+import stat
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from mediadrive.core.drive import Drive, UploadResult
+from mediadrive.core.errors import MediadriveError
+from mediadrive.core.extents import ExtentMap
+from mediadrive.core.meta import CommitOutcome, Node, NodeKind
+
+from .cache import BlockCache
+from .options import CommitOn, MountOptions
+from .reading import ReadAhead, read_content
+from .staging import BaseBlock, StagedFile, Staging, base_blocks
+from .tree import Tree
+from .writeback import Writeback
+
+if TYPE_CHECKING:
+    # Only a type here: the VFS itself never touches pyfuse3.
+    from .passthrough import Views
+
+log = logging.getLogger(__name__)
+
+XATTR_VERSION = "user.mediadrive.version"
+XATTR_TIER = "user.mediadrive.tier"
+# What Linux answers for a missing extended attribute (ENOATTR elsewhere).
+ENOATTR = errno.ENODATA
+STATFS_REFRESH = 10.0
+
+
+class FsError(MediadriveError):
+    """A file-system request refused with a specific errno."""
+
+    def __init__(self, number: int, message: str = "") -> None:
+        super().__init__(message or os.strerror(number))
+        self.errno = number
+
+
+class Kernel(Protocol):
+    """What the VFS asks of the kernel: forget what it cached about a node or a name."""
+
+    async def invalidate_inode(self, inode: int) -> None: ...
+
+    async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None: ...
+
+
+class NoKernel:
+    """No kernel caches to invalidate (the VFS used in process, by tests)."""
+
+    async def invalidate_inode(self, inode: int) -> None:
+        pass
+
+    async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Attributes:
+    inode: int
+    generation: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@dataclass(frozen=True)
+class OpenResult:
+    fh: int
+    keep_cache: bool = False
+    direct_io: bool = False
+    # Non-zero: the kernel reads the file from this backing file (see :mod:`.passthrough`).
+    backing_id: int = 0
+
+
+@dataclass(frozen=True)
+class Caller:
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True)
+class AttrChanges:
+    """What a setattr asks to change; None leaves a field as it is."""
+
+    size: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    mtime_ns: int | None = None
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.size, self.mode, self.uid, self.gid, self.mtime_ns))
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    name: str
+    attrs: Attributes
+    # Where the listing goes on after this entry.
+    next_id: int
+
+
+@dataclass
+class Handle:
+    node_id: int
+    writable: bool
+    ahead: ReadAhead = field(default_factory=ReadAhead)
+    passthrough: bool = False
+
+
+@dataclass
+class DirHandle:
+    node_id: int
+    entries: list[Node] | None = None
+
+
+_KIND_BITS = {
+    NodeKind.DIR: stat.S_IFDIR,
+    NodeKind.FILE: stat.S_IFREG,
+    NodeKind.SYMLINK: stat.S_IFLNK,
+}
+
+
+class VFS:
+    def __init__(
+        self,
+        drive: Drive,
+        tree: Tree,
+        cache: BlockCache,
+        staging: Staging,
+        writeback: Writeback,
+        options: MountOptions,
+        kernel: Kernel,
+        views: Views | None = None,
+    ) -> None:
+        self.drive = drive
+        self.meta = drive.meta
+        self.tree = tree
+        self.cache = cache
+        self.staging = staging
+        self.writeback = writeback
+        self.options = options
+        self.kernel = kernel
+        self.views = views
+        writeback.on_commit.append(self._committed)
+        self.handles: dict[int, Handle] = {}
+        self.dirs: dict[int, DirHandle] = {}
+        self.open_counts: Counter[int] = Counter()
+        self._contents: dict[int, ExtentMap] = {}
+        # The version whose bytes the kernel's page cache holds, per node.
+        self._kernel_version: dict[int, int | None] = {}
+        # Versions this mount committed: the event follower skips them.
+        self._own_versions: deque[tuple[int, int]] = deque(maxlen=4096)
+        self._fh = itertools.count(1)
+        self._stage_locks: dict[int, asyncio.Lock] = {}
+        self._statfs_cache: tuple[float, int] = (0.0, 0)
+        # Open files changed elsewhere: the kernel learns their new size once closed.
+        self._stale: set[int] = set()
+        # Bumped when a file changes elsewhere: the kernel then replaces its inode (and
+        # with it the size it caches) at the next lookup.
+        self._generations: Counter[int] = Counter()
+
+    # -- attributes --------------------------------------------------------------------------
+
+    def attrs(self, node: Node) -> Attributes:
+        staged = self.staging.get(node.id)
+        size = node.size
+        mtime = node.mtime_ns
+        if staged is not None and node.kind is NodeKind.FILE:
+            size = staged.size()
+            mtime = staged.mtime_ns
+        return Attributes(
+            inode=self.tree.inode(node.id),
+            generation=self._generations[node.id],
+            mode=_KIND_BITS[node.kind] | stat.S_IMODE(node.mode),
+            nlink=2 if node.is_dir else (0 if node.deleted_ns is not None else 1),
+            uid=node.uid,
+            gid=node.gid,
+            size=size,
+            mtime_ns=mtime,
+            ctime_ns=max(node.ctime_ns, mtime),
+        )
+
+    async def _node(self, inode: int) -> Node:
+        node = await self.meta.get_node(self.tree.node_id(inode))
+        if node is None:
+            raise FsError(errno.ENOENT)
+        return node
+
+    def _writable(self) -> None:
+        if self.options.read_only:
+            raise FsError(errno.EROFS)
+
+    async def lookup(self, parent_inode: int, name: str) -> Attributes:
+        parent_id = self.tree.node_id(parent_inode)
+        if name == ".":
+            return self.attrs(await self._node(parent_inode))
+        node = await self.meta.lookup(parent_id, name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        parent_path = await self.tree.path_of(parent_id)
+        self.tree.remember(node.id, f"{parent_path.rstrip('/')}/{name}")
+        return self.attrs(node)
+
+    async def getattr(self, inode: int) -> Attributes:
+        return self.attrs(await self._node(inode))
+
+    async def setattr(self, inode: int, changes: AttrChanges, fh: int | None) -> Attributes:
+        node = await self._node(inode)
+        if changes.any:
+            self._writable()
+        staged = self.staging.get(node.id)
+        if changes.size is not None:
+            if node.is_dir:
+                raise FsError(errno.EISDIR)
+            staged = await self._stage(node, empty=changes.size == 0)
+            await self._truncate(staged, changes.size)
+            staged.touch()
+            if fh is None and staged.writers == 0:
+                self.writeback.schedule_on(CommitOn.CLOSE, node.id, "")
+        meta_changes: dict[str, int] = {}
+        if changes.mode is not None:
+            meta_changes["mode"] = stat.S_IMODE(changes.mode)
+            if staged is not None:
+                staged.mode = stat.S_IMODE(changes.mode)
+        if changes.uid is not None:
+            meta_changes["uid"] = changes.uid
+        if changes.gid is not None:
+            meta_changes["gid"] = changes.gid
+        if changes.mtime_ns is not None:
+            # Times alone never make a new version: the kernel sends them late, on its own.
+            if staged is not None:
+                staged.mtime_ns = changes.mtime_ns
+            if staged is None or not staged.dirty:
+                meta_changes["mtime_ns"] = changes.mtime_ns
+        if meta_changes:
+            node = await self.meta.set_attrs(node.id, **meta_changes)
+        return self.attrs(node)
+
+    # -- folders ------------------------------------------------------------------------------
+
+    async def opendir(self, inode: int) -> int:
+        node = await self._node(inode)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        fh = next(self._fh)
+        self.dirs[fh] = DirHandle(node.id)
+        return fh
+
+    async def readdir(self, fh: int, start_id: int) -> list[DirEntry]:
+        """The entries of an open folder from ``start_id`` on (0: list it afresh)."""
+        handle = self.dirs[fh]
+        if handle.entries is None or start_id == 0:
+            handle.entries = await self.meta.list_dir(handle.node_id)
+            parent = await self.tree.path_of(handle.node_id)
+            for node in handle.entries:
+                self.tree.remember(node.id, f"{parent.rstrip('/')}/{node.name}")
+        return [
+            DirEntry(node.name, self.attrs(node), index + 1)
+            for index, node in enumerate(handle.entries)
+            if index >= start_id
+        ]
+
+    def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    async def mkdir(self, parent_inode: int, name: str, mode: int, caller: Caller) -> Attributes:
+        self._writable()
+        return self.attrs(await self._make(parent_inode, name, NodeKind.DIR, mode, caller))
+
+    async def _make(
+        self,
+        parent_inode: int,
+        name: str,
+        kind: NodeKind,
+        mode: int,
+        caller: Caller,
+        target: str | None = None,
+    ) -> Node:
+        parent_id = self.tree.node_id(parent_inode)
+        parent_path = await self.tree.path_of(parent_id)
+        node = await self.meta.make_node(
+            parent_id,
+            parent_path,
+            name,
+            kind,
+            stat.S_IMODE(mode),
+            self.drive.author,
+            target=target,
+            uid=caller.uid,
+            gid=caller.gid,
+        )
+        self.tree.remember(node.id, f"{parent_path.rstrip('/')}/{name}")
+        return node
+
+    async def rmdir(self, parent_inode: int, name: str) -> None:
+        self._writable()
+        parent_id = self.tree.node_id(parent_inode)
+        node = await self.meta.lookup(parent_id, name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        async with self.tree.names:
+            await self.meta.remove(
+                parent_id, await self.tree.path_of(parent_id), node.name, self.drive.author
+            )
+        self.tree.forget_one(node.id)
+
+    async def unlink(self, parent_inode: int, name: str) -> None:
+        self._writable()
+        parent_id = self.tree.node_id(parent_inode)
+        node = await self.meta.lookup(parent_id, name)
+        if node is None:
+            raise FsError(errno.ENOENT)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        async with self.tree.names:
+            await self.meta.remove(
+                parent_id, await self.tree.path_of(parent_id), node.name, self.drive.author
+            )
+        self._orphan(node.id)
+
+    def _orphan(self, node_id: int) -> None:
+        """The file left the tree: its staged copy is never committed."""
+        staged = self.staging.get(node_id)
+        if staged is not None:
+            staged.orphan = True
+            if staged.writers == 0 and not staged.commit_lock.locked():
+                self.staging.drop(staged)
+        self.tree.forget_one(node_id)
+
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: str,
+        parent_inode_new: int,
+        name_new: str,
+        *,
+        exchange: bool = False,
+        no_replace: bool = False,
+    ) -> None:
+        self._writable()
+        src_parent = self.tree.node_id(parent_inode_old)
+        dst_parent = self.tree.node_id(parent_inode_new)
+        if exchange:
+            await self._exchange(src_parent, name_old, dst_parent, name_new)
+            return
+        async with self.tree.names:
+            src_path = await self.tree.child_path(src_parent, name_old)
+            dst_path = await self.tree.child_path(dst_parent, name_new)
+            existing = await self.meta.lookup(dst_parent, name_new)
+            moved = await self.meta.rename(
+                src_parent,
+                src_path,
+                dst_parent,
+                dst_path,
+                self.drive.author,
+                replace=not no_replace,
+            )
+            if existing is not None and existing.id != moved.id:
+                self._orphan(existing.id)
+            if moved.is_dir:
+                self.tree.forget()
+            else:
+                self.tree.remember(moved.id, dst_path)
+        staged = self.staging.get(moved.id)
+        if staged is not None:
+            staged.path = dst_path
+
+    async def _exchange(self, a_parent: int, a_name: str, b_parent: int, b_name: str) -> None:
+        async with self.tree.names:
+            a_path = await self.tree.child_path(a_parent, a_name)
+            b_path = await self.tree.child_path(b_parent, b_name)
+            a, b = await self.meta.exchange(a_parent, a_path, b_parent, b_path, self.drive.author)
+            if a.is_dir or b.is_dir:
+                self.tree.forget()
+            else:
+                self.tree.remember(a.id, b_path)
+                self.tree.remember(b.id, a_path)
+        for node, path in ((a, b_path), (b, a_path)):
+            staged = self.staging.get(node.id)
+            if staged is not None:
+                staged.path = path
+
+    async def symlink(
+        self, parent_inode: int, name: str, target: str, caller: Caller
+    ) -> Attributes:
+        self._writable()
+        node = await self._make(parent_inode, name, NodeKind.SYMLINK, 0o777, caller, target)
+        return self.attrs(node)
+
+    async def readlink(self, inode: int) -> str:
+        node = await self._node(inode)
+        if node.kind is not NodeKind.SYMLINK or node.target is None:
+            raise FsError(errno.EINVAL)
+        return node.target
+
+    async def mknod(self, parent_inode: int, name: str, mode: int, caller: Caller) -> Attributes:
+        self._writable()
+        if not stat.S_ISREG(mode):
+            raise FsError(errno.EPERM)
+        return self.attrs(await self._make(parent_inode, name, NodeKind.FILE, mode, caller))
+
+    # -- files ----------------------------------------------------------------------------------
+
+    async def content(self, node: Node) -> ExtentMap:
+        """The committed content of ``node``'s head, from memory when it is current."""
+        known = self._contents.get(node.id)
+        if known is not None and known.version == node.head_version:
+            return known
+        if node.head_version is None:
+            content = ExtentMap.of(None, 0, [])
+        else:
+            info, extents = await self.meta.version(node.id, node.head_version)
+            content = ExtentMap.of(node.head_version, info.size, extents)
+        self._contents[node.id] = content
+        return content
+
+    async def _stage(self, node: Node, empty: bool = False) -> StagedFile:
+        """The staged copy of a file, made when missing: the size of its head, lacking
+        the head's blocks until something needs them (``empty``: no bytes at all)."""
+        lock = self._stage_locks.setdefault(node.id, asyncio.Lock())
+        async with lock:
+            staged = self.staging.get(node.id)
+            if staged is not None:
+                return staged
+            path = await self.tree.path_of(node.id)
+            base: list[BaseBlock] = []
+            size = 0
+            if not empty and node.head_version is not None:
+                content = await self.content(node)
+                base = base_blocks(content)
+                size = content.size
+            return self.staging.create(
+                node.id,
+                path,
+                node.head_version,
+                stat.S_IMODE(node.mode),
+                node.mtime_ns,
+                base=base,
+                size=size,
+            )
+
+    async def _truncate(self, staged: StagedFile, size: int) -> None:
+        past = await staged.prepare_truncate(size, self.cache.get)
+        if staged.copying is not None:
+            await staged.copying.wait()
+        os.ftruncate(staged.fd, size)
+        staged.settle(past)
+
+    async def open(self, inode: int, flags: int) -> OpenResult:
+        node = await self._node(inode)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if writable:
+            self._writable()
+            truncate = bool(flags & os.O_TRUNC)
+            staged = await self._stage(node, empty=truncate)
+            if truncate and (staged.size() or node.size):
+                await self._truncate(staged, 0)
+                staged.touch()
+            staged.writers += 1
+        elif self.staging.get(node.id) is None:
+            content = await self.content(node)
+            if self.views is not None:
+                others = self.open_counts[node.id] - self.views.opens_of(node.id)
+                backing_id = await self.views.open(node.id, content, others_open=others > 0)
+                if backing_id:
+                    return self._open_handle(node, writable, backing_id)
+        return self._open_handle(node, writable)
+
+    def _open_handle(self, node: Node, writable: bool, backing_id: int = 0) -> OpenResult:
+        fh = next(self._fh)
+        self.handles[fh] = Handle(node.id, writable, passthrough=backing_id > 0)
+        self.open_counts[node.id] += 1
+        if backing_id:
+            return OpenResult(fh, keep_cache=False, backing_id=backing_id)
+        known = node.id in self._kernel_version
+        keep = known and self._kernel_version[node.id] == node.head_version
+        if known and not keep and (node.id, node.head_version) not in self._own_versions:
+            # Changed elsewhere, and the event follower has not told the kernel yet.
+            self._stale.add(node.id)
+        self._kernel_version[node.id] = node.head_version
+        # The kernel may still hold an old size of a file changed elsewhere (the writeback
+        # cache trusts its own): read around its page cache until it forgets the inode.
+        direct = node.id in self._stale and not writable
+        return OpenResult(fh, keep_cache=keep and not direct, direct_io=direct)
+
+    async def create(
+        self, parent_inode: int, name: str, mode: int, flags: int, caller: Caller
+    ) -> tuple[OpenResult, Attributes]:
+        self._writable()
+        node = await self._make(parent_inode, name, NodeKind.FILE, mode, caller)
+        staged = self.staging.create(
+            node.id, await self.tree.path_of(node.id), None, node.mode, node.mtime_ns
+        )
+        staged.writers += 1
+        return self._open_handle(node, True), self.attrs(node)
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        handle = self.handles[fh]
+        staged = self.staging.get(handle.node_id)
+        while staged is not None:
+            await staged.materialize_range(offset, size, self.cache.get)
+            # A commit that finished meanwhile may have dropped the copy (its bytes are
+            # the head's now): read that copy only while it is still the file's.
+            if self.staging.get(handle.node_id) is staged:
+                return os.pread(staged.fd, size, offset)
+            staged = self.staging.get(handle.node_id)
+        content = self._contents.get(handle.node_id)
+        if content is None:
+            node = await self.meta.get_node(handle.node_id)
+            if node is None:
+                raise FsError(errno.ENOENT)
+            content = await self.content(node)
+        return await read_content(self.cache, content, offset, size, handle.ahead)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self.handles[fh]
+        staged = self.staging.get(handle.node_id)
+        if staged is None:
+            staged = await self._stage(await self._node(self.tree.inode(handle.node_id)))
+        whole = await staged.prepare_write(offset, len(data), self.cache.get)
+        if staged.copying is not None:
+            await staged.copying.wait()
+        written = os.pwrite(staged.fd, data, offset)
+        staged.settle(whole)
+        staged.touch()
+        return written
+
+    async def fsync(self, fh: int) -> None:
+        handle = self.handles.get(fh)
+        if handle is None:
+            return
+        staged = self.staging.get(handle.node_id)
+        if staged is None or staged.orphan:
+            return
+        await asyncio.to_thread(self.staging.sync, staged)
+        if staged.dirty:
+            self.writeback.schedule_on(CommitOn.FSYNC, staged.node_id, "")
+
+    def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is None:
+            return
+        self.open_counts[handle.node_id] -= 1
+        if handle.passthrough and self.views is not None:
+            self.views.release(handle.node_id)
+        if self.open_counts[handle.node_id] <= 0:
+            del self.open_counts[handle.node_id]
+            if handle.node_id in self._stale:
+                asyncio.get_running_loop().create_task(self.refresh_kernel(handle.node_id))
+        if not handle.writable:
+            return
+        staged = self.staging.get(handle.node_id)
+        if staged is None:
+            return
+        staged.writers = max(staged.writers - 1, 0)
+        if staged.writers:
+            return
+        if staged.orphan:
+            if not staged.commit_lock.locked():
+                self.staging.drop(staged)
+        elif staged.dirty:
+            self.writeback.schedule_on(CommitOn.CLOSE, staged.node_id, "")
+        elif not staged.commit_lock.locked():
+            self.staging.drop(staged)
+
+    @property
+    def open_files(self) -> int:
+        return sum(self.open_counts.values())
+
+    # -- the rest --------------------------------------------------------------------------------
+
+    async def used_bytes(self) -> int:
+        """Bytes the drive's chunks take (for statfs), refreshed every few seconds."""
+        stamp, used = self._statfs_cache
+        if time.monotonic() - stamp > STATFS_REFRESH:
+            _, used = await self.meta.chunk_stats()
+            self._statfs_cache = (time.monotonic(), used)
+        return used
+
+    async def getxattr(self, inode: int, name: str) -> bytes:
+        node = await self._node(inode)
+        if name not in (XATTR_VERSION, XATTR_TIER) or node.kind is not NodeKind.FILE:
+            raise FsError(ENOATTR)
+        staged = self.staging.get(node.id)
+        if name == XATTR_TIER:
+            if staged is not None and staged.dirty:
+                return b"local"
+            if node.head_version is None:
+                raise FsError(ENOATTR)
+            info, _ = await self.meta.version(node.id, node.head_version)
+            return info.tier.encode()
+        if node.head_version is None:
+            raise FsError(ENOATTR)
+        return str(node.head_version).encode()
+
+    async def listxattr(self, inode: int) -> list[str]:
+        node = await self._node(inode)
+        if node.kind is not NodeKind.FILE:
+            return []
+        staged = self.staging.get(node.id)
+        names = []
+        if node.head_version is not None:
+            names.append(XATTR_VERSION)
+        if node.head_version is not None or (staged is not None and staged.dirty):
+            names.append(XATTR_TIER)
+        return names
+
+    # -- commits and collaborators ---------------------------------------------------------------
+
+    def _committed(self, node_id: int, outcome: CommitOutcome, upload: UploadResult) -> None:
+        self.note_own_version(outcome.file_id, outcome.version)
+        if outcome.file_id == node_id:
+            self._contents[node_id] = ExtentMap.of(outcome.version, upload.size, upload.extents)
+            self._kernel_version[node_id] = outcome.version
+        else:
+            # keep-both put our bytes elsewhere: this name shows the other writer's head.
+            self._contents.pop(node_id, None)
+            self._kernel_version.pop(node_id, None)
+            asyncio.get_running_loop().create_task(self.refresh_kernel(node_id))
+
+    def note_own_version(self, file_id: int, version: int) -> None:
+        """A version this mount made (a commit, a restore): not news from elsewhere."""
+        self._own_versions.append((file_id, version))
+
+    def is_own_version(self, file_id: int, version: int) -> bool:
+        return (file_id, version) in self._own_versions
+
+    def forget_content(self, file_id: int) -> None:
+        """Drop what this mount knows of a file's committed content."""
+        self._contents.pop(file_id, None)
+
+    async def content_changed(self, file_id: int, version: int | None) -> None:
+        """A new head of a file was recorded elsewhere: drop what this mount and the
+        kernel cached of the old one."""
+        known = self._contents.get(file_id)
+        if known is not None and known.version == version:
+            return
+        self._contents.pop(file_id, None)
+        await self.refresh_kernel(file_id)
+
+    async def head_replaced(self, file_id: int) -> None:
+        """This mount replaced a file's head itself (a restore)."""
+        self._contents.pop(file_id, None)
+        self._kernel_version.pop(file_id, None)
+        await self.refresh_kernel(file_id)
+
+    async def refresh_kernel(self, node_id: int) -> None:
+        """Make the kernel forget what it cached about a file changed elsewhere."""
+        await self.kernel.invalidate_inode(self.tree.inode(node_id))
+        if not self.options.writeback_cache:
+            return
+        if node_id in self.open_counts:
+            # Open here: new opens read around the stale size until the last close.
+            self._stale.add(node_id)
+            return
+        node = await self.meta.get_node(node_id)
+        self._stale.discard(node_id)
+        if node is None or node.parent_id is None or node.deleted_ns is not None:
+            return
+        # With the writeback cache the kernel keeps its own idea of a file's size; a new
+        # generation makes it take a fresh inode (and the new size) at the next lookup.
+        self._generations[node_id] += 1
+        await self.invalidate_entry(node.parent_id, node.name)
+
+    async def invalidate_entry(self, parent_id: int, name: str, deleted_id: int = 0) -> None:
+        deleted = self.tree.inode(deleted_id) if deleted_id else 0
+        await self.kernel.invalidate_entry(self.tree.inode(parent_id), name, deleted)

@@ -1,0 +1,117 @@
+"""The block cache: one fetch per block, runs of blocks in one read, LRU with pins,
+damaged blocks fetched again."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from mediadrive.node.cache import BlockCache
+
+
+def block(chunk: str, index: int, size: int = 100) -> bytes:
+    return f"{chunk}:{index}:".encode().ljust(size, b".")
+
+
+class Store:
+    """A fake store that counts what it is asked for; fetches wait on ``gate``."""
+
+    def __init__(self) -> None:
+        self.single: list[tuple[str, int]] = []
+        self.runs: list[tuple[str, int, int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def fetch(self, chunk: str, index: int) -> bytes:
+        self.single.append((chunk, index))
+        await self.gate.wait()
+        return block(chunk, index)
+
+    async def fetch_run(self, chunk: str, first: int, count: int) -> list[bytes]:
+        self.runs.append((chunk, first, count))
+        await self.gate.wait()
+        return [block(chunk, first + n) for n in range(count)]
+
+    async def check(self, chunk: str, index: int, data: bytes) -> bool:
+        return data == block(chunk, index)
+
+
+def open_cache(root: Path, store: Store, capacity: int = 1 << 20) -> BlockCache:
+    cache = BlockCache(root, capacity, store.fetch, fetch_run=store.fetch_run, check=store.check)
+    cache.open()
+    return cache
+
+
+async def landed(cache: BlockCache) -> None:
+    """Wait until fetched blocks are written to disk and indexed."""
+    while cache._fills:
+        await asyncio.gather(*list(cache._fills))
+
+
+async def test_concurrent_gets_of_one_block_share_one_fetch(tmp_path: Path) -> None:
+    store = Store()
+    store.gate.clear()
+    cache = open_cache(tmp_path, store)
+    readers = [asyncio.create_task(cache.get("c1", 3)) for _ in range(8)]
+    await asyncio.sleep(0.01)
+    store.gate.set()
+    results = await asyncio.gather(*readers)
+    assert results == [block("c1", 3)] * 8
+    assert len(store.single) + len(store.runs) == 1
+    assert cache.figures.misses == 1
+    await cache.close()
+
+
+async def test_prefetched_run_is_one_ranged_read(tmp_path: Path) -> None:
+    store = Store()
+    cache = open_cache(tmp_path, store)
+    cache.prefetch_many([("c1", 0), ("c1", 1), ("c1", 2), ("c1", 3), ("c2", 0)])
+    got = [await cache.get("c1", i) for i in range(4)]
+    assert got == [block("c1", i) for i in range(4)]
+    # One read for the four consecutive blocks of c1, one for c2; no single fetches.
+    assert sorted(store.runs) == [("c1", 0, 4), ("c2", 0, 1)]
+    assert store.single == []
+    await cache.close()
+
+
+async def test_lru_eviction_keeps_pinned_blocks(tmp_path: Path) -> None:
+    store = Store()
+    cache = open_cache(tmp_path, store, capacity=300)
+    cache.set_pinned({"pinned"})
+    await cache.get("pinned", 0)
+    await landed(cache)
+    for index in range(4):
+        await cache.get("loose", index)
+        await landed(cache)
+    # Four loose blocks and a pinned one do not fit in 300 bytes: the oldest loose go.
+    assert cache.has("pinned", 0)
+    assert [cache.has("loose", i) for i in range(4)] == [False, False, True, True]
+    assert cache.total == 300
+    # Using a block makes it the newest: the other one goes next.
+    await cache.get("loose", 2)
+    await cache.get("loose", 4)
+    await landed(cache)
+    assert cache.has("loose", 2) and not cache.has("loose", 3) and cache.has("loose", 4)
+    assert cache.has("pinned", 0)
+    await cache.close()
+
+
+async def test_damaged_block_on_disk_is_dropped_and_fetched_again(tmp_path: Path) -> None:
+    store = Store()
+    cache = open_cache(tmp_path, store)
+    assert await cache.get("c1", 0) == block("c1", 0)
+    await landed(cache)
+    await cache.close()
+    # Same size, different bytes: the index still lists it.
+    path = next((tmp_path / "blocks").rglob("c1.0"))
+    path.write_bytes(b"X" * len(block("c1", 0)))
+
+    store = Store()
+    cache = open_cache(tmp_path, store)
+    assert cache.has("c1", 0)
+    assert await cache.get("c1", 0) == block("c1", 0)
+    assert cache.figures.corrupt == 1
+    assert len(store.single) + len(store.runs) == 1
+    await landed(cache)
+    assert path.read_bytes() == block("c1", 0)
+    await cache.close()

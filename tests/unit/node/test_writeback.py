@@ -1,0 +1,68 @@
+"""The write-back engine through the in-process VFS: untouched chunks are kept, not
+uploaded again; a refused commit keeps the local copy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mediadrive.core.config import ConflictPolicy
+from mediadrive.core.errors import ConflictError
+from mediadrive.node.options import CommitOn
+
+from .vfs_harness import make_test_vfs
+
+CHUNK = 4096
+
+
+async def test_an_edit_uploads_only_the_chunk_it_touched(tmp_path: Path) -> None:
+    data = os.urandom(8 * CHUNK + 123)
+    first = await make_test_vfs(tmp_path)
+    await first.write_file("clip.bin", data)
+    await first.parts.writeback.settle()
+    assert first.parts.writeback.figures.bytes_uploaded == len(data)
+    await first.close()
+
+    # A fresh cache: the staged copy starts from the drive and lacks every block.
+    edit = await make_test_vfs(tmp_path, cache="fresh")
+    await edit.write_at("clip.bin", 3 * CHUNK + 10, b"edited")
+    await edit.parts.writeback.settle()
+    assert edit.parts.writeback.figures.commits == 1
+    assert edit.parts.writeback.figures.bytes_uploaded == CHUNK
+    # Only the touched chunk was fetched (to merge the edit into it).
+    assert edit.parts.cache.figures.bytes_fetched == CHUNK
+    await edit.close()
+
+    check = await make_test_vfs(tmp_path, cache="check")
+    expected = data[: 3 * CHUNK + 10] + b"edited" + data[3 * CHUNK + 16 :]
+    assert await check.read_file("clip.bin") == expected
+    await check.close()
+
+
+async def test_reject_keeps_the_local_copy(tmp_path: Path) -> None:
+    here = await make_test_vfs(tmp_path, conflict=ConflictPolicy.REJECT, commit_on=CommitOn.SAVE)
+    await here.write_file("cut.edl", b"base")
+    await here.save()
+    elsewhere = await make_test_vfs(tmp_path, cache="elsewhere")
+    await here.write_file("cut.edl", b"mine")
+    await elsewhere.write_file("cut.edl", b"theirs")
+    await elsewhere.save()
+
+    with pytest.raises(ConflictError):
+        await here.save()
+    assert here.parts.writeback.figures.conflicts == 1
+    # The refused bytes stay here, readable and staged; the drive keeps the other head.
+    assert await here.read_file("cut.edl") == b"mine"
+    node_id = here.parts.tree.node_id(await here.inode("cut.edl"))
+    staged = here.parts.staging.get(node_id)
+    assert staged is not None and staged.dirty and staged.rejected
+    head = await here.parts.drive.reader("/cut.edl")
+    assert head.info.version == 2
+    await elsewhere.close()
+    await here.close()
+    # Unmounting does not drop it either: the copy is still staged on disk.
+    again = await make_test_vfs(tmp_path, conflict=ConflictPolicy.REJECT)
+    assert await again.read_file("cut.edl") == b"mine"
+    await again.close()
