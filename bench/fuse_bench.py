@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO, cast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -39,6 +40,7 @@ from mediadrive.core.drive import Drive  # noqa: E402
 from mediadrive.core.units import format_size, parse_size  # noqa: E402
 from mediadrive.node import client  # noqa: E402
 from mediadrive.node.options import MountOptions  # noqa: E402
+from mediadrive.node.registry import MountRegistry  # noqa: E402
 from tests.servers import minio_server  # noqa: E402
 
 MiB = 1 << 20
@@ -89,6 +91,29 @@ def timed(label: str, fn: Callable[[], object]) -> float:
     return elapsed
 
 
+def small_file_rates(folder: Path, count: int) -> list[tuple[str, str]]:
+    """Create, stat and list ``count`` empty files in a folder of the mount."""
+    names = [f"f{i:05d}" for i in range(count)]
+    start = time.perf_counter()
+    for name in names:
+        os.close(os.open(folder / name, os.O_CREAT | os.O_WRONLY, 0o644))
+    create = time.perf_counter() - start
+    drop_page_cache()
+    start = time.perf_counter()
+    for name in names:
+        os.stat(folder / name)
+    stat_time = time.perf_counter() - start
+    start = time.perf_counter()
+    listed = len(os.listdir(folder))
+    readdir = time.perf_counter() - start
+    assert listed == count
+    return [
+        (f"create {count} files", f"{count / create:8.0f} /s"),
+        (f"stat {count} files", f"{count / stat_time:8.0f} /s"),
+        (f"readdir of {count} entries", f"{count / readdir:8.0f} /s"),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1GiB", help="file size for sequential reads")
@@ -102,7 +127,8 @@ def main() -> int:
         return 2
 
     work = Path(tempfile.mkdtemp(prefix="mediadrive-fuse-bench-"))
-    os.environ["MEDIADRIVE_HOME"] = str(work / "home")
+    registry = MountRegistry(work / "run")
+    meta_url = f"sqlite:///{work}/meta.db"
     results: list[tuple[str, str]] = []
     mountpoint = work / "mnt"
     mountpoint.mkdir()
@@ -124,7 +150,7 @@ def main() -> int:
             timed(f"random {format_size(ttfb_size)}", lambda: write_random(big, ttfb_size))
 
             async def prepare() -> list[str]:
-                drive = await Drive.create("bench", DriveSettings(), store_url=store)
+                drive = await Drive.create("bench", meta_url, store, DriveSettings())
                 try:
                     with open(local, "rb") as f:
                         await drive.write_file("/seq.bin", f)
@@ -147,6 +173,9 @@ def main() -> int:
                 client.mount(
                     MountOptions(
                         drive="bench",
+                        meta_url=meta_url,
+                        store_url=store,
+                        run_dir=registry.run_dir,
                         mountpoint=mountpoint,
                         cache_dir=work / cache,
                         cache_size=size * 4 + ttfb_size,
@@ -174,7 +203,7 @@ def main() -> int:
             drop_page_cache()
             n, cold = read_all(mountpoint / "seq.bin")
             assert n == size
-            figures = client.MountClient.for_mountpoint(mountpoint).status()
+            figures = client.MountClient.for_mountpoint(mountpoint, registry).status()
             results.append(("cold sequential read, mount", rate(size, cold)))
 
             s3_client = s3.client(max_pool_connections=32)
@@ -189,11 +218,11 @@ def main() -> int:
                     return True
 
                 def write(self, b: object) -> int:
-                    return len(memoryview(b))  # type: ignore[arg-type]
+                    return len(memoryview(cast(bytes, b)))
 
             def download(chunk: str) -> None:
                 key = f"drive/chunks/{chunk[:2]}/{chunk}"
-                s3_client.download_fileobj(bucket, key, Sink(), Config=transfer)
+                s3_client.download_fileobj(bucket, key, cast("IO[bytes]", Sink()), Config=transfer)
 
             start = time.perf_counter()
             with ThreadPoolExecutor(4) as pool:
@@ -206,15 +235,15 @@ def main() -> int:
             # -- warm sequential read vs local disk ---------------------------------------------
             warm_against_disk("read-write mount (page cache)")
             # A read-only mount lets the kernel read cached files itself (passthrough).
-            client.umount(mountpoint)
+            client.umount(mountpoint, registry)
             mount("cache-cold", read_only=True)
             warm_against_disk("read-only mount")
-            status = client.MountClient.for_mountpoint(mountpoint).status()
+            status = client.MountClient.for_mountpoint(mountpoint, registry).status()
             passthrough = "on" if status["passthrough"] else "off (not supported here)"
             results.append(("  passthrough", f"{passthrough:>8}"))
 
             # -- time to first byte at an offset in a cold large file ---------------------------
-            client.umount(mountpoint)
+            client.umount(mountpoint, registry)
             mount("cache-ttfb")
             drop_page_cache()
             offset = (ttfb_size * 3 // 4) // 4096 * 4096 + 12345
@@ -224,7 +253,9 @@ def main() -> int:
                 first = f.read(4096)
             ttfb = time.perf_counter() - start
             assert len(first) == 4096
-            fetched = client.MountClient.for_mountpoint(mountpoint).status()["bytes_fetched"]
+            fetched = client.MountClient.for_mountpoint(mountpoint, registry).status()[
+                "bytes_fetched"
+            ]
             results.append(
                 (
                     f"time to first byte at {format_size(offset)} of {format_size(ttfb_size)}",
@@ -233,7 +264,7 @@ def main() -> int:
             )
 
             # -- editing 1 MiB in the middle of the cold large file -------------------------------
-            mount_client = client.MountClient.for_mountpoint(mountpoint)
+            mount_client = client.MountClient.for_mountpoint(mountpoint, registry)
             fetched_before = mount_client.status()["bytes_fetched"]
             start = time.perf_counter()
             with open(mountpoint / "big.bin", "r+b", buffering=0) as f:
@@ -250,29 +281,11 @@ def main() -> int:
                 )
             )
 
-            # -- many small files ---------------------------------------------------------------
-            many = mountpoint / "many"
-            names = [f"f{i:05d}" for i in range(args.files)]
-            start = time.perf_counter()
-            for name in names:
-                os.close(os.open(many / name, os.O_CREAT | os.O_WRONLY, 0o644))
-            create = time.perf_counter() - start
-            drop_page_cache()
-            start = time.perf_counter()
-            for name in names:
-                os.stat(many / name)
-            stat_time = time.perf_counter() - start
-            start = time.perf_counter()
-            listed = len(os.listdir(many))
-            readdir = time.perf_counter() - start
-            assert listed == args.files
-            results.append((f"create {args.files} files", f"{args.files / create:8.0f} /s"))
-            results.append((f"stat {args.files} files", f"{args.files / stat_time:8.0f} /s"))
-            results.append((f"readdir of {args.files} entries", f"{args.files / readdir:8.0f} /s"))
-            client.umount(mountpoint)
+            results.extend(small_file_rates(mountpoint / "many", args.files))
+            client.umount(mountpoint, registry)
     finally:
-        with open("/proc/self/mountinfo") as f:
-            if any(line.split()[4] == str(mountpoint) for line in f):
+        with open("/proc/self/mountinfo") as mounts:
+            if any(line.split()[4] == str(mountpoint) for line in mounts):
                 os.system(f"fusermount3 -u -z {mountpoint}")
         shutil.rmtree(work, ignore_errors=True)
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mediadrive.core.drive import Drive
 from mediadrive.node.client import MountClient
 
 from .conftest import DriveFactory, Mounts, drive_call, force_unmount, wait_until
@@ -90,9 +91,13 @@ def test_pin_unpin_and_hydrate_with_a_manifest(
 ) -> None:
     name = make_drive()
     for path in ("/shots/sh010/a.exr", "/shots/sh010/b.tmp", "/shots/sh020/c.exr", "/x.abc"):
-        if os.path.dirname(path) != "/":
-            drive_call(name, lambda d, p=path: d.mkdir(os.path.dirname(p), parents=True))
-        drive_call(name, lambda d, p=path: d.write_file(p, io.BytesIO(os.urandom(MiB))))
+
+        async def write(d: Drive, p: str = path) -> None:
+            if os.path.dirname(p) != "/":
+                await d.mkdir(os.path.dirname(p), parents=True)
+            await d.write_file(p, io.BytesIO(os.urandom(MiB)))
+
+        drive_call(name, write)
     m = mounts.mount(name)
     manifest = home / "needs.yaml"
     manifest.write_text(

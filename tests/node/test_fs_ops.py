@@ -275,8 +275,12 @@ def test_checkpoint_commits_an_open_file(make_drive: DriveFactory, mounts: Mount
 def test_listing_fetches_no_chunk_data(make_drive: DriveFactory, mounts: Mounts) -> None:
     name = make_drive()
     for i in range(5):
-        drive_call(name, lambda d, i=i: d.mkdir(f"/d{i}/sub", parents=True))
-        drive_call(name, lambda d, i=i: d.write_file(f"/d{i}/sub/f.bin", io.BytesIO(b"x" * MiB)))
+
+        async def fill(d: Drive, i: int = i) -> None:
+            await d.mkdir(f"/d{i}/sub", parents=True)
+            await d.write_file(f"/d{i}/sub/f.bin", io.BytesIO(b"x" * MiB))
+
+        drive_call(name, fill)
     m = mounts.mount(name)
     sizes = [os.stat(Path(root) / f).st_size for root, _, files in os.walk(m.path) for f in files]
     assert sizes == [MiB] * 5
@@ -398,7 +402,11 @@ def test_coalesced_fetch_verifies_each_block(
 def test_cache_is_bounded_and_pins_stay(make_drive: DriveFactory, mounts: Mounts) -> None:
     name = make_drive()
     for n in ("pinned.bin", "a.bin", "b.bin"):
-        drive_call(name, lambda d, n=n: d.write_file(f"/{n}", io.BytesIO(os.urandom(4 * MiB))))
+
+        async def write(d: Drive, n: str = n) -> None:
+            await d.write_file(f"/{n}", io.BytesIO(os.urandom(4 * MiB)))
+
+        drive_call(name, write)
     m = mounts.mount(name, cache_size="6MiB")
     result = m.client().pin("/pinned.bin")
     assert result["bytes_fetched"] == 4 * MiB

@@ -54,6 +54,8 @@ class VFSModel(RuleBasedStateMachine):
         self.mount: TestVFS | None = None
         # The same drive used from another machine (its own cache), opened on first use.
         self.other: TestVFS | None = None
+        # The number of the cache the current mount uses (a remount may keep it).
+        self._cache = ""
 
     def run(self, step: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(step)

@@ -13,29 +13,28 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
-import yaml
-from pydantic import ValidationError
-from rich.table import Table
 
 from mediadrive.core.errors import ConfigError, MediadriveError
-from mediadrive.core.units import format_size, parse_duration, parse_size
-from mediadrive.node import client as node_client
-from mediadrive.node.options import CommitOn, MountOptions
-from mediadrive.node.registry import MountRegistry
+from mediadrive.core.triggers import CommitOn
 
-from .drive_registry import load_ref
 from .output import JsonFlag, err, out, print_json
-from .progress import transfer_bar
-from .settings import cli_settings
+
+if TYPE_CHECKING:
+    from mediadrive.node.options import MountOptions
+    from mediadrive.node.registry import MountRegistry
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def _options(**values: Any) -> MountOptions:
+    from pydantic import ValidationError
+
+    from mediadrive.node.options import MountOptions
+
     try:
         return MountOptions.model_validate(values)
     except ValidationError as exc:
@@ -47,6 +46,10 @@ def _options(**values: Any) -> MountOptions:
 
 def _mounts() -> MountRegistry:
     """The mounts of this machine, where the CLI's settings say they register."""
+    from mediadrive.node.registry import MountRegistry
+
+    from .settings import cli_settings
+
     return MountRegistry(cli_settings().mounts_dir)
 
 
@@ -81,6 +84,12 @@ def mount(
     ] = False,
 ) -> None:
     """Mount a drive as a folder; returns once the mount is live."""
+    from mediadrive.core.units import parse_duration, parse_size
+    from mediadrive.node import client as node_client
+
+    from .drive_registry import load_ref
+    from .settings import cli_settings
+
     if checkpoint_interval.strip().lower() != "off":
         parse_duration(checkpoint_interval)
     settings = cli_settings()
@@ -124,6 +133,8 @@ def umount(
     mountpoint: Annotated[Path, typer.Argument(help="A mount point of mediadrive.")],
 ) -> None:
     """Upload what is pending, then unmount."""
+    from mediadrive.node import client as node_client
+
     result = node_client.umount(mountpoint, _mounts())
     out.print(f"unmounted {result['unmounted']}")
 
@@ -134,6 +145,9 @@ def save(
     json_out: JsonFlag = False,
 ) -> None:
     """Commit a file (or everything changed under a folder) now, as a new version."""
+    from mediadrive.core.units import format_size
+    from mediadrive.node import client as node_client
+
     mount_client, inner = node_client.client_for(path, _mounts())
     reports = mount_client.save(inner, message)
     if json_out:
@@ -154,6 +168,9 @@ def save(
 
 def pin(path: Annotated[Path, typer.Argument(help="A file or folder inside a mount.")]) -> None:
     """Keep a file or folder on this machine: fetch it now and never evict it."""
+    from mediadrive.core.units import format_size
+    from mediadrive.node import client as node_client
+
     mount_client, inner = node_client.client_for(path, _mounts())
     result = mount_client.pin(inner)
     out.print(
@@ -164,6 +181,8 @@ def pin(path: Annotated[Path, typer.Argument(help="A file or folder inside a mou
 
 def unpin(path: Annotated[Path, typer.Argument(help="A pinned path inside a mount.")]) -> None:
     """Let a pinned file or folder be evicted from the cache again."""
+    from mediadrive.node import client as node_client
+
     mount_client, inner = node_client.client_for(path, _mounts())
     result = mount_client.unpin(inner)
     if not result["unpinned"]:
@@ -171,15 +190,21 @@ def unpin(path: Annotated[Path, typer.Argument(help="A pinned path inside a moun
     out.print(f"unpinned {path}")
 
 
+def _size(n: int) -> str:
+    from mediadrive.core.units import format_size
+
+    return format_size(n)
+
+
 _STATUS_ROWS = (
     ("drive", "drive", str),
     ("subdir", "subdir", str),
-    ("cache", "cache_bytes", format_size),
-    ("cache size", "cache_size", format_size),
-    ("pinned", "pinned_bytes", format_size),
-    ("pending upload", "pending_upload_bytes", format_size),
-    ("fetched", "bytes_fetched", format_size),
-    ("uploaded", "bytes_uploaded", format_size),
+    ("cache", "cache_bytes", _size),
+    ("cache size", "cache_size", _size),
+    ("pinned", "pinned_bytes", _size),
+    ("pending upload", "pending_upload_bytes", _size),
+    ("fetched", "bytes_fetched", _size),
+    ("uploaded", "bytes_uploaded", _size),
     ("open files", "open_files", str),
     ("dirty files", "dirty_files", str),
     ("commits", "commits", str),
@@ -195,6 +220,10 @@ def status(
     json_out: JsonFlag = False,
 ) -> None:
     """Cache, transfer and write-back figures of a mount."""
+    from rich.table import Table
+
+    from mediadrive.node import client as node_client
+
     mount_client, _ = node_client.client_for(mountpoint, _mounts())
     figures = mount_client.status()
     if json_out:
@@ -210,6 +239,8 @@ def status(
 
 
 def _load_manifest(path: Path) -> dict[str, Any]:
+    import yaml
+
     try:
         text = path.read_text()
     except OSError as exc:
@@ -236,6 +267,11 @@ def hydrate(
     json_out: JsonFlag = False,
 ) -> None:
     """Fetch the files a workflow needs onto this machine, in parallel, and pin them."""
+    from mediadrive.core.units import format_size
+    from mediadrive.node import client as node_client
+
+    from .progress import transfer_bar
+
     if not globs and manifest is None:
         raise ConfigError("give at least one glob or --manifest FILE")
     mount_client, _ = node_client.client_for(mountpoint, _mounts())
@@ -244,7 +280,7 @@ def hydrate(
     if json_out or not err.is_terminal:
         result = mount_client.hydrate(list(globs or []), document, pin_files)
     else:
-        with transfer_bar(err) as bar:
+        with transfer_bar(err.console) as bar:
             task = bar.add_task("hydrate", total=None)
 
             def progress(done: int, total: int) -> None:
@@ -262,6 +298,8 @@ def hydrate(
 
 def local_versions(path: str) -> list[dict[str, Any]] | None:
     """Versions of a file inside a mount, or None when ``path`` is not in one."""
+    from mediadrive.node import client as node_client
+
     found = node_client.find_mount(path, _mounts())
     if found is None:
         return None
@@ -271,6 +309,8 @@ def local_versions(path: str) -> list[dict[str, Any]] | None:
 
 def local_restore(path: str, version: int) -> dict[str, Any] | None:
     """Restore a file inside a mount through its agent, or None when not in a mount."""
+    from mediadrive.node import client as node_client
+
     found = node_client.find_mount(path, _mounts())
     if found is None:
         return None

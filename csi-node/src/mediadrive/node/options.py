@@ -6,7 +6,6 @@ nothing in the node reads the environment.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,18 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mediadrive.core import paths
 from mediadrive.core.config import check_drive_name
 from mediadrive.core.identity import Identity
+from mediadrive.core.triggers import CommitOn
 from mediadrive.core.units import ByteSize, parse_duration
+
+__all__ = ["DEFAULT_CACHE_SIZE", "DEFAULT_CHECKPOINT", "CommitOn", "MountOptions"]
 
 DEFAULT_CACHE_SIZE = 10 << 30
 DEFAULT_CHECKPOINT = 30.0
-
-
-class CommitOn(StrEnum):
-    """When a written file becomes a new version (besides checkpoints and explicit saves)."""
-
-    CLOSE = "close"
-    FSYNC = "fsync"
-    SAVE = "save"
 
 
 class MountOptions(BaseModel):
