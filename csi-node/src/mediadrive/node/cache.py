@@ -118,6 +118,18 @@ class BlockCache:
         for statement in _SCHEMA:
             db.execute(statement)
         self._db = db
+        known, stale = self._load_index(db)
+        adopted = self._adopt_unindexed(known, stale)
+        for key in stale:
+            self._path(key).unlink(missing_ok=True)
+            db.execute("DELETE FROM blocks WHERE chunk = ? AND idx = ?", key)
+        if adopted:
+            db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", adopted)
+        self._evict()
+
+    def _load_index(self, db: sqlite3.Connection) -> tuple[set[BlockKey], list[BlockKey]]:
+        """Take in the indexed blocks whose file is there at its recorded size, least
+        recent first; returns them and the stale rows (missing or resized files)."""
         rows = db.execute("SELECT chunk, idx, size FROM blocks ORDER BY used").fetchall()
         known: set[BlockKey] = set()
         stale: list[BlockKey] = []
@@ -133,7 +145,15 @@ class BlockCache:
             known.add(key)
             self._sizes[key] = int(size)
             self.total += int(size)
-        # Blocks on disk without a row (the index was lost): adopt them as least recent.
+        return known, stale
+
+    def _adopt_unindexed(
+        self, known: set[BlockKey], stale: list[BlockKey]
+    ) -> list[tuple[str, int, int, float]]:
+        """Blocks on disk without a row (the index was lost): adopt them as least recent.
+
+        Returns the rows to add for them; leftovers of unfinished writes are removed.
+        """
         adopted: list[tuple[str, int, int, float]] = []
         for sub in self._blocks_dir.iterdir():
             if not sub.is_dir():
@@ -153,12 +173,7 @@ class BlockCache:
                 self._sizes.move_to_end(key, last=False)
                 self.total += size
                 adopted.append((chunk, int(index), size, 0.0))
-        for key in stale:
-            self._path(key).unlink(missing_ok=True)
-            db.execute("DELETE FROM blocks WHERE chunk = ? AND idx = ?", key)
-        if adopted:
-            db.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?)", adopted)
-        self._evict()
+        return adopted
 
     def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_loop())
@@ -289,44 +304,72 @@ class BlockCache:
     async def _fill(self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]) -> None:
         keys = [(chunk, first + n) for n in range(len(futures))]
         try:
-            try:
-                async with self._slots:
-                    blocks = await self._fetch_blocks(chunk, first, len(futures))
-            except Exception as exc:
-                if len(futures) == 1:
-                    raise
-                # One block at a time, so that a bad block fails only its own readers.
-                log.info("fetching blocks of %s one by one: %s", chunk, exc)
-                await asyncio.gather(
-                    *(self._fill(chunk, first + n, [f]) for n, f in enumerate(futures))
-                )
+            blocks = await self._fetch_or_split(chunk, first, futures)
+            if blocks is None:
                 return
-            kept: list[tuple[BlockKey, bytes]] = []
-            for n, (key, future) in enumerate(zip(keys, futures, strict=True)):
-                data = blocks[n] if n < len(blocks) else b""
-                if data:
-                    self.figures.bytes_fetched += len(data)
-                    self.figures.blocks_fetched += 1
-                    # Readers go on at once; the copy on disk follows.
-                    self._remember(key, data)
-                    kept.append((key, data))
-                if not future.done():
-                    future.set_result(data)
+            kept = self._hand_out(keys, futures, blocks)
             await asyncio.to_thread(self._write_files, kept)
             for key, data in kept:
                 self._add(key, len(data))
         except BaseException as exc:
-            failed = [f for f in futures if not f.done()]
-            for future in failed:
-                future.set_exception(exc)
-            if not failed:
-                log.warning("cannot keep blocks of %s in the cache: %s", chunk, exc)
+            self._fail_waiting(chunk, futures, exc)
+            # Cancellation and the like must still reach whoever runs this fill.
             if not isinstance(exc, Exception):
                 raise
         finally:
-            for key, future in zip(keys, futures, strict=True):
-                if self._inflight.get(key) is future:
-                    del self._inflight[key]
+            self._drop_inflight(keys, futures)
+
+    async def _fetch_or_split(
+        self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]
+    ) -> list[bytes] | None:
+        """The blocks of the run, or None when a failed run was filled block by block."""
+        try:
+            async with self._slots:
+                return await self._fetch_blocks(chunk, first, len(futures))
+        except Exception as exc:
+            if len(futures) == 1:
+                raise
+            # One block at a time, so that a bad block fails only its own readers.
+            log.info("fetching blocks of %s one by one: %s", chunk, exc)
+            await asyncio.gather(
+                *(self._fill(chunk, first + n, [f]) for n, f in enumerate(futures))
+            )
+            return None
+
+    def _hand_out(
+        self, keys: list[BlockKey], futures: list[asyncio.Future[bytes]], blocks: list[bytes]
+    ) -> list[tuple[BlockKey, bytes]]:
+        """Answer the waiting readers and remember the blocks in memory; returns the
+        non-empty blocks, which still have to go to disk."""
+        kept: list[tuple[BlockKey, bytes]] = []
+        for n, (key, future) in enumerate(zip(keys, futures, strict=True)):
+            data = blocks[n] if n < len(blocks) else b""
+            if data:
+                self.figures.bytes_fetched += len(data)
+                self.figures.blocks_fetched += 1
+                # Readers go on at once; the copy on disk follows.
+                self._remember(key, data)
+                kept.append((key, data))
+            if not future.done():
+                future.set_result(data)
+        return kept
+
+    def _fail_waiting(
+        self, chunk: str, futures: list[asyncio.Future[bytes]], exc: BaseException
+    ) -> None:
+        """Pass a failed fill on to the readers still waiting (or just log it when all
+        of them were answered and only keeping the blocks failed)."""
+        failed = [f for f in futures if not f.done()]
+        for future in failed:
+            future.set_exception(exc)
+        if not failed:
+            log.warning("cannot keep blocks of %s in the cache: %s", chunk, exc)
+
+    def _drop_inflight(self, keys: list[BlockKey], futures: list[asyncio.Future[bytes]]) -> None:
+        # Only entries still ours: block-by-block fills of a failed run clear their own.
+        for key, future in zip(keys, futures, strict=True):
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
 
     def _read_file(self, key: BlockKey) -> bytes:
         with open(self._path(key), "rb") as f:

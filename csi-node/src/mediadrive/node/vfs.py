@@ -236,13 +236,27 @@ class VFS:
             self._writable()
         staged = self.staging.get(node.id)
         if changes.size is not None:
-            if node.is_dir:
-                raise FsError(errno.EISDIR)
-            staged = await self._stage(node, empty=changes.size == 0)
-            await self._truncate(staged, changes.size)
-            staged.touch()
-            if fh is None and staged.writers == 0:
-                self.writeback.schedule_on(CommitOn.CLOSE, node.id, "")
+            staged = await self._resize(node, changes.size, fh)
+        meta_changes = self._apply_attr_changes(changes, staged)
+        if meta_changes:
+            node = await self.meta.set_attrs(node.id, **meta_changes)
+        return self.attrs(node)
+
+    async def _resize(self, node: Node, size: int, fh: int | None) -> StagedFile:
+        """Truncate (or extend) the staged copy of a file to ``size``, staging it first."""
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        staged = await self._stage(node, empty=size == 0)
+        await self._truncate(staged, size)
+        staged.touch()
+        # A truncate by path: no handle will close to commit it, so do what a close would.
+        if fh is None and staged.writers == 0:
+            self.writeback.schedule_on(CommitOn.CLOSE, node.id, "")
+        return staged
+
+    @staticmethod
+    def _apply_attr_changes(changes: AttrChanges, staged: StagedFile | None) -> dict[str, int]:
+        """Set mode and mtime on the staged copy, if any; returns what goes to the metadata."""
         meta_changes: dict[str, int] = {}
         if changes.mode is not None:
             meta_changes["mode"] = stat.S_IMODE(changes.mode)
@@ -258,9 +272,7 @@ class VFS:
                 staged.mtime_ns = changes.mtime_ns
             if staged is None or not staged.dirty:
                 meta_changes["mtime_ns"] = changes.mtime_ns
-        if meta_changes:
-            node = await self.meta.set_attrs(node.id, **meta_changes)
-        return self.attrs(node)
+        return meta_changes
 
     # -- folders ------------------------------------------------------------------------------
 

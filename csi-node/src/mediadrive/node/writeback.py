@@ -231,57 +231,98 @@ class Writeback:
     ) -> CommitReport | None:
         upload = await self._upload(snap, reuse)
         async with self.tree.names:
-            if staged.orphan:
-                # Unlinked or replaced here meanwhile: it is not part of the tree.
-                if staged.writers == 0:
-                    self.staging.drop(staged)
-                return None
-            try:
-                # Resolved after the upload, from the metadata: the file may have moved.
-                path = await self.tree.path_of(node_id, fresh=True)
-            except PathNotFound:
-                # Deleted elsewhere while we wrote: commit where it was, nothing is lost.
-                path = staged.path
-            staged.path = path
-            committed = True
-            if staged.recovered and await self._unchanged(staged, upload):
-                outcome = CommitOutcome(path, node_id, staged.base_version or 0)
-                committed = False
-            else:
-                try:
-                    outcome = await self._record(staged, path, upload, snap, reuse, message)
-                except ConflictError as exc:
-                    staged.rejected = True
-                    self.figures.conflicts += 1
-                    self._error(str(exc))
-                    raise
+            landed = await self._land(staged, node_id, snap, reuse, upload, message)
+        if landed is None:
+            return None
+        path, outcome, committed = landed
         if committed:
-            self.figures.commits += 1
-            self.figures.bytes_uploaded += upload.bytes_uploaded
-            if outcome.conflict:
-                self.figures.conflicts += 1
+            self._count_commit(upload, outcome)
         # keep-both puts our bytes in a new sibling node; a rename elsewhere only moves us.
         landed_elsewhere = outcome.file_id != node_id and outcome.path != path
-        if not landed_elsewhere:
-            staged.path = outcome.path
-        if landed_elsewhere:
-            # keep-both: our bytes are safe in a sibling; this name follows the other
-            # writer's head from now on.
-            staged.base_version = outcome.previous_head
-        else:
-            # (A file deleted elsewhere meanwhile is a new node now; its base is that.)
-            staged.base_version = outcome.version
-        if staged.gen == gen:
-            staged.dirty = False
-            staged.recovered = False
-        if self.staging.get(staged.node_id) is staged:
-            self.staging.write_journal(staged)
+        self._follow_outcome(staged, outcome, gen, landed_elsewhere)
         if committed:
             for listener in self.on_commit:
                 listener(node_id, outcome, upload)
             if not landed_elsewhere:
                 await self._keep_blocks(snap, upload, reuse)
-        report = CommitReport(
+        report = self._report(path, outcome, upload, committed, message)
+        self.last[outcome.file_id] = report
+        if staged.writers == 0:
+            self._after_last_close(staged, landed_elsewhere, message)
+        return report
+
+    async def _land(
+        self,
+        staged: StagedFile,
+        node_id: int,
+        snap: Path,
+        reuse: dict[int, Extent],
+        upload: UploadResult,
+        message: str,
+    ) -> tuple[str, CommitOutcome, bool] | None:
+        """Record the uploaded snapshot where the file is now (the caller holds the tree's
+        name lock): its path, the outcome and whether a version was recorded; None when
+        the copy was unlinked meanwhile."""
+        if staged.orphan:
+            # Unlinked or replaced here meanwhile: it is not part of the tree.
+            if staged.writers == 0:
+                self.staging.drop(staged)
+            return None
+        path = await self._current_path(staged, node_id)
+        staged.path = path
+        if staged.recovered and await self._unchanged(staged, upload):
+            return path, CommitOutcome(path, node_id, staged.base_version or 0), False
+        try:
+            outcome = await self._record(staged, path, upload, snap, reuse, message)
+        except ConflictError as exc:
+            staged.rejected = True
+            self.figures.conflicts += 1
+            self._error(str(exc))
+            raise
+        return path, outcome, True
+
+    async def _current_path(self, staged: StagedFile, node_id: int) -> str:
+        try:
+            # Resolved after the upload, from the metadata: the file may have moved.
+            return await self.tree.path_of(node_id, fresh=True)
+        except PathNotFound:
+            # Deleted elsewhere while we wrote: commit where it was, nothing is lost.
+            return staged.path
+
+    def _count_commit(self, upload: UploadResult, outcome: CommitOutcome) -> None:
+        self.figures.commits += 1
+        self.figures.bytes_uploaded += upload.bytes_uploaded
+        if outcome.conflict:
+            self.figures.conflicts += 1
+
+    def _follow_outcome(
+        self, staged: StagedFile, outcome: CommitOutcome, gen: int, landed_elsewhere: bool
+    ) -> None:
+        """Base the copy on what the commit left as its head, and journal that."""
+        if landed_elsewhere:
+            # keep-both: our bytes are safe in a sibling; this name follows the other
+            # writer's head from now on.
+            staged.base_version = outcome.previous_head
+        else:
+            staged.path = outcome.path
+            # (A file deleted elsewhere meanwhile is a new node now; its base is that.)
+            staged.base_version = outcome.version
+        # Writes during the commit are not in this version: the copy stays dirty.
+        if staged.gen == gen:
+            staged.dirty = False
+            staged.recovered = False
+        if self.staging.get(staged.node_id) is staged:
+            self.staging.write_journal(staged)
+
+    def _report(
+        self,
+        path: str,
+        outcome: CommitOutcome,
+        upload: UploadResult,
+        committed: bool,
+        message: str,
+    ) -> CommitReport:
+        return CommitReport(
             path=self.tree.to_mount(path) or path,
             version=outcome.version,
             size=upload.size,
@@ -293,14 +334,14 @@ class Writeback:
             landed=self.tree.to_mount(outcome.path) or outcome.path,
             message=message,
         )
-        self.last[outcome.file_id] = report
-        if staged.writers == 0:
-            if not staged.dirty or landed_elsewhere:
-                self.staging.drop(staged)
-            else:
-                # Changed again while this commit ran, and closed since.
-                self.schedule_on(CommitOn.CLOSE, staged.node_id, message)
-        return report
+
+    def _after_last_close(self, staged: StagedFile, landed_elsewhere: bool, message: str) -> None:
+        """A copy nobody has open: drop it when done with, else commit it again."""
+        if not staged.dirty or landed_elsewhere:
+            self.staging.drop(staged)
+        else:
+            # Changed again while this commit ran, and closed since.
+            self.schedule_on(CommitOn.CLOSE, staged.node_id, message)
 
     async def _upload(self, snap: Path, reuse: dict[int, Extent]) -> UploadResult:
         source = await asyncio.to_thread(open, snap, "rb")
