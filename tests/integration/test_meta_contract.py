@@ -37,6 +37,7 @@ from mediadrive.core.hashing import chunk_id
 from mediadrive.core.meta import (
     CommitOutcome,
     CommitRequest,
+    DeletedEntry,
     Extent,
     MetaStore,
     Node,
@@ -818,5 +819,138 @@ async def test_a_deleted_file_ages_out_by_the_same_rules(store: MetaStore) -> No
     assert await store.prune_versions(Retention(keep_within=3600), later) == 1
     gone = await store.last_deleted(root.id, "gone.exr")
     assert gone is not None and await store.versions(gone.id) == []
+    kept = await resolve(store, "/kept.exr")
+    assert [v.version for v in await store.versions(kept.id)] == [1]
+
+
+# -- history of deleted paths -------------------------------------------------------------
+
+
+async def test_history_walks_through_removed_folders(store: MetaStore) -> None:
+    await mkdir(store, "/folder")
+    await mkdir(store, "/folder/sub")
+    first = await commit(store, "/folder/sub/f.txt", None, b"one")
+    await commit(store, "/folder/sub/f.txt", 1, b"two")
+    await store.remove(1, "/", "folder", ACTOR, recursive=True)
+    assert await store.resolve("/folder/sub/f.txt") is None
+    (folder,) = await store.history("/folder")
+    assert folder.deleted_ns is not None
+    # The file's own row was never marked: it counts as deleted when its folder went.
+    (old,) = await store.history("/folder/sub/f.txt")
+    assert (old.id, old.head_version, old.deleted_ns) == (first.file_id, 2, folder.deleted_ns)
+    assert [v.version for v in await store.versions(old.id)] == [1, 2]
+
+    # A new folder of that name hides nothing; a new file there comes first.
+    again = await mkdir(store, "/folder")
+    assert [n.id for n in await store.history("/folder")] == [again.id, folder.id]
+    assert [n.id for n in await store.history("/folder/sub/f.txt")] == [first.file_id]
+    await mkdir(store, "/folder/sub")
+    fresh = await commit(store, "/folder/sub/f.txt", None, b"new")
+    found = await store.history("/folder/sub/f.txt")
+    assert [(n.id, n.deleted_ns is None) for n in found] == [
+        (fresh.file_id, True),
+        (first.file_id, False),
+    ]
+    assert await store.history("/nothing/f.txt") == []
+    assert await store.history("/folder/sub/f.txt/below") == []
+
+
+async def test_history_keeps_a_file_replaced_by_a_rename(store: MetaStore) -> None:
+    replaced = await commit(store, "/a.txt", None, b"a1")
+    await commit(store, "/a.txt", 1, b"a2")
+    mover = await commit(store, "/b.txt", None, b"b1")
+    await store.rename(1, "/b.txt", 1, "/a.txt", ACTOR)
+    found = await store.history("/a.txt")
+    assert [(n.id, n.deleted_ns is None) for n in found] == [
+        (mover.file_id, True),
+        (replaced.file_id, False),
+    ]
+    assert [v.version for v in await store.versions(replaced.file_id)] == [1, 2]
+
+
+async def test_deleted_under_lists_removed_files_also_inside_removed_folders(
+    store: MetaStore,
+) -> None:
+    await mkdir(store, "/show")
+    await mkdir(store, "/show/seq")
+    await commit(store, "/show/seq/a.exr", None, b"a")
+    await commit(store, "/show/seq/b.exr", None, b"b")
+    await commit(store, "/show/kept.exr", None, b"k")
+    await commit(store, "/show/gone.exr", None, b"g")
+    show = await resolve(store, "/show")
+    await store.remove(show.id, "/show", "gone.exr", ACTOR)
+    await store.remove(show.id, "/show", "seq", ACTOR, recursive=True)
+    entries = await store.deleted_under("/show")
+    # Most recent first: the folder's files went after gone.exr.
+    assert [e.path for e in entries] == ["/show/seq/a.exr", "/show/seq/b.exr", "/show/gone.exr"]
+    (seq,) = await store.history("/show/seq")
+    assert [e.node.deleted_ns for e in entries[:2]] == [seq.deleted_ns, seq.deleted_ns]
+    assert [e.path for e in await store.deleted_under("/show/seq")] == entries_paths(entries[:2])
+    # Removing the whole tree and making the folder again keeps the trash reachable.
+    await store.remove(1, "/", "show", ACTOR, recursive=True)
+    await mkdir(store, "/show")
+    paths = [e.path for e in await store.deleted_under("/show")]
+    assert sorted(paths) == [
+        "/show/gone.exr",
+        "/show/kept.exr",
+        "/show/seq/a.exr",
+        "/show/seq/b.exr",
+    ]
+    assert [e.path for e in await store.deleted_under("/")] == [
+        e.path for e in await store.deleted_under("/show")
+    ]
+    assert await store.deleted_under("/missing") == []
+
+
+def entries_paths(entries: list[DeletedEntry]) -> list[str]:
+    return [e.path for e in entries]
+
+
+async def test_commit_revives_a_deleted_file_with_its_history(store: MetaStore) -> None:
+    await mkdir(store, "/folder")
+    first = await commit(store, "/folder/f.txt", None, b"one")
+    await commit(store, "/folder/f.txt", 1, b"two")
+    await store.remove(1, "/", "folder", ACTOR, recursive=True)
+    back = await mkdir(store, "/back")
+    revive = dataclasses.replace(
+        request(back, "/back/f.txt", 2, await stored_extents(store, b"one")),
+        file_id=first.file_id,
+        revive=True,
+    )
+    # Not onto a name another file holds.
+    taken = await commit(store, "/back/f.txt", None, b"other")
+    with pytest.raises(AlreadyExists):
+        await store.commit(revive, LWW)
+    assert [n.id for n in await store.history("/back/f.txt")] == [taken.file_id]
+    await store.remove(back.id, "/back", "f.txt", ACTOR)
+
+    outcome = await store.commit(revive, LWW)
+    assert (outcome.path, outcome.file_id, outcome.version, outcome.conflict) == (
+        "/back/f.txt",
+        first.file_id,
+        3,
+        False,
+    )
+    node = await resolve(store, "/back/f.txt")
+    assert (node.id, node.head_version, node.deleted_ns) == (first.file_id, 3, None)
+    assert [v.version for v in await store.versions(first.file_id)] == [1, 2, 3]
+    _, extents = await store.version(first.file_id, 3)
+    assert [e.chunk_id for e in extents] == [chunk_id(b"one")]
+    # Its old place is empty: the file lives in one place only.
+    assert await store.history("/folder/f.txt") == []
+
+
+async def test_a_file_inside_a_removed_folder_ages_out_like_a_deleted_file(
+    store: MetaStore,
+) -> None:
+    await mkdir(store, "/folder")
+    await commit(store, "/folder/f.exr", None, b"frame")
+    await commit(store, "/kept.exr", None, b"live frame")
+    await store.remove(1, "/", "folder", ACTOR, recursive=True)
+    later = time.time() + 7200
+    assert await store.prune_versions(Retention(keep_last=1), later) == 0
+    assert await store.prune_versions(Retention(keep_within=3600), later) == 1
+    (gone,) = await store.history("/folder/f.exr")
+    assert await store.versions(gone.id) == []
     kept = await resolve(store, "/kept.exr")
     assert [v.version for v in await store.versions(kept.id)] == [1]

@@ -27,6 +27,7 @@ from .config import DriveRef, DriveSettings, check_drive_name
 from .errors import (
     AlreadyExists,
     ChunkMissing,
+    InvalidPath,
     IsADirectory,
     NotADirectory,
     PathNotFound,
@@ -37,6 +38,7 @@ from .identity import Identity
 from .meta import (
     CommitOutcome,
     CommitRequest,
+    DeletedEntry,
     Event,
     Extent,
     MetaStore,
@@ -263,6 +265,7 @@ class Drive:
         mtime_ns: int | None = None,
         origin: str = "commit",
         file_id: int | None = None,
+        revive: bool = False,
     ) -> CommitOutcome:
         path = paths.normalize(path)
         parent_path, name = paths.split(path)
@@ -282,6 +285,7 @@ class Drive:
             origin=origin,
             hold_token=upload.token,
             file_id=file_id,
+            revive=revive,
         )
         return await self.meta.commit(request, self.settings.conflict)
 
@@ -338,26 +342,46 @@ class Drive:
 
     # -- the time machine ----------------------------------------------------------------------
 
-    async def _file(self, path: str, allow_deleted: bool = True) -> Node:
+    async def history(self, path: str) -> list[Node]:
+        """Every file, symlink or folder that lived at ``path``: the live one first, then
+        deleted ones, most recently deleted first (see :meth:`MetaStore.history`)."""
+        return await self.meta.history(paths.normalize(path))
+
+    async def deleted(self, path: str = "/") -> list[DeletedEntry]:
+        """What was removed at or under the folder ``path`` (a trash view)."""
         path = paths.normalize(path)
-        try:
-            node = await self.stat(path)
-        except PathNotFound:
-            parent_path, name = paths.split(path)
-            parent = await self._folder(parent_path)
-            deleted = await self.meta.last_deleted(parent.id, name) if allow_deleted else None
-            if deleted is None:
-                raise
-            node = deleted
+        found = await self.meta.history(path)
+        if not found:
+            raise PathNotFound(f"{self.name}:{path} does not exist")
+        if not any(n.is_dir for n in found):
+            raise NotADirectory(f"{self.name}:{path} is not a folder")
+        return await self.meta.deleted_under(path)
+
+    async def _file(self, path: str, file_id: int | None = None) -> Node:
+        """The file at ``path``: the live one, else the one deleted last (also inside a
+        removed folder); or, given ``file_id``, that one of the files that lived there."""
+        path = paths.normalize(path)
+        found = await self.meta.history(path)
+        if file_id is not None:
+            found = [n for n in found if n.id == file_id]
+            if not found:
+                raise PathNotFound(f"{self.name}:{path} never held a file with id {file_id}")
+        if not found:
+            raise PathNotFound(f"{self.name}:{path} does not exist")
+        node = found[0]
         if node.is_dir:
             raise IsADirectory(f"{self.name}:{path} is a folder")
         return node
 
-    async def versions(self, path: str) -> list[VersionInfo]:
-        return await self.meta.versions((await self._file(path)).id)
+    async def versions(self, path: str, file_id: int | None = None) -> list[VersionInfo]:
+        return await self.meta.versions((await self._file(path, file_id)).id)
 
-    async def reader(self, path: str, version: int | None = None) -> VersionReader:
-        node = await self._file(path)
+    async def reader(
+        self, path: str, version: int | None = None, file_id: int | None = None
+    ) -> VersionReader:
+        return await self._reader(await self._file(path, file_id), path, version)
+
+    async def _reader(self, node: Node, path: str, version: int | None) -> VersionReader:
         number = node.head_version if version is None else version
         if number is None:
             if node.kind is NodeKind.FILE:
@@ -392,23 +416,68 @@ class Drive:
         self, reader: VersionReader, path: str, message: str = "", origin: str = "commit"
     ) -> CommitResult:
         """Commit an existing version's chunks at ``path``: no byte is uploaded."""
-        base = await self.head_version(path)
+        return await self._commit_version(
+            reader, path, await self.head_version(path), message, origin
+        )
+
+    async def _commit_version(
+        self,
+        reader: VersionReader,
+        path: str,
+        base: int | None,
+        message: str,
+        origin: str,
+        file_id: int | None = None,
+        revive: bool = False,
+    ) -> CommitResult:
         token = await self.uploader.claim_existing(reader.extents)
         upload = UploadResult(reader.extents, reader.size, 0, len(reader.extents), 0, token)
-        outcome = await self.commit(path, upload, base, message, reader.info.mode, origin=origin)
+        outcome = await self.commit(
+            path,
+            upload,
+            base,
+            message,
+            reader.info.mode,
+            origin=origin,
+            file_id=file_id,
+            revive=revive,
+        )
         return CommitResult.of(outcome, upload)
 
-    async def restore(self, path: str, version: int, message: str = "") -> CommitResult:
-        """A new head with the content of ``version``; history is never rewritten."""
-        node = await self._file(path)
-        reader = await self.reader(path, version)
-        if node.deleted_ns is not None:
-            # Bringing back a deleted file: the name must still be free.
-            with contextlib.suppress(PathNotFound):
-                await self.stat(path)
-                raise AlreadyExists(f"{self.name}:{paths.normalize(path)} exists again")
-        return await self.copy_version(
-            reader, path, message or f"restore version {version}", origin="restore"
+    async def restore(
+        self,
+        path: str,
+        version: int,
+        message: str = "",
+        *,
+        file_id: int | None = None,
+        to: str | None = None,
+    ) -> CommitResult:
+        """A new head with the content of ``version``; history is never rewritten.
+
+        A deleted file (``file_id`` picks one of those that lived at ``path``) comes
+        back with its id, so its old versions stay its history: at ``path``, or at
+        ``to`` when another file took its name; missing folders are made again.
+        """
+        path = paths.normalize(path)
+        node = await self._file(path, file_id)
+        reader = await self._reader(node, path, version)
+        message = message or f"restore version {version}"
+        if node.deleted_ns is None:
+            if to is not None and paths.normalize(to) != path:
+                raise InvalidPath(f"{self.name}:{path} is not deleted; it is restored in place")
+            return await self.copy_version(reader, path, message, origin="restore")
+        dest = paths.normalize(to) if to is not None else path
+        with contextlib.suppress(PathNotFound):
+            await self.stat(dest)
+            raise AlreadyExists(
+                f"{self.name}:{dest} is another file now; restore the deleted one to a free path"
+            )
+        parent = paths.split(dest)[0]
+        if parent != "/":
+            await self.mkdir(parent, parents=True)
+        return await self._commit_version(
+            reader, dest, node.head_version, message, "restore", file_id=node.id, revive=True
         )
 
     # -- events, GC, figures ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from .records import (
     ChunkClaim,
     CommitOutcome,
     CommitRequest,
+    DeletedEntry,
     Event,
     Extent,
     GcCandidate,
@@ -65,6 +66,20 @@ class MetaStore(Protocol):
 
     async def last_deleted(self, parent_id: int, name: str) -> Node | None:
         """The most recently deleted node of that name, for the time machine."""
+
+    async def history(self, path: str) -> list[Node]:
+        """Every node that lived at a normalized absolute drive path, for the time machine.
+
+        Walks the path through live and deleted folders alike, so a file inside a
+        removed folder (whose own row was never marked) is found, even after a new
+        folder took that folder's name. The live node comes first, then deleted ones,
+        most recently deleted first. ``deleted_ns`` of a node under a removed folder is
+        set to the time that folder went (its own, if it was removed earlier).
+        """
+
+    async def deleted_under(self, path: str) -> list[DeletedEntry]:
+        """Files and symlinks removed at or under the folder at ``path`` (any folder
+        that lived there), including those inside removed folders; most recent first."""
 
     async def list_dir(self, dir_id: int) -> list[Node]:
         """The live children of a folder, by name."""
@@ -118,7 +133,11 @@ class MetaStore(Protocol):
     # -- versions -----------------------------------------------------------------------
 
     async def commit(self, req: CommitRequest, policy: ConflictPolicy) -> CommitOutcome:
-        """A new version from stored chunks, applying ``policy`` if the head moved."""
+        """A new version from stored chunks, applying ``policy`` if the head moved.
+
+        With ``req.revive`` a deleted file ``req.file_id`` first takes the (free) name
+        again, in the same transaction; AlreadyExists if the name is taken.
+        """
 
     async def label_version(
         self, file_id: int, version: int, message: str, replaceable: Sequence[str] = ("",)

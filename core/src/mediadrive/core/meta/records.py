@@ -35,6 +35,15 @@ class Node:
 
 
 @dataclass(frozen=True, slots=True)
+class DeletedEntry:
+    """A file or symlink removed under a folder: where it last lived, and the node
+    (``deleted_ns`` is its own deletion or, inside a removed folder, the folder's)."""
+
+    path: str
+    node: Node
+
+
+@dataclass(frozen=True, slots=True)
 class Extent:
     """``length`` bytes at file ``offset`` are the whole of chunk ``chunk_id``."""
 
@@ -96,6 +105,9 @@ class CommitRequest:
     # The file as the writer knew it: if it was renamed meanwhile, the version lands
     # where it is now, not as a new file at the old name.
     file_id: int | None = None
+    # Bring the deleted file ``file_id`` back at ``parent_path/name`` with this version,
+    # so its history continues under the same id (a restore of a deleted path).
+    revive: bool = False
 
 
 @dataclass(frozen=True, slots=True)

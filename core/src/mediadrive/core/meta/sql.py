@@ -10,6 +10,7 @@ serialization conflict.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import posixpath
@@ -39,6 +40,7 @@ from .records import (
     ChunkClaim,
     CommitOutcome,
     CommitRequest,
+    DeletedEntry,
     Event,
     Extent,
     GcCandidate,
@@ -372,6 +374,67 @@ class SqlMetaStore(ABC):
 
         return await self._run(body, write=False)
 
+    async def _children(
+        self, tx: Tx, parents: Sequence[Node], name: str | None = None
+    ) -> list[tuple[Node, Node]]:
+        """(parent, child) for every child, live or deleted, of these folders (only those
+        called ``name`` if given). A child inherits its parent's deletion time when the
+        parent went first: a removed folder never marks its contents."""
+        found: list[tuple[Node, Node]] = []
+        by_id = {p.id: p for p in parents}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            marks = ", ".join("?" for _ in batch)
+            named = " AND name = ?" if name is not None else ""
+            rows = await tx.fetchall(
+                f"SELECT {NODE_COLUMNS} FROM nodes WHERE drive = ? "
+                f"AND parent_id IN ({marks}){named}",
+                (self.drive, *batch, *([name] if name is not None else [])),
+            )
+            for row in rows:
+                child = _node(row)
+                parent = by_id[child.parent_id or 0]
+                gone = [t for t in (child.deleted_ns, parent.deleted_ns) if t is not None]
+                found.append(
+                    (parent, dataclasses.replace(child, deleted_ns=min(gone, default=None)))
+                )
+        return found
+
+    async def _history(self, tx: Tx, path: str) -> list[Node]:
+        root = await self._get_node(tx, ROOT_ID)
+        level = [root] if root is not None else []
+        for part in [p for p in path.split("/") if p]:
+            folders = [n for n in level if n.is_dir]
+            if not folders:
+                return []
+            level = [child for _, child in await self._children(tx, folders, part)]
+        # Live first, then the most recently deleted.
+        return sorted(level, key=lambda n: (n.deleted_ns is not None, -(n.deleted_ns or 0), -n.id))
+
+    async def history(self, path: str) -> list[Node]:
+        return await self._run(lambda tx: self._history(tx, path), write=False)
+
+    async def deleted_under(self, path: str) -> list[DeletedEntry]:
+        async def body(tx: Tx) -> list[DeletedEntry]:
+            found: list[DeletedEntry] = []
+            folders = [n for n in await self._history(tx, path) if n.is_dir]
+            where = {n.id: path for n in folders}
+            while folders:
+                below: list[Node] = []
+                for parent, child in await self._children(tx, folders):
+                    child_path = posixpath.join(where[parent.id], child.name)
+                    if child.is_dir:
+                        where[child.id] = child_path
+                        below.append(child)
+                    elif child.deleted_ns is not None:
+                        found.append(DeletedEntry(child_path, child))
+                folders = below
+            found.sort(key=lambda e: (-(e.node.deleted_ns or 0), e.path))
+            return found
+
+        return await self._run(body, write=False)
+
     async def list_dir(self, dir_id: int) -> list[Node]:
         async def body(tx: Tx) -> list[Node]:
             rows = await tx.fetchall(
@@ -654,6 +717,8 @@ class SqlMetaStore(ABC):
             parent_id, parent_path, name = req.parent_id, req.parent_path, req.name
             path = posixpath.join(parent_path, name)
             known = await self._get_node(tx, req.file_id) if req.file_id is not None else None
+            if req.revive and known is not None and await self._gone(tx, known):
+                known = await self._revive(tx, known, parent_id, parent_path, name)
             if known is not None and known.deleted_ns is None and known.parent_id is not None:
                 parent_id, name = known.parent_id, known.name
                 parent_path = await self._path_of(tx, parent_id)
@@ -734,6 +799,36 @@ class SqlMetaStore(ABC):
                 "was committed"
             )
         return outcome
+
+    async def _gone(self, tx: Tx, node: Node) -> bool:
+        """True if the node or a folder above it was removed."""
+        cursor: Node | None = node
+        while cursor is not None:
+            if cursor.deleted_ns is not None:
+                return True
+            if cursor.parent_id is None:
+                return False
+            cursor = await self._get_node(tx, cursor.parent_id)
+        return True
+
+    async def _revive(
+        self, tx: Tx, node: Node, parent_id: int, parent_path: str, name: str
+    ) -> Node:
+        """Put a deleted node back, live, at a free name (same id: its history goes on)."""
+        path = posixpath.join(parent_path, name)
+        await self._live_dir(tx, parent_id, parent_path)
+        if await self._lookup(tx, parent_id, name) is not None:
+            raise AlreadyExists(f"{path!r} already exists")
+        now_ns = time.time_ns()
+        await tx.execute(
+            "UPDATE nodes SET parent_id = ?, name = ?, deleted_ns = NULL, ctime_ns = ? "
+            "WHERE drive = ? AND id = ?",
+            (parent_id, name, now_ns, self.drive, node.id),
+        )
+        await self._touch_dir(tx, parent_id, now_ns)
+        revived = await self._get_node(tx, node.id)
+        assert revived is not None
+        return revived
 
     async def _path_of(self, tx: Tx, dir_id: int) -> str:
         names = []
@@ -973,25 +1068,27 @@ class SqlMetaStore(ABC):
     async def prune_versions(self, retention: Retention, now: float) -> int:
         """Delete versions no rule keeps. Returns how many went.
 
-        A live file's head always stays; a deleted file has no head to protect, so
-        its history ages out by the same rules (``keep_last`` still keeps its last N).
+        A live file's head always stays; a deleted file (also one inside a removed
+        folder) has no head to protect, so its history ages out by the same rules
+        (``keep_last`` still keeps its last N).
         """
         if retention.keep_last is None and retention.keep_within is None:
             return 0
 
         async def body(tx: Tx) -> int:
             rows = await tx.fetchall(
-                "SELECT v.file_id, v.version, v.created, n.head_version, n.deleted_ns "
+                "SELECT v.file_id, v.version, v.created, n.head_version "
                 "FROM versions v "
                 "JOIN nodes n ON n.drive = v.drive AND n.id = v.file_id "
                 "WHERE v.drive = ? ORDER BY v.file_id, v.version DESC",
                 (self.drive,),
             )
+            gone = await self._gone_ids(tx)
             doomed: list[tuple[int, int]] = []
             rank: dict[int, int] = {}
-            for file_id, version, created, head, deleted_ns in rows:
+            for file_id, version, created, head in rows:
                 rank[file_id] = rank.get(file_id, 0) + 1
-                if version == head and deleted_ns is None:
+                if version == head and file_id not in gone:
                     continue
                 if retention.keep_last is not None and rank[file_id] <= retention.keep_last:
                     continue
@@ -1007,6 +1104,34 @@ class SqlMetaStore(ABC):
             return len(doomed)
 
         return await self._run(body)
+
+    async def _gone_ids(self, tx: Tx) -> set[int]:
+        """Ids of nodes removed themselves or inside a removed folder."""
+        rows = await tx.fetchall(
+            "SELECT id, parent_id, deleted_ns FROM nodes WHERE drive = ?", (self.drive,)
+        )
+        parent = {r[0]: r[1] for r in rows}
+        gone = {r[0] for r in rows if r[2] is not None}
+        known: dict[int, bool] = {}
+
+        def is_gone(node_id: int) -> bool:
+            trail: list[int] = []
+            cursor: int | None = node_id
+            result = False
+            while cursor is not None:
+                if cursor in known:
+                    result = known[cursor]
+                    break
+                trail.append(cursor)
+                if cursor in gone:
+                    result = True
+                    break
+                cursor = parent.get(cursor)
+            for seen in trail:
+                known[seen] = result
+            return result
+
+        return {node_id for node_id in parent if is_gone(node_id)}
 
     async def gc_candidates(self, cutoff: float) -> list[GcCandidate]:
         """Chunks no version references and nobody has held since ``cutoff``."""
