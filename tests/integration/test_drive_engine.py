@@ -16,7 +16,14 @@ import pytest
 
 from mediadrive.core.config import DriveSettings, Retention
 from mediadrive.core.drive import Drive
-from mediadrive.core.errors import ChunkMissing, CorruptChunk, NotFound, VersionNotFound
+from mediadrive.core.errors import (
+    AlreadyExists,
+    ChunkMissing,
+    CorruptChunk,
+    NotFound,
+    PathNotFound,
+    VersionNotFound,
+)
 from mediadrive.core.hashing import BLOCK_SIZE, chunk_id
 from mediadrive.core.meta import Extent
 from tests.servers import S3Server, create_database
@@ -313,3 +320,70 @@ async def test_keeping_a_chunk_the_drive_lost_is_an_error(drive: Drive, tmp_path
     gone = Extent(0, CHUNK, chunk_id(os.urandom(CHUNK)))
     with open(sparse, "rb") as f, pytest.raises(ChunkMissing):
         await drive.upload(f, reuse={0: gone})
+
+
+# -- history of deleted paths -----------------------------------------------------------------
+
+
+async def test_a_file_in_a_removed_folder_comes_back_with_its_history(drive: Drive) -> None:
+    v1, v2 = os.urandom(CHUNK + 10), b"second take"
+    await drive.mkdir("/folder/sub", parents=True)
+    first = await drive.write_file("/folder/sub/f.txt", io.BytesIO(v1))
+    await drive.write_file("/folder/sub/f.txt", io.BytesIO(v2))
+    await drive.remove("/folder", recursive=True)
+    with pytest.raises(PathNotFound):
+        await drive.stat("/folder/sub/f.txt")
+    # Reachable for reading, also after a new folder takes the old one's name.
+    assert [v.version for v in await drive.versions("/folder/sub/f.txt")] == [1, 2]
+    await drive.mkdir("/folder", parents=True)
+    assert await read_all(drive, "/folder/sub/f.txt", 1) == v1
+    assert [e.path for e in await drive.deleted("/folder")] == ["/folder/sub/f.txt"]
+
+    restored = await drive.restore("/folder/sub/f.txt", 1)
+    assert (restored.path, restored.file_id, restored.version) == (
+        "/folder/sub/f.txt",
+        first.file_id,
+        3,
+    )
+    assert [(v.version, v.origin) for v in await drive.versions("/folder/sub/f.txt")] == [
+        (1, "commit"),
+        (2, "commit"),
+        (3, "restore"),
+    ]
+    assert await read_all(drive, "/folder/sub/f.txt") == v1
+    assert await read_all(drive, "/folder/sub/f.txt", 2) == v2
+    assert await drive.deleted("/folder") == []
+
+
+async def test_a_file_replaced_by_a_move_keeps_its_history(drive: Drive) -> None:
+    await drive.write_file("/a.txt", io.BytesIO(b"a one"))
+    await drive.write_file("/a.txt", io.BytesIO(b"a two"))
+    mover = await drive.write_file("/b.txt", io.BytesIO(b"b one"))
+    await drive.move("/b.txt", "/a.txt")
+    live, replaced = await drive.history("/a.txt")
+    assert (live.id, live.deleted_ns is None, replaced.deleted_ns is None) == (
+        mover.file_id,
+        True,
+        False,
+    )
+    assert [e.path for e in await drive.deleted("/")] == ["/a.txt"]
+    assert [v.version for v in await drive.versions("/a.txt", file_id=replaced.id)] == [1, 2]
+    assert await read_all(drive, "/a.txt") == b"b one"
+    # The name is taken, so the replaced file comes back elsewhere, history and all.
+    with pytest.raises(AlreadyExists):
+        await drive.restore("/a.txt", 1, file_id=replaced.id)
+    back = await drive.restore("/a.txt", 1, file_id=replaced.id, to="/old/a.txt")
+    assert (back.path, back.file_id, back.version) == ("/old/a.txt", replaced.id, 3)
+    assert [v.version for v in await drive.versions("/old/a.txt")] == [1, 2, 3]
+    assert await read_all(drive, "/old/a.txt") == b"a one"
+    assert await read_all(drive, "/a.txt") == b"b one"
+
+
+async def test_a_restored_deleted_file_keeps_its_id(drive: Drive) -> None:
+    first = await drive.write_file("/clip.mov", io.BytesIO(b"one"))
+    await drive.write_file("/clip.mov", io.BytesIO(b"two"))
+    await drive.remove("/clip.mov")
+    restored = await drive.restore("/clip.mov", 1)
+    assert (restored.file_id, restored.version) == (first.file_id, 3)
+    assert [v.version for v in await drive.versions("/clip.mov")] == [1, 2, 3]
+    assert await read_all(drive, "/clip.mov") == b"one"
