@@ -195,6 +195,90 @@ def test_tree_commands_and_time_machine(cli: Cli, tmp_path: Path) -> None:
     assert [json.loads(line)["seq"] for line in later] == [6, 7]
 
 
+def test_history_of_a_removed_folder_stays_reachable(
+    backend: tuple[Cli, list[str]], tmp_path: Path
+) -> None:
+    cli, options = backend
+    name = unique("hist")
+    cli.run("drive", "create", name, *options)
+    src = tmp_path / "f.txt"
+    v1 = random_file(src, 2 * MIB)
+    cli.run("cp", str(src), f"{name}:/folder/sub/f.txt")
+    src.write_bytes(b"second take")
+    cli.run("cp", str(src), f"{name}:/folder/sub/f.txt")
+    cli.run("rm", "-r", f"{name}:/folder")
+
+    path = f"{name}:/folder/sub/f.txt"
+    assert [v["version"] for v in cli.json("versions", path)] == [1, 2]
+    # A new folder of the same name hides nothing.
+    cli.run("mkdir", "-p", f"{name}:/folder")
+    assert [v["version"] for v in cli.json("versions", path)] == [1, 2]
+    assert "was removed at" in cli.run("versions", path).stdout
+    (trashed,) = cli.json("ls", "--deleted", f"{name}:/folder")
+    assert (trashed["path"], trashed["version"], trashed["kind"]) == (
+        "/folder/sub/f.txt",
+        2,
+        "file",
+    )
+    out = tmp_path / "back.txt"
+    cli.run("cp", f"{path}@1", str(out))
+    assert out.read_bytes() == v1
+
+    restored = cli.json("restore", path, "--version", "1")
+    assert (restored["path"], restored["version"]) == ("/folder/sub/f.txt", 3)
+    listed = cli.json("versions", path)
+    assert [(v["version"], v["origin"]) for v in listed] == [
+        (1, "commit"),
+        (2, "commit"),
+        (3, "restore"),
+    ]
+    assert {v["file_id"] for v in listed} == {trashed["id"]}
+    assert [e["name"] for e in cli.json("ls", f"{name}:/folder/sub")] == ["f.txt"]
+    cli.run("cp", path, str(out))
+    assert out.read_bytes() == v1
+    cli.run("cp", f"{path}@2", str(out))
+    assert out.read_bytes() == b"second take"
+    assert cli.json("ls", "--deleted", f"{name}:/folder") == []
+
+
+def test_a_file_replaced_by_mv_keeps_its_history(cli: Cli, tmp_path: Path) -> None:
+    cli.run("drive", "create", "show")
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"a one")
+    cli.run("cp", str(src), "show:/a.txt")
+    src.write_bytes(b"a two")
+    cli.run("cp", str(src), "show:/a.txt")
+    src.write_bytes(b"b one")
+    cli.run("cp", str(src), "show:/b.txt")
+    cli.run("mv", "show:/b.txt", "show:/a.txt")
+
+    live, replaced = cli.json("versions", "--all", "show:/a.txt")
+    assert (live["deleted"], len(live["versions"])) == (None, 1)
+    assert replaced["deleted"] is not None
+    assert [v["version"] for v in replaced["versions"]] == [1, 2]
+    (trashed,) = cli.json("ls", "--deleted", "show:/")
+    assert (trashed["path"], trashed["id"]) == ("/a.txt", replaced["id"])
+    old_id = str(replaced["id"])
+    assert [v["version"] for v in cli.json("versions", "show:/a.txt", "--id", old_id)] == [1, 2]
+
+    # The name is taken: the replaced file comes back elsewhere, with its history.
+    message = cli.fails("restore", "show:/a.txt", "--id", old_id, "--version", "1")
+    assert "show:/a.txt is another file now" in message
+    cli.run("restore", "show:/a.txt", "--id", old_id, "--version", "1", "--to", "show:/old/a.txt")
+    listed = cli.json("versions", "show:/old/a.txt")
+    assert [(v["version"], v["file_id"]) for v in listed] == [
+        (1, replaced["id"]),
+        (2, replaced["id"]),
+        (3, replaced["id"]),
+    ]
+    out = tmp_path / "out.txt"
+    cli.run("cp", "show:/old/a.txt", str(out))
+    assert out.read_bytes() == b"a one"
+    cli.run("cp", "show:/a.txt", str(out))
+    assert out.read_bytes() == b"b one"
+    assert "never held a file with id 999" in cli.fails("versions", "show:/a.txt", "--id", "999")
+
+
 def test_gc_collects_only_unreferenced_chunks(tmp_path: Path) -> None:
     cli = Cli(tmp_path / "home", {})
     cli.run("drive", "create", "keep", "--chunk-size", "1MiB", "--keep-last", "1")

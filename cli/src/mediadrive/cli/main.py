@@ -401,6 +401,13 @@ def _node_json(node: Node, parent: str) -> dict[str, Any]:
 @app.command("ls")
 def ls(
     target: Annotated[str, typer.Argument(help="NAME:/path (NAME: for the root).")],
+    deleted: Annotated[
+        bool,
+        typer.Option(
+            "--deleted",
+            help="List the files removed under this folder, also inside removed folders.",
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """List a folder of a drive (metadata only; no chunk is read)."""
@@ -410,6 +417,9 @@ def ls(
     from mediadrive.core.units import format_size
 
     where = drive_target(target)
+    if deleted:
+        _ls_deleted(where, json_out)
+        return
 
     async def body(drive: Drive) -> tuple[list[Node], str]:
         node = await drive.stat(where.path)
@@ -432,6 +442,44 @@ def ls(
             "" if node.head_version is None else str(node.head_version),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(node.mtime_ns / 1e9)),
             name,
+        )
+    out.print(table)
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _ls_deleted(where: DriveTarget, json_out: bool) -> None:
+    """The trash view: every removed file under a folder, most recently removed first."""
+    from rich.table import Table
+
+    from mediadrive.core.units import format_size
+
+    entries = run(with_drive(where.drive, lambda d: d.deleted(where.path)))
+    if json_out:
+        print_json(
+            [
+                {
+                    "path": e.path,
+                    "id": e.node.id,
+                    "kind": e.node.kind.value,
+                    "size": e.node.size,
+                    "version": e.node.head_version,
+                    "deleted": (e.node.deleted_ns or 0) / 1e9,
+                }
+                for e in entries
+            ]
+        )
+        return
+    table = Table("deleted", "size", "version", "id", "path", box=None)
+    for e in entries:
+        table.add_row(
+            _when((e.node.deleted_ns or 0) / 1e9),
+            format_size(e.node.size),
+            "" if e.node.head_version is None else str(e.node.head_version),
+            str(e.node.id),
+            e.path,
         )
     out.print(table)
 
@@ -470,30 +518,68 @@ def rm(
 # -- the time machine ----------------------------------------------------------------------------
 
 
+FileIdOption = Annotated[
+    int | None,
+    typer.Option(
+        "--id",
+        help="Which of the files that lived at this path (ids from ls --deleted or "
+        "versions --all); default: the live one, else the one removed last.",
+    ),
+]
+
+
+def _drive_only(target: str, what: str) -> DriveTarget:
+    where = parse_target(target)
+    if where is None:
+        fail(f"{what} works on drive paths (NAME:/path), not on {target!r}")
+    return where
+
+
 @app.command("versions")
 def versions(
     target: Annotated[str, typer.Argument(help="NAME:/path, or a path inside a mount.")],
+    file_id: FileIdOption = None,
+    every: Annotated[
+        bool,
+        typer.Option("--all", help="Every file that lived at this path, with when it was removed."),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """List every version of a file."""
+    """List every version of a file, also of a deleted one."""
+    if every:
+        _versions_of_all(_drive_only(target, "--all"), json_out)
+        return
+    listed = None if file_id is not None else _local("local_versions", target)
+    deleted_ns: int | None = None
+    if listed is None:
+        where = (
+            drive_target(target, or_mount=True) if file_id is None else _drive_only(target, "--id")
+        )
+
+        async def body(drive: Drive) -> tuple[int | None, list[dict[str, Any]]]:
+            node = await drive.find_file(where.path, file_id)
+            return node.deleted_ns, [asdict(v) for v in await drive.meta.versions(node.id)]
+
+        deleted_ns, listed = run(with_drive(where.drive, body))
+    if json_out:
+        print_json(listed)
+        return
+    if deleted_ns is not None:
+        out.print(f"{target} was removed at {_when(deleted_ns / 1e9)}")
+    _print_versions(listed)
+
+
+def _print_versions(listed: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     from mediadrive.core.units import format_size
 
-    listed = _local("local_versions", target)
-    if listed is None:
-        where = drive_target(target, or_mount=True)
-        found = run(with_drive(where.drive, lambda d: d.versions(where.path)))
-        listed = [asdict(v) for v in found]
-    if json_out:
-        print_json(listed)
-        return
     table = Table("version", "size", "created", "author", "origin", "message", box=None)
     for v in listed:
         table.add_row(
             str(v["version"]),
             format_size(v["size"]),
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["created"])),
+            _when(v["created"]),
             v["author"],
             v.get("origin", ""),
             v["message"],
@@ -501,23 +587,72 @@ def versions(
     out.print(table)
 
 
+def _versions_of_all(where: DriveTarget, json_out: bool) -> None:
+    async def body(drive: Drive) -> list[dict[str, Any]]:
+        found = []
+        for node in await drive.history(where.path):
+            if node.is_dir:
+                continue
+            history = [asdict(v) for v in await drive.meta.versions(node.id)]
+            gone = None if node.deleted_ns is None else node.deleted_ns / 1e9
+            found.append({"id": node.id, "deleted": gone, "versions": history})
+        if not found:
+            raise PathNotFound(f"{where} never held a file")
+        return found
+
+    found = run(with_drive(where.drive, body))
+    if json_out:
+        print_json(found)
+        return
+    for item in found:
+        state = "live" if item["deleted"] is None else f"removed {_when(item['deleted'])}"
+        out.print(f"file id {item['id']} ({state}):")
+        _print_versions(item["versions"])
+
+
 @app.command("restore")
 def restore(
     target: Annotated[str, typer.Argument(help="NAME:/path, or a path inside a mount.")],
     version: Annotated[int, typer.Option("--version", help="The version to bring back.")],
     message: Annotated[str, typer.Option("-m", "--message")] = "",
+    file_id: FileIdOption = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Bring a deleted file back at this NAME:/path (when another file took its name).",
+        ),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Make an old version the head again, as a new version (history is kept)."""
-    restored = _local("local_restore", target, version)
+    """Make an old version the head again, as a new version (history is kept).
+
+    A deleted file comes back with all its versions, its folders made again.
+    """
+    plain = file_id is None and to is None
+    restored = _local("local_restore", target, version) if plain else None
     if restored is None:
-        where = drive_target(target, or_mount=True)
-        outcome = run(with_drive(where.drive, lambda d: d.restore(where.path, version, message)))
+        where = drive_target(target, or_mount=True) if plain else _drive_only(target, "--id/--to")
+        dest = drive_target(to) if to is not None else None
+        if dest is not None and dest.drive != where.drive:
+            fail("--to must be in the same drive")
+        outcome = run(
+            with_drive(
+                where.drive,
+                lambda d: d.restore(
+                    where.path,
+                    version,
+                    message,
+                    file_id=file_id,
+                    to=None if dest is None else dest.path,
+                ),
+            )
+        )
         restored = {"path": outcome.path, "version": outcome.version, "restored": version}
     if json_out:
         print_json(restored)
     else:
-        out.print(f"{target}: version {restored['version']} now holds version {version}")
+        out.print(f"{to or target}: version {restored['version']} now holds version {version}")
 
 
 def _local(name: str, *args: Any) -> Any:

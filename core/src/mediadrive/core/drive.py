@@ -357,7 +357,7 @@ class Drive:
             raise NotADirectory(f"{self.name}:{path} is not a folder")
         return await self.meta.deleted_under(path)
 
-    async def _file(self, path: str, file_id: int | None = None) -> Node:
+    async def find_file(self, path: str, file_id: int | None = None) -> Node:
         """The file at ``path``: the live one, else the one deleted last (also inside a
         removed folder); or, given ``file_id``, that one of the files that lived there."""
         path = paths.normalize(path)
@@ -374,12 +374,12 @@ class Drive:
         return node
 
     async def versions(self, path: str, file_id: int | None = None) -> list[VersionInfo]:
-        return await self.meta.versions((await self._file(path, file_id)).id)
+        return await self.meta.versions((await self.find_file(path, file_id)).id)
 
     async def reader(
         self, path: str, version: int | None = None, file_id: int | None = None
     ) -> VersionReader:
-        return await self._reader(await self._file(path, file_id), path, version)
+        return await self._reader(await self.find_file(path, file_id), path, version)
 
     async def _reader(self, node: Node, path: str, version: int | None) -> VersionReader:
         number = node.head_version if version is None else version
@@ -460,7 +460,7 @@ class Drive:
         ``to`` when another file took its name; missing folders are made again.
         """
         path = paths.normalize(path)
-        node = await self._file(path, file_id)
+        node = await self.find_file(path, file_id)
         reader = await self._reader(node, path, version)
         message = message or f"restore version {version}"
         if node.deleted_ns is None:
