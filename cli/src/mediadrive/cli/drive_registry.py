@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from mediadrive.core import private
 from mediadrive.core.config import DriveRef, DriveSettings, check_drive_name
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import AlreadyExists, ConfigError, DriveNotFound
@@ -36,9 +37,10 @@ def default_ref(name: str, settings: CliSettings | None = None) -> DriveRef:
 
 def save_ref(ref: DriveRef, settings: CliSettings | None = None) -> None:
     folder = _home(settings) / ref.name
-    folder.mkdir(parents=True, exist_ok=True)
+    # The drive's folder holds its metadata and chunks (embedded defaults): owner only.
+    private.make_dir(folder, tighten=True)
     tmp = folder / (REF_FILE + ".tmp")
-    tmp.write_text(ref.model_dump_json(indent=2) + "\n")
+    private.write_file(tmp, ref.model_dump_json(indent=2) + "\n")
     tmp.replace(folder / REF_FILE)
 
 
@@ -79,7 +81,7 @@ async def create_drive(
     default = default_ref(name, cli)
     made_folder = not folder.exists()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private.make_dir(folder, tighten=True)
         drive = await Drive.create(
             name,
             meta_url or default.meta_url,

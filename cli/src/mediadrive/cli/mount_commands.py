@@ -79,6 +79,14 @@ def mount(
         ),
     ] = True,
     subdir: Annotated[str, typer.Option(help="Mount this folder of the drive.")] = "/",
+    allow_other: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other",
+            help="Let other users of this machine reach the mount (FUSE allow_other; "
+            "needs user_allow_other in /etc/fuse.conf unless root).",
+        ),
+    ] = False,
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Serve in this process until unmounted.")
     ] = False,
@@ -109,6 +117,7 @@ def mount(
         read_only=read_only,
         passthrough=passthrough,
         subdir=subdir,
+        allow_other=allow_other,
     )
     if foreground:
         from mediadrive.node.agent import run_agent

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mediadrive.core import private
 from mediadrive.core.errors import (
     ConflictError,
     InvalidPath,
@@ -373,6 +374,6 @@ async def start_api(service: MountService, socket_path: Path) -> Callable[[], Aw
 
 
 def _clear_socket(socket_path: Path) -> None:
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    private.make_dir(socket_path.parent)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()
