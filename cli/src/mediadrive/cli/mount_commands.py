@@ -345,7 +345,9 @@ def _guard(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except MediadriveError as exc:
-            sys.stderr.write(f"mediadrive: error: {exc}\n")
+            from mediadrive.core.credentials import redact_url
+
+            sys.stderr.write(f"mediadrive: error: {redact_url(str(exc))}\n")
             raise typer.Exit(1) from None
 
     return wrapper

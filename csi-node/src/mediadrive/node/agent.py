@@ -32,6 +32,7 @@ import pyfuse3
 import pyfuse3.asyncio
 
 from mediadrive.core import private
+from mediadrive.core.credentials import redact_url
 from mediadrive.core.errors import MediadriveError
 from mediadrive.core.logs import JsonFormatter
 
@@ -248,7 +249,7 @@ async def run_agent(options: MountOptions, ready: Callable[[str | None], None]) 
     try:
         await agent.start()
     except BaseException as exc:
-        message = str(exc) if isinstance(exc, MediadriveError) else f"{exc!r}"
+        message = redact_url(str(exc) if isinstance(exc, MediadriveError) else f"{exc!r}")
         log.error("mount failed: %s", message)
         with contextlib.suppress(Exception):
             await agent.shutdown()

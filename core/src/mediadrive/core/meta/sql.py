@@ -21,6 +21,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 from ..config import ConflictPolicy, DriveSettings, Retention
+from ..credentials import redact_url
 from ..errors import (
     AlreadyExists,
     ChunkMissing,
@@ -224,7 +225,8 @@ class SqlMetaStore(ABC):
     def _where(self) -> str:
         if self.url.startswith("sqlite:"):
             return self.url.removeprefix("sqlite://")
-        return self.url.split("@")[-1]
+        # No user, and no password a query string may hold.
+        return redact_url(self.url.split("@")[-1])
 
     # -- counters and events ----------------------------------------------------------
 
