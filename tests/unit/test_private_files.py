@@ -19,7 +19,7 @@ from mediadrive.core.drive import Drive
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.identity import Identity
 from mediadrive.core.meta import Extent
-from mediadrive.node.agent import log_handler
+from mediadrive.node.agent import RedactingFormatter, log_handler
 from mediadrive.node.cache import BlockCache
 from mediadrive.node.passthrough import Views
 from mediadrive.node.registry import MountEntry, MountRegistry
@@ -146,3 +146,13 @@ def test_the_agent_log_rotates_by_size(tmp_path: Path) -> None:
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["agent.log", "agent.log.1", "agent.log.2", "agent.log.3"]
     assert all((tmp_path / name).stat().st_size <= 10_000 for name in files)
+
+
+def test_the_agent_log_masks_passwords(tmp_path: Path) -> None:
+    handler = log_handler(tmp_path / "agent.log", 10_000, 1)
+    handler.setFormatter(RedactingFormatter())
+    record = logging.makeLogRecord({"msg": "cannot reach %s", "args": ("postgresql://u:s3cr@h/d",)})
+    handler.emit(record)
+    handler.close()
+    text = (tmp_path / "agent.log").read_text()
+    assert "s3cr" not in text and "postgresql://u:***@h/d" in text

@@ -222,6 +222,13 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
         )
 
 
+class RedactingFormatter(JsonFormatter):
+    """JSON lines with every URL's password masked (a driver's error may quote one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(super().format(record))
+
+
 def log_handler(log_path: Path, max_bytes: int, backups: int) -> logging.Handler:
     """The agent's log file: at most ``max_bytes`` each, ``backups`` old ones kept."""
     private.make_dir(log_path.parent)
@@ -234,7 +241,7 @@ def _setup_logging(log_path: Path | None, options: MountOptions) -> None:
         handler = log_handler(log_path, options.log_max_size, options.log_backups)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(RedactingFormatter())
     level = options.log_level
     root = logging.getLogger()
     root.addHandler(handler)
