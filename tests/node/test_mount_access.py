@@ -31,6 +31,9 @@ def test_allow_other_only_when_asked_for(make_drive: DriveFactory, mounts: Mount
     assert os.geteuid() == 0 and "allow_other" not in mount_options(private_mount.path)
     shared = mounts.mount(name, allow_other=True)
     assert "allow_other" in mount_options(shared.path)
+    # The options (store URLs) reach the agent on stdin: any user can read a command line.
+    with open(f"/proc/{shared.pid()}/cmdline", "rb") as f:
+        assert b"sqlite:" not in f.read()
 
 
 def wide_modes(root: Path) -> list[str]:

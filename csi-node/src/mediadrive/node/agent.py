@@ -5,7 +5,8 @@ unix socket, commits staged writes in the background, follows the drive's events
 and keeps pinned files local. This module is the process's lifecycle: start, serve,
 shut down, signals and logging; the parts are built by :mod:`.assembly`, and what
 callers ask of the mount is :class:`~.service.MountService`.
-``python -m mediadrive.node.agent --options JSON`` runs one; ``mediadrive mount``
+``python -m mediadrive.node.agent --options JSON`` (or ``--options -`` and the JSON
+on stdin) runs one; ``mediadrive mount``
 starts it as a daemon and waits until it is live.
 """
 
@@ -272,11 +273,12 @@ async def run_agent(options: MountOptions, ready: Callable[[str | None], None]) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mediadrive.node.agent")
-    parser.add_argument("--options", required=True, help="MountOptions as JSON")
+    parser.add_argument("--options", required=True, help="MountOptions as JSON; - reads stdin")
     parser.add_argument("--ready-fd", type=int, default=None)
     parser.add_argument("--log", type=Path, default=None)
     args = parser.parse_args(argv)
-    options = MountOptions.model_validate(json.loads(args.options))
+    text = sys.stdin.read() if args.options == "-" else args.options
+    options = MountOptions.model_validate(json.loads(text))
     _setup_logging(args.log, options)
     # `kill -USR1 PID` writes every thread's stack to the log: how to see where it hangs.
     dump = (

@@ -206,8 +206,10 @@ def mount(options: MountOptions, timeout: float = 60.0) -> MountEntry:
         sys.executable,
         "-m",
         "mediadrive.node.agent",
+        # On stdin, not in argv: every local user can read a command line, and the
+        # options hold the store URLs.
         "--options",
-        options.model_dump_json(),
+        "-",
         "--ready-fd",
         str(write_fd),
         "--log",
@@ -216,13 +218,16 @@ def mount(options: MountOptions, timeout: float = 60.0) -> MountEntry:
     with open(log_path, "ab", opener=private.opener) as log_file:
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=log_file,
             stderr=log_file,
             pass_fds=(write_fd,),
             start_new_session=True,
         )
     os.close(write_fd)
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError), proc.stdin:
+        proc.stdin.write(options.model_dump_json().encode())
     try:
         answer = _read_answer(read_fd, timeout)
     finally:

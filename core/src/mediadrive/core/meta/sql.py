@@ -225,8 +225,8 @@ class SqlMetaStore(ABC):
     def _where(self) -> str:
         if self.url.startswith("sqlite:"):
             return self.url.removeprefix("sqlite://")
-        # No user, and no password a query string may hold.
-        return redact_url(self.url.split("@")[-1])
+        # Host and database only: no user, no query (a passfile, or a password).
+        return redact_url(self.url.split("@")[-1].split("?")[0])
 
     # -- counters and events ----------------------------------------------------------
 
