@@ -30,6 +30,7 @@ from .output import JsonFlag, err, out, print_json
 from .targets import DriveTarget, parse_target
 
 if TYPE_CHECKING:
+    from mediadrive.core.config import DriveRef
     from mediadrive.core.drive import CommitResult, Drive
     from mediadrive.core.meta import Node
 
@@ -49,7 +50,10 @@ app.add_typer(drive_app, name="drive")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    sys.stderr.write(f"mediadrive: error: {message}\n")
+    from mediadrive.core.credentials import redact_url
+
+    # Messages may quote a store URL or a driver's error naming one: mask passwords.
+    sys.stderr.write(f"mediadrive: error: {redact_url(message)}\n")
     raise typer.Exit(code)
 
 
@@ -81,6 +85,15 @@ def drive_target(text: str, allow_version: bool = False, or_mount: bool = False)
     return target
 
 
+MetaPasswordFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="A file whose first line is the metadata store's password (PostgreSQL); "
+        "or set PGPASSWORD, or use ~/.pgpass.",
+    ),
+]
+
+
 # -- drives ------------------------------------------------------------------------------
 
 
@@ -109,6 +122,7 @@ def drive_create(
     keep_within: Annotated[
         str | None, typer.Option(help="Retention: keep versions newer than this, e.g. 30d.")
     ] = None,
+    meta_password_file: MetaPasswordFile = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a drive (embedded defaults: SQLite and a local folder under MEDIADRIVE_HOME)."""
@@ -152,19 +166,31 @@ def drive_create(
         fail(_validation_message(exc))
 
     async def create() -> Drive:
-        drive = await create_drive(name, settings, meta_url=meta, store_url=store)
+        drive = await create_drive(
+            name, settings, meta_url=meta, store_url=store, meta_password_file=meta_password_file
+        )
         await drive.close()
         return drive
 
     drive = run(create())
+    ref = _shown(drive.ref)
     if json_out:
-        print_json({**drive.ref.model_dump(), "settings": drive.settings.model_dump(mode="json")})
+        print_json({**ref.model_dump(), "settings": drive.settings.model_dump(mode="json")})
     else:
         out.print(
             f"created drive [bold]{name}[/]: {settings.chunking} chunks of "
             f"{format_size(settings.chunk_size)}, conflicts {settings.conflict.value}"
         )
-        out.print(f"  metadata {drive.ref.meta_url}\n  chunks   {drive.ref.store_url}")
+        out.print(f"  metadata {ref.meta_url}\n  chunks   {ref.store_url}")
+
+
+def _shown(ref: DriveRef) -> DriveRef:
+    """A drive's URLs as they may be shown: passwords masked."""
+    from mediadrive.core.credentials import redact_url
+
+    return ref.model_copy(
+        update={"meta_url": redact_url(ref.meta_url), "store_url": redact_url(ref.store_url)}
+    )
 
 
 def _validation_message(exc: ValueError) -> str:
@@ -181,6 +207,7 @@ def drive_attach(
     name: str,
     meta: Annotated[str, typer.Option(help="The drive's metadata store URL.")],
     store: Annotated[str, typer.Option(help="The drive's chunk store URL.")],
+    meta_password_file: MetaPasswordFile = None,
 ) -> None:
     """Use a drive created on another machine: same name, same metadata and chunk stores."""
     from mediadrive.core.meta import check_meta_url
@@ -188,7 +215,9 @@ def drive_attach(
     from .drive_registry import attach_drive
 
     async def attach() -> Drive:
-        drive = await attach_drive(name, check_meta_url(meta), store)
+        drive = await attach_drive(
+            name, check_meta_url(meta), store, meta_password_file=meta_password_file
+        )
         await drive.close()
         return drive
 
@@ -206,7 +235,7 @@ def drive_list(json_out: JsonFlag = False) -> None:
 
     from .drive_registry import list_refs
 
-    refs = list_refs()
+    refs = [_shown(r) for r in list_refs()]
     if json_out:
         print_json([r.model_dump() for r in refs])
         return
@@ -746,13 +775,17 @@ def main() -> None:
         sys.stderr.write("mediadrive: interrupted\n")
         sys.exit(130)
     except MediadriveError as exc:
-        sys.stderr.write(f"mediadrive: error: {exc}\n")
+        from mediadrive.core.credentials import redact_url
+
+        sys.stderr.write(f"mediadrive: error: {redact_url(str(exc))}\n")
         sys.exit(1)
     except Exception as exc:  # a bug, not bad input; the detail is for bug reports
         if os.environ.get("MEDIADRIVE_DEBUG"):
             raise
+        from mediadrive.core.credentials import redact_url
+
         sys.stderr.write(
-            f"mediadrive: internal error: {type(exc).__name__}: {exc} "
+            f"mediadrive: internal error: {type(exc).__name__}: {redact_url(str(exc))} "
             "(set MEDIADRIVE_DEBUG=1 for details)\n"
         )
         sys.exit(70)

@@ -79,6 +79,14 @@ def mount(
         ),
     ] = True,
     subdir: Annotated[str, typer.Option(help="Mount this folder of the drive.")] = "/",
+    allow_other: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other",
+            help="Let other users of this machine reach the mount (FUSE allow_other; "
+            "needs user_allow_other in /etc/fuse.conf unless root).",
+        ),
+    ] = False,
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Serve in this process until unmounted.")
     ] = False,
@@ -109,6 +117,7 @@ def mount(
         read_only=read_only,
         passthrough=passthrough,
         subdir=subdir,
+        allow_other=allow_other,
     )
     if foreground:
         from mediadrive.node.agent import run_agent
@@ -336,7 +345,9 @@ def _guard(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except MediadriveError as exc:
-            sys.stderr.write(f"mediadrive: error: {exc}\n")
+            from mediadrive.core.credentials import redact_url
+
+            sys.stderr.write(f"mediadrive: error: {redact_url(str(exc))}\n")
             raise typer.Exit(1) from None
 
     return wrapper

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
+from .credentials import redact_url
 from .errors import ConfigError
 
 E = TypeVar("E")
@@ -41,7 +42,7 @@ class SchemeRegistry(Generic[E]):
             importlib.import_module(self._builtin[scheme])
         engine = self._engines.get(scheme)
         if engine is None:
-            raise ConfigError(f"{self._what} {url!r} must start with {self._listing()}")
+            raise ConfigError(f"{self._what} {redact_url(url)!r} must start with {self._listing()}")
         return engine
 
     def _listing(self) -> str:

@@ -5,7 +5,8 @@ unix socket, commits staged writes in the background, follows the drive's events
 and keeps pinned files local. This module is the process's lifecycle: start, serve,
 shut down, signals and logging; the parts are built by :mod:`.assembly`, and what
 callers ask of the mount is :class:`~.service.MountService`.
-``python -m mediadrive.node.agent --options JSON`` runs one; ``mediadrive mount``
+``python -m mediadrive.node.agent --options JSON`` (or ``--options -`` and the JSON
+on stdin) runs one; ``mediadrive mount``
 starts it as a daemon and waits until it is live.
 """
 
@@ -16,8 +17,10 @@ import asyncio
 import contextlib
 import errno
 import faulthandler
+import io
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import subprocess
@@ -29,6 +32,8 @@ from pathlib import Path
 import pyfuse3
 import pyfuse3.asyncio
 
+from mediadrive.core import private
+from mediadrive.core.credentials import redact_url
 from mediadrive.core.errors import MediadriveError
 from mediadrive.core.logs import JsonFormatter
 
@@ -113,7 +118,7 @@ class Agent:
             f"fsname=mediadrive:{options.drive}",
             "subtype=mediadrive",
         }
-        if os.geteuid() == 0:
+        if options.allow_other:
             fuse_options.add("allow_other")
         if options.read_only:
             fuse_options.add("ro")
@@ -204,14 +209,41 @@ class Agent:
             log.exception("%s failed", what)
 
 
-def _setup_logging(log_path: Path | None, level: str) -> None:
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """Rotates by size; every file it opens is 0600 (log lines name private paths)."""
+
+    def _open(self) -> io.TextIOWrapper:
+        # Always appended to: rotation renames the file rather than truncating it.
+        return open(
+            self.baseFilename,
+            "a",
+            encoding=self.encoding,
+            errors=self.errors,
+            opener=private.opener,
+        )
+
+
+class RedactingFormatter(JsonFormatter):
+    """JSON lines with every URL's password masked (a driver's error may quote one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(super().format(record))
+
+
+def log_handler(log_path: Path, max_bytes: int, backups: int) -> logging.Handler:
+    """The agent's log file: at most ``max_bytes`` each, ``backups`` old ones kept."""
+    private.make_dir(log_path.parent)
+    return PrivateRotatingFileHandler(log_path, maxBytes=max_bytes, backupCount=backups)
+
+
+def _setup_logging(log_path: Path | None, options: MountOptions) -> None:
     handler: logging.Handler
     if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_path)
+        handler = log_handler(log_path, options.log_max_size, options.log_backups)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(RedactingFormatter())
+    level = options.log_level
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
@@ -225,7 +257,7 @@ async def run_agent(options: MountOptions, ready: Callable[[str | None], None]) 
     try:
         await agent.start()
     except BaseException as exc:
-        message = str(exc) if isinstance(exc, MediadriveError) else f"{exc!r}"
+        message = redact_url(str(exc) if isinstance(exc, MediadriveError) else f"{exc!r}")
         log.error("mount failed: %s", message)
         with contextlib.suppress(Exception):
             await agent.shutdown()
@@ -241,14 +273,19 @@ async def run_agent(options: MountOptions, ready: Callable[[str | None], None]) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mediadrive.node.agent")
-    parser.add_argument("--options", required=True, help="MountOptions as JSON")
+    parser.add_argument("--options", required=True, help="MountOptions as JSON; - reads stdin")
     parser.add_argument("--ready-fd", type=int, default=None)
     parser.add_argument("--log", type=Path, default=None)
     args = parser.parse_args(argv)
-    options = MountOptions.model_validate(json.loads(args.options))
-    _setup_logging(args.log, options.log_level)
+    text = sys.stdin.read() if args.options == "-" else args.options
+    options = MountOptions.model_validate(json.loads(text))
+    _setup_logging(args.log, options)
     # `kill -USR1 PID` writes every thread's stack to the log: how to see where it hangs.
-    dump = open(args.log, "a") if args.log is not None else sys.stderr  # noqa: SIM115
+    dump = (
+        open(args.log, "a", opener=private.opener)  # noqa: SIM115
+        if args.log is not None
+        else sys.stderr
+    )
     faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
 
     def ready(problem: str | None) -> None:

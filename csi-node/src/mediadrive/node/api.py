@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mediadrive.core import private
 from mediadrive.core.errors import (
     ConflictError,
     InvalidPath,
@@ -31,6 +32,9 @@ from .hydrate import Manifest
 from .service import MountService
 
 M = TypeVar("M", bound=BaseModel)
+# Version and event numbers are 64-bit signed in the metadata stores: a larger one
+# is a bad request, not a database overflow.
+MAX_NUMBER = (1 << 63) - 1
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVICE_KEY = web.AppKey("service", MountService)
 
@@ -46,7 +50,7 @@ class SaveRequest(PathRequest):
 
 
 class RestoreRequest(PathRequest):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_NUMBER)
     message: str = ""
 
 
@@ -92,10 +96,25 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _body(request: web.Request, model: type[M]) -> M:
     try:
-        raw = await request.json() if request.can_read_body else {}
-    except json.JSONDecodeError:
-        raise InvalidPath("the request body is not JSON") from None
+        # Bytes, not text: a body that is not UTF-8 is bad input (json.loads checks it).
+        raw = json.loads(await request.read()) if request.can_read_body else {}
+    except ValueError:
+        raise InvalidPath("the request body is not UTF-8 JSON") from None
     return model.model_validate(raw)
+
+
+def _number_query(request: web.Request, name: str, least: int) -> int | None:
+    """An optional integer query parameter, ``least`` to 2^63-1."""
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidPath(f"{name} {raw!r} is not a number") from None
+    if not least <= value <= MAX_NUMBER:
+        raise InvalidPath(f"{name} {raw} is out of range ({least} to {MAX_NUMBER})")
+    return value
 
 
 def _service(request: web.Request) -> MountService:
@@ -129,11 +148,7 @@ async def versions(request: web.Request) -> web.Response:
 
 
 async def read(request: web.Request) -> web.StreamResponse:
-    raw_version = request.query.get("version")
-    try:
-        version = int(raw_version) if raw_version else None
-    except ValueError:
-        raise InvalidPath(f"version {raw_version!r} is not a number") from None
+    version = _number_query(request, "version", 1)
     size, chunks = await _service(request).read_version(_query_path(request), version)
     response = web.StreamResponse(
         headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}
@@ -203,11 +218,7 @@ async def hydrate(request: web.Request) -> web.StreamResponse:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: one ``event: KIND`` with a JSON ``data:`` line per change."""
-    raw = request.query.get("since")
-    try:
-        since = int(raw) if raw else None
-    except ValueError:
-        raise InvalidPath(f"since {raw!r} is not a number") from None
+    since = _number_query(request, "since", 0)
     service = _service(request)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -231,20 +242,38 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def openapi_document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+
     def body(model: type[BaseModel]) -> dict[str, Any]:
-        return {"content": {"application/json": {"schema": model.model_json_schema()}}}
+        # Models and the models they use go to components/schemas, where their $refs
+        # point (pydantic's own $defs would not resolve from the document's root).
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"content": {"application/json": {"schema": ref}}}
 
     def ok(description: str, media: str = "application/json") -> dict[str, Any]:
         return {"200": {"description": description, "content": {media: {}}}}
 
     path_param = {"name": "path", "in": "query", "required": True, "schema": {"type": "string"}}
+    version_param = {
+        "name": "version",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_NUMBER},
+    }
+    since_param = {
+        "name": "since",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_NUMBER},
+    }
     errors = {
         "400": {"description": 'bad request; {"error": message}'},
         "404": {"description": "no such path or version"},
         "409": {"description": "conflict (reject policy, or file busy)"},
         "503": {"description": "the drive's store cannot be reached"},
     }
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "mediadrive live-filesystem API",
@@ -271,10 +300,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/read": {
                 "get": {
                     "summary": "The bytes of a version of a file (the head by default)",
-                    "parameters": [
-                        path_param,
-                        {"name": "version", "in": "query", "schema": {"type": "integer"}},
-                    ],
+                    "parameters": [path_param, version_param],
                     "responses": {**ok("file bytes", "application/octet-stream"), **errors},
                 }
             },
@@ -323,8 +349,8 @@ def openapi_document() -> dict[str, Any]:
             "/v1/events": {
                 "get": {
                     "summary": "The drive's change events as server-sent events",
-                    "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}}],
-                    "responses": ok("event stream", "text/event-stream"),
+                    "parameters": [since_param],
+                    "responses": {**ok("event stream", "text/event-stream"), "400": errors["400"]},
                 }
             },
             "/v1/unmount": {
@@ -332,6 +358,8 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+    document["components"] = {"schemas": schemas}
+    return document
 
 
 def make_app(service: MountService) -> web.Application:
@@ -373,6 +401,6 @@ async def start_api(service: MountService, socket_path: Path) -> Callable[[], Aw
 
 
 def _clear_socket(socket_path: Path) -> None:
-    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    private.make_dir(socket_path.parent)
     with contextlib.suppress(FileNotFoundError):
         socket_path.unlink()

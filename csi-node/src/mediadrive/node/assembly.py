@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from mediadrive.core import private
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import NotADirectory
 
@@ -93,7 +94,7 @@ async def _open(options: MountOptions, kernel: Kernel, cleanups: list[Cleanup]) 
     if not root.is_dir:
         raise NotADirectory(f"--subdir {options.subdir} is not a folder")
     cache_dir = options.cache_dir
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    private.make_dir(cache_dir, tighten=True)
     staging = Staging(cache_dir / "staging")
     recovered = staging.open()
     cleanups.append(staging.close)

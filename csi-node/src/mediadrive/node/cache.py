@@ -29,6 +29,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mediadrive.core import private
+
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[str, int], Awaitable[bytes]]
@@ -111,8 +113,13 @@ class BlockCache:
     # -- lifecycle -----------------------------------------------------------------------
 
     def open(self) -> None:
-        self._blocks_dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.root / "index.db", isolation_level=None)
+        # Cached blocks are file contents: the cache is its owner's only, also one
+        # made before it was kept private.
+        private.make_dir(self.root, tighten=True)
+        private.make_dir(self._blocks_dir, tighten=True)
+        index = private.touch(self.root / "index.db")
+        os.chmod(index, private.FILE_MODE)
+        db = sqlite3.connect(index, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=OFF")
         for statement in _SCHEMA:
@@ -382,10 +389,10 @@ class BlockCache:
     def _write_file(self, key: BlockKey, data: bytes | memoryview) -> None:
         path = self._path(key)
         if path.parent not in self._dirs:
-            path.parent.mkdir(exist_ok=True)
+            private.make_dir(path.parent)
             self._dirs.add(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}")
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb", opener=private.opener) as f:
             f.write(data)
         os.replace(tmp, path)
 

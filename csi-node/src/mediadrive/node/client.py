@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from mediadrive.core import private
 from mediadrive.core.errors import (
     ConflictError,
     InvalidPath,
@@ -198,30 +199,35 @@ def client_for(path: Path | str, registry: MountRegistry) -> tuple[MountClient, 
 def mount(options: MountOptions, timeout: float = 60.0) -> MountEntry:
     """Start an agent as a daemon; return once the mount is live (or say why not)."""
     cache_dir = options.cache_dir
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    private.make_dir(cache_dir, tighten=True)
     log_path = cache_dir / "agent.log"
     read_fd, write_fd = os.pipe()
     argv = [
         sys.executable,
         "-m",
         "mediadrive.node.agent",
+        # On stdin, not in argv: every local user can read a command line, and the
+        # options hold the store URLs.
         "--options",
-        options.model_dump_json(),
+        "-",
         "--ready-fd",
         str(write_fd),
         "--log",
         str(log_path),
     ]
-    with open(log_path, "ab") as log_file:
+    with open(log_path, "ab", opener=private.opener) as log_file:
         proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=log_file,
             stderr=log_file,
             pass_fds=(write_fd,),
             start_new_session=True,
         )
     os.close(write_fd)
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError), proc.stdin:
+        proc.stdin.write(options.model_dump_json().encode())
     try:
         answer = _read_answer(read_fd, timeout)
     finally:

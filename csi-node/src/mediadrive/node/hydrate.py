@@ -17,7 +17,8 @@ class ManifestEntry(BaseModel):
 
     path: str | None = None
     glob: str | None = None
-    version: int | None = Field(default=None, ge=1)
+    # 64-bit in the metadata stores: larger is bad input, not an overflow.
+    version: int | None = Field(default=None, ge=1, le=(1 << 63) - 1)
 
     @model_validator(mode="after")
     def _one_of(self) -> ManifestEntry:

@@ -20,6 +20,10 @@ __all__ = ["DEFAULT_CACHE_SIZE", "DEFAULT_CHECKPOINT", "CommitOn", "MountOptions
 
 DEFAULT_CACHE_SIZE = 10 << 30
 DEFAULT_CHECKPOINT = 30.0
+# The agent's log rotates at this size, keeping this many old files: a busy mount
+# logs megabytes a minute at INFO.
+DEFAULT_LOG_SIZE = 10 << 20
+DEFAULT_LOG_BACKUPS = 3
 
 
 class MountOptions(BaseModel):
@@ -36,6 +40,8 @@ class MountOptions(BaseModel):
     # Recorded with every version and event; None: the login user, as user@host.
     author: str | None = None
     log_level: str = "INFO"
+    log_max_size: ByteSize = DEFAULT_LOG_SIZE
+    log_backups: int = Field(default=DEFAULT_LOG_BACKUPS, ge=1, le=100)
     cache_size: ByteSize = DEFAULT_CACHE_SIZE
     # Seconds between background commits of dirty files; None turns checkpoints off.
     checkpoint_interval: float | None = DEFAULT_CHECKPOINT
@@ -47,6 +53,9 @@ class MountOptions(BaseModel):
     writeback_cache: bool = True
     # Read-only mounts let the kernel read cached files directly, where it can.
     passthrough: bool = True
+    # Let other users reach the mount (FUSE allow_other). Off unless asked for, root
+    # included: the CSI service passes it for pods that run as other users.
+    allow_other: bool = False
 
     @field_validator("drive")
     @classmethod

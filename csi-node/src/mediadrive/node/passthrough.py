@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pyfuse3
 
+from mediadrive.core import private
 from mediadrive.core.errors import CorruptChunk
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import verify_block
@@ -102,7 +103,7 @@ class Views:
     def start(self) -> None:
         # Views are only ever derived from the cache: start from none.
         shutil.rmtree(self.root, ignore_errors=True)
-        self.root.mkdir(parents=True, exist_ok=True)
+        private.make_dir(self.root)
 
     def close(self) -> None:
         self._backings.clear()

@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mediadrive.core import private
+
 # sun_path is 108 bytes on Linux; leave room for the terminating NUL.
 _MAX_SOCKET_PATH = 100
 
@@ -77,10 +79,10 @@ class MountRegistry:
         return Path(tempfile.gettempdir()) / f"mediadrive-{os.getuid()}-{key}.sock"
 
     def write_entry(self, entry: MountEntry) -> Path:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        private.make_dir(self.run_dir, tighten=True)
         path = self._entry_path(entry.mountpoint)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(entry), indent=2) + "\n")
+        private.write_file(tmp, json.dumps(asdict(entry), indent=2) + "\n")
         tmp.replace(path)
         return path
 

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mediadrive.core import private
 from mediadrive.core.durability import fsync_dir
 from mediadrive.core.errors import MediadriveError
 from mediadrive.core.extents import ExtentMap
@@ -246,7 +247,7 @@ class Staging:
 
     def open(self) -> list[StagedFile]:
         """Take the folder (one agent at a time) and return the entries a crash left."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        private.make_dir(self.root, tighten=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -354,7 +355,7 @@ class Staging:
             os.ftruncate(fd, size)
             if base:
                 rows = [[b.offset, b.length, b.chunk_id, b.index] for b in base]
-                self._base(node_id).write_text(json.dumps(rows))
+                private.write_file(self._base(node_id), json.dumps(rows))
                 map_fd = os.open(self._map(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
                 os.ftruncate(map_fd, len(base))
             else:
@@ -383,7 +384,7 @@ class Staging:
     def write_journal(self, staged: StagedFile, durable: bool = False) -> None:
         path = self._entry(staged.node_id)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
+        with open(tmp, "w", opener=private.opener) as f:
             json.dump(staged.journal(), f)
             if durable:
                 f.flush()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from .. import private
 from ..durability import fsync_dir
 from ..errors import ConfigError, NotFound, StoreUnavailable
 from . import BlobStore, register
@@ -68,9 +69,10 @@ class LocalBlobStore(BlobStore):
         final = self._path(chunk_id)
         if final.exists():
             return
-        final.parent.mkdir(parents=True, exist_ok=True)
+        # Chunks are file contents: readable by the store's owner only.
+        private.make_dir(final.parent)
         tmp = final.with_name(f".{chunk_id}.{os.getpid()}.{id(data)}.tmp")
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb", opener=private.opener) as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -115,7 +117,7 @@ class LocalBlobStore(BlobStore):
         def probe() -> None:
             if self._create:
                 try:
-                    self._chunks.mkdir(parents=True, exist_ok=True)
+                    private.make_dir(self._chunks)
                 except OSError as err:
                     raise StoreUnavailable(
                         f"cannot create store folder {self.root}: {err.strerror}"

@@ -11,6 +11,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from ..credentials import redact_url
 from ..errors import ConfigError, StoreUnavailable
 from . import register
 from .schema import POSTGRES
@@ -24,9 +25,17 @@ def check_postgres_url(url: str) -> None:
     """Accept a PostgreSQL/CockroachDB URL that names a host."""
     parts = urlsplit(url)
     if parts.scheme not in SCHEMES:
-        raise ConfigError(f"metadata URL {url!r} must start with postgresql:// or cockroachdb://")
+        raise ConfigError(
+            f"metadata URL {redact_url(url)!r} must start with postgresql:// or cockroachdb://"
+        )
     if not parts.hostname:
-        raise ConfigError(f"metadata URL {url!r} names no host")
+        raise ConfigError(f"metadata URL {redact_url(url)!r} names no host")
+
+
+def _first_line(err: BaseException) -> str:
+    # psycopg's messages can quote the connection string, password included.
+    lines = str(err).strip().splitlines()
+    return redact_url(lines[0]) if lines else type(err).__name__
 
 
 def _pg(sql: str) -> str:
@@ -72,8 +81,7 @@ class PostgresMetaStore(SqlMetaStore):
                 probe = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=10)
             except psycopg.OperationalError as err:
                 raise StoreUnavailable(
-                    f"cannot reach PostgreSQL at {self._where()}: "
-                    f"{str(err).strip().splitlines()[0]}"
+                    f"cannot reach PostgreSQL at {self._where()}: {_first_line(err)}"
                 ) from None
             await probe.close()
             pool = AsyncConnectionPool(
@@ -90,7 +98,7 @@ class PostgresMetaStore(SqlMetaStore):
             except (PoolTimeout, psycopg.OperationalError) as err:
                 await pool.close()
                 raise StoreUnavailable(
-                    f"cannot reach PostgreSQL at {self._where()}: {str(err).splitlines()[0]}"
+                    f"cannot reach PostgreSQL at {self._where()}: {_first_line(err)}"
                 ) from None
             self._pool = pool
         return self._pool

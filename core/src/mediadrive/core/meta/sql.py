@@ -22,6 +22,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 from ..config import ConflictPolicy, DriveSettings, Retention
+from ..credentials import redact_url
 from ..errors import (
     AlreadyExists,
     ChunkMissing,
@@ -226,7 +227,8 @@ class SqlMetaStore(ABC):
     def _where(self) -> str:
         if self.url.startswith("sqlite:"):
             return self.url.removeprefix("sqlite://")
-        return self.url.split("@")[-1]
+        # Host and database only: no user, no query (a passfile, or a password).
+        return redact_url(self.url.split("@")[-1].split("?")[0])
 
     # -- counters and events ----------------------------------------------------------
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
+from .. import private
 from ..errors import ConfigError, StoreUnavailable
 from . import register
 from .schema import SQLITE
@@ -113,13 +114,16 @@ class SqliteMetaStore(SqlMetaStore):
             if not self.path.parent.is_dir():
                 raise StoreUnavailable(f"metadata folder {self.path.parent} does not exist")
             try:
+                # Made 0600 before SQLite creates it: its -wal and -shm files take
+                # the database's mode.
+                private.touch(self.path)
                 conn = sqlite3.connect(
                     self.path, isolation_level=None, timeout=30, cached_statements=256
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA busy_timeout=30000")
-            except sqlite3.Error as err:
+            except (sqlite3.Error, OSError) as err:
                 raise StoreUnavailable(f"cannot open metadata file {self.path}: {err}") from None
             self._conn = conn
         return self._conn
