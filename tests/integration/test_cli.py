@@ -170,7 +170,7 @@ def test_tree_commands_and_time_machine(cli: Cli, tmp_path: Path) -> None:
     names = [e["name"] for e in cli.json("ls", "show:/seq/010")]
     assert names == ["b.exr"]
 
-    restored = cli.json("restore", "show:/seq/010/b.exr", "--version", "1")
+    restored = cli.json("restore", "show:/seq/010/b.exr", "--to", "1")
     assert restored["version"] == 3
     out = tmp_path / "out.exr"
     cli.run("cp", "show:/seq/010/b.exr", str(out))

@@ -43,9 +43,30 @@ app = typer.Typer(
     add_completion=False,
     # Plain help and usage errors: quick to start, one line for a usage error.
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 drive_app = typer.Typer(help="Create and list drives.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(drive_app, name="drive")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"mediadrive {version('mediadrive-cli')}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """An open cloud drive for media work: chunked, versioned, deduplicated."""
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -137,9 +158,10 @@ def drive_create(
             raise ConfigError(f"--conflict {conflict!r} is not one of: {', '.join(policies)}")
         if keep_last is not None and keep_last < 1:
             raise ConfigError("--keep-last must be at least 1")
+        sized = {"chunk_size": parse_size(chunk_size)} if chunk_size is not None else {}
         settings = DriveSettings(
             chunking=chunking,
-            chunk_size=parse_size(chunk_size) if chunk_size else 0,
+            **sized,
             conflict=ConflictPolicy(conflict),
             retention=Retention(
                 keep_last=keep_last,
@@ -504,11 +526,18 @@ def versions(
 @app.command("restore")
 def restore(
     target: Annotated[str, typer.Argument(help="NAME:/path, or a path inside a mount.")],
-    version: Annotated[int, typer.Option("--version", help="The version to bring back.")],
+    to: Annotated[
+        int | None, typer.Option("--to", "-v", help="The version to bring back.", min=1)
+    ] = None,
     message: Annotated[str, typer.Option("-m", "--message")] = "",
     json_out: JsonFlag = False,
+    # The old spelling; `--version` alone prints mediadrive's version.
+    version_alias: Annotated[int | None, typer.Option("--version", hidden=True, min=1)] = None,
 ) -> None:
     """Make an old version the head again, as a new version (history is kept)."""
+    version = to if to is not None else version_alias
+    if version is None:
+        fail("give the version to bring back: restore PATH --to N", 2)
     restored = _local("local_restore", target, version)
     if restored is None:
         where = drive_target(target, or_mount=True)
@@ -603,10 +632,33 @@ if (_mounts := _mount_commands()) is not None:
     _mounts.register(app)
 
 
+def _click_error(exc: Exception) -> NoReturn:
+    """A usage error in one line: what is wrong, and where the help is."""
+    from typer._click import exceptions as click_errors
+
+    if isinstance(exc, click_errors.NoArgsIsHelpError):
+        exc.show()  # the help, as `mediadrive` alone always printed it
+        sys.exit(exc.exit_code)
+    if isinstance(exc, typer.Abort):
+        sys.stderr.write("mediadrive: interrupted\n")
+        sys.exit(130)
+    assert isinstance(exc, click_errors.ClickException)
+    message = " ".join(exc.format_message().split()).rstrip(".").replace("Value error, ", "")
+    if isinstance(exc, click_errors.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "mediadrive"
+        message = f"{message} (see '{where} --help')"
+    sys.stderr.write(f"mediadrive: error: {message}\n")
+    sys.exit(exc.exit_code)
+
+
 def main() -> None:
     """Entry point; turns anything unexpected into one line too."""
     try:
-        app()
+        # Not standalone: click would print a usage error as four lines.
+        code = typer.main.get_command(app).main(prog_name="mediadrive", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except (typer.TyperException, typer.Abort) as exc:
+        _click_error(exc)
     except KeyboardInterrupt:
         sys.stderr.write("mediadrive: interrupted\n")
         sys.exit(130)
