@@ -5,11 +5,15 @@ Driven through the installed ``mediadrive`` command, as people and scripts use i
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_cli import Cli, random_file
+from tests.integration.test_cli import MEDIADRIVE, MIB, Cli, random_file
 
 
 @pytest.fixture
@@ -63,3 +67,118 @@ def test_restore_takes_to_and_the_old_version_spelling(cli: Cli, tmp_path: Path)
 def test_chunk_sizes_are_bounded(cli: Cli, args: list[str], says: str) -> None:
     assert says in cli.fails("drive", "create", "show", *args)
     assert not (cli.home / "show").exists()
+
+
+@pytest.fixture
+def show(cli: Cli, tmp_path: Path) -> Path:
+    """A drive ``show`` holding ``/shots/010/plate.mov``; returns the local original."""
+    cli.run("drive", "create", "show")
+    plate = tmp_path / "plate.mov"
+    random_file(plate, 20000)
+    cli.run("cp", str(plate), "show:/shots/010/plate.mov")
+    return plate
+
+
+def test_a_trailing_slash_names_a_folder(cli: Cli, show: Path, tmp_path: Path) -> None:
+    # The README's own example: into a new folder, not onto a file named /publish.
+    cli.run("cp", "show:/shots/010/plate.mov", "show:/publish/")
+    assert [n["path"] for n in cli.json("ls", "show:/publish")] == ["/publish/plate.mov"]
+    cli.run("cp", str(show), "show:/upload/")
+    assert [n["kind"] for n in cli.json("ls", "show:/upload")] == ["file"]
+    assert cli.json("ls", "show:/upload/plate.mov")[0]["version"] == 1
+    # Onto a file written as a folder: refused, and the file gets no new version.
+    line = cli.fails("cp", str(show), "show:/shots/010/plate.mov/")
+    assert "show:/shots/010/plate.mov is a file" in line
+    assert len(cli.json("versions", "show:/shots/010/plate.mov")) == 1
+    assert "is a file" in cli.fails("cp", "show:/shots/010/plate.mov/", str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+    # Local destinations of a download too.
+    cli.run("cp", "show:/shots/010/plate.mov", f"{tmp_path}/out/")
+    assert (tmp_path / "out" / "plate.mov").read_bytes() == show.read_bytes()
+    assert "is a file" in cli.fails("cp", "show:/shots/010/plate.mov", f"{show}/")
+    assert show.is_file()
+
+
+def test_dash_is_standard_input_and_output(cli: Cli, show: Path) -> None:
+    data = os.urandom(100_000)
+    proc = subprocess.run(
+        [MEDIADRIVE, "cp", "-", "show:/piped.bin"], input=data, env=cli.env, capture_output=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run(
+        [MEDIADRIVE, "cp", "show:/piped.bin", "-"], env=cli.env, capture_output=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == data
+    assert not (Path.cwd() / "-").exists()
+    proc = subprocess.run(
+        [MEDIADRIVE, "cp", "show:/shots/010/plate.mov", "-"], env=cli.env, capture_output=True
+    )
+    assert proc.stdout == show.read_bytes()
+    assert "standard input" in cli.fails("cp", "-", "show:/folder/")
+
+
+def test_names_and_versions_that_cannot_be(cli: Cli, show: Path) -> None:
+    bad = os.fsdecode(b"show:/bad\xff.mov")
+    assert "is not valid UTF-8" in cli.fails("cp", str(show), bad)
+    line = cli.fails("cp", "show:/shots/010/plate.mov@99999999999999999999", "x")
+    assert "larger than any version" in line
+    assert "--to" in cli.fails("restore", "show:/shots/010/plate.mov", "--to", "9" * 20)
+    assert "--since" in cli.fails("events", "show", "--since", "9" * 20)
+
+
+def test_a_full_disk_during_cp_is_one_line(cli: Cli, show: Path, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    random_file(big, 3 * MIB)
+    # The chunk store's writes fail as on a full disk (a tiny tmpfs does the same).
+    full_disk = (
+        "import errno, os\n"
+        "def full(fd):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "os.fsync = full\n"
+        "from mediadrive.cli.main import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", full_disk, "cp", str(big), "show:/big.bin"],
+        env=cli.env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (
+        f"mediadrive: error: cannot write to store folder {cli.home}/show/store: "
+        "No space left on device"
+    )
+    assert "big.bin" not in [n["name"] for n in cli.json("ls", "show:/")]
+    assert not list((cli.home / "show" / "store").rglob("*.tmp"))
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder nobody can write in (root ignores permissions: a read-only tmpfs)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_unwritable_places_are_one_line(cli: Cli, show: Path, read_only_dir: Path) -> None:
+    line = cli.fails("cp", "show:/shots/010/plate.mov", str(read_only_dir))
+    assert f"cannot write in '{read_only_dir}'" in line
+    line = cli.fails("cp", "show:/shots/010/plate.mov", f"{read_only_dir}/sub/")
+    assert f"cannot create folder '{read_only_dir}/sub/'" in line
+    homeless = Cli(read_only_dir / "home", {})
+    line = homeless.fails("drive", "create", "show")
+    assert "MEDIADRIVE_HOME must be a writable folder" in line
+    assert not list(read_only_dir.iterdir())

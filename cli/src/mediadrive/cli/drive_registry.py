@@ -7,6 +7,7 @@ its URLs (:meth:`Drive.open`), which is what the operator and the CSI service do
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from mediadrive.core.config import DriveRef, DriveSettings, check_drive_name
 from mediadrive.core.drive import Drive
-from mediadrive.core.errors import AlreadyExists, ConfigError, DriveNotFound
+from mediadrive.core.errors import AlreadyExists, ConfigError, DriveNotFound, LocalFileError
 
 from .settings import CliSettings, cli_settings
 
@@ -36,10 +37,21 @@ def default_ref(name: str, settings: CliSettings | None = None) -> DriveRef:
 
 def save_ref(ref: DriveRef, settings: CliSettings | None = None) -> None:
     folder = _home(settings) / ref.name
-    folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / (REF_FILE + ".tmp")
-    tmp.write_text(ref.model_dump_json(indent=2) + "\n")
-    tmp.replace(folder / REF_FILE)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(ref.model_dump_json(indent=2) + "\n")
+        tmp.replace(folder / REF_FILE)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _unwritable(folder, err) from None
+
+
+def _unwritable(folder: Path, err: OSError) -> LocalFileError:
+    return LocalFileError(
+        f"cannot write {folder}: {err.strerror} (MEDIADRIVE_HOME must be a writable folder)"
+    )
 
 
 def load_ref(name: str, settings: CliSettings | None = None) -> DriveRef:
@@ -79,7 +91,10 @@ async def create_drive(
     default = default_ref(name, cli)
     made_folder = not folder.exists()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _unwritable(folder, err) from None
         drive = await Drive.create(
             name,
             meta_url or default.meta_url,

@@ -8,7 +8,6 @@ a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import os
@@ -19,18 +18,24 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn, TypeVar
 
 import typer
 
 from mediadrive.core import paths
-from mediadrive.core.errors import ConfigError, InvalidPath, MediadriveError, PathNotFound
+from mediadrive.core.errors import (
+    ConfigError,
+    InvalidPath,
+    LocalFileError,
+    MediadriveError,
+    PathNotFound,
+)
 
 from .output import JsonFlag, err, out, print_json
-from .targets import DriveTarget, parse_target
+from .targets import MAX_VERSION, DriveTarget, parse_target
 
 if TYPE_CHECKING:
-    from mediadrive.core.drive import CommitResult, Drive
+    from mediadrive.core.drive import CommitResult, Drive, VersionReader
     from mediadrive.core.meta import Node
 
 T = TypeVar("T")
@@ -268,6 +273,9 @@ def drive_info(name: str, json_out: JsonFlag = False) -> None:
 # -- copying -------------------------------------------------------------------------------
 
 
+STDIO = "-"
+
+
 @app.command("cp")
 def cp(
     src: str,
@@ -275,7 +283,11 @@ def cp(
     message: Annotated[str, typer.Option("-m", "--message", help="Version message.")] = "",
     json_out: JsonFlag = False,
 ) -> None:
-    """Copy a file into a drive (a new version), out of one (any version), or within one."""
+    """Copy a file into a drive (a new version), out of one (any version), or within one.
+
+    A destination ending in / is a folder (made if missing). - is standard input
+    as the source and standard output as the destination.
+    """
     source, target = parse_target(src), parse_target(dst)
     if source is None and target is None:
         fail("one side of cp must be a drive path NAME:/path")
@@ -283,10 +295,14 @@ def cp(
         fail(f"{dst!r}: a version (@N) can only be read, not written")
     if source is None:
         assert target is not None
-        result = run(_upload(Path(src), target, message))
+        result = run(_upload(src, target, message))
         _report_upload(result, target.drive, json_out)
+    elif target is None and dst == STDIO:
+        if json_out:
+            fail("--json cannot be used when the destination is - (standard output)")
+        run(_download_to_stdout(source))
     elif target is None:
-        written, info_version, size = run(_download(source, Path(dst)))
+        written, info_version, size = run(_download(source, dst))
         if json_out:
             print_json({"path": str(written), "version": info_version, "size": size})
         else:
@@ -310,80 +326,152 @@ def _report_upload(result: CommitResult, drive: str, json_out: bool) -> None:
     )
 
 
-async def _destination(drive: Drive, path: str, name: str) -> str:
-    """Copying onto a folder means into it, keeping the file's name."""
-    with contextlib.suppress(PathNotFound):
-        if (await drive.stat(path)).is_dir:
-            return paths.normalize(f"{path}/{name}")
-    return path
+async def _destination(drive: Drive, target: DriveTarget, name: str) -> str:
+    """Copying onto a folder, or onto a path written with a trailing /, means into it."""
+    from mediadrive.core.errors import NotADirectory
+
+    try:
+        node: Node | None = await drive.stat(target.path)
+    except PathNotFound:
+        node = None
+    if target.folder and node is not None and not node.is_dir:
+        raise NotADirectory(f"{target} names a folder, but {target.drive}:{target.path} is a file")
+    if target.folder or (node is not None and node.is_dir):
+        return paths.normalize(f"{target.path}/{name}")
+    return target.path
 
 
-async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResult:
+async def _upload(src: str, target: DriveTarget, message: str) -> CommitResult:
+    if src == STDIO:
+        if target.folder:
+            raise InvalidPath(f"{target}: name the file standard input is copied to")
+        return await _write(target, paths.split(target.path)[1], sys.stdin.buffer, message)
+    local = Path(src)
+    if not local.exists():
+        raise PathNotFound(f"local file {src!r} does not exist")
+    if local.is_dir():
+        raise InvalidPath(f"{src!r} is a folder; cp copies one file")
+    try:
+        source = open(local, "rb")  # noqa: SIM115 - closed below, after the upload
+    except OSError as exc:
+        raise LocalFileError(f"cannot read {src!r}: {exc.strerror}") from None
+    with source:
+        return await _write(target, local.name, source, message, os.fstat(source.fileno()))
+
+
+async def _write(
+    target: DriveTarget,
+    name: str,
+    source: BinaryIO,
+    message: str,
+    stat: os.stat_result | None = None,
+) -> CommitResult:
     from .drive_registry import open_drive
     from .progress import transfer_progress
 
-    if not local.exists():
-        raise PathNotFound(f"local file {str(local)!r} does not exist")
-    if local.is_dir():
-        raise InvalidPath(f"{str(local)!r} is a folder; cp copies one file")
     drive = await open_drive(target.drive)
     try:
-        path = await _destination(drive, target.path, local.name)
+        path = await _destination(drive, target, name)
         parent = paths.split(path)[0]
         if parent != "/":
             # Like object stores and rclone: copying into a new folder makes it.
             await drive.mkdir(parent, parents=True)
-        stat = local.stat()
-        with (
-            open(local, "rb") as source,
-            transfer_progress(err.console, stat.st_size, local.name) as tick,
-        ):
+        with transfer_progress(err.console, stat.st_size if stat else 0, name) as tick:
             return await drive.write_file(
                 path,
                 source,
                 message=message,
-                mode=stat.st_mode,
-                mtime_ns=stat.st_mtime_ns,
+                mode=stat.st_mode if stat else 0o644,
+                mtime_ns=stat.st_mtime_ns if stat else None,
                 progress=tick,
             )
     finally:
         await drive.close()
 
 
-async def _download(source: DriveTarget, local: Path) -> tuple[Path, int, int]:
+async def _source_reader(drive: Drive, source: DriveTarget) -> VersionReader:
+    from mediadrive.core.errors import NotADirectory
+
+    node = await drive.stat(source.path) if source.version is None else None
+    if node is not None and node.is_dir:
+        raise InvalidPath(f"{source} is a folder; cp copies one file")
+    reader = await drive.reader(source.path, source.version)
+    if source.folder:
+        raise NotADirectory(f"{source} names a folder, but {source.drive}:{source.path} is a file")
+    return reader
+
+
+def _local_destination(dst: str, name: str) -> Path:
+    """The local file a download writes: into ``dst`` if it is (or ends in /) a folder."""
+    local = Path(dst)
+    if dst.endswith(("/", os.sep)):
+        if local.exists() and not local.is_dir():
+            raise LocalFileError(f"{dst!r} names a folder, but it is a file")
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LocalFileError(f"cannot create folder {dst!r}: {exc.strerror}") from None
+        return local / name
+    if local.is_dir():
+        return local / name
+    if not local.parent.is_dir():
+        raise PathNotFound(f"local folder {str(local.parent)!r} does not exist")
+    return local
+
+
+async def _download(source: DriveTarget, dst: str) -> tuple[Path, int, int]:
     from .drive_registry import open_drive
-    from .progress import transfer_progress
 
     drive = await open_drive(source.drive)
     try:
-        node = await drive.stat(source.path) if source.version is None else None
-        if node is not None and node.is_dir:
-            raise InvalidPath(f"{source} is a folder; cp copies one file")
-        reader = await drive.reader(source.path, source.version)
-        if local.is_dir():
-            local = local / Path(source.path).name
-        if not local.parent.is_dir():
-            raise PathNotFound(f"local folder {str(local.parent)!r} does not exist")
-        # Write beside the target and rename: an interrupted copy leaves no half file.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
-        try:
-            with (
-                os.fdopen(fd, "wb") as dest,
-                transfer_progress(err.console, reader.size, local.name) as tick,
-            ):
-                async for data in reader.chunks():
-                    await asyncio.to_thread(dest.write, data)
-                    tick(len(data))
-                dest.flush()
-                os.fsync(dest.fileno())
-            os.chmod(tmp_name, reader.info.mode & 0o7777 or 0o644)
-            mtime = reader.info.mtime_ns
-            os.utime(tmp_name, ns=(mtime, mtime))
-            os.replace(tmp_name, local)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        reader = await _source_reader(drive, source)
+        local = _local_destination(dst, Path(source.path).name)
+        await _write_local(reader, local)
         return local, reader.info.version, reader.size
+    finally:
+        await drive.close()
+
+
+async def _write_local(reader: VersionReader, local: Path) -> None:
+    """Write beside the target and rename: an interrupted copy leaves no half file."""
+    from .progress import transfer_progress
+
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
+    except OSError as exc:
+        raise LocalFileError(f"cannot write in {str(local.parent)!r}: {exc.strerror}") from None
+    try:
+        with (
+            os.fdopen(fd, "wb") as dest,
+            transfer_progress(err.console, reader.size, local.name) as tick,
+        ):
+            async for data in reader.chunks():
+                await asyncio.to_thread(dest.write, data)
+                tick(len(data))
+            dest.flush()
+            os.fsync(dest.fileno())
+        os.chmod(tmp_name, reader.info.mode & 0o7777 or 0o644)
+        mtime = reader.info.mtime_ns
+        os.utime(tmp_name, ns=(mtime, mtime))
+        os.replace(tmp_name, local)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise LocalFileError(f"cannot write {str(local)!r}: {exc.strerror}") from None
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+async def _download_to_stdout(source: DriveTarget) -> None:
+    from .drive_registry import open_drive
+
+    drive = await open_drive(source.drive)
+    try:
+        reader = await _source_reader(drive, source)
+        stdout = sys.stdout.buffer
+        async for data in reader.chunks():
+            await asyncio.to_thread(stdout.write, data)
+        stdout.flush()
     finally:
         await drive.close()
 
@@ -393,12 +481,17 @@ async def _copy_within(source: DriveTarget, target: DriveTarget, message: str) -
 
     if source.drive != target.drive:
         with tempfile.TemporaryDirectory(prefix="mediadrive-cp-") as spool:
-            local, _, _ = await _download(source, Path(spool) / "data")
-            return await _upload(local, target, message)
+            name = Path(source.path).name
+            local, _, _ = await _download(source, f"{spool}/")
+            with open(local, "rb") as data:
+                return await _write(target, name, data, message, os.fstat(data.fileno()))
     drive = await open_drive(source.drive)
     try:
-        reader = await drive.reader(source.path, source.version)
-        path = await _destination(drive, target.path, Path(source.path).name)
+        reader = await _source_reader(drive, source)
+        path = await _destination(drive, target, Path(source.path).name)
+        parent = paths.split(path)[0]
+        if parent != "/":
+            await drive.mkdir(parent, parents=True)
         return await drive.copy_version(reader, path, message)
     finally:
         await drive.close()
@@ -527,12 +620,15 @@ def versions(
 def restore(
     target: Annotated[str, typer.Argument(help="NAME:/path, or a path inside a mount.")],
     to: Annotated[
-        int | None, typer.Option("--to", "-v", help="The version to bring back.", min=1)
+        int | None,
+        typer.Option("--to", "-v", help="The version to bring back.", min=1, max=MAX_VERSION),
     ] = None,
     message: Annotated[str, typer.Option("-m", "--message")] = "",
     json_out: JsonFlag = False,
     # The old spelling; `--version` alone prints mediadrive's version.
-    version_alias: Annotated[int | None, typer.Option("--version", hidden=True, min=1)] = None,
+    version_alias: Annotated[
+        int | None, typer.Option("--version", hidden=True, min=1, max=MAX_VERSION)
+    ] = None,
 ) -> None:
     """Make an old version the head again, as a new version (history is kept)."""
     version = to if to is not None else version_alias
@@ -594,7 +690,9 @@ def gc(
 @app.command("events")
 def events(
     name: str,
-    since: Annotated[int, typer.Option(help="Only events after this sequence number.")] = 0,
+    since: Annotated[
+        int, typer.Option(help="Only events after this sequence number.", min=0, max=MAX_VERSION)
+    ] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -664,6 +762,10 @@ def main() -> None:
         sys.exit(130)
     except MediadriveError as exc:
         sys.stderr.write(f"mediadrive: error: {exc}\n")
+        sys.exit(1)
+    except OSError as exc:  # a local file or folder: no permission, disk full, ...
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"mediadrive: error: cannot use{where}: {exc.strerror or exc}\n")
         sys.exit(1)
     except Exception as exc:  # a bug, not bad input; the detail is for bug reports
         if os.environ.get("MEDIADRIVE_DEBUG"):
