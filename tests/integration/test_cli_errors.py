@@ -182,3 +182,10 @@ def test_unwritable_places_are_one_line(cli: Cli, show: Path, read_only_dir: Pat
     line = homeless.fails("drive", "create", "show")
     assert "MEDIADRIVE_HOME must be a writable folder" in line
     assert not list(read_only_dir.iterdir())
+
+
+def test_mount_needs_a_writable_cache_folder(cli: Cli, show: Path, read_only_dir: Path) -> None:
+    mnt = read_only_dir.parent / "mnt"
+    mnt.mkdir()
+    line = cli.fails("mount", "show", str(mnt), "--cache-dir", f"{read_only_dir}/cache")
+    assert f"cannot create cache folder (--cache-dir) {read_only_dir}/cache" in line

@@ -47,6 +47,8 @@ class MountOptions(BaseModel):
     writeback_cache: bool = True
     # Read-only mounts let the kernel read cached files directly, where it can.
     passthrough: bool = True
+    # Mount over a folder that has files in it (hiding them until unmounted).
+    nonempty: bool = False
 
     @field_validator("drive")
     @classmethod
