@@ -5,15 +5,18 @@ Driven through the installed ``mediadrive`` command, as people and scripts use i
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_cli import MEDIADRIVE, MIB, Cli, random_file
+from tests.servers import S3Server, create_database
 
 
 @pytest.fixture
@@ -189,3 +192,63 @@ def test_mount_needs_a_writable_cache_folder(cli: Cli, show: Path, read_only_dir
     mnt.mkdir()
     line = cli.fails("mount", "show", str(mnt), "--cache-dir", f"{read_only_dir}/cache")
     assert f"cannot create cache folder (--cache-dir) {read_only_dir}/cache" in line
+
+
+def _s3_cli(tmp_path: Path, s3: S3Server, home: str) -> Cli:
+    keys = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    return Cli(tmp_path / home, keys)
+
+
+def _buckets(s3: S3Server) -> set[str]:
+    return {b["Name"] for b in s3.client().list_buckets().get("Buckets", [])}
+
+
+def test_a_missing_bucket_is_made_only_when_asked(tmp_path: Path, moto_s3: S3Server) -> None:
+    cli = _s3_cli(tmp_path, moto_s3, "home")
+    bucket = f"typo-{uuid.uuid4().hex[:12]}"
+    store = f"s3://{bucket}/show?endpoint={moto_s3.endpoint_url}"
+    line = cli.fails("drive", "create", "show", "--store", store)
+    assert f"bucket {bucket!r} does not exist" in line and "--create-bucket" in line
+    assert bucket not in _buckets(moto_s3)
+    assert not (cli.home / "show").exists()
+    cli.run("drive", "create", "show", "--store", store, "--create-bucket")
+    assert bucket in _buckets(moto_s3)
+
+
+def test_attach_checks_the_stores_hold_the_drive(
+    tmp_path: Path, moto_s3: S3Server, postgres_url: str
+) -> None:
+    first, second = _s3_cli(tmp_path, moto_s3, "first"), _s3_cli(tmp_path, moto_s3, "second")
+    bucket = moto_s3.new_bucket()
+    meta = ["--meta", create_database(postgres_url, "attach")]
+    store = f"s3://{bucket}/drives?endpoint={moto_s3.endpoint_url}"
+    wrong = f"s3://{bucket}/drivez?endpoint={moto_s3.endpoint_url}"
+    first.run("drive", "create", "show", *meta, "--store", store)
+    src = tmp_path / "cut.mov"
+    random_file(src, 100_000)
+    first.run("cp", str(src), "show:/cuts/cut.mov")
+    line = second.fails("drive", "attach", "show", *meta, "--store", wrong)
+    assert "does not hold drive 'show'" in line and "wrong bucket or prefix" in line
+    assert not (second.home / "show").exists()
+    second.run("drive", "attach", "show", *meta, "--store", store)
+
+
+def test_a_missing_s3_object_is_named(moto_s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mediadrive.core.blob import open_store
+    from mediadrive.core.errors import NotFound
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", moto_s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", moto_s3.secret_key)
+    store = open_store(f"s3://{moto_s3.new_bucket()}/p?endpoint={moto_s3.endpoint_url}")
+    chunk = "ab" * 32
+
+    async def read() -> None:
+        try:
+            for call in (store.get(chunk), store.get_range(chunk, 0, 10)):
+                with pytest.raises(NotFound) as caught:
+                    await call
+                assert str(caught.value).startswith(f"chunk {chunk} is not in s3://")
+        finally:
+            await store.close()
+
+    asyncio.run(read())

@@ -81,8 +81,12 @@ async def create_drive(
     meta_url: str | None = None,
     store_url: str | None = None,
     cli: CliSettings | None = None,
+    create_store: bool = False,
 ) -> Drive:
-    """Make a new drive and remember it; on any failure nothing is left on this machine."""
+    """Make a new drive and remember it; on any failure nothing is left on this machine.
+
+    ``create_store`` makes a missing bucket (see :meth:`Drive.create`).
+    """
     cli = cli or cli_settings()
     check_drive_name(name)
     folder = _home(cli) / name
@@ -101,6 +105,7 @@ async def create_drive(
             store_url or default.store_url,
             settings,
             identity=cli.identity(),
+            create_store=create_store,
         )
         try:
             save_ref(drive.ref, cli)
@@ -129,6 +134,7 @@ async def attach_drive(
         raise AlreadyExists(f"drive {name!r} is already known in {_home(cli)}")
     drive = await Drive.open(name, meta_url, store_url, identity=cli.identity())
     try:
+        await drive.check_stores()
         save_ref(drive.ref, cli)
     except BaseException:
         await drive.close()

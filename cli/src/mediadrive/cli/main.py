@@ -135,6 +135,9 @@ def drive_create(
     keep_within: Annotated[
         str | None, typer.Option(help="Retention: keep versions newer than this, e.g. 30d.")
     ] = None,
+    create_bucket: Annotated[
+        bool, typer.Option("--create-bucket", help="Make the s3:// bucket if it is missing.")
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a drive (embedded defaults: SQLite and a local folder under MEDIADRIVE_HOME)."""
@@ -179,7 +182,9 @@ def drive_create(
         fail(_validation_message(exc))
 
     async def create() -> Drive:
-        drive = await create_drive(name, settings, meta_url=meta, store_url=store)
+        drive = await create_drive(
+            name, settings, meta_url=meta, store_url=store, create_store=create_bucket
+        )
         await drive.close()
         return drive
 
