@@ -252,3 +252,15 @@ def test_a_missing_s3_object_is_named(moto_s3: S3Server, monkeypatch: pytest.Mon
             await store.close()
 
     asyncio.run(read())
+
+
+def test_a_deleted_metadata_file_is_named_and_not_recreated(cli: Cli, show: Path) -> None:
+    meta_db = cli.home / "show" / "meta.db"
+    for leftover in meta_db.parent.glob("meta.db*"):
+        leftover.unlink()
+    for args in (["ls", "show:/"], ["cp", str(show), "show:/again.mov"], ["gc", "show"]):
+        line = cli.fails(*args)
+        assert f"metadata file {meta_db} is missing" in line
+        assert not list(meta_db.parent.glob("meta.db*"))
+    meta_db.touch()
+    assert "holds no mediadrive metadata" in cli.fails("ls", "show:/")

@@ -200,6 +200,8 @@ class SqlMetaStore(ABC):
 
         async def body(tx: Tx) -> DriveSettings:
             version = await self._schema_version(tx)
+            if version == 0:
+                raise SchemaError(f"{self._where()} holds no mediadrive metadata (empty?)")
             if version != LATEST:
                 raise SchemaError(
                     f"metadata schema in {self._where()} is version {version}, "
