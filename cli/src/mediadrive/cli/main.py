@@ -675,7 +675,12 @@ def gc(
     ] = "1h",
     json_out: JsonFlag = False,
 ) -> None:
-    """Apply retention, then delete chunks no version references."""
+    """Apply retention, then delete chunks no version references.
+
+    Chunks an upload holds are kept whatever the grace: uploads running now, or
+    interrupted (killed) less than 15 minutes ago. Finished uploads hold nothing.
+    """
+    from mediadrive.core.meta import CHUNK_HOLD
     from mediadrive.core.units import format_size, parse_duration
 
     try:
@@ -690,6 +695,13 @@ def gc(
             f"pruned {report.versions_pruned} versions, deleted {report.chunks_deleted} chunks, "
             f"freed {format_size(report.bytes_freed)}"
         )
+        if report.chunks_held:
+            minutes = round(CHUNK_HOLD / 60)
+            out.print(
+                f"kept {report.chunks_held} unreferenced chunks that uploads hold, whatever "
+                f"--grace says: uploads still running, or interrupted less than {minutes} "
+                "minutes ago"
+            )
 
 
 @app.command("events")

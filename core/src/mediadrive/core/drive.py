@@ -346,9 +346,13 @@ class Drive:
             upload = await self.upload(source, progress)
             try:
                 outcome = await self.commit(path, upload, base, message, mode, mtime_ns)
-            except ChunkMissing:
+            except BaseException as exc:
+                # No commit will name these chunks: GC may have them (see gc's grace).
+                with contextlib.suppress(Exception):
+                    ids = sorted({e.chunk_id for e in upload.extents})
+                    await self.uploader.release(ids, upload.token)
                 # GC took a chunk this upload found already stored; send it again once.
-                if attempt or start is None:
+                if not isinstance(exc, ChunkMissing) or attempt or start is None:
                     raise
                 source.seek(start)
                 continue
