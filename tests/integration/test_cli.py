@@ -170,7 +170,7 @@ def test_tree_commands_and_time_machine(cli: Cli, tmp_path: Path) -> None:
     names = [e["name"] for e in cli.json("ls", "show:/seq/010")]
     assert names == ["b.exr"]
 
-    restored = cli.json("restore", "show:/seq/010/b.exr", "--version", "1")
+    restored = cli.json("restore", "show:/seq/010/b.exr", "--to", "1")
     assert restored["version"] == 3
     out = tmp_path / "out.exr"
     cli.run("cp", "show:/seq/010/b.exr", str(out))
@@ -264,7 +264,7 @@ def test_a_file_replaced_by_mv_keeps_its_history(cli: Cli, tmp_path: Path) -> No
     # The name is taken: the replaced file comes back elsewhere, with its history.
     message = cli.fails("restore", "show:/a.txt", "--id", old_id, "--version", "1")
     assert "show:/a.txt is another file now" in message
-    cli.run("restore", "show:/a.txt", "--id", old_id, "--version", "1", "--to", "show:/old/a.txt")
+    cli.run("restore", "show:/a.txt", "--id", old_id, "--to", "1", "--as", "show:/old/a.txt")
     listed = cli.json("versions", "show:/old/a.txt")
     assert [(v["version"], v["file_id"]) for v in listed] == [
         (1, replaced["id"]),
@@ -291,7 +291,12 @@ def test_gc_collects_only_unreferenced_chunks(tmp_path: Path) -> None:
     assert len(list(store.glob("*/*"))) == 6
 
     report = cli.json("gc", "keep", "--grace", "0s")
-    assert report == {"versions_pruned": 1, "chunks_deleted": 2, "bytes_freed": 2 * MIB}
+    assert report == {
+        "versions_pruned": 1,
+        "chunks_deleted": 2,
+        "bytes_freed": 2 * MIB,
+        "chunks_held": 0,
+    }
     assert len(list(store.glob("*/*"))) == 4
     out = tmp_path / "out"
     cli.run("cp", "keep:/f", str(out))

@@ -215,6 +215,29 @@ def test_drive_settings_defaults_and_units() -> None:
 
 
 @pytest.mark.parametrize(
+    ("chunking", "size", "bound"),
+    [
+        ("fixed", 0, "between 4KiB and 256MiB"),
+        ("fixed", "1TiB", "between 4KiB and 256MiB"),
+        ("fixed", "257MiB", "between 4KiB and 256MiB"),
+        ("fixed", 4095, "between 4KiB and 256MiB"),
+        ("cdc", 0, "between 1KiB and 4MiB"),
+        ("cdc", "5MiB", "between 1KiB and 4MiB"),
+    ],
+)
+def test_chunk_sizes_out_of_bounds_are_refused(chunking: str, size: int | str, bound: str) -> None:
+    with pytest.raises(ValidationError, match=bound):
+        DriveSettings.model_validate({"chunking": chunking, "chunk_size": size})
+
+
+def test_chunk_size_bounds_are_inclusive() -> None:
+    assert DriveSettings(chunk_size="4KiB").chunk_size == 4096
+    assert DriveSettings(chunk_size="256MiB").chunk_size == 256 << 20
+    assert DriveSettings(chunking="cdc", chunk_size="1KiB").chunk_size == 1024
+    assert DriveSettings(chunking="cdc", chunk_size="4MiB").chunk_size == 4 << 20
+
+
+@pytest.mark.parametrize(
     "fields",
     [
         {"chunking": "cdc", "chunk_size": "512"},

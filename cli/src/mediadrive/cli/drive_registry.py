@@ -25,7 +25,7 @@ from mediadrive.core.credentials import (
     write_pgpass,
 )
 from mediadrive.core.drive import Drive
-from mediadrive.core.errors import AlreadyExists, ConfigError, DriveNotFound
+from mediadrive.core.errors import AlreadyExists, ConfigError, DriveNotFound, LocalFileError
 
 from .settings import CliSettings, cli_settings
 
@@ -48,11 +48,22 @@ def default_ref(name: str, settings: CliSettings | None = None) -> DriveRef:
 
 def save_ref(ref: DriveRef, settings: CliSettings | None = None) -> None:
     folder = _home(settings) / ref.name
-    # The drive's folder holds its metadata and chunks (embedded defaults): owner only.
-    private.make_dir(folder, tighten=True)
     tmp = folder / (REF_FILE + ".tmp")
-    private.write_file(tmp, ref.model_dump_json(indent=2) + "\n")
-    tmp.replace(folder / REF_FILE)
+    try:
+        # The drive's folder holds its metadata and chunks (embedded defaults): owner only.
+        private.make_dir(folder, tighten=True)
+        private.write_file(tmp, ref.model_dump_json(indent=2) + "\n")
+        tmp.replace(folder / REF_FILE)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise _unwritable(folder, err) from None
+
+
+def _unwritable(folder: Path, err: OSError) -> LocalFileError:
+    return LocalFileError(
+        f"cannot write {folder}: {err.strerror} (MEDIADRIVE_HOME must be a writable folder)"
+    )
 
 
 def read_password_file(path: Path) -> str:
@@ -119,8 +130,12 @@ async def create_drive(
     store_url: str | None = None,
     cli: CliSettings | None = None,
     meta_password_file: Path | None = None,
+    create_store: bool = False,
 ) -> Drive:
-    """Make a new drive and remember it; on any failure nothing is left on this machine."""
+    """Make a new drive and remember it; on any failure nothing is left on this machine.
+
+    ``create_store`` makes a missing bucket (see :meth:`Drive.create`).
+    """
     cli = cli or cli_settings()
     check_drive_name(name)
     folder = _home(cli) / name
@@ -130,7 +145,10 @@ async def create_drive(
     made_folder = not folder.exists()
     passfile: Path | None = None
     try:
-        private.make_dir(folder, tighten=True)
+        try:
+            private.make_dir(folder, tighten=True)
+        except OSError as err:
+            raise _unwritable(folder, err) from None
         meta, passfile = keep_password_out(folder, meta_url or default.meta_url, meta_password_file)
         drive = await Drive.create(
             name,
@@ -138,6 +156,7 @@ async def create_drive(
             store_url or default.store_url,
             settings,
             identity=cli.identity(),
+            create_store=create_store,
         )
         try:
             save_ref(drive.ref, cli)
@@ -175,6 +194,8 @@ async def attach_drive(
     try:
         drive = await Drive.open(name, meta, store_url, identity=cli.identity())
         try:
+            # A wrong prefix or bucket would otherwise only show at the first read.
+            await drive.check_stores()
             save_ref(drive.ref, cli)
         except BaseException:
             await drive.close()

@@ -8,7 +8,6 @@ a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import os
@@ -19,19 +18,25 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn, TypeVar
 
 import typer
 
 from mediadrive.core import paths
-from mediadrive.core.errors import ConfigError, InvalidPath, MediadriveError, PathNotFound
+from mediadrive.core.errors import (
+    ConfigError,
+    InvalidPath,
+    LocalFileError,
+    MediadriveError,
+    PathNotFound,
+)
 
 from .output import JsonFlag, err, out, print_json
-from .targets import DriveTarget, parse_target
+from .targets import MAX_VERSION, DriveTarget, parse_target
 
 if TYPE_CHECKING:
     from mediadrive.core.config import DriveRef
-    from mediadrive.core.drive import CommitResult, Drive
+    from mediadrive.core.drive import CommitResult, Drive, VersionReader
     from mediadrive.core.meta import Node
 
 T = TypeVar("T")
@@ -44,9 +49,30 @@ app = typer.Typer(
     add_completion=False,
     # Plain help and usage errors: quick to start, one line for a usage error.
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 drive_app = typer.Typer(help="Create and list drives.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(drive_app, name="drive")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"mediadrive {version('mediadrive-cli')}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """An open cloud drive for media work: chunked, versioned, deduplicated."""
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -123,6 +149,9 @@ def drive_create(
         str | None, typer.Option(help="Retention: keep versions newer than this, e.g. 30d.")
     ] = None,
     meta_password_file: MetaPasswordFile = None,
+    create_bucket: Annotated[
+        bool, typer.Option("--create-bucket", help="Make the s3:// bucket if it is missing.")
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a drive (embedded defaults: SQLite and a local folder under MEDIADRIVE_HOME)."""
@@ -151,9 +180,10 @@ def drive_create(
             raise ConfigError(f"--conflict {conflict!r} is not one of: {', '.join(policies)}")
         if keep_last is not None and keep_last < 1:
             raise ConfigError("--keep-last must be at least 1")
+        sized = {"chunk_size": parse_size(chunk_size)} if chunk_size is not None else {}
         settings = DriveSettings(
             chunking=chunking,
-            chunk_size=parse_size(chunk_size) if chunk_size else 0,
+            **sized,
             conflict=ConflictPolicy(conflict),
             retention=Retention(
                 keep_last=keep_last,
@@ -167,7 +197,12 @@ def drive_create(
 
     async def create() -> Drive:
         drive = await create_drive(
-            name, settings, meta_url=meta, store_url=store, meta_password_file=meta_password_file
+            name,
+            settings,
+            meta_url=meta,
+            store_url=store,
+            meta_password_file=meta_password_file,
+            create_store=create_bucket,
         )
         await drive.close()
         return drive
@@ -198,7 +233,8 @@ def _validation_message(exc: ValueError) -> str:
     if callable(errors):
         first = errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return f"{where}: {first['msg']}" if where else str(first["msg"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
     return str(exc)
 
 
@@ -275,6 +311,9 @@ def drive_info(name: str, json_out: JsonFlag = False) -> None:
 # -- copying -------------------------------------------------------------------------------
 
 
+STDIO = "-"
+
+
 @app.command("cp")
 def cp(
     src: str,
@@ -282,7 +321,11 @@ def cp(
     message: Annotated[str, typer.Option("-m", "--message", help="Version message.")] = "",
     json_out: JsonFlag = False,
 ) -> None:
-    """Copy a file into a drive (a new version), out of one (any version), or within one."""
+    """Copy a file into a drive (a new version), out of one (any version), or within one.
+
+    A destination ending in / is a folder (made if missing). - is standard input
+    as the source and standard output as the destination.
+    """
     source, target = parse_target(src), parse_target(dst)
     if source is None and target is None:
         fail("one side of cp must be a drive path NAME:/path")
@@ -290,10 +333,14 @@ def cp(
         fail(f"{dst!r}: a version (@N) can only be read, not written")
     if source is None:
         assert target is not None
-        result = run(_upload(Path(src), target, message))
+        result = run(_upload(src, target, message))
         _report_upload(result, target.drive, json_out)
+    elif target is None and dst == STDIO:
+        if json_out:
+            fail("--json cannot be used when the destination is - (standard output)")
+        run(_download_to_stdout(source))
     elif target is None:
-        written, info_version, size = run(_download(source, Path(dst)))
+        written, info_version, size = run(_download(source, dst))
         if json_out:
             print_json({"path": str(written), "version": info_version, "size": size})
         else:
@@ -317,80 +364,152 @@ def _report_upload(result: CommitResult, drive: str, json_out: bool) -> None:
     )
 
 
-async def _destination(drive: Drive, path: str, name: str) -> str:
-    """Copying onto a folder means into it, keeping the file's name."""
-    with contextlib.suppress(PathNotFound):
-        if (await drive.stat(path)).is_dir:
-            return paths.normalize(f"{path}/{name}")
-    return path
+async def _destination(drive: Drive, target: DriveTarget, name: str) -> str:
+    """Copying onto a folder, or onto a path written with a trailing /, means into it."""
+    from mediadrive.core.errors import NotADirectory
+
+    try:
+        node: Node | None = await drive.stat(target.path)
+    except PathNotFound:
+        node = None
+    if target.folder and node is not None and not node.is_dir:
+        raise NotADirectory(f"{target} names a folder, but {target.drive}:{target.path} is a file")
+    if target.folder or (node is not None and node.is_dir):
+        return paths.normalize(f"{target.path}/{name}")
+    return target.path
 
 
-async def _upload(local: Path, target: DriveTarget, message: str) -> CommitResult:
+async def _upload(src: str, target: DriveTarget, message: str) -> CommitResult:
+    if src == STDIO:
+        if target.folder:
+            raise InvalidPath(f"{target}: name the file standard input is copied to")
+        return await _write(target, paths.split(target.path)[1], sys.stdin.buffer, message)
+    local = Path(src)
+    if not local.exists():
+        raise PathNotFound(f"local file {src!r} does not exist")
+    if local.is_dir():
+        raise InvalidPath(f"{src!r} is a folder; cp copies one file")
+    try:
+        source = open(local, "rb")  # noqa: SIM115 - closed below, after the upload
+    except OSError as exc:
+        raise LocalFileError(f"cannot read {src!r}: {exc.strerror}") from None
+    with source:
+        return await _write(target, local.name, source, message, os.fstat(source.fileno()))
+
+
+async def _write(
+    target: DriveTarget,
+    name: str,
+    source: BinaryIO,
+    message: str,
+    stat: os.stat_result | None = None,
+) -> CommitResult:
     from .drive_registry import open_drive
     from .progress import transfer_progress
 
-    if not local.exists():
-        raise PathNotFound(f"local file {str(local)!r} does not exist")
-    if local.is_dir():
-        raise InvalidPath(f"{str(local)!r} is a folder; cp copies one file")
     drive = await open_drive(target.drive)
     try:
-        path = await _destination(drive, target.path, local.name)
+        path = await _destination(drive, target, name)
         parent = paths.split(path)[0]
         if parent != "/":
             # Like object stores and rclone: copying into a new folder makes it.
             await drive.mkdir(parent, parents=True)
-        stat = local.stat()
-        with (
-            open(local, "rb") as source,
-            transfer_progress(err.console, stat.st_size, local.name) as tick,
-        ):
+        with transfer_progress(err.console, stat.st_size if stat else 0, name) as tick:
             return await drive.write_file(
                 path,
                 source,
                 message=message,
-                mode=stat.st_mode,
-                mtime_ns=stat.st_mtime_ns,
+                mode=stat.st_mode if stat else 0o644,
+                mtime_ns=stat.st_mtime_ns if stat else None,
                 progress=tick,
             )
     finally:
         await drive.close()
 
 
-async def _download(source: DriveTarget, local: Path) -> tuple[Path, int, int]:
+async def _source_reader(drive: Drive, source: DriveTarget) -> VersionReader:
+    from mediadrive.core.errors import NotADirectory
+
+    node = await drive.stat(source.path) if source.version is None else None
+    if node is not None and node.is_dir:
+        raise InvalidPath(f"{source} is a folder; cp copies one file")
+    reader = await drive.reader(source.path, source.version)
+    if source.folder:
+        raise NotADirectory(f"{source} names a folder, but {source.drive}:{source.path} is a file")
+    return reader
+
+
+def _local_destination(dst: str, name: str) -> Path:
+    """The local file a download writes: into ``dst`` if it is (or ends in /) a folder."""
+    local = Path(dst)
+    if dst.endswith(("/", os.sep)):
+        if local.exists() and not local.is_dir():
+            raise LocalFileError(f"{dst!r} names a folder, but it is a file")
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LocalFileError(f"cannot create folder {dst!r}: {exc.strerror}") from None
+        return local / name
+    if local.is_dir():
+        return local / name
+    if not local.parent.is_dir():
+        raise PathNotFound(f"local folder {str(local.parent)!r} does not exist")
+    return local
+
+
+async def _download(source: DriveTarget, dst: str) -> tuple[Path, int, int]:
     from .drive_registry import open_drive
-    from .progress import transfer_progress
 
     drive = await open_drive(source.drive)
     try:
-        node = await drive.stat(source.path) if source.version is None else None
-        if node is not None and node.is_dir:
-            raise InvalidPath(f"{source} is a folder; cp copies one file")
-        reader = await drive.reader(source.path, source.version)
-        if local.is_dir():
-            local = local / Path(source.path).name
-        if not local.parent.is_dir():
-            raise PathNotFound(f"local folder {str(local.parent)!r} does not exist")
-        # Write beside the target and rename: an interrupted copy leaves no half file.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
-        try:
-            with (
-                os.fdopen(fd, "wb") as dest,
-                transfer_progress(err.console, reader.size, local.name) as tick,
-            ):
-                async for data in reader.chunks():
-                    await asyncio.to_thread(dest.write, data)
-                    tick(len(data))
-                dest.flush()
-                os.fsync(dest.fileno())
-            os.chmod(tmp_name, reader.info.mode & 0o7777 or 0o644)
-            mtime = reader.info.mtime_ns
-            os.utime(tmp_name, ns=(mtime, mtime))
-            os.replace(tmp_name, local)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        reader = await _source_reader(drive, source)
+        local = _local_destination(dst, Path(source.path).name)
+        await _write_local(reader, local)
         return local, reader.info.version, reader.size
+    finally:
+        await drive.close()
+
+
+async def _write_local(reader: VersionReader, local: Path) -> None:
+    """Write beside the target and rename: an interrupted copy leaves no half file."""
+    from .progress import transfer_progress
+
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{local.name}.", dir=local.parent)
+    except OSError as exc:
+        raise LocalFileError(f"cannot write in {str(local.parent)!r}: {exc.strerror}") from None
+    try:
+        with (
+            os.fdopen(fd, "wb") as dest,
+            transfer_progress(err.console, reader.size, local.name) as tick,
+        ):
+            async for data in reader.chunks():
+                await asyncio.to_thread(dest.write, data)
+                tick(len(data))
+            dest.flush()
+            os.fsync(dest.fileno())
+        os.chmod(tmp_name, reader.info.mode & 0o7777 or 0o644)
+        mtime = reader.info.mtime_ns
+        os.utime(tmp_name, ns=(mtime, mtime))
+        os.replace(tmp_name, local)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise LocalFileError(f"cannot write {str(local)!r}: {exc.strerror}") from None
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+async def _download_to_stdout(source: DriveTarget) -> None:
+    from .drive_registry import open_drive
+
+    drive = await open_drive(source.drive)
+    try:
+        reader = await _source_reader(drive, source)
+        stdout = sys.stdout.buffer
+        async for data in reader.chunks():
+            await asyncio.to_thread(stdout.write, data)
+        stdout.flush()
     finally:
         await drive.close()
 
@@ -400,12 +519,17 @@ async def _copy_within(source: DriveTarget, target: DriveTarget, message: str) -
 
     if source.drive != target.drive:
         with tempfile.TemporaryDirectory(prefix="mediadrive-cp-") as spool:
-            local, _, _ = await _download(source, Path(spool) / "data")
-            return await _upload(local, target, message)
+            name = Path(source.path).name
+            local, _, _ = await _download(source, f"{spool}/")
+            with open(local, "rb") as data:
+                return await _write(target, name, data, message, os.fstat(data.fileno()))
     drive = await open_drive(source.drive)
     try:
-        reader = await drive.reader(source.path, source.version)
-        path = await _destination(drive, target.path, Path(source.path).name)
+        reader = await _source_reader(drive, source)
+        path = await _destination(drive, target, Path(source.path).name)
+        parent = paths.split(path)[0]
+        if parent != "/":
+            await drive.mkdir(parent, parents=True)
         return await drive.copy_version(reader, path, message)
     finally:
         await drive.close()
@@ -642,29 +766,39 @@ def _versions_of_all(where: DriveTarget, json_out: bool) -> None:
 @app.command("restore")
 def restore(
     target: Annotated[str, typer.Argument(help="NAME:/path, or a path inside a mount.")],
-    version: Annotated[int, typer.Option("--version", help="The version to bring back.")],
+    to: Annotated[
+        int | None,
+        typer.Option("--to", "-v", help="The version to bring back.", min=1, max=MAX_VERSION),
+    ] = None,
     message: Annotated[str, typer.Option("-m", "--message")] = "",
     file_id: FileIdOption = None,
-    to: Annotated[
+    as_path: Annotated[
         str | None,
         typer.Option(
-            "--to",
+            "--as",
             help="Bring a deleted file back at this NAME:/path (when another file took its name).",
         ),
     ] = None,
     json_out: JsonFlag = False,
+    # The old spelling; `--version` alone prints mediadrive's version.
+    version_alias: Annotated[
+        int | None, typer.Option("--version", hidden=True, min=1, max=MAX_VERSION)
+    ] = None,
 ) -> None:
     """Make an old version the head again, as a new version (history is kept).
 
     A deleted file comes back with all its versions, its folders made again.
     """
-    plain = file_id is None and to is None
+    version = to if to is not None else version_alias
+    if version is None:
+        fail("give the version to bring back: restore PATH --to N", 2)
+    plain = file_id is None and as_path is None
     restored = _local("local_restore", target, version) if plain else None
     if restored is None:
-        where = drive_target(target, or_mount=True) if plain else _drive_only(target, "--id/--to")
-        dest = drive_target(to) if to is not None else None
+        where = drive_target(target, or_mount=True) if plain else _drive_only(target, "--id/--as")
+        dest = drive_target(as_path) if as_path is not None else None
         if dest is not None and dest.drive != where.drive:
-            fail("--to must be in the same drive")
+            fail("--as must be in the same drive")
         outcome = run(
             with_drive(
                 where.drive,
@@ -681,7 +815,7 @@ def restore(
     if json_out:
         print_json(restored)
     else:
-        out.print(f"{to or target}: version {restored['version']} now holds version {version}")
+        out.print(f"{as_path or target}: version {restored['version']} now holds version {version}")
 
 
 def _local(name: str, *args: Any) -> Any:
@@ -709,7 +843,12 @@ def gc(
     ] = "1h",
     json_out: JsonFlag = False,
 ) -> None:
-    """Apply retention, then delete chunks no version references."""
+    """Apply retention, then delete chunks no version references.
+
+    Chunks an upload holds are kept whatever the grace: uploads running now, or
+    interrupted (killed) less than 15 minutes ago. Finished uploads hold nothing.
+    """
+    from mediadrive.core.meta import CHUNK_HOLD
     from mediadrive.core.units import format_size, parse_duration
 
     try:
@@ -724,12 +863,21 @@ def gc(
             f"pruned {report.versions_pruned} versions, deleted {report.chunks_deleted} chunks, "
             f"freed {format_size(report.bytes_freed)}"
         )
+        if report.chunks_held:
+            minutes = round(CHUNK_HOLD / 60)
+            out.print(
+                f"kept {report.chunks_held} unreferenced chunks that uploads hold, whatever "
+                f"--grace says: uploads still running, or interrupted less than {minutes} "
+                "minutes ago"
+            )
 
 
 @app.command("events")
 def events(
     name: str,
-    since: Annotated[int, typer.Option(help="Only events after this sequence number.")] = 0,
+    since: Annotated[
+        int, typer.Option(help="Only events after this sequence number.", min=0, max=MAX_VERSION)
+    ] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
@@ -767,10 +915,33 @@ if (_mounts := _mount_commands()) is not None:
     _mounts.register(app)
 
 
+def _click_error(exc: Exception) -> NoReturn:
+    """A usage error in one line: what is wrong, and where the help is."""
+    from typer._click import exceptions as click_errors
+
+    if isinstance(exc, click_errors.NoArgsIsHelpError):
+        exc.show()  # the help, as `mediadrive` alone always printed it
+        sys.exit(exc.exit_code)
+    if isinstance(exc, typer.Abort):
+        sys.stderr.write("mediadrive: interrupted\n")
+        sys.exit(130)
+    assert isinstance(exc, click_errors.ClickException)
+    message = " ".join(exc.format_message().split()).rstrip(".").replace("Value error, ", "")
+    if isinstance(exc, click_errors.UsageError):
+        where = exc.ctx.command_path if exc.ctx is not None else "mediadrive"
+        message = f"{message} (see '{where} --help')"
+    sys.stderr.write(f"mediadrive: error: {message}\n")
+    sys.exit(exc.exit_code)
+
+
 def main() -> None:
     """Entry point; turns anything unexpected into one line too."""
     try:
-        app()
+        # Not standalone: click would print a usage error as four lines.
+        code = typer.main.get_command(app).main(prog_name="mediadrive", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except (typer.TyperException, typer.Abort) as exc:
+        _click_error(exc)
     except KeyboardInterrupt:
         sys.stderr.write("mediadrive: interrupted\n")
         sys.exit(130)
@@ -778,6 +949,10 @@ def main() -> None:
         from mediadrive.core.credentials import redact_url
 
         sys.stderr.write(f"mediadrive: error: {redact_url(str(exc))}\n")
+        sys.exit(1)
+    except OSError as exc:  # a local file or folder: no permission, disk full, ...
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"mediadrive: error: cannot use{where}: {exc.strerror or exc}\n")
         sys.exit(1)
     except Exception as exc:  # a bug, not bad input; the detail is for bug reports
         if os.environ.get("MEDIADRIVE_DEBUG"):

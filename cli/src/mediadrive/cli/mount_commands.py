@@ -55,7 +55,7 @@ def _mounts() -> MountRegistry:
 
 def mount(
     name: Annotated[str, typer.Argument(help="The drive to mount.")],
-    mountpoint: Annotated[Path, typer.Argument(help="An existing, empty folder.")],
+    mountpoint: Annotated[Path, typer.Argument(help="An existing, empty folder (see --nonempty).")],
     cache_dir: Annotated[
         Path | None,
         typer.Option(help="Local cache and staging folder [default: $MEDIADRIVE_HOME/cache/NAME]."),
@@ -90,6 +90,9 @@ def mount(
     foreground: Annotated[
         bool, typer.Option("--foreground", help="Serve in this process until unmounted.")
     ] = False,
+    nonempty: Annotated[
+        bool, typer.Option("--nonempty", help="Mount over a folder that has files in it.")
+    ] = False,
 ) -> None:
     """Mount a drive as a folder; returns once the mount is live."""
     from mediadrive.core.units import parse_duration, parse_size
@@ -118,7 +121,10 @@ def mount(
         passthrough=passthrough,
         subdir=subdir,
         allow_other=allow_other,
+        nonempty=nonempty,
     )
+    _writable_folder(options.cache_dir, "cache folder (--cache-dir)")
+    _writable_folder(options.run_dir, "mounts folder (under MEDIADRIVE_HOME)")
     if foreground:
         from mediadrive.node.agent import run_agent
 
@@ -136,6 +142,20 @@ def mount(
         raise typer.Exit(code)
     entry = node_client.mount(options)
     out.print(f"mounted {name}{'' if subdir == '/' else subdir} at {entry.mountpoint}")
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Make ``folder`` if missing; a LocalFileError naming it if it cannot be written."""
+    import os
+
+    from mediadrive.core.errors import LocalFileError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalFileError(f"cannot create {what} {folder}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LocalFileError(f"{what} {folder} is not writable")
 
 
 def umount(

@@ -14,7 +14,7 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import ConfigError
-from .units import ByteSize, Seconds
+from .units import ByteSize, Seconds, size_text
 
 DRIVE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
@@ -23,6 +23,9 @@ DEFAULT_CDC_AVERAGE = 2 << 20
 # Limits of the FastCDC implementation.
 CDC_MIN_AVERAGE = 1 << 10
 CDC_MAX_AVERAGE = 4 << 20
+# A fixed chunk is held in memory whole while it is hashed and sent.
+FIXED_MIN_SIZE = 4 << 10
+FIXED_MAX_SIZE = 256 << 20
 
 ChunkingKind = Literal["fixed", "cdc"]
 
@@ -48,20 +51,29 @@ class DriveSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     chunking: ChunkingKind = "fixed"
+    # Default: 64MiB fixed chunks, or a 2MiB cdc average.
     chunk_size: ByteSize = 0
     conflict: ConflictPolicy = ConflictPolicy.LAST_WRITER_WINS
     retention: Retention = Retention()
 
     @model_validator(mode="after")
     def _default_chunk_size(self) -> Self:
-        if self.chunk_size == 0:
+        # Left out, the size is the chunking's default; given, it must be in bounds
+        # (0 included: it is not a way to ask for the default).
+        if "chunk_size" not in self.model_fields_set:
             self.chunk_size = (
                 DEFAULT_FIXED_SIZE if self.chunking == "fixed" else DEFAULT_CDC_AVERAGE
             )
         if self.chunking == "cdc" and not CDC_MIN_AVERAGE <= self.chunk_size <= CDC_MAX_AVERAGE:
-            raise ValueError("chunk_size for cdc chunking must be between 1KiB and 4MiB")
-        if self.chunking == "fixed" and self.chunk_size < 4096:
-            raise ValueError("chunk_size for fixed chunking must be at least 4KiB")
+            raise ValueError(
+                f"chunk size {size_text(self.chunk_size)} is out of range: "
+                "the average size for cdc chunking must be between 1KiB and 4MiB"
+            )
+        if self.chunking == "fixed" and not FIXED_MIN_SIZE <= self.chunk_size <= FIXED_MAX_SIZE:
+            raise ValueError(
+                f"chunk size {size_text(self.chunk_size)} is out of range: "
+                "fixed chunks must be between 4KiB and 256MiB"
+            )
         return self
 
 

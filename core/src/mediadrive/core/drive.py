@@ -31,6 +31,7 @@ from .errors import (
     IsADirectory,
     NotADirectory,
     PathNotFound,
+    StoreUnavailable,
     VersionNotFound,
 )
 from .gc import Collector, GcReport
@@ -134,14 +135,20 @@ class Drive:
         settings: DriveSettings | None = None,
         *,
         identity: Identity | None = None,
+        create_store: bool = False,
     ) -> Drive:
-        """Make a new drive in these stores (a missing store folder or bucket is made)."""
+        """Make a new drive in these stores.
+
+        A missing bucket is made only with ``create_store``: a typo in its name must
+        not make a new one. A local store's missing folder is made either way.
+        """
         ref = DriveRef(name=check_drive_name(name), meta_url=meta_url, store_url=store_url)
         settings = settings or DriveSettings()
         meta = connect(meta_url, name)
         blobs: BlobStore | None = None
         try:
-            blobs = open_store(store_url, create=True)
+            local = store_url.startswith("file:")
+            blobs = open_store(store_url, create=create_store or local)
             await blobs.check()
             await meta.create_drive(settings)
         except BaseException:
@@ -175,6 +182,33 @@ class Drive:
                 await blobs.close()
             raise
         return cls(ref, settings, meta, blobs, identity)
+
+    async def check_stores(self, tries: int = 200) -> None:
+        """StoreUnavailable unless the chunk store holds a chunk the metadata names.
+
+        Catches a drive attached with the wrong bucket or prefix before its reads
+        fail. Looks at the first file with a version, walking at most ``tries``
+        folders; a drive with no content yet passes.
+        """
+        chunk = await self._some_chunk(tries)
+        if chunk is not None and not await self.blobs.exists(chunk):
+            raise StoreUnavailable(
+                f"the chunk store {self.ref.store_url} does not hold drive {self.name!r}: "
+                f"chunk {chunk} of its metadata is not there (wrong bucket or prefix?)"
+            )
+
+    async def _some_chunk(self, tries: int) -> str | None:
+        folders = [(await self.stat("/")).id]
+        while folders and tries > 0:
+            tries -= 1
+            for node in await self.meta.list_dir(folders.pop(0)):
+                if node.is_dir:
+                    folders.append(node.id)
+                elif node.kind is NodeKind.FILE and node.head_version is not None:
+                    _, extents = await self.meta.version(node.id, node.head_version)
+                    if extents:
+                        return extents[0].chunk_id
+        return None
 
     async def close(self) -> None:
         await self.meta.close()
@@ -316,9 +350,13 @@ class Drive:
             upload = await self.upload(source, progress)
             try:
                 outcome = await self.commit(path, upload, base, message, mode, mtime_ns)
-            except ChunkMissing:
+            except BaseException as exc:
+                # No commit will name these chunks: GC may have them (see gc's grace).
+                with contextlib.suppress(Exception):
+                    ids = sorted({e.chunk_id for e in upload.extents})
+                    await self.uploader.release(ids, upload.token)
                 # GC took a chunk this upload found already stored; send it again once.
-                if attempt or start is None:
+                if not isinstance(exc, ChunkMissing) or attempt or start is None:
                     raise
                 source.seek(start)
                 continue

@@ -35,6 +35,10 @@ class InvalidPath(MediadriveError):
     pass
 
 
+class LocalFileError(MediadriveError):
+    """A local file or folder that cannot be read or written (permissions, a full disk)."""
+
+
 class NotADirectory(MediadriveError):
     pass
 

@@ -21,6 +21,9 @@ class GcReport:
     versions_pruned: int
     chunks_deleted: int
     bytes_freed: int
+    # Unreferenced chunks kept whatever the grace: an upload holds them, running or
+    # interrupted less than CHUNK_HOLD ago (finished uploads release their holds).
+    chunks_held: int = 0
 
 
 class Collector:
@@ -45,7 +48,7 @@ class Collector:
                 chunks_deleted=deleted,
                 bytes_freed=freed,
             )
-        return GcReport(pruned, deleted, freed)
+        return GcReport(pruned, deleted, freed, await self.meta.held_unreferenced())
 
     async def _finish_interrupted(self) -> None:
         """Deletions an earlier run marked but did not finish."""

@@ -11,6 +11,11 @@ def normalize(path: str) -> str:
     """``'a//b/./c'`` -> ``'/a/b/c'``; ``'/../x'`` is refused, not clamped to ``'/x'``."""
     if "\0" in path:
         raise InvalidPath(f"path {path!r} contains a NUL byte")
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape).
+        raise InvalidPath(f"path '{_shown(path)}' is not valid UTF-8") from None
     depth = 0
     parts: list[str] = []
     for part in path.split("/"):
@@ -27,6 +32,15 @@ def normalize(path: str) -> str:
         depth += 1
         parts.append(part)
     return "/" + "/".join(parts)
+
+
+def _shown(path: str) -> str:
+    """``path`` printable, its bytes that are not UTF-8 written as ``\\xff``."""
+    try:
+        raw = path.encode(errors="surrogateescape")
+    except UnicodeEncodeError:
+        return path.encode(errors="backslashreplace").decode()
+    return raw.decode(errors="backslashreplace")
 
 
 def split(path: str) -> tuple[str, str]:

@@ -9,10 +9,11 @@ commit that names it lands, so GC never collects a chunk a commit is about to us
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -167,10 +168,18 @@ class Uploader:
         except BaseException:
             for task in run.sent.values():
                 task.cancel()
+            # A failed upload is finished: let GC have its chunks (see release).
+            with contextlib.suppress(Exception):
+                await self.release(sorted(run.claimed), run.token)
             raise
         finally:
             renewer.cancel()
         return run.result()
+
+    async def release(self, chunk_ids: Sequence[str], token: str) -> None:
+        """End an upload's holds when no commit will follow (a commit ends them itself)."""
+        if chunk_ids:
+            await self.meta.hold_chunks(chunk_ids, hold=0, token=token)
 
     async def _keep(self, run: _Run, extent: Extent) -> None:
         """A chunk of an earlier version, kept as it is: it must still be stored."""

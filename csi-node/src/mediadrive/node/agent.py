@@ -103,6 +103,11 @@ class Agent:
         existing = self.registry.entry_for(self.mountpoint)
         if existing is not None or _mounted(self.mountpoint):
             raise MountError(f"{self.mountpoint} is already mounted")
+        if not options.nonempty and any(self.mountpoint.iterdir()):
+            raise MountError(
+                f"mount point {self.mountpoint} is not empty: the mount would hide its files "
+                "(--nonempty mounts over them)"
+            )
         parts = self.parts = await open_parts(options, FuseKernel(), self._cleanups)
         loop = asyncio.get_running_loop()
 

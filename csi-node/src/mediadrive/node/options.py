@@ -56,6 +56,8 @@ class MountOptions(BaseModel):
     # Let other users reach the mount (FUSE allow_other). Off unless asked for, root
     # included: the CSI service passes it for pods that run as other users.
     allow_other: bool = False
+    # Mount over a folder that has files in it (hiding them until unmounted).
+    nonempty: bool = False
 
     @field_validator("drive")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -69,16 +70,24 @@ class LocalBlobStore(BlobStore):
         final = self._path(chunk_id)
         if final.exists():
             return
-        # Chunks are file contents: readable by the store's owner only.
-        private.make_dir(final.parent)
         tmp = final.with_name(f".{chunk_id}.{os.getpid()}.{id(data)}.tmp")
-        with open(tmp, "wb", opener=private.opener) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # Rename after fsync: a reader sees the whole chunk or none of it.
-        os.replace(tmp, final)
-        fsync_dir(final.parent)
+        try:
+            # Chunks are file contents: readable by the store's owner only.
+            private.make_dir(final.parent)
+            with open(tmp, "wb", opener=private.opener) as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            # Rename after fsync: a reader sees the whole chunk or none of it.
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+        except OSError as err:
+            # A full disk or a read-only folder: no half chunk stays behind.
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreUnavailable(
+                f"cannot write to store folder {self.root}: {err.strerror}"
+            ) from None
 
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
         await asyncio.to_thread(self._put, chunk_id, data)

@@ -133,14 +133,18 @@ class S3BlobStore(BlobStore):
     def _key(self, chunk_id: str) -> str:
         return f"{self.prefix}chunks/{chunk_id[:2]}/{chunk_id}"
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, chunk: str | None = None, **kwargs: Any
+    ) -> T:
+        """``fn`` on the store's threads; ``chunk`` names what a NotFound is about."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
         except ClientError as err:
             code = str(err.response.get("Error", {}).get("Code", ""))
             if code in _MISSING:
-                raise NotFound(f"object {args or kwargs} is not in {self._where()}") from None
+                what = f"chunk {chunk}" if chunk else f"object {kwargs.get('Key', '')}".strip()
+                raise NotFound(f"{what} is not in {self._where()}") from None
             raise StoreUnavailable(f"S3 store {self._where()} refused: {code or err}") from None
         except BotoCoreError as err:
             raise StoreUnavailable(f"S3 store {self._where()} is unreachable: {err}") from None
@@ -159,11 +163,15 @@ class S3BlobStore(BlobStore):
         body = data if isinstance(data, bytes) else bytes(data)
         key = self._key(chunk_id)
         if len(body) <= _PART_SIZE:
-            await self._call(self._client.put_object, Bucket=self.bucket, Key=key, Body=body)
+            await self._call(
+                self._client.put_object, Bucket=self.bucket, Key=key, Body=body, chunk=chunk_id
+            )
             return
         # BytesIO shares the bytes object instead of copying it.
         manager = self._transfers()
-        await self._call(lambda: manager.upload(io.BytesIO(body), self.bucket, key).result())
+        await self._call(
+            lambda: manager.upload(io.BytesIO(body), self.bucket, key).result(), chunk=chunk_id
+        )
 
     async def get(self, chunk_id: str) -> bytes:
         def fetch() -> bytes:
@@ -171,7 +179,7 @@ class S3BlobStore(BlobStore):
                 "Body"
             ].read()
 
-        return await self._call(fetch)
+        return await self._call(fetch, chunk=chunk_id)
 
     async def get_range(self, chunk_id: str, offset: int, length: int) -> bytes:
         if length <= 0:
@@ -190,11 +198,16 @@ class S3BlobStore(BlobStore):
                 raise
             return response["Body"].read()
 
-        return await self._call(fetch)
+        return await self._call(fetch, chunk=chunk_id)
 
     async def exists(self, chunk_id: str) -> bool:
         try:
-            await self._call(self._client.head_object, Bucket=self.bucket, Key=self._key(chunk_id))
+            await self._call(
+                self._client.head_object,
+                Bucket=self.bucket,
+                Key=self._key(chunk_id),
+                chunk=chunk_id,
+            )
         except NotFound:
             return False
         return True
@@ -229,7 +242,10 @@ class S3BlobStore(BlobStore):
             await self._call(self._client.head_bucket, Bucket=self.bucket)
         except NotFound:
             if not self._create:
-                raise StoreUnavailable(f"bucket {self.bucket!r} does not exist") from None
+                raise StoreUnavailable(
+                    f"bucket {self.bucket!r} does not exist in {self._where()} "
+                    "(mediadrive drive create --create-bucket makes it)"
+                ) from None
             await self._call(self._client.create_bucket, Bucket=self.bucket)
 
     async def close(self) -> None:

@@ -168,6 +168,9 @@ class MetaStore(Protocol):
     async def expire_holds(self) -> int:
         """Forget holds whose uploads died without committing; returns how many."""
 
+    async def held_unreferenced(self) -> int:
+        """How many chunks no version references are held by an upload now."""
+
     async def mark_stored(self, chunk_ids: Sequence[str]) -> None:
         """Record that claimed chunks are now in the blob store."""
 

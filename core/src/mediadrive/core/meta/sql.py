@@ -203,6 +203,8 @@ class SqlMetaStore(ABC):
 
         async def body(tx: Tx) -> DriveSettings:
             version = await self._schema_version(tx)
+            if version == 0:
+                raise SchemaError(f"{self._where()} holds no mediadrive metadata (empty?)")
             if version != LATEST:
                 raise SchemaError(
                     f"metadata schema in {self._where()} is version {version}, "
@@ -1003,6 +1005,22 @@ class SqlMetaStore(ABC):
             )
 
         return await self._run(body)
+
+    async def held_unreferenced(self) -> int:
+        """How many chunks no version references are held by an upload now."""
+
+        async def body(tx: Tx) -> int:
+            row = await tx.fetchone(
+                "SELECT COUNT(*) FROM chunks c WHERE c.drive = ? "
+                "AND NOT EXISTS (SELECT 1 FROM extents e WHERE e.drive = c.drive "
+                "AND e.chunk_id = c.id) "
+                "AND EXISTS (SELECT 1 FROM holds h WHERE h.drive = c.drive "
+                "AND h.chunk_id = c.id AND h.until >= ?)",
+                (self.drive, time.time()),
+            )
+            return int(row[0]) if row else 0
+
+        return await self._run(body, write=False)
 
     async def mark_stored(self, chunk_ids: Sequence[str]) -> None:
         async def body(tx: Tx) -> None:

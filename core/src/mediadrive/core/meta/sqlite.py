@@ -99,8 +99,10 @@ class SqliteMetaStore(SqlMetaStore):
 
     def __init__(self, url: str, drive: str) -> None:
         super().__init__(url, drive)
-        self.path = Path(urlsplit(url).path)
+        # sqlite:////abs/path (four slashes) names /abs/path too.
+        self.path = Path("/" + urlsplit(url).path.lstrip("/"))
         self._conn: sqlite3.Connection | None = None
+        self._may_create = False
         # One thread owns the connection, so this process's transactions run one at
         # a time; other processes queue on SQLite's own locks (busy_timeout).
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
@@ -109,16 +111,31 @@ class SqliteMetaStore(SqlMetaStore):
     async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
 
+    async def migrate(self) -> int:
+        # Making the schema (as create_drive does) is the one call that may make the
+        # file; every other call needs it to exist, and leaves nothing when it does not.
+        self._may_create = True
+        return await super().migrate()
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             if not self.path.parent.is_dir():
                 raise StoreUnavailable(f"metadata folder {self.path.parent} does not exist")
+            if not self._may_create and not self.path.exists():
+                raise StoreUnavailable(
+                    f"metadata file {self.path} is missing (deleted or moved?); nothing was changed"
+                )
+            mode = "rwc" if self._may_create else "rw"
             try:
                 # Made 0600 before SQLite creates it: its -wal and -shm files take
                 # the database's mode.
                 private.touch(self.path)
                 conn = sqlite3.connect(
-                    self.path, isolation_level=None, timeout=30, cached_statements=256
+                    f"{self.path.as_uri()}?mode={mode}",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=30,
+                    cached_statements=256,
                 )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")

@@ -1,0 +1,92 @@
+"""GC and the holds of uploads: finished uploads hold nothing, held chunks are reported."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from mediadrive.cli.drive_registry import open_drive
+from mediadrive.cli.settings import CliSettings
+from mediadrive.core.config import DriveSettings
+from mediadrive.core.drive import Drive
+from mediadrive.core.errors import StoreUnavailable
+from tests.integration.test_cli import Cli
+
+CHUNK = 64 << 10
+
+
+class Broken(io.RawIOBase):
+    """A source that fails after ``good`` bytes, like a file on a dying disk."""
+
+    def __init__(self, good: int) -> None:
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self.left <= 0:
+            raise OSError(5, "Input/output error")
+        n = min(len(buffer), self.left)
+        buffer[:n] = os.urandom(n)
+        self.left -= n
+        return n
+
+
+async def _drive(tmp_path: Path) -> Drive:
+    return await Drive.create(
+        "show",
+        f"sqlite:///{tmp_path}/meta.db",
+        f"file://{tmp_path}/store",
+        DriveSettings(chunk_size=CHUNK),
+    )
+
+
+async def test_a_failed_upload_leaves_nothing_held(tmp_path: Path) -> None:
+    async with await _drive(tmp_path) as drive:
+        with pytest.raises(OSError, match="Input/output"):
+            await drive.write_file("/a.bin", io.BufferedReader(Broken(5 * CHUNK)))
+        report = await drive.gc(0)
+        assert report.chunks_held == 0
+        assert report.chunks_deleted >= 1
+
+
+async def test_a_failed_commit_leaves_nothing_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await _drive(tmp_path) as drive:
+
+        async def down(*args: object, **kwargs: object) -> None:
+            raise StoreUnavailable("metadata store went away")
+
+        monkeypatch.setattr(drive.meta, "commit", down)
+        with pytest.raises(StoreUnavailable):
+            await drive.write_file("/a.bin", io.BytesIO(os.urandom(3 * CHUNK)))
+        monkeypatch.undo()
+        report = await drive.gc(0)
+        assert (report.chunks_held, report.chunks_deleted) == (0, 3)
+
+
+def test_gc_says_which_chunks_an_upload_holds(tmp_path: Path) -> None:
+    import asyncio
+
+    cli = Cli(tmp_path / "home", {})
+    cli.run("drive", "create", "show", "--chunk-size", "64KiB")
+
+    async def interrupted_upload() -> None:
+        # Uploaded but never committed: what a cp killed before its commit leaves.
+        drive = await open_drive("show", CliSettings(home=cli.home))
+        try:
+            await drive.upload(io.BytesIO(os.urandom(2 * CHUNK)))
+        finally:
+            await drive.close()
+
+    asyncio.run(interrupted_upload())
+    said = cli.run("gc", "show", "--grace", "0s").stdout
+    assert "deleted 0 chunks" in said
+    assert "kept 2 unreferenced chunks that uploads hold" in said
+    assert "interrupted less than 15 minutes ago" in said
+    assert cli.json("gc", "show", "--grace", "0s")["chunks_held"] == 2
