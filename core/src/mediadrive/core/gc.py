@@ -21,6 +21,8 @@ class GcReport:
     versions_pruned: int
     chunks_deleted: int
     bytes_freed: int
+    # Half-written files of failed puts (``.tmp`` in a local store) older than the grace.
+    debris_removed: int = 0
 
 
 class Collector:
@@ -36,6 +38,8 @@ class Collector:
         await self.meta.expire_holds()
         await self._finish_interrupted()
         deleted, freed = await self._sweep(now - grace)
+        # Older than the grace period, no put is still writing it.
+        debris = await self.blobs.remove_debris(grace)
         if pruned or deleted:
             await self.meta.record_event(
                 "gc",
@@ -45,7 +49,7 @@ class Collector:
                 chunks_deleted=deleted,
                 bytes_freed=freed,
             )
-        return GcReport(pruned, deleted, freed)
+        return GcReport(pruned, deleted, freed, debris)
 
     async def _finish_interrupted(self) -> None:
         """Deletions an earlier run marked but did not finish."""

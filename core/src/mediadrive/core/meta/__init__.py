@@ -15,21 +15,28 @@ from ..schemes import SchemeRegistry
 from .interface import CHUNK_HOLD, MetaStore
 from .records import (
     ChunkClaim,
+    ChunkRecord,
+    ChunkUse,
     CommitOutcome,
     CommitRequest,
+    DriveDump,
     Event,
     Extent,
     GcCandidate,
     Node,
     NodeKind,
+    StoredExtent,
     VersionInfo,
 )
 
 __all__ = [
     "CHUNK_HOLD",
     "ChunkClaim",
+    "ChunkRecord",
+    "ChunkUse",
     "CommitOutcome",
     "CommitRequest",
+    "DriveDump",
     "Event",
     "Extent",
     "GcCandidate",
@@ -37,6 +44,7 @@ __all__ = [
     "MetaStore",
     "Node",
     "NodeKind",
+    "StoredExtent",
     "VersionInfo",
     "check_meta_url",
     "connect",
