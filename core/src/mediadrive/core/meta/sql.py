@@ -868,7 +868,10 @@ class SqlMetaStore(ABC):
                     "INSERT INTO chunks (drive, id, size, state, held_until, blocks) "
                     "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (drive, id) DO UPDATE "
                     "SET held_until = excluded.held_until, "
-                    "blocks = COALESCE(chunks.blocks, excluded.blocks) "
+                    # A damaged chunk takes the digests of the bytes that replace it.
+                    "blocks = CASE WHEN chunks.state = 'damaged' "
+                    "THEN COALESCE(excluded.blocks, chunks.blocks) "
+                    "ELSE COALESCE(chunks.blocks, excluded.blocks) END "
                     "WHERE chunks.state <> 'deleting'",
                     (self.drive, chunk_id, size, now, blocks),
                 )
