@@ -207,7 +207,12 @@ def test_gc_collects_only_unreferenced_chunks(tmp_path: Path) -> None:
     assert len(list(store.glob("*/*"))) == 6
 
     report = cli.json("gc", "keep", "--grace", "0s")
-    assert report == {"versions_pruned": 1, "chunks_deleted": 2, "bytes_freed": 2 * MIB}
+    assert report == {
+        "versions_pruned": 1,
+        "chunks_deleted": 2,
+        "bytes_freed": 2 * MIB,
+        "debris_removed": 0,
+    }
     assert len(list(store.glob("*/*"))) == 4
     out = tmp_path / "out"
     cli.run("cp", "keep:/f", str(out))

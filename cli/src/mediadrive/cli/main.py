@@ -26,6 +26,7 @@ import typer
 from mediadrive.core import paths
 from mediadrive.core.errors import ConfigError, InvalidPath, MediadriveError, PathNotFound
 
+from . import heal_commands
 from .output import JsonFlag, err, out, print_json
 from .targets import DriveTarget, parse_target
 
@@ -558,7 +559,7 @@ def gc(
     else:
         out.print(
             f"pruned {report.versions_pruned} versions, deleted {report.chunks_deleted} chunks, "
-            f"freed {format_size(report.bytes_freed)}"
+            f"freed {format_size(report.bytes_freed)}, removed {report.debris_removed} debris"
         )
 
 
@@ -601,6 +602,8 @@ def _mount_commands() -> ModuleType | None:
 
 if (_mounts := _mount_commands()) is not None:
     _mounts.register(app)
+
+heal_commands.register(app, drive_app)
 
 
 def main() -> None:

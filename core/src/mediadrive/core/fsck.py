@@ -79,14 +79,15 @@ class Fsck:
         self.blobs = blobs
         self.concurrency = concurrency
 
-    async def chunks(self, sample: int | float | None = None) -> list[ChunkRecord]:
-        """The chunks to check: all that versions name, or a random sample of them
-        (an int is a count, a float a share)."""
+    async def chunks(self, sample: int | float | None = None) -> tuple[list[ChunkRecord], int]:
+        """The chunks to check (all that versions name, or a random sample: an int is
+        a count, a float a share) and how many there are in all."""
         records = await self.meta.referenced_chunks()
         if sample is None:
-            return records
+            return records, len(records)
         count = sample if isinstance(sample, int) else math.ceil(len(records) * sample)
-        return sorted(random.sample(records, min(count, len(records))), key=lambda r: r.chunk_id)
+        picked = random.sample(records, min(count, len(records)))
+        return sorted(picked, key=lambda r: r.chunk_id), len(records)
 
     async def check(
         self,
