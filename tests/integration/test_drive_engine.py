@@ -16,7 +16,7 @@ import pytest
 
 from mediadrive.core.config import DriveSettings, Retention
 from mediadrive.core.drive import Drive
-from mediadrive.core.errors import ChunkMissing, CorruptChunk, NotFound, VersionNotFound
+from mediadrive.core.errors import ChunkMissing, CorruptChunk, VersionNotFound
 from mediadrive.core.hashing import BLOCK_SIZE, chunk_id
 from mediadrive.core.meta import Extent
 from tests.servers import S3Server, create_database
@@ -239,12 +239,12 @@ async def test_a_corrupt_chunk_is_an_error_never_wrong_bytes(
         assert len(await read_all(d, "/other.mov")) == CHUNK
     await reopened.close()
 
-    # A chunk gone from the store is an error too.
+    # A chunk gone from the store is an error too: a damaged file, not a missing one.
     await drive.blobs.delete(third)
     fresh = await Drive.open("show", pairing.meta_url, pairing.store_url)
     try:
         reader = await fresh.reader("/clip.mov")
-        with pytest.raises(NotFound):
+        with pytest.raises(CorruptChunk):
             await reader.read(2 * CHUNK + 5, 10)
     finally:
         await fresh.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -17,9 +19,30 @@ if TYPE_CHECKING:
     from mediadrive.core.fsck import FsckReport
 
 
+T = TypeVar("T")
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     sys.stderr.write(f"mediadrive: error: {message}\n")
     return typer.Exit(code)
+
+
+# The same as main's run and with_drive; main imports this module, not the reverse.
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except MediadriveError as exc:
+        raise _fail(str(exc)) from None
+
+
+async def _with_drive(name: str, body: Callable[[Drive], Awaitable[T]]) -> T:
+    from .drive_registry import open_drive
+
+    drive = await open_drive(name)
+    try:
+        return await body(drive)
+    finally:
+        await drive.close()
 
 
 def fsck(
@@ -42,7 +65,6 @@ def fsck(
     """Check that every chunk a version names is stored and hashes right; exit 1 on damage."""
     from mediadrive.core.fsck import Fsck, parse_sample
 
-    from .main import run, with_drive
     from .progress import transfer_progress
 
     try:
@@ -57,7 +79,7 @@ def fsck(
         with transfer_progress(err.console, size, f"checking {name}") as tick:
             return await checker.check(records, repair=repair, progress=tick, total=total)
 
-    report = run(with_drive(name, body))
+    report = _run(_with_drive(name, body))
     if json_out:
         print_json(_report_json(report))
     else:
@@ -115,12 +137,10 @@ def drive_dump(name: Annotated[str, typer.Argument(help="The drive to dump.")]) 
     """Write the drive's whole metadata to stdout (gzip'd JSON lines; see docs/dump-format.md)."""
     from mediadrive.core.dump import dump_drive
 
-    from .main import run, with_drive
-
     if sys.stdout.isatty():
         raise _fail("the dump is binary; redirect it to a file: mediadrive drive dump NAME > FILE")
     sink = sys.stdout.buffer
-    summary = run(with_drive(name, lambda d: dump_drive(d.meta, sink)))
+    summary = _run(_with_drive(name, lambda d: dump_drive(d.meta, sink)))
     sink.flush()
     counts = ", ".join(f"{n} {kind}s" for kind, n in summary.counts.items())
     err.print(f"dumped drive {name}: {counts}", markup=False)
@@ -144,7 +164,6 @@ def drive_load(
     from mediadrive.core.meta import check_meta_url, connect
 
     from . import drive_registry
-    from .main import run
     from .settings import cli_settings
 
     if sys.stdin.isatty():
@@ -175,7 +194,7 @@ def drive_load(
         drive_registry.save_ref(DriveRef(name=name, meta_url=meta, store_url=store), cli)
         return summary
 
-    summary = run(body())
+    summary = _run(body())
     if json_out:
         print_json(asdict(summary))
         return

@@ -15,6 +15,9 @@ from .blob import BlobStore
 from .config import Retention
 from .meta import MetaStore
 
+# A put writing a big chunk to a slow disk may take this long.
+DEBRIS_MIN_AGE = 60.0
+
 
 @dataclass(frozen=True)
 class GcReport:
@@ -38,8 +41,9 @@ class Collector:
         await self.meta.expire_holds()
         await self._finish_interrupted()
         deleted, freed = await self._sweep(now - grace)
-        # Older than the grace period, no put is still writing it.
-        debris = await self.blobs.remove_debris(grace)
+        # Older than the grace period (and a minute, whatever the grace), no put is
+        # still writing it.
+        debris = await self.blobs.remove_debris(max(grace, DEBRIS_MIN_AGE))
         if pruned or deleted:
             await self.meta.record_event(
                 "gc",

@@ -7,6 +7,7 @@ import builtins
 import contextlib
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -72,7 +73,8 @@ class LocalBlobStore(BlobStore):
         # Written even if a file of that name is there: a put follows a claim that
         # said the chunk is missing or damaged, and a damaged file must be replaced.
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{chunk_id}.{os.getpid()}.{id(data)}.tmp")
+        # Unique: two uploads of the same bytes may write at once.
+        tmp = final.with_name(f".{chunk_id}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
