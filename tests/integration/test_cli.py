@@ -296,6 +296,7 @@ def test_gc_collects_only_unreferenced_chunks(tmp_path: Path) -> None:
         "chunks_deleted": 2,
         "bytes_freed": 2 * MIB,
         "chunks_held": 0,
+        "debris_removed": 0,
     }
     assert len(list(store.glob("*/*"))) == 4
     out = tmp_path / "out"

@@ -20,7 +20,6 @@ from mediadrive.core.errors import (
     AlreadyExists,
     ChunkMissing,
     CorruptChunk,
-    NotFound,
     PathNotFound,
     VersionNotFound,
 )
@@ -246,12 +245,12 @@ async def test_a_corrupt_chunk_is_an_error_never_wrong_bytes(
         assert len(await read_all(d, "/other.mov")) == CHUNK
     await reopened.close()
 
-    # A chunk gone from the store is an error too.
+    # A chunk gone from the store is an error too: a damaged file, not a missing one.
     await drive.blobs.delete(third)
     fresh = await Drive.open("show", pairing.meta_url, pairing.store_url)
     try:
         reader = await fresh.reader("/clip.mov")
-        with pytest.raises(NotFound):
+        with pytest.raises(CorruptChunk):
             await reader.read(2 * CHUNK + 5, 10)
     finally:
         await fresh.close()

@@ -13,6 +13,7 @@ import posixpath
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -958,3 +959,68 @@ async def test_a_file_inside_a_removed_folder_ages_out_like_a_deleted_file(
     assert await store.versions(gone.id) == []
     kept = await resolve(store, "/kept.exr")
     assert [v.version for v in await store.versions(kept.id)] == [1]
+
+
+# -- damaged chunks, fsck queries, dump and load --------------------------------------------
+
+
+async def test_a_damaged_chunk_is_claimed_as_pending_until_stored_again(store: MetaStore) -> None:
+    done = await commit(store, "/a.bin", None, b"good bytes")
+    (extent,) = (await store.version(done.file_id, done.version))[1]
+    assert await store.mark_damaged([extent.chunk_id, "0" * 64]) == 1
+    # Marked once: a second report changes nothing.
+    assert await store.mark_damaged([extent.chunk_id]) == 0
+    (claim,) = await store.claim_chunks([(extent.chunk_id, extent.length, None)])
+    assert claim.state == "pending"
+    # A commit naming a damaged chunk is refused until its bytes are stored again.
+    parent = await resolve(store, "/")
+    with pytest.raises(ChunkMissing):
+        await store.commit(request(parent, "/b.bin", None, [extent]), LWW)
+    await store.mark_stored([extent.chunk_id])
+    (claim,) = await store.claim_chunks([(extent.chunk_id, extent.length, None)])
+    assert claim.state == "stored"
+    await store.commit(request(parent, "/b.bin", None, [extent]), LWW)
+
+
+async def test_referenced_chunks_and_their_users(store: MetaStore) -> None:
+    await mkdir(store, "/dir")
+    first = await commit(store, "/dir/a.bin", None, b"one", b"two")
+    await commit(store, "/dir/a.bin", first.version, b"one", b"three")
+    gone = await commit(store, "/b.bin", None, b"two")
+    await store.remove(1, "/", "b.bin", ACTOR)
+    ids = {data: chunk_id(data) for data in (b"one", b"two", b"three")}
+    records = await store.referenced_chunks()
+    assert sorted(r.chunk_id for r in records) == sorted(ids.values())
+    assert {r.state for r in records} == {"stored"}
+    assert {r.size for r in records if r.chunk_id == ids[b"three"]} == {5}
+    uses = await store.chunk_users([ids[b"two"]])
+    assert sorted((u.path, u.version, u.head, u.deleted) for u in uses) == [
+        ("/b.bin", gone.version, False, True),
+        ("/dir/a.bin", first.version, False, False),
+    ]
+    (use,) = await store.chunk_users([ids[b"three"]])
+    assert (use.path, use.head) == ("/dir/a.bin", True)
+
+
+async def test_export_then_import_makes_the_same_drive(store: MetaStore, tmp_path: Path) -> None:
+    await mkdir(store, "/d")
+    v1 = await commit(store, "/d/a.bin", None, b"alpha", b"beta")
+    await commit(store, "/d/a.bin", v1.version, b"alpha", b"gamma")
+    await commit(store, "/b.bin", None, b"beta")
+    await store.rename(1, "/b.bin", 1, "/c.bin", ACTOR)
+    await store.remove(1, "/", "c.bin", ACTOR)
+    dump = await store.export_drive()
+    target = connect(f"sqlite:///{tmp_path}/loaded.db", "copy")
+    try:
+        await target.import_drive(dump)
+        assert (await target.open_drive()).model_dump_json() == dump.settings
+        again = await target.export_drive()
+        assert dataclasses.replace(again, name=dump.name) == dump
+        with pytest.raises(AlreadyExists):
+            await target.import_drive(dump)
+        # The loaded drive goes on: new ids and event numbers follow the old ones.
+        node = await target.make_node(1, "/", "new", NodeKind.DIR, 0o755, ACTOR)
+        assert node.id == dump.next_node + 1
+        assert await target.last_event_seq() == dump.event_seq + 1
+    finally:
+        await target.close()

@@ -31,6 +31,7 @@ from mediadrive.core.errors import (
     PathNotFound,
 )
 
+from . import heal_commands
 from .output import JsonFlag, err, out, print_json
 from .targets import MAX_VERSION, DriveTarget, parse_target
 
@@ -861,7 +862,7 @@ def gc(
     else:
         out.print(
             f"pruned {report.versions_pruned} versions, deleted {report.chunks_deleted} chunks, "
-            f"freed {format_size(report.bytes_freed)}"
+            f"freed {format_size(report.bytes_freed)}, removed {report.debris_removed} debris"
         )
         if report.chunks_held:
             minutes = round(CHUNK_HOLD / 60)
@@ -913,6 +914,8 @@ def _mount_commands() -> ModuleType | None:
 
 if (_mounts := _mount_commands()) is not None:
     _mounts.register(app)
+
+heal_commands.register(app, drive_app)
 
 
 def _click_error(exc: Exception) -> NoReturn:

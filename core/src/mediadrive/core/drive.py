@@ -434,7 +434,9 @@ class Drive:
             raise VersionNotFound(
                 f"{self.name}:{paths.normalize(path)} has no version {number}"
             ) from None
-        return VersionReader(self.blobs, self.read_block, info, extents)
+        return VersionReader(
+            self.blobs, self.read_block, info, extents, on_damage=self.blocks.mark_damaged
+        )
 
     async def read_to(
         self,

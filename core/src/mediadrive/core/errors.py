@@ -64,7 +64,14 @@ class ChunkMissing(MediadriveError):
 
 
 class CorruptChunk(MediadriveError):
-    """Chunk bytes whose hash does not match their id."""
+    """Chunk bytes whose hash does not match their id, or a chunk the store lost."""
+
+    def __init__(self, message: str, chunk: str = "") -> None:
+        super().__init__(message)
+        # The damaged chunk, for log lines that name it beside a file and an offset.
+        self.chunk = chunk
+        # Where in a file the damaged bytes sit, once a reader of that file knows it.
+        self.offset: int | None = None
 
 
 class SchemaError(MediadriveError):

@@ -15,6 +15,9 @@ from .blob import BlobStore
 from .config import Retention
 from .meta import MetaStore
 
+# A put writing a big chunk to a slow disk may take this long.
+DEBRIS_MIN_AGE = 60.0
+
 
 @dataclass(frozen=True)
 class GcReport:
@@ -24,6 +27,8 @@ class GcReport:
     # Unreferenced chunks kept whatever the grace: an upload holds them, running or
     # interrupted less than CHUNK_HOLD ago (finished uploads release their holds).
     chunks_held: int = 0
+    # Half-written files of failed puts (``.tmp`` in a local store) older than the grace.
+    debris_removed: int = 0
 
 
 class Collector:
@@ -39,6 +44,9 @@ class Collector:
         await self.meta.expire_holds()
         await self._finish_interrupted()
         deleted, freed = await self._sweep(now - grace)
+        # Older than the grace period (and a minute, whatever the grace), no put is
+        # still writing it.
+        debris = await self.blobs.remove_debris(max(grace, DEBRIS_MIN_AGE))
         if pruned or deleted:
             await self.meta.record_event(
                 "gc",
@@ -48,7 +56,7 @@ class Collector:
                 chunks_deleted=deleted,
                 bytes_freed=freed,
             )
-        return GcReport(pruned, deleted, freed, await self.meta.held_unreferenced())
+        return GcReport(pruned, deleted, freed, await self.meta.held_unreferenced(), debris)
 
     async def _finish_interrupted(self) -> None:
         """Deletions an earlier run marked but did not finish."""

@@ -26,7 +26,9 @@ def is_chunk_id(text: str) -> bool:
 def verify(expected_id: str, data: bytes | bytearray | memoryview) -> None:
     actual = chunk_id(data)
     if actual != expected_id:
-        raise CorruptChunk(f"chunk {expected_id} is corrupt: its bytes hash to {actual}")
+        raise CorruptChunk(
+            f"chunk {expected_id} is corrupt: its bytes hash to {actual}", expected_id
+        )
 
 
 def block_digests(data: bytes | bytearray | memoryview) -> bytes:
@@ -42,4 +44,6 @@ def verify_block(
 ) -> None:
     expected = digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE]
     if blake3(data).digest() != expected:
-        raise CorruptChunk(f"block {index} of chunk {chunk} is corrupt: its hash does not match")
+        raise CorruptChunk(
+            f"block {index} of chunk {chunk} is corrupt: its hash does not match", chunk
+        )

@@ -13,9 +13,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from .blob import BlobStore
-from .errors import CorruptChunk
+from .errors import CorruptChunk, NotFound
 from .extents import ExtentMap
-from .hashing import BLOCK_SIZE, verify, verify_block
+from .hashing import BLOCK_SIZE, DIGEST_SIZE, verify, verify_block
 from .meta import Extent, MetaStore, VersionInfo
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,34 @@ class BlockReader:
             self._digests.popitem(last=False)
         return digests
 
+    async def mark_damaged(self, chunk: str) -> None:
+        """Record a chunk found corrupt or missing, so the next upload of its bytes
+        stores it again. Best effort: the read fails with EIO either way."""
+        try:
+            await self.meta.mark_damaged([chunk])
+        except Exception as exc:
+            log.warning("cannot mark chunk %s as damaged: %s", chunk, exc)
+
+    async def _fetch(self, chunk: str, offset: int, length: int | None) -> bytes:
+        """Bytes of a chunk; a chunk the store does not have is CorruptChunk (and
+        marked damaged), never NotFound: the file that names it exists."""
+        try:
+            if length is None:
+                return await self.blobs.get(chunk)
+            return await self.blobs.get_range(chunk, offset, length)
+        except NotFound:
+            log.error("chunk missing from the store", extra={"chunk": chunk, "drive": self.drive})
+            await self.mark_damaged(chunk)
+            raise CorruptChunk(f"chunk {chunk} is missing from the blob store", chunk) from None
+
     async def _whole(self, chunk: str) -> bytes:
         # Chunks recorded without block digests are verified whole.
-        data = await self.blobs.get(chunk)
-        await asyncio.to_thread(verify, chunk, data)
+        data = await self._fetch(chunk, 0, None)
+        try:
+            await asyncio.to_thread(verify, chunk, data)
+        except CorruptChunk:
+            await self.mark_damaged(chunk)
+            raise
         return data
 
     async def read_block(self, chunk: str, index: int) -> bytes:
@@ -58,11 +82,12 @@ class BlockReader:
         digests = await self.digests(chunk)
         if digests is None:
             return (await self._whole(chunk))[index * BLOCK_SIZE : (index + 1) * BLOCK_SIZE]
-        data = await self.blobs.get_range(chunk, index * BLOCK_SIZE, BLOCK_SIZE)
+        data = await self._fetch(chunk, index * BLOCK_SIZE, BLOCK_SIZE)
         try:
             verify_block(chunk, index, digests, data)
         except CorruptChunk:
             log.error("corrupt block", extra={"chunk": chunk, "block": index, "drive": self.drive})
+            await self.mark_damaged(chunk)
             raise
         return data
 
@@ -80,10 +105,19 @@ class BlockReader:
                 for i in range(first, first + count)
                 if i * BLOCK_SIZE < len(data)
             ]
-        data = await self.blobs.get_range(chunk, first * BLOCK_SIZE, count * BLOCK_SIZE)
+        data = await self._fetch(chunk, first * BLOCK_SIZE, count * BLOCK_SIZE)
         blocks = [data[i : i + BLOCK_SIZE] for i in range(0, len(data), BLOCK_SIZE)]
+        # A short (or empty) object must not pass for a chunk that ends sooner: the
+        # digests say how many blocks the chunk has.
+        expected = max(0, min(count, len(digests) // DIGEST_SIZE - first))
 
         def check() -> None:
+            if len(blocks) != expected:
+                raise CorruptChunk(
+                    f"chunk {chunk} is truncated in the store: {len(blocks)} of {expected} "
+                    f"blocks from block {first}",
+                    chunk,
+                )
             for n, block in enumerate(blocks):
                 verify_block(chunk, first + n, digests, block)
 
@@ -94,6 +128,7 @@ class BlockReader:
                 "corrupt block in range",
                 extra={"chunk": chunk, "block": first, "count": count, "drive": self.drive},
             )
+            await self.mark_damaged(chunk)
             raise
         return blocks
 
@@ -119,8 +154,10 @@ class VersionReader:
         fetch_block: BlockFetcher,
         info: VersionInfo,
         extents: list[Extent],
+        on_damage: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self.blobs = blobs
+        self.on_damage = on_damage
         self.fetch_block = fetch_block
         self.info = info
         self.extents = extents
@@ -141,8 +178,18 @@ class VersionReader:
         """Every chunk in file order, fetched ``prefetch`` ahead and checked against its id."""
 
         async def fetch(extent: Extent) -> bytes:
-            data = await self.blobs.get(extent.chunk_id)
-            await asyncio.to_thread(verify, extent.chunk_id, data)
+            try:
+                data = await self.blobs.get(extent.chunk_id)
+            except NotFound:
+                await self._damaged(extent.chunk_id)
+                raise CorruptChunk(
+                    f"chunk {extent.chunk_id} is missing from the blob store", extent.chunk_id
+                ) from None
+            try:
+                await asyncio.to_thread(verify, extent.chunk_id, data)
+            except CorruptChunk:
+                await self._damaged(extent.chunk_id)
+                raise
             return data
 
         pending: list[asyncio.Task[bytes]] = []
@@ -156,3 +203,7 @@ class VersionReader:
         finally:
             for task in pending:
                 task.cancel()
+
+    async def _damaged(self, chunk: str) -> None:
+        if self.on_damage is not None:
+            await self.on_damage(chunk)

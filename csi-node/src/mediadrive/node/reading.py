@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mediadrive.core.errors import CorruptChunk
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 
@@ -61,12 +62,21 @@ async def read_content(
             cache.prefetch_many((chunk, index) for _, chunk, index in content.blocks(lo, hi - lo))
     if len(covering) == 1:
         start, chunk, index = covering[0]
-        data = await cache.get(chunk, index)
+        data = await _block(cache, start, chunk, index)
         return data[offset - start : end - start]
     parts = []
     for start, chunk, index in covering:
-        data = await cache.get(chunk, index)
+        data = await _block(cache, start, chunk, index)
         lo = max(offset, start) - start
         hi = min(end, start + len(data)) - start
         parts.append(data[lo:hi])
     return b"".join(parts)
+
+
+async def _block(cache: BlockCache, start: int, chunk: str, index: int) -> bytes:
+    """A block that starts at file offset ``start``; a damaged one says where it is."""
+    try:
+        return await cache.get(chunk, index)
+    except CorruptChunk as exc:
+        exc.offset = start
+        raise

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from mediadrive.core.drive import Drive, UploadResult
-from mediadrive.core.errors import MediadriveError
+from mediadrive.core.errors import CorruptChunk, MediadriveError
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 
@@ -537,6 +537,22 @@ class VFS:
         return self._open_handle(node, True), self.attrs(node)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
+        try:
+            return await self._read(fh, offset, size)
+        except CorruptChunk as exc:
+            # EIO for the reader; the log names what is damaged and where.
+            node_id = self.handles[fh].node_id
+            try:
+                path = await self.tree.path_of(node_id)
+            except MediadriveError:
+                path = f"(node {node_id})"
+            where = exc.offset if exc.offset is not None else offset
+            log.error(
+                "cannot read %s at offset %d: chunk %s is damaged: %s", path, where, exc.chunk, exc
+            )
+            raise
+
+    async def _read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self.handles[fh]
         staged = self.staging.get(handle.node_id)
         while staged is not None:

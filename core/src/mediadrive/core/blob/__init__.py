@@ -10,6 +10,7 @@ how another store works (tiers, sharding, encryption) wrap it: see ``wrapper.py`
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -66,6 +67,15 @@ class BlobStore(ABC):
     async def close(self) -> None:  # noqa: B027 - engines without resources keep the default
         pass
 
+    async def debris(self, older_than: float) -> builtins.list[str]:
+        """Leftovers of writes that failed midway, untouched for ``older_than`` seconds
+        (names for a report; engines whose writes are atomic have none)."""
+        return []
+
+    async def remove_debris(self, older_than: float) -> int:
+        """Remove what :meth:`debris` lists; returns how many went."""
+        return 0
+
 
 class OpenStore(Protocol):
     def __call__(self, url: str, *, create: bool) -> BlobStore:
@@ -92,7 +102,7 @@ def register(scheme: str, open: OpenStore, check_url: Callable[[str], None]) -> 
     _ENGINES.register(scheme, BlobEngine(open, check_url))
 
 
-def store_schemes() -> list[str]:
+def store_schemes() -> builtins.list[str]:
     """The URL schemes blob stores can use."""
     return _ENGINES.schemes()
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import os
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -35,14 +38,14 @@ def _is_chunk_name(name: str) -> bool:
     return not name.startswith(".") and not name.endswith(".tmp")
 
 
-def _fan_out_folders(chunks: Path) -> list[str]:
+def _fan_out_folders(chunks: Path) -> builtins.list[str]:
     try:
         return sorted(entry.name for entry in os.scandir(chunks) if entry.is_dir())
     except FileNotFoundError:
         return []
 
 
-def _ids_in(folder: Path, prefix: str, after: str) -> list[str]:
+def _ids_in(folder: Path, prefix: str, after: str) -> builtins.list[str]:
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
@@ -68,9 +71,10 @@ class LocalBlobStore(BlobStore):
 
     def _put(self, chunk_id: str, data: bytes | memoryview) -> None:
         final = self._path(chunk_id)
-        if final.exists():
-            return
-        tmp = final.with_name(f".{chunk_id}.{os.getpid()}.{id(data)}.tmp")
+        # Written even if a file of that name is there: a put follows a claim that
+        # said the chunk is missing or damaged, and a damaged file must be replaced.
+        # Unique: two uploads of the same bytes may write at once.
+        tmp = final.with_name(f".{chunk_id}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             # Chunks are file contents: readable by the store's owner only.
             private.make_dir(final.parent)
@@ -121,6 +125,33 @@ class LocalBlobStore(BlobStore):
                 continue
             for chunk_id in await asyncio.to_thread(_ids_in, self._chunks / folder, prefix, after):
                 yield chunk_id
+
+    def _debris(self, older_than: float) -> builtins.list[Path]:
+        cutoff = time.time() - older_than
+        found = []
+        for folder in _fan_out_folders(self._chunks):
+            with os.scandir(self._chunks / folder) as entries:
+                for entry in entries:
+                    if not _is_chunk_name(entry.name) and entry.name.endswith(".tmp"):
+                        with contextlib.suppress(FileNotFoundError):
+                            if entry.stat().st_mtime < cutoff:
+                                found.append(Path(entry.path))
+        return sorted(found)
+
+    async def debris(self, older_than: float) -> builtins.list[str]:
+        """Half-written ``.tmp`` files a crashed or failed put left behind."""
+        return [str(p) for p in await asyncio.to_thread(self._debris, older_than)]
+
+    async def remove_debris(self, older_than: float) -> int:
+        def remove() -> int:
+            removed = 0
+            for path in self._debris(older_than):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+            return removed
+
+        return await asyncio.to_thread(remove)
 
     async def check(self) -> None:
         def probe() -> None:

@@ -10,6 +10,7 @@ the same contract tests as the engines it wraps.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator
 
 from . import BlobStore
@@ -45,3 +46,9 @@ class WrappedStore(BlobStore):
 
     async def close(self) -> None:
         await self.inner.close()
+
+    async def debris(self, older_than: float) -> builtins.list[str]:
+        return await self.inner.debris(older_than)
+
+    async def remove_debris(self, older_than: float) -> int:
+        return await self.inner.remove_debris(older_than)

@@ -15,23 +15,30 @@ from ..schemes import SchemeRegistry
 from .interface import CHUNK_HOLD, MetaStore
 from .records import (
     ChunkClaim,
+    ChunkRecord,
+    ChunkUse,
     CommitOutcome,
     CommitRequest,
     DeletedEntry,
+    DriveDump,
     Event,
     Extent,
     GcCandidate,
     Node,
     NodeKind,
+    StoredExtent,
     VersionInfo,
 )
 
 __all__ = [
     "CHUNK_HOLD",
     "ChunkClaim",
+    "ChunkRecord",
+    "ChunkUse",
     "CommitOutcome",
     "CommitRequest",
     "DeletedEntry",
+    "DriveDump",
     "Event",
     "Extent",
     "GcCandidate",
@@ -39,6 +46,7 @@ __all__ = [
     "MetaStore",
     "Node",
     "NodeKind",
+    "StoredExtent",
     "VersionInfo",
     "check_meta_url",
     "connect",

@@ -14,9 +14,12 @@ from typing import Any, Protocol
 from ..config import ConflictPolicy, DriveSettings, Retention
 from .records import (
     ChunkClaim,
+    ChunkRecord,
+    ChunkUse,
     CommitOutcome,
     CommitRequest,
     DeletedEntry,
+    DriveDump,
     Event,
     Extent,
     GcCandidate,
@@ -180,8 +183,29 @@ class MetaStore(Protocol):
     async def chunk_stats(self) -> tuple[int, int]:
         """(number of stored chunks, their total bytes)."""
 
+    async def mark_damaged(self, chunk_ids: Sequence[str]) -> int:
+        """Record that stored chunks were found corrupt or missing in the blob store:
+        the next claim of each says ``pending`` (so its bytes are uploaded again) and
+        ``mark_stored`` clears the mark. Returns how many were marked."""
+
+    async def referenced_chunks(self) -> list[ChunkRecord]:
+        """Every chunk some version still in history names, by id (state ``absent``
+        for one the store has no row for)."""
+
+    async def chunk_users(self, chunk_ids: Sequence[str]) -> list[ChunkUse]:
+        """The versions that name these chunks, with their files' paths."""
+
     async def logical_bytes(self) -> int:
         """Bytes of every version of every file, as if nothing were shared."""
+
+    # -- dump and load ----------------------------------------------------------------------
+
+    async def export_drive(self) -> DriveDump:
+        """The drive's whole metadata, read in one transaction (a consistent snapshot)."""
+
+    async def import_drive(self, dump: DriveDump) -> None:
+        """Migrate, then make this drive from ``dump`` (under this store's drive name);
+        AlreadyExists if the drive, or any row of it, is already here."""
 
     # -- events ---------------------------------------------------------------------------
 

@@ -131,3 +131,58 @@ class ChunkClaim:
 class GcCandidate:
     chunk_id: str
     size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """A chunk as the metadata store knows it.
+
+    ``state``: pending (claimed, not yet stored), stored, damaged (found corrupt or
+    missing: the next upload of its bytes stores it again), deleting (GC), or absent
+    (a version names it but the store has no row for it at all).
+    """
+
+    chunk_id: str
+    size: int
+    state: str
+    blocks: bytes | None = None
+    held_until: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkUse:
+    """One version that names a chunk, and where its file is (or was)."""
+
+    chunk_id: str
+    file_id: int
+    version: int
+    path: str
+    # The version is its live file's head (else it is history, or the file is deleted).
+    head: bool
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExtent:
+    """An extent with the version it belongs to (extents keep their order)."""
+
+    file_id: int
+    version: int
+    extent: Extent
+
+
+@dataclass
+class DriveDump:
+    """Everything the metadata store holds about one drive (holds aside: they are
+    transient), read in one transaction."""
+
+    name: str
+    settings: str
+    created: float
+    next_node: int
+    event_seq: int
+    nodes: list[Node] = field(default_factory=list)
+    versions: list[VersionInfo] = field(default_factory=list)
+    extents: list[StoredExtent] = field(default_factory=list)
+    chunks: list[ChunkRecord] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)

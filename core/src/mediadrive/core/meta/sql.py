@@ -19,6 +19,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from enum import Enum
 from typing import Any, Protocol, TypeVar
 
 from ..config import ConflictPolicy, DriveSettings, Retention
@@ -39,14 +40,18 @@ from ..errors import (
 from .interface import CHUNK_HOLD as CHUNK_HOLD  # re-exported: drive.py imports it here
 from .records import (
     ChunkClaim,
+    ChunkRecord,
+    ChunkUse,
     CommitOutcome,
     CommitRequest,
     DeletedEntry,
+    DriveDump,
     Event,
     Extent,
     GcCandidate,
     Node,
     NodeKind,
+    StoredExtent,
     VersionInfo,
 )
 from .schema import BOOKKEEPING, LATEST, MIGRATIONS, Dialect, render
@@ -962,7 +967,10 @@ class SqlMetaStore(ABC):
                     "INSERT INTO chunks (drive, id, size, state, held_until, blocks) "
                     "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (drive, id) DO UPDATE "
                     "SET held_until = excluded.held_until, "
-                    "blocks = COALESCE(chunks.blocks, excluded.blocks) "
+                    # A damaged chunk takes the digests of the bytes that replace it.
+                    "blocks = CASE WHEN chunks.state = 'damaged' "
+                    "THEN COALESCE(excluded.blocks, chunks.blocks) "
+                    "ELSE COALESCE(chunks.blocks, excluded.blocks) END "
                     "WHERE chunks.state <> 'deleting'",
                     (self.drive, chunk_id, size, now, blocks),
                 )
@@ -974,7 +982,9 @@ class SqlMetaStore(ABC):
                     claims.append(ChunkClaim(chunk_id, "busy"))
                     continue
                 await self._hold(tx, [chunk_id], token, now + hold)
-                claims.append(ChunkClaim(chunk_id, str(row[0])))
+                # A damaged chunk is uploaded again: this upload has its bytes.
+                state = "pending" if row[0] == "damaged" else str(row[0])
+                claims.append(ChunkClaim(chunk_id, state))
             return claims
 
         return await self._run(body)
@@ -1026,7 +1036,7 @@ class SqlMetaStore(ABC):
         async def body(tx: Tx) -> None:
             await tx.executemany(
                 "UPDATE chunks SET state = 'stored' "
-                "WHERE drive = ? AND id = ? AND state = 'pending'",
+                "WHERE drive = ? AND id = ? AND state IN ('pending', 'damaged')",
                 [(self.drive, c) for c in chunk_ids],
             )
 
@@ -1064,11 +1074,80 @@ class SqlMetaStore(ABC):
         async def body(tx: Tx) -> tuple[int, int]:
             row = await tx.fetchone(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM chunks "
-                "WHERE drive = ? AND state = 'stored'",
+                "WHERE drive = ? AND state IN ('stored', 'damaged')",
                 (self.drive,),
             )
             assert row is not None
             return int(row[0]), int(row[1])
+
+        return await self._run(body, write=False)
+
+    async def mark_damaged(self, chunk_ids: Sequence[str]) -> int:
+        """Mark stored chunks found corrupt or missing; their next claim is ``pending``."""
+
+        async def body(tx: Tx) -> int:
+            marked = 0
+            for chunk_id in chunk_ids:
+                marked += await tx.execute(
+                    "UPDATE chunks SET state = 'damaged' "
+                    "WHERE drive = ? AND id = ? AND state = 'stored'",
+                    (self.drive, chunk_id),
+                )
+            return marked
+
+        return await self._run(body)
+
+    async def referenced_chunks(self) -> list[ChunkRecord]:
+        """Every chunk a version names, with what the store records of it."""
+
+        async def body(tx: Tx) -> list[ChunkRecord]:
+            rows = await tx.fetchall(
+                "SELECT r.chunk_id, c.size, c.state, c.blocks, r.length FROM "
+                "(SELECT chunk_id, MAX(length) AS length FROM extents WHERE drive = ? "
+                "GROUP BY chunk_id) r "
+                "LEFT JOIN chunks c ON c.drive = ? AND c.id = r.chunk_id ORDER BY r.chunk_id",
+                (self.drive, self.drive),
+            )
+            return [
+                ChunkRecord(
+                    chunk_id=r[0],
+                    size=int(r[1] if r[1] is not None else r[4]),
+                    state=str(r[2]) if r[2] is not None else "absent",
+                    blocks=bytes(r[3]) if r[3] is not None else None,
+                )
+                for r in rows
+            ]
+
+        return await self._run(body, write=False)
+
+    async def chunk_users(self, chunk_ids: Sequence[str]) -> list[ChunkUse]:
+        """The versions naming these chunks, each with its file's (last) path."""
+
+        async def body(tx: Tx) -> list[ChunkUse]:
+            uses: list[ChunkUse] = []
+            folders: dict[int, str] = {}
+            for start in range(0, len(chunk_ids), 500):
+                batch = list(chunk_ids[start : start + 500])
+                marks = ", ".join("?" for _ in batch)
+                rows = await tx.fetchall(
+                    "SELECT DISTINCT e.chunk_id, e.file_id, e.version, n.parent_id, n.name, "
+                    "n.head_version, n.deleted_ns FROM extents e "
+                    "JOIN nodes n ON n.drive = e.drive AND n.id = e.file_id "
+                    f"WHERE e.drive = ? AND e.chunk_id IN ({marks}) "
+                    "ORDER BY e.file_id, e.version, e.chunk_id",
+                    (self.drive, *batch),
+                )
+                for chunk, file_id, version, parent_id, name, head, deleted_ns in rows:
+                    if parent_id not in folders:
+                        folders[parent_id] = await self._path_of(tx, parent_id)
+                    path = posixpath.join(folders[parent_id], name)
+                    deleted = deleted_ns is not None
+                    uses.append(
+                        ChunkUse(
+                            chunk, file_id, version, path, head == version and not deleted, deleted
+                        )
+                    )
+            return uses
 
         return await self._run(body, write=False)
 
@@ -1213,3 +1292,136 @@ class SqlMetaStore(ABC):
             return [r[0] for r in rows]
 
         return await self._run(body, write=False)
+
+    # -- dump and load -------------------------------------------------------------------------
+
+    async def export_drive(self) -> DriveDump:
+        """The drive's whole metadata in one read transaction: one consistent snapshot
+        (SQLite's WAL keeps it for the reader; PostgreSQL runs it serializable)."""
+
+        async def body(tx: Tx) -> DriveDump:
+            row = await tx.fetchone(
+                "SELECT settings, created, next_node, event_seq FROM drives WHERE name = ?",
+                (self.drive,),
+            )
+            if row is None:
+                raise DriveNotFound(f"drive {self.drive!r} does not exist in {self._where()}")
+            dump = DriveDump(self.drive, row[0], float(row[1]), int(row[2]), int(row[3]))
+            args = (self.drive,)
+            nodes = await tx.fetchall(
+                f"SELECT {NODE_COLUMNS} FROM nodes WHERE drive = ? ORDER BY id", args
+            )
+            dump.nodes = [_node(r) for r in nodes]
+            versions = await tx.fetchall(
+                f"SELECT {VERSION_COLUMNS} FROM versions WHERE drive = ? ORDER BY file_id, version",
+                args,
+            )
+            dump.versions = [_version(r) for r in versions]
+            extents = await tx.fetchall(
+                "SELECT file_id, version, file_offset, length, chunk_id FROM extents "
+                "WHERE drive = ? ORDER BY file_id, version, idx",
+                args,
+            )
+            dump.extents = [StoredExtent(r[0], r[1], Extent(r[2], r[3], r[4])) for r in extents]
+            chunks = await tx.fetchall(
+                "SELECT id, size, state, blocks, held_until FROM chunks "
+                "WHERE drive = ? ORDER BY id",
+                args,
+            )
+            dump.chunks = [
+                ChunkRecord(r[0], r[1], r[2], bytes(r[3]) if r[3] is not None else None, r[4])
+                for r in chunks
+            ]
+            events = await tx.fetchall(
+                "SELECT seq, kind, path, file_id, version, actor, created, detail FROM events "
+                "WHERE drive = ? ORDER BY seq",
+                args,
+            )
+            dump.events = [
+                Event(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7])) for r in events
+            ]
+            return dump
+
+        return await self._run(body, write=False)
+
+    async def import_drive(self, dump: DriveDump) -> None:
+        """Make this drive from a dump, in one transaction, in a store that lacks it."""
+        await self.migrate()
+
+        async def body(tx: Tx) -> None:
+            if await tx.fetchone("SELECT 1 FROM drives WHERE name = ?", (self.drive,)):
+                raise AlreadyExists(f"drive {self.drive!r} already exists in {self._where()}")
+            for table in ("nodes", "versions", "extents", "chunks", "events", "holds"):
+                if await tx.fetchone(
+                    f"SELECT 1 FROM {table} WHERE drive = ? LIMIT 1", (self.drive,)
+                ):
+                    raise AlreadyExists(
+                        f"{self._where()} already holds {table} of a drive {self.drive!r}; "
+                        "load into an empty metadata store"
+                    )
+            await tx.execute(
+                "INSERT INTO drives (name, settings, next_node, event_seq, created) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (self.drive, dump.settings, dump.next_node, dump.event_seq, dump.created),
+            )
+            # Columns by name, so a column a later migration adds to both NODE_COLUMNS
+            # and Node comes along without touching this.
+            node_columns = [c.strip() for c in NODE_COLUMNS.split(",")]
+            marks = ", ".join("?" for _ in node_columns)
+            await tx.executemany(
+                f"INSERT INTO nodes (drive, {NODE_COLUMNS}) VALUES (?, {marks})",
+                [(self.drive, *(_plain(getattr(n, c)) for c in node_columns)) for n in dump.nodes],
+            )
+            version_columns = [c.strip() for c in VERSION_COLUMNS.split(",")]
+            marks = ", ".join("?" for _ in version_columns)
+            await tx.executemany(
+                f"INSERT INTO versions (drive, {VERSION_COLUMNS}) VALUES (?, {marks})",
+                [(self.drive, *(getattr(v, c) for c in version_columns)) for v in dump.versions],
+            )
+            rows: list[tuple[Any, ...]] = []
+            idx = 0
+            last: tuple[int, int] | None = None
+            for stored in dump.extents:
+                key = (stored.file_id, stored.version)
+                idx = idx + 1 if key == last else 0
+                last = key
+                e = stored.extent
+                rows.append((self.drive, *key, idx, e.offset, e.length, e.chunk_id))
+            await tx.executemany(
+                "INSERT INTO extents (drive, file_id, version, idx, file_offset, length, chunk_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            await tx.executemany(
+                "INSERT INTO chunks (drive, id, size, state, held_until, blocks) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (self.drive, c.chunk_id, c.size, c.state, c.held_until, c.blocks)
+                    for c in dump.chunks
+                ],
+            )
+            await tx.executemany(
+                "INSERT INTO events (drive, seq, kind, path, file_id, version, actor, created, "
+                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        self.drive,
+                        e.seq,
+                        e.kind,
+                        e.path,
+                        e.file_id,
+                        e.version,
+                        e.actor,
+                        e.created,
+                        json.dumps(e.detail),
+                    )
+                    for e in dump.events
+                ],
+            )
+
+        await self._run(body)
+
+
+def _plain(value: Any) -> Any:
+    """Enum members as their values: drivers bind plain strings and numbers."""
+    return value.value if isinstance(value, Enum) else value
