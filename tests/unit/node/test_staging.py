@@ -3,6 +3,7 @@ their journal after a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -100,3 +101,34 @@ async def test_journal_recovers_a_dirty_copy_after_reopen(tmp_path: Path) -> Non
     expected[offset : offset + 5] = b"HELLO"
     assert os.pread(copy.fd, BASE.size, 0) == bytes(expected)
     again.close()
+
+
+async def test_a_fill_that_lands_after_the_copy_was_dropped_writes_nowhere(
+    tmp_path: Path,
+) -> None:
+    """The kernel reuses descriptor numbers: a block fetched for a copy that was
+    committed and dropped meanwhile must not be written into the next file opened."""
+    staging = Staging(tmp_path / "staging")
+    staging.open()
+    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    release = asyncio.Event()
+
+    async def slow_fetch(chunk: str, index: int) -> bytes:
+        await release.wait()
+        return block_bytes(chunk, index)
+
+    reader = asyncio.ensure_future(staged.materialize_range(0, 10, slow_fetch))
+    await asyncio.sleep(0)
+    old_fd = staged.fd
+    staging.drop(staged)
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"")
+    fd = os.open(other, os.O_RDWR)
+    try:
+        assert fd == old_fd  # the number came back, as the kernel does
+        release.set()
+        await asyncio.gather(reader, return_exceptions=True)
+        assert os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
+        staging.close()

@@ -197,7 +197,9 @@ class StagedFile:
         try:
             block = self.base[i]
             data = await fetch(block.chunk_id, block.index)
-            if i in self.missing:
+            # A copy closed meanwhile (committed and dropped, or the mount closing)
+            # takes no more bytes: its descriptor may already name another file.
+            if i in self.missing and self.fd >= 0:
                 os.pwrite(self.fd, data[: block.length], block.offset)
                 self.settle([i])
         finally:
@@ -440,6 +442,9 @@ def _close(staged: StagedFile) -> None:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+    # Forget the numbers: the kernel reuses them, and a late write through a stale
+    # one would land in whatever file was opened next.
+    staged.fd = -1
     staged.map_fd = -1
 
 
