@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mediadrive.core.durability import fsync_dir
-from mediadrive.core.errors import MediadriveError
+from mediadrive.core.errors import MediadriveError, StoreFull
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
@@ -93,6 +94,9 @@ class StagedFile:
     orphan: bool = False
     # The last commit was refused under the reject policy; wait for a new change.
     rejected: bool = False
+    # Why a write into the copy failed (a full cache disk): the copy may hold part of
+    # what the application wrote, so it is never committed; a truncate to 0 starts over.
+    failed: str = ""
     recovered: bool = False
     commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     copying: asyncio.Event | None = None
@@ -124,6 +128,7 @@ class StagedFile:
             "mode": self.mode,
             "mtime_ns": self.mtime_ns,
             "dirty": self.dirty,
+            "failed": self.failed,
         }
 
     def missing_bytes(self) -> int:
@@ -290,6 +295,7 @@ class Staging:
                 # the commit notice when nothing changed.
                 dirty=True,
                 recovered=True,
+                failed=str(record.get("failed", "")),
                 base=base,
                 missing=missing,
                 map_fd=map_fd,
@@ -414,15 +420,21 @@ class Staging:
         snap = self.root / f"{staged.node_id}.{staged.gen}.snap"
         size = staged.size()
         ranges = _complement(skip, size)
-        if sum(length for _, length in ranges) <= _INLINE_SNAPSHOT:
-            _copy(staged.fd, snap, size, ranges)
-            return snap
-        staged.copying = asyncio.Event()
         try:
-            await asyncio.to_thread(_copy, staged.fd, snap, size, ranges)
-        finally:
-            staged.copying.set()
-            staged.copying = None
+            if sum(length for _, length in ranges) <= _INLINE_SNAPSHOT:
+                _copy(staged.fd, snap, size, ranges)
+                return snap
+            staged.copying = asyncio.Event()
+            try:
+                await asyncio.to_thread(_copy, staged.fd, snap, size, ranges)
+            finally:
+                staged.copying.set()
+                staged.copying = None
+        except OSError as exc:
+            snap.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull(f"the cache folder {self.root} is full ({exc.strerror})") from None
+            raise
         return snap
 
     def pending_bytes(self) -> int:

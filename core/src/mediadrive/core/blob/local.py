@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ..durability import fsync_dir
-from ..errors import ConfigError, NotFound, StoreUnavailable
+from ..errors import ConfigError, NotFound, StoreFull, StoreUnavailable
 from . import BlobStore, register
 
 
@@ -70,12 +71,19 @@ class LocalBlobStore(BlobStore):
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{chunk_id}.{os.getpid()}.{id(data)}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # Rename after fsync: a reader sees the whole chunk or none of it.
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            # Rename after fsync: a reader sees the whole chunk or none of it.
+            os.replace(tmp, final)
+        except BaseException as exc:
+            # A half-written chunk is of no use to anyone and only takes room.
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull(f"the store {self.root} is full ({exc.strerror})") from None
+            raise
         fsync_dir(final.parent)
 
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
