@@ -21,10 +21,13 @@ from mediadrive.core.drive import Drive
 from mediadrive.core.errors import MediadriveError, StoreFull
 from mediadrive.node import client
 from mediadrive.node.client import MountError
+from mediadrive.node.staging import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, fallocate
 
 from .conftest import DriveFactory, MountHandle, Mounts, drive_call, wait_until
 
 LONG = "x" * 256
+FALLOC_FL_COLLAPSE_RANGE = 0x08
+FALLOC_FL_ZERO_RANGE = 0x10
 
 
 def _errno_of(call: object, *args: object) -> int:
@@ -232,3 +235,31 @@ def test_umount_refuses_while_a_file_is_open_for_writing_unless_forced(
     assert head.head_version is not None
     read = drive_call(drive, lambda d: _read_all(d, "/held.txt"))
     assert read == b"written, neither closed nor fsync'd"
+
+
+def test_fallocate_reserves_keeps_size_and_punches_holes(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    drive = make_drive(chunk_size="1MiB")
+    m = mounts.mount(drive, cache="c1")
+    data = bytearray(os.urandom(3 << 20))
+    (m / "f.bin").write_bytes(data)
+    mounts.umount(m)
+    m = mounts.mount(drive, cache="c2")  # nothing of the file in the cache
+    fd = os.open(m / "f.bin", os.O_RDWR)
+    try:
+        fallocate(fd, 0, (3 << 20) - 10, 1 << 20)  # grows the file
+        data.extend(bytes((1 << 20) - 10))
+        fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, 8 << 20)  # reserves, same size
+        assert os.fstat(fd).st_size == len(data)
+        # A hole across a block boundary of a block not fetched yet.
+        fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, (1 << 20) - 100, 5000)
+        data[(1 << 20) - 100 : (1 << 20) + 4900] = bytes(5000)
+        assert os.pread(fd, len(data) + 1, 0) == data
+        for mode in (FALLOC_FL_ZERO_RANGE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_COLLAPSE_RANGE):
+            assert _errno_of(fallocate, fd, mode, 0, 4096) == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+    mounts.umount(m)
+    m = mounts.mount(drive, cache="c3")
+    assert (m / "f.bin").read_bytes() == data

@@ -100,3 +100,27 @@ async def test_journal_recovers_a_dirty_copy_after_reopen(tmp_path: Path) -> Non
     expected[offset : offset + 5] = b"HELLO"
     assert os.pread(copy.fd, BASE.size, 0) == bytes(expected)
     again.close()
+
+
+def test_journal_writes_from_threads_and_the_loop_do_not_race(tmp_path: Path) -> None:
+    import threading
+
+    staging = Staging(tmp_path / "staging")
+    staging.open()
+    staged = staging.create(7, "/f", None, 0o644, 0)
+    failures: list[BaseException] = []
+
+    def write_many(durable: bool) -> None:
+        try:
+            for _ in range(150):
+                staging.write_journal(staged, durable=durable)
+        except OSError as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write_many, args=(i % 2 == 0,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    staging.close()
+    assert failures == []

@@ -278,6 +278,10 @@ class DriveFS(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return await self.vfs.write(fh, off, buf)
 
+    @fuse_errors
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        await self.vfs.fallocate(fh, mode, offset, length)
+
     async def flush(self, fh: int) -> None:
         pass
 

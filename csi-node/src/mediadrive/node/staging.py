@@ -27,6 +27,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -248,6 +249,10 @@ class Staging:
         self.root = root
         self.files: dict[int, StagedFile] = {}
         self._lock_fd: int | None = None
+        # fsync writes journal entries from a worker thread while commits write them
+        # from the event loop: one at a time, or they race on the same temporary file
+        # (and the loser's fsync fails with ENOENT).
+        self._journal_lock = threading.Lock()
 
     def open(self) -> list[StagedFile]:
         """Take the folder (one agent at a time) and return the entries a crash left."""
@@ -389,12 +394,14 @@ class Staging:
     def write_journal(self, staged: StagedFile, durable: bool = False) -> None:
         path = self._entry(staged.node_id)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(staged.journal(), f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with self._journal_lock:
+            # Read under the lock: whoever writes last writes the copy's latest state.
+            with open(tmp, "w") as f:
+                json.dump(staged.journal(), f)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
         if durable:
             fsync_dir(self.root)
 
@@ -444,6 +451,21 @@ class Staging:
                 with contextlib.suppress(OSError):
                     total += max(staged.size() - staged.missing_bytes(), 0)
         return total
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its flags (os has only posix_fallocate, mode 0)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
 
 
 def _close(staged: StagedFile) -> None:

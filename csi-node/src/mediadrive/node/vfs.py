@@ -31,7 +31,15 @@ from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 from .cache import BlockCache
 from .options import CommitOn, MountOptions
 from .reading import ReadAhead, read_content
-from .staging import BaseBlock, StagedFile, Staging, base_blocks
+from .staging import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    BaseBlock,
+    StagedFile,
+    Staging,
+    base_blocks,
+    fallocate,
+)
 from .tree import Tree
 from .writeback import Writeback
 
@@ -636,6 +644,44 @@ class VFS:
         staged.failed = f"a write failed ({exc.strerror or exc})"
         staged.touch()
         self.writeback.write_failed(staged)
+
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """Mode 0 (reserve room, growing the file), KEEP_SIZE (reserve only) and
+        PUNCH_HOLE|KEEP_SIZE (zero a range) on the staged copy; nothing else."""
+        handle = self.handles[fh]
+        if not handle.writable:
+            raise FsError(errno.EBADF)
+        if mode not in (0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
+            raise FsError(errno.EOPNOTSUPP)
+        staged = self.staging.get(handle.node_id)
+        if staged is None:
+            staged = await self._stage(await self._node(self.tree.inode(handle.node_id)))
+        try:
+            if mode & FALLOC_FL_PUNCH_HOLE:
+                await self._punch(staged, offset, length)
+                return
+            if mode == 0 and offset + length > staged.size():
+                await self._truncate(staged, offset + length)
+                staged.touch()
+            # Reserving room changes no byte: blocks still to come from the base are
+            # copied over what this allocates.
+            await asyncio.to_thread(fallocate, staged.fd, mode, offset, length)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._write_failed(staged, exc)
+            raise
+
+    async def _punch(self, staged: StagedFile, offset: int, length: int) -> None:
+        length = min(offset + length, staged.size()) - offset
+        if length <= 0:
+            return
+        # Like a write of zeros: blocks cut in part come from the base first.
+        whole = await staged.prepare_write(offset, length, self.cache.get)
+        if staged.copying is not None:
+            await staged.copying.wait()
+        fallocate(staged.fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
+        staged.settle(whole)
+        staged.touch()
 
     async def fsync(self, fh: int) -> None:
         handle = self.handles.get(fh)
