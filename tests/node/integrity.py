@@ -34,7 +34,6 @@ OPS = (
     ("fsync", 8),
     ("msync", 4),
     ("save", 1),
-    ("remount", 1),
 )
 
 
@@ -58,9 +57,13 @@ class Run:
     root: Path
     hooks: Hooks
     max_size: int = 192 << 10
+    # One remount every this many operations on average (a remount takes seconds).
+    remount_every: int = 150
     log: list[str] = field(default_factory=list)
     model: dict[str, bytearray] = field(default_factory=dict)
     fds: dict[str, int] = field(default_factory=dict)
+    # Seconds spent per kind of operation (the check after it included).
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -76,8 +79,12 @@ class Run:
         try:
             for _ in range(count):
                 kind = self.rng.choices(kinds, weights)[0]
+                if self.rng.random() * self.remount_every < 1:
+                    kind = "remount"
+                start = time.monotonic()
                 getattr(self, f"op_{kind}")()
                 self.check()
+                self.seconds[kind] = self.seconds.get(kind, 0.0) + time.monotonic() - start
         finally:
             self.close()
 
@@ -245,8 +252,8 @@ class Run:
             self.fds[name] = os.open(self.root / name, os.O_RDWR)
 
 
-def run(seed: int, count: int, root: Path, hooks: Hooks) -> float:
-    """Run ``count`` operations from ``seed``; the seconds it took."""
-    start = time.monotonic()
-    Run(seed, root, hooks).go(count)
-    return time.monotonic() - start
+def run(seed: int, count: int, root: Path, hooks: Hooks, remount_every: int = 150) -> Run:
+    """Run ``count`` operations from ``seed``."""
+    tester = Run(seed, root, hooks, remount_every=remount_every)
+    tester.go(count)
+    return tester
