@@ -221,6 +221,14 @@ def test_umount_refuses_while_a_file_is_open_for_writing_unless_forced(
         held.flush()
         with pytest.raises(MountError, match=rf"process {os.getpid()} .*held\.txt"):
             client.umount(m.path, m.registry)
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "mediadrive"), "umount", str(m.path)],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode != 0
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "held.txt" in result.stderr and "--force" in result.stderr
         assert os.path.ismount(m.path)
         # Readers do not block an unmount; --force saves the writer's bytes first.
         reader = os.open(m / "r.txt", os.O_RDONLY)
