@@ -44,7 +44,7 @@ test: test-deps lint
 	@$(TIMED) pytest $(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
 
 soak: test-deps
-	@$(TIMED) soak env MEDIADRIVE_SOAK=1 $(VENV)/bin/pytest -q -s tests/node/test_integrity.py $(PYTEST_ARGS)
+	@$(TIMED) soak env MEDIADRIVE_SOAK=1 $(VENV)/bin/pytest -q -s --timeout=0 tests/node/test_integrity.py $(PYTEST_ARGS)
 
 demo: install
 	$(PYTHON) -m mediadrive.cli.demo
