@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # Every step says how long it took.
 TIMED := scripts/timed.sh
 
-.PHONY: help install test-deps lint test demo bench-core bench-fuse clean
+.PHONY: help install test-deps lint test soak demo bench-core bench-fuse clean
 
 help:
 	@echo "make install     system packages + uv environment (.venv/bin/mediadrive)"
@@ -20,6 +20,8 @@ help:
 	@echo "make test-deps   install + test binaries (MinIO) under ~/.cache/mediadrive"
 	@echo "make lint        ruff check, ruff format --check, mypy"
 	@echo "make test        test-deps, lint, pytest (extra args: PYTEST_ARGS=...)"
+	@echo "make soak        long integrity runs: 100,000 random operations per --commit-on"
+	@echo "                 mode and 10,000 pwrite+fsync rounds (tests/node/test_integrity.py)"
 	@echo "make demo        run the end-to-end demo"
 	@echo "make bench-core  core benchmarks against MinIO and PostgreSQL"
 	@echo "make bench-fuse  FUSE mount benchmarks"
@@ -40,6 +42,9 @@ lint: install
 
 test: test-deps lint
 	@$(TIMED) pytest $(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
+
+soak: test-deps
+	@$(TIMED) soak env MEDIADRIVE_SOAK=1 $(VENV)/bin/pytest -q -s --timeout=0 tests/node/test_integrity.py $(PYTEST_ARGS)
 
 demo: install
 	$(PYTHON) -m mediadrive.cli.demo

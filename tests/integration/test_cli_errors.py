@@ -151,8 +151,7 @@ def test_a_full_disk_during_cp_is_one_line(cli: Cli, show: Path, tmp_path: Path)
     )
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip() == (
-        f"mediadrive: error: cannot write to store folder {cli.home}/show/store: "
-        "No space left on device"
+        f"mediadrive: error: the store {cli.home}/show/store is full (No space left on device)"
     )
     assert "big.bin" not in [n["name"] for n in cli.json("ls", "show:/")]
     assert not list((cli.home / "show" / "store").rglob("*.tmp"))

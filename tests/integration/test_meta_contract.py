@@ -248,6 +248,27 @@ async def test_one_database_holds_many_drives(store: MetaStore, meta_url: str) -
 # -- the tree ---------------------------------------------------------------------------
 
 
+async def test_special_nodes_keep_their_device_number_and_folders_count_subfolders(
+    store: MetaStore,
+) -> None:
+    dev = await store.make_node(1, "/", "null", NodeKind.CHAR, 0o666, ACTOR, rdev=0x103)
+    fifo = await store.make_node(1, "/", "pipe", NodeKind.FIFO, 0o600, ACTOR)
+    assert dev.rdev == 0x103 and (await resolve(store, "/null")).rdev == 0x103
+    assert (await resolve(store, "/pipe")).kind is NodeKind.FIFO and fifo.rdev == 0
+    for kind in (NodeKind.BLOCK, NodeKind.SOCKET):
+        made = await store.make_node(1, "/", kind.value, kind, 0o600, ACTOR, rdev=7)
+        assert await store.get_node(made.id) == made
+    shots = await mkdir(store, "/shots")
+    await mkdir(store, "/shots/a")
+    await mkdir(store, "/shots/b")
+    await store.make_node(shots.id, "/shots", "f", NodeKind.FILE, 0o644, ACTOR)
+    assert (await resolve(store, "/shots")).subdirs == 2
+    assert (await store.get_node(1)).subdirs == 1  # type: ignore[union-attr]
+    await store.remove(shots.id, "/shots", "b", ACTOR)
+    listed = {n.name: n for n in await store.list_dir(1)}
+    assert listed["shots"].subdirs == 1 and listed["null"].subdirs == 0
+
+
 async def test_make_lookup_resolve_list(store: MetaStore) -> None:
     root = await resolve(store, "/")
     assert root.is_dir and root.parent_id is None

@@ -132,3 +132,27 @@ async def test_a_fill_that_lands_after_the_copy_was_dropped_writes_nowhere(
     finally:
         os.close(fd)
         staging.close()
+
+
+def test_journal_writes_from_threads_and_the_loop_do_not_race(tmp_path: Path) -> None:
+    import threading
+
+    staging = Staging(tmp_path / "staging")
+    staging.open()
+    staged = staging.create(7, "/f", None, 0o644, 0)
+    failures: list[BaseException] = []
+
+    def write_many(durable: bool) -> None:
+        try:
+            for _ in range(150):
+                staging.write_journal(staged, durable=durable)
+        except OSError as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write_many, args=(i % 2 == 0,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    staging.close()
+    assert failures == []

@@ -160,11 +160,17 @@ def _writable_folder(folder: Path, what: str) -> None:
 
 def umount(
     mountpoint: Annotated[Path, typer.Argument(help="A mount point of mediadrive.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Unmount even while files are open for writing (after saving them)."
+        ),
+    ] = False,
 ) -> None:
     """Upload what is pending, then unmount."""
     from mediadrive.node import client as node_client
 
-    result = node_client.umount(mountpoint, _mounts())
+    result = node_client.umount(mountpoint, _mounts(), force=force)
     out.print(f"unmounted {result['unmounted']}")
 
 

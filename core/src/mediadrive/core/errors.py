@@ -59,6 +59,10 @@ class StoreUnavailable(MediadriveError):
     """The metadata or blob store cannot be reached or refused the request."""
 
 
+class StoreFull(StoreUnavailable):
+    """The blob store has no room left for a chunk (it may have later: retried)."""
+
+
 class ChunkMissing(MediadriveError):
     """A chunk a commit relied on was collected before the commit landed."""
 

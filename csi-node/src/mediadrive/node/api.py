@@ -2,7 +2,7 @@
 
 Paths in requests are paths inside the mount (``/shots/a.exr``). Errors answer
 ``{"error": "one line"}`` with 400 (bad request), 404 (no such path or version),
-409 (conflict) or 503 (store unreachable). ``GET /openapi.json`` describes it all.
+409 (conflict), 503 (store unreachable) or 507 (store full). ``GET /openapi.json`` describes it all.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from mediadrive.core.errors import (
     InvalidPath,
     MediadriveError,
     NotFound,
+    StoreFull,
     StoreUnavailable,
 )
 
@@ -67,6 +68,8 @@ def _status_for(exc: MediadriveError) -> int:
         return 404
     if isinstance(exc, ConflictError):
         return 409
+    if isinstance(exc, StoreFull):
+        return 507
     if isinstance(exc, StoreUnavailable):
         return 503
     return 400
@@ -271,6 +274,7 @@ def openapi_document() -> dict[str, Any]:
         "400": {"description": 'bad request; {"error": message}'},
         "404": {"description": "no such path or version"},
         "409": {"description": "conflict (reject policy, or file busy)"},
+        "507": {"description": "the drive's store is full"},
         "503": {"description": "the drive's store cannot be reached"},
     }
     document = {

@@ -25,6 +25,7 @@ from mediadrive.core.errors import (
     InvalidPath,
     MediadriveError,
     NotFound,
+    StoreFull,
     StoreUnavailable,
 )
 
@@ -58,6 +59,7 @@ _ERRORS: dict[int, type[MediadriveError]] = {
     404: NotFound,
     409: ConflictError,
     503: StoreUnavailable,
+    507: StoreFull,
 }
 
 
@@ -280,12 +282,72 @@ def _is_mounted(mountpoint: Path) -> bool:
         return any(line.split()[4] == target for line in f)
 
 
+def writers_under(mountpoint: Path) -> list[tuple[int, str, str]]:
+    """Processes holding a file under ``mountpoint`` open for writing: (pid, command,
+    path), found through /proc/*/fd as fuser does."""
+    found = []
+    prefix = str(mountpoint).rstrip("/") + "/"
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            fds = list((pid_dir / "fd").iterdir())
+        except OSError:
+            continue  # gone, or not ours to see
+        for fd in fds:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                target = os.readlink(fd)
+                if not target.startswith(prefix):
+                    continue
+                info = (pid_dir / "fdinfo" / fd.name).read_text()
+                flags = int(info.split("flags:")[1].split()[0], 8)
+                if flags & os.O_ACCMODE != os.O_RDONLY:
+                    command = (pid_dir / "comm").read_text().strip()
+                    found.append((int(pid_dir.name), command, target))
+    return found
+
+
+def _syncfs(mountpoint: Path) -> None:
+    """Make the kernel hand every dirty page under ``mountpoint`` to the agent."""
+    import ctypes
+
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            raise MountError(f"syncfs of {mountpoint}: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(fd)
+
+
+def _refuse_busy(mp: Path) -> None:
+    writers = writers_under(mp)
+    if writers:
+        pid, command, path = writers[0]
+        more = f" (and {len(writers) - 1} more)" if len(writers) > 1 else ""
+        raise MountError(
+            f"cannot unmount {mp}: process {pid} ({command}) has {path} open for "
+            f"writing{more}; close it, or use --force to commit what it wrote and unmount"
+        )
+
+
 def umount(
-    mountpoint: Path | str, registry: MountRegistry, timeout: float = 600.0
+    mountpoint: Path | str,
+    registry: MountRegistry,
+    timeout: float = 600.0,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Commit what is pending, unmount, and wait for the agent to exit."""
+    """Commit what is pending, unmount, and wait for the agent to exit.
+
+    While a process has a file of the mount open for writing this refuses (as a local
+    file system answers EBUSY): after the unmount its unsynced writes would be lost.
+    ``force`` commits what it wrote so far and unmounts anyway."""
     mp = Path(mountpoint).absolute()
     entry = registry.entry_for(mp)
+    if entry is not None:
+        if force:
+            _syncfs(mp)
+        else:
+            _refuse_busy(mp)
     if entry is None:
         if _is_mounted(mp):
             # The agent is gone: nothing can be committed, but the folder is freed.

@@ -26,6 +26,7 @@ from mediadrive.core.errors import (
     MediadriveError,
     NotADirectory,
     NotFound,
+    StoreFull,
     StoreUnavailable,
 )
 from mediadrive.core.hashing import BLOCK_SIZE
@@ -48,6 +49,7 @@ _ERRNO: list[tuple[type[Exception], int]] = [
     (NotFound, errno.ENOENT),
     (InvalidPath, errno.EINVAL),
     (CorruptChunk, errno.EIO),
+    (StoreFull, errno.ENOSPC),
     (StoreUnavailable, errno.EIO),
     (ConflictError, errno.EIO),
 ]
@@ -98,7 +100,7 @@ def entry_attributes(attrs: Attributes) -> pyfuse3.EntryAttributes:
     entry.st_nlink = attrs.nlink
     entry.st_uid = attrs.uid
     entry.st_gid = attrs.gid
-    entry.st_rdev = 0
+    entry.st_rdev = attrs.rdev
     entry.st_size = attrs.size
     entry.st_blksize = BLOCK_SIZE
     entry.st_blocks = (attrs.size + 511) // 512
@@ -252,7 +254,7 @@ class DriveFS(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        attrs = await self.vfs.mknod(parent_inode, os.fsdecode(name), mode, caller(ctx))
+        attrs = await self.vfs.mknod(parent_inode, os.fsdecode(name), mode, caller(ctx), rdev)
         return entry_attributes(attrs)
 
     @fuse_errors
@@ -275,6 +277,10 @@ class DriveFS(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return await self.vfs.write(fh, off, buf)
+
+    @fuse_errors
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        await self.vfs.fallocate(fh, mode, offset, length)
 
     async def flush(self, fh: int) -> None:
         pass

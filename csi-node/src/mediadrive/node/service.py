@@ -245,6 +245,20 @@ class MountService:
     async def unmount(self) -> dict[str, Any]:
         """Commit what is pending, then ask the agent to unmount (after this answers)."""
         await self.writeback.flush()
+        stuck = [
+            self.tree.to_mount(staged.path) or staged.path
+            for staged in self.parts.staging.files.values()
+            if staged.dirty and not staged.orphan
+        ]
+        if stuck:
+            # Unmounting now would leave changes only in the cache, where the next
+            # cache cleanup loses them: say so and keep serving.
+            errors = list(self.writeback.figures.errors)
+            why = f" ({errors[-1]})" if errors else ""
+            raise ConflictError(
+                f"cannot unmount {self.mountpoint}: {', '.join(sorted(stuck))} could not be "
+                f"committed{why}; the mount stays, see `mediadrive status`"
+            )
         pending = self.parts.staging.pending_bytes()
         self._request_stop()
         return {"unmounting": str(self.mountpoint), "pending_upload_bytes": pending}

@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from mediadrive.core import private
 from mediadrive.core.durability import fsync_dir
-from mediadrive.core.errors import MediadriveError
+from mediadrive.core.errors import MediadriveError, StoreFull
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
@@ -94,6 +96,9 @@ class StagedFile:
     orphan: bool = False
     # The last commit was refused under the reject policy; wait for a new change.
     rejected: bool = False
+    # Why a write into the copy failed (a full cache disk): the copy may hold part of
+    # what the application wrote, so it is never committed; a truncate to 0 starts over.
+    failed: str = ""
     recovered: bool = False
     commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     copying: asyncio.Event | None = None
@@ -125,6 +130,7 @@ class StagedFile:
             "mode": self.mode,
             "mtime_ns": self.mtime_ns,
             "dirty": self.dirty,
+            "failed": self.failed,
         }
 
     def missing_bytes(self) -> int:
@@ -246,6 +252,10 @@ class Staging:
         self.root = root
         self.files: dict[int, StagedFile] = {}
         self._lock_fd: int | None = None
+        # fsync writes journal entries from a worker thread while commits write them
+        # from the event loop: one at a time, or they race on the same temporary file
+        # (and the loser's fsync fails with ENOENT).
+        self._journal_lock = threading.Lock()
 
     def open(self) -> list[StagedFile]:
         """Take the folder (one agent at a time) and return the entries a crash left."""
@@ -293,6 +303,7 @@ class Staging:
                 # the commit notice when nothing changed.
                 dirty=True,
                 recovered=True,
+                failed=str(record.get("failed", "")),
                 base=base,
                 missing=missing,
                 map_fd=map_fd,
@@ -386,12 +397,14 @@ class Staging:
     def write_journal(self, staged: StagedFile, durable: bool = False) -> None:
         path = self._entry(staged.node_id)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", opener=private.opener) as f:
-            json.dump(staged.journal(), f)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with self._journal_lock:
+            # Read under the lock: whoever writes last writes the copy's latest state.
+            with open(tmp, "w", opener=private.opener) as f:
+                json.dump(staged.journal(), f)
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
         if durable:
             fsync_dir(self.root)
 
@@ -417,15 +430,21 @@ class Staging:
         snap = self.root / f"{staged.node_id}.{staged.gen}.snap"
         size = staged.size()
         ranges = _complement(skip, size)
-        if sum(length for _, length in ranges) <= _INLINE_SNAPSHOT:
-            _copy(staged.fd, snap, size, ranges)
-            return snap
-        staged.copying = asyncio.Event()
         try:
-            await asyncio.to_thread(_copy, staged.fd, snap, size, ranges)
-        finally:
-            staged.copying.set()
-            staged.copying = None
+            if sum(length for _, length in ranges) <= _INLINE_SNAPSHOT:
+                _copy(staged.fd, snap, size, ranges)
+                return snap
+            staged.copying = asyncio.Event()
+            try:
+                await asyncio.to_thread(_copy, staged.fd, snap, size, ranges)
+            finally:
+                staged.copying.set()
+                staged.copying = None
+        except OSError as exc:
+            snap.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull(f"the cache folder {self.root} is full ({exc.strerror})") from None
+            raise
         return snap
 
     def pending_bytes(self) -> int:
@@ -435,6 +454,21 @@ class Staging:
                 with contextlib.suppress(OSError):
                     total += max(staged.size() - staged.missing_bytes(), 0)
         return total
+
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with its flags (os has only posix_fallocate, mode 0)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
 
 
 def _close(staged: StagedFile) -> None:

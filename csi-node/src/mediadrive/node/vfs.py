@@ -31,7 +31,15 @@ from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 from .cache import BlockCache
 from .options import CommitOn, MountOptions
 from .reading import ReadAhead, read_content
-from .staging import BaseBlock, StagedFile, Staging, base_blocks
+from .staging import (
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE,
+    BaseBlock,
+    StagedFile,
+    Staging,
+    base_blocks,
+    fallocate,
+)
 from .tree import Tree
 from .writeback import Writeback
 
@@ -46,6 +54,27 @@ XATTR_TIER = "user.mediadrive.tier"
 # What Linux answers for a missing extended attribute (ENOATTR elsewhere).
 ENOATTR = errno.ENODATA
 STATFS_REFRESH = 10.0
+# What statfs advertises (f_namemax) and what every name is held to.
+NAME_MAX = 255
+
+
+def check_name(name: str) -> None:
+    """Refuse a name the drive cannot store: longer than NAME_MAX bytes (it could never
+    be committed), or not UTF-8 (the kernel's bytes arrive surrogate-escaped, and the
+    metadata stores keep text)."""
+    raw = os.fsencode(name)
+    if len(raw) > NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG)
+    if not _utf8(raw):
+        raise FsError(errno.EILSEQ)
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class FsError(MediadriveError):
@@ -85,6 +114,7 @@ class Attributes:
     size: int
     mtime_ns: int
     ctime_ns: int
+    rdev: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +173,19 @@ _KIND_BITS = {
     NodeKind.DIR: stat.S_IFDIR,
     NodeKind.FILE: stat.S_IFREG,
     NodeKind.SYMLINK: stat.S_IFLNK,
+    NodeKind.FIFO: stat.S_IFIFO,
+    NodeKind.CHAR: stat.S_IFCHR,
+    NodeKind.BLOCK: stat.S_IFBLK,
+    NodeKind.SOCKET: stat.S_IFSOCK,
+}
+# What mknod(2) makes, by file type: nodes the kernel serves itself (it never asks us
+# to open them), kept as metadata only.
+_MKNOD_KINDS = {
+    stat.S_IFREG: NodeKind.FILE,
+    stat.S_IFIFO: NodeKind.FIFO,
+    stat.S_IFCHR: NodeKind.CHAR,
+    stat.S_IFBLK: NodeKind.BLOCK,
+    stat.S_IFSOCK: NodeKind.SOCKET,
 }
 
 
@@ -198,12 +241,15 @@ class VFS:
             inode=self.tree.inode(node.id),
             generation=self._generations[node.id],
             mode=_KIND_BITS[node.kind] | stat.S_IMODE(node.mode),
-            nlink=2 if node.is_dir else (0 if node.deleted_ns is not None else 1),
+            # A folder is linked from its parent, from its own "." and from each
+            # subfolder's "..", as on ext4.
+            nlink=2 + node.subdirs if node.is_dir else (0 if node.deleted_ns is not None else 1),
             uid=node.uid,
             gid=node.gid,
             size=size,
             mtime_ns=mtime,
             ctime_ns=max(node.ctime_ns, mtime),
+            rdev=node.rdev,
         )
 
     async def _node(self, inode: int) -> Node:
@@ -220,6 +266,7 @@ class VFS:
         parent_id = self.tree.node_id(parent_inode)
         if name == ".":
             return self.attrs(await self._node(parent_inode))
+        check_name(name)
         node = await self.meta.lookup(parent_id, name)
         if node is None:
             raise FsError(errno.ENOENT)
@@ -313,7 +360,9 @@ class VFS:
         mode: int,
         caller: Caller,
         target: str | None = None,
+        rdev: int = 0,
     ) -> Node:
+        check_name(name)
         parent_id = self.tree.node_id(parent_inode)
         parent_path = await self.tree.path_of(parent_id)
         node = await self.meta.make_node(
@@ -326,12 +375,14 @@ class VFS:
             target=target,
             uid=caller.uid,
             gid=caller.gid,
+            rdev=rdev,
         )
         self.tree.remember(node.id, f"{parent_path.rstrip('/')}/{name}")
         return node
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
         self._writable()
+        check_name(name)
         parent_id = self.tree.node_id(parent_inode)
         node = await self.meta.lookup(parent_id, name)
         if node is None:
@@ -346,6 +397,7 @@ class VFS:
 
     async def unlink(self, parent_inode: int, name: str) -> None:
         self._writable()
+        check_name(name)
         parent_id = self.tree.node_id(parent_inode)
         node = await self.meta.lookup(parent_id, name)
         if node is None:
@@ -378,6 +430,8 @@ class VFS:
         no_replace: bool = False,
     ) -> None:
         self._writable()
+        check_name(name_old)
+        check_name(name_new)
         src_parent = self.tree.node_id(parent_inode_old)
         dst_parent = self.tree.node_id(parent_inode_new)
         if exchange:
@@ -424,6 +478,9 @@ class VFS:
         self, parent_inode: int, name: str, target: str, caller: Caller
     ) -> Attributes:
         self._writable()
+        if not _utf8(os.fsencode(target)):
+            # A target that is not UTF-8 cannot be stored as text either.
+            raise FsError(errno.EILSEQ)
         node = await self._make(parent_inode, name, NodeKind.SYMLINK, 0o777, caller, target)
         return self.attrs(node)
 
@@ -433,11 +490,15 @@ class VFS:
             raise FsError(errno.EINVAL)
         return node.target
 
-    async def mknod(self, parent_inode: int, name: str, mode: int, caller: Caller) -> Attributes:
+    async def mknod(
+        self, parent_inode: int, name: str, mode: int, caller: Caller, rdev: int = 0
+    ) -> Attributes:
         self._writable()
-        if not stat.S_ISREG(mode):
-            raise FsError(errno.EPERM)
-        return self.attrs(await self._make(parent_inode, name, NodeKind.FILE, mode, caller))
+        kind = _MKNOD_KINDS.get(stat.S_IFMT(mode))
+        if kind is None:
+            raise FsError(errno.EINVAL)
+        rdev = rdev if kind in (NodeKind.CHAR, NodeKind.BLOCK) else 0
+        return self.attrs(await self._make(parent_inode, name, kind, mode, caller, rdev=rdev))
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -485,6 +546,10 @@ class VFS:
             await staged.copying.wait()
         os.ftruncate(staged.fd, size)
         staged.settle(past)
+        if size == 0 and staged.failed:
+            # Emptied: whatever a failed write left behind is gone, start over.
+            staged.failed = ""
+            self.staging.write_journal(staged)
 
     async def open(self, inode: int, flags: int) -> OpenResult:
         node = await self._node(inode)
@@ -575,13 +640,64 @@ class VFS:
         staged = self.staging.get(handle.node_id)
         if staged is None:
             staged = await self._stage(await self._node(self.tree.inode(handle.node_id)))
-        whole = await staged.prepare_write(offset, len(data), self.cache.get)
-        if staged.copying is not None:
-            await staged.copying.wait()
-        written = os.pwrite(staged.fd, data, offset)
+        try:
+            whole = await staged.prepare_write(offset, len(data), self.cache.get)
+            if staged.copying is not None:
+                await staged.copying.wait()
+            written = os.pwrite(staged.fd, data, offset)
+            if written < len(data):
+                # Only a full disk makes a regular file's pwrite short.
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            self._write_failed(staged, exc)
+            raise
         staged.settle(whole)
         staged.touch()
         return written
+
+    def _write_failed(self, staged: StagedFile, exc: OSError) -> None:
+        """The copy now holds part of a write at most: never commit it as it is."""
+        staged.failed = f"a write failed ({exc.strerror or exc})"
+        staged.touch()
+        self.writeback.write_failed(staged)
+
+    async def fallocate(self, fh: int, mode: int, offset: int, length: int) -> None:
+        """Mode 0 (reserve room, growing the file), KEEP_SIZE (reserve only) and
+        PUNCH_HOLE|KEEP_SIZE (zero a range) on the staged copy; nothing else."""
+        handle = self.handles[fh]
+        if not handle.writable:
+            raise FsError(errno.EBADF)
+        if mode not in (0, FALLOC_FL_KEEP_SIZE, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
+            raise FsError(errno.EOPNOTSUPP)
+        staged = self.staging.get(handle.node_id)
+        if staged is None:
+            staged = await self._stage(await self._node(self.tree.inode(handle.node_id)))
+        try:
+            if mode & FALLOC_FL_PUNCH_HOLE:
+                await self._punch(staged, offset, length)
+                return
+            if mode == 0 and offset + length > staged.size():
+                await self._truncate(staged, offset + length)
+                staged.touch()
+            # Reserving room changes no byte: blocks still to come from the base are
+            # copied over what this allocates.
+            await asyncio.to_thread(fallocate, staged.fd, mode, offset, length)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._write_failed(staged, exc)
+            raise
+
+    async def _punch(self, staged: StagedFile, offset: int, length: int) -> None:
+        length = min(offset + length, staged.size()) - offset
+        if length <= 0:
+            return
+        # Like a write of zeros: blocks cut in part come from the base first.
+        whole = await staged.prepare_write(offset, length, self.cache.get)
+        if staged.copying is not None:
+            await staged.copying.wait()
+        fallocate(staged.fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
+        staged.settle(whole)
+        staged.touch()
 
     async def fsync(self, fh: int) -> None:
         handle = self.handles.get(fh)
@@ -590,6 +706,9 @@ class VFS:
         staged = self.staging.get(handle.node_id)
         if staged is None or staged.orphan:
             return
+        if staged.failed:
+            # What the application wrote is not all there: fsync must not say it is.
+            raise FsError(errno.ENOSPC)
         await asyncio.to_thread(self.staging.sync, staged)
         if staged.dirty:
             self.writeback.schedule_on(CommitOn.FSYNC, staged.node_id, "")

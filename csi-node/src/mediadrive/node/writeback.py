@@ -23,6 +23,7 @@ from mediadrive.core.errors import (
     ConflictError,
     MediadriveError,
     PathNotFound,
+    StoreFull,
     StoreUnavailable,
 )
 from mediadrive.core.hashing import BLOCK_SIZE
@@ -44,6 +45,10 @@ BEFORE_RESTORE = "saved before restore"
 # Messages of commits nobody asked for by name; an explicit save of the same bytes
 # may replace them with its own.
 AUTOMATIC_MESSAGES = ("", CHECKPOINT, ON_UNMOUNT, AFTER_RESTART, BEFORE_RESTORE)
+
+
+class WriteFailed(StoreFull):
+    """A staged copy a write failed into (see ``StagedFile.failed``): not committed."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,10 @@ class Writeback:
             if staged is None or not staged.dirty or staged.rejected or staged.orphan:
                 self._queue.task_done()
                 continue
+            if staged.failed:
+                # Part of what was written never reached the copy: not a version.
+                self._queue.task_done()
+                continue
             self._busy += 1
             try:
                 await self.commit(staged, message)
@@ -163,8 +172,16 @@ class Writeback:
     def checkpoint(self) -> None:
         """Schedule a commit of every dirty file."""
         for staged in list(self.staging.files.values()):
-            if staged.dirty and not staged.rejected and not staged.orphan:
+            if staged.dirty and not staged.rejected and not staged.orphan and not staged.failed:
                 self.schedule(staged.node_id, CHECKPOINT)
+
+    def write_failed(self, staged: StagedFile) -> None:
+        """Record that a write into ``staged`` failed (journaled: a restart keeps it)."""
+        self._error(
+            f"{self.tree.to_mount(staged.path) or staged.path}: {staged.failed}; not committed"
+        )
+        with contextlib.suppress(OSError):
+            self.staging.write_journal(staged)
 
     def _error(self, message: str) -> None:
         log.error("%s", message)
@@ -183,7 +200,7 @@ class Writeback:
                 if staged.writers == 0:
                     self.staging.drop(staged)
                 return None
-            if not staged.dirty:
+            if not staged.dirty or staged.failed:
                 return None
             return await self._commit(staged, message)
 
@@ -431,6 +448,10 @@ class Writeback:
             if path != drive_path and not path.startswith(prefix) and drive_path != "/":
                 continue
             async with staged.commit_lock:
+                if staged.failed and not staged.orphan:
+                    raise WriteFailed(
+                        f"{self.tree.to_mount(path) or path} is not committed: {staged.failed}"
+                    )
                 if staged.dirty and not staged.orphan:
                     report = await self._commit(staged, message)
                     if report is not None:

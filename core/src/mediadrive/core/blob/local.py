@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import errno
 import os
 import time
 import uuid
@@ -14,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .. import private
 from ..durability import fsync_dir
-from ..errors import ConfigError, NotFound, StoreUnavailable
+from ..errors import ConfigError, NotFound, StoreFull, StoreUnavailable
 from . import BlobStore, register
 
 
@@ -89,6 +90,8 @@ class LocalBlobStore(BlobStore):
             # A full disk or a read-only folder: no half chunk stays behind.
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull(f"the store {self.root} is full ({err.strerror})") from None
             raise StoreUnavailable(
                 f"cannot write to store folder {self.root}: {err.strerror}"
             ) from None

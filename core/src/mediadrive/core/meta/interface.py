@@ -98,8 +98,10 @@ class MetaStore(Protocol):
         target: str | None = None,
         uid: int = 0,
         gid: int = 0,
+        rdev: int = 0,
     ) -> Node:
-        """A new folder, symlink or empty file (an empty file has no version yet)."""
+        """A new folder, symlink or empty file (an empty file has no version yet), or a
+        FIFO, socket or device node (``rdev``: its device number), which is metadata only."""
 
     async def set_attrs(
         self,

@@ -11,6 +11,11 @@ class NodeKind(StrEnum):
     DIR = "dir"
     FILE = "file"
     SYMLINK = "symlink"
+    # Metadata only: no content ever reaches the store.
+    FIFO = "fifo"
+    CHAR = "char"
+    BLOCK = "block"
+    SOCKET = "socket"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +33,10 @@ class Node:
     head_version: int | None
     target: str | None = None
     deleted_ns: int | None = None
+    # The device number of a CHAR or BLOCK node (st_rdev); 0 otherwise.
+    rdev: int = 0
+    # Live subfolders of a folder (for its link count), where the store counted them.
+    subdirs: int = 0
 
     @property
     def is_dir(self) -> bool:

@@ -103,6 +103,8 @@ MIGRATIONS: list[list[str]] = [
             until {real} NOT NULL,
             PRIMARY KEY (drive, chunk_id, token))""",
     ],
+    # 4: device numbers of character and block device nodes (FIFOs, sockets: 0).
+    ["ALTER TABLE nodes ADD COLUMN rdev {bigint} NOT NULL DEFAULT 0"],
 ]
 
 LATEST = len(MIGRATIONS)

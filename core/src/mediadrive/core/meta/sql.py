@@ -64,7 +64,14 @@ Row = tuple[Any, ...]
 ROOT_ID = 1
 NODE_COLUMNS = (
     "id, parent_id, name, kind, mode, uid, gid, mtime_ns, ctime_ns, size, head_version, "
-    "target, deleted_ns"
+    "target, deleted_ns, rdev"
+)
+# NODE_COLUMNS and, for a folder, how many live subfolders it has (its link count is
+# 2 + that): one indexed count per folder, nothing to keep in step on every move.
+NODE_COLUMNS_AND_SUBDIRS = (
+    f"{NODE_COLUMNS}, CASE WHEN kind = 'dir' THEN (SELECT COUNT(*) FROM nodes s "
+    "WHERE s.drive = nodes.drive AND s.parent_id = nodes.id AND s.kind = 'dir' "
+    "AND s.deleted_ns IS NULL) ELSE 0 END"
 )
 VERSION_COLUMNS = (
     "file_id, version, size, mode, mtime_ns, created, author, message, parent_version, tier, origin"
@@ -99,7 +106,13 @@ def _node(row: Row) -> Node:
         head_version=row[10],
         target=row[11],
         deleted_ns=row[12],
+        rdev=row[13] or 0,
     )
+
+
+def _node_and_subdirs(row: Row) -> Node:
+    """A row of NODE_COLUMNS_AND_SUBDIRS."""
+    return dataclasses.replace(_node(row), subdirs=int(row[14] or 0))
 
 
 def _version(row: Row) -> VersionInfo:
@@ -197,7 +210,7 @@ class SqlMetaStore(ABC):
             )
             await tx.execute(
                 f"INSERT INTO nodes (drive, {NODE_COLUMNS}) "
-                "VALUES (?, ?, NULL, '', 'dir', ?, 0, 0, ?, ?, 0, NULL, NULL, NULL)",
+                "VALUES (?, ?, NULL, '', 'dir', ?, 0, 0, ?, ?, 0, NULL, NULL, NULL, 0)",
                 (self.drive, ROOT_ID, 0o755, now_ns, now_ns),
             )
 
@@ -339,17 +352,18 @@ class SqlMetaStore(ABC):
 
     async def _get_node(self, tx: Tx, node_id: int) -> Node | None:
         row = await tx.fetchone(
-            f"SELECT {NODE_COLUMNS} FROM nodes WHERE drive = ? AND id = ?", (self.drive, node_id)
+            f"SELECT {NODE_COLUMNS_AND_SUBDIRS} FROM nodes WHERE drive = ? AND id = ?",
+            (self.drive, node_id),
         )
-        return _node(row) if row else None
+        return _node_and_subdirs(row) if row else None
 
     async def _lookup(self, tx: Tx, parent_id: int, name: str) -> Node | None:
         row = await tx.fetchone(
-            f"SELECT {NODE_COLUMNS} FROM nodes "
+            f"SELECT {NODE_COLUMNS_AND_SUBDIRS} FROM nodes "
             "WHERE drive = ? AND parent_id = ? AND name = ? AND deleted_ns IS NULL",
             (self.drive, parent_id, name),
         )
-        return _node(row) if row else None
+        return _node_and_subdirs(row) if row else None
 
     async def get_node(self, node_id: int) -> Node | None:
         return await self._run(lambda tx: self._get_node(tx, node_id), write=False)
@@ -447,11 +461,11 @@ class SqlMetaStore(ABC):
     async def list_dir(self, dir_id: int) -> list[Node]:
         async def body(tx: Tx) -> list[Node]:
             rows = await tx.fetchall(
-                f"SELECT {NODE_COLUMNS} FROM nodes "
+                f"SELECT {NODE_COLUMNS_AND_SUBDIRS} FROM nodes "
                 "WHERE drive = ? AND parent_id = ? AND deleted_ns IS NULL ORDER BY name",
                 (self.drive, dir_id),
             )
-            return [_node(r) for r in rows]
+            return [_node_and_subdirs(r) for r in rows]
 
         return await self._run(body, write=False)
 
@@ -467,12 +481,13 @@ class SqlMetaStore(ABC):
         uid: int = 0,
         gid: int = 0,
         node_id: int | None = None,
+        rdev: int = 0,
     ) -> Node:
         if node_id is None:
             node_id = await self._next(tx, "next_node")
         await tx.execute(
             f"INSERT INTO nodes (drive, {NODE_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, ?)",
             (
                 self.drive,
                 node_id,
@@ -486,12 +501,25 @@ class SqlMetaStore(ABC):
                 now_ns,
                 len(target.encode()) if target else 0,
                 target,
+                rdev,
             ),
         )
         await self._touch_dir(tx, parent.id, now_ns)
         size = len(target.encode()) if target else 0
         return Node(
-            node_id, parent.id, name, kind, mode, uid, gid, now_ns, now_ns, size, None, target
+            node_id,
+            parent.id,
+            name,
+            kind,
+            mode,
+            uid,
+            gid,
+            now_ns,
+            now_ns,
+            size,
+            None,
+            target,
+            rdev=rdev,
         )
 
     async def _touch_dir(self, tx: Tx, dir_id: int, now_ns: int) -> None:
@@ -519,6 +547,7 @@ class SqlMetaStore(ABC):
         target: str | None = None,
         uid: int = 0,
         gid: int = 0,
+        rdev: int = 0,
     ) -> Node:
         """A new folder, symlink or empty file (an empty file has no version yet)."""
         path = posixpath.join(parent_path, name)
@@ -538,14 +567,14 @@ class SqlMetaStore(ABC):
             if not parent.is_dir:
                 raise NotADirectory(f"{parent_path!r} is not a folder")
             assert row is not None
-            if row[13]:
+            if row[14]:
                 raise AlreadyExists(f"{path!r} already exists")
             node_id, seq = await self._next_node_and_event(tx)
             node = await self._insert_node(
-                tx, parent, name, kind, mode, now_ns, target, uid, gid, node_id=node_id
+                tx, parent, name, kind, mode, now_ns, target, uid, gid, node_id=node_id, rdev=rdev
             )
-            event = {NodeKind.DIR: "mkdir", NodeKind.SYMLINK: "symlink", NodeKind.FILE: "create"}
-            await self._event(tx, event[kind], path, actor, node.id, seq=seq, target=target)
+            event = {NodeKind.DIR: "mkdir", NodeKind.SYMLINK: "symlink"}.get(kind, "create")
+            await self._event(tx, event, path, actor, node.id, seq=seq, target=target)
             return node
 
         return await self._run(body)
