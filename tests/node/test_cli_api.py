@@ -142,3 +142,30 @@ def test_api_document_socket_events_read_and_publish(
     (m / "e.txt").write_text("v2")
     client.save("/e.txt")
     assert client.read("/e.txt", 1) == b"v1" and client.read("/e.txt") == b"v2"
+
+
+def test_a_deleted_file_inside_a_mount_keeps_its_history_and_comes_back(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive()
+    first, second = os.urandom(MiB), os.urandom(MiB)
+
+    async def write_twice(d: Drive) -> None:
+        await d.mkdir("/shots/010", parents=True)
+        await d.write_file("/shots/010/plate.exr", io.BytesIO(first))
+        await d.write_file("/shots/010/plate.exr", io.BytesIO(second))
+
+    drive_call(name, write_twice)
+    m = mounts.mount(name)
+    plate = m / "shots" / "010" / "plate.exr"
+    assert plate.read_bytes() == second
+    subprocess.run(["rm", "-r", str(m / "shots")], check=True)
+    assert not (m / "shots").exists()
+
+    # Through the mount path of the removed file: its history, then the file itself.
+    listed = json.loads(cli("versions", str(plate), "--json").stdout)
+    assert [v["version"] for v in listed] == [1, 2]
+    cli("restore", str(plate), "--to", "1")
+    wait_until(lambda: plate.exists() and plate.read_bytes() == first, timeout=5)
+    listed = json.loads(cli("versions", str(plate), "--json").stdout)
+    assert [v["version"] for v in listed] == [1, 2, 3]
