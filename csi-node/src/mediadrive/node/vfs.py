@@ -381,34 +381,28 @@ class VFS:
         return node
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
-        self._writable()
-        check_name(name)
-        parent_id = self.tree.node_id(parent_inode)
-        node = await self.meta.lookup(parent_id, name)
-        if node is None:
-            raise FsError(errno.ENOENT)
-        if not node.is_dir:
-            raise FsError(errno.ENOTDIR)
-        async with self.tree.names:
-            await self.meta.remove(
-                parent_id, await self.tree.path_of(parent_id), node.name, self.drive.author
-            )
+        node = await self._remove(parent_inode, name, folder=True)
         self.tree.forget_one(node.id)
 
     async def unlink(self, parent_inode: int, name: str) -> None:
+        node = await self._remove(parent_inode, name, folder=False)
+        self._orphan(node.id)
+
+    async def _remove(self, parent_inode: int, name: str, folder: bool) -> Node:
+        """Remove a child that must be a folder (rmdir) or must not be one (unlink)."""
         self._writable()
         check_name(name)
         parent_id = self.tree.node_id(parent_inode)
         node = await self.meta.lookup(parent_id, name)
         if node is None:
             raise FsError(errno.ENOENT)
-        if node.is_dir:
-            raise FsError(errno.EISDIR)
+        if node.is_dir != folder:
+            raise FsError(errno.ENOTDIR if folder else errno.EISDIR)
         async with self.tree.names:
             await self.meta.remove(
                 parent_id, await self.tree.path_of(parent_id), node.name, self.drive.author
             )
-        self._orphan(node.id)
+        return node
 
     def _orphan(self, node_id: int) -> None:
         """The file left the tree: its staged copy is never committed."""
