@@ -52,4 +52,5 @@ def _settings_class() -> type[CliSettings]:
 
 def cli_settings() -> CliSettings:
     """The settings in force now (read again on every call: tests change the environment)."""
-    return CliSettings.model_validate(_settings_class()().model_dump())
+    # The environment-reading subclass is a CliSettings already: no copy needed.
+    return _settings_class()()
