@@ -62,6 +62,11 @@ STORE_POLLS = Counter(
     "Reads of a drive's event log from the metadata store (follow loop and catch-ups)",
     ["drive"],
 )
+CATCHUPS = Counter(
+    "mediadrive_pod_relay_catchups",
+    "Reads from the metadata store for subscribers that asked for events older than the ring",
+    ["drive"],
+)
 
 _EVENT_JSON = TypeAdapter(Event)
 
@@ -204,6 +209,7 @@ class EventRelay:
         if feed.head is None or cursor >= feed.floor:
             return feed.after(cursor) if feed.head is not None else []
         STORE_POLLS.labels(feed.name).inc()
+        CATCHUPS.labels(feed.name).inc()
         batch = await feed.store.events_after(cursor, limit=BATCH)
         if not batch:
             # Nothing between the cursor and the ring (pruned): the ring follows on.
