@@ -59,8 +59,10 @@ DRIVE = "bench"
 STORES = 100
 # Time for PostgreSQL to publish a backend's pending statistics (at most every second).
 STATS_SETTLE = 1.5
+# The writer commits new versions of this many files in turn.
+FILES = 50
 
-out = Console()
+out = Console(width=140)
 
 
 @dataclass
@@ -72,6 +74,19 @@ class Figure:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Counts:
+    """PostgreSQL's own counters for one database."""
+
+    # xact_commit + xact_rollback: every metadata call is one transaction.
+    transactions: int
+    # Scans of the events table: reads of the event log (the writer appends, never scans).
+    event_reads: int
+
+    def __sub__(self, other: Counts) -> Counts:
+        return Counts(self.transactions - other.transactions, self.event_reads - other.event_reads)
+
+
 @dataclass
 class Bench:
     """What a section may use: the options and lazily started servers."""
@@ -81,7 +96,7 @@ class Bench:
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     # The relay section's database and what one count of its transactions adds to it.
     url: str = ""
-    probe_cost: int = 0
+    probe_cost: Counts = Counts(0, 0)
     _postgres: PostgresServer | None = None
 
     def postgres(self) -> PostgresServer:
@@ -96,23 +111,27 @@ Section = Callable[[Bench], Awaitable[list[Figure]]]
 # --- relay ----------------------------------------------------------------------------------
 
 
-def transactions(url: str) -> int:
-    """Transactions PostgreSQL has counted for the database of ``url`` (this read included)."""
+def counts(url: str) -> Counts:
+    """The database's counters now (this read's own transactions are published later)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_clear_snapshot()")
         row = conn.execute(
             "SELECT xact_commit + xact_rollback FROM pg_stat_database "
             "WHERE datname = current_database()"
         ).fetchone()
-    assert row is not None
-    return int(row[0])
+        scans = conn.execute(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+            "WHERE relname = 'events'"
+        ).fetchone()
+    assert row is not None and scans is not None
+    return Counts(int(row[0]), int(scans[0]))
 
 
-async def probe_cost(url: str) -> int:
-    """Transactions one :func:`transactions` call itself adds (its connection's)."""
-    first = transactions(url)
+async def probe_cost(url: str) -> Counts:
+    """What one :func:`counts` call itself adds (its connection's transactions)."""
+    first = counts(url)
     await asyncio.sleep(STATS_SETTLE)
-    return transactions(url) - first
+    return counts(url) - first
 
 
 @dataclass
@@ -122,7 +141,7 @@ class Phase:
     label: str
     start: int = 0
     seconds: float = 0.0
-    queries: int = 0
+    queries: Counts = Counts(0, 0)
     commits: int = 0
     events: list[int] = field(default_factory=list)
     seen: list[list[int]] = field(default_factory=list)
@@ -130,7 +149,11 @@ class Phase:
 
     @property
     def per_second(self) -> float:
-        return self.queries / self.seconds if self.seconds else 0.0
+        return self.queries.transactions / self.seconds if self.seconds else 0.0
+
+    @property
+    def reads_per_second(self) -> float:
+        return self.queries.event_reads / self.seconds if self.seconds else 0.0
 
     def all_seen(self) -> bool:
         return all(got == self.events for got in self.seen)
@@ -146,7 +169,7 @@ async def writer(drive: Drive, stop: asyncio.Event, phase: Phase, every: float) 
     while not stop.is_set():
         phase.commits += 1
         n = phase.commits
-        await drive.write_file(f"/shots/frame{n % 50:04d}.exr", io.BytesIO(b"frame %d" % n))
+        await drive.write_file(f"/shots/frame{n % FILES:04d}.exr", io.BytesIO(b"frame %d" % n))
         tick = max(tick + every, time.monotonic())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), tick - time.monotonic())
@@ -194,7 +217,7 @@ async def run_phase(
     phase.start = await drive.meta.last_event_seq()
     await drive.meta.close()
     await asyncio.sleep(STATS_SETTLE)
-    before = transactions(url)
+    before = counts(url)
     clock = time.monotonic()
     stop = asyncio.Event()
     tasks = await followers(phase.start, phase.seen)
@@ -217,7 +240,7 @@ async def run_phase(
         await cleanup()
     await drive.meta.close()
     await asyncio.sleep(STATS_SETTLE)
-    phase.queries = transactions(url) - before - bench.probe_cost
+    phase.queries = counts(url) - before - bench.probe_cost
     phase.events = await all_events(drive.meta, phase.start)
     return phase
 
@@ -235,6 +258,8 @@ async def relay_section(bench: Bench) -> list[Figure]:
     )
     try:
         await drive.mkdir("/shots")
+        for n in range(FILES):  # every measured commit is a new version of a file
+            await drive.write_file(f"/shots/frame{n:04d}.exr", io.BytesIO(b"first"))
         bench.probe_cost = await probe_cost(url)
         alone = await run_phase(Phase("writer alone"), bench, drive, _no_followers)
         polled = await _polled_phase(bench, drive, count)
@@ -252,6 +277,8 @@ async def _polled_phase(bench: Bench, drive: Drive, count: int) -> Phase:
     stores = [connect(bench.url, DRIVE) for _ in range(min(count, STORES))]
 
     async def start(since: int, seen: list[list[int]]) -> list[asyncio.Task[None]]:
+        # Each store opens its pool before followers share it (one first call at a time).
+        await asyncio.gather(*(store.last_event_seq() for store in stores))
         seen.extend([] for _ in range(count))
         return [
             asyncio.create_task(poller(stores[i % len(stores)], since, got))
@@ -289,30 +316,35 @@ async def _relayed_phase(bench: Bench, drive: Drive, count: int) -> Phase:
 
 
 def _relay_figures(count: int, alone: Phase, polled: Phase, relayed: Phase) -> list[Figure]:
-    # The writer's own transactions per commit, measured alone, taken off the others.
-    per_commit = alone.queries / alone.commits if alone.commits else 0.0
-
-    def followers_share(phase: Phase) -> float:
-        return (phase.queries - per_commit * phase.commits) / phase.seconds
-
-    polled_own, relayed_own = followers_share(polled), followers_share(relayed)
     figures = [
         Figure("relay", phase.label, phase.per_second, "queries/s", _seen_note(phase))
         for phase in (alone, polled, relayed)
     ]
-    writer_note = f"less the writer's {per_commit:.1f} per commit"
     figures += [
-        Figure("relay", f"{count} followers' own, polling", polled_own, "queries/s", writer_note),
-        Figure("relay", f"{count} followers' own, relay", relayed_own, "queries/s", writer_note),
+        Figure("relay", f"event-log reads, {phase.label}", phase.reads_per_second, "reads/s", "")
+        for phase in (alone, polled, relayed)
+    ]
+    figures += [
         Figure(
             "relay",
-            "polling / relay (followers' own)",
-            polled_own / relayed_own if relayed_own > 0 else float("inf"),
+            "queries, polling / relay",
+            _ratio(polled.per_second, relayed.per_second),
             "x",
-            "metadata queries saved by the relay",
+            "all the database's transactions, the writer's included",
+        ),
+        Figure(
+            "relay",
+            "event-log reads, polling / relay",
+            _ratio(polled.reads_per_second, relayed.reads_per_second),
+            "x",
+            f"what following costs the store, {count} followers",
         ),
     ]
     return figures
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf")
 
 
 def _seen_note(phase: Phase) -> str:
