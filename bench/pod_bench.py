@@ -43,7 +43,8 @@ from rich.table import Table
 
 from mediadrive.core.config import DriveSettings
 from mediadrive.core.drive import Drive
-from mediadrive.core.meta import MetaStore, connect
+from mediadrive.core.meta import MetaStore
+from mediadrive.core.meta.postgres import PostgresMetaStore
 from mediadrive.node.relay import RelaySource, relay_events
 from mediadrive.pod import relay
 
@@ -220,6 +221,7 @@ async def run_phase(
     before = counts(url)
     clock = time.monotonic()
     stop = asyncio.Event()
+    await drive.meta.last_event_seq()  # the writer's connection first
     tasks = await followers(phase.start, phase.seen)
     await asyncio.gather(
         writer(drive, stop, phase, bench.args.every), _stop_after(stop, bench.args.seconds)
@@ -274,11 +276,14 @@ async def _no_followers(since: int, seen: list[list[int]]) -> list[asyncio.Task[
 
 
 async def _polled_phase(bench: Bench, drive: Drive, count: int) -> Phase:
-    stores = [connect(bench.url, DRIVE) for _ in range(min(count, STORES))]
+    # One connection per store (a mount's own pool would hold one while idle, too).
+    stores = [PostgresMetaStore(bench.url, DRIVE, pool_size=1) for _ in range(min(count, STORES))]
 
     async def start(since: int, seen: list[list[int]]) -> list[asyncio.Task[None]]:
-        # Each store opens its pool before followers share it (one first call at a time).
-        await asyncio.gather(*(store.last_event_seq() for store in stores))
+        # Each store opens its pool before followers share it (one first call at a
+        # time), a few at once so that no connection waits long on a busy machine.
+        for first in range(0, len(stores), 10):
+            await asyncio.gather(*(s.last_event_seq() for s in stores[first : first + 10]))
         seen.extend([] for _ in range(count))
         return [
             asyncio.create_task(poller(stores[i % len(stores)], since, got))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from prometheus_client import REGISTRY
 from mediadrive.core.config import DriveSettings
 from mediadrive.core.meta import Event, MetaStore, connect
 from mediadrive.node.follower import Follower
-from mediadrive.node.relay import RelaySource, SseParser, relay_events
-from mediadrive.pod.relay import EventRelay, setup
+from mediadrive.node.relay import RelaySource, SseParser, decode_event, relay_events
+from mediadrive.pod.relay import EventRelay, _Feed, encode_event, setup
 from tests.unit.node.vfs_harness import drive_urls, make_test_vfs
 
 DRIVE = "media"
@@ -276,3 +277,34 @@ async def test_follower_falls_back_when_the_relay_does_not_relay_the_drive(
             await follower.stop()
             await writer.close()
             await test_vfs.close()
+
+
+def event(seq: int) -> Event:
+    return Event(seq, "note", f"/f{seq}", None, None, "writer@test", 0.0, {"n": seq})
+
+
+def test_the_ring_finds_what_follows_a_seq_even_with_gaps() -> None:
+    feed = _Feed(DRIVE, connect("sqlite:///unused.db", DRIVE), deque(maxlen=4), head=0)
+    feed.add([event(s) for s in (1, 2, 5, 6, 9, 10)])
+    # The ring holds 5, 6, 9, 10: it covers everything after 2.
+    assert feed.floor == 2
+    assert [e.seq for e in feed.after(2)] == [5, 6, 9, 10]
+    assert [e.seq for e in feed.after(5)] == [6, 9, 10]
+    assert [e.seq for e in feed.after(7)] == [9, 10]
+    assert [e.seq for e in feed.after(9)] == [10]
+    assert feed.after(10) == []
+    assert feed.after(12) == []
+
+
+def test_sse_parser_reads_events_comments_and_multiline_data() -> None:
+    parser = SseParser()
+    lines = [": keepalive", "", "id: 7", "event: commit", "data: {", "data:  1}", "", "data: x", ""]
+    messages = [m for m in (parser.feed(line) for line in lines) if m is not None]
+    assert [(m.id, m.event, m.data) for m in messages] == [
+        ("7", "commit", "{\n 1}"),
+        ("7", "message", "x"),
+    ]
+    encoded = encode_event(event(3)).decode().split("\n")
+    fresh = SseParser()
+    decoded = [m for m in (fresh.feed(line) for line in encoded) if m is not None]
+    assert [decode_event(m) for m in decoded] == [event(3)]
