@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from mediadrive.pod.relay import EventRelay, _Feed, encode_event, setup
 from tests.unit.node.vfs_harness import drive_urls, make_test_vfs
 
 DRIVE = "media"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager
@@ -308,3 +311,66 @@ def test_sse_parser_reads_events_comments_and_multiline_data() -> None:
     fresh = SseParser()
     decoded = [m for m in (fresh.feed(line) for line in encoded) if m is not None]
     assert [decode_event(m) for m in decoded] == [event(3)]
+
+
+@contextlib.asynccontextmanager
+async def relay_process(port: int, meta_url: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """The relay in a process of its own (killed at the end if still there)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.relay_server",
+        str(port),
+        f"{DRIVE}={meta_url}",
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            assert (await proc.stdout.readline()).strip() == b"ready"
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            await proc.wait()
+
+
+async def test_follower_survives_a_killed_and_a_frozen_relay(tmp_path: Path) -> None:
+    test_vfs = await make_test_vfs(tmp_path)
+    meta_url, _ = drive_urls(tmp_path)
+    writer = connect(meta_url, DRIVE)
+    seen: list[int] = []
+    async with serve_relay({}) as (_, _, port):
+        pass  # a free port
+    source = RelaySource(f"http://127.0.0.1:{port}", DRIVE, read_timeout=1.5)
+    follower = Follower(test_vfs.vfs, 0.05, source)
+    follower.listeners.append(lambda event: seen.append(event.seq))
+    try:
+        async with relay_process(port, meta_url) as proc:
+            await follower.start()
+            follower.relay_retry = 0.2
+            await until(lambda: follower.source == "relay")
+            relayed = await record(writer, 3)
+            await until(lambda: seen[-1:] == relayed[-1:])
+            proc.kill()  # no goodbye: the connection just drops
+            await proc.wait()
+            dropped = await record(writer, 3)
+            await until(lambda: seen[-1:] == dropped[-1:])
+            assert follower.source == "store"
+        async with relay_process(port, meta_url) as proc:
+            await until(lambda: follower.source == "relay")
+            back = await record(writer, 2)
+            await until(lambda: seen[-1:] == back[-1:])
+            follower.relay_retry = 60.0  # stay on the store once it falls back
+            proc.send_signal(signal.SIGSTOP)  # frozen: the socket stays open, silent
+            frozen = await record(writer, 3)
+            await until(lambda: seen[-1:] == frozen[-1:])
+            assert follower.source == "store"
+        assert seen == relayed + dropped + back + frozen
+        assert follower.applied == len(seen)
+    finally:
+        await follower.stop()
+        await writer.close()
+        await test_vfs.close()
