@@ -18,10 +18,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
+from pydantic import ValidationError
 
 from mediadrive.core.config import DriveSettings
 from mediadrive.core.meta import Event, MetaStore, connect
 from mediadrive.node.follower import Follower
+from mediadrive.node.options import MountOptions
 from mediadrive.node.relay import RelaySource, SseParser, decode_event, relay_events
 from mediadrive.pod.relay import EventRelay, _Feed, encode_event, setup
 from tests.unit.node.vfs_harness import drive_urls, make_test_vfs
@@ -374,3 +376,27 @@ async def test_follower_survives_a_killed_and_a_frozen_relay(tmp_path: Path) -> 
         await follower.stop()
         await writer.close()
         await test_vfs.close()
+
+
+def test_mount_options_take_a_relay_url_and_token_file(tmp_path: Path) -> None:
+    base = {
+        "drive": DRIVE,
+        "meta_url": "sqlite:///m.db",
+        "store_url": "file:///s",
+        "mountpoint": tmp_path / "mnt",
+        "cache_dir": tmp_path / "cache",
+        "run_dir": tmp_path / "run",
+    }
+    assert MountOptions(**base).relay_url is None
+    options = MountOptions(
+        **base, relay_url="http://10.0.0.5:7700/", relay_token_file=tmp_path / "token"
+    )
+    assert options.relay_url == "http://10.0.0.5:7700"
+    assert options.relay_token_file == tmp_path / "token"
+    for bad in ("10.0.0.5:7700", "pod://10.0.0.5:7700/media", "http://"):
+        with pytest.raises(ValidationError, match="relay_url"):
+            MountOptions(**base, relay_url=bad)
+    (tmp_path / "token").write_text("# the pod's token\nsecret-1 media,other\n")
+    source = RelaySource(options.relay_url or "", DRIVE, options.relay_token_file)
+    assert source.headers()["Authorization"] == "Bearer secret-1"
+    assert source.events_url() == "http://10.0.0.5:7700/v1/drives/media/events"

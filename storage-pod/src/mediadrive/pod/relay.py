@@ -233,8 +233,8 @@ class EventRelay:
         SUBSCRIBERS.labels(drive).inc()
         try:
             await self._serve(feed, response, since)
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+        except ConnectionError:
+            pass  # the client left
         except Exception as exc:
             # Most likely the store failed a catch-up read: end the stream, the mount
             # reconnects (or polls the store itself meanwhile).
