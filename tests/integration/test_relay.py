@@ -261,15 +261,14 @@ async def test_follower_polls_when_there_is_no_relay_and_switches_once_it_is_up(
         await test_vfs.close()
 
 
-@pytest.mark.parametrize("status_drive", ["other"])
 async def test_follower_falls_back_when_the_relay_does_not_relay_the_drive(
-    tmp_path: Path, status_drive: str
+    tmp_path: Path,
 ) -> None:
     test_vfs = await make_test_vfs(tmp_path)
     meta_url, _ = drive_urls(tmp_path)
     writer = connect(meta_url, DRIVE)
     seen: list[int] = []
-    async with serve_relay({status_drive: meta_url}) as (_, base, _):
+    async with serve_relay({"other": meta_url}) as (_, base, _):
         follower = Follower(test_vfs.vfs, 0.05, RelaySource(base, DRIVE, read_timeout=2.0))
         follower.listeners.append(lambda event: seen.append(event.seq))
         try:
