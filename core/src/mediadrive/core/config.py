@@ -7,6 +7,8 @@ and the JSON schemas of the custom resources from these models.
 
 from __future__ import annotations
 
+import fnmatch
+import posixpath
 import re
 from enum import StrEnum
 from typing import Literal, Self
@@ -111,6 +113,14 @@ class TierRules(CamelModel):
     @property
     def publish_on_save(self) -> bool:
         return self.publish == PUBLISH_ON_SAVE
+
+    def is_temporary(self, path: str) -> bool:
+        """Whether the drive path (or its file name) matches a temporary glob."""
+        name = posixpath.basename(path)
+        return any(
+            fnmatch.fnmatchcase(path, glob) or fnmatch.fnmatchcase(name, glob)
+            for glob in self.temporary.globs
+        )
 
     def target(self, has_pod: bool) -> WriteTarget:
         """Where writes go on a machine with (or without) a storage pod."""
