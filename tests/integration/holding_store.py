@@ -1,17 +1,21 @@
-"""A storage-pod stand-in that keeps chunks in a dict: ``memhold://NAME[?region=R]``.
+"""A storage-pod stand-in that keeps chunks in a dict: ``memhold://NAME[?region=R&dir=D]``.
 
 Test-only: a :class:`BlobStore` and :class:`HoldingStore` whose stores of the same
 NAME share their chunks (the pods of one region), that can be made "down" (every
 call raises StoreUnavailable, as a ``pod://`` client does when no member answers),
-and that counts the calls the tier chain makes. Importing it registers the scheme.
+and that counts the calls the tier chain makes. With ``dir`` the chunks are also
+kept in a JSON file there, so CLI subprocesses share them. Importing it registers
+the scheme (``sitecustomize.py`` beside it does so in subprocesses).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from mediadrive.core.blob import BlobStore, register
@@ -33,8 +37,26 @@ class PodSpace:
     chunks: dict[str, Chunk] = field(default_factory=dict)
     down: bool = False
     calls: Counter[str] = field(default_factory=Counter)
+    folder: Path | None = None
+
+    def load(self) -> None:
+        if self.folder is None or not (self.folder / "pod.json").exists():
+            return
+        kept = json.loads((self.folder / "pod.json").read_text())
+        self.chunks = {
+            cid: Chunk(bytes.fromhex(data), holding, expires)
+            for cid, (data, holding, expires) in kept.items()
+        }
+
+    def save(self) -> None:
+        if self.folder is None:
+            return
+        kept = {cid: [c.data.hex(), c.holding, c.expires] for cid, c in self.chunks.items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "pod.json").write_text(json.dumps(kept))
 
     def live(self) -> dict[str, Chunk]:
+        self.load()
         now = time.time()
         for cid in [c for c, chunk in self.chunks.items() if chunk.expires and chunk.expires < now]:
             del self.chunks[cid]
@@ -46,10 +68,14 @@ _PODS: dict[str, PodSpace] = {}
 
 def parse(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
-    query = parse_qs(parts.query)
     if parts.scheme != "memhold" or not parts.netloc or parts.path.strip("/"):
-        raise ConfigError(f"store URL {url!r} must be memhold://NAME[?region=R]")
-    return parts.netloc, query.get("region", ["la"])[0]
+        raise ConfigError(f"store URL {url!r} must be memhold://NAME[?region=R&dir=D]")
+    return parts.netloc, parse_qs(parts.query).get("region", ["la"])[0]
+
+
+def _folder(url: str) -> Path | None:
+    found = parse_qs(urlsplit(url).query).get("dir")
+    return Path(found[0]) if found else None
 
 
 def pod(name: str) -> PodSpace:
@@ -65,7 +91,7 @@ class MemoryHoldingStore(BlobStore):
     def __init__(self, url: str) -> None:
         self.url = url
         name, region = parse(url)
-        self.space = _PODS.setdefault(name, PodSpace(region))
+        self.space = _PODS.setdefault(name, PodSpace(region, folder=_folder(url)))
 
     def _up(self, call: str) -> dict[str, Chunk]:
         self.space.calls[call] += 1
@@ -96,6 +122,7 @@ class MemoryHoldingStore(BlobStore):
 
     async def delete(self, chunk_id: str) -> None:
         self._up("delete").pop(chunk_id, None)
+        self.space.save()
 
     async def list(self, prefix: str = "", after: str = "") -> AsyncIterator[str]:
         for cid in sorted(self._up("list")):
@@ -113,17 +140,20 @@ class MemoryHoldingStore(BlobStore):
         chunks = self._up("put_held")
         expires = time.time() + ttl if ttl is not None else None
         chunks[chunk_id] = Chunk(bytes(data), "held", expires)
+        self.space.save()
 
     async def put_cached(self, chunk_id: str, data: bytes | memoryview) -> None:
         chunks = self._up("put_cached")
         if chunk_id not in chunks:
             chunks[chunk_id] = Chunk(bytes(data), "cached")
+            self.space.save()
 
     async def release(self, chunk_ids: Sequence[str]) -> None:
         chunks = self._up("release")
         for cid in chunk_ids:
             if cid in chunks:
                 chunks[cid] = Chunk(chunks[cid].data, "cached")
+        self.space.save()
 
     async def holding(self, chunk_ids: Sequence[str]) -> dict[str, Holding]:
         chunks = self._up("holding")

@@ -47,8 +47,10 @@ class CamelModel(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
 
-class Retention(CamelModel):
+class Retention(BaseModel):
     """A version is kept if any rule keeps it; the head is always kept."""
+
+    model_config = ConfigDict(extra="forbid")
 
     keep_last: int | None = Field(default=None, ge=1)
     keep_within: Seconds | None = None

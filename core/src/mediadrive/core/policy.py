@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from .config import (
     CamelModel,
@@ -22,9 +22,9 @@ from .config import (
     TierRules,
 )
 from .errors import ConfigError
-from .units import ByteSize
+from .units import ByteSize, Seconds
 
-__all__ = ["Chunking", "TierPolicy", "policy_error"]
+__all__ = ["Chunking", "PolicyRetention", "TierPolicy", "policy_error"]
 
 
 class Chunking(CamelModel):
@@ -33,10 +33,20 @@ class Chunking(CamelModel):
     size: ByteSize | None = None
 
 
+class PolicyRetention(CamelModel):
+    """:class:`~mediadrive.core.config.Retention`, spelled as custom resources spell it."""
+
+    keep_last: int | None = Field(default=None, ge=1)
+    keep_within: Seconds | None = None
+
+    def retention(self) -> Retention:
+        return Retention(keep_last=self.keep_last, keep_within=self.keep_within)
+
+
 class TierPolicy(TierRules):
     """Everything a drive's tier policy says: its tier rules and the drive settings."""
 
-    retention: Retention = Retention()
+    retention: PolicyRetention = PolicyRetention()
     conflict: ConflictPolicy = ConflictPolicy.LAST_WRITER_WINS
     chunking: Chunking = Chunking()
 
@@ -49,7 +59,7 @@ class TierPolicy(TierRules):
         fields: dict[str, Any] = settings.model_dump(exclude={"chunk_size"})
         fields.update(
             tiers=self.rules().model_dump(),
-            retention=self.retention.model_dump(),
+            retention=self.retention.retention().model_dump(),
             conflict=self.conflict,
             chunking=self.chunking.kind,
         )
