@@ -109,6 +109,8 @@ def mount(
         drive=name,
         meta_url=ref.meta_url,
         store_url=ref.store_url,
+        pod_url=ref.pod_url,
+        region=ref.region,
         author=settings.author,
         run_dir=settings.mounts_dir,
         log_level=settings.log_level,

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mediadrive.core import paths
-from mediadrive.core.config import check_drive_name
+from mediadrive.core.config import DriveRef, check_drive_name
 from mediadrive.core.identity import Identity
 from mediadrive.core.triggers import CommitOn
 from mediadrive.core.units import ByteSize, parse_duration
@@ -32,6 +32,9 @@ class MountOptions(BaseModel):
     drive: str
     meta_url: str
     store_url: str
+    # This machine's storage pods in front of the store, and their region (see DriveRef).
+    pod_url: str | None = None
+    region: str | None = None
     mountpoint: Path
     # Local cache and staging folder of this mount.
     cache_dir: Path
@@ -88,6 +91,16 @@ class MountOptions(BaseModel):
             seconds = parse_duration(value)
             return seconds if seconds > 0 else None
         return value
+
+    def drive_ref(self) -> DriveRef:
+        """Where the mounted drive lives, as :meth:`Drive.open_ref` takes it."""
+        return DriveRef(
+            name=self.drive,
+            meta_url=self.meta_url,
+            store_url=self.store_url,
+            pod_url=self.pod_url,
+            region=self.region,
+        )
 
     def identity(self) -> Identity:
         return Identity.local(self.author)
