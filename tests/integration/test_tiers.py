@@ -8,6 +8,7 @@ The cloud is a real local-folder store; the pods are the in-memory holding store
 from __future__ import annotations
 
 import io
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -281,6 +282,9 @@ async def test_a_version_held_in_another_region_is_not_published(
             )
             with pytest.raises(NotPublished):
                 await other.publish("/a.bin")
+            # A folder publishes what this region can and names the rest.
+            report = await other.publish("/")
+            assert (report.files, report.held_elsewhere) == (0, ["/a.bin"])
     await drive.publish("/a.bin")
     async with await Drive.open_ref(setup.ref(pod_url=None)) as other:
         assert await read(other, "/a.bin") == payload(500)
@@ -363,6 +367,12 @@ def test_old_drive_settings_and_refs_still_load() -> None:
     assert old.tiers == TierRules()
     ref = DriveRef.model_validate_json('{"name": "a", "meta_url": "sqlite:///x", "store_url": "y"}')
     assert (ref.pod_url, ref.region) == (None, None)
+
+
+def test_the_policy_schema_checks_publish() -> None:
+    publish = TierPolicy.model_json_schema()["properties"]["publish"]
+    assert re.match(publish["pattern"], "after 2h")
+    assert not re.match(publish["pattern"], "after a while")
 
 
 def test_tiered_store_needs_a_holding_store(setup: Setup) -> None:

@@ -248,6 +248,11 @@ def publish(
             if r["temporary_skipped"]
             else ""
         )
+        if r.get("held_elsewhere"):
+            skipped += (
+                f"; {len(r['held_elsewhere'])} file(s) held in another region's pods "
+                f"(publish them there), e.g. {r['held_elsewhere'][0]}"
+            )
         out.print(
             f"{r['path']}: published {r['files']} file(s), sent {r['chunks_sent']} chunk(s) "
             f"({format_size(r['bytes_sent'])}), {r['chunks_present']} already in the cloud"

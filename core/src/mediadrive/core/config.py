@@ -62,6 +62,7 @@ PUBLISH_MANUAL = "manual"
 PUBLISH_ON_SAVE = "on-save"
 DEFAULT_TEMPORARY_TTL = 7 * 86400.0
 DEFAULT_PODS_DOWN_WAIT = 120.0
+PUBLISH_PATTERN = r"^\s*(manual|on-save|after\s+(\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h|d|w))+))\s*$"
 
 
 class Temporary(CamelModel):
@@ -82,7 +83,10 @@ class TierRules(CamelModel):
     when_pods_down: WhenPodsDown = "wait"
     pods_down_wait: Seconds = DEFAULT_PODS_DOWN_WAIT
     # manual | on-save | after DURATION (a pod-held version older than that is published).
-    publish: str = PUBLISH_MANUAL
+    publish: str = Field(
+        default=PUBLISH_MANUAL,
+        json_schema_extra={"pattern": PUBLISH_PATTERN, "examples": ["manual", "after 2h"]},
+    )
     temporary: Temporary = Temporary()
     # Reads served by the cloud leave a cached copy in the pod.
     read_through: bool = True

@@ -111,6 +111,8 @@ class PublishResult:
     # Files left in the pods because they match the temporary globs.
     temporary_skipped: int = 0
     paths: list[str] = dataclasses.field(default_factory=list)
+    # Files under a published folder held in another region's pods (publish them there).
+    held_elsewhere: list[str] = dataclasses.field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -646,6 +648,11 @@ class Drive:
                     f"the storage pods of region {region}; publish it there to read it here"
                 )
 
+    async def _my_region(self) -> str | None:
+        """The region of this machine's pods; None without pods."""
+        tiers = self.tiers
+        return None if tiers is None else await tiers.region()
+
     def _publisher(self, path: str, region: str) -> TieredStore:
         """The tier chain that can publish a version held in ``region``'s pods."""
         tiers = self.tiers
@@ -705,13 +712,23 @@ class Drive:
         rules = self.settings.tiers
         todo: list[tuple[str, Node, int]] = []
         skipped = 0
-        for file_path, node in await self._files_under(path):
+        elsewhere: list[str] = []
+        folder = (await self.stat(path)).is_dir
+        files = await self._files_under(path)
+        mine = await self._my_region() if folder else None
+        for file_path, node in files:
             assert node.head_version is not None
             info, _ = await self.meta.version(node.id, node.head_version)
-            if pod_region(info.tier) is None:
+            region = pod_region(info.tier)
+            if region is None:
                 continue
             if rules.is_temporary(file_path):
                 skipped += 1
+                continue
+            if folder and region != mine:
+                # A folder is published as far as this region can; a file asked for by
+                # name fails with NotPublished instead.
+                elsewhere.append(file_path)
                 continue
             todo.append((file_path, node, node.head_version))
         total = PublishReport()
@@ -727,6 +744,7 @@ class Drive:
             chunks_present=total.chunks_present,
             temporary_skipped=skipped,
             paths=[p for p, _, _ in todo],
+            held_elsewhere=elsewhere,
         )
 
     async def publish_due(self, now: float | None = None, limit: int = 1000) -> PublishResult:
