@@ -171,6 +171,25 @@ async def test_write_target_cloud_writes_to_the_cloud_with_a_cached_copy(setup: 
         assert await tier_of(drive, "/a.bin") == "cloud"
 
 
+async def test_a_cloud_version_never_names_a_chunk_held_only_in_the_pods(
+    setup: Setup, drive: Drive
+) -> None:
+    data = payload(CHUNK + 10, seed=11)
+    await write(drive, "/held.bin", data)
+    held = await chunks_of(drive, "/held.bin")
+    assert not held & setup.cloud_ids()
+    policy = TierPolicy.model_validate({"writeTarget": "cloud"})
+    await drive.meta.update_settings(policy.apply(drive.settings))
+    async with await Drive.open_ref(setup.ref()) as other:
+        # The same bytes: the chunks are found stored (held in the pod), not sent.
+        result = await other.write_file("/copy.bin", io.BytesIO(data))
+        assert result.chunks_new == 0
+        assert await tier_of(other, "/copy.bin") == "cloud"
+        assert held <= setup.cloud_ids()
+    async with await Drive.open_ref(setup.ref(pod_url=None)) as plain:
+        assert await read(plain, "/copy.bin") == data
+
+
 async def test_a_drive_without_pods_writes_to_the_cloud(setup: Setup, drive: Drive) -> None:
     async with await Drive.open_ref(setup.ref(pod_url=None)) as plain:
         assert plain.tiers is None

@@ -370,7 +370,14 @@ class Drive:
         temporary = path is not None and rules.is_temporary(paths.normalize(path))
         with recording() as record, holding_for(rules.temporary.ttl if temporary else None):
             result = await self.uploader.upload(source, progress, reuse)
-        return dataclasses.replace(result, tier=await tiers.write_tier(record))
+        tier = await tiers.write_tier(record)
+        if tier == "cloud":
+            # A chunk found already stored may be held in the pods only (another file's,
+            # not published yet): a cloud version must not name it, so it is copied.
+            await tiers.copy_to_cloud(
+                [e.chunk_id for e in result.extents if e.chunk_id not in record.ids]
+            )
+        return dataclasses.replace(result, tier=tier)
 
     async def commit(
         self,

@@ -73,6 +73,8 @@ class WriteRecord:
     cloud: int = 0
     # Writes that went to the cloud because every pod was down.
     fell_back: int = 0
+    # The chunks put.
+    ids: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -117,9 +119,10 @@ def recording() -> Iterator[WriteRecord]:
         _RECORD.reset(token)
 
 
-def _note(**counts: int) -> None:
+def _note(chunk_id: str, **counts: int) -> None:
     record = _RECORD.get()
     if record is not None:
+        record.ids.add(chunk_id)
         for name, n in counts.items():
             setattr(record, name, getattr(record, name) + n)
 
@@ -180,7 +183,7 @@ class TieredStore(WrappedStore):
         ttl = _HOLD_TTL.get()
         if ttl is None and self.target == CLOUD:
             await self.inner.put(chunk_id, data)
-            _note(cloud=1)
+            _note(chunk_id, cloud=1)
             if self._pods_up():
                 with contextlib.suppress(Exception):
                     await self.holder.put_cached(chunk_id, data)
@@ -198,7 +201,7 @@ class TieredStore(WrappedStore):
             except StoreUnavailable as exc:
                 problem = exc
             else:
-                _note(held=1)
+                _note(chunk_id, held=1)
                 return
             left = deadline - time.monotonic()
             if left <= 0:
@@ -213,7 +216,7 @@ class TieredStore(WrappedStore):
                 chunk_id,
             )
             await self.inner.put(chunk_id, data)
-            _note(cloud=1, fell_back=1)
+            _note(chunk_id, cloud=1, fell_back=1)
             return
         raise StoreUnavailable(
             f"the storage pods {self.pods_name()} are down: waited "
@@ -315,6 +318,22 @@ class TieredStore(WrappedStore):
             await self.pods.close()
         finally:
             await self.inner.close()
+
+    async def copy_to_cloud(self, chunk_ids: Sequence[str]) -> int:
+        """Copy to the cloud those of ``chunk_ids`` it lacks that the pods have (chunks a
+        version recorded as in the cloud found stored by an earlier, pod-held upload);
+        returns how many were copied. Nothing is released."""
+        copied = 0
+        for chunk_id in dict.fromkeys(chunk_ids):
+            if await self.inner.exists(chunk_id):
+                continue
+            try:
+                data = await self.pods.get(chunk_id)
+            except NotFound:
+                continue
+            await self.inner.put(chunk_id, data)
+            copied += 1
+        return copied
 
     async def publish(self, chunk_ids: Sequence[str]) -> PublishReport:
         """Copy to the cloud the chunks it lacks (read from the pods), then release them
