@@ -103,3 +103,15 @@ def test_drive_show_redacts_secrets(cli: Cli, tmp_path: Path) -> None:
     cli.run("drive", "set", "show", "--pod", url, "--region", "la")
     shown = cli.run("drive", "show", "show", "--json").stdout
     assert "hunter2" not in shown
+
+
+def test_several_pod_urls_become_one_listing_the_members() -> None:
+    from mediadrive.cli.tier_commands import merge_pod_urls
+    from mediadrive.core.errors import ConfigError
+
+    assert merge_pod_urls("pod://a:1/show?tls=1,pod://b:2/show?tls=1") == (
+        "pod://a:1,b:2/show?tls=1"
+    )
+    assert merge_pod_urls("pod://a:1,b:2/show") == "pod://a:1,b:2/show"
+    with pytest.raises(ConfigError, match="same pods"):
+        merge_pod_urls("pod://a:1/show,pod://b:2/other")

@@ -71,6 +71,25 @@ def load_policy(path: Path) -> TierPolicy:
         raise ConfigError(f"{path}: {policy_error(exc)}") from None
 
 
+def merge_pod_urls(text: str) -> str:
+    """``pod://a:1/show,pod://b:1/show`` -> ``pod://a:1,b:1/show``: several URLs of the
+    same pods (same scheme, drive and options) as the one URL listing their members."""
+    import re
+    from urllib.parse import urlsplit, urlunsplit
+
+    urls = re.split(r",(?=[A-Za-z][A-Za-z0-9+.-]*://)", text.strip())
+    if len(urls) == 1:
+        return urls[0]
+    parts = [urlsplit(u) for u in urls]
+    first = parts[0]
+    if any((p.scheme, p.path, p.query) != (first.scheme, first.path, first.query) for p in parts):
+        raise ConfigError(
+            "--pod: several URLs must be members of the same pods "
+            "(same scheme, drive and options); or write pod://HOST:PORT,HOST:PORT/DRIVE"
+        )
+    return urlunsplit(first._replace(netloc=",".join(p.netloc for p in parts)))
+
+
 def _pod_url(value: str | None, current: str | None) -> str | None:
     from mediadrive.core.blob import check_store_url
 
@@ -78,7 +97,7 @@ def _pod_url(value: str | None, current: str | None) -> str | None:
         return current
     if value.strip().lower() in NO_POD:
         return None
-    return check_store_url(value.strip())
+    return check_store_url(merge_pod_urls(value))
 
 
 def drive_set(
