@@ -12,6 +12,7 @@ import pytest
 
 from mediadrive.core.drive import Drive
 from mediadrive.core.policy import TierPolicy
+from mediadrive.node.options import CommitOn, MountOptions
 from mediadrive.node.service import MountService
 from mediadrive.node.vfs import XATTR_TIER
 from tests.integration import holding_store
@@ -88,3 +89,34 @@ async def test_without_pods_the_publisher_stays_idle(tmp_path: Path) -> None:
         assert await tier(fs, "a.bin") == "cloud"
     finally:
         await fs.close()
+
+
+def test_the_drive_policy_fills_the_mount_options_not_given(tmp_path: Path) -> None:
+    rules = TierPolicy.model_validate(
+        {"localCacheSize": "2GiB", "checkpointInterval": "5m", "commitOn": "fsync"}
+    ).rules()
+    base = {
+        "drive": "media",
+        "meta_url": "sqlite:///x",
+        "store_url": "file:///y",
+        "mountpoint": tmp_path / "m",
+        "cache_dir": tmp_path / "c",
+        "run_dir": tmp_path / "r",
+    }
+    filled = MountOptions.model_validate(base).with_policy(rules)
+    assert (filled.cache_size, filled.checkpoint_interval, filled.commit_on) == (
+        2 << 30,
+        300.0,
+        CommitOn.FSYNC,
+    )
+    given = MountOptions.model_validate(
+        {**base, "cache_size": "1GiB", "checkpoint_interval": "off", "commit_on": "close"}
+    )
+    # Sent to the agent as JSON, what was given stays given.
+    given = MountOptions.model_validate_json(given.model_dump_json(exclude_unset=True))
+    kept = given.with_policy(rules)
+    assert (kept.cache_size, kept.checkpoint_interval, kept.commit_on) == (
+        1 << 30,
+        None,
+        CommitOn.CLOSE,
+    )

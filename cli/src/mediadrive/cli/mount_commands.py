@@ -44,6 +44,10 @@ def _options(**values: Any) -> MountOptions:
         raise ConfigError(f"--{field}: {message}") from None
 
 
+def _given(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def _mounts() -> MountRegistry:
     """The mounts of this machine, where the CLI's settings say they register."""
     from mediadrive.node.registry import MountRegistry
@@ -61,15 +65,26 @@ def mount(
         typer.Option(help="Local cache and staging folder [default: $MEDIADRIVE_HOME/cache/NAME]."),
     ] = None,
     cache_size: Annotated[
-        str, typer.Option(help="Bound of the block cache, e.g. 50GiB.")
-    ] = "10GiB",
+        str | None,
+        typer.Option(
+            help="Bound of the block cache, e.g. 50GiB [default: the drive policy's "
+            "localCacheSize, else 10GiB]."
+        ),
+    ] = None,
     checkpoint_interval: Annotated[
-        str, typer.Option(help="Commit dirty files this often in the background, or 'off'.")
-    ] = "30s",
+        str | None,
+        typer.Option(
+            help="Commit dirty files this often in the background, or 'off' [default: "
+            "the drive policy's checkpointInterval, else 30s]."
+        ),
+    ] = None,
     commit_on: Annotated[
-        CommitOn,
-        typer.Option(help="Also commit a written file on close, on fsync, or only on save."),
-    ] = CommitOn.CLOSE,
+        CommitOn | None,
+        typer.Option(
+            help="Also commit a written file on close, on fsync, or only on save "
+            "[default: the drive policy's commitOn, else close]."
+        ),
+    ] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Mount read-only.")] = False,
     passthrough: Annotated[
         bool,
@@ -101,7 +116,7 @@ def mount(
     from .drive_registry import load_ref
     from .settings import cli_settings
 
-    if checkpoint_interval.strip().lower() != "off":
+    if checkpoint_interval is not None and checkpoint_interval.strip().lower() != "off":
         parse_duration(checkpoint_interval)
     settings = cli_settings()
     ref = load_ref(name, settings)
@@ -116,9 +131,12 @@ def mount(
         log_level=settings.log_level,
         mountpoint=mountpoint,
         cache_dir=cache_dir or settings.cache_dir_for(name),
-        cache_size=parse_size(cache_size),
-        checkpoint_interval=checkpoint_interval,
-        commit_on=commit_on,
+        # Left out unless given: the agent takes the drive policy's, else the defaults.
+        **_given(
+            cache_size=parse_size(cache_size) if cache_size is not None else None,
+            checkpoint_interval=checkpoint_interval,
+            commit_on=commit_on,
+        ),
         read_only=read_only,
         passthrough=passthrough,
         subdir=subdir,

@@ -93,6 +93,7 @@ async def open_parts(
 async def _open(options: MountOptions, kernel: Kernel, cleanups: list[Cleanup]) -> MountParts:
     drive = await Drive.open_ref(options.drive_ref(), identity=options.identity())
     cleanups.append(drive.close)
+    options = options.with_policy(drive.settings.tiers)
     root = await drive.meta.resolve(options.subdir)
     if root is None:
         raise MountError(f"--subdir {options.subdir} does not exist in drive {options.drive}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mediadrive.core import paths
-from mediadrive.core.config import DriveRef, check_drive_name
+from mediadrive.core.config import DriveRef, TierRules, check_drive_name
 from mediadrive.core.identity import Identity
 from mediadrive.core.triggers import CommitOn
 from mediadrive.core.units import ByteSize, parse_duration
@@ -101,6 +101,20 @@ class MountOptions(BaseModel):
             pod_url=self.pod_url,
             region=self.region,
         )
+
+    def with_policy(self, rules: TierRules) -> MountOptions:
+        """These options with the drive policy's mount defaults (``localCacheSize``,
+        ``checkpointInterval``, ``commitOn``) for those this mount was not given."""
+        update: dict[str, object] = {}
+        given = self.model_fields_set
+        if "cache_size" not in given and rules.local_cache_size is not None:
+            update["cache_size"] = rules.local_cache_size
+        if "checkpoint_interval" not in given and rules.checkpoint_interval is not None:
+            interval = rules.checkpoint_interval
+            update["checkpoint_interval"] = interval if interval > 0 else None
+        if "commit_on" not in given and rules.commit_on is not None:
+            update["commit_on"] = rules.commit_on
+        return self.model_copy(update=update) if update else self
 
     def identity(self) -> Identity:
         return Identity.local(self.author)
