@@ -120,3 +120,24 @@ def test_the_drive_policy_fills_the_mount_options_not_given(tmp_path: Path) -> N
         None,
         CommitOn.CLOSE,
     )
+
+
+async def test_temporary_files_written_through_a_mount_stay_in_the_pods(
+    tmp_path: Path, pod_url: str
+) -> None:
+    await set_policy(tmp_path, writeTarget="cloud", temporary={"globs": ["*.tmp"], "ttl": "10m"})
+    fs = await make_test_vfs(tmp_path, pod_url=pod_url)
+    try:
+        await fs.write_file("render.tmp", b"t" * 100)
+        await fs.write_file("final.exr", b"f" * 100)
+        await fs.save()
+        assert await tier(fs, "render.tmp") == "pod:la"
+        assert await tier(fs, "final.exr") == "cloud"
+        pod = holding_store.pod(holding_store.parse(pod_url)[0])
+        held = [c for c in pod.chunks.values() if c.holding == "held"]
+        assert len(held) == 1 and held[0].data == b"t" * 100 and held[0].expires is not None
+        service = MountService(fs.parts, tmp_path / "mnt", lambda: None)
+        result = await service.publish("/", "")
+        assert (result["files"], result["temporary_skipped"]) == (0, 1)
+    finally:
+        await fs.close()
