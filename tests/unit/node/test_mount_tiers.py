@@ -55,6 +55,8 @@ async def test_publish_through_the_mount_service(tmp_path: Path, pod_url: str) -
         assert (result["chunks_sent"], result["bytes_sent"]) == (4, 4096 + 1808 + 4096 + 904)
         assert await tier(fs, "shots/a.exr") == "cloud"
         assert (await service.publish("/shots/a.exr", ""))["tier"] == "cloud"
+        status = service.status()
+        assert (status.pods, status.write_target, status.publish) == (pod_url, "pod", "manual")
     finally:
         await fs.close()
 

@@ -60,6 +60,12 @@ class MountStatus(BaseModel):
     events_seen: int
     errors: list[str]
     uptime: float
+    # This machine's storage pods (password masked), where writes go, the publish
+    # policy and how many versions the mount's publisher has published.
+    pods: str | None = None
+    write_target: str = "cloud"
+    publish: str = "manual"
+    policy_published: int = 0
 
 
 class MountService:
@@ -195,6 +201,7 @@ class MountService:
         cache = self.parts.cache
         staging = self.parts.staging
         views = self.parts.views
+        publisher = self.parts.publisher
         return MountStatus(
             mountpoint=str(self.mountpoint),
             drive=self.options.drive,
@@ -225,6 +232,10 @@ class MountService:
             events_seen=self.parts.follower.since,
             errors=list(wb.figures.errors),
             uptime=round(time.time() - self.started, 3),
+            pods=redact_url(self.options.pod_url) if self.options.pod_url else None,
+            write_target=self.drive.settings.tiers.target(has_pod=self.drive.tiers is not None),
+            publish=self.drive.settings.tiers.publish,
+            policy_published=publisher.published if publisher is not None else 0,
         )
 
     async def events(self, since: int | None) -> AsyncIterator[Event]:
