@@ -2,8 +2,9 @@
 
 Engines: a local folder, an in-memory engine registered by this suite (the
 proof that an engine is one module plus its registration), a WrappedStore
-subclass around a local folder, and moto's standalone S3 server and MinIO, both
-over real HTTP on loopback.
+subclass around a local folder, the tier chain (an in-memory storage-pod stand-in
+in front of a local folder, writing to the pod), and moto's standalone S3 server
+and MinIO, both over real HTTP on loopback.
 """
 
 from __future__ import annotations
@@ -22,20 +23,23 @@ from pathlib import Path
 import pytest
 
 from mediadrive.core.blob import BlobStore, open_store
+from mediadrive.core.blob.tiers import TieredStore
 from mediadrive.core.blob.wrapper import WrappedStore
+from mediadrive.core.config import TierRules
 from mediadrive.core.errors import ConfigError, NotFound, StoreUnavailable
 from mediadrive.core.hashing import chunk_id
-from tests.integration import memory_store
+from tests.integration import holding_store, memory_store
 from tests.servers import S3Server
 
 ENGINES = [
     "local",
     "memory",
     "wrapped",
+    "tiered",
     pytest.param("moto", marks=[pytest.mark.s3, pytest.mark.moto]),
     pytest.param("minio", marks=[pytest.mark.s3, pytest.mark.minio]),
 ]
-S3_ENGINES = ENGINES[3:]
+S3_ENGINES = ENGINES[4:]
 
 
 class CountingStore(WrappedStore):
@@ -71,6 +75,10 @@ class Engine:
 
     def open(self, url: str, *, create: bool = False) -> BlobStore:
         store = open_store(url, create=create)
+        if self.kind == "tiered":
+            # Opened again at the same URL, the same pods: they share their chunks.
+            pods = open_store(f"memhold://{memory_url(url).removeprefix('memory://')}")
+            return TieredStore(store, pods, TierRules(write_target="pod"))
         return CountingStore(store) if self.kind == "wrapped" else store
 
 
@@ -83,6 +91,7 @@ def memory_url(location: str) -> str:
 def fresh_memory_stores() -> Iterator[None]:
     yield
     memory_store.forget_all()
+    holding_store.forget_all()
 
 
 def use_credentials(monkeypatch: pytest.MonkeyPatch, server: S3Server) -> None:
@@ -96,7 +105,7 @@ def use_credentials(monkeypatch: pytest.MonkeyPatch, server: S3Server) -> None:
 def make_engine(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Engine:
-    if kind in ("local", "wrapped"):
+    if kind in ("local", "wrapped", "tiered"):
         return Engine(kind, f"file://{tmp_path}/store", None)
     if kind == "memory":
         return Engine(kind, memory_url(f"{tmp_path}/store"), None)

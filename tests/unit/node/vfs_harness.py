@@ -157,6 +157,7 @@ async def make_test_vfs(
     cache_size: int = 64 << 20,
     author: str = "tester@vfs",
     subdir: str = "/",
+    pod_url: str | None = None,
 ) -> TestVFS:
     """A VFS on the drive in ``base`` (made on first use) with the cache ``base/cache``."""
     if not (base / "meta.db").exists():
@@ -166,6 +167,7 @@ async def make_test_vfs(
         drive=name,
         meta_url=meta_url,
         store_url=store_url,
+        pod_url=pod_url,
         mountpoint=base / "mnt",
         cache_dir=base / cache,
         run_dir=base / "run",

@@ -31,7 +31,7 @@ from mediadrive.core.errors import (
     PathNotFound,
 )
 
-from . import heal_commands
+from . import heal_commands, tier_commands
 from .output import JsonFlag, err, out, print_json
 from .targets import MAX_VERSION, DriveTarget, parse_target
 
@@ -52,7 +52,9 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-drive_app = typer.Typer(help="Create and list drives.", no_args_is_help=True, rich_markup_mode=None)
+drive_app = typer.Typer(
+    help="Create, list and set up drives.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(drive_app, name="drive")
 
 
@@ -728,7 +730,7 @@ def _print_versions(listed: list[dict[str, Any]]) -> None:
 
     from mediadrive.core.units import format_size
 
-    table = Table("version", "size", "created", "author", "origin", "message", box=None)
+    table = Table("version", "size", "created", "author", "origin", "tier", "message", box=None)
     for v in listed:
         table.add_row(
             str(v["version"]),
@@ -736,6 +738,7 @@ def _print_versions(listed: list[dict[str, Any]]) -> None:
             _when(v["created"]),
             v["author"],
             v.get("origin", ""),
+            v.get("tier", ""),
             v["message"],
         )
     out.print(table)
@@ -916,6 +919,7 @@ if (_mounts := _mount_commands()) is not None:
     _mounts.register(app)
 
 heal_commands.register(app, drive_app)
+tier_commands.register(app, drive_app)
 
 
 def _click_error(exc: Exception) -> NoReturn:

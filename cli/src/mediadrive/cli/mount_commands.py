@@ -44,6 +44,10 @@ def _options(**values: Any) -> MountOptions:
         raise ConfigError(f"--{field}: {message}") from None
 
 
+def _given(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
 def _mounts() -> MountRegistry:
     """The mounts of this machine, where the CLI's settings say they register."""
     from mediadrive.node.registry import MountRegistry
@@ -61,15 +65,26 @@ def mount(
         typer.Option(help="Local cache and staging folder [default: $MEDIADRIVE_HOME/cache/NAME]."),
     ] = None,
     cache_size: Annotated[
-        str, typer.Option(help="Bound of the block cache, e.g. 50GiB.")
-    ] = "10GiB",
+        str | None,
+        typer.Option(
+            help="Bound of the block cache, e.g. 50GiB [default: the drive policy's "
+            "localCacheSize, else 10GiB]."
+        ),
+    ] = None,
     checkpoint_interval: Annotated[
-        str, typer.Option(help="Commit dirty files this often in the background, or 'off'.")
-    ] = "30s",
+        str | None,
+        typer.Option(
+            help="Commit dirty files this often in the background, or 'off' [default: "
+            "the drive policy's checkpointInterval, else 30s]."
+        ),
+    ] = None,
     commit_on: Annotated[
-        CommitOn,
-        typer.Option(help="Also commit a written file on close, on fsync, or only on save."),
-    ] = CommitOn.CLOSE,
+        CommitOn | None,
+        typer.Option(
+            help="Also commit a written file on close, on fsync, or only on save "
+            "[default: the drive policy's commitOn, else close]."
+        ),
+    ] = None,
     read_only: Annotated[bool, typer.Option("--read-only", help="Mount read-only.")] = False,
     passthrough: Annotated[
         bool,
@@ -101,7 +116,7 @@ def mount(
     from .drive_registry import load_ref
     from .settings import cli_settings
 
-    if checkpoint_interval.strip().lower() != "off":
+    if checkpoint_interval is not None and checkpoint_interval.strip().lower() != "off":
         parse_duration(checkpoint_interval)
     settings = cli_settings()
     ref = load_ref(name, settings)
@@ -109,14 +124,19 @@ def mount(
         drive=name,
         meta_url=ref.meta_url,
         store_url=ref.store_url,
+        pod_url=ref.pod_url,
+        region=ref.region,
         author=settings.author,
         run_dir=settings.mounts_dir,
         log_level=settings.log_level,
         mountpoint=mountpoint,
         cache_dir=cache_dir or settings.cache_dir_for(name),
-        cache_size=parse_size(cache_size),
-        checkpoint_interval=checkpoint_interval,
-        commit_on=commit_on,
+        # Left out unless given: the agent takes the drive policy's, else the defaults.
+        **_given(
+            cache_size=parse_size(cache_size) if cache_size is not None else None,
+            checkpoint_interval=checkpoint_interval,
+            commit_on=commit_on,
+        ),
         read_only=read_only,
         passthrough=passthrough,
         subdir=subdir,
@@ -247,6 +267,9 @@ _STATUS_ROWS = (
     ("commit on", "commit_on", str),
     ("passthrough", "passthrough", lambda on: "on" if on else "off"),
     ("damaged blocks refetched", "cache_corrupt", str),
+    ("storage pods", "pods", lambda url: url or "none"),
+    ("writes go to", "write_target", str),
+    ("publish", "publish", str),
 )
 
 
@@ -351,6 +374,18 @@ def local_restore(path: str, version: int) -> dict[str, Any] | None:
         return None
     mount_client, inner = found
     return mount_client.restore(inner, version)
+
+
+def local_publish(path: str, message: str) -> dict[str, Any] | None:
+    """Save then publish a file or folder inside a mount through its agent, or None when
+    ``path`` is not in one."""
+    from mediadrive.node import client as node_client
+
+    found = node_client.find_mount(path, _mounts())
+    if found is None:
+        return None
+    mount_client, inner = found
+    return mount_client.publish(inner, message)
 
 
 def register(app: typer.Typer) -> None:

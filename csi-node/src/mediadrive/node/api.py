@@ -317,9 +317,15 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/publish": {
                 "post": {
-                    "summary": "Save, then hand the versions over to the tier chain",
+                    "summary": "Save, then publish what the storage pods hold to the cloud",
                     "requestBody": body(SaveRequest),
-                    "responses": {**ok("{published: [...], tier}"), **errors},
+                    "responses": {
+                        **ok(
+                            "{saved: [...], files, versions, chunks_sent, bytes_sent, "
+                            "chunks_present, temporary_skipped, paths, tier}"
+                        ),
+                        **errors,
+                    },
                 }
             },
             "/v1/pin": {

@@ -18,6 +18,7 @@ from .cache import BlockCache
 from .client import MountError
 from .follower import Follower
 from .options import MountOptions
+from .publisher import Publisher
 from .relay import RelaySource
 from .staging import StagedFile, Staging
 from .tree import Tree
@@ -43,16 +44,22 @@ class MountParts:
     # Staged copies found from before the last stop: committed once the mount is live.
     recovered: list[StagedFile]
     cleanups: list[Cleanup] = field(default_factory=list)
+    publisher: Publisher | None = None
 
     def start(self) -> None:
-        """Start the background work: cache index flushes and commits (not the follower)."""
+        """Start the background work: cache index flushes, commits and the publish policy
+        (not the follower)."""
         self.cache.start()
         self.writeback.start()
+        if self.publisher is not None:
+            self.publisher.start()
 
     async def close(self) -> None:
         """Commit what is pending and release everything, in reverse order of opening."""
         with contextlib.suppress(Exception):
             await self.follower.stop()
+        if self.publisher is not None:
+            await self.publisher.stop()
         await self.writeback.flush()
         await self.writeback.stop()
         await release(self.cleanups)
@@ -85,10 +92,9 @@ async def open_parts(
 
 
 async def _open(options: MountOptions, kernel: Kernel, cleanups: list[Cleanup]) -> MountParts:
-    drive = await Drive.open(
-        options.drive, options.meta_url, options.store_url, identity=options.identity()
-    )
+    drive = await Drive.open_ref(options.drive_ref(), identity=options.identity())
     cleanups.append(drive.close)
+    options = options.with_policy(drive.settings.tiers)
     root = await drive.meta.resolve(options.subdir)
     if root is None:
         raise MountError(f"--subdir {options.subdir} does not exist in drive {options.drive}")
@@ -123,6 +129,18 @@ async def _open(options: MountOptions, kernel: Kernel, cleanups: list[Cleanup]) 
     if options.relay_url is not None:
         relay = RelaySource(options.relay_url, options.drive, options.relay_token_file)
     follower = Follower(vfs, options.follow_interval, relay)
+    publisher = Publisher(drive) if not options.read_only else None
     return MountParts(
-        options, drive, tree, cache, staging, writeback, vfs, follower, views, recovered, cleanups
+        options,
+        drive,
+        tree,
+        cache,
+        staging,
+        writeback,
+        vfs,
+        follower,
+        views,
+        recovered,
+        cleanups,
+        publisher,
     )

@@ -229,7 +229,8 @@ def mount(options: MountOptions, timeout: float = 60.0) -> MountEntry:
     os.close(write_fd)
     assert proc.stdin is not None
     with contextlib.suppress(BrokenPipeError), proc.stdin:
-        proc.stdin.write(options.model_dump_json().encode())
+        # Only what was set: the agent fills the rest from the drive's policy, else defaults.
+        proc.stdin.write(options.model_dump_json(exclude_unset=True).encode())
     try:
         answer = _read_answer(read_fd, timeout)
     finally:

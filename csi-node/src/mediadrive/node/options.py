@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mediadrive.core import paths
-from mediadrive.core.config import check_drive_name
+from mediadrive.core.config import DriveRef, TierRules, check_drive_name
 from mediadrive.core.identity import Identity
 from mediadrive.core.triggers import CommitOn
 from mediadrive.core.units import ByteSize, parse_duration
@@ -33,6 +33,9 @@ class MountOptions(BaseModel):
     drive: str
     meta_url: str
     store_url: str
+    # This machine's storage pods in front of the store, and their region (see DriveRef).
+    pod_url: str | None = None
+    region: str | None = None
     mountpoint: Path
     # Local cache and staging folder of this mount.
     cache_dir: Path
@@ -110,6 +113,30 @@ class MountOptions(BaseModel):
             seconds = parse_duration(value)
             return seconds if seconds > 0 else None
         return value
+
+    def drive_ref(self) -> DriveRef:
+        """Where the mounted drive lives, as :meth:`Drive.open_ref` takes it."""
+        return DriveRef(
+            name=self.drive,
+            meta_url=self.meta_url,
+            store_url=self.store_url,
+            pod_url=self.pod_url,
+            region=self.region,
+        )
+
+    def with_policy(self, rules: TierRules) -> MountOptions:
+        """These options with the drive policy's mount defaults (``localCacheSize``,
+        ``checkpointInterval``, ``commitOn``) for those this mount was not given."""
+        update: dict[str, object] = {}
+        given = self.model_fields_set
+        if "cache_size" not in given and rules.local_cache_size is not None:
+            update["cache_size"] = rules.local_cache_size
+        if "checkpoint_interval" not in given and rules.checkpoint_interval is not None:
+            interval = rules.checkpoint_interval
+            update["checkpoint_interval"] = interval if interval > 0 else None
+        if "commit_on" not in given and rules.commit_on is not None:
+            update["commit_on"] = rules.commit_on
+        return self.model_copy(update=update) if update else self
 
     def identity(self) -> Identity:
         return Identity.local(self.author)

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mediadrive.core.credentials import redact_url
 from mediadrive.core.errors import ConflictError
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
@@ -59,6 +60,12 @@ class MountStatus(BaseModel):
     events_seen: int
     errors: list[str]
     uptime: float
+    # This machine's storage pods (password masked), where writes go, the publish
+    # policy and how many versions the mount's publisher has published.
+    pods: str | None = None
+    write_target: str = "cloud"
+    publish: str = "manual"
+    policy_published: int = 0
 
 
 class MountService:
@@ -169,12 +176,22 @@ class MountService:
         }
 
     async def publish(self, mount_path: str, message: str) -> dict[str, Any]:
-        # Until storage pods exist every commit already lands in the drive's store.
+        """Save what is pending at or under ``mount_path``, then publish what is held in
+        the storage pods there (see :meth:`Drive.publish`)."""
+        drive_path = self.drive_path(mount_path)
         reports = await self.save(mount_path, message or "publish")
+        result = await self.drive.publish(drive_path, message)
+        node = await self.drive.stat(drive_path)
+        tier: str | None = None
+        if not node.is_dir and node.head_version is not None:
+            info, _ = await self.drive.meta.version(node.id, node.head_version)
+            tier = info.tier
         return {
-            "published": [r.as_dict() for r in reports],
-            "tier": "cloud",
-            "store": self.drive.ref.store_url.split("?")[0],
+            "saved": [r.as_dict() for r in reports],
+            **result.as_dict(),
+            "paths": [self.mount_path(p) for p in result.paths],
+            "tier": tier,
+            "store": redact_url(self.drive.ref.store_url.split("?")[0]),
         }
 
     # -- figures and events -------------------------------------------------------------------
@@ -184,6 +201,7 @@ class MountService:
         cache = self.parts.cache
         staging = self.parts.staging
         views = self.parts.views
+        publisher = self.parts.publisher
         return MountStatus(
             mountpoint=str(self.mountpoint),
             drive=self.options.drive,
@@ -214,6 +232,10 @@ class MountService:
             events_seen=self.parts.follower.since,
             errors=list(wb.figures.errors),
             uptime=round(time.time() - self.started, 3),
+            pods=redact_url(self.options.pod_url) if self.options.pod_url else None,
+            write_target=self.drive.settings.tiers.target(has_pod=self.drive.tiers is not None),
+            publish=self.drive.settings.tiers.publish,
+            policy_published=publisher.published if publisher is not None else 0,
         )
 
     async def events(self, since: int | None) -> AsyncIterator[Event]:

@@ -246,7 +246,7 @@ class Writeback:
         reuse: dict[int, Extent],
         message: str,
     ) -> CommitReport | None:
-        upload = await self._upload(snap, reuse)
+        upload = await self._upload(snap, reuse, staged.path)
         async with self.tree.names:
             landed = await self._land(staged, node_id, snap, reuse, upload, message)
         if landed is None:
@@ -360,10 +360,13 @@ class Writeback:
             # Changed again while this commit ran, and closed since.
             self.schedule_on(CommitOn.CLOSE, staged.node_id, message)
 
-    async def _upload(self, snap: Path, reuse: dict[int, Extent]) -> UploadResult:
+    async def _upload(
+        self, snap: Path, reuse: dict[int, Extent], path: str | None = None
+    ) -> UploadResult:
         source = await asyncio.to_thread(open, snap, "rb")
         try:
-            return await self.drive.upload(source, reuse=reuse)
+            # The path lets a temporary file's chunks stay in the storage pods.
+            return await self.drive.upload(source, reuse=reuse, path=path)
         finally:
             source.close()
 
@@ -392,7 +395,7 @@ class Writeback:
                 # GC took a chunk the upload found stored; send the bytes again once.
                 if attempt:
                     raise
-                upload = await self._upload(snap, reuse)
+                upload = await self._upload(snap, reuse, path)
         raise AssertionError("unreachable")
 
     async def _unchanged(self, staged: StagedFile, upload: UploadResult) -> bool:
