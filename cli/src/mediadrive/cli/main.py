@@ -916,6 +916,7 @@ if (_mounts := _mount_commands()) is not None:
     _mounts.register(app)
 
 heal_commands.register(app, drive_app)
+app.add_typer(importlib.import_module("mediadrive.cli.pod_commands").app, name="storage-pod")
 
 
 def _click_error(exc: Exception) -> NoReturn:
