@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mediadrive.core.units import ByteSize, Seconds
+from mediadrive.core.errors import ConfigError
+from mediadrive.core.units import ByteSize, Seconds, parse_duration, parse_size
 
 DEFAULT_PORT = 8600
 
@@ -91,6 +92,23 @@ class PodSettings(BaseSettings):
     )
     max_chunk: ByteSize = Field(default=256 << 20, gt=0, description="Largest chunk accepted.")
 
+    @field_validator("capacity", "max_chunk", mode="before")
+    @classmethod
+    def _size(cls, value: object) -> object:
+        # A ConfigError would escape pydantic without the field's name: make it a ValueError.
+        try:
+            return parse_size(value) if isinstance(value, str | int) else value
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("probe_interval", "sweep_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        try:
+            return parse_duration(value) if isinstance(value, str | int | float) else value
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
@@ -113,7 +131,6 @@ class PodSettings(BaseSettings):
         if value is None:
             return None
         from mediadrive.core.blob import check_store_url
-        from mediadrive.core.errors import ConfigError
 
         try:
             return check_store_url(value)
