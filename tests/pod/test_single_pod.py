@@ -52,7 +52,8 @@ async def eventually(check: Callable[[], Coroutine[Any, Any, bool]], within: flo
 async def test_the_pod_engine_is_a_holding_store(pods: Pods, opened: Any) -> None:
     pod = pods.start("--region", "eu-west")
     store = opened(pod_store(pod))
-    assert is_holding(store) and isinstance(store, HoldingStore)
+    as_object: object = store
+    assert is_holding(store) and isinstance(as_object, HoldingStore)
     assert await store.region() == "eu-west"
     held_id, held = payload(20_000, 1)
     cached_id, cached = payload(20_000, 2)
