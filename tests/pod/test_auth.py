@@ -1,0 +1,95 @@
+"""Bearer tokens scoped to drives: refusals change nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mediadrive.core.blob import open_store
+from mediadrive.core.blob.pod import PodBlobStore
+from mediadrive.core.errors import StoreUnavailable
+from tests.pod.conftest import Pods
+from tests.pod.support import chunk_url, files_on_disk, http, index_rows, payload
+from tests.servers import PodServer
+
+SHOW = "show-token"
+OTHER = "other-token"
+PEER = "peer-token"
+
+
+def token_files(tmp_path: Path) -> dict[str, Path]:
+    pod_tokens = tmp_path / "tokens"
+    pod_tokens.write_text(f"# drive tokens\n{SHOW} show\n{OTHER} other,spare\n\n{PEER} *\n")
+    files = {"pod": pod_tokens}
+    for name, token in (("show", SHOW), ("other", OTHER), ("wrong", "not-a-token")):
+        path = tmp_path / f"{name}.token"
+        path.write_text(token + "\n")
+        files[name] = path
+    return files
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def assert_untouched(pod: PodServer, drive: str, cid: str) -> None:
+    assert files_on_disk(pod.data_dir, drive) == []
+    assert (drive, cid) not in index_rows(pod.data_dir)
+    assert http("HEAD", chunk_url(pod, drive, cid), headers=bearer(PEER))[0] == 404
+
+
+async def test_requests_without_a_valid_token_for_the_drive_change_nothing(
+    pods: Pods, tmp_path: Path
+) -> None:
+    files = token_files(tmp_path)
+    pod = pods.start("--token-file", str(files["pod"]))
+    cid, data = payload(40_000, 1)
+    url = chunk_url(pod, "show", cid) + "?hold=1"
+
+    assert http("PUT", url, data)[0] == 401
+    assert http("PUT", url, data, bearer("not-a-token"))[0] == 401
+    assert http("PUT", url, data, {"Authorization": f"Basic {SHOW}"})[0] == 401
+    status, _, body = http("PUT", url, data, bearer(OTHER))
+    assert status == 403 and b"show" in body
+    assert_untouched(pod, "show", cid)
+
+    # The client says which URL and why, and nothing lands either.
+    for name in ("wrong", "other"):
+        store = open_store(pod.store_url("show", files[name]))
+        try:
+            with pytest.raises(StoreUnavailable, match="refused access to drive show") as refused:
+                await store.put(cid, data)
+            assert "\n" not in str(refused.value)
+        finally:
+            await store.close()
+    assert_untouched(pod, "show", cid)
+
+    # The drive's own token works, for that drive only.
+    store = open_store(pod.store_url("show", files["show"]), create=True)
+    assert isinstance(store, PodBlobStore)
+    try:
+        await store.check()
+        await store.put(cid, data)
+        assert await store.get(cid) == data
+        assert await store.holding([cid]) == {cid: "held"}
+    finally:
+        await store.close()
+    assert files_on_disk(pod.data_dir, "show") == [cid]
+    status, _, _ = http("DELETE", chunk_url(pod, "show", cid), headers=bearer(OTHER))
+    assert status == 403
+    assert http("GET", chunk_url(pod, "show", cid), headers=bearer(OTHER))[0] == 403
+    assert files_on_disk(pod.data_dir, "show") == [cid]
+    # Membership changes need a token for every drive.
+    join = f"{pod.url}/v1/members/join"
+    assert http("POST", join, b'{"url": "http://127.0.0.1:1"}', bearer(SHOW))[0] == 403
+    # Health and metrics stay open for probes.
+    assert http("GET", f"{pod.url}/healthz")[0] == 200
+    assert http("GET", f"{pod.url}/metrics")[0] == 200
+
+
+async def test_without_a_token_file_the_pod_says_it_answers_loopback_only(pods: Pods) -> None:
+    pod = pods.start()
+    assert "loopback clients only" in pod.log_text()
+    cid, data = payload(1000, 2)
+    assert http("PUT", chunk_url(pod, "show", cid), data)[0] == 201
