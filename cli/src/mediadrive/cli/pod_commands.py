@@ -52,8 +52,13 @@ def _relay(pairs: list[str]) -> dict[str, str]:
 
 @app.command("serve")
 def serve(
-    data: Annotated[Path, typer.Option(help="Folder for the pod's chunks and index.")],
-    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "0.0.0.0:8600",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the pod's chunks and index [or MEDIADRIVE_POD_DATA]."),
+    ] = None,
+    listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT to listen on [default: 0.0.0.0:8600].")
+    ] = None,
     capacity: Annotated[
         str | None, typer.Option(help="Bound of held + cached bytes, e.g. 500GiB.")
     ] = None,

@@ -87,6 +87,7 @@ class ChunkStore:
         self._db: sqlite3.Connection | None = None
         self._room = asyncio.Lock()
         self._key_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._used: dict[tuple[str, str], float] = {}
 
     # -- opening -----------------------------------------------------------------------
 
@@ -148,6 +149,9 @@ class ChunkStore:
         db.execute("COMMIT")
 
     async def close(self) -> None:
+        if self._db is not None:
+            await self.flush_uses()
+
         def shut() -> None:
             if self._db is not None:
                 self._db.close()
@@ -207,12 +211,26 @@ class ChunkStore:
         return await self._index(find)
 
     async def touch(self, drive: str, chunk_id: str) -> None:
-        await self._index(
-            lambda: self._conn().execute(
+        """Note a use of a chunk. Kept in memory and written in batches (before an
+        eviction picks its victims, on :meth:`flush_uses` and on close): an index
+        write per read would cost a sync each."""
+        self._used[(drive, chunk_id)] = time.time()
+
+    async def flush_uses(self) -> None:
+        if not self._used:
+            return
+        used, self._used = self._used, {}
+
+        def write() -> None:
+            db = self._conn()
+            db.execute("BEGIN")
+            db.executemany(
                 "UPDATE chunks SET used = ? WHERE drive = ? AND id = ?",
-                (time.time(), drive, chunk_id),
+                [(when, drive, cid) for (drive, cid), when in used.items()],
             )
-        )
+            db.execute("COMMIT")
+
+        await self._index(write)
 
     async def holding(self, drive: str, chunk_ids: Sequence[str]) -> dict[str, Holding]:
         def find() -> dict[str, Holding]:
@@ -311,6 +329,7 @@ class ChunkStore:
             self._reserved += size
 
     async def _evict_some(self) -> bool:
+        await self.flush_uses()
         victims = await self._index(
             lambda: (
                 self._conn()

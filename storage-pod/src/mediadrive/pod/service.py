@@ -52,6 +52,7 @@ async def _every(seconds: float, step: str, fn: Callable[[], Awaitable[None]]) -
 
 
 async def _sweep(pod: Pod) -> None:
+    await pod.store.flush_uses()
     gone = await pod.store.sweep_expired()
     if gone:
         pod.metrics.expired.inc(gone)
