@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 from mediadrive.core.blob import open_store
 from tests.pod.conftest import Pods
@@ -95,8 +96,11 @@ async def test_a_new_member_finds_every_chunk(pods: Pods) -> None:
         "--peers", members[1].url, "--replication", "2", "--probe-interval", "300ms"
     )
     everyone = [*members, newcomer]
-    for pod in everyone:
-        assert members_of(pod) == {m.url for m in everyone}
+    # It announces itself once it listens: soon every member knows every other.
+    deadline = time.monotonic() + 15
+    while any(members_of(pod) != {m.url for m in everyone} for pod in everyone):
+        assert time.monotonic() < deadline, [members_of(pod) for pod in everyone]
+        time.sleep(0.1)
     for pod in everyone:
         await read_all(pod, chunks)
     # New held chunks are placed over all four.

@@ -12,9 +12,10 @@ membership moves only the chunks of the members that came or went.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from blake3 import blake3
 
 FORWARDED = "X-Mediadrive-Forwarded"
 HOLDING = "X-Mediadrive-Holding"
+# A member that sends nothing for this long is taken for dead.
+PEER_READ_TIMEOUT = 60.0
 
 log = logging.getLogger("mediadrive.pod.members")
 
@@ -116,7 +119,9 @@ class Membership:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=64),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self._timeout, sock_read=PEER_READ_TIMEOUT
+                ),
             )
         return self._session
 
@@ -157,6 +162,27 @@ class Membership:
                 log.warning("member %s does not answer: %s", member, exc or type(exc).__name__)
             self.alive[member] = False
             return None
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, member: str, path: str, headers: Mapping[str, str]
+    ) -> AsyncIterator[aiohttp.ClientResponse | None]:
+        """A GET to a peer whose body is read by the caller; None if it cannot be reached."""
+        sent = {FORWARDED: "1", **headers}
+        if self._token:
+            sent["Authorization"] = f"Bearer {self._token}"
+        try:
+            resp = await self.session().get(member + path, headers=sent)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if self.alive.get(member, True):
+                log.warning("member %s does not answer: %s", member, exc or type(exc).__name__)
+            self.alive[member] = False
+            yield None
+            return
+        try:
+            yield resp
+        finally:
+            resp.release()
 
     async def probe(self) -> None:
         """Probe every member; announce this pod to those that have not heard of it."""

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from mediadrive.core.blob import BlobStore
@@ -438,6 +439,36 @@ async def _local(pod: Pod, drive: str, cid: str) -> web.FileResponse | None:
 _RELAYED = ("Content-Range", HOLDING, "Content-Type")
 
 
+async def _from_member(
+    request: web.Request, pod: Pod, member: str, path: str
+) -> web.StreamResponse | None:
+    """The chunk (or the range asked for) streamed from another member, if it has it."""
+    headers = {"Range": request.headers["Range"]} if "Range" in request.headers else {}
+    async with pod.members.stream(member, path, headers) as answer:
+        if answer is None or answer.status not in (200, 206, 416):
+            return None
+        pod.metrics.peer_transfers.inc()
+        response = web.StreamResponse(
+            status=answer.status,
+            headers={k: answer.headers[k] for k in _RELAYED if k in answer.headers},
+        )
+        if answer.content_length is not None:
+            response.content_length = answer.content_length
+        await response.prepare(request)
+        try:
+            async for block in answer.content.iter_chunked(1 << 20):
+                await response.write(block)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Too late for an error status: cut the connection, so the client sees a
+            # short body (and tries another member) rather than a complete-looking one.
+            log.warning("member %s stopped sending %s: %s", member, path, exc)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+
 async def get_chunk(request: web.Request) -> web.StreamResponse:
     pod = _pod(request)
     drive, cid = _chunk(request)
@@ -448,15 +479,10 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     pod.metrics.misses.inc()
     if _forwarded(request):
         return error(404, f"chunk {cid} is not on this member")
-    range_header = {"Range": request.headers["Range"]} if "Range" in request.headers else {}
     for member in pod.read_order(drive, cid):
-        answer = await pod.members.call(
-            "GET", member, f"/v1/drives/{drive}/chunks/{cid}", headers=range_header
-        )
-        if answer is not None and answer.status in (200, 206, 416):
-            pod.metrics.peer_transfers.inc()
-            headers = {k: answer.headers[k] for k in _RELAYED if k in answer.headers}
-            return web.Response(status=answer.status, body=answer.body, headers=headers)
+        relayed = await _from_member(request, pod, member, f"/v1/drives/{drive}/chunks/{cid}")
+        if relayed is not None:
+            return relayed
     data = await pod.from_upstream(cid)
     if data is None:
         return error(404, f"chunk {cid} of drive {drive} is in no member of the region")
