@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 
 from mediadrive.core.blob import open_store
@@ -108,3 +109,24 @@ async def test_a_new_member_finds_every_chunk(pods: Pods) -> None:
     for cid in more:
         assert len(holders(everyone, cid)) == 2
     assert any(local_holding(newcomer, DRIVE, cid) == "held" for cid in more)
+
+
+def test_a_draining_pod_answers_not_ready_then_exits_0(pods: Pods) -> None:
+    # A member that takes connections and never answers keeps the drain going a while.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        pod = pods.start("--peers", silent_url, "--probe-interval", "1s")
+        assert http("GET", f"{pod.url}/readyz")[0] == 200
+        pod.proc.send_signal(signal.SIGTERM)
+        seen = set()
+        while pod.proc.poll() is None:
+            try:
+                seen.add(http("GET", f"{pod.url}/readyz")[0])
+            except OSError:
+                break
+            time.sleep(0.05)
+        assert 503 in seen
+        assert pod.proc.wait(30) == 0
+    assert "drained" in pod.log_text()

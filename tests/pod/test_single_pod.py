@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -67,6 +68,18 @@ async def test_the_pod_engine_is_a_holding_store(pods: Pods, opened: Any) -> Non
     await store.release([held_id])
     assert await store.holding([held_id]) == {held_id: "cached"}
     assert index_rows(pod.data_dir)[("show", held_id)] is False
+
+
+async def test_concurrent_puts_of_one_chunk_count_it_once(pods: Pods, opened: Any) -> None:
+    pod = pods.start()
+    store = opened(pod_store(pod))
+    cid, data = payload(60_000, 5)
+    await asyncio.gather(*(store.put_held(cid, data) for _ in range(8)))
+    await asyncio.gather(*(store.put_cached(cid, data) for _ in range(4)))
+    _, _, body = http("GET", f"{pod.url}/v1/stats")
+    stats = json.loads(body)
+    assert (stats["bytes_held"], stats["bytes_cached"]) == (60_000, 0)
+    assert files_on_disk(pod.data_dir, "show") == [cid]
 
 
 async def test_a_hash_mismatch_is_refused_and_nothing_is_stored(pods: Pods) -> None:

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +86,8 @@ class ChunkStore:
         self._db_thread = ThreadPoolExecutor(1, thread_name_prefix="pod-index")
         self._db: sqlite3.Connection | None = None
         self._room = asyncio.Lock()
-        self._key_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # (drive, id) -> its lock and how many callers hold or wait for it.
+        self._key_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         self._used: dict[tuple[str, str], float] = {}
 
     # -- opening -----------------------------------------------------------------------
@@ -175,12 +176,19 @@ class ChunkStore:
     def path(self, drive: str, chunk_id: str) -> Path:
         return self.drive_dir(drive) / "chunks" / chunk_id[:2] / chunk_id
 
-    def _lock(self, drive: str, chunk_id: str) -> asyncio.Lock:
-        return self._key_locks.setdefault((drive, chunk_id), asyncio.Lock())
-
-    def _unlock(self, drive: str, chunk_id: str, lock: asyncio.Lock) -> None:
-        if not lock.locked() and self._key_locks.get((drive, chunk_id)) is lock:
-            del self._key_locks[(drive, chunk_id)]
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, drive: str, chunk_id: str) -> AsyncIterator[None]:
+        """One put or delete of a chunk at a time."""
+        key = (drive, chunk_id)
+        lock, users = self._key_locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._key_locks[key]
 
     # -- drives ------------------------------------------------------------------------
 
@@ -278,16 +286,14 @@ class ChunkStore:
     ) -> None:
         """Store ``data`` (already verified against ``chunk_id``); PodFull if it cannot fit."""
         expires = None if ttl is None else time.time() + ttl
-        lock = self._lock(drive, chunk_id)
-        try:
-            async with lock:
-                entry = await self.lookup(drive, chunk_id)
-                if entry is not None and self.path(drive, chunk_id).exists():
+        async with self._exclusive(drive, chunk_id):
+            entry = await self.lookup(drive, chunk_id)
+            if entry is not None:
+                if self.path(drive, chunk_id).exists():
                     await self._update(entry, held=held, expires=expires)
                     return
-                await self._store_new(drive, chunk_id, data, held=held, expires=expires)
-        finally:
-            self._unlock(drive, chunk_id, lock)
+                await self._remove(drive, chunk_id)  # a row whose file went: start over
+            await self._store_new(drive, chunk_id, data, held=held, expires=expires)
 
     async def _update(self, entry: Entry, *, held: bool, expires: float | None) -> None:
         if entry.held and held:
@@ -382,13 +388,30 @@ class ChunkStore:
                 raise PodFull(f"the storage pod's volume is full ({err.strerror})") from None
             raise
 
-    async def _remove(self, drive: str, chunk_id: str, *, only_cached: bool = False) -> bool:
+    async def _remove(
+        self,
+        drive: str,
+        chunk_id: str,
+        *,
+        only_cached: bool = False,
+        expired_at: float | None = None,
+    ) -> bool:
+        """Remove a chunk (only if cached, or only if a held one's TTL ended by ``expired_at``)."""
+
+        def spared(held: bool, expires: float | None) -> bool:
+            if only_cached:
+                return held
+            if expired_at is not None:
+                return not held or expires is None or expires >= expired_at
+            return False
+
         def drop() -> tuple[int, bool] | None:
             db = self._conn()
             row = db.execute(
-                "SELECT size, held FROM chunks WHERE drive = ? AND id = ?", (drive, chunk_id)
+                "SELECT size, held, expires FROM chunks WHERE drive = ? AND id = ?",
+                (drive, chunk_id),
             ).fetchone()
-            if row is None or (only_cached and row[1]):
+            if row is None or spared(bool(row[1]), row[2]):
                 return None
             # The file goes first: a row without a file is dropped at start, while a
             # file without a row would come back as held.
@@ -408,12 +431,8 @@ class ChunkStore:
         return True
 
     async def delete(self, drive: str, chunk_id: str) -> bool:
-        lock = self._lock(drive, chunk_id)
-        try:
-            async with lock:
-                return await self._remove(drive, chunk_id)
-        finally:
-            self._unlock(drive, chunk_id, lock)
+        async with self._exclusive(drive, chunk_id):
+            return await self._remove(drive, chunk_id)
 
     async def release(self, drive: str, chunk_ids: Iterable[str]) -> None:
         ids = list(chunk_ids)
@@ -457,6 +476,7 @@ class ChunkStore:
         )
         gone = 0
         for drive, chunk_id in expired:
-            if await self.delete(drive, chunk_id):
-                gone += 1
+            # Checked again under the chunk's lock: a put may have renewed it meanwhile.
+            async with self._exclusive(drive, chunk_id):
+                gone += await self._remove(drive, chunk_id, expired_at=cutoff)
         return gone
