@@ -70,7 +70,7 @@ class PodSettings(BaseSettings):
         description="The URL peers reach this pod at [default: http://LISTEN, or the "
         "host name when listening on every address].",
     )
-    capacity: ByteSize = Field(default=100 << 30, description="Bound of held + cached bytes.")
+    capacity: ByteSize = Field(default=100 << 30, gt=0, description="Bound of held + cached bytes.")
     upstream: str | None = Field(
         default=None, description="Blob store URL cached chunks are read from on a miss."
     )
