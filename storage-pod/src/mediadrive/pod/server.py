@@ -65,6 +65,7 @@ class Pod:
             timeout=max(1.0, min(5.0, settings.probe_interval)),
         )
         self.draining = False
+        self._fetches: dict[str, asyncio.Future[bytes | None]] = {}
 
     @property
     def replication(self) -> int:
@@ -133,8 +134,18 @@ class Pod:
         return rank(others, drive, cid)
 
     async def from_upstream(self, cid: str) -> bytes | None:
+        """The chunk from the upstream store, verified; readers of one chunk share a fetch."""
         if self.upstream is None:
             return None
+        fetch = self._fetches.get(cid)
+        if fetch is None:
+            fetch = asyncio.ensure_future(self._fetch(cid))
+            self._fetches[cid] = fetch
+            fetch.add_done_callback(lambda _: self._fetches.pop(cid, None))
+        return await asyncio.shield(fetch)
+
+    async def _fetch(self, cid: str) -> bytes | None:
+        assert self.upstream is not None
         try:
             data = await self.upstream.get(cid)
         except NotFound:
