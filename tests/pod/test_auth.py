@@ -93,3 +93,28 @@ async def test_without_a_token_file_the_pod_says_it_answers_loopback_only(pods: 
     assert "loopback clients only" in pod.log_text()
     cid, data = payload(1000, 2)
     assert http("PUT", chunk_url(pod, "show", cid), data)[0] == 201
+
+
+def _outside_address() -> str | None:
+    """An address of this machine other than loopback, if it has one."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+async def test_without_a_token_file_other_clients_are_refused(pods: Pods) -> None:
+    address = _outside_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    port = pods.ports(1)[0]
+    pod = pods.start("--listen", f"0.0.0.0:{port}", port=port)
+    cid, data = payload(1000, 3)
+    status, _, body = http("PUT", f"http://{address}:{port}/v1/drives/show/chunks/{cid}", data)
+    assert status == 403 and b"loopback" in body
+    assert files_on_disk(pod.data_dir, "show") == []

@@ -21,6 +21,7 @@ from tests.servers import mediadrive_command
         (["--peers", "ftp://elsewhere"], "--peers"),
         (["--upstream", "ftp://cloud/bucket"], "--upstream"),
         (["--relay", "show"], "--relay"),
+        (["--token-file", "/nonexistent/tokens"], "--token-file"),
         (["--peers", "http://a:1", "--peers-dns", "pods.local"], "--peers-dns"),
     ],
 )
