@@ -68,6 +68,10 @@ async def test_the_pod_engine_is_a_holding_store(pods: Pods, opened: Any) -> Non
     await store.release([held_id])
     assert await store.holding([held_id]) == {held_id: "cached"}
     assert index_rows(pod.data_dir)[("show", held_id)] is False
+    # The same drive through an http:// URL.
+    plain = opened(open_store(f"{pod.url}/show"))
+    assert await plain.get(held_id) == held
+    assert [cid async for cid in plain.list()] == sorted([held_id, cached_id])
 
 
 async def test_concurrent_puts_of_one_chunk_count_it_once(pods: Pods, opened: Any) -> None:
