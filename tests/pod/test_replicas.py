@@ -68,6 +68,11 @@ async def test_every_held_chunk_is_on_two_members_and_survives_a_kill(pods: Pods
     second.proc.wait(10)
     for survivor in (first, third):
         await read_all(survivor, chunks)
+    # The survivors notice and copy what the lost member held: two copies again.
+    deadline = time.monotonic() + 20
+    while any(len(holders([first, third], cid)) < 2 for cid in chunks):
+        assert time.monotonic() < deadline, "held chunks were not copied again"
+        time.sleep(0.2)
     # Held puts go on with one member gone: still two copies each.
     more = await put_held(third, 4, seed=200)
     for cid in more:

@@ -73,6 +73,8 @@ class Membership:
         self.alive: dict[str, bool] = {}
         self.announced: set[str] = set()
         self.draining = False
+        # Set when a member is lost (dead or gone): held chunks may need new copies.
+        self.lost = asyncio.Event()
         self._token = token
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
@@ -98,7 +100,14 @@ class Membership:
             self.joined.add(url)
             self.alive[url] = True
 
+    def _lose(self, member: str) -> None:
+        if self.alive.get(member, True):
+            self.lost.set()
+        self.alive[member] = False
+
     def remove(self, url: str) -> None:
+        if url in self.others():
+            self.lost.set()
         self.joined.discard(url)
         self.static.discard(url)
         self.dns_members.discard(url)
@@ -160,7 +169,7 @@ class Membership:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if self.alive.get(member, True):
                 log.warning("member %s does not answer: %s", member, exc or type(exc).__name__)
-            self.alive[member] = False
+            self._lose(member)
             return None
 
     @contextlib.asynccontextmanager
@@ -176,7 +185,7 @@ class Membership:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             if self.alive.get(member, True):
                 log.warning("member %s does not answer: %s", member, exc or type(exc).__name__)
-            self.alive[member] = False
+            self._lose(member)
             yield None
             return
         try:
@@ -192,7 +201,10 @@ class Membership:
             answer = await self.call("GET", member, "/healthz", timeout=self._timeout)
             was = self.alive.get(member, True)
             now = answer is not None and answer.status == 200
-            self.alive[member] = now
+            if now:
+                self.alive[member] = True
+            else:
+                self._lose(member)
             if now and not was:
                 log.info("member %s answers again", member)
             if now and member not in self.announced and not self.draining:

@@ -26,7 +26,7 @@ from mediadrive.core.errors import MediadriveError, NotFound
 from mediadrive.core.hashing import chunk_id as hash_chunk
 from mediadrive.core.hashing import is_chunk_id
 
-from .chunks import ChunkStore, PodFull
+from .chunks import ChunkStore, Entry, PodFull
 from .members import FORWARDED, HOLDING, Membership, rank
 from .metrics import PodMetrics
 from .settings import PodSettings
@@ -162,6 +162,30 @@ class Pod:
 
     # -- draining ---------------------------------------------------------------------
 
+    async def _copy_to(self, entry: Entry, targets: list[str]) -> int:
+        """Give a held chunk of this pod to the ``targets`` that do not hold it yet."""
+        ttl = None if entry.expires is None else entry.expires - time.time()
+        if ttl is not None and ttl <= 0:
+            return 0
+        data: bytes | None = None
+        copies = 0
+        for target in targets:
+            head = await self.members.call(
+                "HEAD", target, f"/v1/drives/{entry.drive}/chunks/{entry.id}"
+            )
+            if head is not None and head.status == 200 and head.headers.get(HOLDING) == "held":
+                continue
+            if data is None:
+                try:
+                    data = await asyncio.to_thread(
+                        self.store.path(entry.drive, entry.id).read_bytes
+                    )
+                except FileNotFoundError:  # deleted or expired meanwhile
+                    return copies
+            ok, _ = await self._put_on(target, entry.drive, entry.id, data, ttl)
+            copies += ok
+        return copies
+
     async def drain(self) -> None:
         """Leave the region and hand every held chunk to its owners among the rest."""
         self.draining = True
@@ -171,25 +195,26 @@ class Pod:
         await self.members.leave()
         moved = kept = 0
         for entry in await self.store.held_chunks():
-            ttl = None if entry.expires is None else entry.expires - time.time()
-            if ttl is not None and ttl <= 0:
-                continue
             owners = rank(self.members.live_others(), entry.drive, entry.id)[: self.replication]
             if not owners:
                 kept += 1
                 continue
-            data = await asyncio.to_thread(self.store.path(entry.drive, entry.id).read_bytes)
-            for owner in owners:
-                head = await self.members.call(
-                    "HEAD", owner, f"/v1/drives/{entry.drive}/chunks/{entry.id}"
-                )
-                if head is not None and head.status == 200 and head.headers.get(HOLDING) == "held":
-                    continue
-                ok, _ = await self._put_on(owner, entry.drive, entry.id, data, ttl)
-                moved += ok
+            moved += await self._copy_to(entry, owners)
         if kept:
             log.error("draining: no member left to take %d held chunk(s); they stay here", kept)
         log.info("drained: %d copies handed over", moved, extra={"handed_over": moved})
+
+    async def repair(self) -> None:
+        """After a member is lost: copy each held chunk here to its owners among the
+        live members that lack it, so it is held R times again."""
+        copies = 0
+        for entry in await self.store.held_chunks():
+            if self.draining:
+                return
+            owners = self.members.owners(entry.drive, entry.id, self.replication)
+            copies += await self._copy_to(entry, [o for o in owners if o != self.members.self_url])
+        if copies:
+            log.info("repair: %d held copies made", copies, extra={"copies": copies})
 
 
 def _message(body: bytes) -> str:

@@ -64,6 +64,18 @@ async def _probe(pod: Pod) -> None:
     pod.metrics.members_alive.set(len(pod.members.live()))
 
 
+async def _repairs(pod: Pod) -> None:
+    """Restore held copies each time a member is lost (once the view has settled)."""
+    while True:
+        await pod.members.lost.wait()
+        await asyncio.sleep(pod.settings.probe_interval)
+        pod.members.lost.clear()
+        try:
+            await pod.repair()
+        except Exception:
+            log.exception("repairing held copies failed")
+
+
 def _open_parts(settings: PodSettings) -> Pod:
     tokens = Tokens.load(settings.token_file) if settings.token_file else None
     if tokens is None:
@@ -112,6 +124,7 @@ async def serve(settings: PodSettings) -> None:
         asyncio.create_task(
             _every(settings.sweep_interval, "sweeping expired chunks", lambda: _sweep(pod))
         ),
+        asyncio.create_task(_repairs(pod)),
     ]
     try:
         await stop.wait()
