@@ -66,6 +66,7 @@ class Pod:
         )
         self.draining = False
         self._fetches: dict[str, asyncio.Future[bytes | None]] = {}
+        self._short, self._short_logged = 0, float("-inf")
 
     @property
     def replication(self) -> int:
@@ -116,15 +117,26 @@ class Pod:
                 raise PodFull(full[0])
             raise MediadriveError(f"no member of the region could store chunk {cid}")
         if stored < self.replication:
-            log.warning(
-                "chunk %s of drive %s is held by %d member(s), fewer than the %d wanted",
-                cid,
-                drive,
-                stored,
-                self.replication,
-                extra={"drive": drive, "chunk": cid, "copies": stored},
-            )
+            self._short_copies(drive, cid, stored)
         return stored
+
+    def _short_copies(self, drive: str, cid: str, stored: int) -> None:
+        """Log a chunk held fewer than R times; at most once a minute, with a count."""
+        self._short += 1
+        now = time.monotonic()
+        if now - self._short_logged < 60:
+            return
+        log.warning(
+            "chunk %s of drive %s is held by %d member(s), fewer than the %d wanted "
+            "(%d such chunk(s) since the last report)",
+            cid,
+            drive,
+            stored,
+            self.replication,
+            self._short,
+            extra={"drive": drive, "chunk": cid, "copies": stored, "short": self._short},
+        )
+        self._short, self._short_logged = 0, now
 
     # -- reads that fall back ---------------------------------------------------------
 
