@@ -69,3 +69,47 @@ def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("mediadrive:")]
     assert len(errors) == 1 and f"--listen 127.0.0.1:{port}: cannot listen" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_pod_runs_from_its_rendered_settings(tmp_path: Path) -> None:
+    import json
+    import signal
+    import sys
+    import time
+
+    from mediadrive.pod.settings import PodSettings
+    from tests.pod.support import http
+    from tests.servers import free_port
+
+    port = free_port()
+    settings = PodSettings(data=tmp_path / "data", listen=f"127.0.0.1:{port}", region="lab")
+    rendered = tmp_path / "pod.json"
+    rendered.write_text(settings.model_dump_json())
+    with subprocess.Popen(
+        [sys.executable, "-m", "mediadrive.pod", "--settings", str(rendered)],
+        stderr=subprocess.PIPE,
+    ) as proc:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status, _, body = http("GET", f"http://127.0.0.1:{port}/v1/stats")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        assert status == 200 and json.loads(body)["region"] == "lab"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+    rendered.write_text(json.dumps({"data": str(tmp_path), "capacity": "lots"}))
+    result = subprocess.run(
+        [sys.executable, "-m", "mediadrive.pod", "--settings", str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "mediadrive-pod: error: --capacity: size 'lots' is not a size like 64MiB, 1GiB or 4096"
+    ]

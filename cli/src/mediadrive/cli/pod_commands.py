@@ -27,15 +27,12 @@ def _settings(values: dict[str, Any]) -> PodSettings:
     from pydantic import ValidationError
 
     from mediadrive.core.errors import ConfigError
-    from mediadrive.pod.settings import PodSettings
+    from mediadrive.pod.settings import PodSettings, settings_error
 
     try:
         return PodSettings(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = str(first["loc"][0]).replace("_", "-") if first["loc"] else "settings"
-        message = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
-        raise ConfigError(f"--{field}: {message}") from None
+        raise ConfigError(settings_error(exc)) from None
 
 
 def _relay(pairs: list[str]) -> dict[str, str]:

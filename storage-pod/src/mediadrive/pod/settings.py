@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mediadrive.core.errors import ConfigError
@@ -173,3 +173,11 @@ class PodSettings(BaseSettings):
         return member_url(
             f"http://{host}:{self.port}" if ":" not in host else f"http://[{host}]:{self.port}"
         )
+
+
+def settings_error(exc: ValidationError) -> str:
+    """The first problem of a validation error, in one line naming its flag."""
+    first = exc.errors()[0]
+    field = str(first["loc"][0]).replace("_", "-") if first["loc"] else "settings"
+    message = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+    return f"--{field}: {message}"
