@@ -10,7 +10,7 @@ from mediadrive.core.blob import open_store
 from mediadrive.core.blob.pod import PodBlobStore
 from mediadrive.core.errors import StoreUnavailable
 from tests.pod.conftest import Pods
-from tests.pod.support import chunk_url, files_on_disk, http, index_rows, payload
+from tests.pod.support import chunk_url, files_on_disk, http, index_rows, local_holding, payload
 from tests.servers import PodServer
 
 SHOW = "show-token"
@@ -118,3 +118,17 @@ async def test_without_a_token_file_other_clients_are_refused(pods: Pods) -> Non
     status, _, body = http("PUT", f"http://{address}:{port}/v1/drives/show/chunks/{cid}", data)
     assert status == 403 and b"loopback" in body
     assert files_on_disk(pod.data_dir, "show") == []
+
+
+async def test_only_pods_may_mark_a_request_forwarded(pods: Pods, tmp_path: Path) -> None:
+    files = token_files(tmp_path)
+    ports = pods.ports(2)
+    peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+    flags = ("--token-file", str(files["pod"]), "--peers", peers, "--probe-interval", "300ms")
+    first, second = (pods.start(*flags, port=port) for port in ports)
+    cid, data = payload(20_000, 4)
+    # A drive's client claiming to be a pod is still replicated like any client.
+    headers = {**bearer(SHOW), "X-Mediadrive-Forwarded": "1"}
+    status, _, body = http("PUT", chunk_url(first, "show", cid) + "?hold=1", data, headers)
+    assert status == 201, body
+    assert [local_holding(p, "show", cid, PEER) for p in (first, second)] == ["held", "held"]

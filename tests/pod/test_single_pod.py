@@ -197,6 +197,8 @@ async def test_a_miss_reads_through_the_upstream_and_caches(
     assert await store.get(cid) == data
     assert metric(pod, "mediadrive_pod_upstream_transfers") == 1
     assert metric(pod, "mediadrive_pod_hits") >= 1
+    _, _, page = http("GET", f"{pod.url}/metrics")
+    assert b'mediadrive_pod_request_seconds_bucket{le="0.005",method="GET"' in page
     absent_id, _ = payload(100, 61)
     with pytest.raises(NotFound):
         await store.get(absent_id)
