@@ -132,3 +132,21 @@ async def test_only_pods_may_mark_a_request_forwarded(pods: Pods, tmp_path: Path
     status, _, body = http("PUT", chunk_url(first, "show", cid) + "?hold=1", data, headers)
     assert status == 201, body
     assert [local_holding(p, "show", cid, PEER) for p in (first, second)] == ["held", "held"]
+
+
+async def test_sighup_reads_the_token_file_again(pods: Pods, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    files = token_files(tmp_path)
+    pod = pods.start("--token-file", str(files["pod"]))
+    cid, data = payload(2_000, 5)
+    url = chunk_url(pod, "show", cid) + "?hold=1"
+    assert http("PUT", url, data, bearer("rotated-token"))[0] == 401
+    files["pod"].write_text(f"rotated-token show\n{PEER} *\n")
+    pod.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while http("PUT", url, data, bearer("rotated-token"))[0] != 201:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert http("GET", chunk_url(pod, "show", cid), headers=bearer(SHOW))[0] == 401

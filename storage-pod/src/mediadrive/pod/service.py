@@ -76,6 +76,19 @@ async def _repairs(pod: Pod) -> None:
             log.exception("repairing held copies failed")
 
 
+def _reload_tokens(pod: Pod) -> None:
+    """SIGHUP: read the token file again (tokens rotate without a restart)."""
+    path = pod.settings.token_file
+    if path is None:
+        return
+    try:
+        pod.tokens = Tokens.load(path)
+    except ConfigError as exc:
+        log.error("keeping the tokens read before: %s", exc)
+        return
+    log.info("token file %s read again: %d token(s)", path, len(pod.tokens.scopes))
+
+
 def _open_parts(settings: PodSettings) -> Pod:
     tokens = Tokens.load(settings.token_file) if settings.token_file else None
     if tokens is None:
@@ -109,6 +122,7 @@ async def serve(settings: PodSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_tokens(pod))
     log.info(
         "storage pod %s serving region %s on %s",
         pod.members.self_url,
