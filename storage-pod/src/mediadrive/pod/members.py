@@ -75,7 +75,7 @@ class Membership:
         self.draining = False
         # Set when a member is lost (dead or gone): held chunks may need new copies.
         self.lost = asyncio.Event()
-        self._token = token
+        self.token = token
         self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
@@ -152,8 +152,8 @@ class Membership:
     ) -> Answer | None:
         """One request to a peer, marked forwarded; None if it cannot be reached."""
         sent = {FORWARDED: "1", **(headers or {})}
-        if self._token:
-            sent["Authorization"] = f"Bearer {self._token}"
+        if self.token:
+            sent["Authorization"] = f"Bearer {self.token}"
         try:
             async with self.session().request(
                 method,
@@ -178,8 +178,8 @@ class Membership:
     ) -> AsyncIterator[aiohttp.ClientResponse | None]:
         """A GET to a peer whose body is read by the caller; None if it cannot be reached."""
         sent = {FORWARDED: "1", **headers}
-        if self._token:
-            sent["Authorization"] = f"Bearer {self._token}"
+        if self.token:
+            sent["Authorization"] = f"Bearer {self.token}"
         try:
             resp = await self.session().get(member + path, headers=sent)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

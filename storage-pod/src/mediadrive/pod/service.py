@@ -86,6 +86,7 @@ def _reload_tokens(pod: Pod) -> None:
     except ConfigError as exc:
         log.error("keeping the tokens read before: %s", exc)
         return
+    pod.members.token = pod.tokens.peer_token()
     log.info("token file %s read again: %d token(s)", path, len(pod.tokens.scopes))
 
 
