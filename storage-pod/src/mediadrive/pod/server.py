@@ -594,7 +594,7 @@ async def list_chunks(request: web.Request) -> web.Response:
                 ids.update(answer.json()["ids"])
     # Each member sent its first `limit` ids after `after`: the first `limit` of
     # their union are the region's.
-    return web.json_response({"ids": sorted(ids)[:limit]})
+    return web.json_response({"ids": sorted(ids)[:limit], "limit": limit})
 
 
 async def _ids(request: web.Request) -> list[str]:

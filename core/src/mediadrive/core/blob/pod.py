@@ -251,10 +251,12 @@ class PodBlobStore(BlobStore):
         while True:
             params = {"prefix": prefix, "after": after, "limit": str(self.page_size)}
             reply = await self._request("GET", f"/v1/drives/{self.drive}/chunks", params=params)
-            ids: builtins.list[str] = _json(reply)["ids"]
+            page = _json(reply)
+            ids: builtins.list[str] = page["ids"]
             for chunk_id in ids:
                 yield chunk_id
-            if len(ids) < self.page_size:
+            # A page shorter than the limit the pod applied is the last.
+            if not ids or len(ids) < int(page.get("limit", self.page_size)):
                 return
             after = ids[-1]
 
