@@ -27,8 +27,14 @@ def _settings(values: dict[str, Any]) -> PodSettings:
     from pydantic import ValidationError
 
     from mediadrive.core.errors import ConfigError
-    from mediadrive.pod.settings import PodSettings, settings_error
 
+    try:
+        from mediadrive.pod.settings import PodSettings, settings_error
+    except ImportError:
+        # The CLI's distribution does not depend on the pod's.
+        raise ConfigError(
+            "the storage pod is not installed here (install the mediadrive-pod package)"
+        ) from None
     try:
         return PodSettings(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
