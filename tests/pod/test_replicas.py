@@ -8,6 +8,7 @@ import socket
 import time
 
 from mediadrive.core.blob import open_store
+from mediadrive.pod.members import rank
 from tests.pod.conftest import Pods
 from tests.pod.support import http, local_holding, payload
 from tests.servers import PodServer
@@ -109,6 +110,13 @@ async def test_a_new_member_finds_every_chunk(pods: Pods) -> None:
         time.sleep(0.1)
     for pod in everyone:
         await read_all(pod, chunks)
+    # Reads through the newcomer copied it the chunks it now owns.
+    theirs = [c for c in chunks if newcomer.url in rank([m.url for m in everyone], DRIVE, c)[:2]]
+    assert theirs
+    deadline = time.monotonic() + 15
+    while any(local_holding(newcomer, DRIVE, cid) != "held" for cid in theirs):
+        assert time.monotonic() < deadline, "the newcomer did not take its share"
+        time.sleep(0.1)
     # New held chunks are placed over all four.
     more = await put_held(newcomer, 16, seed=500)
     for cid in more:

@@ -24,6 +24,8 @@ from blake3 import blake3
 
 FORWARDED = "X-Mediadrive-Forwarded"
 HOLDING = "X-Mediadrive-Holding"
+# When a held chunk's TTL ends (seconds since the epoch); absent without a TTL.
+EXPIRES = "X-Mediadrive-Expires"
 # A member that sends nothing for this long is taken for dead.
 PEER_READ_TIMEOUT = 60.0
 

@@ -27,7 +27,7 @@ from mediadrive.core.hashing import chunk_id as hash_chunk
 from mediadrive.core.hashing import is_chunk_id
 
 from .chunks import ChunkStore, Entry, PodFull
-from .members import FORWARDED, HOLDING, Membership, rank
+from .members import EXPIRES, FORWARDED, HOLDING, Membership, rank
 from .metrics import PodMetrics
 from .settings import PodSettings
 from .tokens import ANY_DRIVE, Tokens, allows, bearer
@@ -67,6 +67,7 @@ class Pod:
         self.draining = False
         self._fetches: dict[str, asyncio.Future[bytes | None]] = {}
         self._short, self._short_logged = 0, float("-inf")
+        self._adopting: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     @property
     def replication(self) -> int:
@@ -138,6 +139,46 @@ class Pod:
         )
         self._short, self._short_logged = 0, now
 
+    # -- copies on read ------------------------------------------------------------------
+
+    def adopt_later(
+        self, drive: str, cid: str, member: str, answer: aiohttp.ClientResponse
+    ) -> None:
+        """A held chunk read from another member while this pod is one of its owners
+        (it joined after the chunk was placed): copy it here in the background."""
+        if self.draining or self.members.self_url not in self.members.owners(
+            drive, cid, self.replication
+        ):
+            return
+        if (drive, cid) in self._adopting:
+            return
+        expires_text = answer.headers.get(EXPIRES)
+        expires = float(expires_text) if expires_text else None
+        task = asyncio.ensure_future(self._adopt(drive, cid, member, expires))
+        self._adopting[(drive, cid)] = task
+        task.add_done_callback(lambda _: self._adopting.pop((drive, cid), None))
+
+    async def _adopt(self, drive: str, cid: str, member: str, expires: float | None) -> None:
+        ttl = None if expires is None else expires - time.time()
+        if ttl is not None and ttl <= 0:
+            return
+        answer = await self.members.call("GET", member, f"/v1/drives/{drive}/chunks/{cid}")
+        if answer is None or answer.status != 200:
+            return
+        if await asyncio.to_thread(hash_chunk, answer.body) != cid:
+            log.error("member %s sent a corrupt copy of chunk %s", member, cid)
+            return
+        try:
+            await self.store.put(drive, cid, answer.body, held=True, ttl=ttl)
+        except PodFull as exc:
+            log.info("not taking chunk %s from %s: %s", cid, member, exc)
+
+    async def stop_adopting(self) -> None:
+        tasks = list(self._adopting.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     # -- reads that fall back ---------------------------------------------------------
 
     def read_order(self, drive: str, cid: str) -> list[str]:
@@ -203,6 +244,7 @@ class Pod:
         self.draining = True
         self.members.draining = True
         log.info("draining: leaving the region and handing over held chunks")
+        await self.stop_adopting()
         await self.members.probe()
         await self.members.leave()
         moved = kept = 0
@@ -475,16 +517,23 @@ def _bytes_response(request: web.Request, data: bytes) -> web.Response:
     )
 
 
+def _holding_headers(entry: Entry) -> dict[str, str]:
+    headers: dict[str, str] = {HOLDING: entry.holding}
+    if entry.held and entry.expires is not None:
+        headers[EXPIRES] = repr(entry.expires)
+    return headers
+
+
 async def _local(pod: Pod, drive: str, cid: str) -> web.FileResponse | None:
     entry = await pod.store.lookup(drive, cid)
     path = pod.store.path(drive, cid)
     if entry is None or not path.exists():
         return None
     await pod.store.touch(drive, cid)
-    return web.FileResponse(path, headers={HOLDING: entry.holding})
+    return web.FileResponse(path, headers=_holding_headers(entry))
 
 
-_RELAYED = ("Content-Range", HOLDING, "Content-Type")
+_RELAYED = ("Content-Range", HOLDING, EXPIRES, "Content-Type")
 
 
 async def _from_member(
@@ -496,6 +545,8 @@ async def _from_member(
         if answer is None or answer.status not in (200, 206, 416):
             return None
         pod.metrics.peer_transfers.inc()
+        if answer.headers.get(HOLDING) == "held":
+            pod.adopt_later(request.match_info["drive"], request.match_info["id"], member, answer)
         response = web.StreamResponse(
             status=answer.status,
             headers={k: answer.headers[k] for k in _RELAYED if k in answer.headers},
@@ -548,7 +599,7 @@ async def head_chunk(request: web.Request) -> web.StreamResponse:
     drive, cid = _chunk(request)
     entry = await pod.store.lookup(drive, cid)
     if entry is not None:
-        return web.Response(headers={"Content-Length": str(entry.size), HOLDING: entry.holding})
+        return web.Response(headers={"Content-Length": str(entry.size), **_holding_headers(entry)})
     if not _forwarded(request):
         for member in pod.read_order(drive, cid):
             answer = await pod.members.call("HEAD", member, f"/v1/drives/{drive}/chunks/{cid}")

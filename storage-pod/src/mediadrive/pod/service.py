@@ -151,6 +151,7 @@ async def serve(settings: PodSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await runner.cleanup()
+        await pod.stop_adopting()
         await pod.members.close()
         await pod.store.close()
         if pod.upstream is not None:
