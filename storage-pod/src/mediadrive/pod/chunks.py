@@ -255,18 +255,18 @@ class ChunkStore:
         return await self._index(find)
 
     async def list(self, drive: str, prefix: str, after: str, limit: int) -> list[str]:
+        """Up to ``limit`` ids of a drive starting with ``prefix``, after ``after``, ascending."""
+
         def page() -> list[str]:
+            # Ids starting with the prefix are a contiguous run from the prefix on:
+            # the first rows from there are the matching ones, if any.
             rows = self._conn().execute(
                 "SELECT id FROM chunks WHERE drive = ? AND id > ? AND id >= ? ORDER BY id LIMIT ?",
-                (drive, after, prefix, limit * 4 + 16),
+                (drive, after, prefix, limit),
             )
-            ids = [r[0] for r in rows if r[0].startswith(prefix)]
-            return ids[:limit]
+            return [r[0] for r in rows if r[0].startswith(prefix)]
 
-        # Ids sort as strings; those starting with the prefix are a contiguous run
-        # from the prefix on, so a page ends where the prefix stops matching.
-        ids = await self._index(page)
-        return ids
+        return await self._index(page)
 
     async def held_chunks(self) -> builtins.list[Entry]:
         def rows() -> builtins.list[Entry]:
