@@ -239,6 +239,8 @@ async def test_the_client_fails_over_and_names_the_url_when_no_pod_answers(
         ("http://a:1,b:2/show", "pod://A,B/DRIVE"),
         ("https://a:1/show?tls=1", "tls"),
         ("pod://a:1/Show", "drive name"),
+        ("pod://a:1/show?token_file=", "token_file is empty"),
+        ("pod://user:secret@a:1/show", "token_file"),
     ],
 )
 def test_bad_pod_urls_are_refused_in_one_line(url: str, problem: str) -> None:

@@ -42,7 +42,10 @@ class PodLocation:
     def parse(cls, url: str) -> PodLocation:
         shown = redact_url(url)
         parts = urlsplit(url)
-        query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+        query = {
+            name: values[-1]
+            for name, values in parse_qs(parts.query, keep_blank_values=True).items()
+        }
         unknown = set(query) - _OPTIONS
         if unknown:
             raise ConfigError(
@@ -63,7 +66,7 @@ class PodLocation:
         drive = parts.path.strip("/")
         if not drive or not DRIVE_NAME.match(drive):
             raise ConfigError(
-                f"store URL {shown!r} must end with a drive name (…/DRIVE): "
+                f"store URL {shown!r} must end with a drive name (.../DRIVE): "
                 "1-63 lowercase letters, digits, '.', '_' or '-'"
             )
         token_file = query.get("token_file")
