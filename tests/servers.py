@@ -510,6 +510,72 @@ def minio_server(timeout: float = 60.0) -> Iterator[S3Server]:
             )
 
 
+# --- storage pods -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodServer:
+    """A running ``mediadrive storage-pod serve`` process on loopback."""
+
+    url: str
+    port: int
+    data_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def store_url(self, drive: str, token_file: Path | None = None) -> str:
+        """A ``pod://`` store URL for ``drive`` on this pod."""
+        query = f"?token_file={token_file}" if token_file is not None else ""
+        return f"pod://{LOOPBACK}:{self.port}/{drive}{query}"
+
+    def log_text(self) -> str:
+        return _log_tail(self.log, 200)
+
+
+def mediadrive_command() -> list[str]:
+    """How to run the ``mediadrive`` command of the current Python environment."""
+    script = Path(sys.executable).parent / "mediadrive"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from mediadrive.cli.main import main; main()"]
+
+
+@contextlib.contextmanager
+def pod_server(
+    data_dir: Path | None = None,
+    *args: str,
+    port: int | None = None,
+    timeout: float = 30.0,
+) -> Iterator[PodServer]:
+    """Start a storage pod on ``127.0.0.1:PORT`` keeping its chunks in ``data_dir``
+    (a temporary folder, removed afterwards, when None); ``args`` are more
+    ``serve`` flags. Stopped with SIGTERM (it drains) on exit if still running."""
+    with contextlib.ExitStack() as stack:
+        if data_dir is None:
+            data_dir = stack.enter_context(_tempdir("mediadrive-pod-")) / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        log = data_dir.parent / f"{data_dir.name}.log"
+        port = port or free_port()
+        url = f"http://{LOOPBACK}:{port}"
+        argv = [
+            *mediadrive_command(),
+            "storage-pod",
+            "serve",
+            "--data",
+            str(data_dir),
+            "--listen",
+            f"{LOOPBACK}:{port}",
+            *args,
+        ]
+
+        def ready() -> bool:
+            return _http_status(f"{url}/healthz") == 200
+
+        proc = stack.enter_context(_process("storage pod", argv, log, env=_server_env()))
+        _wait_until("storage pod", proc, log, ready, timeout)
+        yield PodServer(url=url, port=port, data_dir=data_dir, log=log, proc=proc)
+
+
 def _main(argv: Sequence[str]) -> int:
     """Start one server and print how to reach it: ``python -m tests.servers minio``."""
     factories: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {

@@ -3,8 +3,8 @@
 Engines: a local folder, an in-memory engine registered by this suite (the
 proof that an engine is one module plus its registration), a WrappedStore
 subclass around a local folder, the tier chain (an in-memory storage-pod stand-in
-in front of a local folder, writing to the pod), and moto's standalone S3 server
-and MinIO, both over real HTTP on loopback.
+in front of a local folder, writing to the pod), a storage pod process, and moto's
+standalone S3 server and MinIO, all over real HTTP on loopback.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from mediadrive.core.config import TierRules
 from mediadrive.core.errors import ConfigError, NotFound, StoreUnavailable
 from mediadrive.core.hashing import chunk_id
 from tests.integration import holding_store, memory_store
-from tests.servers import S3Server
+from tests.servers import PodServer, S3Server, pod_server
 
 ENGINES = [
     "local",
     "memory",
     "wrapped",
     "tiered",
+    "pod",
     pytest.param("moto", marks=[pytest.mark.s3, pytest.mark.moto]),
     pytest.param("minio", marks=[pytest.mark.s3, pytest.mark.minio]),
 ]
@@ -64,11 +65,14 @@ class Engine:
     url: str
     server: S3Server | None
     bucket: str = ""
+    pod: PodServer | None = None
 
     def url_for(self, location: str, prefix: str = "chunks-under-test") -> str:
         """A store URL of the same engine at another folder or bucket."""
         if self.kind == "memory":
             return memory_url(location)
+        if self.pod is not None:
+            return self.pod.store_url(pod_drive(location))
         if self.server is None:
             return f"file://{location}"
         return f"s3://{location}/{prefix}?endpoint={self.server.endpoint_url}"
@@ -85,6 +89,18 @@ class Engine:
 def memory_url(location: str) -> str:
     """A memory store named after a folder path (a URL host cannot hold slashes)."""
     return f"memory://{hashlib.sha256(location.encode()).hexdigest()[:16]}"
+
+
+def pod_drive(location: str) -> str:
+    """A drive on the test pod named after a folder path: one drive per location."""
+    return f"d-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
+
+
+@pytest.fixture(scope="session")
+def contract_pod() -> Iterator[PodServer]:
+    """One storage pod process for the suite; each test uses drives of its own."""
+    with pod_server() as pod:
+        yield pod
 
 
 @pytest.fixture(autouse=True)
@@ -109,6 +125,9 @@ def make_engine(
         return Engine(kind, f"file://{tmp_path}/store", None)
     if kind == "memory":
         return Engine(kind, memory_url(f"{tmp_path}/store"), None)
+    if kind == "pod":
+        pod: PodServer = request.getfixturevalue("contract_pod")
+        return Engine(kind, pod.store_url(pod_drive(f"{tmp_path}/store")), None, pod=pod)
     server: S3Server = request.getfixturevalue(f"{kind}_s3")
     use_credentials(monkeypatch, server)
     bucket = server.new_bucket("blob")

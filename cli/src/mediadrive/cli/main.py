@@ -920,6 +920,7 @@ if (_mounts := _mount_commands()) is not None:
 
 heal_commands.register(app, drive_app)
 tier_commands.register(app, drive_app)
+app.add_typer(importlib.import_module("mediadrive.cli.pod_commands").app, name="storage-pod")
 
 
 def _click_error(exc: Exception) -> NoReturn:

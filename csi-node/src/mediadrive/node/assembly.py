@@ -8,8 +8,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mediadrive.core import private
+from mediadrive.core.blob.pod import PodLocation
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import NotADirectory
 
@@ -125,10 +127,7 @@ async def _open(options: MountOptions, kernel: Kernel, cleanups: list[Cleanup]) 
         cleanups.append(views.close)
     writeback = Writeback(drive, tree, staging, cache, options)
     vfs = VFS(drive, tree, cache, staging, writeback, options, kernel, views)
-    relay = None
-    if options.relay_url is not None:
-        relay = RelaySource(options.relay_url, options.drive, options.relay_token_file)
-    follower = Follower(vfs, options.follow_interval, relay)
+    follower = Follower(vfs, options.follow_interval, _relay(options))
     publisher = Publisher(drive) if not options.read_only else None
     return MountParts(
         options,
@@ -144,3 +143,16 @@ async def _open(options: MountOptions, kernel: Kernel, cleanups: list[Cleanup]) 
         cleanups,
         publisher,
     )
+
+
+def _relay(options: MountOptions) -> RelaySource | None:
+    """Where the mount reads its drive's events: the relay it was given, else its
+    region's first storage pod (which answers 404 when it does not relay this drive,
+    and the mount then polls the store)."""
+    if options.relay_url is not None:
+        return RelaySource(options.relay_url, options.drive, options.relay_token_file)
+    if options.pod_url is None:
+        return None
+    pods = PodLocation.parse(options.pod_url)
+    token = Path(pods.token_file) if pods.token_file else None
+    return RelaySource(pods.members[0], options.drive, token)

@@ -93,7 +93,12 @@ class BlobEngine:
 
 
 _ENGINES = SchemeRegistry[BlobEngine](
-    "store URL", {"file": "mediadrive.core.blob.local", "s3": "mediadrive.core.blob.s3"}
+    "store URL",
+    {
+        "file": "mediadrive.core.blob.local",
+        "s3": "mediadrive.core.blob.s3",
+        **dict.fromkeys(("pod", "http", "https"), "mediadrive.core.blob.pod"),
+    },
 )
 
 
