@@ -187,9 +187,16 @@ import_images() {
         log "cluster not up: not imported (scripts/cluster/up.sh, then run this again)"
         return 0
     fi
-    local name
+    # What this cluster already holds (the folder goes with cluster-down).
+    local imported="$CLUSTER_DIR/images" name
+    mkdir -p "$imported"
     for name in "$@"; do
+        if cmp -s "$out/$name.key" "$imported/$name.key"; then
+            log "${TAG[$name]} already in the cluster"
+            continue
+        fi
         "${ctr[@]}" images import "$out/$name.tar" >/dev/null 2>>"$LOGS/ctr.log"
+        cp "$out/$name.key" "$imported/$name.key"
         log "imported ${TAG[$name]} into the cluster"
     done
 }
