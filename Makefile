@@ -74,7 +74,7 @@ images: install
 	@$(TIMED) images scripts/images/build.sh
 
 e2e-kind: install
-	@$(TIMED) e2e-kind scripts/cluster/e2e-kind.sh
+	@$(TIMED) e2e-kind env PYTEST_ARGS="$(PYTEST_ARGS)" scripts/cluster/e2e-kind.sh
 
 clean:
 	if [ -d .cache ]; then chmod -R u+w .cache; fi

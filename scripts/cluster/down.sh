@@ -32,14 +32,15 @@ stop_pids() {
     done
 }
 
-stop_component() {
-    local name="$1" pid
-    local start=$SECONDS
-    if pid="$(pid_of "$name")"; then
-        stop_pids 10 "$pid"
-        log "stopped $name in $((SECONDS - start))s"
-    fi
-    rm -f "$RUN/$name.pid"
+# stop_components NAME...: stop these components together, by their recorded pids.
+stop_components() {
+    local name pid pids=() start=$SECONDS
+    for name in "$@"; do
+        if pid="$(pid_of "$name")"; then pids+=("$pid"); fi
+    done
+    stop_pids 10 "${pids[@]}"
+    for name in "$@"; do rm -f "$RUN/$name.pid"; done
+    [ "${#pids[@]}" -eq 0 ] || log "stopped $* in $((SECONDS - start))s"
 }
 
 # Pod processes: everything in the kubelet's cgroupRoot.
@@ -63,17 +64,14 @@ shim_pids() {
 }
 
 stop_all() {
-    local name
-    for name in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver; do
-        stop_component "$name"
-    done
+    stop_components kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver
     local pids
     mapfile -t pids < <(cgroup_pids)
     if [ "${#pids[@]}" -gt 0 ]; then kill -KILL "${pids[@]}" 2>/dev/null || true; fi
     mapfile -t pids < <(shim_pids)
     stop_pids 5 "${pids[@]}"
-    stop_component containerd
-    stop_component etcd
+    stop_components containerd
+    stop_components etcd
 }
 
 unmount_all() {
@@ -118,7 +116,11 @@ clean_network() {
     if [ -f "$RUN/ip_forward" ]; then
         cat "$RUN/ip_forward" >/proc/sys/net/ipv4/ip_forward
     fi
-    # libcni's result cache for this cluster's network.
+    # libcni's result cache for this cluster's pod sandboxes.
+    local sandbox
+    for sandbox in "$CLUSTER_DIR"/containerd/root/io.containerd.grpc.v1.cri/sandboxes/*; do
+        [ -d "$sandbox" ] && rm -f /var/lib/cni/results/*-"${sandbox##*/}"-*
+    done
     rm -f /var/lib/cni/results/mediadrive-*
 }
 

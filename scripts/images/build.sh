@@ -129,7 +129,7 @@ inputs_key() {
         # shellcheck disable=SC2046 # one wheel path a line
         python3 "$here/wheels.py" hash $(cat "$plan/workspace.txt")
         cat "$plan/requirements.txt" "$wheels_dir/constraints.txt"
-        cat "$here/build.sh" "$here/oci.py" "$here/wheels.py"
+        cat "$here/build.sh" "$here/oci.py" "$here/wheels.py" "$here/mediadrive"
     } | sha256sum | cut -d' ' -f1
 }
 
@@ -147,14 +147,7 @@ build_app_layer() {
     "${install[@]}" --no-deps $(cat "$plan/workspace.txt")
     # Console scripts uv wrote for the build machine's python; the image has its own.
     rm -rf "${target:?}/bin"
-    cat >"$rootfs/usr/local/bin/mediadrive" <<'EOF'
-#!/usr/bin/python3
-import sys
-
-from mediadrive.cli.main import main
-
-sys.exit(main())
-EOF
+    cp "$here/mediadrive" "$rootfs/usr/local/bin/mediadrive"
     chmod 755 "$rootfs/usr/local/bin/mediadrive"
 }
 
