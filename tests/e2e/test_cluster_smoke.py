@@ -96,3 +96,49 @@ def test_pod_image_runs_the_mediadrive_command(cluster: Cluster) -> None:
             "--timeout=120s",
         )
         assert "Usage: mediadrive" in cluster.kubectl("logs", "cli", "-n", namespace)
+
+
+# What an in-cluster client (the operator) does: the kubernetes Service's address
+# from the environment, the pod's service-account token and the cluster's CA.
+_API_CLIENT = """
+import json, os, ssl, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+host = os.environ["KUBERNETES_SERVICE_HOST"]
+port = os.environ["KUBERNETES_SERVICE_PORT"]
+token = open(sa + "/token").read()
+context = ssl.create_default_context(cafile=sa + "/ca.crt")
+request = urllib.request.Request(
+    f"https://{host}:{port}/version", headers={"Authorization": "Bearer " + token}
+)
+print(json.load(urllib.request.urlopen(request, context=context, timeout=10))["gitVersion"])
+"""
+
+
+def test_pod_reaches_the_apiserver_through_the_kubernetes_service(cluster: Cluster) -> None:
+    with cluster.namespace("smoke") as namespace:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "api"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "api",
+                        "image": POD_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["python3", "-c", _API_CLIENT],
+                    }
+                ],
+            },
+        }
+        cluster.apply(pod, namespace=namespace)
+        cluster.kubectl(
+            "wait",
+            "pod/api",
+            "-n",
+            namespace,
+            "--for=jsonpath={.status.phase}=Succeeded",
+            "--timeout=120s",
+        )
+        assert cluster.kubectl("logs", "api", "-n", namespace).startswith("v1.")
