@@ -27,6 +27,15 @@ preflight() {
     [ -x /usr/lib/cni/bridge ] || die "missing CNI plugins (/usr/lib/cni): install containernetworking-plugins"
 }
 
+# One cluster a machine: its ports, bridge and iptables chains are the machine's.
+ports_free() {
+    local port busy=()
+    for port in "$APISERVER_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" 10248 10249 10250 10256 10257 10259; do
+        if [ -n "$(ss -Hltn "sport = :$port")" ]; then busy+=("$port"); fi
+    done
+    [ "${#busy[@]}" -eq 0 ] || die "ports in use: ${busy[*]} (another cluster running? scripts/cluster/down.sh)"
+}
+
 node_ready() {
     local status
     status="$(kubectl_admin get node "$NODE_NAME" \
@@ -199,6 +208,7 @@ start_etcd() {
         --initial-cluster "mediadrive=http://127.0.0.1:$ETCD_PEER_PORT" \
         --listen-metrics-urls "" --log-level warn --quota-backend-bytes 2147483648
     wait_for 30 etcd curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
+    pid_of etcd >/dev/null || die "etcd exited"
 }
 
 start_apiserver() {
@@ -222,6 +232,7 @@ start_apiserver() {
 wait_apiserver() {
     wait_for 60 kube-apiserver curl -fsS --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" \
         --key "$PKI/admin.key" "https://127.0.0.1:$APISERVER_PORT/readyz"
+    pid_of kube-apiserver >/dev/null || die "kube-apiserver exited"
 }
 
 containerd_config() {
@@ -411,6 +422,19 @@ wait_node() {
     wait_for 60 "default service account" kubectl_admin -n default get serviceaccount default
 }
 
+# On failure: what the components that died last said, and how to clean up.
+report_failure() {
+    local status=$? name
+    [ "$status" -ne 0 ] || return 0
+    for name in "${COMPONENTS[@]}"; do
+        if [ -f "$RUN/$name.pid" ] && ! pid_of "$name" >/dev/null; then
+            log "$name exited; the end of $LOGS/$name.log:"
+            tail -n 5 "$LOGS/$name.log" >&2 || true
+        fi
+    done
+    log "failed (exit $status); logs in $LOGS; scripts/cluster/down.sh stops what started"
+}
+
 main() {
     preflight
     if already_up; then
@@ -422,7 +446,9 @@ main() {
         log "a cluster is partly up: stopping it first"
         "$here/down.sh"
     fi
+    ports_free
     mkdir -p "$CLUSTER_DIR" "$RUN" "$LOGS"
+    trap report_failure EXIT
     step certificates make_pki
     step kubeconfigs make_kubeconfigs
     step cgroups make_cgroups

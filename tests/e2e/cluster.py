@@ -186,7 +186,12 @@ def cluster_session() -> Iterator[Cluster]:
     cluster = local_cluster()
     started = not is_up(cluster)
     if started:
-        _run([str(UP)], _UP_TIMEOUT)
+        try:
+            _run([str(UP)], _UP_TIMEOUT)
+        except ClusterError:
+            # Leave nothing half-started behind (processes, mounts, bridge).
+            _run([str(DOWN)], _UP_TIMEOUT)
+            raise
     try:
         _run([str(BUILD_IMAGES)], _IMAGES_TIMEOUT)
         yield cluster
