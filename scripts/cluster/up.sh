@@ -448,6 +448,8 @@ main() {
     fi
     ports_free
     mkdir -p "$CLUSTER_DIR" "$RUN" "$LOGS"
+    # The logs are those of this run (down.sh keeps them for a look afterwards).
+    rm -f "$LOGS"/*.log
     trap report_failure EXIT
     step certificates make_pki
     step kubeconfigs make_kubeconfigs
