@@ -1,8 +1,10 @@
 """The Kubernetes cluster end-to-end tests run against.
 
 By default the one-node cluster of ``scripts/cluster/up.sh`` on this machine
-(root; started when it is not up already, and stopped at the end only when this
-run started it), with the images of ``scripts/images/build.sh`` imported into it.
+(root), with the images of ``scripts/images/build.sh`` imported into it. A
+cluster that is up is used as it is and left up; one the tests started is
+stopped when the last test session using it ends (sessions of several
+worktrees may share it: a lock file beside the cluster folder orders them).
 With ``MEDIADRIVE_E2E_KUBECONFIG`` set (``make e2e-kind``), that cluster instead,
 as given: nothing is started or stopped there, and its images are loaded by
 whoever made it.
@@ -10,6 +12,7 @@ whoever made it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -177,6 +180,63 @@ def _external_cluster(kubeconfig: str) -> Cluster:
 
 
 @contextmanager
+def _locked() -> Iterator[None]:
+    """Serialize starting, image imports and stopping between test sessions."""
+    directory = cluster_dir()
+    with directory.with_name(directory.name + ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sessions() -> Path:
+    return cluster_dir() / "run" / "test-sessions"
+
+
+def _started_by_tests() -> Path:
+    return cluster_dir() / "run" / "started-by-tests"
+
+
+def _other_live_sessions() -> list[int]:
+    live = []
+    for entry in _sessions().glob("*"):
+        pid = int(entry.name)
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            entry.unlink(missing_ok=True)
+            continue
+        live.append(pid)
+    return live
+
+
+def _join(cluster: Cluster) -> None:
+    if not is_up(cluster):
+        try:
+            _run([str(UP)], _UP_TIMEOUT)
+        except ClusterError:
+            # Leave nothing half-started behind (processes, mounts, bridge).
+            _run([str(DOWN)], _UP_TIMEOUT)
+            raise
+        _started_by_tests().touch()
+    _sessions().mkdir(parents=True, exist_ok=True)
+    (_sessions() / str(os.getpid())).touch()
+    _run([str(BUILD_IMAGES)], _IMAGES_TIMEOUT)
+
+
+def _leave() -> None:
+    (_sessions() / str(os.getpid())).unlink(missing_ok=True)
+    # A cluster someone started by hand stays up; one the tests started goes with
+    # the last test session using it.
+    if _started_by_tests().exists() and not _other_live_sessions():
+        _run([str(DOWN)], _UP_TIMEOUT)
+
+
+@contextmanager
 def cluster_session() -> Iterator[Cluster]:
     """The cluster for a test session (see the module's docstring)."""
     external = os.environ.get("MEDIADRIVE_E2E_KUBECONFIG")
@@ -184,17 +244,10 @@ def cluster_session() -> Iterator[Cluster]:
         yield _external_cluster(external)
         return
     cluster = local_cluster()
-    started = not is_up(cluster)
-    if started:
-        try:
-            _run([str(UP)], _UP_TIMEOUT)
-        except ClusterError:
-            # Leave nothing half-started behind (processes, mounts, bridge).
-            _run([str(DOWN)], _UP_TIMEOUT)
-            raise
+    with _locked():
+        _join(cluster)
     try:
-        _run([str(BUILD_IMAGES)], _IMAGES_TIMEOUT)
         yield cluster
     finally:
-        if started:
-            _run([str(DOWN)], _UP_TIMEOUT)
+        with _locked():
+            _leave()
