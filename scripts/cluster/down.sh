@@ -64,7 +64,8 @@ shim_pids() {
 }
 
 stop_all() {
-    stop_components kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver
+    stop_components cluster-dns kube-proxy kubelet kube-scheduler kube-controller-manager \
+        kube-apiserver
     local pids
     mapfile -t pids < <(cgroup_pids)
     if [ "${#pids[@]}" -gt 0 ]; then kill -KILL "${pids[@]}" 2>/dev/null || true; fi

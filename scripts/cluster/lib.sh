@@ -30,7 +30,8 @@ LOGS="$CLUSTER_DIR/logs"
 KUBECONFIG_ADMIN="$CLUSTER_DIR/kubeconfig"
 CONTAINERD_SOCK="$CLUSTER_DIR/containerd/containerd.sock"
 # Components in start order; down.sh stops them in reverse.
-COMPONENTS=(etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet kube-proxy)
+COMPONENTS=(etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet kube-proxy
+    cluster-dns)
 # The cgroup v1 hierarchies the kubelet needs its cgroupRoot in.
 CGROUP_HIERARCHIES=(cpu cpuacct cpuset memory devices freezer blkio pids systemd)
 

@@ -355,6 +355,7 @@ failCgroupV1: false
 failSwapOn: false
 resolvConf: $dir/resolv.conf
 clusterDomain: cluster.local
+clusterDNS: [$POD_GATEWAY]
 podLogsDir: $CLUSTER_DIR/pod-logs
 volumePluginDir: $CLUSTER_DIR/kubelet/volume-plugins
 tlsCertFile: $PKI/kubelet-serving.crt
@@ -416,6 +417,19 @@ EOF
     start kube-proxy "$CLUSTER_BIN/kube-proxy" --config "$config" --v 1
 }
 
+# A minimal cluster DNS (dns.py) on the bridge address, reading Services and
+# EndpointSlices with kube-proxy's identity (which may list both).
+start_dns() {
+    start cluster-dns python3 "$here/dns.py" --listen "$POD_GATEWAY" --port 53 \
+        --apiserver "https://127.0.0.1:$APISERVER_PORT" --ca "$PKI/ca.crt" \
+        --cert "$PKI/kube-proxy.crt" --key "$PKI/kube-proxy.key"
+    wait_for 10 "cluster DNS" dns_listening
+}
+
+dns_listening() {
+    pid_of cluster-dns >/dev/null && [ -n "$(ss -Hlun "src $POD_GATEWAY and sport = :53")" ]
+}
+
 wait_node() {
     wait_for 120 "node $NODE_NAME Ready" node_ready
     # Pods in the default namespace need its service account.
@@ -463,6 +477,7 @@ main() {
     step controllers start_controllers
     step kubelet start_kubelet
     step kube-proxy start_kube_proxy
+    step cluster-dns start_dns
     step node-ready wait_node
     log "up; logs in $LOGS"
     echo "export KUBECONFIG=$KUBECONFIG_ADMIN"

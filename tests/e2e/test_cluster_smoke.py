@@ -142,3 +142,84 @@ def test_pod_reaches_the_apiserver_through_the_kubernetes_service(cluster: Clust
             "--timeout=120s",
         )
         assert cluster.kubectl("logs", "api", "-n", namespace).startswith("v1.")
+
+
+_RESOLVE = """
+import socket, sys
+for name in sys.argv[1:]:
+    print(name, socket.gethostbyname(name))
+"""
+
+
+def test_pods_resolve_services_and_statefulset_pods_by_name(cluster: Cluster) -> None:
+    labels = {"app.kubernetes.io/name": "peers"}
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "peers"},
+        "spec": {"clusterIP": "None", "selector": labels, "ports": [{"port": _PORT}]},
+    }
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": "peer"},
+        "spec": {
+            "serviceName": "peers",
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        {
+                            "name": "peer",
+                            "image": POD_IMAGE,
+                            "imagePullPolicy": "Never",
+                            "command": ["python3", "-m", "http.server", str(_PORT)],
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    with cluster.namespace("dns") as namespace:
+        cluster.apply(headless, statefulset, namespace=namespace)
+        cluster.kubectl("rollout", "status", "statefulset/peer", "-n", namespace, "--timeout=120s")
+        peer_ip = cluster.kubectl(
+            "get", "pod", "peer-0", "-n", namespace, "-o", "jsonpath={.status.podIP}"
+        )
+        names = ["kubernetes.default", "peers", f"peer-0.peers.{namespace}.svc.cluster.local"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "resolve"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "resolve",
+                        "image": POD_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["python3", "-c", _RESOLVE, *names],
+                    }
+                ],
+            },
+        }
+        cluster.apply(pod, namespace=namespace)
+        cluster.kubectl(
+            "wait",
+            "pod/resolve",
+            "-n",
+            namespace,
+            "--for=jsonpath={.status.phase}=Succeeded",
+            "--timeout=120s",
+        )
+        resolved = dict(
+            line.split()
+            for line in cluster.kubectl("logs", "resolve", "-n", namespace).splitlines()
+        )
+        kubernetes_ip = cluster.kubectl(
+            "get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}"
+        )
+        assert resolved == {names[0]: kubernetes_ip, names[1]: peer_ip, names[2]: peer_ip}
