@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # Every step says how long it took.
 TIMED := scripts/timed.sh
 
-.PHONY: help install test-deps lint test soak demo bench-core bench-fuse clean \
+.PHONY: help install test-deps lint test soak demo bench-core bench-fuse bench-pod clean \
 	cluster-up cluster-down images e2e-kind
 
 help:
@@ -26,6 +26,7 @@ help:
 	@echo "make demo        run the end-to-end demo"
 	@echo "make bench-core  core benchmarks against MinIO and PostgreSQL"
 	@echo "make bench-fuse  FUSE mount benchmarks"
+	@echo "make bench-pod   storage pod benchmarks (event relay vs polling)"
 	@echo "make cluster-up  start a one-node Kubernetes cluster on this machine (root; state in"
 	@echo "                 /var/tmp/mediadrive-cluster, KUBECONFIG printed; docs/cluster.md)"
 	@echo "make cluster-down stop it and remove its processes, mounts, bridge, iptables chains, cgroups"
@@ -61,6 +62,9 @@ bench-core: test-deps
 
 bench-fuse: test-deps
 	$(PYTHON) bench/fuse_bench.py
+
+bench-pod: install
+	$(PYTHON) bench/pod_bench.py $(BENCH_ARGS)
 
 cluster-up:
 	@$(TIMED) system-packages scripts/install-system-deps.sh

@@ -14,6 +14,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -47,6 +48,7 @@ from mediadrive.core.meta import (
     connect,
 )
 from mediadrive.core.meta.schema import LATEST
+from tests.servers import create_database
 
 ACTOR = "ana@render-01"
 LWW = ConflictPolicy.LAST_WRITER_WINS
@@ -1045,3 +1047,30 @@ async def test_export_then_import_makes_the_same_drive(store: MetaStore, tmp_pat
         assert await target.last_event_seq() == dump.event_seq + 1
     finally:
         await target.close()
+
+
+async def test_a_fresh_postgres_store_opens_one_pool_for_concurrent_callers(
+    postgres_url: str,
+) -> None:
+    from mediadrive.core.meta.postgres import PostgresMetaStore
+
+    url = create_database(postgres_url, "pool")
+    creator = connect(url, "show")
+    await creator.create_drive(DriveSettings())
+    await creator.close()
+    meta = connect(url, "show")
+    assert isinstance(meta, PostgresMetaStore)
+    opened = 0
+    open_pool = meta._open_pool
+
+    async def counting() -> Any:
+        nonlocal opened
+        opened += 1
+        return await open_pool()
+
+    meta._open_pool = counting  # type: ignore[method-assign]
+    try:
+        await asyncio.gather(*(meta.resolve("/") for _ in range(8)))
+        assert opened == 1
+    finally:
+        await meta.close()

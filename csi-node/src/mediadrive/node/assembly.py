@@ -18,6 +18,7 @@ from .cache import BlockCache
 from .client import MountError
 from .follower import Follower
 from .options import MountOptions
+from .relay import RelaySource
 from .staging import StagedFile, Staging
 from .tree import Tree
 from .vfs import VFS, Kernel
@@ -118,7 +119,10 @@ async def _open(options: MountOptions, kernel: Kernel, cleanups: list[Cleanup]) 
         cleanups.append(views.close)
     writeback = Writeback(drive, tree, staging, cache, options)
     vfs = VFS(drive, tree, cache, staging, writeback, options, kernel, views)
-    follower = Follower(vfs, options.follow_interval)
+    relay = None
+    if options.relay_url is not None:
+        relay = RelaySource(options.relay_url, options.drive, options.relay_token_file)
+    follower = Follower(vfs, options.follow_interval, relay)
     return MountParts(
         options, drive, tree, cache, staging, writeback, vfs, follower, views, recovered, cleanups
     )

@@ -3,6 +3,13 @@
 Every ``follow_interval`` seconds the agent reads the events after the last one it
 saw. A new version committed elsewhere drops this mount's cached content of that
 file and the kernel's cached pages and attributes, so the next access sees it.
+
+With a relay (a storage pod that follows the drive once for its region, see
+:mod:`.relay`) the agent reads the events from the pod's stream instead, resuming
+after the last event it applied. When the relay is down or the stream breaks it
+polls the store again and retries the relay with a growing backoff. Either way every
+event goes through one place that applies it only if it is newer than the last one
+applied, so none is lost or applied twice across a switch.
 """
 
 from __future__ import annotations
@@ -11,10 +18,14 @@ import asyncio
 import contextlib
 import logging
 import posixpath
+import time
 from collections.abc import Callable
+
+import aiohttp
 
 from mediadrive.core.meta import Event
 
+from .relay import RelayError, RelaySource, relay_events
 from .vfs import VFS
 
 log = logging.getLogger(__name__)
@@ -23,15 +34,24 @@ _CONTENT_EVENTS = {"commit", "restore", "conflict"}
 
 Listener = Callable[[Event], None]
 
+# Seconds before the relay is tried again after a failure: doubles up to the maximum.
+RELAY_RETRY_MIN = 1.0
+RELAY_RETRY_MAX = 30.0
+
 
 class Follower:
-    def __init__(self, vfs: VFS, interval: float) -> None:
+    def __init__(self, vfs: VFS, interval: float, relay: RelaySource | None = None) -> None:
         self.vfs = vfs
         self.meta = vfs.meta
         self.interval = interval
+        self.relay = relay
         self.since = 0
         self.listeners: list[Listener] = []
         self.applied = 0
+        # Where the events come from now: "relay" or "store".
+        self.source = "store"
+        self.relay_retry = RELAY_RETRY_MIN
+        self._relay_due = 0.0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -45,24 +65,65 @@ class Follower:
                 await self._task
 
     async def _run(self) -> None:
-        while True:
-            try:
-                batch = await self.meta.events_after(self.since)
-            except Exception as exc:
-                log.warning("cannot read the drive's events: %s", exc)
-                await asyncio.sleep(max(self.interval, 2.0))
-                continue
-            for event in batch:
-                try:
-                    await self.apply(event)
-                except Exception:
-                    log.exception("event %d (%s %s) not applied", event.seq, event.kind, event.path)
-                self.since = event.seq
-                self.applied += 1
-                for listener in self.listeners:
-                    listener(event)
-            if not batch:
-                await asyncio.sleep(self.interval)
+        if self.relay is None:
+            while True:
+                await self._poll_once()
+            return
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if time.monotonic() >= self._relay_due:
+                    await self._follow_relay(session, self.relay)
+                    self.source = "store"
+                await self._poll_once()
+
+    async def _poll_once(self) -> None:
+        """Apply what the store has after ``since``; wait a while if there is nothing."""
+        try:
+            batch = await self.meta.events_after(self.since)
+        except Exception as exc:
+            log.warning("cannot read the drive's events: %s", exc)
+            await asyncio.sleep(max(self.interval, 2.0))
+            return
+        for event in batch:
+            await self._deliver(event)
+        if not batch:
+            await asyncio.sleep(self.interval)
+
+    async def _follow_relay(self, session: aiohttp.ClientSession, relay: RelaySource) -> None:
+        """Apply the relay's stream until it fails; then schedule the next attempt."""
+
+        def opened() -> None:
+            self.source = "relay"
+            self.relay_retry = RELAY_RETRY_MIN
+            log.info("following the drive's events through the relay %s", relay.url)
+
+        try:
+            async for event in relay_events(session, relay, self.since, opened):
+                await self._deliver(event)
+            reason = "the relay closed the stream"
+        except (aiohttp.ClientError, RelayError, OSError, ValueError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+        self._relay_due = time.monotonic() + self.relay_retry
+        log.warning(
+            "relay %s: %s; polling the store, retrying the relay in %.0f s",
+            relay.url,
+            reason,
+            self.relay_retry,
+        )
+        self.relay_retry = min(self.relay_retry * 2, RELAY_RETRY_MAX)
+
+    async def _deliver(self, event: Event) -> None:
+        """Apply one event, once: anything at or before ``since`` was applied already."""
+        if event.seq <= self.since:
+            return
+        try:
+            await self.apply(event)
+        except Exception:
+            log.exception("event %d (%s %s) not applied", event.seq, event.kind, event.path)
+        self.since = event.seq
+        self.applied += 1
+        for listener in self.listeners:
+            listener(event)
 
     async def apply(self, event: Event) -> None:
         vfs = self.vfs

@@ -7,6 +7,7 @@ nothing in the node reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -50,6 +51,11 @@ class MountOptions(BaseModel):
     subdir: str = "/"
     # Seconds between polls of the drive's event log (collaborators' changes).
     follow_interval: float = Field(default=0.5, gt=0)
+    # Base URL of a storage pod that relays the drive's events (``http://HOST:PORT``):
+    # the mount reads them from its stream and polls the store only while it is down.
+    relay_url: str | None = None
+    # The bearer token for the relay: a file whose first word is the token.
+    relay_token_file: Path | None = None
     writeback_cache: bool = True
     # Read-only mounts let the kernel read cached files directly, where it can.
     passthrough: bool = True
@@ -73,6 +79,22 @@ class MountOptions(BaseModel):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return Path(value).expanduser().absolute()
+
+    @field_validator("relay_url")
+    @classmethod
+    def _relay_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        url = value.strip().rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be a pod's http(s)://HOST:PORT base URL, not {value!r}")
+        return url
+
+    @field_validator("relay_token_file")
+    @classmethod
+    def _token_file(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(value).expanduser().absolute()
 
     @field_validator("log_level")
     @classmethod

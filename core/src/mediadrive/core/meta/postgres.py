@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -72,36 +73,44 @@ class PostgresMetaStore(SqlMetaStore):
         self._conninfo = url.replace("cockroachdb://", "postgresql://", 1)
         self._pool_size = pool_size
         self._pool: AsyncConnectionPool | None = None
+        # Callers that find no pool at the same moment must not each open one.
+        self._opening = asyncio.Lock()
 
     async def _get_pool(self) -> AsyncConnectionPool:
-        if self._pool is None:
-            # One direct attempt first: the pool would retry a dead server for its whole
-            # timeout, where a person wants the reason at once.
-            try:
-                probe = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=10)
-            except psycopg.OperationalError as err:
-                raise StoreUnavailable(
-                    f"cannot reach PostgreSQL at {self._where()}: {_first_line(err)}"
-                ) from None
-            await probe.close()
-            pool = AsyncConnectionPool(
-                self._conninfo,
-                min_size=1,
-                max_size=self._pool_size,
-                open=False,
-                timeout=15,
-                kwargs={"autocommit": True, "connect_timeout": 10},
-                configure=self._configure,
-            )
-            try:
-                await pool.open(wait=True, timeout=15)
-            except (PoolTimeout, psycopg.OperationalError) as err:
-                await pool.close()
-                raise StoreUnavailable(
-                    f"cannot reach PostgreSQL at {self._where()}: {_first_line(err)}"
-                ) from None
-            self._pool = pool
-        return self._pool
+        if self._pool is not None:
+            return self._pool
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await self._open_pool()
+            return self._pool
+
+    async def _open_pool(self) -> AsyncConnectionPool:
+        # One direct attempt first: the pool would retry a dead server for its whole
+        # timeout, where a person wants the reason at once.
+        try:
+            probe = await psycopg.AsyncConnection.connect(self._conninfo, connect_timeout=10)
+        except psycopg.OperationalError as err:
+            raise StoreUnavailable(
+                f"cannot reach PostgreSQL at {self._where()}: {_first_line(err)}"
+            ) from None
+        await probe.close()
+        pool = AsyncConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=self._pool_size,
+            open=False,
+            timeout=15,
+            kwargs={"autocommit": True, "connect_timeout": 10},
+            configure=self._configure,
+        )
+        try:
+            await pool.open(wait=True, timeout=15)
+        except (PoolTimeout, psycopg.OperationalError) as err:
+            await pool.close()
+            raise StoreUnavailable(
+                f"cannot reach PostgreSQL at {self._where()}: {_first_line(err)}"
+            ) from None
+        return pool
 
     @staticmethod
     async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
