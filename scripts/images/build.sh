@@ -103,10 +103,18 @@ build_base() {
     "${sudo_cmd[@]}" bash -c "$(declare -f trim_rootfs); trim_rootfs '$staging'"
     local work="$cache/build.layer-$release"
     mkdir -p "$work"
-    "${sudo_cmd[@]}" python3 "$here/oci.py" layer "$staging" "$work/layer.tar" >/dev/null
+    "${sudo_cmd[@]}" python3 "$here/oci.py" layer "$staging" "$work/layer.tar" >"$work/layer.sha256"
     "${sudo_cmd[@]}" rm -rf "$staging"
     rm -rf "$base_dir"
     mv "$work" "$base_dir"
+}
+
+# The base layer's digest, worked out once.
+base_digest() {
+    if [ ! -s "$base_dir/layer.sha256" ]; then
+        sha256sum "$base_layer" | cut -d' ' -f1 >"$base_dir/layer.sha256"
+    fi
+    cat "$base_dir/layer.sha256"
 }
 
 wheels_dir="$out/wheels"
@@ -125,7 +133,7 @@ inputs_key() {
     local name="$1" plan="$out/$1.plan"
     {
         echo "${TAG[$name]} ${DISTS[$name]} without ${WITHOUT[$name]}"
-        sha256sum "$base_layer" | cut -d' ' -f1
+        base_digest
         # shellcheck disable=SC2046 # one wheel path a line
         python3 "$here/wheels.py" hash $(cat "$plan/workspace.txt")
         cat "$plan/requirements.txt" "$wheels_dir/constraints.txt"
