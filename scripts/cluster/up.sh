@@ -456,8 +456,9 @@ main() {
         echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
         return 0
     fi
-    if any_running; then
-        log "a cluster is partly up: stopping it first"
+    if any_running || [ -d "$RUN" ]; then
+        # Parts of an earlier run (processes, mounts, a stale etcd): start clean.
+        log "an earlier cluster left parts behind: removing them first"
         "$here/down.sh"
     fi
     ports_free
