@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 # Every step says how long it took.
 TIMED := scripts/timed.sh
 
-.PHONY: help install test-deps lint test soak demo bench-core bench-fuse bench-pod clean
+.PHONY: help install test-deps lint test soak demo bench-core bench-fuse bench-pod clean \
+	cluster-up cluster-down images e2e-kind
 
 help:
 	@echo "make install     system packages + uv environment (.venv/bin/mediadrive)"
@@ -26,6 +27,12 @@ help:
 	@echo "make bench-core  core benchmarks against MinIO and PostgreSQL"
 	@echo "make bench-fuse  FUSE mount benchmarks"
 	@echo "make bench-pod   storage pod benchmarks (event relay vs polling)"
+	@echo "make cluster-up  start a one-node Kubernetes cluster on this machine (root; state in"
+	@echo "                 /var/tmp/mediadrive-cluster, KUBECONFIG printed; docs/cluster.md)"
+	@echo "make cluster-down stop it and remove its processes, mounts, bridge, iptables chains, cgroups"
+	@echo "make images      build the mediadrive images without Docker (.cache/images/*.tar);"
+	@echo "                 imported into the cluster when it is up"
+	@echo "make e2e-kind    run tests/e2e in a kind cluster (needs docker and kind)"
 	@echo "make clean       remove .venv, .cache and tool caches"
 
 install:
@@ -58,6 +65,20 @@ bench-fuse: test-deps
 
 bench-pod: install
 	$(PYTHON) bench/pod_bench.py $(BENCH_ARGS)
+
+cluster-up:
+	@$(TIMED) system-packages scripts/install-system-deps.sh
+	@$(TIMED) cluster-binaries scripts/build-cluster-binaries.sh
+	@$(TIMED) cluster-up scripts/cluster/up.sh
+
+cluster-down:
+	@$(TIMED) cluster-down scripts/cluster/down.sh
+
+images: install
+	@$(TIMED) images scripts/images/build.sh
+
+e2e-kind: install
+	@$(TIMED) e2e-kind env PYTEST_ARGS="$(PYTEST_ARGS)" scripts/cluster/e2e-kind.sh
 
 clean:
 	if [ -d .cache ]; then chmod -R u+w .cache; fi

@@ -5,7 +5,9 @@ set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 
-packages=(postgresql fuse3 libfuse3-dev pkg-config attr gcc libc6-dev patch curl ca-certificates)
+packages=(postgresql fuse3 libfuse3-dev pkg-config attr gcc libc6-dev patch curl ca-certificates
+    # The one-node cluster (scripts/cluster) and the images (scripts/images).
+    runc containernetworking-plugins iptables conntrack ebtables ethtool socat openssl debootstrap)
 
 missing=()
 for pkg in "${packages[@]}"; do
