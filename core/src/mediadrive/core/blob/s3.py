@@ -110,12 +110,9 @@ class S3BlobStore(BlobStore):
         self.endpoint = location.endpoint
         self._create = create
         region = location.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        keys = (
-            {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]}
-            if credentials
-            else {}
-        )
-        self._client: S3Client = boto3.session.Session(**keys).client(
+        key_id, secret = credentials or (None, None)
+        session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret)
+        self._client: S3Client = session.client(
             "s3",
             endpoint_url=location.endpoint,
             region_name=region,
