@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from mediadrive.core.errors import MediadriveError
+from mediadrive.core.policy import TierPolicy
 
 from .. import apply
 from ..conditions import set_condition
@@ -21,6 +22,7 @@ from ..resources import drivevolume, storagepod
 from ..resources.drivevolume import DriveVolumeSpec
 from ..schema import GROUP, VERSION
 from .common import namespace_of, parse_spec
+from .tierpolicy import apply_policy
 
 RESOURCE = (GROUP, VERSION, drivevolume.KIND.plural)
 RESYNC_SECONDS = 30.0
@@ -74,6 +76,20 @@ async def _pod_urls(namespace: str, name: str, spec: DriveVolumeSpec) -> dict[st
     return urls
 
 
+async def _follow_policy(namespace: str, name: str, spec: DriveVolumeSpec, meta_url: str) -> None:
+    if spec.tier_policy_ref is None:
+        return
+    body = await apply.get(f"{GROUP}/{VERSION}", "TierPolicy", spec.tier_policy_ref, namespace)
+    if body is None:
+        raise kopf.TemporaryError(
+            f"spec.tierPolicyRef: TierPolicy {spec.tier_policy_ref!r} is not in namespace "
+            f"{namespace}",
+            delay=WAIT_SECONDS,
+        )
+    policy = TierPolicy.model_validate(body.get("spec") or {})
+    await apply_policy(drivevolume.drive_name(name, spec), meta_url, policy)
+
+
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
@@ -90,6 +106,7 @@ async def reconcile(
         keys = await _s3_keys(ns, spec)
         urls = await _pod_urls(ns, name, spec)
         await ensure_drive(drivevolume.drive_name(name, spec), meta_url)
+        await _follow_policy(ns, name, spec, meta_url)
     except (kopf.TemporaryError, MediadriveError) as exc:
         reason = "Waiting" if isinstance(exc, kopf.TemporaryError) else "StoreError"
         patch.status["phase"] = "Degraded"

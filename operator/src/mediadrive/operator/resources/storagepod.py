@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mediadrive.core.units import ByteSize
+from mediadrive.core.units import ByteSize, size_text
 
 from ..naming import child_labels, qualified
 from ..schema import Column, Kind
@@ -141,7 +141,7 @@ def settings(name: str, namespace: str, spec: StoragePodSpec) -> dict[str, Any]:
         "peers_dns": f"{headless_name(name)}.{namespace}.svc",
     }
     if spec.capacity is not None:
-        values["capacity"] = spec.capacity
+        values["capacity"] = size_text(spec.capacity)
     if spec.upstream is not None:
         values["upstream"] = spec.upstream.store_url()
     if spec.token_secret is not None:
