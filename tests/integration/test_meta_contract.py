@@ -486,6 +486,72 @@ async def test_commit_makes_versions(store: MetaStore) -> None:
     assert await store.chunk_stats() == (3, 14)
 
 
+async def test_a_pod_tier_is_recorded_and_set_with_a_publish_event(store: MetaStore) -> None:
+    await mkdir(store, "/clips")
+    extents = await stored_extents(store, b"held")
+    parent = await resolve(store, "/clips")
+    req = dataclasses.replace(request(parent, "/clips/a.mov", None, extents), tier="pod:la")
+    first = await store.commit(req, LWW)
+    info, _ = await store.version(first.file_id, 1)
+    assert info.tier == "pod:la"
+    seq = await store.set_version_tier(
+        first.file_id, 1, "cloud", "/clips/a.mov", ACTOR, chunks_sent=1, bytes_sent=4
+    )
+    info, _ = await store.version(first.file_id, 1)
+    assert info.tier == "cloud"
+    (event,) = [e for e in await store.events_after(0) if e.kind == "publish"]
+    assert (event.seq, event.path, event.file_id, event.version) == (
+        seq,
+        "/clips/a.mov",
+        first.file_id,
+        1,
+    )
+    assert event.detail == {"chunks_sent": 1, "bytes_sent": 4}
+    before = await store.last_event_seq()
+    with pytest.raises(VersionNotFound):
+        await store.set_version_tier(first.file_id, 9, "cloud", "/clips/a.mov", ACTOR)
+    # Nothing is recorded for a version that is not there.
+    assert await store.last_event_seq() == before
+
+
+async def test_versions_in_tier_lists_old_pod_versions_with_their_paths(store: MetaStore) -> None:
+    await mkdir(store, "/clips")
+    parent = await resolve(store, "/clips")
+    made = []
+    for name, tier in (("a.mov", "pod:la"), ("b.mov", "cloud"), ("c_%.mov", "pod:ny")):
+        extents = await stored_extents(store, name.encode())
+        req = request(parent, f"/clips/{name}", None, extents)
+        made.append(await store.commit(dataclasses.replace(req, tier=tier), LWW))
+    a, _, c = made
+    second = await store.commit(
+        dataclasses.replace(
+            request(parent, "/clips/a.mov", 1, await stored_extents(store, b"a2")), tier="pod:la"
+        ),
+        LWW,
+    )
+    cutoff = time.time() + 1
+    found = await store.versions_in_tier("pod:", cutoff)
+    assert [(t.path, t.info.version, t.info.tier, t.head) for t in found] == [
+        ("/clips/a.mov", 1, "pod:la", False),
+        ("/clips/c_%.mov", 1, "pod:ny", True),
+        ("/clips/a.mov", 2, "pod:la", True),
+    ]
+    assert [t.info.file_id for t in found] == [a.file_id, c.file_id, second.file_id]
+    assert [t.path for t in await store.versions_in_tier("pod:ny", cutoff)] == ["/clips/c_%.mov"]
+    assert len(await store.versions_in_tier("pod:", cutoff, limit=1)) == 1
+    # Made after the time asked for: not listed.
+    assert await store.versions_in_tier("pod:", 0.0) == []
+    # A LIKE wildcard in the prefix matches only itself.
+    assert await store.versions_in_tier("pod%", cutoff) == []
+    await store.set_version_tier(a.file_id, 1, "cloud", "/clips/a.mov", ACTOR)
+    await store.remove(parent.id, "/clips", "c_%.mov", ACTOR)
+    found = await store.versions_in_tier("pod:", cutoff)
+    assert [(t.path, t.info.version, t.deleted) for t in found] == [
+        ("/clips/c_%.mov", 1, True),
+        ("/clips/a.mov", 2, False),
+    ]
+
+
 async def test_label_version_replaces_only_automatic_messages(store: MetaStore) -> None:
     await mkdir(store, "/clips")
     first = await commit(store, "/clips/a.mov", None, b"aaaa")

@@ -32,7 +32,7 @@ from mediadrive.core.errors import (
     PathNotFound,
 )
 
-from . import heal_commands
+from . import heal_commands, tier_commands
 from .output import JsonFlag, err, out, print_json
 from .targets import MAX_VERSION, DriveTarget, parse_target
 
@@ -53,7 +53,9 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-drive_app = typer.Typer(help="Create and list drives.", no_args_is_help=True, rich_markup_mode=None)
+drive_app = typer.Typer(
+    help="Create, list and set up drives.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(drive_app, name="drive")
 
 
@@ -729,7 +731,7 @@ def _print_versions(listed: list[dict[str, Any]]) -> None:
 
     from mediadrive.core.units import format_size
 
-    table = Table("version", "size", "created", "author", "origin", "message", box=None)
+    table = Table("version", "size", "created", "author", "origin", "tier", "message", box=None)
     for v in listed:
         table.add_row(
             str(v["version"]),
@@ -737,6 +739,7 @@ def _print_versions(listed: list[dict[str, Any]]) -> None:
             _when(v["created"]),
             v["author"],
             v.get("origin", ""),
+            v.get("tier", ""),
             v["message"],
         )
     out.print(table)
@@ -920,6 +923,7 @@ if importlib.util.find_spec("mediadrive.operator") is not None:
     importlib.import_module("mediadrive.cli.operator_commands").register(app)
 
 heal_commands.register(app, drive_app)
+tier_commands.register(app, drive_app)
 
 
 def _click_error(exc: Exception) -> NoReturn:

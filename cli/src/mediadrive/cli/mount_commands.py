@@ -353,6 +353,18 @@ def local_restore(path: str, version: int) -> dict[str, Any] | None:
     return mount_client.restore(inner, version)
 
 
+def local_publish(path: str, message: str) -> dict[str, Any] | None:
+    """Save then publish a file or folder inside a mount through its agent, or None when
+    ``path`` is not in one."""
+    from mediadrive.node import client as node_client
+
+    found = node_client.find_mount(path, _mounts())
+    if found is None:
+        return None
+    mount_client, inner = found
+    return mount_client.publish(inner, message)
+
+
 def register(app: typer.Typer) -> None:
     app.command("mount")(_guard(mount))
     app.command("umount")(_guard(umount))

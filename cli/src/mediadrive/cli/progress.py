@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeRemainingColumn,
@@ -41,3 +42,30 @@ def transfer_progress(console: Console, total: int, label: str) -> Iterator[Call
     with transfer_bar(console) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+@contextmanager
+def count_progress(
+    console: Console | None, label: str
+) -> Iterator[Callable[[int, int, str], None]]:
+    """Yields ``tick(done, total, item)`` for work counted in items (files); draws a bar
+    on a terminal once there are a few, does nothing elsewhere or with no console."""
+    if console is None or not console.is_terminal:
+        yield lambda _done, _total, _item: None
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[item]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    with bar:
+        task = bar.add_task(label, total=None, item="")
+
+        def tick(done: int, total: int, item: str) -> None:
+            bar.update(task, completed=done, total=total, item=item)
+
+        yield tick

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import stat as stat_mode
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from . import paths
-from .blob import BlobStore, open_store
+from .blob import BlobStore, check_store_url, open_store
+from .blob.tiers import PublishReport, TieredStore, holding_for, pod_region, recording
 from .config import DriveRef, DriveSettings, check_drive_name
 from .errors import (
     AlreadyExists,
@@ -30,6 +33,7 @@ from .errors import (
     InvalidPath,
     IsADirectory,
     NotADirectory,
+    NotPublished,
     PathNotFound,
     StoreUnavailable,
     VersionNotFound,
@@ -57,9 +61,16 @@ __all__ = [
     "DriveStats",
     "GcReport",
     "Progress",
+    "PublishReport",
+    "PublishResult",
     "UploadResult",
     "VersionReader",
 ]
+
+log = logging.getLogger(__name__)
+
+# Called as each file is published: (files done, files to publish, the file's path).
+PublishProgress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,24 @@ class CommitResult:
 
 
 @dataclass(frozen=True)
+class PublishResult:
+    """What :meth:`Drive.publish` did."""
+
+    files: int = 0
+    versions: int = 0
+    chunks_sent: int = 0
+    bytes_sent: int = 0
+    # Chunks the cloud already had (nothing sent for them).
+    chunks_present: int = 0
+    # Files left in the pods because they match the temporary globs.
+    temporary_skipped: int = 0
+    paths: list[str] = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
 class DriveStats:
     files_bytes: int
     stored_bytes: int
@@ -96,6 +125,21 @@ class DriveStats:
     @property
     def dedup_ratio(self) -> float:
         return self.files_bytes / self.stored_bytes if self.stored_bytes else 1.0
+
+
+def open_blobs(ref: DriveRef, settings: DriveSettings, *, create: bool = False) -> BlobStore:
+    """The drive's chunk store: the cloud store, behind this machine's storage pods when
+    the ref names some (the tier chain, following the drive's tier rules)."""
+    if ref.pod_url is None:
+        return open_store(ref.store_url, create=create)
+    # Checked first: a bad pod URL must not leave the cloud store opened.
+    check_store_url(ref.pod_url)
+    return TieredStore(
+        open_store(ref.store_url, create=create),
+        open_store(ref.pod_url),
+        settings.tiers,
+        region=ref.region,
+    )
 
 
 class Drive:
@@ -117,6 +161,11 @@ class Drive:
         self.uploader = Uploader(meta, blobs, settings)
 
     @property
+    def tiers(self) -> TieredStore | None:
+        """The tier chain, when this machine has storage pods in front of the cloud."""
+        return self.blobs if isinstance(self.blobs, TieredStore) else None
+
+    @property
     def author(self) -> str:
         return self.identity.author
 
@@ -136,19 +185,27 @@ class Drive:
         *,
         identity: Identity | None = None,
         create_store: bool = False,
+        pod_url: str | None = None,
+        region: str | None = None,
     ) -> Drive:
-        """Make a new drive in these stores.
+        """Make a new drive in these stores (``pod_url``: this machine's storage pods).
 
         A missing bucket is made only with ``create_store``: a typo in its name must
         not make a new one. A local store's missing folder is made either way.
         """
-        ref = DriveRef(name=check_drive_name(name), meta_url=meta_url, store_url=store_url)
+        ref = DriveRef(
+            name=check_drive_name(name),
+            meta_url=meta_url,
+            store_url=store_url,
+            pod_url=pod_url,
+            region=region,
+        )
         settings = settings or DriveSettings()
         meta = connect(meta_url, name)
         blobs: BlobStore | None = None
         try:
             local = store_url.startswith("file:")
-            blobs = open_store(store_url, create=create_store or local)
+            blobs = open_blobs(ref, settings, create=create_store or local)
             await blobs.check()
             await meta.create_drive(settings)
         except BaseException:
@@ -160,21 +217,35 @@ class Drive:
 
     @classmethod
     async def open(
-        cls, name: str, meta_url: str, store_url: str, *, identity: Identity | None = None
+        cls,
+        name: str,
+        meta_url: str,
+        store_url: str,
+        *,
+        identity: Identity | None = None,
+        pod_url: str | None = None,
+        region: str | None = None,
     ) -> Drive:
-        """An existing drive, from its store URLs alone."""
+        """An existing drive, from its store URLs alone (and this machine's pods)."""
         return await cls.open_ref(
-            DriveRef(name=check_drive_name(name), meta_url=meta_url, store_url=store_url),
+            DriveRef(
+                name=check_drive_name(name),
+                meta_url=meta_url,
+                store_url=store_url,
+                pod_url=pod_url,
+                region=region,
+            ),
             identity=identity,
         )
 
     @classmethod
     async def open_ref(cls, ref: DriveRef, *, identity: Identity | None = None) -> Drive:
+        """An existing drive; with ``ref.pod_url`` its chunks go through the tier chain."""
         meta = connect(ref.meta_url, ref.name)
         blobs: BlobStore | None = None
         try:
-            blobs = open_store(ref.store_url)
             settings = await meta.open_drive()
+            blobs = open_blobs(ref, settings)
             await blobs.check()
         except BaseException:
             await meta.close()
@@ -285,9 +356,19 @@ class Drive:
         source: BinaryIO,
         progress: Progress | None = None,
         reuse: Mapping[int, Extent] | None = None,
+        path: str | None = None,
     ) -> UploadResult:
-        """Chunk, hash and store ``source`` (see :meth:`Uploader.upload`)."""
-        return await self.uploader.upload(source, progress, reuse)
+        """Chunk, hash and store ``source`` (see :meth:`Uploader.upload`); the result
+        names the tier its chunks went to. ``path``, the drive path the upload is for,
+        keeps a temporary file's chunks in the pods (with the policy's TTL)."""
+        tiers = self.tiers
+        if tiers is None:
+            return await self.uploader.upload(source, progress, reuse)
+        rules = self.settings.tiers
+        temporary = path is not None and rules.is_temporary(paths.normalize(path))
+        with recording() as record, holding_for(rules.temporary.ttl if temporary else None):
+            result = await self.uploader.upload(source, progress, reuse)
+        return dataclasses.replace(result, tier=await tiers.write_tier(record))
 
     async def commit(
         self,
@@ -320,8 +401,28 @@ class Drive:
             hold_token=upload.token,
             file_id=file_id,
             revive=revive,
+            tier=upload.tier,
         )
-        return await self.meta.commit(request, self.settings.conflict)
+        outcome = await self.meta.commit(request, self.settings.conflict)
+        if self.settings.tiers.publish_on_save and pod_region(upload.tier) and not outcome.rejected:
+            await self._publish_after_commit(outcome)
+        return outcome
+
+    async def _publish_after_commit(self, outcome: CommitOutcome) -> None:
+        """The ``on-save`` policy: a version reaches the cloud as soon as it is committed.
+        A failure leaves it held in the pods (publish it later); it is logged."""
+        if self.settings.tiers.is_temporary(outcome.path):
+            return
+        try:
+            await self.publish_version(outcome.file_id, outcome.version, outcome.path)
+        except (StoreUnavailable, NotPublished, ChunkMissing) as exc:
+            log.warning(
+                "%s:%s version %d stays in the storage pods: publish failed: %s",
+                self.name,
+                outcome.path,
+                outcome.version,
+                exc,
+            )
 
     async def head_version(self, path: str) -> int | None:
         """The version a writer starts from: ``None`` if the file does not exist yet."""
@@ -347,7 +448,7 @@ class Drive:
         await self._folder(paths.split(paths.normalize(path))[0])
         start = source.tell() if source.seekable() else None
         for attempt in range(2):
-            upload = await self.upload(source, progress)
+            upload = await self.upload(source, progress, path=path)
             try:
                 outcome = await self.commit(path, upload, base, message, mode, mtime_ns)
             except BaseException as exc:
@@ -434,6 +535,7 @@ class Drive:
             raise VersionNotFound(
                 f"{self.name}:{paths.normalize(path)} has no version {number}"
             ) from None
+        await self._check_reachable(path, info, extents)
         return VersionReader(
             self.blobs, self.read_block, info, extents, on_damage=self.blocks.mark_damaged
         )
@@ -471,7 +573,9 @@ class Drive:
         revive: bool = False,
     ) -> CommitResult:
         token = await self.uploader.claim_existing(reader.extents)
-        upload = UploadResult(reader.extents, reader.size, 0, len(reader.extents), 0, token)
+        upload = UploadResult(
+            reader.extents, reader.size, 0, len(reader.extents), 0, token, reader.info.tier
+        )
         outcome = await self.commit(
             path,
             upload,
@@ -518,6 +622,143 @@ class Drive:
             await self.mkdir(parent, parents=True)
         return await self._commit_version(
             reader, dest, node.head_version, message, "restore", file_id=node.id, revive=True
+        )
+
+    # -- tiers and publishing ----------------------------------------------------------------------
+
+    async def _check_reachable(self, path: str, info: VersionInfo, extents: list[Extent]) -> None:
+        """NotPublished for a version held in pods this machine does not use (another
+        region's, or any when it has none) whose chunks it cannot reach anywhere."""
+        region = pod_region(info.tier)
+        if region is None or not extents:
+            return
+        tiers = self.tiers
+        if tiers is not None:
+            with contextlib.suppress(StoreUnavailable):
+                if await tiers.region() == region:
+                    return
+        ids = list(dict.fromkeys(e.chunk_id for e in extents))
+        for start in range(0, len(ids), 32):
+            found = await asyncio.gather(*(self.blobs.exists(c) for c in ids[start : start + 32]))
+            if not all(found):
+                raise NotPublished(
+                    f"{self.name}:{paths.normalize(path)} version {info.version} is held in "
+                    f"the storage pods of region {region}; publish it there to read it here"
+                )
+
+    def _publisher(self, path: str, region: str) -> TieredStore:
+        """The tier chain that can publish a version held in ``region``'s pods."""
+        tiers = self.tiers
+        if tiers is None:
+            raise NotPublished(
+                f"{self.name}:{path} is held in the storage pods of region {region}; "
+                "this machine uses no storage pod: publish it from that region"
+            )
+        return tiers
+
+    async def publish_version(
+        self, file_id: int, version: int, path: str, message: str = ""
+    ) -> PublishReport:
+        """Copy one pod-held version's chunks to the cloud, release them in the pods and
+        record its tier as ``cloud`` (with a ``publish`` event)."""
+        info, extents = await self.meta.version(file_id, version)
+        region = pod_region(info.tier)
+        if region is None:
+            return PublishReport()
+        tiers = self._publisher(path, region)
+        mine = await tiers.region()
+        if mine != region:
+            raise NotPublished(
+                f"{self.name}:{path} version {version} is held in the storage pods of region "
+                f"{region}, not in this machine's ({mine}); publish it there"
+            )
+        report = await tiers.publish([e.chunk_id for e in extents])
+        detail = dataclasses.asdict(report)
+        await self.meta.set_version_tier(
+            file_id, version, "cloud", path, self.author, message=message, region=region, **detail
+        )
+        return report
+
+    async def _files_under(self, path: str) -> list[tuple[str, Node]]:
+        node = await self.stat(path)
+        if not node.is_dir:
+            return [(paths.normalize(path), node)]
+        found: list[tuple[str, Node]] = []
+        folders = [(paths.normalize(path), node)]
+        while folders:
+            where, folder = folders.pop()
+            for child in await self.meta.list_dir(folder.id):
+                child_path = paths.normalize(f"{where}/{child.name}")
+                if child.is_dir:
+                    folders.append((child_path, child))
+                elif child.kind is NodeKind.FILE and child.head_version is not None:
+                    found.append((child_path, child))
+        return sorted(found, key=lambda item: item[0])
+
+    async def publish(
+        self, path: str, message: str = "", progress: PublishProgress | None = None
+    ) -> PublishResult:
+        """Publish the head version of the file at ``path``, or of every file under the
+        folder at ``path``, that is still held in the storage pods: its chunks the cloud
+        lacks are sent, its tier becomes ``cloud``. Files matching the temporary globs
+        are left in the pods."""
+        rules = self.settings.tiers
+        todo: list[tuple[str, Node, int]] = []
+        skipped = 0
+        for file_path, node in await self._files_under(path):
+            assert node.head_version is not None
+            info, _ = await self.meta.version(node.id, node.head_version)
+            if pod_region(info.tier) is None:
+                continue
+            if rules.is_temporary(file_path):
+                skipped += 1
+                continue
+            todo.append((file_path, node, node.head_version))
+        total = PublishReport()
+        for done, (file_path, node, version) in enumerate(todo):
+            total += await self.publish_version(node.id, version, file_path, message)
+            if progress:
+                progress(done + 1, len(todo), file_path)
+        return PublishResult(
+            files=len(todo),
+            versions=len(todo),
+            chunks_sent=total.chunks_sent,
+            bytes_sent=total.bytes_sent,
+            chunks_present=total.chunks_present,
+            temporary_skipped=skipped,
+            paths=[p for p, _, _ in todo],
+        )
+
+    async def publish_due(self, now: float | None = None, limit: int = 1000) -> PublishResult:
+        """The ``after DURATION`` policy: publish every version held in this machine's
+        pods for longer than DURATION (old versions and deleted files' too; temporary
+        files never). Nothing to do without pods or without such a policy."""
+        after = self.settings.tiers.publish_after
+        tiers = self.tiers
+        if after is None or tiers is None:
+            return PublishResult()
+        cutoff = (time.time() if now is None else now) - after
+        due = await self.meta.versions_in_tier(f"pod:{await tiers.region()}", cutoff, limit)
+        total = PublishReport()
+        files: set[int] = set()
+        published: list[str] = []
+        skipped = 0
+        for held in due:
+            if self.settings.tiers.is_temporary(held.path):
+                skipped += 1
+                continue
+            info = held.info
+            total += await self.publish_version(info.file_id, info.version, held.path)
+            files.add(info.file_id)
+            published.append(held.path)
+        return PublishResult(
+            files=len(files),
+            versions=len(published),
+            chunks_sent=total.chunks_sent,
+            bytes_sent=total.bytes_sent,
+            chunks_present=total.chunks_present,
+            temporary_skipped=skipped,
+            paths=sorted(set(published)),
         )
 
     # -- events, GC, figures ----------------------------------------------------------------------

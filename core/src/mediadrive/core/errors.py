@@ -80,3 +80,8 @@ class CorruptChunk(MediadriveError):
 
 class SchemaError(MediadriveError):
     """The metadata store's schema is missing, older or newer than this program."""
+
+
+class NotPublished(NotFound):
+    """A version held in the storage pods of another region (or of a pod this machine
+    cannot reach), not published to the cloud yet."""

@@ -68,12 +68,19 @@ def format_size(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+# Inside a model a bad value is a ValueError, so the model's error names the field.
 def _size(value: object) -> object:
-    return parse_size(value) if isinstance(value, str | int) else value
+    try:
+        return parse_size(value) if isinstance(value, str | int) else value
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _duration(value: object) -> object:
-    return parse_duration(value) if isinstance(value, str | int | float) else value
+    try:
+        return parse_duration(value) if isinstance(value, str | int | float) else value
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 _BINARY_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))

@@ -41,6 +41,8 @@ class UploadResult:
     chunks_new: int
     # Names this upload's holds on its chunks; the commit releases them.
     token: str = ""
+    # Where the chunks went: ``cloud``, or ``pod:REGION`` (the version's tier).
+    tier: str = "cloud"
 
 
 def pieces(

@@ -27,6 +27,7 @@ from .records import (
     Node,
     NodeKind,
     StoredExtent,
+    TieredVersion,
     VersionInfo,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "Node",
     "NodeKind",
     "StoredExtent",
+    "TieredVersion",
     "VersionInfo",
     "check_meta_url",
     "connect",

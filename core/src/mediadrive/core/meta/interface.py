@@ -25,6 +25,7 @@ from .records import (
     GcCandidate,
     Node,
     NodeKind,
+    TieredVersion,
     VersionInfo,
 )
 
@@ -158,6 +159,18 @@ class MetaStore(Protocol):
 
     async def version(self, file_id: int, version: int) -> tuple[VersionInfo, list[Extent]]:
         """One version and its extents in file order; VersionNotFound if it is gone."""
+
+    async def set_version_tier(
+        self, file_id: int, version: int, tier: str, path: str, actor: str, **detail: Any
+    ) -> int:
+        """Set a version's tier and record a ``publish`` event, in one transaction; returns
+        the event's number (VersionNotFound if the version is gone)."""
+
+    async def versions_in_tier(
+        self, prefix: str, before: float, limit: int = 1000
+    ) -> list[TieredVersion]:
+        """Up to ``limit`` versions whose tier starts with ``prefix`` (``pod:``) made
+        before ``before``, oldest first, with their files' (last) paths."""
 
     # -- chunks and holds ---------------------------------------------------------------
 

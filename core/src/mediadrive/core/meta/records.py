@@ -172,6 +172,17 @@ class ChunkUse:
 
 
 @dataclass(frozen=True, slots=True)
+class TieredVersion:
+    """A version still in a storage-pod tier, with where its file is (or was)."""
+
+    info: VersionInfo
+    path: str
+    # The version is its live file's head.
+    head: bool
+    deleted: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoredExtent:
     """An extent with the version it belongs to (extents keep their order)."""
 

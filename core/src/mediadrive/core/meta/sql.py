@@ -52,6 +52,7 @@ from .records import (
     Node,
     NodeKind,
     StoredExtent,
+    TieredVersion,
     VersionInfo,
 )
 from .schema import BOOKKEEPING, LATEST, MIGRATIONS, Dialect, render
@@ -979,6 +980,54 @@ class SqlMetaStore(ABC):
                 (self.drive, file_id, version),
             )
             return _version(row), [Extent(*r) for r in rows]
+
+        return await self._run(body, write=False)
+
+    async def set_version_tier(
+        self, file_id: int, version: int, tier: str, path: str, actor: str, **detail: Any
+    ) -> int:
+        async def body(tx: Tx) -> int:
+            changed = await tx.execute(
+                "UPDATE versions SET tier = ? WHERE drive = ? AND file_id = ? AND version = ?",
+                (tier, self.drive, file_id, version),
+            )
+            if not changed:
+                raise VersionNotFound(f"{path} has no version {version}")
+            return await self._event(tx, "publish", path, actor, file_id, version, **detail)
+
+        return await self._run(body)
+
+    async def versions_in_tier(
+        self, prefix: str, before: float, limit: int = 1000
+    ) -> list[TieredVersion]:
+        pattern = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+
+        async def body(tx: Tx) -> list[TieredVersion]:
+            columns = ", ".join(f"v.{c.strip()}" for c in VERSION_COLUMNS.split(","))
+            rows = await tx.fetchall(
+                f"SELECT {columns}, n.parent_id, n.name, n.head_version, n.deleted_ns "
+                "FROM versions v JOIN nodes n ON n.drive = v.drive AND n.id = v.file_id "
+                "WHERE v.drive = ? AND v.tier LIKE ? ESCAPE '!' AND v.created < ? "
+                "ORDER BY v.created, v.file_id, v.version LIMIT ?",
+                (self.drive, pattern, before, limit),
+            )
+            found = []
+            folders: dict[int, str] = {}
+            for row in rows:
+                info = _version(row[:11])
+                parent_id, name, head, deleted_ns = row[11:]
+                if parent_id not in folders:
+                    folders[parent_id] = await self._path_of(tx, parent_id)
+                deleted = deleted_ns is not None
+                found.append(
+                    TieredVersion(
+                        info,
+                        posixpath.join(folders[parent_id], name),
+                        head == info.version and not deleted,
+                        deleted,
+                    )
+                )
+            return found
 
         return await self._run(body, write=False)
 
