@@ -216,3 +216,11 @@ def test_crds_folder_matches_the_models() -> None:
     generated = set(crds.documents())
     on_disk = {p.name for p in (ROOT / "crds").glob("*.yaml")}
     assert on_disk == generated
+
+
+def test_duration_and_size_defaults_are_strings_like_the_values() -> None:
+    for kind in crds.KINDS:
+        schema = kind.definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for node in walk(schema):
+            if node.get("type") == "string" and "default" in node:
+                assert isinstance(node["default"], str), node

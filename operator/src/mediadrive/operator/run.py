@@ -35,7 +35,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 def load_handlers() -> None:
-    from .handlers import drivevolume, storagepod  # noqa: F401 - registers them
+    from .handlers import drivevolume, storagepod, tierpolicy  # noqa: F401 - registers them
 
 
 async def serve(

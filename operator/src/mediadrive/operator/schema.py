@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mediadrive.core.units import DURATION_PATTERN, SIZE_PATTERN, duration_text, size_text
+
 GROUP = "mediadrive.io"
 VERSION = "v1alpha1"
 CATEGORY = "mediadrive"
@@ -62,7 +64,20 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = _convert(value, defs)
     if "enum" in out and "type" not in out:
         out["type"] = _enum_type(out["enum"])
-    return out
+    return _string_default(out)
+
+
+def _string_default(node: dict[str, Any]) -> dict[str, Any]:
+    """Sizes and durations are strings in a resource (``2m``, ``64MiB``), and so must
+    their defaults be; pydantic writes the number the model holds."""
+    default = node.get("default")
+    if node.get("type") != "string" or not isinstance(default, int | float):
+        return node
+    if node.get("pattern") == DURATION_PATTERN:
+        return {**node, "default": duration_text(default)}
+    if node.get("pattern") == SIZE_PATTERN:
+        return {**node, "default": size_text(int(default))}
+    return node
 
 
 def _collapse_nullable(node: dict[str, Any]) -> dict[str, Any]:
