@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # Every step says how long it took.
 TIMED := scripts/timed.sh
 
-.PHONY: help install test-deps lint test soak demo bench-core bench-fuse clean
+.PHONY: help install test-deps lint test soak demo bench-core bench-fuse crds clean
 
 help:
 	@echo "make install     system packages + uv environment (.venv/bin/mediadrive)"
@@ -25,6 +25,7 @@ help:
 	@echo "make demo        run the end-to-end demo"
 	@echo "make bench-core  core benchmarks against MinIO and PostgreSQL"
 	@echo "make bench-fuse  FUSE mount benchmarks"
+	@echo "make crds        regenerate crds/ and the chart's CRDs and values schema from the models"
 	@echo "make clean       remove .venv, .cache and tool caches"
 
 install:
@@ -54,6 +55,9 @@ bench-core: test-deps
 
 bench-fuse: test-deps
 	$(PYTHON) bench/fuse_bench.py
+
+crds: install
+	@$(TIMED) crds $(PYTHON) -m mediadrive.operator.crds .
 
 clean:
 	if [ -d .cache ]; then chmod -R u+w .cache; fi

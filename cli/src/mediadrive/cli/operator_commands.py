@@ -28,13 +28,18 @@ def run(
     metrics_port: Annotated[
         int, typer.Option(help="Port of Prometheus /metrics (0: none).", min=0, max=65535)
     ] = 9090,
+    log_level: Annotated[
+        str, typer.Option(help="debug, info or warning.", case_sensitive=False)
+    ] = "info",
 ) -> None:
     """Reconcile mediadrive's custom resources until stopped."""
+    if log_level.lower() not in ("debug", "info", "warning"):
+        raise typer.BadParameter(f"--log-level {log_level!r}: use debug, info or warning")
     if all_namespaces == bool(namespace):
         raise typer.BadParameter("give --namespace NS (repeatable) or --all-namespaces")
     from mediadrive.operator.run import run as run_operator
 
-    run_operator(namespace or [], all_namespaces, health_port, metrics_port)
+    run_operator(namespace or [], all_namespaces, health_port, metrics_port, log_level.lower())
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,7 @@
-"""``python -m mediadrive.operator.crds [DIR]``: write the CRDs the models define.
+"""``python -m mediadrive.operator.crds [ROOT]``: write what the models define.
 
-``crds/`` is generated, never edited; a test fails when it drifts from the models.
+``crds/``, the chart's ``crds/`` and its ``values.schema.json`` are generated,
+never edited; a test fails when they drift from the models.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from . import chart
 from .resources import drivevolume, storagepod, tierpolicy
 from .schema import Kind
 
@@ -40,9 +42,7 @@ def peering_definitions() -> list[dict[str, Any]]:
                     "group": "kopf.dev",
                     "scope": scope,
                     "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                    "versions": [
-                        {"name": "v1", "served": True, "storage": True, "schema": schema}
-                    ],
+                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": schema}],
                 },
             }
         )
@@ -61,19 +61,25 @@ def render(doc: dict[str, Any]) -> str:
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=100)
 
 
-def write(folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
+CHART = Path("charts/mediadrive")
+
+
+def generated() -> dict[Path, str]:
+    """Path under the repository root → its content."""
+    files = {}
     for name, doc in documents().items():
-        path = folder / name
-        path.write_text(render(doc))
-        written.append(path)
-    return written
+        files[Path("crds") / name] = render(doc)
+        files[CHART / "crds" / name] = render(doc)
+    files[CHART / "values.schema.json"] = chart.render_schema()
+    return files
 
 
 def main(argv: list[str]) -> int:
-    folder = Path(argv[0] if argv else "crds")
-    for path in write(folder):
+    root = Path(argv[0] if argv else ".")
+    for relative, text in generated().items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
         print(path)
     return 0
 

@@ -39,10 +39,19 @@ def load_handlers() -> None:
 
 
 async def serve(
-    namespaces: list[str], all_namespaces: bool, health_port: int, metrics_port: int
+    namespaces: list[str],
+    all_namespaces: bool,
+    health_port: int,
+    metrics_port: int,
+    log_level: str = "info",
 ) -> None:
     load_handlers()
-    kopf.configure(log_format=kopf.LogFormat.JSON, log_refkey="object")
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON,
+        log_refkey="object",
+        debug=log_level == "debug",
+        quiet=log_level == "warning",
+    )
     if metrics_port:
         start_http_server(metrics_port)
     await kopf.operator(
@@ -58,5 +67,6 @@ def run(
     all_namespaces: bool,
     health_port: int = 8080,
     metrics_port: int = 9090,
+    log_level: str = "info",
 ) -> None:
-    asyncio.run(serve(namespaces, all_namespaces, health_port, metrics_port))
+    asyncio.run(serve(namespaces, all_namespaces, health_port, metrics_port, log_level))
