@@ -229,3 +229,22 @@ def test_duration_and_size_defaults_are_strings_like_the_values() -> None:
         for node in walk(schema):
             if node.get("type") == "string" and "default" in node:
                 assert isinstance(node["default"], str), node
+
+
+def test_the_examples_are_valid_resources() -> None:
+    import yaml
+
+    from mediadrive.core.policy import TierPolicy
+
+    models = {
+        "TierPolicy": TierPolicy,
+        "StoragePod": StoragePodSpec,
+        "DriveVolume": DriveVolumeSpec,
+    }
+    seen = set()
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("apiVersion") == "mediadrive.io/v1alpha1":
+                models[doc["kind"]].model_validate(doc["spec"])
+                seen.add(doc["kind"])
+    assert seen == set(models)
