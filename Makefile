@@ -12,13 +12,14 @@ PYTEST_ARGS ?=
 # Every step says how long it took.
 TIMED := scripts/timed.sh
 
-.PHONY: help install test-deps lint test soak demo bench-core bench-fuse bench-pod clean \
+.PHONY: help install test-deps lint test soak demo bench-core bench-fuse bench-pod crds clean \
 	cluster-up cluster-down images e2e-kind
 
 help:
 	@echo "make install     system packages + uv environment (.venv/bin/mediadrive)"
 	@echo "                 + pyfuse3 with FUSE passthrough (libfuse 3.17 in .cache/fuse3)"
-	@echo "make test-deps   install + test binaries (MinIO) under ~/.cache/mediadrive"
+	@echo "make test-deps   install + test binaries (MinIO, the Kubernetes node, helm, csi-sanity)"
+	@echo "                 built once under ~/.cache/mediadrive"
 	@echo "make lint        ruff check, ruff format --check, mypy"
 	@echo "make test        test-deps, lint, pytest (extra args: PYTEST_ARGS=...)"
 	@echo "make soak        long integrity runs: 100,000 random operations per --commit-on"
@@ -33,6 +34,7 @@ help:
 	@echo "make images      build the mediadrive images without Docker (.cache/images/*.tar);"
 	@echo "                 imported into the cluster when it is up"
 	@echo "make e2e-kind    run tests/e2e in a kind cluster (needs docker and kind)"
+	@echo "make crds        regenerate crds/ and the chart's CRDs and values schema from the models"
 	@echo "make clean       remove .venv, .cache and tool caches"
 
 install:
@@ -42,6 +44,7 @@ install:
 
 test-deps: install
 	@$(TIMED) test-binaries scripts/build-test-binaries.sh
+	@$(TIMED) cluster-binaries scripts/build-cluster-binaries.sh
 
 lint: install
 	@$(TIMED) ruff $(VENV)/bin/ruff check .
@@ -63,7 +66,7 @@ bench-core: test-deps
 bench-fuse: test-deps
 	$(PYTHON) bench/fuse_bench.py
 
-bench-pod: install
+bench-pod: test-deps
 	$(PYTHON) bench/pod_bench.py $(BENCH_ARGS)
 
 cluster-up:
@@ -79,6 +82,8 @@ images: install
 
 e2e-kind: install
 	@$(TIMED) e2e-kind env PYTEST_ARGS="$(PYTEST_ARGS)" scripts/cluster/e2e-kind.sh
+crds: install
+	@$(TIMED) crds $(PYTHON) -m mediadrive.operator.crds .
 
 clean:
 	if [ -d .cache ]; then chmod -R u+w .cache; fi

@@ -188,6 +188,29 @@ async def test_create_twice_raises_already_exists(store: MetaStore, meta_url: st
         await again.close()
 
 
+async def test_destroy_drive_removes_only_that_drive(store: MetaStore, meta_url: str) -> None:
+    await commit(store, "/a.bin", None, b"show's bytes")
+    other = connect(meta_url, "other")
+    try:
+        await other.create_drive(DriveSettings())
+        await commit(other, "/b.bin", None, b"other's bytes")
+        await store.destroy_drive()
+        with pytest.raises(DriveNotFound, match="show"):
+            await store.open_drive()
+        assert await store.events_after(0) == []
+        assert await store.chunk_stats() == (0, 0)
+        # Another drive of the same database keeps everything.
+        await other.open_drive()
+        assert (await other.resolve("/b.bin")) is not None
+        assert await other.chunk_stats() != (0, 0)
+        # Destroying again is no error, and the name can be used anew.
+        await store.destroy_drive()
+        await store.create_drive(DriveSettings())
+        assert await store.resolve("/a.bin") is None
+    finally:
+        await other.close()
+
+
 async def test_unknown_drive_raises_drive_not_found(store: MetaStore, meta_url: str) -> None:
     other = connect(meta_url, "nosuch")
     try:

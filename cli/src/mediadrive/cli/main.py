@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -917,6 +918,9 @@ def _mount_commands() -> ModuleType | None:
 
 if (_mounts := _mount_commands()) is not None:
     _mounts.register(app)
+
+if importlib.util.find_spec("mediadrive.operator") is not None:
+    importlib.import_module("mediadrive.cli.operator_commands").register(app)
 
 heal_commands.register(app, drive_app)
 tier_commands.register(app, drive_app)

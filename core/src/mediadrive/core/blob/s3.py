@@ -94,15 +94,25 @@ class S3BlobStore(BlobStore):
     page_size = 1000
 
     def __init__(
-        self, url: str, location: S3Location, *, create: bool = False, concurrency: int = 16
+        self,
+        url: str,
+        location: S3Location,
+        *,
+        create: bool = False,
+        concurrency: int = 16,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
+        """``credentials`` (access key id, secret) replace boto's default chain, for a
+        process that serves stores of several owners (the operator)."""
         self.url = url
         self.bucket = location.bucket
         self.prefix = f"{location.prefix}/" if location.prefix else ""
         self.endpoint = location.endpoint
         self._create = create
         region = location.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-        self._client: S3Client = boto3.session.Session().client(
+        key_id, secret = credentials or (None, None)
+        session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret)
+        self._client: S3Client = session.client(
             "s3",
             endpoint_url=location.endpoint,
             region_name=region,

@@ -54,6 +54,10 @@ class MetaStore(Protocol):
     async def update_settings(self, settings: DriveSettings) -> None:
         """Replace the drive's settings."""
 
+    async def destroy_drive(self) -> None:
+        """Remove the drive and everything recorded of it (its chunks' bytes stay in
+        the blob store: the caller deletes them first); a missing drive is no error."""
+
     async def close(self) -> None:
         """Release connections; the store reconnects if used again."""
 

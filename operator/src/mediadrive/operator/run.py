@@ -1,0 +1,72 @@
+"""``mediadrive operator run``: the kopf operator in this process.
+
+Several replicas may run: kopf's peering keeps one active (the others wait), so
+two operators never fight over the same objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+from prometheus_client import start_http_server
+
+PEERING = "mediadrive"
+ANNOTATION_PREFIX = "mediadrive.io"
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Progress and the last-handled spec live in annotations: the status keeps
+    # only what the custom resources' schemas define.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.posting.level = logging.INFO
+    settings.peering.name = PEERING
+    settings.peering.mandatory = False
+    settings.networking.error_backoffs = [1, 2, 5, 10, 30, 60]
+    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+
+
+def load_handlers() -> None:
+    from .handlers import drivevolume, storagepod, tierpolicy  # noqa: F401 - registers them
+
+
+async def serve(
+    namespaces: list[str],
+    all_namespaces: bool,
+    health_port: int,
+    metrics_port: int,
+    log_level: str = "info",
+) -> None:
+    load_handlers()
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON,
+        log_refkey="object",
+        debug=log_level == "debug",
+        quiet=log_level == "warning",
+    )
+    if metrics_port:
+        start_http_server(metrics_port)
+    await kopf.operator(
+        clusterwide=all_namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
+        peering_name=PEERING,
+    )
+
+
+def run(
+    namespaces: list[str],
+    all_namespaces: bool,
+    health_port: int = 8080,
+    metrics_port: int = 9090,
+    log_level: str = "info",
+) -> None:
+    asyncio.run(serve(namespaces, all_namespaces, health_port, metrics_port, log_level))
