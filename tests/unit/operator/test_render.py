@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mediadrive.operator import crds
 from mediadrive.operator.handlers.common import field_error
@@ -236,7 +236,7 @@ def test_the_examples_are_valid_resources() -> None:
 
     from mediadrive.core.policy import TierPolicy
 
-    models = {
+    models: dict[str, type[BaseModel]] = {
         "TierPolicy": TierPolicy,
         "StoragePod": StoragePodSpec,
         "DriveVolume": DriveVolumeSpec,
