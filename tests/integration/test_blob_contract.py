@@ -31,16 +31,11 @@ from mediadrive.core.hashing import chunk_id
 from tests.integration import holding_store, memory_store
 from tests.servers import PodServer, S3Server, pod_server
 
-ENGINES = [
-    "local",
-    "memory",
-    "wrapped",
-    "tiered",
-    "pod",
+S3_ENGINES = [
     pytest.param("moto", marks=[pytest.mark.s3, pytest.mark.moto]),
     pytest.param("minio", marks=[pytest.mark.s3, pytest.mark.minio]),
 ]
-S3_ENGINES = ENGINES[4:]
+ENGINES = ["local", "memory", "wrapped", "tiered", "pod", *S3_ENGINES]
 
 
 class CountingStore(WrappedStore):

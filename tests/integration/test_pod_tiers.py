@@ -11,13 +11,16 @@ import asyncio
 import hashlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from mediadrive.core.blob import open_store
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import NotPublished
+from mediadrive.core.hashing import chunk_id
 from tests.integration.test_cli import Cli
 from tests.servers import PodServer, S3Server, create_database, pod_server
 
@@ -216,3 +219,45 @@ async def test_a_version_held_in_another_region_is_listed_but_not_read(
                     pass
         finally:
             await ny.close()
+
+
+def test_temporary_files_stay_in_the_pod_and_expire(
+    tmp_path: Path, cloud: tuple[S3Server, str], postgres_url: str
+) -> None:
+    s3, bucket = cloud
+    cli = make_cli(tmp_path, s3)
+    cli.run(
+        "drive", "create", "show", "--meta", create_database(postgres_url, "tiers"),
+        "--store", f"s3://{bucket}/show?endpoint={s3.endpoint_url}",
+    )  # fmt: skip
+    policy = tmp_path / "hold.yaml"
+    policy.write_text("writeTarget: pod\ntemporary:\n  globs: ['*.tmp']\n  ttl: 15s\n")
+    with pod_server(tmp_path / "pod", "--region", "la", "--sweep-interval", "1s") as pod:
+        cli.run("drive", "set", "show", "--pod", pod.store_url("show"), "--policy", str(policy))
+        cli.run("mkdir", "show:/shots")
+        (tmp_path / "a.exr").write_bytes(os.urandom(200_000))
+        scratch = os.urandom(150_000)
+        (tmp_path / "render.tmp").write_bytes(scratch)
+        cli.run("cp", str(tmp_path / "a.exr"), "show:/shots/a.exr")
+        cli.run("cp", str(tmp_path / "render.tmp"), "show:/shots/render.tmp")
+
+        scratch_id = chunk_id(scratch)
+
+        async def held() -> dict[str, str]:
+            store = open_store(pod.store_url("show"))
+            try:
+                return dict(await store.holding([scratch_id]))  # type: ignore[attr-defined]
+            finally:
+                await store.close()
+
+        assert asyncio.run(held()) == {scratch_id: "held"}
+        report = cli.json("publish", "show:/shots")
+        assert report["temporary_skipped"] == 1
+        # Only a.exr reached the cloud, even though its whole folder was published.
+        assert sum(bucket_objects(s3, bucket).values()) == 200_000
+        deadline = time.monotonic() + 60
+        while asyncio.run(held()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        # Past its TTL the pod let it go; the cloud never had it.
+        assert asyncio.run(held()) == {}
+        assert scratch_id not in chunk_ids(bucket_objects(s3, bucket))
