@@ -63,7 +63,7 @@ bench-core: test-deps
 bench-fuse: test-deps
 	$(PYTHON) bench/fuse_bench.py
 
-bench-pod: install
+bench-pod: test-deps
 	$(PYTHON) bench/pod_bench.py $(BENCH_ARGS)
 
 cluster-up:
