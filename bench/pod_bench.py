@@ -15,8 +15,10 @@ Sections:
 - **throughput**: one real pod process (``mediadrive storage-pod serve``) and
   MinIO on loopback, through the engines (``open_store``): PUT, GET and 1 MiB
   ranged GETs of random chunks of 4 MiB and of 64 MiB, a few requests in
-  flight (as the uploader does); MB/s of the pod beside MinIO's. Every byte read
-  is checked against what was written (BLAKE3 ids, ranges against the source).
+  flight (as the uploader does); MB/s of the pod beside MinIO's, median of
+  ``--repeat`` runs on fresh chunks, the two taking turns at going first. Every
+  byte read is checked against what was written (BLAKE3 ids, ranges against the
+  source).
 - **mount-read**: the same random file in two drives (SQLite metadata, MinIO
   as the cloud): one with ``writeTarget: pod`` (held in the pod; the cloud
   bucket must hold none of it), one plain on MinIO. Each is mounted (real
@@ -529,19 +531,46 @@ async def throughput_section(bench: Bench) -> list[Figure]:
         for store in stores.values():
             await store.check()
         for size in CHUNK_SIZES:
-            count = max(1, args.total // size)
-            chunks = [os.urandom(size) for _ in range(count)]
-            ranges = _random_ranges(chunks, args.ranges, seed=size)
-            rates = await _store_rates(stores, chunks, ranges, args.concurrency)
+            rates = await _size_rates(stores, size, args)
             figures += [
                 _pod_figure("throughput", f"{r.label}, {format_size(size)} chunks", r, r.note)
                 for r in rates
             ]
-            del chunks
     finally:
         for store in stores.values():
             await store.close()
     return figures
+
+
+async def _size_rates(
+    stores: dict[str, BlobStore], size: int, args: argparse.Namespace
+) -> list[Rates]:
+    """Medians over ``--repeat`` runs, each on fresh random chunks, the engines taking
+    turns at going first."""
+    runs: list[list[Rates]] = []
+    for run in range(args.repeat):
+        chunks = [os.urandom(size) for _ in range(max(1, args.total // size))]
+        ranges = _random_ranges(chunks, args.ranges, seed=size + run)
+        names = list(stores) if run % 2 == 0 else list(reversed(stores))
+        order = {name: stores[name] for name in names}
+        runs.append(await _store_rates(order, chunks, ranges, args.concurrency))
+        del chunks
+    return [_median([run[i] for run in runs]) for i in range(len(runs[0]))]
+
+
+def _median(runs: list[Rates]) -> Rates:
+    """The median of each engine's MB/s; the note gives their range."""
+    spread = []
+    median = Rates(runs[0].label)
+    for name in runs[0].mb_per_s:
+        values = [r.mb_per_s[name] for r in runs]
+        median.mb_per_s[name] = statistics.median(values)
+        spread.append(f"{name} {min(values):.0f}-{max(values):.0f}")
+    if len(runs) == 1:
+        median.note = f"{runs[0].note}; one run"
+    else:
+        median.note = f"{runs[0].note}; median of {len(runs)} ({', '.join(spread)})"
+    return median
 
 
 def _pod_figure(section: str, name: str, rates: Rates, note: str) -> Figure:
@@ -696,15 +725,17 @@ async def mount_read_section(bench: Bench) -> list[Figure]:
                 await asyncio.to_thread(_cold_read, bench, target, run, size, digest)
     finally:
         _force_unmount(bench.workdir, (held, direct))
-    rates = Rates(f"cold sequential read of {format_size(size)} through the mount")
-    for target in (held, direct):
-        rates.mb_per_s[target.label] = size / statistics.median(target.seconds) / MB
+    label = f"cold sequential read of {format_size(size)} through the mount"
     note = (
-        f"median of {bench.args.repeat}; {tiers[0]}, cloud bucket {in_cloud} B; fetched "
-        f"{format_size(max(held.fetched))} from the pod, {format_size(max(direct.fetched))} "
-        "from MinIO; SHA-256 OK"
+        f"{tiers[0]}, cloud bucket {in_cloud} B; fetched {format_size(max(held.fetched))} "
+        f"from the pod, {format_size(max(direct.fetched))} from MinIO; SHA-256 OK"
     )
-    return [_pod_figure("mount-read", rates.label, rates, note)]
+    runs = [
+        Rates(label, note, {t.label: size / t.seconds[run] / MB for t in (held, direct)})
+        for run in range(bench.args.repeat)
+    ]
+    rates = _median(runs)
+    return [_pod_figure("mount-read", rates.label, rates, rates.note)]
 
 
 def _force_unmount(workdir: Path, targets: tuple[MountedDrive, ...]) -> None:
@@ -772,7 +803,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--file-size", type=parse_size, default="256MiB", help="mount-read: size of the file"
     )
-    parser.add_argument("--repeat", type=int, default=3, help="mount-read: cold reads each (3)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of throughput and mount-read figures (3)"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
