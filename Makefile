@@ -27,7 +27,7 @@ help:
 	@echo "make demo        run the end-to-end demo"
 	@echo "make bench-core  core benchmarks against MinIO and PostgreSQL"
 	@echo "make bench-fuse  FUSE mount benchmarks"
-	@echo "make bench-pod   storage pod benchmarks (event relay vs polling)"
+	@echo "make bench-pod   storage pod benchmarks: pod vs MinIO, mount reads, event relay"
 	@echo "make cluster-up  start a one-node Kubernetes cluster on this machine (root; state in"
 	@echo "                 /var/tmp/mediadrive-cluster, KUBECONFIG printed; docs/cluster.md)"
 	@echo "make cluster-down stop it and remove its processes, mounts, bridge, iptables chains, cgroups"

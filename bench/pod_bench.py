@@ -641,12 +641,6 @@ async def _make_drive(target: MountedDrive, source: Path) -> str:
     settings = DriveSettings()
     if target.pod_url is not None:
         settings = TierPolicy(write_target="pod").apply(settings)
-        # The drive on the pod first (Drive.create opens the pods without creating it).
-        pods = open_store(target.pod_url, create=True)
-        try:
-            await pods.check()
-        finally:
-            await pods.close()
     drive = await Drive.create(
         target.name, target.meta_url, target.store_url, settings, pod_url=target.pod_url
     )

@@ -138,7 +138,9 @@ def open_blobs(ref: DriveRef, settings: DriveSettings, *, create: bool = False) 
     check_store_url(ref.pod_url)
     return TieredStore(
         open_store(ref.store_url, create=create),
-        open_store(ref.pod_url),
+        # The pods are this region's tier of the drive, not a bucket a typo could
+        # name: a pod that does not know the drive yet (a new drive, a new pod) makes it.
+        open_store(ref.pod_url, create=True),
         settings.tiers,
         region=ref.region,
     )
