@@ -151,7 +151,7 @@ def _relay(options: MountOptions) -> RelaySource | None:
     and the mount then polls the store)."""
     if options.relay_url is not None:
         return RelaySource(options.relay_url, options.drive, options.relay_token_file)
-    if options.pod_url is None:
+    if options.pod_url is None or not PodLocation.handles(options.pod_url):
         return None
     pods = PodLocation.parse(options.pod_url)
     token = Path(pods.token_file) if pods.token_file else None

@@ -38,6 +38,11 @@ class PodLocation:
     drive: str
     token_file: str | None = None
 
+    @staticmethod
+    def handles(url: str) -> bool:
+        """Whether ``url`` is a storage pod URL (other holding stores exist, in tests)."""
+        return urlsplit(url).scheme in _SCHEMES
+
     @classmethod
     def parse(cls, url: str) -> PodLocation:
         shown = redact_url(url)
