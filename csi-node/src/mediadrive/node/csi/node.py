@@ -24,7 +24,7 @@ from mediadrive.core.errors import ConfigError, MediadriveError
 from .. import client
 from ..registry import pid_alive
 from . import hostmounts
-from .state import EPHEMERAL, StateStore, VolumeRecord, workspace_path
+from .state import EPHEMERAL, StateStore, Target, VolumeRecord, workspace_path
 
 log = logging.getLogger("mediadrive.node.csi")
 
@@ -96,8 +96,8 @@ class NodeVolumes:
         mountpoint.mkdir(parents=True, exist_ok=True)
         self._start(record)
         self.restarts += 1
-        for target, read_only in record.targets.items():
-            self._bind(record, Path(target), read_only, rebind=True)
+        for path, target in record.targets.items():
+            self._bind(record, Path(path), target, rebind=True)
         return True
 
     def _start(self, record: VolumeRecord) -> None:
@@ -113,27 +113,20 @@ class NodeVolumes:
                 f"{redact_url(str(exc))}",
             ) from None
 
-    def _source(self, record: VolumeRecord) -> Path:
+    def _bind(self, record: VolumeRecord, path: Path, target: Target, rebind: bool) -> None:
+        if rebind and hostmounts.is_mounted(path):
+            hostmounts.unmount(path, lazy=True)
         source = Path(record.mountpoint)
-        try:
-            sub = workspace_path(record.context)
-        except ConfigError as exc:
-            raise invalid(str(exc)) from None
-        if sub:
-            source = source / sub.strip("/")
+        if target.subdir:
+            source = source / target.subdir.strip("/")
             if not source.is_dir():
                 raise CsiError(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"workspace folder {sub} is not a folder of the drive",
+                    f"workspace folder {target.subdir} is not a folder of the drive",
                 )
-        return source
-
-    def _bind(self, record: VolumeRecord, target: Path, read_only: bool, rebind: bool) -> None:
-        if rebind and hostmounts.is_mounted(target):
-            hostmounts.unmount(target, lazy=True)
-        target.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)
         try:
-            hostmounts.bind(self._source(record), target, read_only)
+            hostmounts.bind(source, path, target.read_only)
         except hostmounts.HostMountError as exc:
             raise CsiError(grpc.StatusCode.INTERNAL, str(exc)) from None
 
@@ -249,18 +242,25 @@ class NodeVolumes:
             record.options, record.env = built
             self.state.save(record)
         self.heal(record)
+        try:
+            # The publish's own context may name a workspace (the stage's is the PV's).
+            wanted = Target(
+                read_only=read_only, subdir=workspace_path(record.context | context) or ""
+            )
+        except ConfigError as exc:
+            raise invalid(str(exc)) from None
         key = str(target)
         if key in record.targets and hostmounts.is_mounted(target):
-            if record.targets[key] != read_only:
+            if record.targets[key] != wanted:
                 raise CsiError(
                     grpc.StatusCode.ALREADY_EXISTS,
-                    f"{target} is published {'read-only' if record.targets[key] else 'writable'}",
+                    f"{target} is published already, with other options",
                 )
             return
         if hostmounts.is_mounted(target):
             raise CsiError(grpc.StatusCode.ALREADY_EXISTS, f"something else is mounted at {target}")
-        record.targets[key] = read_only
-        self._bind(record, target, read_only, rebind=False)
+        self._bind(record, target, wanted, rebind=False)
+        record.targets[key] = wanted
         self.state.save(record)
 
     def _publish_ephemeral(

@@ -38,6 +38,16 @@ def volume_key(volume_id: str) -> str:
     return hashlib.sha256(volume_id.encode()).hexdigest()[:16]
 
 
+class Target(BaseModel):
+    """A bind mount of a staged volume: read-only or not, of which drive folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    read_only: bool = False
+    # The folder of the mount it shows ("" for all of it): a workspace.
+    subdir: str = ""
+
+
 class VolumeRecord(BaseModel):
     """One volume of this node: its agent's mount point and options, its targets."""
 
@@ -54,8 +64,8 @@ class VolumeRecord(BaseModel):
     options: dict[str, Any] | None = None
     # Added to the agent's environment: the object store's keys.
     env: dict[str, str] = {}
-    # Bind-mount targets and whether each is read-only.
-    targets: dict[str, bool] = {}
+    # Bind-mount targets, by path.
+    targets: dict[str, Target] = {}
 
     def mount_options(self) -> MountOptions | None:
         return None if self.options is None else MountOptions.model_validate(self.options)
