@@ -290,3 +290,37 @@ def test_registration_and_metrics(base: Path, drive: DriveFixture) -> None:
         unstage(plugin.client(), staging)
     finally:
         plugin.stop()
+
+
+def test_secrets_only_at_publish(base: Path, drive: DriveFixture, plugin: PluginProcess) -> None:
+    """The operator's PV names a nodePublishSecretRef only: the mount waits for it."""
+    client = plugin.client()
+    staging, target = base / "staging", base / "pods/a/vol"
+    staging.mkdir()
+    client.call(
+        "NodeStageVolume",
+        csi.NodeStageVolumeRequest(
+            volume_id=VOLUME,
+            staging_target_path=str(staging),
+            volume_capability=mount_capability(),
+            volume_context=drive.context(),
+        ),
+        csi.NodeStageVolumeResponse,
+    )
+    assert not os.path.ismount(staging)
+    client.call(
+        "NodePublishVolume",
+        csi.NodePublishVolumeRequest(
+            volume_id=VOLUME,
+            staging_target_path=str(staging),
+            target_path=str(target),
+            volume_capability=mount_capability(),
+            volume_context=drive.context(),
+            secrets=drive.secrets(),
+        ),
+        csi.NodePublishVolumeResponse,
+    )
+    (target / "late.txt").write_text("mounted at publish")
+    unpublish(client, target)
+    unstage(client, staging)
+    assert drive.read("/late.txt")[0] == b"mounted at publish"

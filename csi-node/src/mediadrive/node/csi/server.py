@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -29,8 +30,6 @@ from .state import StateStore
 
 log = logging.getLogger("mediadrive.node.csi")
 
-Req = TypeVar("Req", bound=Message)
-Resp = TypeVar("Resp", bound=Message)
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[Any, Context], Awaitable[Message]]
 
@@ -53,7 +52,6 @@ class PluginSettings:
     region: str | None = None
     max_volumes: int = 0
     health_interval: float = 10.0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def socket_path(endpoint: str) -> Path:
@@ -256,7 +254,7 @@ class Plugin:
             if record.options is None:
                 continue
             try:
-                await self._locked(record.volume_id, lambda r=record: self.volumes.heal(r))  # type: ignore[misc]
+                await self._locked(record.volume_id, functools.partial(self.volumes.heal, record))
             except CsiError as exc:
                 log.error("volume %s: %s", record.volume_id, exc.message)
 
