@@ -253,10 +253,17 @@ class Plugin:
         for record in self.state.records():
             if record.options is None:
                 continue
+            volume_id = record.volume_id
             try:
-                await self._locked(record.volume_id, functools.partial(self.volumes.heal, record))
+                await self._locked(volume_id, functools.partial(self._heal, volume_id))
             except CsiError as exc:
-                log.error("volume %s: %s", record.volume_id, exc.message)
+                log.error("volume %s: %s", volume_id, exc.message)
+
+    def _heal(self, volume_id: str) -> None:
+        # Read again under the volume's lock: an unstage or unpublish may have run since.
+        record = self.state.load(volume_id)
+        if record is not None and self.volumes.heal(record):
+            log.info("restarted the agent of volume %s", volume_id)
 
     async def health_loop(self) -> None:
         while True:
