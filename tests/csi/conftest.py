@@ -118,7 +118,7 @@ class PluginProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = base / "plugin.log"
 
-    def start(self, *extra: str) -> None:
+    def start(self, *extra: str, health_interval: float = 1.0) -> None:
         argv = [
             MEDIADRIVE,
             "csi-node",
@@ -132,7 +132,7 @@ class PluginProcess:
             "--registration-dir",
             str(self.registration_dir),
             "--health-interval",
-            "1",
+            str(health_interval),
             *extra,
         ]
         with open(self.log, "ab") as log:

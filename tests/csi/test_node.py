@@ -3,6 +3,7 @@ FUSE and bind mounts, a drive in SQLite and a local folder store."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -134,6 +135,13 @@ def test_stage_publish_write_read_unstage(
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def kill_agent(plugin: PluginProcess, mountpoint: Path) -> int:
+    pid = agent_pid(plugin, mountpoint)
+    os.kill(pid, signal.SIGKILL)
+    wait_gone(pid)
+    return pid
+
+
 def test_plugin_and_agent_restarts(base: Path, drive: DriveFixture, plugin: PluginProcess) -> None:
     client = plugin.client()
     staging, target = base / "staging", base / "pods/a/vol"
@@ -142,33 +150,41 @@ def test_plugin_and_agent_restarts(base: Path, drive: DriveFixture, plugin: Plug
     publish(client, drive, staging, target)
     (target / "a.txt").write_text("before")
 
-    # The plugin dies; the agent and the pod's bind mount do not notice.
+    # The plugin dies; the agent and the pod's bind mount do not notice. The new
+    # plugin checks its agents only when called (an hour between periodic checks).
     first_agent = agent_pid(plugin, staging)
     plugin.kill()
     assert (target / "a.txt").read_text() == "before"
-    plugin.start()
+    plugin.start(health_interval=3600)
     client = plugin.client()
     assert agent_pid(plugin, staging) == first_agent
     assert not stats(client, target).volume_condition.abnormal
     (target / "b.txt").write_text("after plugin restart")
 
-    # The agent dies: the mount answers ENOTCONN until the plugin restarts it.
-    os.kill(first_agent, signal.SIGKILL)
-    wait_gone(first_agent)
+    # The agent dies: the mount answers ENOTCONN until a call restarts the agent.
+    kill_agent(plugin, staging)
     with pytest.raises(OSError) as dead:
-        os.listdir(staging)
+        os.listdir(target)
     assert dead.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     reply = stats(client, target)
     assert not reply.volume_condition.abnormal, reply.volume_condition.message
     assert agent_pid(plugin, staging) != first_agent
     assert (target / "a.txt").read_text() == "before"
     assert (target / "b.txt").read_text() == "after plugin restart"
-    (target / "c.txt").write_text("after agent restart")
 
-    # Killed again, healed by the periodic check this time (every second here).
-    second = agent_pid(plugin, staging)
-    os.kill(second, signal.SIGKILL)
-    wait_gone(second)
+    # Again, and a publish of another target restarts it this time.
+    kill_agent(plugin, staging)
+    second_target = base / "pods/b/vol"
+    publish(client, drive, staging, second_target)
+    assert (second_target / "b.txt").read_text() == "after plugin restart"
+    (target / "c.txt").write_text("after agent restart")
+    unpublish(client, second_target)
+
+    # Killed again with no call to come: the periodic check (every second) heals it.
+    plugin.kill()
+    plugin.start(health_interval=1)
+    client = plugin.client()
+    kill_agent(plugin, staging)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -179,10 +195,32 @@ def test_plugin_and_agent_restarts(base: Path, drive: DriveFixture, plugin: Plug
         time.sleep(0.2)
     else:
         raise AssertionError("the health loop did not restart the agent")
-
     unpublish(client, target)
     unstage(client, staging)
     assert drive.read("/c.txt")[0] == b"after agent restart"
+
+
+def test_unstage_commits_what_a_dead_agent_journaled(
+    base: Path, drive: DriveFixture, plugin: PluginProcess
+) -> None:
+    plugin.kill()
+    plugin.start(health_interval=3600)
+    client = plugin.client()
+    staging, target = base / "staging", base / "pods/a/vol"
+    staging.mkdir()
+    stage(client, drive, staging)
+    publish(client, drive, staging, target)
+    # Acknowledged by fsync, not committed (still open), then the agent dies.
+    f = open(target / "render.log", "wb")  # noqa: SIM115
+    f.write(b"frame 1001 done\n")
+    f.flush()
+    os.fsync(f.fileno())
+    kill_agent(plugin, staging)
+    with contextlib.suppress(OSError):
+        f.close()
+    unpublish(client, target)
+    unstage(client, staging)
+    assert drive.read("/render.log")[0] == b"frame 1001 done\n"
 
 
 def test_ephemeral_inline_volume(base: Path, drive: DriveFixture, plugin: PluginProcess) -> None:

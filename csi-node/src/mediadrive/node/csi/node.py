@@ -189,6 +189,13 @@ class NodeVolumes:
                 grpc.StatusCode.NOT_FOUND,
                 f"volume {volume_id} is staged at {record.mountpoint}, not {staging}",
             )
+        busy = [t for t in (record.targets if record else {}) if hostmounts.is_mounted(t)]
+        if busy:
+            # Unmounting under a pod's bind would leave it a dead mount.
+            raise CsiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"volume {volume_id} is still published at {', '.join(sorted(busy))}",
+            )
         if record is not None and record.options is not None and not self.healthy(record):
             # Restart a dead agent first: its journal holds writes not yet committed.
             with contextlib.suppress(CsiError):
