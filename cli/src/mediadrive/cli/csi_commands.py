@@ -61,10 +61,9 @@ def run(
 ) -> None:
     """Serve CSI Identity and Node on ENDPOINT until SIGTERM; mounts stay when it stops."""
     from mediadrive.core.errors import ConfigError
-    from mediadrive.core.logs import JsonFormatter
 
     try:
-        from mediadrive.node.csi.server import PluginSettings, socket_path
+        from mediadrive.node.csi.server import LogFormatter, PluginSettings, socket_path
         from mediadrive.node.csi.server import run as serve
     except ImportError:
         raise ConfigError(
@@ -75,7 +74,7 @@ def run(
     except ValueError as exc:
         raise ConfigError(f"--endpoint: {exc}") from None
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(LogFormatter())
     logging.basicConfig(level=log_level.upper(), handlers=[handler])
     serve(
         PluginSettings(

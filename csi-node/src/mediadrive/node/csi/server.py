@@ -21,6 +21,9 @@ from aiohttp import web
 from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
+from mediadrive.core.credentials import redact_url
+from mediadrive.core.logs import JsonFormatter
+
 from .. import client
 from . import DRIVER_NAME, VERSION
 from .node import CsiError, NodeVolumes, invalid
@@ -311,25 +314,43 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _wrap(method: Handler) -> Handler:
+# Calls that change mounts are logged at INFO (never their secrets), the rest at DEBUG.
+_CHANGES = {"NodeStageVolume", "NodeUnstageVolume", "NodePublishVolume", "NodeUnpublishVolume"}
+
+
+def _wrap(rpc: str, method: Handler) -> Handler:
+    level = logging.INFO if rpc in _CHANGES else logging.DEBUG
+
     async def call(request: Any, context: Context) -> Message:
+        volume = getattr(request, "volume_id", "")
+        path = getattr(request, "target_path", "") or getattr(request, "staging_target_path", "")
+        log.log(level, "%s %s %s", rpc, volume, path)
         try:
             return await method(request, context)
         except CsiError as exc:
+            log.warning("%s %s: %s", rpc, volume, exc.message)
             await context.abort(exc.code, exc.message)
             raise
         except Exception as exc:
-            log.exception("%s failed", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            log.exception("%s %s failed", rpc, volume)
+            message = redact_url(f"{type(exc).__name__}: {exc}")
+            await context.abort(grpc.StatusCode.INTERNAL, message)
             raise
 
     return call
 
 
+class LogFormatter(JsonFormatter):
+    """JSON lines with every URL's password masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(super().format(record))
+
+
 def _service(name: str, methods: dict[str, tuple[Handler, type[Message]]]) -> Any:
     handlers: dict[str, Any] = {
         rpc: grpc.unary_unary_rpc_method_handler(
-            _wrap(method),
+            _wrap(rpc, method),
             request_deserializer=request.FromString,
             response_serializer=lambda m: m.SerializeToString(),
         )
