@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -16,12 +17,12 @@ import pytest
 
 from mediadrive.node.registry import MountRegistry
 
-from .conftest import CsiClient, DriveFixture, PluginProcess, csi, mount_capability, reg
+from .conftest import MEDIADRIVE, CsiClient, DriveFixture, PluginProcess, csi, mount_capability, reg
 
 VOLUME = "default.media"
 
 
-def stage(client: CsiClient, drive: DriveFixture, staging: Path) -> None:
+def stage(client: CsiClient, drive: DriveFixture, staging: Path, **secrets: str) -> None:
     client.call(
         "NodeStageVolume",
         csi.NodeStageVolumeRequest(
@@ -29,7 +30,7 @@ def stage(client: CsiClient, drive: DriveFixture, staging: Path) -> None:
             staging_target_path=str(staging),
             volume_capability=mount_capability(),
             volume_context=drive.context(),
-            secrets=drive.secrets(),
+            secrets=drive.secrets() | secrets,
         ),
         csi.NodeStageVolumeResponse,
     )
@@ -101,8 +102,18 @@ def test_stage_publish_write_read_unstage(
     client = plugin.client()
     staging, rw, ro = base / "staging", base / "pods/a/vol", base / "pods/b/vol"
     staging.mkdir()
-    stage(client, drive, staging)
+    stage(client, drive, staging, awsAccessKeyId="AKIDTEST", awsSecretAccessKey="k3y")
     stage(client, drive, staging)  # idempotent
+
+    # Credentials reach the agent on stdin and in its environment, never in argv.
+    pid = agent_pid(plugin, staging)
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert b"sqlite" not in cmdline and b"AKIDTEST" not in cmdline
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"AWS_ACCESS_KEY_ID=AKIDTEST" in environ
+    assert b"AWS_SECRET_ACCESS_KEY=k3y" in environ
+    assert b"k3y" not in plugin.log.read_bytes()
+
     publish(client, drive, staging, rw)
     publish(client, drive, staging, ro, read_only=True)
     publish(client, drive, staging, ro, read_only=True)  # idempotent
@@ -362,3 +373,14 @@ def test_secrets_only_at_publish(base: Path, drive: DriveFixture, plugin: Plugin
     unpublish(client, target)
     unstage(client, staging)
     assert drive.read("/late.txt")[0] == b"mounted at publish"
+
+
+def test_cli_refuses_a_bad_endpoint(base: Path) -> None:
+    done = subprocess.run(
+        [MEDIADRIVE, "csi-node", "run", "--endpoint", "tcp://0:1", "--node-id", "n"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "--endpoint" in done.stderr and "unix:///PATH" in done.stderr
