@@ -93,10 +93,18 @@ class NodeVolumes:
         if hostmounts.is_mounted(mountpoint):
             log.warning("detaching the dead mount at %s", mountpoint)
             hostmounts.unmount(mountpoint, lazy=True)
-        mountpoint.mkdir(parents=True, exist_ok=True)
+        if not mountpoint.is_dir():
+            # Made by kubelet (or by the publish, for an ephemeral volume): when it is
+            # gone, so is the pod or the stage; the unstage or unpublish forgets it.
+            raise CsiError(grpc.StatusCode.FAILED_PRECONDITION, f"mount point {mountpoint} is gone")
         self._start(record)
         self.restarts += 1
-        for path, target in record.targets.items():
+        for path, target in list(record.targets.items()):
+            if not Path(path).parent.is_dir():
+                log.info("forgetting %s: its pod's folder is gone", path)
+                del record.targets[path]
+                self.state.save(record)
+                continue
             self._bind(record, Path(path), target, rebind=True)
         return True
 
