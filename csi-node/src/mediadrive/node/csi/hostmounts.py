@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 from mediadrive.core.errors import MediadriveError
@@ -42,14 +43,24 @@ def is_read_only(path: Path | str) -> bool:
     return options is not None and "ro" in options
 
 
-def disconnected(path: Path | str) -> bool:
+def disconnected(path: Path | str, timeout: float = 5.0) -> bool:
     """The FUSE mount at ``path`` lost its agent: ENOTCONN ("Transport endpoint is
-    not connected") or ECONNABORTED."""
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
-    return False
+    not connected") or ECONNABORTED. A mount that does not answer within ``timeout``
+    counts as connected (busy, not dead): the check must not hang its caller."""
+    answer: list[bool] = []
+
+    def check() -> None:
+        try:
+            os.stat(path)
+        except OSError as exc:
+            answer.append(exc.errno in (errno.ENOTCONN, errno.ECONNABORTED))
+            return
+        answer.append(False)
+
+    thread = threading.Thread(target=check, name="stat-mount", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
 
 
 def _run(*argv: str) -> None:
