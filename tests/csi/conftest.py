@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,16 +24,14 @@ from mediadrive.core.drive import Drive
 from mediadrive.node.csi.proto import csi_pb2 as csi
 from mediadrive.node.csi.proto import registration_pb2 as reg
 
-if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
-    pytest.fail("CSI tests need /dev/fuse and root", pytrace=False)
-
 MEDIADRIVE = str(Path(sys.executable).with_name("mediadrive"))
 R = TypeVar("R", bound=Message)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Everything that runs the plugin mounts (`base` holds its mounts).
     for item in items:
-        if "tests/csi/" in item.nodeid:
+        if "tests/csi/" in item.nodeid and "base" in getattr(item, "fixturenames", ()):
             item.add_marker("fuse")
 
 
@@ -186,8 +185,17 @@ def _cleanup_mounts(base: Path) -> None:
                 os.kill(int(json.loads(entry.read_text())["pid"]), signal.SIGKILL)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @pytest.fixture
-def base(tmp_path: Path) -> Iterator[Path]:
+def base() -> Iterator[Path]:
+    if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
+        pytest.fail("CSI plugin tests need /dev/fuse and root", pytrace=False)
     # Short: agent sockets live under it and sun_path is 108 bytes.
     folder = Path(f"/tmp/csi-{os.getpid()}-{time.monotonic_ns() % 10**8}")
     folder.mkdir()

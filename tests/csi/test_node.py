@@ -17,7 +17,16 @@ import pytest
 
 from mediadrive.node.registry import MountRegistry
 
-from .conftest import MEDIADRIVE, CsiClient, DriveFixture, PluginProcess, csi, mount_capability, reg
+from .conftest import (
+    MEDIADRIVE,
+    CsiClient,
+    DriveFixture,
+    PluginProcess,
+    csi,
+    free_port,
+    mount_capability,
+    reg,
+)
 
 VOLUME = "default.media"
 
@@ -311,7 +320,8 @@ def test_errors(base: Path, drive: DriveFixture, plugin: PluginProcess) -> None:
 
 def test_registration_and_metrics(base: Path, drive: DriveFixture) -> None:
     plugin = PluginProcess(base)
-    plugin.start("--metrics-port", "19817", "--kubelet-endpoint", "/kubelet/csi.sock")
+    port = free_port()
+    plugin.start("--metrics-port", str(port), "--kubelet-endpoint", "/kubelet/csi.sock")
     try:
         client = CsiClient(plugin.registration_dir / "csi.mediadrive.io-reg.sock")
         info = client.call("GetInfo", reg.InfoRequest(), reg.PluginInfo)
@@ -329,9 +339,9 @@ def test_registration_and_metrics(base: Path, drive: DriveFixture) -> None:
         staging = base / "staging"
         staging.mkdir()
         stage(plugin.client(), drive, staging)
-        with urllib.request.urlopen("http://127.0.0.1:19817/healthz") as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as reply:
             assert reply.status == 200
-        with urllib.request.urlopen("http://127.0.0.1:19817/metrics") as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as reply:
             text = reply.read().decode()
         assert "mediadrive_csi_volumes 1" in text
         assert 'mediadrive_csi_agent_up{volume="default.media",drive="media"} 1' in text
