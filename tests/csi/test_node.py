@@ -200,8 +200,10 @@ def test_plugin_and_agent_restarts(base: Path, drive: DriveFixture, plugin: Plug
     (target / "c.txt").write_text("after agent restart")
     unpublish(client, second_target)
 
+    # Stopped in order this time (SIGTERM): the mounts stay as they are.
+    plugin.stop()
+    assert (target / "c.txt").read_text() == "after agent restart"
     # Killed again with no call to come: the periodic check (every second) heals it.
-    plugin.kill()
     plugin.start(health_interval=1)
     client = plugin.client()
     kill_agent(plugin, staging)
