@@ -5,6 +5,7 @@ agents. ``mediadrive csi-node run`` starts it (:func:`run`)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -80,13 +81,16 @@ class Plugin:
         self.state = StateStore(settings.state_dir)
         self.volumes = NodeVolumes(self.state, settings.node_id, settings.region)
         self._locks: dict[str, asyncio.Lock] = {}
+        # Mounting waits for an agent (up to a minute): volumes must not queue behind
+        # one another in the loop's small default pool.
+        self._pool = concurrent.futures.ThreadPoolExecutor(64, thread_name_prefix="volume")
         self.registered: bool | None = None
         self.registration_error = ""
 
     async def _locked(self, volume_id: str, body: Callable[[], Any]) -> Any:
         lock = self._locks.setdefault(volume_id, asyncio.Lock())
         async with lock:
-            return await asyncio.to_thread(body)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, body)
 
     # -- Identity ------------------------------------------------------------------------------
 
