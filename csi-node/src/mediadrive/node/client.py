@@ -203,8 +203,8 @@ def mount(
 ) -> MountEntry:
     """Start an agent as a daemon; return once the mount is live (or say why not).
 
-    ``env`` adds to the agent's environment (the CSI service passes the object
-    store's keys so: a process's environment is readable by its owner only)."""
+    ``env`` adds to the agent's environment: the CSI service passes the object
+    store's keys this way (a process's environment is readable by its owner only)."""
     cache_dir = options.cache_dir
     private.make_dir(cache_dir, tighten=True)
     log_path = cache_dir / "agent.log"
