@@ -79,14 +79,16 @@ def test_a_pod_sees_the_restarted_mount_only_with_slave_propagation(
         assert container.read(target / "frame.txt") == "1001"
 
         kill_agent(plugin, staging)
-        assert container.read(target / "frame.txt") == f"errno {errno.ENOTCONN}"
+        # ECONNABORTED while the kernel still tears the connection down.
+        dead = {f"errno {errno.ENOTCONN}", f"errno {errno.ECONNABORTED}"}
+        assert container.read(target / "frame.txt") in dead
         assert not stats(client, target).volume_condition.abnormal
         assert (target / "frame.txt").read_text() == "1001"  # the host's view
         seen = container.read(target / "frame.txt")
         if propagation == "slave":
             assert seen == "1001"
         else:
-            assert seen == f"errno {errno.ENOTCONN}"
+            assert seen in dead
     finally:
         if container is not None:
             container.close()
