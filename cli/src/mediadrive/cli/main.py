@@ -925,6 +925,7 @@ if importlib.util.find_spec("mediadrive.operator") is not None:
 heal_commands.register(app, drive_app)
 tier_commands.register(app, drive_app)
 app.add_typer(importlib.import_module("mediadrive.cli.pod_commands").app, name="storage-pod")
+app.add_typer(importlib.import_module("mediadrive.cli.csi_commands").app, name="csi-node")
 
 
 def _click_error(exc: Exception) -> NoReturn:

@@ -198,8 +198,13 @@ def client_for(path: Path | str, registry: MountRegistry) -> tuple[MountClient, 
 # -- starting and stopping agents ------------------------------------------------------------
 
 
-def mount(options: MountOptions, timeout: float = 60.0) -> MountEntry:
-    """Start an agent as a daemon; return once the mount is live (or say why not)."""
+def mount(
+    options: MountOptions, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> MountEntry:
+    """Start an agent as a daemon; return once the mount is live (or say why not).
+
+    ``env`` adds to the agent's environment: the CSI service passes the object
+    store's keys this way (a process's environment is readable by its owner only)."""
     cache_dir = options.cache_dir
     private.make_dir(cache_dir, tighten=True)
     log_path = cache_dir / "agent.log"
@@ -225,6 +230,7 @@ def mount(options: MountOptions, timeout: float = 60.0) -> MountEntry:
             stderr=log_file,
             pass_fds=(write_fd,),
             start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     os.close(write_fd)
     assert proc.stdin is not None
