@@ -20,12 +20,13 @@ from ..conditions import set_condition
 from ..drives import destroy_drive, ensure_drive
 from ..resources import drivevolume, storagepod
 from ..resources.drivevolume import DriveVolumeSpec
+from ..resync import resync_seconds
 from ..schema import GROUP, VERSION
 from .common import namespace_of, parse_spec
 from .tierpolicy import apply_policy
 
 RESOURCE = (GROUP, VERSION, drivevolume.KIND.plural)
-RESYNC_SECONDS = 30.0
+RESYNC_SECONDS = resync_seconds(30.0)
 # Waiting for a Secret or a StoragePod someone has yet to create.
 WAIT_SECONDS = 10.0
 

@@ -12,12 +12,13 @@ from .. import apply
 from ..conditions import set_condition
 from ..resources import storagepod
 from ..resources.storagepod import StoragePodSpec
+from ..resync import resync_seconds
 from ..schema import GROUP, VERSION
 from .common import namespace_of, parse_spec
 
 RESOURCE = (GROUP, VERSION, storagepod.KIND.plural)
 # Drift repair and status: how often each StoragePod is looked at again.
-RESYNC_SECONDS = 20.0
+RESYNC_SECONDS = resync_seconds(20.0)
 
 log = logging.getLogger(__name__)
 
