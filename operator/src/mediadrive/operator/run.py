@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import Any
 
 import kopf
@@ -59,7 +61,17 @@ async def serve(
         namespaces=namespaces,
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
         peering_name=PEERING,
+        identity=identity(),
     )
+
+
+def identity() -> str:
+    """This operator among its peers: the pod's name (its host name) and the process.
+
+    kopf's default asks for the login name, which a user without a passwd entry (an
+    arbitrary ``runAsUser``) does not have.
+    """
+    return f"mediadrive-operator@{socket.gethostname()}/{os.getpid()}"
 
 
 def run(
