@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 import kopf
+from kopf._core.engines.peering import Identity
 from prometheus_client import start_http_server
 
 PEERING = "mediadrive"
@@ -65,13 +66,13 @@ async def serve(
     )
 
 
-def identity() -> str:
+def identity() -> Identity:
     """This operator among its peers: the pod's name (its host name) and the process.
 
     kopf's default asks for the login name, which a user without a passwd entry (an
     arbitrary ``runAsUser``) does not have.
     """
-    return f"mediadrive-operator@{socket.gethostname()}/{os.getpid()}"
+    return Identity(f"mediadrive-operator@{socket.gethostname()}/{os.getpid()}")
 
 
 def run(

@@ -62,7 +62,8 @@ async def _report(
     service = await apply.get("v1", "Service", storagepod.client_name(name), namespace)
     ip = ((service or {}).get("spec") or {}).get("clusterIP") or ""
     endpoint = f"{ip}:{storagepod.POD_PORT}" if ip else ""
-    held, cached = await _stats(endpoint) if ready else (0, 0)
+    token = await _token(namespace_of(namespace), spec) if ready else None
+    held, cached = await _stats(endpoint, token) if ready else (0, 0)
     conditions = set_condition(
         list(body.get("status", {}).get("conditions") or []),
         "Ready",
@@ -85,20 +86,48 @@ async def _report(
     )
 
 
-async def _stats(endpoint: str) -> tuple[int, int]:
-    """Bytes held and cached, summed over the region's pods as one of them reports."""
+async def _token(namespace: str, spec: StoragePodSpec) -> str | None:
+    """A token the pods accept (the first of their token Secret), for their stats."""
+    if spec.token_secret is None:
+        return None
+    tokens = await apply.secret_value(namespace, spec.token_secret, "tokens")
+    for line in (tokens or "").splitlines():
+        words = line.split()
+        if words and not words[0].startswith("#"):
+            return words[0]
+    return None
+
+
+async def _stats(endpoint: str, token: str | None = None) -> tuple[int, int]:
+    """Bytes held and cached in the region: each live member's own figures, summed
+    (one pod's ``/v1/stats`` lists the members and counts only its own chunks)."""
     if not endpoint:
         return 0, 0
+    timeout = aiohttp.ClientTimeout(total=3)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+        first = await _pod_stats(session, f"http://{endpoint}")
+        if first is None:
+            return 0, 0
+        held, cached = int(first.get("bytes_held", 0)), int(first.get("bytes_cached", 0))
+        for member in first.get("members", []):
+            if member.get("self") or not member.get("alive"):
+                continue
+            other = await _pod_stats(session, str(member.get("url", "")))
+            if other is not None:
+                held += int(other.get("bytes_held", 0))
+                cached += int(other.get("bytes_cached", 0))
+    return held, cached
+
+
+async def _pod_stats(session: aiohttp.ClientSession, base: str) -> dict[str, Any] | None:
     try:
-        timeout = aiohttp.ClientTimeout(total=3)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.get(f"http://{endpoint}/v1/stats") as response,
-        ):
+        async with session.get(f"{base}/v1/stats") as response:
             if response.status != 200:
-                return 0, 0
-            stats = await response.json()
+                log.info("no stats from storage pod %s: HTTP %d", base, response.status)
+                return None
+            stats: dict[str, Any] = await response.json()
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        log.info("no stats from storage pods at %s: %s", endpoint, exc)
-        return 0, 0
-    return int(stats.get("held_bytes", 0)), int(stats.get("cached_bytes", 0))
+        log.info("no stats from storage pod %s: %s", base, exc)
+        return None
+    return stats
