@@ -258,3 +258,21 @@ def test_pods_advertise_their_pod_ip_as_peers_see_it() -> None:
     assert args[args.index("--peers-dns") + 1] == "la-peers.ns.svc"
     env = {e["name"]: e["valueFrom"] for e in container["env"]}
     assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_pod_counts_and_ready_condition_come_from_the_statefulset() -> None:
+    from mediadrive.operator.handlers.storagepod import pods_status
+
+    body = {"metadata": {"generation": 4}, "status": {}}
+    starting = pods_status(body, pod_spec(replicas=3), {"replicas": 3, "readyReplicas": 1})
+    assert (starting["replicas"], starting["readyReplicas"]) == (3, 1)
+    [condition] = starting["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "Ready",
+        "False",
+        "PodsStarting",
+    )
+    assert condition["message"] == "1 of 3 storage pods ready"
+    assert starting["observedGeneration"] == 4
+    ready = pods_status(body, pod_spec(replicas=3), {"replicas": 3, "readyReplicas": 3})
+    assert ready["conditions"][0]["status"] == "True"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 import kopf
+from pydantic import ValidationError
 
 from .. import apply
 from ..conditions import set_condition
+from ..naming import MANAGED_BY
 from ..resources import storagepod
 from ..resources.storagepod import StoragePodSpec
 from ..resync import resync_seconds
@@ -17,6 +20,7 @@ from ..schema import GROUP, VERSION
 from .common import namespace_of, parse_spec
 
 RESOURCE = (GROUP, VERSION, storagepod.KIND.plural)
+KIND_NAME = storagepod.KIND.kind
 # Drift repair and status: how often each StoragePod is looked at again.
 RESYNC_SECONDS = resync_seconds(20.0)
 
@@ -57,33 +61,77 @@ async def _report(
     body: kopf.Body, name: str, namespace: str | None, spec: StoragePodSpec, patch: kopf.Patch
 ) -> None:
     sts = await apply.get("apps/v1", "StatefulSet", storagepod.statefulset_name(name), namespace)
-    sts_status = (sts or {}).get("status") or {}
-    ready = int(sts_status.get("readyReplicas") or 0)
     service = await apply.get("v1", "Service", storagepod.client_name(name), namespace)
     ip = ((service or {}).get("spec") or {}).get("clusterIP") or ""
     endpoint = f"{ip}:{storagepod.POD_PORT}" if ip else ""
-    token = await _token(namespace_of(namespace), spec) if ready else None
-    held, cached = await _stats(endpoint, token) if ready else (0, 0)
-    conditions = set_condition(
-        list(body.get("status", {}).get("conditions") or []),
-        "Ready",
-        ready >= spec.replicas > 0 or spec.replicas == 0,
-        "PodsReady" if ready >= spec.replicas else "PodsStarting",
-        f"{ready} of {spec.replicas} storage pods ready",
-        body.metadata.get("generation"),
-    )
+    status = pods_status(body, spec, (sts or {}).get("status") or {})
+    token = await _token(namespace_of(namespace), spec) if status["readyReplicas"] else None
+    held, cached = await _stats(endpoint, token) if status["readyReplicas"] else (0, 0)
     patch.status.update(
         {
-            "replicas": int(sts_status.get("replicas") or 0),
-            "readyReplicas": ready,
+            **status,
             "heldBytes": held,
             "cachedBytes": cached,
             "endpoint": endpoint,
             "selector": ",".join(f"{k}={v}" for k, v in storagepod.labels(name).items()),
-            "observedGeneration": body.metadata.get("generation"),
-            "conditions": conditions,
         }
     )
+
+
+def pods_status(
+    body: Mapping[str, Any], spec: StoragePodSpec, sts_status: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The StoragePod's pod counts and Ready condition, from its StatefulSet's status."""
+    ready = int(sts_status.get("readyReplicas") or 0)
+    generation = (body.get("metadata") or {}).get("generation")
+    conditions = set_condition(
+        list((body.get("status") or {}).get("conditions") or []),
+        "Ready",
+        ready >= spec.replicas > 0 or spec.replicas == 0,
+        "PodsReady" if ready >= spec.replicas else "PodsStarting",
+        f"{ready} of {spec.replicas} storage pods ready",
+        generation,
+    )
+    return {
+        "replicas": int(sts_status.get("replicas") or 0),
+        "readyReplicas": ready,
+        "observedGeneration": generation,
+        "conditions": conditions,
+    }
+
+
+@kopf.on.event(
+    "apps",
+    "v1",
+    "statefulsets",
+    labels={
+        "app.kubernetes.io/component": "storage-pod",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    },
+)
+async def statefulset_changed(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    """Pods became ready or went away: say so in the owner's status now, not at the
+    next resync (``kubectl get storagepods`` and ``kubectl scale`` users watch it)."""
+    owner = next(
+        (o for o in body.metadata.get("ownerReferences") or [] if o.get("kind") == KIND_NAME),
+        None,
+    )
+    if owner is None or not namespace:
+        return
+    parent = await apply.get(f"{GROUP}/{VERSION}", KIND_NAME, owner["name"], namespace)
+    if parent is None or parent.get("metadata", {}).get("deletionTimestamp"):
+        return
+    try:
+        spec = StoragePodSpec.model_validate(parent.get("spec") or {})
+    except ValidationError:
+        return
+    status = pods_status(parent, spec, body.get("status") or {})
+    old = parent.get("status") or {}
+    if all(old.get(key) == value for key, value in status.items() if key != "conditions") and [
+        (c.get("type"), c.get("status"), c.get("message")) for c in old.get("conditions") or []
+    ] == [(c["type"], c["status"], c["message"]) for c in status["conditions"]]:
+        return
+    await apply.patch_status(RESOURCE, owner["name"], namespace, status)
 
 
 async def _token(namespace: str, spec: StoragePodSpec) -> str | None:
