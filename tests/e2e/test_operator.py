@@ -29,10 +29,11 @@ import yaml
 from mediadrive.core.blob import BlobStore, open_store
 from mediadrive.core.blob.holding import HoldingStore
 from mediadrive.core.blob.s3 import S3BlobStore, S3Location
+from mediadrive.core.config import DriveSettings
 from mediadrive.core.errors import DriveNotFound
 from mediadrive.core.hashing import chunk_id
 from mediadrive.core.meta import connect
-from tests.e2e.cluster import REPO_ROOT, Cluster, ClusterError, _cluster_bin
+from tests.e2e.cluster import REPO_ROOT, Cluster, ClusterError, cluster_bin
 from tests.servers import PostgresServer, S3Server, minio_server, postgres_server
 
 pytestmark = pytest.mark.cluster
@@ -76,7 +77,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, every: float 
 
 
 def helm(cluster: Cluster, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
-    command = [str(_cluster_bin() / "helm"), "--kubeconfig", str(cluster.kubeconfig), *args]
+    command = [str(cluster_bin() / "helm"), "--kubeconfig", str(cluster.kubeconfig), *args]
     done = subprocess.run(
         command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -521,15 +522,18 @@ def _volume_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any
     return status
 
 
-async def _drive_exists(meta_url: str, drive: str) -> bool:
+async def _drive_settings(meta_url: str, drive: str) -> DriveSettings | None:
     meta = connect(meta_url, drive)
     try:
-        await meta.open_drive()
+        return await meta.open_drive()
     except DriveNotFound:
-        return False
+        return None
     finally:
         await meta.close()
-    return True
+
+
+def _drive_exists(meta_url: str, drive: str) -> bool:
+    return run(_drive_settings(meta_url, drive)) is not None
 
 
 async def _put_chunk(s3: S3Server, url: str, blob: bytes) -> None:
@@ -569,16 +573,24 @@ def test_drive_volumes_make_keep_and_remove_drives(
             120,
         )
         _assert_volume_and_claim(cluster, ns, name)
-        assert run(_drive_exists(meta_url, name))
+        settings = run(_drive_settings(meta_url, name))
+        # The drive follows the example TierPolicy it names.
+        assert settings is not None and settings.conflict == "keep-both"
+    wait_for(
+        "the TierPolicy lists the drives that follow it",
+        lambda: _policy_drives(cluster, ns) == ["gone", "kept"],
+        30,
+    )
     gone_store = f"s3://{bucket}/gone?endpoint={s3.endpoint_url}"
     run(_put_chunk(s3, gone_store, b"a chunk of the drive that goes" * 100))
     assert run(_count_chunks(s3, gone_store)) == 1
 
     cluster.kubectl("delete", "drivevolume", "kept", "-n", ns, "--timeout=120s", timeout=150)
-    assert run(_drive_exists(meta_url, "kept"))
+    assert _drive_exists(meta_url, "kept")
     cluster.kubectl("delete", "drivevolume", "gone", "-n", ns, "--timeout=120s", timeout=150)
-    assert not run(_drive_exists(meta_url, "gone"))
+    assert not _drive_exists(meta_url, "gone")
     assert run(_count_chunks(s3, gone_store)) == 0
+    assert _policy_drives(cluster, ns) == []
     pvs = cluster.get("persistentvolumes")["items"]
     assert not [pv for pv in pvs if pv["metadata"]["name"].startswith(f"mediadrive-{ns}")]
 
@@ -597,6 +609,12 @@ def test_drive_volume_without_its_secret_is_degraded_naming_it(
 
     wait_for("DriveVolume orphan Degraded naming its Secret", degraded, 60)
     cluster.kubectl("delete", "drivevolume", "orphan", "-n", ns, "--timeout=120s", timeout=150)
+
+
+def _policy_drives(cluster: Cluster, namespace: str) -> list[str]:
+    policy = cluster.get("tierpolicy", "hold-in-pods", "-n", namespace)
+    drives: list[str] = policy.get("status", {}).get("drives") or []
+    return drives
 
 
 def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
