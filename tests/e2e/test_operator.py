@@ -63,7 +63,13 @@ class Region:
     token_file: Path
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float, every: float = 1.0) -> None:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    every: float = 1.0,
+    explain: Callable[[], str] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -72,7 +78,8 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, every: float 
         except (ClusterError, KeyError, ValueError):
             pass
         if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+            details = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"{what}: not within {timeout:.0f}s{details}")
         time.sleep(every)
 
 
@@ -187,10 +194,9 @@ def wait_ready_pods(cluster: Cluster, namespace: str, count: int, timeout: float
             and int(status.get("updatedReplicas") or 0) == count
         )
 
-    try:
-        wait_for(f"{count} ready storage pods", ready, timeout)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{explain(cluster, namespace)}") from None
+    wait_for(
+        f"{count} ready storage pods", ready, timeout, explain=lambda: explain(cluster, namespace)
+    )
     wait_for(
         f"StoragePod status readyReplicas {count}",
         lambda: ready_replicas(cluster, namespace) == count,
@@ -234,9 +240,9 @@ def explain(cluster: Cluster, namespace: str) -> str:
     except ClusterError:
         where = "default"
     for args in (
-        ("get", "storagepods,statefulsets,pods", "-n", namespace, "-o", "wide"),
+        ("get", "storagepods,statefulsets,pods,drivevolumes", "-n", namespace, "-o", "wide"),
         ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
-        ("logs", "-n", where, "-l", selector, "--tail=40"),
+        ("logs", "-n", where, "-l", selector, "--tail=60"),
     ):
         try:
             parts.append(cluster.kubectl(*args))
@@ -571,6 +577,7 @@ def test_drive_volumes_make_keep_and_remove_drives(
             f"DriveVolume {name} Ready",
             lambda name=name: _volume_status(cluster, ns, name).get("phase") == "Ready",  # type: ignore[misc]
             120,
+            explain=lambda: explain(cluster, ns),
         )
         _assert_volume_and_claim(cluster, ns, name)
         settings = run(_drive_settings(meta_url, name))
@@ -607,7 +614,12 @@ def test_drive_volume_without_its_secret_is_degraded_naming_it(
         messages = [c.get("message", "") for c in status.get("conditions", [])]
         return status.get("phase") == "Degraded" and any("no-such-secret" in m for m in messages)
 
-    wait_for("DriveVolume orphan Degraded naming its Secret", degraded, 60)
+    wait_for(
+        "DriveVolume orphan Degraded naming its Secret",
+        degraded,
+        60,
+        explain=lambda: explain(cluster, ns),
+    )
     cluster.kubectl("delete", "drivevolume", "orphan", "-n", ns, "--timeout=120s", timeout=150)
 
 
