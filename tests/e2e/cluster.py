@@ -98,7 +98,7 @@ class Cluster:
         try:
             yield name
         finally:
-            self.kubectl("delete", "namespace", name, "--wait=false")
+            self.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
 
     @contextmanager
     def service_url(self, namespace: str, service: str, port: int) -> Iterator[str]:

@@ -168,10 +168,8 @@ def region(
 def _remove_region(cluster: Cluster, namespace: str) -> None:
     # DriveVolumes have the operator's finalizer: gone before the operator is.
     cluster.kubectl("delete", "drivevolumes", "--all", "-n", namespace, "--timeout=120s")
-    cluster.kubectl("delete", "storagepods", "--all", "-n", namespace, "--timeout=120s")
-    cluster.kubectl(
-        "wait", "--for=delete", "pod", "--all", "-n", namespace, "--timeout=150s", timeout=180
-    )
+    # Every pod gone (the namespace with it) before their host folder goes.
+    cluster.kubectl("delete", "namespace", namespace, "--timeout=180s", timeout=200)
     shutil.rmtree(POD_DATA_ROOT / namespace, ignore_errors=True)
 
 
