@@ -315,8 +315,12 @@ def _pg_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def postgres_server(timeout: float = 60.0) -> Iterator[PostgresServer]:
-    """Start a throwaway PostgreSQL server on loopback (trust auth, fsync off)."""
+def postgres_server(timeout: float = 60.0, host: str = LOOPBACK) -> Iterator[PostgresServer]:
+    """Start a throwaway PostgreSQL server on loopback (trust auth, fsync off).
+
+    ``host``: listen there instead (e.g. the address pods of the test cluster reach
+    this machine at); clients on that address's subnet are trusted too.
+    """
     bin_dir = postgres_bin_dir()
     run_as: str | None = None
     if os.geteuid() == 0:
@@ -349,6 +353,9 @@ def postgres_server(timeout: float = 60.0) -> Iterator[PostgresServer]:
             user=run_as,
             env=env,
         )
+        if host != LOOPBACK:
+            with (data_dir / "pg_hba.conf").open("a") as hba:
+                hba.write("host all all samenet trust\n")
         port = free_port()
         argv = [
             str(bin_dir / "postgres"),
@@ -359,7 +366,7 @@ def postgres_server(timeout: float = 60.0) -> Iterator[PostgresServer]:
             "-p",
             str(port),
             "-c",
-            f"listen_addresses={LOOPBACK}",
+            f"listen_addresses={host}",
             "-c",
             "fsync=off",
             "-c",
@@ -376,7 +383,7 @@ def postgres_server(timeout: float = 60.0) -> Iterator[PostgresServer]:
                     str(bin_dir / "pg_isready"),
                     "-q",
                     "-h",
-                    LOOPBACK,
+                    host,
                     "-p",
                     str(port),
                     "-U",
@@ -399,8 +406,8 @@ def postgres_server(timeout: float = 60.0) -> Iterator[PostgresServer]:
         ) as proc:
             _wait_until("postgres", proc, log, ready, timeout)
             yield PostgresServer(
-                url=f"postgresql://postgres@{LOOPBACK}:{port}/postgres",
-                host=LOOPBACK,
+                url=f"postgresql://postgres@{host}:{port}/postgres",
+                host=host,
                 port=port,
                 user="postgres",
                 dbname="postgres",
@@ -458,8 +465,9 @@ def minio_binary() -> Path:
 
 
 @contextlib.contextmanager
-def minio_server(timeout: float = 60.0) -> Iterator[S3Server]:
-    """Start a single-drive MinIO server on a temporary directory."""
+def minio_server(timeout: float = 60.0, host: str = LOOPBACK) -> Iterator[S3Server]:
+    """Start a single-drive MinIO server on a temporary directory (listening on
+    ``host``, loopback unless given)."""
     binary = minio_binary()
     access_key = "mediadrive"
     secret_key = "mediadrive-secret"
@@ -471,13 +479,13 @@ def minio_server(timeout: float = 60.0) -> Iterator[S3Server]:
         console_port = free_port()
         while console_port == port:
             console_port = free_port()
-        endpoint = f"http://{LOOPBACK}:{port}"
+        endpoint = f"http://{host}:{port}"
         argv = [
             str(binary),
             "server",
             str(data_dir),
             "--address",
-            f"{LOOPBACK}:{port}",
+            f"{host}:{port}",
             "--console-address",
             f"{LOOPBACK}:{console_port}",
             "--certs-dir",

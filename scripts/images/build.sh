@@ -157,6 +157,20 @@ build_app_layer() {
     rm -rf "${target:?}/bin"
     cp "$here/mediadrive" "$rootfs/usr/local/bin/mediadrive"
     chmod 755 "$rootfs/usr/local/bin/mediadrive"
+    add_user "$rootfs"
+}
+
+# The unprivileged user the chart runs the operator as (runAsUser 65532): without a
+# passwd entry, libraries asking for the login name (getpass.getuser) fail.
+add_user() {
+    local rootfs="$1"
+    mkdir -p "$rootfs/etc"
+    tar -xOf "$base_layer" etc/passwd >"$rootfs/etc/passwd"
+    tar -xOf "$base_layer" etc/group >"$rootfs/etc/group"
+    echo "mediadrive:x:65532:65532:mediadrive:/tmp:/usr/sbin/nologin" \
+        >>"$rootfs/etc/passwd"
+    echo "mediadrive:x:65532:" >>"$rootfs/etc/group"
+    chmod 644 "$rootfs/etc/passwd" "$rootfs/etc/group"
 }
 
 build_image() {

@@ -50,7 +50,7 @@ def cluster_dir() -> Path:
     return Path(os.environ.get("MEDIADRIVE_CLUSTER_DIR", "/var/tmp/mediadrive-cluster"))
 
 
-def _cluster_bin() -> Path:
+def cluster_bin() -> Path:
     cache = Path(os.environ.get("MEDIADRIVE_CACHE", Path.home() / ".cache" / "mediadrive"))
     return Path(os.environ.get("MEDIADRIVE_CLUSTER_BIN", cache / "cluster" / "bin"))
 
@@ -98,7 +98,7 @@ class Cluster:
         try:
             yield name
         finally:
-            self.kubectl("delete", "namespace", name, "--wait=false")
+            self.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
 
     @contextmanager
     def service_url(self, namespace: str, service: str, port: int) -> Iterator[str]:
@@ -157,7 +157,7 @@ def _run(command: list[str], timeout: float) -> None:
 def local_cluster() -> Cluster:
     return Cluster(
         kubeconfig=cluster_dir() / "kubeconfig",
-        kubectl_path=_cluster_bin() / "kubectl",
+        kubectl_path=cluster_bin() / "kubectl",
         host_reaches_services=True,
     )
 
@@ -175,7 +175,7 @@ def is_up(cluster: Cluster) -> bool:
 
 
 def _external_cluster(kubeconfig: str) -> Cluster:
-    kubectl = shutil.which("kubectl") or str(_cluster_bin() / "kubectl")
+    kubectl = shutil.which("kubectl") or str(cluster_bin() / "kubectl")
     return Cluster(Path(kubeconfig), Path(kubectl), host_reaches_services=False)
 
 

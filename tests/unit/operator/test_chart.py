@@ -71,6 +71,18 @@ def test_the_operator_runs_unprivileged_with_least_privilege() -> None:
             assert not {"list", "watch", "delete"} & set(rule["verbs"])
 
 
+def test_the_operator_has_a_home_and_a_resync_interval_when_given() -> None:
+    def env(*sets: str) -> dict[str, str]:
+        deployment = next(d for d in rendered(*sets) if d["kind"] == "Deployment")
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+        return {e["name"]: e["value"] for e in container["env"]}
+
+    assert env()["HOME"] == "/tmp"
+    assert "MEDIADRIVE_OPERATOR_RESYNC" not in env()
+    assert env("operator.resyncSeconds=3")["MEDIADRIVE_OPERATOR_RESYNC"] == "3"
+
+
 @pytest.mark.parametrize(
     ("value", "field"),
     [
@@ -78,6 +90,7 @@ def test_the_operator_runs_unprivileged_with_least_privilege() -> None:
         ("operator.image.pullPolicy=Sometimes", "pullPolicy"),
         ("operator.logLevel=loud", "logLevel"),
         ("operator.replica=2", "replica"),
+        ("operator.resyncSeconds=0", "resyncSeconds"),
     ],
 )
 def test_bad_values_are_refused_naming_the_field(value: str, field: str) -> None:

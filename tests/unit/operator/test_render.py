@@ -95,7 +95,7 @@ def test_upstream_credentials_come_from_the_secret_by_reference() -> None:
     )
     sts = by_kind(storagepod.render("la", "ns", spec))["StatefulSet"]
     container = sts["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    env = {e["name"]: e["valueFrom"].get("secretKeyRef") for e in container["env"]}
     assert env["AWS_ACCESS_KEY_ID"] == {"name": "s3-keys", "key": "accessKeyId"}
     assert env["AWS_SECRET_ACCESS_KEY"] == {"name": "s3-keys", "key": "secretAccessKey"}
     args = container["args"]
@@ -248,3 +248,31 @@ def test_the_examples_are_valid_resources() -> None:
                 models[doc["kind"]].model_validate(doc["spec"])
                 seen.add(doc["kind"])
     assert seen == set(models)
+
+
+def test_pods_advertise_their_pod_ip_as_peers_see_it() -> None:
+    sts = by_kind(storagepod.render("la", "ns", pod_spec()))["StatefulSet"]
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--advertise") + 1] == "http://$(POD_IP):7700"
+    assert args[args.index("--peers-dns") + 1] == "la-peers.ns.svc"
+    env = {e["name"]: e["valueFrom"] for e in container["env"]}
+    assert env["POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_pod_counts_and_ready_condition_come_from_the_statefulset() -> None:
+    from mediadrive.operator.handlers.storagepod import pods_status
+
+    body = {"metadata": {"generation": 4}, "status": {}}
+    starting = pods_status(body, pod_spec(replicas=3), {"replicas": 3, "readyReplicas": 1})
+    assert (starting["replicas"], starting["readyReplicas"]) == (3, 1)
+    [condition] = starting["conditions"]
+    assert (condition["type"], condition["status"], condition["reason"]) == (
+        "Ready",
+        "False",
+        "PodsStarting",
+    )
+    assert condition["message"] == "1 of 3 storage pods ready"
+    assert starting["observedGeneration"] == 4
+    ready = pods_status(body, pod_spec(replicas=3), {"replicas": 3, "readyReplicas": 3})
+    assert ready["conditions"][0]["status"] == "True"

@@ -96,6 +96,22 @@ async def list_objects(
     return await asyncio.to_thread(_list, api_version, kind, namespace, selector)
 
 
+def _patch_status(
+    resource: tuple[str, str, str], name: str, namespace: str, status: Object
+) -> None:
+    group, version, plural = resource
+    client.CustomObjectsApi(dynamic_client().client).patch_namespaced_custom_object_status(
+        group, version, namespace, plural, name, {"status": status}
+    )
+
+
+async def patch_status(
+    resource: tuple[str, str, str], name: str, namespace: str, status: Object
+) -> None:
+    """Merge ``status`` into a custom resource's status (outside a kopf handler of it)."""
+    await asyncio.to_thread(_patch_status, resource, name, namespace, status)
+
+
 def _secret_value(namespace: str, name: str, key: str) -> str | None:
     import base64
 

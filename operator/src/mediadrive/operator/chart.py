@@ -37,6 +37,13 @@ class OperatorValues(Values):
     health_port: int = Field(8080, alias="healthPort", ge=1, le=65535)
     node_selector: dict[str, str] = Field({}, alias="nodeSelector")
     tolerations: list[Toleration] = []
+    resync_seconds: int | None = Field(
+        None,
+        alias="resyncSeconds",
+        ge=1,
+        description="how often every resource is reconciled again "
+        "(MEDIADRIVE_OPERATOR_RESYNC; default 20)",
+    )
 
 
 class NodePluginValues(Values):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import Any
 
 import kopf
+from kopf._core.engines.peering import Identity
 from prometheus_client import start_http_server
 
 PEERING = "mediadrive"
@@ -59,7 +62,17 @@ async def serve(
         namespaces=namespaces,
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
         peering_name=PEERING,
+        identity=identity(),
     )
+
+
+def identity() -> Identity:
+    """This operator among its peers: the pod's name (its host name) and the process.
+
+    kopf's default asks for the login name, which a user without a passwd entry (an
+    arbitrary ``runAsUser``) does not have.
+    """
+    return Identity(f"mediadrive-operator@{socket.gethostname()}/{os.getpid()}")
 
 
 def run(

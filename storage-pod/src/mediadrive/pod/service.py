@@ -131,7 +131,13 @@ async def serve(settings: PodSettings) -> None:
         settings.listen,
         extra={"url": pod.members.self_url, "region": settings.region},
     )
-    await pod.members.announce()
+    # Find the members now (the probe resolves --peers-dns) and join them, not one
+    # probe interval later: until then this pod would own every chunk it is given.
+    try:
+        await pod.members.probe()
+        await pod.members.announce()
+    except Exception:
+        log.exception("looking for members at start failed; the probes go on looking")
     tasks = [
         asyncio.create_task(
             _every(settings.probe_interval, "probing members", lambda: _probe(pod))

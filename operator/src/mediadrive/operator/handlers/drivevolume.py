@@ -8,6 +8,7 @@ when ``reclaimPolicy`` is ``Delete``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -20,12 +21,14 @@ from ..conditions import set_condition
 from ..drives import destroy_drive, ensure_drive
 from ..resources import drivevolume, storagepod
 from ..resources.drivevolume import DriveVolumeSpec
+from ..resync import resync_seconds
 from ..schema import GROUP, VERSION
 from .common import namespace_of, parse_spec
 from .tierpolicy import apply_policy
 
 RESOURCE = (GROUP, VERSION, drivevolume.KIND.plural)
-RESYNC_SECONDS = 30.0
+TIER_POLICY = (GROUP, VERSION, "tierpolicies")
+RESYNC_SECONDS = resync_seconds(30.0)
 # Waiting for a Secret or a StoragePod someone has yet to create.
 WAIT_SECONDS = 10.0
 
@@ -88,6 +91,21 @@ async def _follow_policy(namespace: str, name: str, spec: DriveVolumeSpec, meta_
         )
     policy = TierPolicy.model_validate(body.get("spec") or {})
     await apply_policy(drivevolume.drive_name(name, spec), meta_url, policy)
+    await _list_follower(namespace, spec.tier_policy_ref, body, name, True)
+
+
+async def _list_follower(
+    namespace: str, policy: str, body: Mapping[str, Any] | None, volume: str, follows: bool
+) -> None:
+    """Keep the TierPolicy's ``status.drives`` (its DRIVES column) naming its followers."""
+    if body is None:
+        body = await apply.get(f"{GROUP}/{VERSION}", "TierPolicy", policy, namespace)
+        if body is None:
+            return
+    drives = set((body.get("status") or {}).get("drives") or [])
+    wanted = drives | {volume} if follows else drives - {volume}
+    if wanted != drives:
+        await apply.patch_status(TIER_POLICY, policy, namespace, {"drives": sorted(wanted)})
 
 
 @kopf.on.resume(*RESOURCE)
@@ -146,6 +164,8 @@ async def remove(body: kopf.Body, name: str, namespace: str | None, **_: Any) ->
     spec = parse_spec(DriveVolumeSpec, body)
     pv = drivevolume.pv_name(ns, name)
     await apply.delete("v1", "PersistentVolume", pv)
+    if spec.tier_policy_ref is not None:
+        await _list_follower(ns, spec.tier_policy_ref, None, name, False)
     if spec.reclaim_policy != "Delete":
         log.info("drive %s kept (reclaimPolicy Retain)", drivevolume.drive_name(name, spec))
         return

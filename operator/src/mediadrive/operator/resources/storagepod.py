@@ -153,6 +153,9 @@ def serve_args(values: dict[str, Any]) -> list[str]:
     args = ["storage-pod", "serve"]
     for key, value in values.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
+    # Peers found through the headless Service's DNS are known by their pod IPs:
+    # each pod must call itself by the same URL to recognise itself among them.
+    args += ["--advertise", f"http://$(POD_IP):{POD_PORT}"]
     return args
 
 
@@ -215,7 +218,10 @@ def statefulset(
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "env": _upstream_env(spec),
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            *_upstream_env(spec),
+        ],
     }
     if spec.resources.requests or spec.resources.limits:
         container["resources"] = spec.resources.render()
