@@ -149,7 +149,8 @@ def test_drive_volume_renders_a_csi_volume_and_its_claim() -> None:
         "pod.la": "pod://10.1.2.3:7700/show",
         "workspace.comp": "/shots/comp",
     }
-    assert csi["nodePublishSecretRef"] == {"name": "show-mount", "namespace": "studio"}
+    secret = {"name": "show-mount", "namespace": "studio"}
+    assert csi["nodeStageSecretRef"] == csi["nodePublishSecretRef"] == secret
     # The claim binds to exactly this volume, and the volume to exactly this claim.
     assert pvc["spec"]["volumeName"] == pv["metadata"]["name"]
     assert pv["spec"]["claimRef"] == {"namespace": "studio", "name": pvc["metadata"]["name"]}

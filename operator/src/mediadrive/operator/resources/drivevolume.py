@@ -170,6 +170,8 @@ def render(
                 "driver": CSI_DRIVER,
                 "volumeHandle": volume_handle(namespace, name, spec),
                 "volumeAttributes": volume_attributes(name, spec, pod_urls),
+                # Stage mounts the drive once per node; publish binds it into pods.
+                "nodeStageSecretRef": {"name": mount_secret_name(name), "namespace": namespace},
                 "nodePublishSecretRef": {"name": mount_secret_name(name), "namespace": namespace},
             },
         },
