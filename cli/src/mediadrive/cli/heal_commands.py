@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -12,7 +11,7 @@ import typer
 
 from mediadrive.core.errors import ConfigError, MediadriveError
 
-from .output import JsonFlag, err, out, print_json
+from .output import JsonFlag, err, failure, out, print_json, run_async
 
 if TYPE_CHECKING:
     from mediadrive.core.drive import Drive
@@ -20,19 +19,6 @@ if TYPE_CHECKING:
 
 
 T = TypeVar("T")
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    sys.stderr.write(f"mediadrive: error: {message}\n")
-    return typer.Exit(code)
-
-
-# The same as main's run and with_drive; main imports this module, not the reverse.
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except MediadriveError as exc:
-        raise _fail(str(exc)) from None
 
 
 async def _with_drive(name: str, body: Callable[[Drive], Awaitable[T]]) -> T:
@@ -70,7 +56,7 @@ def fsck(
     try:
         share = parse_sample(sample) if sample is not None else None
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise failure(str(exc)) from None
 
     async def body(drive: Drive) -> FsckReport:
         checker = Fsck(drive.meta, drive.blobs, concurrency=jobs)
@@ -79,7 +65,7 @@ def fsck(
         with transfer_progress(err.console, size, f"checking {name}") as tick:
             return await checker.check(records, repair=repair, progress=tick, total=total)
 
-    report = _run(_with_drive(name, body))
+    report = run_async(_with_drive(name, body))
     if json_out:
         print_json(_report_json(report))
     else:
@@ -138,9 +124,11 @@ def drive_dump(name: Annotated[str, typer.Argument(help="The drive to dump.")]) 
     from mediadrive.core.dump import dump_drive
 
     if sys.stdout.isatty():
-        raise _fail("the dump is binary; redirect it to a file: mediadrive drive dump NAME > FILE")
+        raise failure(
+            "the dump is binary; redirect it to a file: mediadrive drive dump NAME > FILE"
+        )
     sink = sys.stdout.buffer
-    summary = _run(_with_drive(name, lambda d: dump_drive(d.meta, sink)))
+    summary = run_async(_with_drive(name, lambda d: dump_drive(d.meta, sink)))
     sink.flush()
     counts = ", ".join(f"{n} {kind}s" for kind, n in summary.counts.items())
     err.print(f"dumped drive {name}: {counts}", markup=False)
@@ -167,7 +155,7 @@ def drive_load(
     from .settings import cli_settings
 
     if sys.stdin.isatty():
-        raise _fail("give the dump on stdin: mediadrive drive load NAME ... < FILE")
+        raise failure("give the dump on stdin: mediadrive drive load NAME ... < FILE")
     cli = cli_settings()
     try:
         check_drive_name(name)
@@ -180,7 +168,7 @@ def drive_load(
                 "name, or give --replace"
             )
     except MediadriveError as exc:
-        raise _fail(str(exc)) from None
+        raise failure(str(exc)) from None
 
     async def body() -> DumpSummary:
         target = connect(meta, name)
@@ -194,7 +182,7 @@ def drive_load(
         drive_registry.save_ref(DriveRef(name=name, meta_url=meta, store_url=store), cli)
         return summary
 
-    summary = _run(body())
+    summary = run_async(body())
     if json_out:
         print_json(asdict(summary))
         return

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import sys
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+from mediadrive.core.errors import MediadriveError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+T = TypeVar("T")
+
+
+def failure(message: str, code: int = 1) -> typer.Exit:
+    """Print ``mediadrive: error: MESSAGE`` (secrets masked); returns the Exit to raise."""
+    from mediadrive.core.credentials import redact_url
+
+    sys.stderr.write(f"mediadrive: error: {redact_url(message)}\n")
+    return typer.Exit(code)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; an error a person can act on ends it in one line."""
+    try:
+        return asyncio.run(coro)
+    except MediadriveError as exc:
+        raise failure(str(exc)) from None
 
 
 class _LazyConsole:

@@ -5,9 +5,6 @@ Heavy imports stay inside the commands: ``mediadrive --help`` loads none of them
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -15,7 +12,7 @@ import typer
 
 from mediadrive.core.errors import ConfigError, MediadriveError
 
-from .output import JsonFlag, err, out, print_json
+from .output import JsonFlag, err, failure, out, print_json, run_async
 from .targets import parse_target
 
 if TYPE_CHECKING:
@@ -27,20 +24,6 @@ T = TypeVar("T")
 
 # `--pod off` takes a machine's pods away (writes and reads go to the cloud alone).
 NO_POD = ("off", "none", "")
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    from mediadrive.core.credentials import redact_url
-
-    sys.stderr.write(f"mediadrive: error: {redact_url(message)}\n")
-    return typer.Exit(code)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        return asyncio.run(coro)
-    except MediadriveError as exc:
-        raise _fail(str(exc)) from None
 
 
 def load_policy(path: Path) -> TierPolicy:
@@ -123,7 +106,7 @@ def drive_set(
     from .drive_registry import load_ref, open_drive, save_ref
 
     if pod is None and region is None and policy is None:
-        raise _fail("nothing to set: give --pod, --region or --policy")
+        raise failure("nothing to set: give --pod, --region or --policy")
     try:
         tier_policy = load_policy(policy) if policy is not None else None
         ref = load_ref(name)
@@ -134,7 +117,7 @@ def drive_set(
             update={"pod_url": _pod_url(pod, ref.pod_url), "region": new_region}
         )
     except MediadriveError as exc:
-        raise _fail(str(exc)) from None
+        raise failure(str(exc)) from None
 
     async def apply() -> None:
         if tier_policy is None:
@@ -146,7 +129,7 @@ def drive_set(
         finally:
             await drive.close()
 
-    _run(apply())
+    run_async(apply())
     save_ref(new_ref)
     shown = _shown(new_ref)
     out.print(
@@ -187,7 +170,7 @@ def drive_show(name: str, json_out: JsonFlag = False) -> None:
             "policy": policy.model_dump(mode="json", by_alias=True),
         }
 
-    shown = _run(body())
+    shown = run_async(body())
     if json_out:
         print_json(shown)
         return
@@ -231,7 +214,7 @@ def _publish_on_drive(text: str, message: str, show_progress: bool) -> dict[str,
         finally:
             await drive.close()
 
-    result = _run(body())
+    result = run_async(body())
     return {"path": str(target), **result.as_dict()}
 
 
@@ -254,9 +237,9 @@ def publish(
         try:
             found = _publish_in_mount(text, message)
         except MediadriveError as exc:
-            raise _fail(str(exc)) from None
+            raise failure(str(exc)) from None
         if found is None:
-            raise _fail(f"{text!r} is neither a drive path (NAME:/path) nor inside a mount")
+            raise failure(f"{text!r} is neither a drive path (NAME:/path) nor inside a mount")
         results.append({"path": text, **found})
     if json_out:
         print_json(results[0] if len(results) == 1 else results)

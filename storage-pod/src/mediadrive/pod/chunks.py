@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 from mediadrive.core import private
-from mediadrive.core.durability import fsync_dir
+from mediadrive.core.durability import fsync_dir, write_atomically
 from mediadrive.core.units import size_text
 
 T = TypeVar("T")
@@ -374,16 +374,8 @@ class ChunkStore:
     def _write(self, final: Path, data: bytes) -> None:
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
-            private.make_dir(final.parent)
-            with open(tmp, "wb", opener=private.opener) as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
+            write_atomically(final, data, tmp)
         except OSError as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise PodFull(f"the storage pod's volume is full ({err.strerror})") from None
             raise

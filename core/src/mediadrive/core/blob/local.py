@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from .. import private
-from ..durability import fsync_dir
+from ..durability import write_atomically
 from ..errors import ConfigError, NotFound, StoreFull, StoreUnavailable
 from . import BlobStore, register
 
@@ -77,19 +77,10 @@ class LocalBlobStore(BlobStore):
         # Unique: two uploads of the same bytes may write at once.
         tmp = final.with_name(f".{chunk_id}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
         try:
-            # Chunks are file contents: readable by the store's owner only.
-            private.make_dir(final.parent)
-            with open(tmp, "wb", opener=private.opener) as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            # Rename after fsync: a reader sees the whole chunk or none of it.
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
+            # Chunks are file contents: owner-only; renamed after fsync, so a reader
+            # sees the whole chunk or none of it, and a full disk leaves no half chunk.
+            write_atomically(final, data, tmp)
         except OSError as err:
-            # A full disk or a read-only folder: no half chunk stays behind.
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreFull(f"the store {self.root} is full ({err.strerror})") from None
             raise StoreUnavailable(
