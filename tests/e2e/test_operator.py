@@ -642,3 +642,46 @@ def _assert_volume_and_claim(cluster: Cluster, namespace: str, name: str) -> Non
         return bool(pvc["status"].get("phase") == "Bound")
 
     wait_for(f"claim {claim} Bound", bound, 60)
+
+
+def test_helm_upgrade_and_uninstall_leave_no_orphans(cluster: Cluster) -> None:
+    """A release of its own (watching one namespace, so it never competes with the
+    module's operator): upgraded in place, then uninstalled without leftovers while
+    the CRDs, and so everyone's resources, stay."""
+    release = f"up{os.getpid() % 100_000}"
+    namespace = f"mediadrive-{release}"
+    watched = f"{namespace}-watched"
+    cluster.kubectl("create", "namespace", watched)
+    selector = f"app.kubernetes.io/instance={release}"
+    try:
+        helm(
+            cluster, "install", release, str(CHART), "--namespace", namespace,
+            "--create-namespace", "--set", "operator.image.pullPolicy=Never",
+            "--set", f"operator.watchNamespaces={{{watched}}}", "--wait", "--timeout", "180s",
+        )  # fmt: skip
+        assert cluster.kubectl("get", "kopfpeering", "mediadrive", "-n", watched, "-o", "name")
+        helm(
+            cluster, "upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values",
+            "--set", "operator.logLevel=debug", "--wait", "--timeout", "180s",
+        )  # fmt: skip
+        deployment = cluster.get(f"deployment/{release}-operator", "-n", namespace)
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert "--log-level=debug" in args
+        assert f"--namespace={watched}" in args
+    finally:
+        helm(cluster, "uninstall", release, "--namespace", namespace, "--wait")
+    leftovers = {
+        "namespaced": cluster.kubectl(
+            "get", "deployments,serviceaccounts,configmaps,secrets", "-n", namespace,
+            "-l", selector, "-o", "name",
+        ),
+        "peering": cluster.kubectl("get", "kopfpeerings", "-n", watched, "-o", "name"),
+        "cluster": cluster.kubectl(
+            "get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name"
+        ),
+    }  # fmt: skip
+    assert leftovers == {"namespaced": "", "peering": "", "cluster": ""}
+    # The CRDs are kept: deleting them would delete every drive's resources.
+    for kind in ("drivevolumes", "storagepods", "tierpolicies"):
+        assert cluster.kubectl("get", "crd", f"{kind}.mediadrive.io", "-o", "name")
+    cluster.kubectl("delete", "namespace", namespace, watched, "--wait=false")

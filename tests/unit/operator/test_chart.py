@@ -97,3 +97,17 @@ def test_bad_values_are_refused_naming_the_field(value: str, field: str) -> None
     result = helm("template", "md", str(CHART), "--set", value)
     assert result.returncode != 0
     assert field in result.stderr
+
+
+def test_replicas_share_one_peering_object_where_the_operator_watches() -> None:
+    cluster_wide = [d for d in rendered() if d["kind"].endswith("KopfPeering")]
+    assert [(d["kind"], d["metadata"]["name"]) for d in cluster_wide] == [
+        ("ClusterKopfPeering", "mediadrive")
+    ]
+    scoped = [
+        d for d in rendered("operator.watchNamespaces={studio,render}") if "Peering" in d["kind"]
+    ]
+    assert sorted((d["kind"], d["metadata"]["namespace"]) for d in scoped) == [
+        ("KopfPeering", "render"),
+        ("KopfPeering", "studio"),
+    ]
