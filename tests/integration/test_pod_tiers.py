@@ -71,6 +71,12 @@ def cloud(minio_s3: S3Server) -> tuple[S3Server, str]:
     return minio_s3, minio_s3.new_bucket("cloud")
 
 
+def use_keys(monkeypatch: pytest.MonkeyPatch, s3: S3Server) -> None:
+    """The S3 keys for stores opened in this process (the CLI gets them in its env)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+
+
 def make_cli(tmp_path: Path, s3: S3Server) -> Cli:
     return Cli(
         tmp_path / "home",
@@ -157,8 +163,7 @@ async def test_a_read_completes_from_the_cloud_when_the_pod_dies_mid_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     s3, bucket = cloud
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    use_keys(monkeypatch, s3)
     from mediadrive.core.config import DriveSettings, TierRules
     from mediadrive.core.policy import TierPolicy
 
@@ -192,8 +197,7 @@ async def test_a_version_held_in_another_region_is_listed_but_not_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     s3, bucket = cloud
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    use_keys(monkeypatch, s3)
     from mediadrive.core.config import DriveSettings
     from mediadrive.core.policy import TierPolicy
 

@@ -37,10 +37,7 @@ def _spec(body: kopf.Body) -> StoragePodSpec:
 async def reconcile(
     body: kopf.Body, name: str, namespace: str | None, patch: kopf.Patch, **_: Any
 ) -> None:
-    spec = _spec(body)
-    for child in storagepod.render(name, namespace_of(namespace), spec):
-        await apply.apply(child, owner=body)
-    await _report(body, name, namespace, spec, patch)
+    await _converge(body, name, namespace, _spec(body), patch)
 
 
 @kopf.timer(*RESOURCE, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, idle=5)
@@ -52,6 +49,13 @@ async def resync(
         spec = _spec(body)
     except kopf.PermanentError:
         return
+    await _converge(body, name, namespace, spec, patch)
+
+
+async def _converge(
+    body: kopf.Body, name: str, namespace: str | None, spec: StoragePodSpec, patch: kopf.Patch
+) -> None:
+    """Apply every rendered child (owned by the StoragePod), then report the status."""
     for child in storagepod.render(name, namespace_of(namespace), spec):
         await apply.apply(child, owner=body)
     await _report(body, name, namespace, spec, patch)
