@@ -66,7 +66,7 @@ class Pod:
             timeout=max(1.0, min(5.0, settings.probe_interval)),
         )
         self.draining = False
-        self._fetches: dict[str, asyncio.Future[bytes | None]] = {}
+        self._fetches: dict[tuple[str, str], asyncio.Future[bytes | None]] = {}
         self._short, self._short_logged = 0, float("-inf")
         self._adopting: dict[tuple[str, str], asyncio.Future[None]] = {}
 
@@ -187,16 +187,28 @@ class Pod:
         others = self.members.live_others()
         return rank(others, drive, cid)
 
-    async def from_upstream(self, cid: str) -> bytes | None:
-        """The chunk from the upstream store, verified; readers of one chunk share a fetch."""
+    async def from_upstream(self, drive: str, cid: str) -> bytes | None:
+        """The chunk from the upstream store, verified and cached here. Readers of one chunk
+        share one fetch, which ends only once the copy is stored: a reader arriving between
+        the two would otherwise fetch it again."""
         if self.upstream is None:
             return None
-        fetch = self._fetches.get(cid)
+        key = (drive, cid)
+        fetch = self._fetches.get(key)
         if fetch is None:
-            fetch = asyncio.ensure_future(self._fetch(cid))
-            self._fetches[cid] = fetch
-            fetch.add_done_callback(lambda _: self._fetches.pop(cid, None))
+            fetch = asyncio.ensure_future(self._fetch_and_cache(drive, cid))
+            self._fetches[key] = fetch
+            fetch.add_done_callback(lambda _: self._fetches.pop(key, None))
         return await asyncio.shield(fetch)
+
+    async def _fetch_and_cache(self, drive: str, cid: str) -> bytes | None:
+        data = await self._fetch(cid)
+        if data is not None:
+            try:
+                await self.store.put(drive, cid, data, held=False)
+            except PodFull as exc:
+                log.info("not caching chunk %s: %s", cid, exc)
+        return data
 
     async def _fetch(self, cid: str) -> bytes | None:
         assert self.upstream is not None
@@ -583,14 +595,9 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
         relayed = await _from_member(request, pod, member, f"/v1/drives/{drive}/chunks/{cid}")
         if relayed is not None:
             return relayed
-    data = await pod.from_upstream(cid)
+    data = await pod.from_upstream(drive, cid)
     if data is None:
         return error(404, f"chunk {cid} of drive {drive} is in no member of the region")
-    try:
-        await pod.store.put(drive, cid, data, held=False)
-    except PodFull as exc:
-        log.info("not caching chunk %s: %s", cid, exc)
-        return _bytes_response(request, data)
     local = await _local(pod, drive, cid)
     return local if local is not None else _bytes_response(request, data)
 
