@@ -71,6 +71,7 @@ bench-pod: test-deps
 
 cluster-up:
 	@$(TIMED) system-packages scripts/install-system-deps.sh
+	@$(TIMED) test-binaries scripts/build-test-binaries.sh
 	@$(TIMED) cluster-binaries scripts/build-cluster-binaries.sh
 	@$(TIMED) cluster-up scripts/cluster/up.sh
 

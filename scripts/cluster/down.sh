@@ -64,6 +64,7 @@ shim_pids() {
 }
 
 stop_all() {
+    stop_components example-minio example-postgres
     stop_components cluster-dns kube-proxy kubelet kube-scheduler kube-controller-manager \
         kube-apiserver
     local pids

@@ -29,9 +29,16 @@ RUN="$CLUSTER_DIR/run"
 LOGS="$CLUSTER_DIR/logs"
 KUBECONFIG_ADMIN="$CLUSTER_DIR/kubeconfig"
 CONTAINERD_SOCK="$CLUSTER_DIR/containerd/containerd.sock"
+# The studio's stores the examples use (examples/drivevolume.yaml): a PostgreSQL and
+# an S3 server (MinIO) on this machine, reached by pods at the Services
+# postgres.storage and minio.storage, and from this machine at POD_GATEWAY.
+STORES="$CLUSTER_DIR/stores"
+STORES_PG_PORT="${MEDIADRIVE_CLUSTER_PG_PORT:-15432}"
+STORES_S3_PORT="${MEDIADRIVE_CLUSTER_S3_PORT:-19000}"
+STORES_BUCKET=studio-media
 # Components in start order; down.sh stops them in reverse.
 COMPONENTS=(etcd kube-apiserver containerd kube-controller-manager kube-scheduler kubelet kube-proxy
-    cluster-dns)
+    cluster-dns example-postgres example-minio)
 # The cgroup v1 hierarchies the kubelet needs its cgroupRoot in.
 CGROUP_HIERARCHIES=(cpu cpuacct cpuset memory devices freezer blkio pids systemd)
 

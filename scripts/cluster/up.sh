@@ -385,6 +385,13 @@ EOF
 start_kubelet() {
     kubelet_config
     mkdir -p "$CLUSTER_DIR/kubelet" "$CLUSTER_DIR/pod-logs"
+    # Bidirectional mount propagation (the CSI node plugin's FUSE and bind mounts
+    # reaching kubelet and the pods) needs the kubelet's folder on a shared mount.
+    if ! awk -v dir="$CLUSTER_DIR/kubelet" '$5 == dir && / shared:/ { found = 1 } END { exit !found }' \
+        /proc/self/mountinfo; then
+        mount --bind "$CLUSTER_DIR/kubelet" "$CLUSTER_DIR/kubelet"
+        mount --make-rshared "$CLUSTER_DIR/kubelet"
+    fi
     start kubelet env PATH="$CLUSTER_BIN:$PATH" "$CLUSTER_BIN/kubelet" \
         --config "$CLUSTER_DIR/kubelet-config/config.yaml" \
         --kubeconfig "$CLUSTER_DIR/kubeconfigs/kubelet" \
@@ -424,6 +431,98 @@ start_dns() {
         --apiserver "https://127.0.0.1:$APISERVER_PORT" --ca "$PKI/ca.crt" \
         --cert "$PKI/kube-proxy.crt" --key "$PKI/kube-proxy.key"
     wait_for 10 "cluster DNS" dns_listening
+}
+
+# --- the examples' stores ----------------------------------------------------
+
+start_example_stores() {
+    local pg_bin minio="$CACHE/bin/minio" password s3_secret
+    pg_bin="$(dirname "$(find /usr/lib/postgresql -path '*/bin/postgres' | sort -V | tail -n 1)")"
+    [ -x "$minio" ] || die "no MinIO at $minio: run scripts/build-test-binaries.sh"
+    password="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    s3_secret="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    # PostgreSQL runs as its Debian user; password logins over TCP only.
+    mkdir -p "$STORES"
+    chmod 711 "$STORES"
+    install -d -o postgres -g postgres -m 700 "$STORES/postgres" "$STORES/postgres-socket"
+    install -o postgres -m 600 /dev/null "$STORES/postgres/password"
+    printf '%s\n' "$password" >"$STORES/postgres/password"
+    runuser -u postgres -- "$pg_bin/initdb" --pgdata "$STORES/postgres/data" --username postgres \
+        --pwfile "$STORES/postgres/password" --auth-local trust --auth-host scram-sha-256 \
+        --encoding UTF8 --no-locale --no-sync >"$LOGS/example-postgres-init.log" 2>&1
+    rm -f "$STORES/postgres/password"
+    echo "host all all samenet scram-sha-256" >>"$STORES/postgres/data/pg_hba.conf"
+    start example-postgres runuser -u postgres -- "$pg_bin/postgres" -D "$STORES/postgres/data" \
+        -k "$STORES/postgres-socket" -p "$STORES_PG_PORT" -c "listen_addresses=$POD_GATEWAY" \
+        -c max_connections=200
+    wait_for 30 "example PostgreSQL" "$pg_bin/pg_isready" -q -h "$POD_GATEWAY" -p "$STORES_PG_PORT"
+    mkdir -p "$STORES/minio"
+    chmod 700 "$STORES/minio"
+    start example-minio env MINIO_ROOT_USER=mediadrive MINIO_ROOT_PASSWORD="$s3_secret" \
+        MINIO_UPDATE=off MINIO_CI_CD=1 HOME="$STORES/minio" "$minio" server "$STORES/minio/data" \
+        --address "$POD_GATEWAY:$STORES_S3_PORT" --console-address "127.0.0.1:$((STORES_S3_PORT + 1))" --quiet
+    wait_for 30 "example MinIO" curl -fsS "http://$POD_GATEWAY:$STORES_S3_PORT/minio/health/ready"
+    curl -fsS --aws-sigv4 "aws:amz:us-east-1:s3" --user "mediadrive:$s3_secret" \
+        -X PUT "http://$POD_GATEWAY:$STORES_S3_PORT/$STORES_BUCKET" >/dev/null
+    (
+        umask 077
+        cat >"$STORES/env" <<EOF
+# The examples' stores, as this machine reaches them (scripts/cluster/up.sh).
+export MEDIADRIVE_EXAMPLE_META_URL='postgresql://postgres:$password@$POD_GATEWAY:$STORES_PG_PORT/postgres'
+export MEDIADRIVE_EXAMPLE_STORE_URL='s3://$STORES_BUCKET/show?endpoint=http://$POD_GATEWAY:$STORES_S3_PORT'
+export AWS_ACCESS_KEY_ID=mediadrive
+export AWS_SECRET_ACCESS_KEY='$s3_secret'
+EOF
+    )
+    # Pods reach them by name; the Secrets the examples name hold the credentials.
+    kubectl_admin apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: storage}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: postgres, namespace: storage}
+spec:
+  ports: [{name: postgres, port: 5432, targetPort: $STORES_PG_PORT}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: postgres-host
+  namespace: storage
+  labels: {kubernetes.io/service-name: postgres}
+addressType: IPv4
+ports: [{name: postgres, port: $STORES_PG_PORT}]
+endpoints: [{addresses: ["$POD_GATEWAY"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: minio, namespace: storage}
+spec:
+  ports: [{name: s3, port: 9000, targetPort: $STORES_S3_PORT}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: minio-host
+  namespace: storage
+  labels: {kubernetes.io/service-name: minio}
+addressType: IPv4
+ports: [{name: s3, port: $STORES_S3_PORT}]
+endpoints: [{addresses: ["$POD_GATEWAY"]}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: show-metadata, namespace: default}
+stringData:
+  url: postgresql://postgres:$password@postgres.storage.svc:5432/postgres
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: show-s3, namespace: default}
+stringData: {accessKeyId: mediadrive, secretAccessKey: "$s3_secret"}
+EOF
 }
 
 dns_listening() {
@@ -480,7 +579,8 @@ main() {
     step kube-proxy start_kube_proxy
     step cluster-dns start_dns
     step node-ready wait_node
-    log "up; logs in $LOGS"
+    step example-stores start_example_stores
+    log "up; logs in $LOGS; the examples' stores: source $STORES/env"
     echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
 }
 

@@ -33,21 +33,27 @@ python_platform=x86_64-manylinux_2_36
 base_recipe=1
 
 # name -> tag, the workspace distributions installed, and what is left out.
-# mediadrive-node (FUSE agent, CSI node service) needs pyfuse3 built against
-# libfuse 3.17 inside the image and has an image of its own (mediadrive/node).
+# mediadrive-node (FUSE agent, CSI node service) needs pyfuse3, which PyPI serves
+# only as source: the node image takes the wheel scripts/build-fuse-passthrough.sh
+# built on this machine (Debian bookworm, as the image) and the libfuse 3.17 it
+# links against, in /opt/mediadrive/lib.
 declare -A TAG=(
     [pod]=mediadrive/pod:dev
     [operator]=mediadrive/operator:dev
+    [node]=mediadrive/node:dev
 )
 declare -A DISTS=(
     [pod]="mediadrive-pod mediadrive-cli"
     [operator]="mediadrive-operator mediadrive-cli"
+    [node]="mediadrive-node mediadrive-cli"
 )
 declare -A WITHOUT=(
     [pod]=mediadrive-node
     [operator]=mediadrive-node
+    [node]=""
 )
-IMAGES=(pod operator)
+IMAGES=(pod operator node)
+fuse_lib="$repo/.cache/fuse3/lib"
 
 log() {
     echo "images: $*" >&2
@@ -137,6 +143,10 @@ inputs_key() {
         # shellcheck disable=SC2046 # one wheel path a line
         python3 "$here/wheels.py" hash $(cat "$plan/workspace.txt")
         cat "$plan/requirements.txt" "$wheels_dir/constraints.txt"
+        if [ "$name" = node ]; then
+            python3 "$here/wheels.py" hash "$(pyfuse3_wheel)"
+            sha256sum "$fuse_lib/libfuse3.so.4"
+        fi
         cat "$here/build.sh" "$here/oci.py" "$here/wheels.py" "$here/mediadrive"
     } | sha256sum | cut -d' ' -f1
 }
@@ -148,8 +158,21 @@ build_app_layer() {
     local install=(uv pip install --quiet --target "$target" --python-version "$python_version"
         --python-platform "$python_platform" --only-binary :all: --compile-bytecode)
     mkdir -p "$target" "$rootfs/usr/local/bin"
-    if [ -s "$plan/requirements.txt" ]; then
-        "${install[@]}" -r "$plan/requirements.txt" -c "$wheels_dir/constraints.txt"
+    local requirements="$plan/requirements.txt"
+    if [ "$name" = node ]; then
+        # pyfuse3 from the local wheel; its own dependencies from PyPI.
+        grep -v '^pyfuse3' "$plan/requirements.txt" >"$plan/requirements-binary.txt"
+        echo trio >>"$plan/requirements-binary.txt"
+        requirements="$plan/requirements-binary.txt"
+        mkdir -p "$target/lib"
+        cp -L "$fuse_lib/libfuse3.so.4" "$target/lib/libfuse3.so.4"
+        local wheel_copy
+        wheel_copy="$plan/$(basename "$(pyfuse3_wheel)" | sed 's/linux_x86_64/manylinux_2_36_x86_64/')"
+        cp "$(pyfuse3_wheel)" "$wheel_copy"
+        "${install[@]}" --no-deps "$wheel_copy"
+    fi
+    if [ -s "$requirements" ]; then
+        "${install[@]}" -r "$requirements" -c "$wheels_dir/constraints.txt"
     fi
     # shellcheck disable=SC2046 # one wheel path a line
     "${install[@]}" --no-deps $(cat "$plan/workspace.txt")
@@ -173,10 +196,24 @@ add_user() {
     chmod 644 "$rootfs/etc/passwd" "$rootfs/etc/group"
 }
 
+# The pyfuse3 wheel the node image installs (built with libfuse 3.17 by
+# scripts/build-fuse-passthrough.sh, which `make install` runs).
+pyfuse3_wheel() {
+    local found
+    # The wheel .venv has: uv records where it came from.
+    found="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["url"].removeprefix("file://"))' \
+        "$repo"/.venv/lib/python3.*/site-packages/pyfuse3-*.dist-info/direct_url.json 2>/dev/null || true)"
+    [ -f "$found" ] && [ -e "$fuse_lib/libfuse3.so.4" ] || {
+        log "no pyfuse3 wheel in .cache/wheels: run scripts/build-fuse-passthrough.sh"
+        return 1
+    }
+    echo "$found"
+}
+
 build_image() {
     local name="$1" plan="$out/$1.plan" key archive="$out/$1.tar" args=() dist
     for dist in ${DISTS[$name]}; do args+=("$dist"); done
-    for dist in ${WITHOUT[$name]}; do args+=(--without "$dist"); done
+    for dist in ${WITHOUT[$name]:-}; do args+=(--without "$dist"); done
     python3 "$here/wheels.py" plan "$wheels_dir" "$plan" "${args[@]}"
     key="$(inputs_key "$name")"
     if [ -f "$archive" ] && [ "$(cat "$out/$name.key" 2>/dev/null)" = "$key" ]; then
@@ -187,9 +224,13 @@ build_image() {
     work="$(mktemp -d "$out/build.$name.XXXXXX")"
     build_app_layer "$name" "$plan" "$work/rootfs"
     python3 "$here/oci.py" layer "$work/rootfs" "$work/app.tar" >/dev/null
+    local env=(--env PYTHONPATH=/opt/mediadrive --env PYTHONUNBUFFERED=1)
+    if [ "$name" = node ]; then
+        env+=(--env LD_LIBRARY_PATH=/opt/mediadrive/lib)
+    fi
     python3 "$here/oci.py" archive --tag "${TAG[$name]}" --layer "$base_layer" \
         --layer "$work/app.tar" --entrypoint /usr/local/bin/mediadrive \
-        --env PYTHONPATH=/opt/mediadrive --env PYTHONUNBUFFERED=1 "$archive" >/dev/null
+        "${env[@]}" "$archive" >/dev/null
     echo "$key" >"$out/$name.key"
     rm -rf "$work"
     log "${TAG[$name]} -> $archive ($(du -h "$archive" | cut -f1))"

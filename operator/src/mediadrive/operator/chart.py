@@ -46,16 +46,66 @@ class OperatorValues(Values):
     )
 
 
+class RegistrarValues(Values):
+    """The node-driver-registrar sidecar, for ``registration: sidecar``."""
+
+    image: Image = Image(
+        repository="registry.k8s.io/sig-storage/csi-node-driver-registrar", tag="v2.13.0"
+    )
+
+
 class NodePluginValues(Values):
     """The CSI node plugin (a DaemonSet on every node that runs drives' pods)."""
 
-    enabled: bool = False
+    enabled: bool = True
     image: Image = Image(repository="mediadrive/node")
+    kubelet_dir: str = Field(
+        "/var/lib/kubelet",
+        alias="kubeletDir",
+        pattern=r"^/",
+        description="the kubelet's --root-dir on the nodes",
+    )
+    state_dir: str = Field(
+        "/var/lib/mediadrive/csi",
+        alias="stateDir",
+        pattern=r"^/",
+        description="on each node: volume records, agents' sockets, caches, staging journals",
+    )
+    registration: Literal["builtin", "sidecar"] = Field(
+        "builtin",
+        description="builtin: the plugin serves kubelet's plugin registration itself; "
+        "sidecar: the node-driver-registrar image does",
+    )
+    registrar: RegistrarValues = RegistrarValues()
+    region: str = Field(
+        "", max_length=63, description="the nodes' region: which drive storage pods they use"
+    )
+    metrics_port: int = Field(9810, alias="metricsPort", ge=1, le=65535)
+    health_interval: int = Field(10, alias="healthInterval", ge=1, le=3600)
+    log_level: Literal["debug", "info", "warning"] = Field("info", alias="logLevel")
+    priority_class_name: str = Field("system-node-critical", alias="priorityClassName")
+    resources: Resources = Resources(requests={"cpu": "100m", "memory": "256Mi"})
+    node_selector: dict[str, str] = Field({}, alias="nodeSelector")
+    # Drives must mount wherever a pod may land: tolerate every taint by default.
+    tolerations: list[Toleration] = [Toleration(operator="Exists")]
+
+
+class StorageClassValues(Values):
+    """A StorageClass whose claims the operator provisions drives for."""
+
+    create: bool = False
+    name: ObjectName = "mediadrive"
+    default: bool = Field(False, description="make it the cluster's default StorageClass")
+    reclaim_policy: Literal["Delete", "Retain"] = Field("Delete", alias="reclaimPolicy")
+    parameters: dict[str, str] = Field(
+        {}, description="the drive each claim gets (docs/operator.md, dynamic provisioning)"
+    )
 
 
 class ChartValues(Values):
     operator: OperatorValues = OperatorValues()
     node: NodePluginValues = NodePluginValues()
+    storage_class: StorageClassValues = Field(StorageClassValues(), alias="storageClass")
 
 
 def values_schema() -> dict[str, Any]:
