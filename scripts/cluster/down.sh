@@ -76,11 +76,19 @@ stop_all() {
     stop_components etcd
 }
 
+# The kubelet's folder this cluster used (up.sh records it).
+used_kubelet_dir() {
+    [ -f "$CLUSTER_DIR/kubelet-dir" ] && cat "$CLUSTER_DIR/kubelet-dir"
+}
+
 unmount_all() {
-    local mounts point
+    local mounts point kubelet_dir
     [ -d "$CLUSTER_DIR" ] || return 0
-    # Deepest first; the mount table escapes spaces as \040.
-    mapfile -t mounts < <(awk -v dir="$CLUSTER_DIR/" 'index($5, dir) == 1 { print $5 }' \
+    kubelet_dir="$(used_kubelet_dir || true)"
+    # Deepest first (the kubelet's folder's own bind last); the mount table escapes
+    # spaces as \040.
+    mapfile -t mounts < <(awk -v dir="$CLUSTER_DIR/" -v kubelet="${kubelet_dir:-/nonexistent}" \
+        'index($5, dir) == 1 || index($5, kubelet "/") == 1 || $5 == kubelet { print $5 }' \
         /proc/self/mountinfo | sort -r -u)
     for point in "${mounts[@]}"; do
         point="$(printf '%b' "$point")"
@@ -140,7 +148,11 @@ remove_cgroups() {
 
 remove_state() {
     [ -d "$CLUSTER_DIR" ] || return 0
-    local entry
+    local entry kubelet_dir
+    kubelet_dir="$(used_kubelet_dir || true)"
+    if [ -n "$kubelet_dir" ] && [ -d "$kubelet_dir" ]; then
+        find "$kubelet_dir" -mindepth 1 -maxdepth 1 -exec rm -rf --one-file-system {} +
+    fi
     for entry in "$CLUSTER_DIR"/* "$CLUSTER_DIR"/.[!.]*; do
         [ -e "$entry" ] || continue
         [ "$entry" = "$LOGS" ] && continue

@@ -24,6 +24,9 @@ ETCD_PEER_PORT="${MEDIADRIVE_CLUSTER_ETCD_PEER_PORT:-12380}"
 NODE_NAME=localhost
 PAUSE_IMAGE="docker.io/mediadrive/pause:dev"
 
+# The kubelet's --root-dir: the usual path, so that charts' defaults (the CSI node
+# plugin's hostPath mounts) hold on this cluster as on any other.
+KUBELET_DIR="${MEDIADRIVE_CLUSTER_KUBELET_DIR:-/var/lib/kubelet}"
 PKI="$CLUSTER_DIR/pki"
 RUN="$CLUSTER_DIR/run"
 LOGS="$CLUSTER_DIR/logs"

@@ -357,7 +357,7 @@ resolvConf: $dir/resolv.conf
 clusterDomain: cluster.local
 clusterDNS: [$POD_GATEWAY]
 podLogsDir: $CLUSTER_DIR/pod-logs
-volumePluginDir: $CLUSTER_DIR/kubelet/volume-plugins
+volumePluginDir: $KUBELET_DIR/volume-plugins
 tlsCertFile: $PKI/kubelet-serving.crt
 tlsPrivateKeyFile: $PKI/kubelet-serving.key
 authentication:
@@ -384,18 +384,20 @@ EOF
 
 start_kubelet() {
     kubelet_config
-    mkdir -p "$CLUSTER_DIR/kubelet" "$CLUSTER_DIR/pod-logs"
+    mkdir -p "$KUBELET_DIR" "$CLUSTER_DIR/pod-logs"
+    # down.sh unmounts and empties it.
+    echo "$KUBELET_DIR" >"$CLUSTER_DIR/kubelet-dir"
     # Bidirectional mount propagation (the CSI node plugin's FUSE and bind mounts
     # reaching kubelet and the pods) needs the kubelet's folder on a shared mount.
-    if ! awk -v dir="$CLUSTER_DIR/kubelet" '$5 == dir && / shared:/ { found = 1 } END { exit !found }' \
+    if ! awk -v dir="$KUBELET_DIR" '$5 == dir && / shared:/ { found = 1 } END { exit !found }' \
         /proc/self/mountinfo; then
-        mount --bind "$CLUSTER_DIR/kubelet" "$CLUSTER_DIR/kubelet"
-        mount --make-rshared "$CLUSTER_DIR/kubelet"
+        mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
+        mount --make-rshared "$KUBELET_DIR"
     fi
     start kubelet env PATH="$CLUSTER_BIN:$PATH" "$CLUSTER_BIN/kubelet" \
         --config "$CLUSTER_DIR/kubelet-config/config.yaml" \
         --kubeconfig "$CLUSTER_DIR/kubeconfigs/kubelet" \
-        --root-dir "$CLUSTER_DIR/kubelet" --hostname-override "$NODE_NAME" --v 1
+        --root-dir "$KUBELET_DIR" --hostname-override "$NODE_NAME" --v 1
 }
 
 start_kube_proxy() {

@@ -21,7 +21,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +135,38 @@ class Cluster:
                 if time.monotonic() >= deadline:
                     raise ClusterError(f"GET {url}: {exc}") from exc
                 time.sleep(0.5)
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    every: float = 1.0,
+    explain: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``check`` until true; fail the test naming ``what`` (and ``explain()``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except (ClusterError, KeyError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            details = f"\n{explain()}" if explain is not None else ""
+            raise AssertionError(f"{what}: not within {timeout:.0f}s{details}")
+        time.sleep(every)
+
+
+def helm(cluster: Cluster, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
+    """Run the cluster's helm; return its stdout, raise ClusterError on failure."""
+    command = [str(cluster_bin() / "helm"), "--kubeconfig", str(cluster.kubeconfig), *args]
+    done = subprocess.run(
+        command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise ClusterError(f"helm {' '.join(args)}: {done.stdout}{done.stderr}")
+    return done.stdout
 
 
 def _free_port() -> int:

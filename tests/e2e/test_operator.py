@@ -15,10 +15,8 @@ import copy
 import json
 import os
 import shutil
-import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from mediadrive.core.config import DriveSettings
 from mediadrive.core.errors import DriveNotFound
 from mediadrive.core.hashing import chunk_id
 from mediadrive.core.meta import connect
-from tests.e2e.cluster import REPO_ROOT, Cluster, ClusterError, cluster_bin
+from tests.e2e.cluster import REPO_ROOT, Cluster, ClusterError, helm, wait_for
 from tests.servers import PostgresServer, S3Server, minio_server, postgres_server
 
 pytestmark = pytest.mark.cluster
@@ -61,36 +59,6 @@ class Operator:
 class Region:
     namespace: str
     token_file: Path
-
-
-def wait_for(
-    what: str,
-    check: Callable[[], bool],
-    timeout: float,
-    every: float = 1.0,
-    explain: Callable[[], str] | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except (ClusterError, KeyError, ValueError):
-            pass
-        if time.monotonic() >= deadline:
-            details = f"\n{explain()}" if explain is not None else ""
-            raise AssertionError(f"{what}: not within {timeout:.0f}s{details}")
-        time.sleep(every)
-
-
-def helm(cluster: Cluster, *args: str, stdin: str | None = None, timeout: float = 300) -> str:
-    command = [str(cluster_bin() / "helm"), "--kubeconfig", str(cluster.kubeconfig), *args]
-    done = subprocess.run(
-        command, input=stdin, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if done.returncode != 0:
-        raise ClusterError(f"helm {' '.join(args)}: {done.stdout}{done.stderr}")
-    return done.stdout
 
 
 def example(name: str) -> list[dict[str, Any]]:
@@ -123,6 +91,9 @@ def operator(cluster: Cluster) -> Iterator[Operator]:
         "operator.image.pullPolicy=Never",
         "--set",
         f"operator.resyncSeconds={RESYNC_SECONDS}",
+        # The CSI node plugin (one per cluster: it owns the CSIDriver) is test_csi.py's.
+        "--set",
+        "node.enabled=false",
     )
     try:
         cluster.kubectl(
@@ -657,7 +628,8 @@ def test_helm_upgrade_and_uninstall_leave_no_orphans(cluster: Cluster) -> None:
         helm(
             cluster, "install", release, str(CHART), "--namespace", namespace,
             "--create-namespace", "--set", "operator.image.pullPolicy=Never",
-            "--set", f"operator.watchNamespaces={{{watched}}}", "--wait", "--timeout", "180s",
+            "--set", f"operator.watchNamespaces={{{watched}}}", "--set", "node.enabled=false",
+            "--wait", "--timeout", "180s",
         )  # fmt: skip
         assert cluster.kubectl("get", "kopfpeering", "mediadrive", "-n", watched, "-o", "name")
         helm(
