@@ -12,7 +12,8 @@
 # the clone), rebuilt only when its inputs (base layer, wheels, these scripts)
 # changed. When the cluster from scripts/cluster/up.sh is up, the images are
 # imported into its containerd. The matching Dockerfiles (storage-pod/Dockerfile,
-# operator/Dockerfile) build the same images where a Docker engine exists.
+# operator/Dockerfile, csi-node/Dockerfile) build the same images where a Docker
+# engine exists.
 #
 # Usage: build.sh [IMAGE...]   (default: every image below)
 set -euo pipefail
