@@ -324,6 +324,7 @@ def body(obj: dict[str, Any]) -> kopf.Body:
 
 # The handlers as plain coroutines (kopf types them as its callbacks).
 claim_changed: Any = handlers.claim_changed
+claim_deleted: Any = handlers.claim_deleted
 volume_released: Any = handlers.volume_released
 
 
@@ -388,3 +389,21 @@ def test_the_handlers_filters_see_only_their_objects() -> None:
     assert not handlers._pending_claim(body(claim()), type="DELETED")
     assert handlers._released(body(released("Delete")), type="MODIFIED")
     assert not handlers._released(body(released("Delete")), type="DELETED")
+
+
+async def test_a_claim_deleted_before_its_volume_was_made(cluster: FakeCluster) -> None:
+    cluster.objects[("StorageClass", "mediadrive", None)] = storage_class(reclaimPolicy="Retain")
+    await run_claim(claim())
+    key = ("DriveVolume", f"pvc-{UID}", "studio")
+    await claim_deleted(body=body(claim()), namespace="studio")
+    assert key in cluster.objects  # Retain keeps it
+    cluster.objects[key]["spec"]["reclaimPolicy"] = "Delete"
+    pv = {"kind": "PersistentVolume", "metadata": {"name": f"pvc-{UID}"}}
+    cluster.objects[cluster.key(pv)] = pv
+    await claim_deleted(body=body(claim()), namespace="studio")
+    assert key in cluster.objects  # the volume exists: its release decides
+    del cluster.objects[cluster.key(pv)]
+    await claim_deleted(body=body(claim()), namespace="studio")
+    assert key not in cluster.objects
+    assert handlers._deleted_claim(body(claim()), type="DELETED")
+    assert not handlers._deleted_claim(body(claim()), type="MODIFIED")

@@ -103,6 +103,36 @@ def _refuse(body: kopf.Body, message: str) -> None:
     kopf.warn(body, reason="ProvisioningFailed", message=message)
 
 
+def _deleted_claim(body: kopf.Body, type: str | None = None, **_: Any) -> bool:
+    return type == "DELETED" and bool((body.get("spec") or {}).get("storageClassName"))
+
+
+@kopf.on.event("", "v1", "persistentvolumeclaims", when=_deleted_claim)
+async def claim_deleted(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    """A claim deleted before its volume was made (its DriveVolume never got
+    Ready): no volume will be Released, so its DriveVolume is reclaimed here."""
+    volume = provisioning.volume_name(str(body.metadata.uid))
+    found = await _retrying(
+        f"reading DriveVolume {namespace}/{volume}",
+        lambda: apply.get(DRIVE_VOLUME_API, DRIVE_VOLUME, volume, namespace),
+    )
+    if found is None or ((found.get("spec") or {}).get("claimRef") or {}).get("uid") != (
+        body.metadata.uid
+    ):
+        return
+    pv = volume  # the PersistentVolume is named pvc-UID too
+    if await apply.get("v1", "PersistentVolume", pv) is not None:
+        return  # Released soon: volume_released decides
+    if (found.get("spec") or {}).get("reclaimPolicy") != "Delete":
+        log.info("claim %s/%s deleted: DriveVolume %s kept", namespace, body.metadata.name, volume)
+        return
+    log.info("claim %s/%s deleted: DriveVolume %s deleted", namespace, body.metadata.name, volume)
+    await _retrying(
+        f"deleting DriveVolume {namespace}/{volume}",
+        lambda: apply.delete(DRIVE_VOLUME_API, DRIVE_VOLUME, volume, namespace),
+    )
+
+
 def _released(body: kopf.Body, type: str | None = None, **_: Any) -> bool:
     return type != "DELETED" and provisioning.release_action(body) is not None
 
