@@ -111,3 +111,20 @@ def test_replicas_share_one_peering_object_where_the_operator_watches() -> None:
         ("KopfPeering", "render"),
         ("KopfPeering", "studio"),
     ]
+
+
+def test_the_operator_may_provision_volumes_for_claims() -> None:
+    role = next(d for d in rendered() if d["kind"] == "ClusterRole")
+
+    def allowed(group: str, resource: str) -> set[str]:
+        verbs: set[str] = set()
+        for rule in role["rules"]:
+            if group in rule["apiGroups"] and resource in rule["resources"]:
+                verbs |= set(rule["verbs"])
+        return verbs
+
+    assert {"get", "list", "watch"} <= allowed("storage.k8s.io", "storageclasses")
+    assert {"get", "list", "watch", "patch"} <= allowed("", "persistentvolumeclaims")
+    assert {"get", "list", "watch", "create", "delete", "patch"} <= allowed("", "persistentvolumes")
+    assert {"get", "create", "delete"} <= allowed("mediadrive.io", "drivevolumes")
+    assert "create" in allowed("", "events")

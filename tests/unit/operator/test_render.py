@@ -167,6 +167,42 @@ def test_the_mount_secret_holds_every_credential_a_node_needs() -> None:
     }
 
 
+def test_the_mount_secret_carries_a_pod_token_when_the_pods_use_tokens() -> None:
+    secret = drivevolume.mount_secret("show", "studio", "postgresql://db/md", None, "tok-1")
+    assert secret["stringData"] == {"metaUrl": "postgresql://db/md", "podToken": "tok-1"}
+    # Storage pods without tokens: no key at all (the node plugin then sends none).
+    assert "podToken" not in drivevolume.mount_secret("show", "studio", "x", None)["stringData"]
+
+
+@pytest.mark.parametrize(
+    ("files", "token"),
+    [
+        # The pods' own `*` token opens every drive.
+        (["change-this-token *\n"], "change-this-token"),
+        # One scoped to the drive is preferred to the `*` one.
+        (["# peers\npeer-token *\nshow-token show,other\n"], "show-token"),
+        (["other-token other\n"], None),
+        # Every region's pods must take it: the node mounts from whichever is its own.
+        (["la-only show\nshared *\n", "shared *\nny-only show\n"], "shared"),
+        (["both show\n", "both other,show\n"], "both"),
+        (["la show\n", "ny show\n"], None),
+        ([], None),
+    ],
+)
+def test_the_pod_token_is_one_every_storage_pod_takes_for_the_drive(
+    files: list[str], token: str | None
+) -> None:
+    assert drivevolume.pod_token("show", files) == token
+
+
+def test_token_files_read_as_the_pods_read_them() -> None:
+    text = "# comment\n\nt1 a,b\nt1 c\nbroken line here\nt2 *\n"
+    assert drivevolume.token_scopes(text) == {
+        "t1": frozenset({"a", "b", "c"}),
+        "t2": frozenset({"*"}),
+    }
+
+
 def test_names_stay_within_kubernetes_limits() -> None:
     long = "a" * 70
     name = qualified(long, "pod-settings")
@@ -277,3 +313,39 @@ def test_pod_counts_and_ready_condition_come_from_the_statefulset() -> None:
     assert starting["observedGeneration"] == 4
     ready = pods_status(body, pod_spec(replicas=3), {"replicas": 3, "readyReplicas": 3})
     assert ready["conditions"][0]["status"] == "True"
+
+
+async def test_the_pod_token_comes_from_the_storage_pods_token_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import kopf
+
+    from mediadrive.operator import apply
+    from mediadrive.operator.handlers import drivevolume as handler
+
+    pods = {"la": {"spec": {"tokenSecret": "la-tokens"}}, "ny": {"spec": {}}}
+    secrets = {("la-tokens", "tokens"): "peer *\nshow-token show\n"}
+
+    async def get(api_version: str, kind: str, name: str, namespace: str | None = None) -> Any:
+        assert (kind, namespace) == ("StoragePod", "studio")
+        return pods.get(name)
+
+    async def secret_value(namespace: str, name: str, key: str) -> str | None:
+        return secrets.get((name, key))
+
+    monkeypatch.setattr(apply, "get", get)
+    monkeypatch.setattr(apply, "secret_value", secret_value)
+    spec = drive_spec(storagePods=[{"region": "la", "name": "la"}, {"region": "ny", "name": "ny"}])
+    # The ny pods use no tokens: only la's Secret counts.
+    assert await handler._pod_token("studio", "show", spec) == "show-token"
+    assert await handler._pod_token("studio", "other", spec) == "peer"
+    secrets[("la-tokens", "tokens")] = "only-this other\n"
+    with pytest.raises(kopf.TemporaryError, match=r"no token opens drive 'show'.*la-tokens"):
+        await handler._pod_token("studio", "show", spec)
+    del secrets[("la-tokens", "tokens")]
+    with pytest.raises(kopf.TemporaryError, match="'la-tokens', which has no key 'tokens'"):
+        await handler._pod_token("studio", "show", spec)
+    del pods["la"]
+    with pytest.raises(kopf.TemporaryError, match="StoragePod 'la'"):
+        await handler._pod_token("studio", "show", spec)
+    assert await handler._pod_token("studio", "show", drive_spec()) is None

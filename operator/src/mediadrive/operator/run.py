@@ -38,7 +38,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 def load_handlers() -> None:
-    from .handlers import drivevolume, storagepod, tierpolicy  # noqa: F401 - registers them
+    from .handlers import (  # noqa: F401 - registers them
+        drivevolume,
+        provisioning,
+        storagepod,
+        tierpolicy,
+    )
 
 
 async def serve(

@@ -79,6 +79,43 @@ async def _pod_urls(namespace: str, name: str, spec: DriveVolumeSpec) -> dict[st
     return urls
 
 
+async def _pod_token(namespace: str, name: str, spec: DriveVolumeSpec) -> str | None:
+    """The ``podToken`` for the mount Secret: a token of the StoragePods' token
+    Secrets that opens this drive on all of them (None when they use no tokens)."""
+    files = []
+    for ref in spec.storage_pods:
+        body = await apply.get(f"{GROUP}/{VERSION}", storagepod.KIND.kind, ref.name, namespace)
+        if body is None:
+            raise kopf.TemporaryError(
+                f"spec.storagePods: StoragePod {ref.name!r} (region {ref.region}) is not in "
+                f"namespace {namespace}",
+                delay=WAIT_SECONDS,
+            )
+        secret = (body.get("spec") or {}).get("tokenSecret")
+        if not secret:
+            continue
+        tokens = await apply.secret_value(namespace, secret, storagepod.TOKENS_KEY)
+        if tokens is None:
+            raise kopf.TemporaryError(
+                f"spec.storagePods: StoragePod {ref.name!r} names token Secret {secret!r}, "
+                f"which has no key {storagepod.TOKENS_KEY!r} in namespace {namespace}",
+                delay=WAIT_SECONDS,
+            )
+        files.append((secret, tokens))
+    if not files:
+        return None
+    drive = drivevolume.drive_name(name, spec)
+    token = drivevolume.pod_token(drive, [tokens for _, tokens in files])
+    if token is None:
+        raise kopf.TemporaryError(
+            f"spec.storagePods: no token opens drive {drive!r} on every storage pod; add "
+            f"a line `TOKEN {drive}` (the same token) to Secrets "
+            + ", ".join(sorted({secret for secret, _ in files})),
+            delay=WAIT_SECONDS,
+        )
+    return token
+
+
 async def _follow_policy(namespace: str, name: str, spec: DriveVolumeSpec, meta_url: str) -> None:
     if spec.tier_policy_ref is None:
         return
@@ -123,6 +160,7 @@ async def reconcile(
         meta_url = await _meta_url(ns, spec)
         keys = await _s3_keys(ns, spec)
         urls = await _pod_urls(ns, name, spec)
+        token = await _pod_token(ns, name, spec)
         await ensure_drive(drivevolume.drive_name(name, spec), meta_url)
         await _follow_policy(ns, name, spec, meta_url)
     except (kopf.TemporaryError, MediadriveError) as exc:
@@ -139,17 +177,18 @@ async def reconcile(
         if isinstance(exc, kopf.TemporaryError):
             raise
         raise kopf.TemporaryError(str(exc), delay=WAIT_SECONDS) from None
-    await apply.apply(drivevolume.mount_secret(name, ns, meta_url, keys), owner=body)
-    pv, pvc = drivevolume.render(name, ns, spec, urls)
+    await apply.apply(drivevolume.mount_secret(name, ns, meta_url, keys, token), owner=body)
+    pv, *claims = drivevolume.render(name, ns, spec, urls)
     await apply.apply(pv)
-    await apply.apply(pvc, owner=body)
+    for pvc in claims:
+        await apply.apply(pvc, owner=body)
     conditions = set_condition(conditions, "Degraded", False, "Reconciled", "", generation)
     patch.status.update(
         {
             "phase": "Ready",
             "drive": drivevolume.drive_name(name, spec),
             "persistentVolume": pv["metadata"]["name"],
-            "persistentVolumeClaim": pvc["metadata"]["name"],
+            "persistentVolumeClaim": drivevolume.claim_name(name, spec),
             "observedGeneration": generation,
             "conditions": set_condition(
                 conditions, "Ready", True, "Reconciled", "volume and claim are in place", generation
@@ -162,7 +201,7 @@ async def reconcile(
 async def remove(body: kopf.Body, name: str, namespace: str | None, **_: Any) -> None:
     ns = namespace_of(namespace)
     spec = parse_spec(DriveVolumeSpec, body)
-    pv = drivevolume.pv_name(ns, name)
+    pv = drivevolume.pv_name(ns, name, spec)
     await apply.delete("v1", "PersistentVolume", pv)
     if spec.tier_policy_ref is not None:
         await _list_follower(ns, spec.tier_policy_ref, None, name, False)

@@ -31,6 +31,8 @@ POD_PORT = 7700
 DATA_DIR = "/var/lib/mediadrive/pod"
 SETTINGS_DIR = "/etc/mediadrive"
 TOKENS_DIR = "/etc/mediadrive/tokens"
+# The key of the token Secret the pods read (one `TOKEN DRIVE[,DRIVE...]` a line).
+TOKENS_KEY = "tokens"
 DEFAULT_IMAGE = "mediadrive/pod:dev"
 
 
@@ -145,7 +147,7 @@ def settings(name: str, namespace: str, spec: StoragePodSpec) -> dict[str, Any]:
     if spec.upstream is not None:
         values["upstream"] = spec.upstream.store_url()
     if spec.token_secret is not None:
-        values["token_file"] = f"{TOKENS_DIR}/tokens"
+        values["token_file"] = f"{TOKENS_DIR}/{TOKENS_KEY}"
     return values
 
 
