@@ -264,14 +264,15 @@ def _sums(log: str) -> dict[str, str]:
 
 
 @contextmanager
-def _outside(stores: Stores, drive: str) -> Iterator[Drive]:
+def _outside(stores: Stores, drive: str, store_url: str = "") -> Iterator[Drive]:
     """The drive as a machine outside the cluster opens it (keys in the environment)."""
     keys = {"AWS_ACCESS_KEY_ID": stores.s3.access_key,
             "AWS_SECRET_ACCESS_KEY": stores.s3.secret_key}  # fmt: skip
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(keys)
     try:
-        yield asyncio.run(Drive.open(drive, stores.meta_url, stores.store_url(drive)))
+        store_url = store_url or stores.store_url(drive)
+        yield asyncio.run(Drive.open(drive, stores.meta_url, store_url))
     finally:
         for key, value in saved.items():
             if value is None:
@@ -280,13 +281,13 @@ def _outside(stores: Stores, drive: str) -> Iterator[Drive]:
                 os.environ[key] = value
 
 
-def _read_drive(stores: Stores, drive: str, path: str) -> bytes:
+def _read_drive(stores: Stores, drive: str, path: str, store_url: str = "") -> bytes:
     async def read(opened: Drive) -> bytes:
         async with opened:
             reader = await opened.reader(path)
             return b"".join([data async for data in reader.chunks()])
 
-    with _outside(stores, drive) as opened:
+    with _outside(stores, drive, store_url) as opened:
         return asyncio.run(read(opened))
 
 
@@ -491,6 +492,7 @@ def test_claim_of_the_storage_class_gets_a_drive_and_delete_removes_it(
     assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
     assert pv["spec"]["storageClassName"] == release.storage_class
     drive = pv["spec"]["csi"]["volumeAttributes"]["drive"]
+    store_url = pv["spec"]["csi"]["volumeAttributes"]["storeUrl"]
     script = "echo scratch-data >/s/note.txt\nsync\ncat /s/note.txt\n"
     cluster.apply(
         _job(
@@ -502,7 +504,7 @@ def test_claim_of_the_storage_class_gets_a_drive_and_delete_removes_it(
         namespace=release.apps,
     )
     assert "scratch-data" in _wait_job(cluster, release, "scratch")
-    assert _read_drive(stores, drive, "/note.txt") == b"scratch-data\n"
+    assert _read_drive(stores, drive, "/note.txt", store_url) == b"scratch-data\n"
 
     cluster.kubectl("delete", "job", "scratch", "-n", release.apps, "--cascade=foreground")
     cluster.kubectl("delete", "pvc", "scratch", "-n", release.apps, "--timeout=120s")
@@ -519,7 +521,7 @@ def test_claim_of_the_storage_class_gets_a_drive_and_delete_removes_it(
 
     def gone() -> bool:
         try:
-            _read_drive(stores, drive, "/note.txt")
+            _read_drive(stores, drive, "/note.txt", store_url)
         except DriveNotFound:
             return True
         return False
