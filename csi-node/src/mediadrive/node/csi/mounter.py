@@ -86,6 +86,11 @@ class Mounter:
         unknown = sorted(set(body) - {"options", "env"})
         if unknown:
             raise BadRequest(f"unknown fields: {', '.join(unknown)}")
+        for key in ("mountpoint", "cache_dir", "run_dir"):
+            value = body["options"].get(key)
+            if isinstance(value, str) and not value.startswith("/"):
+                # Not this process's folder to resolve it from.
+                raise BadRequest(f"options.{key} {value}: give an absolute path")
         try:
             options = MountOptions.model_validate(body["options"])
         except ValidationError as exc:
@@ -93,8 +98,6 @@ class Mounter:
             where = ".".join(str(p) for p in problem["loc"]) or "options"
             # The message only: the input holds store URLs and their passwords.
             raise BadRequest(f"options.{where}: {problem['msg']}") from None
-        if not options.mountpoint.is_absolute():
-            raise BadRequest(f"options.mountpoint {options.mountpoint}: give an absolute path")
         if Path(options.run_dir) != self.run_dir:
             raise BadRequest(f"options.run_dir must be {self.run_dir}, not {options.run_dir}")
         cache = Path(options.cache_dir)
