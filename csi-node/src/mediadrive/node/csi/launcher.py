@@ -138,9 +138,9 @@ class MounterClient:
             raise LaunchError(f"the mounter refused {method} {path}: {text}")
         return answer
 
-    def health(self) -> bool:
+    def health(self, timeout: float = 5.0) -> bool:
         try:
-            self.call("GET", "/healthz")
+            MounterClient(self.socket_path, min(timeout, self.timeout)).call("GET", "/healthz")
         except LaunchError:
             return False
         return True

@@ -481,8 +481,11 @@ async def serve(settings: PluginSettings, stop: asyncio.Event | None = None) -> 
     csi_path = socket_path(settings.endpoint)
     servers = [await _unix_server(csi_path, csi_services(plugin))]
     log.info("serving %s on %s", DRIVER_NAME, csi_path)
-    if settings.mounter is not None:
-        log.info("agents start through the mounter on %s", mounter_path(settings.mounter))
+    if plugin.mounter is not None:
+        where = plugin.mounter.socket_path
+        log.info("agents start through the mounter on %s", where)
+        if not await asyncio.to_thread(plugin.mounter.health):
+            log.warning("the mounter does not answer on %s (yet): mounts wait for it", where)
     if settings.registration_dir is not None:
         reg_path = settings.registration_dir / f"{DRIVER_NAME}-reg.sock"
         servers.append(await _unix_server(reg_path, [registration_service(plugin)]))
