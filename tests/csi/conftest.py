@@ -135,7 +135,8 @@ class PluginProcess:
             *extra,
         ]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=log)
+            # Its own process group, as a container's processes are: a test may kill it.
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.socket.exists():
@@ -167,6 +168,54 @@ class PluginProcess:
 
     def client(self) -> CsiClient:
         return CsiClient(self.socket)
+
+
+class MounterProcess:
+    """``mediadrive csi-node mounter`` as a child process, with the plugin's state
+    folder; restartable."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.socket = base / "mounter" / "mounter.sock"
+        self.state_dir = base / "state"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = base / "mounter.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> None:
+        argv = [
+            MEDIADRIVE,
+            "csi-node",
+            "mounter",
+            "--socket",
+            self.endpoint,
+            "--state-dir",
+            str(self.state_dir),
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        from mediadrive.node.csi.launcher import MounterClient
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.socket.exists() and MounterClient(self.socket, timeout=2).health():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"the mounter did not start: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _cleanup_mounts(base: Path) -> None:
@@ -213,6 +262,19 @@ def drive(base: Path) -> DriveFixture:
 
 
 @pytest.fixture
+def mounter(base: Path) -> Iterator[MounterProcess]:
+    process = MounterProcess(base)
+    process.start()
+    try:
+        yield process
+    finally:
+        # Its agents first, so that it reaps them.
+        _cleanup_mounts(base)
+        time.sleep(0.2)
+        process.stop()
+
+
+@pytest.fixture
 def plugin(base: Path) -> Iterator[PluginProcess]:
     process = PluginProcess(base)
     process.start()
@@ -226,4 +288,12 @@ def fields(message: Message) -> dict[str, Any]:
     return {f.name: v for f, v in message.ListFields()}
 
 
-__all__ = ["CsiClient", "DriveFixture", "PluginProcess", "csi", "mount_capability", "reg"]
+__all__ = [
+    "CsiClient",
+    "DriveFixture",
+    "MounterProcess",
+    "PluginProcess",
+    "csi",
+    "mount_capability",
+    "reg",
+]

@@ -57,6 +57,13 @@ def run(
     health_interval: Annotated[
         float, typer.Option(help="Seconds between checks of the agents.", min=0.1)
     ] = 10.0,
+    mounter: Annotated[
+        str | None,
+        typer.Option(
+            help="Start agents through the mounter on this socket, unix:///PATH "
+            "(`csi-node mounter`); without it they are this process's children."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Serve CSI Identity and Node on ENDPOINT until SIGTERM; mounts stay when it stops."""
@@ -73,9 +80,12 @@ def run(
         socket_path(endpoint)
     except ValueError as exc:
         raise ConfigError(f"--endpoint: {exc}") from None
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(LogFormatter())
-    logging.basicConfig(level=log_level.upper(), handlers=[handler])
+    if mounter is not None:
+        try:
+            socket_path(mounter)
+        except ValueError as exc:
+            raise ConfigError(f"--mounter: {exc}") from None
+    _log_to_stderr(LogFormatter(), log_level)
     serve(
         PluginSettings(
             endpoint=endpoint,
@@ -87,5 +97,47 @@ def run(
             region=region,
             max_volumes=max_volumes,
             health_interval=health_interval,
+            mounter=mounter,
         )
     )
+
+
+@app.command("mounter")
+def mounter(
+    socket: Annotated[
+        str,
+        typer.Option(
+            help="The socket to serve, unix:///PATH; the plugin's --mounter.",
+            envvar="MOUNTER_SOCKET",
+        ),
+    ],
+    state_dir: Annotated[
+        Path,
+        typer.Option(help="The plugin's --state-dir: agents' caches and sockets are there."),
+    ] = Path("/var/lib/mediadrive/csi"),
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Start node agents for the plugin (`run --mounter`) until SIGTERM, as this
+    process's children: in its own container, they outlive the plugin's container."""
+    from mediadrive.core.errors import ConfigError
+
+    try:
+        from mediadrive.node.csi.mounter import MounterSettings
+        from mediadrive.node.csi.mounter import run as serve
+        from mediadrive.node.csi.server import LogFormatter, socket_path
+    except ImportError:
+        raise ConfigError(
+            "the node agent is not installed here (install the mediadrive-node package)"
+        ) from None
+    try:
+        socket_path(socket)
+    except ValueError as exc:
+        raise ConfigError(f"--socket: {exc}") from None
+    _log_to_stderr(LogFormatter(), log_level)
+    serve(MounterSettings(socket=socket, state_dir=state_dir.absolute()))
+
+
+def _log_to_stderr(formatter: logging.Formatter, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler])

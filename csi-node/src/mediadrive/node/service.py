@@ -66,6 +66,10 @@ class MountStatus(BaseModel):
     write_target: str = "cloud"
     publish: str = "manual"
     policy_published: int = 0
+    # Latency of the commits that recorded a version: cumulative counts by upper
+    # bound in seconds ("+Inf" is every commit), and the seconds they took in all.
+    commit_seconds_buckets: dict[str, int] = {}
+    commit_seconds_sum: float = 0.0
 
 
 class MountService:
@@ -236,6 +240,8 @@ class MountService:
             write_target=self.drive.settings.tiers.target(has_pod=self.drive.tiers is not None),
             publish=self.drive.settings.tiers.publish,
             policy_published=publisher.published if publisher is not None else 0,
+            commit_seconds_buckets=wb.figures.commit_histogram(),
+            commit_seconds_sum=round(wb.figures.commit_seconds_sum, 6),
         )
 
     async def events(self, since: int | None) -> AsyncIterator[Event]:

@@ -70,12 +70,39 @@ class CommitReport:
         return asdict(self)
 
 
+# Upper bounds (seconds) of the commit latency histogram's buckets.
+COMMIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
 @dataclass
 class WritebackFigures:
     bytes_uploaded: int = 0
     commits: int = 0
     conflicts: int = 0
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    # Seconds from the start of a commit that recorded a version to its end: how
+    # many fell at or under each of COMMIT_BUCKETS (not cumulative), and their sum.
+    commit_seconds_counts: list[int] = field(default_factory=lambda: [0] * len(COMMIT_BUCKETS))
+    commit_seconds_over: int = 0
+    commit_seconds_sum: float = 0.0
+
+    def observe_commit(self, seconds: float) -> None:
+        self.commit_seconds_sum += seconds
+        for i, bound in enumerate(COMMIT_BUCKETS):
+            if seconds <= bound:
+                self.commit_seconds_counts[i] += 1
+                return
+        self.commit_seconds_over += 1
+
+    def commit_histogram(self) -> dict[str, int]:
+        """Cumulative counts by upper bound, Prometheus style (``"+Inf"`` last)."""
+        out: dict[str, int] = {}
+        total = 0
+        for bound, count in zip(COMMIT_BUCKETS, self.commit_seconds_counts, strict=True):
+            total += count
+            out[f"{bound:g}"] = total
+        out["+Inf"] = total + self.commit_seconds_over
+        return out
 
 
 # Called after every commit: (node id the copy belonged to, outcome, upload).
@@ -205,6 +232,7 @@ class Writeback:
             return await self._commit(staged, message)
 
     async def _commit(self, staged: StagedFile, message: str) -> CommitReport | None:
+        started = time.monotonic()
         while True:
             reuse = self._reusable(staged)
             kept = {i for _, positions in reuse.values() for i in positions}
@@ -219,9 +247,12 @@ class Writeback:
         skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
         snap = await self.staging.snapshot(staged, skip)
         try:
-            return await self._commit_snapshot(staged, node_id, gen, snap, kept_extents, message)
+            report = await self._commit_snapshot(staged, node_id, gen, snap, kept_extents, message)
         finally:
             snap.unlink(missing_ok=True)
+        if report is not None and report.committed:
+            self.figures.observe_commit(time.monotonic() - started)
+        return report
 
     def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, list[int]]]:
         """Chunks of the base the copy has not touched, which the commit can keep as

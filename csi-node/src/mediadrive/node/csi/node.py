@@ -10,8 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ from mediadrive.core.credentials import redact_url
 from mediadrive.core.errors import ConfigError, MediadriveError
 
 from .. import client
-from ..registry import pid_alive
 from . import hostmounts
+from .launcher import AgentLauncher, LaunchError, LocalLauncher
 from .state import EPHEMERAL, StateStore, Target, VolumeRecord, workspace_path
 
 log = logging.getLogger("mediadrive.node.csi")
@@ -55,8 +54,16 @@ class Stats:
 
 
 class NodeVolumes:
-    def __init__(self, state: StateStore, node_id: str, region: str | None = None) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        node_id: str,
+        region: str | None = None,
+        launcher: AgentLauncher | None = None,
+    ) -> None:
         self.state = state
+        # Who starts agents: this process, or the mounter (another container's process).
+        self.launcher = launcher or LocalLauncher(state.registry)
         self.node_id = node_id
         self.region = region
         self.author = f"csi@{node_id}"
@@ -85,11 +92,7 @@ class NodeVolumes:
         if entry is not None:
             # Alive but its mount is gone or dead: it cannot serve; stop it.
             log.warning("the agent of %s (pid %d) lost its mount", mountpoint, entry.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(entry.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while pid_alive(entry.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            self._launch(lambda: self.launcher.stop(mountpoint), f"stop the agent of {mountpoint}")
         if hostmounts.is_mounted(mountpoint):
             log.warning("detaching the dead mount at %s", mountpoint)
             hostmounts.unmount(mountpoint, lazy=True)
@@ -112,14 +115,17 @@ class NodeVolumes:
         options = record.mount_options()
         assert options is not None
         log.info("mounting drive %s at %s", options.drive, options.mountpoint)
+        self._launch(
+            lambda: self.launcher.start(options, record.env),
+            f"mount drive {options.drive} at {options.mountpoint}",
+        )
+
+    def _launch(self, body: Callable[[], object], what: str) -> None:
         try:
-            client.mount(options, env=record.env or None)
-        except MediadriveError as exc:
-            raise CsiError(
-                grpc.StatusCode.INTERNAL,
-                f"cannot mount drive {options.drive} at {options.mountpoint}: "
-                f"{redact_url(str(exc))}",
-            ) from None
+            body()
+        except LaunchError as exc:
+            code = grpc.StatusCode.UNAVAILABLE if exc.unavailable else grpc.StatusCode.INTERNAL
+            raise CsiError(code, f"cannot {what}: {redact_url(exc.message)}") from None
 
     def _bind(self, record: VolumeRecord, path: Path, target: Target, rebind: bool) -> None:
         if rebind and hostmounts.is_mounted(path):

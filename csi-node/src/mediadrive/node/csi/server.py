@@ -27,6 +27,7 @@ from mediadrive.core.logs import JsonFormatter
 
 from .. import client
 from . import DRIVER_NAME, VERSION
+from .launcher import AgentLauncher, LocalLauncher, MounterClient, MounterLauncher, mounter_path
 from .node import CsiError, NodeVolumes, invalid
 from .proto import csi_pb2 as csi
 from .proto import registration_pb2 as reg
@@ -56,6 +57,9 @@ class PluginSettings:
     region: str | None = None
     max_volumes: int = 0
     health_interval: float = 10.0
+    # The mounter's socket (unix:///path): agents start there, not as this process's
+    # children (see .mounter); None: they are this process's children.
+    mounter: str | None = None
 
 
 def socket_path(endpoint: str) -> Path:
@@ -79,7 +83,12 @@ class Plugin:
     def __init__(self, settings: PluginSettings) -> None:
         self.settings = settings
         self.state = StateStore(settings.state_dir)
-        self.volumes = NodeVolumes(self.state, settings.node_id, settings.region)
+        self.mounter: MounterClient | None = None
+        launcher: AgentLauncher = LocalLauncher(self.state.registry)
+        if settings.mounter is not None:
+            launcher = MounterLauncher(mounter_path(settings.mounter))
+            self.mounter = launcher.mounter
+        self.volumes = NodeVolumes(self.state, settings.node_id, settings.region, launcher)
         self._locks: dict[str, asyncio.Lock] = {}
         # Mounting waits for an agent (up to a minute): volumes must not queue behind
         # one another in the loop's small default pool.
@@ -290,8 +299,15 @@ class Plugin:
             "# TYPE mediadrive_csi_agent_restarts_total counter",
             f"mediadrive_csi_agent_restarts_total {self.volumes.restarts}",
         ]
+        if self.mounter is not None:
+            lines += [
+                "# HELP mediadrive_csi_mounter_up The mounter answers on its socket.",
+                "# TYPE mediadrive_csi_mounter_up gauge",
+                f"mediadrive_csi_mounter_up {int(self.mounter.health())}",
+            ]
         figures = ("cache_bytes", "bytes_fetched", "bytes_uploaded", "pending_upload_bytes")
         rows: list[str] = []
+        commits: list[str] = []
         for record in records:
             drive = str((record.options or {}).get("drive", ""))
             labels = f'volume="{_label(record.volume_id)}",drive="{_label(drive)}"'
@@ -305,13 +321,32 @@ class Plugin:
                 continue
             for name in figures:
                 rows.append(f"mediadrive_csi_{name}{{{labels}}} {int(status.get(name, 0))}")
+            commits += _commit_histogram(labels, status)
         lines += ["# TYPE mediadrive_csi_agent_up gauge"] + [
             r for r in rows if r.startswith("mediadrive_csi_agent_up")
         ]
         for name in figures:
             lines.append(f"# TYPE mediadrive_csi_{name} gauge")
             lines += [r for r in rows if r.startswith(f"mediadrive_csi_{name}{{")]
+        lines += [
+            "# HELP mediadrive_csi_commit_seconds Time from the start of a commit that "
+            "recorded a version to its end (upload included), per volume's agent.",
+            "# TYPE mediadrive_csi_commit_seconds histogram",
+            *commits,
+        ]
         return "\n".join(lines) + "\n"
+
+
+def _commit_histogram(labels: str, status: dict[str, Any]) -> list[str]:
+    """An agent's commit latency (its status's ``commit_seconds_*``) as histogram rows."""
+    buckets = status.get("commit_seconds_buckets") or {}
+    if "+Inf" not in buckets:
+        return []  # an agent from before commit latency was reported
+    name = "mediadrive_csi_commit_seconds"
+    rows = [f'{name}_bucket{{{labels},le="{le}"}} {int(n)}' for le, n in buckets.items()]
+    rows.append(f"{name}_sum{{{labels}}} {float(status.get('commit_seconds_sum', 0.0))}")
+    rows.append(f"{name}_count{{{labels}}} {int(buckets['+Inf'])}")
+    return rows
 
 
 def _label(value: str) -> str:
@@ -446,6 +481,11 @@ async def serve(settings: PluginSettings, stop: asyncio.Event | None = None) -> 
     csi_path = socket_path(settings.endpoint)
     servers = [await _unix_server(csi_path, csi_services(plugin))]
     log.info("serving %s on %s", DRIVER_NAME, csi_path)
+    if plugin.mounter is not None:
+        where = plugin.mounter.socket_path
+        log.info("agents start through the mounter on %s", where)
+        if not await asyncio.to_thread(plugin.mounter.health):
+            log.warning("the mounter does not answer on %s (yet): mounts wait for it", where)
     if settings.registration_dir is not None:
         reg_path = settings.registration_dir / f"{DRIVER_NAME}-reg.sock"
         servers.append(await _unix_server(reg_path, [registration_service(plugin)]))
