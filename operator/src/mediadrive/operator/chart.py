@@ -77,6 +77,12 @@ class NodePluginValues(Values):
         "sidecar: the node-driver-registrar image does",
     )
     registrar: RegistrarValues = RegistrarValues()
+    update_strategy: Literal["OnDelete", "RollingUpdate"] = Field(
+        "OnDelete",
+        alias="updateStrategy",
+        description="OnDelete: an upgrade reaches a node when its plugin pod is deleted "
+        "(replacing the pod ends its mounts' agents)",
+    )
     region: str = Field(
         "", max_length=63, description="the nodes' region: which drive storage pods they use"
     )
