@@ -20,11 +20,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -43,6 +42,7 @@ KUBELET_DIR = Path(os.environ.get("MEDIADRIVE_CLUSTER_KUBELET_DIR", "/var/lib/ku
 IMAGE = "mediadrive/pod:dev"
 DRIVER = "csi.mediadrive.io"
 FILE_SIZE = 5 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -263,16 +263,23 @@ def _sums(log: str) -> dict[str, str]:
     return found
 
 
-@contextmanager
-def _outside(stores: Stores, drive: str, store_url: str = "") -> Iterator[Drive]:
-    """The drive as a machine outside the cluster opens it (keys in the environment)."""
+def _outside(
+    stores: Stores, drive: str, body: Callable[[Drive], Awaitable[T]], store_url: str = ""
+) -> T:
+    """``body`` on the drive as a machine outside the cluster opens it (the S3 keys in
+    its environment)."""
     keys = {"AWS_ACCESS_KEY_ID": stores.s3.access_key,
             "AWS_SECRET_ACCESS_KEY": stores.s3.secret_key}  # fmt: skip
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(keys)
+
+    async def run() -> T:
+        opened = await Drive.open(drive, stores.meta_url, store_url or stores.store_url(drive))
+        async with opened:
+            return await body(opened)
+
     try:
-        store_url = store_url or stores.store_url(drive)
-        yield asyncio.run(Drive.open(drive, stores.meta_url, store_url))
+        return asyncio.run(run())
     finally:
         for key, value in saved.items():
             if value is None:
@@ -283,24 +290,20 @@ def _outside(stores: Stores, drive: str, store_url: str = "") -> Iterator[Drive]
 
 def _read_drive(stores: Stores, drive: str, path: str, store_url: str = "") -> bytes:
     async def read(opened: Drive) -> bytes:
-        async with opened:
-            reader = await opened.reader(path)
-            return b"".join([data async for data in reader.chunks()])
+        reader = await opened.reader(path)
+        return b"".join([data async for data in reader.chunks()])
 
-    with _outside(stores, drive, store_url) as opened:
-        return asyncio.run(read(opened))
+    return _outside(stores, drive, read, store_url)
 
 
 def _versions(stores: Stores, drive: str, path: str) -> list[Any]:
     async def versions(opened: Drive) -> list[Any]:
-        async with opened:
-            try:
-                return list(await opened.versions(path))
-            except PathNotFound:
-                return []
+        try:
+            return list(await opened.versions(path))
+        except PathNotFound:
+            return []
 
-    with _outside(stores, drive) as opened:
-        return asyncio.run(versions(opened))
+    return _outside(stores, drive, versions)
 
 
 def _node_pod(cluster: Cluster, release: Release) -> dict[str, Any]:
