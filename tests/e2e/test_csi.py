@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from mediadrive.core.drive import Drive
-from mediadrive.core.errors import DriveNotFound, PathNotFound
+from mediadrive.core.errors import DriveNotFound, PathNotFound, VersionNotFound
 from tests.e2e.cluster import REPO_ROOT, Cluster, ClusterError, cluster_dir, helm, wait_for
 from tests.servers import PostgresServer, S3Server, minio_server, postgres_server
 
@@ -296,6 +296,23 @@ def _read_drive(stores: Stores, drive: str, path: str, store_url: str = "") -> b
     return _outside(stores, drive, read, store_url)
 
 
+def _committed(
+    stores: Stores, drive: str, path: str, store_url: str = "", timeout: float = 90
+) -> bytes:
+    """The file once its writer's commit (after close, in the background) landed."""
+    found: list[bytes] = []
+
+    def read() -> bool:
+        try:
+            found.append(_read_drive(stores, drive, path, store_url))
+        except (PathNotFound, VersionNotFound):
+            return False
+        return True
+
+    wait_for(f"{drive}:{path} committed", read, timeout)
+    return found[-1]
+
+
 def _versions(stores: Stores, drive: str, path: str) -> list[Any]:
     async def versions(opened: Drive) -> list[Any]:
         try:
@@ -402,7 +419,7 @@ def test_render_job_writes_and_a_second_job_reads_it_back(
     assert _sums(_wait_job(cluster, release, "review")) == written
     # Committed into the drive's stores: a machine outside the cluster reads the bytes.
     for name, digest in written.items():
-        data = _read_drive(stores, "shots", f"/renders/sh010/{name}")
+        data = _committed(stores, "shots", f"/renders/sh010/{name}")
         assert hashlib.sha256(data).hexdigest() == digest
 
 
@@ -449,7 +466,7 @@ def test_read_only_workspace_pod_sees_only_its_folder(
     }
     look = (
         "ls -A /ws\ncat /ws/plate.txt\n"
-        "if echo x >/ws/new.txt 2>/tmp/err; then echo WROTE; else cat /tmp/err; fi\n"
+        "if touch /ws/new.txt 2>/tmp/err; then echo WROTE; else cat /tmp/err; fi\n"
     )
     cluster.apply(
         _job(
@@ -507,7 +524,7 @@ def test_claim_of_the_storage_class_gets_a_drive_and_delete_removes_it(
         namespace=release.apps,
     )
     assert "scratch-data" in _wait_job(cluster, release, "scratch")
-    assert _read_drive(stores, drive, "/note.txt", store_url) == b"scratch-data\n"
+    assert _committed(stores, drive, "/note.txt", store_url) == b"scratch-data\n"
 
     cluster.kubectl("delete", "job", "scratch", "-n", release.apps, "--cascade=foreground")
     cluster.kubectl("delete", "pvc", "scratch", "-n", release.apps, "--timeout=120s")
