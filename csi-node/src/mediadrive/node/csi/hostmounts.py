@@ -81,8 +81,9 @@ def bind(source: Path, target: Path, read_only: bool) -> None:
 
 
 def unmount(target: Path, lazy: bool = False) -> None:
-    """Unmount every mount stacked at ``target``; a busy or dead one lazily."""
-    for _ in range(8):
+    """Unmount every mount stacked at ``target`` (one more for each time its agent was
+    restarted); a busy or dead one lazily."""
+    for _ in range(64):
         if not is_mounted(target):
             return
         if lazy:

@@ -108,7 +108,7 @@ class NodeVolumes:
                 del record.targets[path]
                 self.state.save(record)
                 continue
-            self._bind(record, Path(path), target, rebind=True)
+            self._bind(record, Path(path), target)
         return True
 
     def _start(self, record: VolumeRecord) -> None:
@@ -127,9 +127,11 @@ class NodeVolumes:
             code = grpc.StatusCode.UNAVAILABLE if exc.unavailable else grpc.StatusCode.INTERNAL
             raise CsiError(code, f"cannot {what}: {redact_url(exc.message)}") from None
 
-    def _bind(self, record: VolumeRecord, path: Path, target: Target, rebind: bool) -> None:
-        if rebind and hostmounts.is_mounted(path):
-            hostmounts.unmount(path, lazy=True)
+    def _bind(self, record: VolumeRecord, path: Path, target: Target) -> None:
+        # A target whose agent died is bound again on top of its dead bind, not in its
+        # place: a container holds a copy of the target's own mount (not of its parent
+        # folder), so only a mount stacked on that one propagates into it
+        # (HostToContainer). The unpublish unmounts every layer.
         source = Path(record.mountpoint)
         if target.subdir:
             source = source / target.subdir.strip("/")
@@ -138,7 +140,9 @@ class NodeVolumes:
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"workspace folder {target.subdir} is not a folder of the drive",
                 )
-        path.mkdir(parents=True, exist_ok=True)
+        if not hostmounts.is_mounted(path):
+            # (A dead bind there answers ENOTCONN to mkdir's stat.)
+            path.mkdir(parents=True, exist_ok=True)
         try:
             hostmounts.bind(source, path, target.read_only)
         except hostmounts.HostMountError as exc:
@@ -280,7 +284,7 @@ class NodeVolumes:
             return
         if hostmounts.is_mounted(target):
             raise CsiError(grpc.StatusCode.ALREADY_EXISTS, f"something else is mounted at {target}")
-        self._bind(record, target, wanted, rebind=False)
+        self._bind(record, target, wanted)
         record.targets[key] = wanted
         self.state.save(record)
 
