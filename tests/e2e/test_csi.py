@@ -749,8 +749,11 @@ def test_examples_render_job_writes_what_mediadrive_ls_shows_outside(
     cli = str(REPO_ROOT / ".venv" / "bin" / "mediadrive")
     try:
         store_url = f"s3://{stores.bucket}/show?endpoint={stores.s3.endpoint_url}"
-        subprocess.run([cli, "drive", "attach", "show", "--meta", meta_url, "--store", store_url],
-                       env=env, check=True, capture_output=True, timeout=60)  # fmt: skip
+        attach = subprocess.run(
+            [cli, "drive", "attach", "show", "--meta", meta_url, "--store", store_url],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert attach.returncode == 0, attach.stderr
 
         def listed() -> dict[str, int]:
             done = subprocess.run(

@@ -233,6 +233,41 @@ def test_attach_checks_the_stores_hold_the_drive(
     second.run("drive", "attach", "show", *meta, "--store", store)
 
 
+def test_attach_takes_a_drive_whose_versions_are_held_in_storage_pods(
+    tmp_path: Path, moto_s3: S3Server, postgres_url: str
+) -> None:
+    """A version held in a region's storage pods is not in the cloud yet: attaching
+    from another machine must not take its missing chunk for a wrong bucket."""
+    from mediadrive.core.meta import connect
+
+    first, second = _s3_cli(tmp_path, moto_s3, "first"), _s3_cli(tmp_path, moto_s3, "second")
+    meta_url = create_database(postgres_url, "held")
+    store = f"s3://{moto_s3.new_bucket()}/drives?endpoint={moto_s3.endpoint_url}"
+    first.run("drive", "create", "show", "--meta", meta_url, "--store", store)
+    src = tmp_path / "take.mov"
+    random_file(src, 100_000)
+    first.run("cp", str(src), "show:/take.mov")
+    # Another store holds none of its chunks, as the cloud holds none of a pod's.
+    elsewhere = f"s3://{moto_s3.new_bucket()}/drives?endpoint={moto_s3.endpoint_url}"
+    assert "wrong bucket or prefix" in second.fails(
+        "drive", "attach", "show", "--meta", meta_url, "--store", elsewhere
+    )
+
+    async def hold_in_pod() -> None:
+        meta = connect(meta_url, "show")
+        try:
+            await meta.open_drive()
+            node = await meta.resolve("/take.mov")
+            assert node is not None and node.head_version is not None
+            await meta.set_version_tier(node.id, node.head_version, "pod:la", "/take.mov", "t")
+        finally:
+            await meta.close()
+
+    asyncio.run(hold_in_pod())
+    second.run("drive", "attach", "show", "--meta", meta_url, "--store", elsewhere)
+    assert "take.mov" in second.run("ls", "show:/").stdout
+
+
 def test_a_missing_s3_object_is_named(moto_s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     from mediadrive.core.blob import open_store
     from mediadrive.core.errors import NotFound

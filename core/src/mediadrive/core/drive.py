@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from . import paths
 from .blob import BlobStore, check_store_url, open_store
-from .blob.tiers import PublishReport, TieredStore, holding_for, pod_region, recording
+from .blob.tiers import CLOUD, PublishReport, TieredStore, holding_for, pod_region, recording
 from .config import DriveRef, DriveSettings, check_drive_name
 from .errors import (
     AlreadyExists,
@@ -262,8 +262,9 @@ class Drive:
         """StoreUnavailable unless the chunk store holds a chunk the metadata names.
 
         Catches a drive attached with the wrong bucket or prefix before its reads
-        fail. Looks at the first file with a version, walking at most ``tries``
-        folders; a drive with no content yet passes.
+        fail. Looks at the first file whose head version is in the cloud, walking at
+        most ``tries`` folders (versions held in a region's storage pods are not in
+        the cloud yet); a drive with no such file yet passes.
         """
         chunk = await self._some_chunk(tries)
         if chunk is not None and not await self.blobs.exists(chunk):
@@ -280,8 +281,8 @@ class Drive:
                 if node.is_dir:
                     folders.append(node.id)
                 elif node.kind is NodeKind.FILE and node.head_version is not None:
-                    _, extents = await self.meta.version(node.id, node.head_version)
-                    if extents:
+                    info, extents = await self.meta.version(node.id, node.head_version)
+                    if extents and info.tier == CLOUD:
                         return extents[0].chunk_id
         return None
 
