@@ -97,8 +97,8 @@ FULL = Sizes(
 QUICK = Sizes(
     file=256 * MiB,
     ttfb_offset=225 * MiB,
-    files=2_000,
-    tree_dirs=10,
+    files=1_000,
+    tree_dirs=4,
     tree_files_per_dir=499,
     dup=64 * MiB,
     hydrate_files=50,
@@ -204,6 +204,10 @@ def copy_durable(src: Path, dst: Path) -> None:
         while n := fin.readinto(view):
             fout.write(view[:n])
         os.fsync(fout.fileno())
+
+
+def touch(base: Path, name: str) -> None:
+    os.close(os.open(base / name, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
 def read_all(path: Path) -> int:
@@ -406,8 +410,9 @@ class Bench:
                 with time_limit(TIMEOUT):
                     for d in dirs:
                         (base / d).mkdir(parents=True, exist_ok=True)
-                    for name in names:
-                        os.close(os.open(base / name, os.O_CREAT | os.O_WRONLY, 0o644))
+                    # Not timed: made in parallel to keep the setup short.
+                    with ThreadPoolExecutor(8) as pool:
+                        list(pool.map(partial(touch, base), names))
                     if isinstance(tool, Mediadrive):
                         tool.durable(base / "tree")
             except (Exception, Timeout) as exc:
@@ -725,6 +730,9 @@ class Bench:
         self.attempt(None, "limit", rep, ["ls_lr"], lambda: ls_lr(None))
 
     def stop(self) -> None:
+        # A second Ctrl-C must not cut the cleanup short and leave mounts behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for tool in self.all_tools:
             try:
                 with time_limit(120):
@@ -831,10 +839,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mediadrive-compare-", dir=workroot))
     # MinIO's request metrics (bytes received) without a token.
     os.environ["MINIO_PROMETHEUS_AUTH_TYPE"] = "public"
-    bench: Bench | None = None
     info = machine(work)
     try:
-        with minio_server() as s3, postgres_server() as pg:
+        with contextlib.ExitStack() as stack:
+            s3 = stack.enter_context(minio_server())
+            pg = stack.enter_context(postgres_server())
             os.environ.update(
                 AWS_ACCESS_KEY_ID=s3.access_key,
                 AWS_SECRET_ACCESS_KEY=s3.secret_key,
@@ -848,6 +857,8 @@ def main() -> int:
                 s3.client(max_pool_connections=32),
             )
             bench = Bench(sizes, max(args.reps, 3), work, target)
+            # Unmount every tool before the servers stop (the stack unwinds in reverse).
+            stack.callback(bench.stop)
             print(f"MinIO at {s3.endpoint_url}, PostgreSQL at {pg.host}:{pg.port}; work in {work}")
             step = time.perf_counter()
             bench.setup(peers, pg.url, only)
@@ -880,8 +891,6 @@ def main() -> int:
             (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
             write_outputs(results, args.out)
     finally:
-        if bench is not None:
-            bench.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"done in {time.perf_counter() - started:.0f}s; see {args.out / 'report.md'}")
     return 0

@@ -191,11 +191,17 @@ class Tool:
         self.mount()
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
+        """Unmount (uploading what is pending); whatever happens, leave no mount or process."""
+        try:
             self.unmount()
-        force_unmount(self.mountpoint)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        except Exception:
+            pass
+        finally:
+            force_unmount(self.mountpoint)
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=10)
 
     def _start(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
