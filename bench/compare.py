@@ -49,6 +49,7 @@ from bench.peers import (  # noqa: E402
     S3fs,
     S3Target,
     Tool,
+    cpu_seconds,
     drop_page_cache,
     fio_randread,
     plain_upload,
@@ -58,6 +59,7 @@ from bench.report import Metric, write_outputs  # noqa: E402
 from tests.servers import minio_server, postgres_server  # noqa: E402
 
 MiB = 1 << 20
+GiB = 1 << 30
 MB = 10**6
 PART = 8 * MiB  # boto3's part size for the limits (its default)
 BOTO_THREADS = 10  # boto3's default max_concurrency
@@ -125,6 +127,13 @@ def metrics(sizes: Sizes) -> list[Metric]:
     return [
         Metric("write", f"write {size} until durable in S3", "MB/s", True, "data"),
         Metric("cold_read", f"cold sequential read of {size}", "MB/s", True, "data"),
+        Metric(
+            "cold_cpu",
+            "CPU of the file system's process during the cold read",
+            "CPU s/GiB",
+            False,
+            "data",
+        ),
         Metric("warm_read", f"warm sequential read of {size}", "MB/s", True, "data"),
         Metric("rand_cold", "4 KiB random reads, cold (fio psync)", "IOPS", True, "data"),
         Metric("rand_warm", "4 KiB random reads, warm (fio psync)", "IOPS", True, "data"),
@@ -505,19 +514,26 @@ class Bench:
 
         def cold(tool: Tool) -> dict[str, float]:
             tool.remount_cold()
+            pid = tool.pid()
+            cpu = cpu_seconds(pid)
             start = time.perf_counter()
             n = read_all(tool.mountpoint / "big.bin")
+            elapsed = time.perf_counter() - start
+            cpu = cpu_seconds(pid) - cpu
             if n != size:
                 raise BenchError(f"read {n} bytes of {size}")
-            return {"cold_read": size / (time.perf_counter() - start) / MB}
+            return {"cold_read": size / elapsed / MB, "cold_cpu": cpu / (size / GiB)}
 
         def cold_limit() -> dict[str, float]:
             sink = cast("IO[bytes]", Sink())
+            cpu = time.process_time()
             start = time.perf_counter()
             self.target.s3.download_fileobj(self.limit_bucket, "big.bin", sink, Config=transfer)
-            return {"cold_read": size / (time.perf_counter() - start) / MB}
+            elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu
+            return {"cold_read": size / elapsed / MB, "cold_cpu": cpu / (size / GiB)}
 
-        each(["cold_read"], cold, cold_limit)
+        each(["cold_read", "cold_cpu"], cold, cold_limit)
 
         def warm_file(path: Path) -> dict[str, float]:
             read_all(path)

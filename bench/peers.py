@@ -182,6 +182,10 @@ class Tool:
         """Bring ``paths`` into the local cache (peers without a command: read them)."""
         read_files(paths)
 
+    def pid(self) -> int | None:
+        """The process serving the mount (its CPU time is the tool's)."""
+        return self.proc.pid if self.proc is not None else None
+
     # -- shared ------------------------------------------------------------------------------
     def remount_cold(self) -> None:
         """Unmount, empty the tool's cache and the page cache, mount again."""
@@ -215,6 +219,16 @@ class Tool:
                 start_new_session=True,
             )
         wait_mounted(self.mountpoint, self.proc, self.log)
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User and system CPU time of a process, all its threads and waited-for children."""
+    if pid is None:
+        raise BenchError("no process to measure")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime: fields 14 to 17 of proc(5), 12 to 15 after the name.
+    ticks = sum(int(x) for x in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def read_files(paths: list[Path], threads: int = 8) -> int:
@@ -279,6 +293,10 @@ class Mediadrive(Tool):
     def unmount(self) -> None:
         if self.registry.entry_for(self.mountpoint) is not None or is_mounted(self.mountpoint):
             client.umount(self.mountpoint, self.registry, timeout=600)
+
+    def pid(self) -> int | None:
+        entry = self.registry.entry_for(self.mountpoint)
+        return entry.pid if entry is not None else None
 
     def mount_client(self) -> client.MountClient:
         return client.MountClient.for_mountpoint(self.mountpoint, self.registry)

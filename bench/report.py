@@ -34,6 +34,12 @@ class Row:
         return statistics.median(self.values) if self.values else None
 
 
+def order(tool: str) -> tuple[int, str]:
+    """mediadrive's rows first, then the peers, then the limit."""
+    rank = 0 if tool.startswith(MEDIADRIVE) else 2 if tool == LIMIT else 1
+    return rank, tool
+
+
 def is_peer(tool: str) -> bool:
     return tool.split("-")[0] in PEERS
 
@@ -98,6 +104,7 @@ def tool_label(tool: str) -> str:
 LIMITS = {
     "write": "boto3 upload_file, 8 MiB parts, 10 threads",
     "cold_read": "boto3 download_fileobj, 8 MiB parts, 10 threads",
+    "cold_cpu": "boto3's download (this Python process), the same bytes",
     "warm_read": "local disk, page cache warm",
     "rand_cold": "local disk, page cache dropped",
     "rand_warm": "local disk, page cache warm",
@@ -187,7 +194,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| tool | median ({metric.unit}) | spread | runs | vs best peer | vs limit |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for row in sorted(r.values(), key=lambda x: (x.tool == LIMIT, x.tool)):
+        for row in sorted(r.values(), key=lambda x: order(x.tool)):
             med = row.median
             if med is None:
                 reason = row.errors[0] if row.errors else "not run"
@@ -254,7 +261,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         fig, axes = plt.subplots(lines, cols, figsize=(5.2 * cols, 3.2 * lines), squeeze=False)
         for ax, metric in zip(axes.flat, chosen, strict=False):
             r = rows.get(metric.key, {})
-            tools = sorted(r, key=lambda t: (t == LIMIT, t))
+            tools = sorted(r, key=order)
             medians = [r[t].median or 0.0 for t in tools]
             lows = [
                 m - min(r[t].values) if r[t].values else 0.0
