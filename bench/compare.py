@@ -282,6 +282,7 @@ class Bench:
         self.work = work
         self.target = target
         self.runs: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
         self.metrics = {m.key: m for m in metrics(sizes)}
         self.data_tools: list[Tool] = []
         self.dedup_tools: list[Tool] = []
@@ -298,12 +299,14 @@ class Bench:
         for key, value in values.items():
             self.runs.append({"metric": key, "tool": tool, "rep": rep, "value": value})
             unit = self.metrics[key].unit
-            print(f"    {tool:<14} {key:<10} {value:12.3f} {unit}", flush=True)
+            at = time.perf_counter() - self.started
+            print(f"  {at:6.0f}s  {tool:<14} {key:<10} {value:12.3f} {unit}", flush=True)
 
     def fail(self, tool: str, rep: int, keys: list[str], error: str) -> None:
         for key in keys:
             self.runs.append({"metric": key, "tool": tool, "rep": rep, "error": error})
-        print(f"    {tool:<14} {','.join(keys)}: n/a ({error})", flush=True)
+        at = time.perf_counter() - self.started
+        print(f"  {at:6.0f}s  {tool:<14} {','.join(keys)}: n/a ({error})", flush=True)
 
     def attempt(
         self, tool: Tool | None, name: str, rep: int, keys: list[str], fn: Callable[[], Any]
