@@ -284,8 +284,15 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
                 if r[t].median is None:
                     ax.text(0, y, " n/a", va="center", fontsize=8)
             ax.invert_yaxis()
+            shown = [m for m in medians if m > 0]
+            if shown and max(shown) / min(shown) > 50:
+                # The local disk is often orders of magnitude apart: keep the tools readable.
+                ax.set_xscale("log")
             better_word = "higher" if metric.higher_better else "lower"
-            ax.set_title(f"{metric.title}\n{metric.unit}, {better_word} is better", fontsize=8)
+            scale = ", log scale" if ax.get_xscale() == "log" else ""
+            ax.set_title(
+                f"{metric.title}\n{metric.unit}, {better_word} is better{scale}", fontsize=8
+            )
             ax.tick_params(labelsize=7)
         for ax in list(axes.flat)[len(chosen) :]:
             ax.axis("off")
