@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # Every step says how long it took.
 TIMED := scripts/timed.sh
 
-.PHONY: help install test-deps lint test soak demo bench-core bench-fuse bench-pod crds clean \
+.PHONY: help install test-deps lint test soak demo bench bench-core bench-fuse bench-pod crds clean \
 	cluster-up cluster-down images e2e-kind
 
 help:
@@ -25,6 +25,8 @@ help:
 	@echo "make soak        long integrity runs: 100,000 random operations per --commit-on"
 	@echo "                 mode and 10,000 pwrite+fsync rounds (tests/node/test_integrity.py)"
 	@echo "make demo        run the end-to-end demo"
+	@echo "make bench       mediadrive vs JuiceFS, rclone and s3fs on one MinIO: bench/report.md,"
+	@echo "                 results.json, *.png (QUICK=1: smaller sizes, under 15 minutes)"
 	@echo "make bench-core  core benchmarks against MinIO and PostgreSQL"
 	@echo "make bench-fuse  FUSE mount benchmarks"
 	@echo "make bench-pod   storage pod benchmarks: pod vs MinIO, mount reads, event relay"
@@ -59,6 +61,11 @@ soak: test-deps
 
 demo: install
 	$(PYTHON) -m mediadrive.cli.demo
+
+bench: install
+	@$(TIMED) test-binaries scripts/build-test-binaries.sh
+	@$(TIMED) bench-peers scripts/bench/peers.sh
+	@$(TIMED) bench $(PYTHON) bench/compare.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 bench-core: test-deps
 	$(PYTHON) bench/core_bench.py

@@ -80,7 +80,7 @@ def write_random(path: Path, size: int) -> None:
 
 
 def rate(size: int, seconds: float) -> str:
-    return f"{size / seconds / MiB:8.1f} MB/s"
+    return f"{size / seconds / MiB:8.1f} MiB/s"
 
 
 def timed(label: str, fn: Callable[[], object]) -> float:

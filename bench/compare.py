@@ -1,0 +1,919 @@
+"""mediadrive side by side with JuiceFS, rclone mount and s3fs-fuse (issue 12).
+
+    python bench/compare.py [--quick] [--reps 3] [--only mediadrive,juicefs]
+    python bench/compare.py --report-only     # redo report.md and the plots from results.json
+
+Every tool mounts its own bucket of the same MinIO on loopback, gets the same data and
+the same cache budget; within each repetition the tools run one after the other
+(their order rotates between repetitions). Metadata scenarios run on SQLite and
+PostgreSQL for the tools that have a metadata engine (mediadrive, JuiceFS). Limits:
+boto3 with parallel threads against the same MinIO, and the local disk.
+
+Writes bench/results.json, bench/report.md and bench/*.png. Needs root (FUSE, dropping
+the page cache), the MinIO binary of scripts/build-test-binaries.sh and the peers of
+scripts/bench/peers.sh (their paths come from that script's output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, cast
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.peers import (  # noqa: E402
+    BenchError,
+    JuiceFS,
+    Mediadrive,
+    Rclone,
+    S3fs,
+    S3Target,
+    Tool,
+    cpu_seconds,
+    drop_page_cache,
+    fio_randread,
+    plain_upload,
+    run,
+)
+from bench.report import Metric, write_outputs  # noqa: E402
+from tests.servers import minio_server, postgres_server  # noqa: E402
+
+MiB = 1 << 20
+GiB = 1 << 30
+MB = 10**6
+PART = 8 * MiB  # boto3's part size for the limits (its default)
+BOTO_THREADS = 10  # boto3's default max_concurrency
+TIMEOUT = 900  # seconds for one scenario of one tool
+
+
+@dataclass(frozen=True)
+class Sizes:
+    file: int
+    ttfb_offset: int
+    files: int
+    tree_dirs: int
+    tree_files_per_dir: int
+    dup: int
+    hydrate_files: int
+    hydrate_size: int
+    fio_seconds: int
+    cache_budget: int
+
+    @property
+    def tree_entries(self) -> int:
+        return self.tree_dirs * (self.tree_files_per_dir + 1)
+
+
+FULL = Sizes(
+    file=1024 * MiB,
+    ttfb_offset=900 * MiB,
+    files=10_000,
+    tree_dirs=50,
+    tree_files_per_dir=999,
+    dup=512 * MiB,
+    hydrate_files=500,
+    hydrate_size=4 * MiB,
+    fio_seconds=10,
+    cache_budget=4096 * MiB,
+)
+QUICK = Sizes(
+    file=256 * MiB,
+    ttfb_offset=225 * MiB,
+    files=1_000,
+    tree_dirs=4,
+    tree_files_per_dir=499,
+    dup=64 * MiB,
+    hydrate_files=50,
+    hydrate_size=4 * MiB,
+    fio_seconds=3,
+    cache_budget=2048 * MiB,
+)
+SMOKE = Sizes(
+    file=32 * MiB,
+    ttfb_offset=28 * MiB,
+    files=100,
+    tree_dirs=2,
+    tree_files_per_dir=20,
+    dup=8 * MiB,
+    hydrate_files=5,
+    hydrate_size=MiB,
+    fio_seconds=1,
+    cache_budget=512 * MiB,
+)
+
+
+def metrics(sizes: Sizes) -> list[Metric]:
+    size = f"{sizes.file // MiB} MiB"
+    return [
+        Metric("write", f"write {size} until durable in S3", "MB/s", True, "data"),
+        Metric("cold_read", f"cold sequential read of {size}", "MB/s", True, "data"),
+        Metric(
+            "cold_cpu",
+            "CPU of the file system's process during the cold read",
+            "CPU s/GiB",
+            False,
+            "data",
+        ),
+        Metric("warm_read", f"warm sequential read of {size}", "MB/s", True, "data"),
+        Metric("rand_cold", "4 KiB random reads, cold (fio psync)", "IOPS", True, "data"),
+        Metric("rand_warm", "4 KiB random reads, warm (fio psync)", "IOPS", True, "data"),
+        Metric(
+            "ttfb",
+            f"time to first 1 MiB at {sizes.ttfb_offset // MiB} MiB, cold",
+            "ms",
+            False,
+            "data",
+        ),
+        Metric("edit_time", f"edit 1 MiB of the {size} file until durable", "s", False, "data"),
+        Metric("edit_sent", "edit 1 MiB: bytes received by S3", "MiB", False, "data"),
+        Metric(
+            "dedup",
+            f"two near-duplicate {sizes.dup // MiB} MiB files: bytes stored",
+            "MiB",
+            False,
+            "dedup",
+        ),
+        Metric("create", f"create {sizes.files:,} empty files", "files/s", True, "meta"),
+        Metric("stat", f"stat {sizes.files:,} files (page cache dropped)", "files/s", True, "meta"),
+        Metric("ls_l", f"`ls -l` of {sizes.files:,} files", "entries/s", True, "meta"),
+        Metric("delete", f"delete {sizes.files:,} files", "files/s", True, "meta"),
+        Metric(
+            "ls_lr",
+            f"`ls -lR` of a {sizes.tree_entries:,}-entry tree after a fresh mount",
+            "s",
+            False,
+            "meta",
+        ),
+        Metric(
+            "hydrate",
+            f"hydrate {sizes.hydrate_files} files of {sizes.hydrate_size // MiB} MiB, cold",
+            "MB/s",
+            True,
+            "data",
+        ),
+    ]
+
+
+# -- small helpers ------------------------------------------------------------------------
+
+
+class Timeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise Timeout(f"timed out after {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def write_random(path: Path, size: int, prefix: bytes = b"") -> None:
+    with open(path, "wb") as f:
+        f.write(prefix)
+        left = size
+        while left:
+            n = min(left, 64 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def copy_durable(src: Path, dst: Path) -> None:
+    """Copy through the file system as `cp` would, then fsync and close."""
+    buf = bytearray(4 * MiB)
+    view = memoryview(buf)
+    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
+        while n := fin.readinto(view):
+            fout.write(view[:n])
+        os.fsync(fout.fileno())
+
+
+def touch(base: Path, name: str) -> None:
+    os.close(os.open(base / name, os.O_CREAT | os.O_WRONLY, 0o644))
+
+
+def read_all(path: Path) -> int:
+    total = 0
+    buf = bytearray(4 * MiB)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            total += n
+    return total
+
+
+def read_at(path: Path, offset: int, length: int) -> int:
+    got = 0
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        while got < length:
+            chunk = f.read(length - got)
+            if not chunk:
+                break
+            got += len(chunk)
+    return got
+
+
+class Sink(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: object) -> int:
+        return len(memoryview(cast(bytes, b)))
+
+
+# -- the benchmark --------------------------------------------------------------------------
+
+
+@dataclass
+class Peers:
+    rclone: Path
+    juicefs: Path
+    fio: str
+
+
+def find_peers(only: set[str] | None) -> Peers:
+    names = sorted((only or {"rclone", "juicefs", "s3fs"}) - {"mediadrive"})
+    out = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts/bench/peers.sh"), *names],
+        stdout=subprocess.PIPE,
+        check=True,
+        text=True,
+    ).stdout
+    found = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return Peers(
+        Path(found.get("rclone", "rclone")),
+        Path(found.get("juicefs", "juicefs")),
+        found.get("fio") or "fio",
+    )
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, reps: int, work: Path, target: S3Target) -> None:
+        self.sizes = sizes
+        self.reps = reps
+        self.work = work
+        self.target = target
+        self.runs: list[dict[str, Any]] = []
+        self.started = time.perf_counter()
+        self.metrics = {m.key: m for m in metrics(sizes)}
+        self.data_tools: list[Tool] = []
+        self.dedup_tools: list[Tool] = []
+        self.meta_tools: list[Tool] = []
+        self.all_tools: list[Tool] = []
+        self.local = work / "local"
+        self.local.mkdir()
+        self.limit_bucket = ""
+        self.metrics_url = f"{target.endpoint}/minio/metrics/v3/api/requests"
+        self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def record(self, tool: str, rep: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.runs.append({"metric": key, "tool": tool, "rep": rep, "value": value})
+            unit = self.metrics[key].unit
+            at = time.perf_counter() - self.started
+            print(f"  {at:6.0f}s  {tool:<14} {key:<10} {value:12.3f} {unit}", flush=True)
+
+    def fail(self, tool: str, rep: int, keys: list[str], error: str) -> None:
+        for key in keys:
+            self.runs.append({"metric": key, "tool": tool, "rep": rep, "error": error})
+        at = time.perf_counter() - self.started
+        print(f"  {at:6.0f}s  {tool:<14} {','.join(keys)}: n/a ({error})", flush=True)
+
+    def attempt(
+        self, tool: Tool | None, name: str, rep: int, keys: list[str], fn: Callable[[], Any]
+    ) -> None:
+        if tool is not None and tool.broken:
+            self.fail(name, rep, keys, tool.broken)
+            return
+        try:
+            with time_limit(TIMEOUT):
+                values = fn()
+        except (Exception, Timeout) as exc:
+            self.fail(name, rep, keys, f"{type(exc).__name__}: {exc}"[:300])
+            if tool is not None:
+                self.recover(tool)
+            return
+        self.record(name, rep, values)
+
+    def recover(self, tool: Tool) -> None:
+        """After a failure, start the tool afresh so the next scenario gets a fair try."""
+        try:
+            with time_limit(300):
+                tool.stop()
+                tool.mount()
+        except (Exception, Timeout) as exc:
+            tool.broken = f"could not mount again after a failure: {exc}"[:300]
+
+    def s3_received(self) -> int:
+        text = self.opener.open(self.metrics_url, timeout=10).read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("minio_api_requests_traffic_received_bytes") and "s3" in line:
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+    # -- setup --------------------------------------------------------------------------------
+    def add(self, tool: Tool, *groups: list[Tool]) -> None:
+        self.all_tools.append(tool)
+        for group in groups:
+            group.append(tool)
+        start = time.perf_counter()
+        try:
+            with time_limit(300):
+                tool.create()
+                tool.mount()
+        except (Exception, Timeout) as exc:
+            tool.broken = f"could not set up: {exc}"[:300]
+            print(f"  {tool.name}: {tool.broken}")
+            return
+        print(f"  {tool.name} mounted in {time.perf_counter() - start:.1f}s", flush=True)
+
+    def new_bucket(self, name: str) -> str:
+        self.target.s3.create_bucket(Bucket=name)
+        return name
+
+    def setup(self, peers: Peers, pg_url: str | None, only: set[str] | None) -> None:
+        t, budget, w = self.target, self.sizes.cache_budget, self.work
+
+        def wanted(name: str) -> bool:
+            return only is None or name.split("-")[0] in only
+
+        self.limit_bucket = self.new_bucket("bench-limit")
+        if wanted("mediadrive"):
+            md = Mediadrive(w, t, self.new_bucket("bench-mediadrive"), budget)
+            self.add(md, self.data_tools, self.dedup_tools, self.meta_tools)
+            cdc = Mediadrive(
+                w, t, self.new_bucket("bench-mediadrive-cdc"), budget, chunking="cdc",
+                label="mediadrive-cdc",
+            )  # fmt: skip
+            self.add(cdc, self.dedup_tools)
+            if pg_url is not None:
+                from tests.servers import create_database
+
+                md_pg = Mediadrive(
+                    w, t, self.new_bucket("bench-mediadrive-pg"), budget,
+                    meta_url=create_database(pg_url, "mediadrive"), label="mediadrive-pg",
+                )  # fmt: skip
+                self.add(md_pg, self.meta_tools)
+        if wanted("juicefs"):
+            jfs = JuiceFS(w, t, self.new_bucket("bench-juicefs"), budget, peers.juicefs)
+            self.add(jfs, self.data_tools, self.dedup_tools, self.meta_tools)
+            if pg_url is not None:
+                from tests.servers import create_database
+
+                db = create_database(pg_url, "juicefs").replace("postgresql://", "postgres://")
+                jfs_pg = JuiceFS(
+                    w, t, self.new_bucket("bench-juicefs-pg"), budget, peers.juicefs,
+                    meta_url=db + "?sslmode=disable", label="juicefs-pg",
+                )  # fmt: skip
+                self.add(jfs_pg, self.meta_tools)
+        if wanted("rclone"):
+            rc = Rclone(w, t, self.new_bucket("bench-rclone"), budget, peers.rclone)
+            self.add(rc, self.data_tools, self.dedup_tools, self.meta_tools)
+        if wanted("s3fs"):
+            s3fs = S3fs(w, t, self.new_bucket("bench-s3fs"), budget)
+            self.add(s3fs, self.data_tools, self.dedup_tools, self.meta_tools)
+
+    def prepare_tree(self) -> None:
+        """The tree `ls -lR` lists, made once: through the mount for the tools with a
+        metadata engine, as plain objects for rclone and s3fs, on disk for the limit."""
+        s = self.sizes
+        names = [
+            f"tree/d{d:03d}/f{f:05d}"
+            for d in range(s.tree_dirs)
+            for f in range(s.tree_files_per_dir)
+        ]
+        dirs = [f"tree/d{d:03d}" for d in range(s.tree_dirs)]
+        for base in [self.local, *(t.mountpoint for t in self.meta_tools if not t.plain_objects)]:
+            tool = next((t for t in self.meta_tools if t.mountpoint == base), None)
+            if tool is not None and tool.broken:
+                continue
+            start = time.perf_counter()
+            try:
+                with time_limit(TIMEOUT):
+                    for d in dirs:
+                        (base / d).mkdir(parents=True, exist_ok=True)
+                    # Not timed: made in parallel to keep the setup short.
+                    with ThreadPoolExecutor(8) as pool:
+                        list(pool.map(partial(touch, base), names))
+                    if isinstance(tool, Mediadrive):
+                        tool.durable(base / "tree")
+            except (Exception, Timeout) as exc:
+                if tool is not None:
+                    tool.broken = f"could not make the tree: {exc}"[:300]
+                    print(f"  {tool.name}: {tool.broken}")
+                continue
+            label = tool.name if tool is not None else "local disk"
+            print(f"  tree of {s.tree_entries:,} entries on {label}: "
+                  f"{time.perf_counter() - start:.1f}s", flush=True)  # fmt: skip
+        objects = {name: b"" for name in names}
+        objects.update({d + "/": b"" for d in ["tree", *dirs]})
+        for tool in self.meta_tools:
+            if tool.plain_objects and not tool.broken:
+                start = time.perf_counter()
+                plain_upload(self.target, tool.bucket, objects)
+                print(f"  tree of {s.tree_entries:,} entries in {tool.bucket}: "
+                      f"{time.perf_counter() - start:.1f}s", flush=True)  # fmt: skip
+
+    def prepare_hydrate(self) -> None:
+        s = self.sizes
+        names = [f"hyd/h{i:04d}.bin" for i in range(s.hydrate_files)]
+        objects = {name: os.urandom(s.hydrate_size) for name in names}
+        for tool in [*self.data_tools, None]:
+            start = time.perf_counter()
+            bucket = self.limit_bucket if tool is None else tool.bucket
+            if tool is None or tool.plain_objects:
+                plain_upload(self.target, bucket, objects)
+            elif not tool.broken:
+                try:
+                    with time_limit(TIMEOUT):
+                        (tool.mountpoint / "hyd").mkdir(exist_ok=True)
+                        for name, body in objects.items():
+                            with open(tool.mountpoint / name, "wb") as f:
+                                f.write(body)
+                        tool.durable(tool.mountpoint / "hyd")
+                except (Exception, Timeout) as exc:
+                    tool.broken = f"could not write the hydrate files: {exc}"[:300]
+                    print(f"  {tool.name}: {tool.broken}")
+                    continue
+            print(f"  {s.hydrate_files} files for hydrate in {bucket}: "
+                  f"{time.perf_counter() - start:.1f}s", flush=True)  # fmt: skip
+
+    # -- scenarios ----------------------------------------------------------------------------
+    def order(self, tools: list[Tool], rep: int) -> list[Tool]:
+        k = rep % len(tools) if tools else 0
+        return tools[k:] + tools[:k]
+
+    def each(
+        self,
+        rep: int,
+        keys: list[str],
+        fn: Callable[[Tool], dict[str, float]],
+        limit: Callable[[], dict[str, float]],
+    ) -> None:
+        """One data scenario: every data tool in this repetition's order, then the limit."""
+        print(f"  [{rep}] {', '.join(keys)}", flush=True)
+        for tool in self.order(self.data_tools, rep):
+            self.attempt(tool, tool.name, rep, keys, partial(fn, tool))
+        self.attempt(None, "limit", rep, keys, limit)
+
+    def data_rep(self, rep: int, src: Path) -> None:
+        self.sequential_rep(rep, src)
+        self.random_rep(rep, src)
+        self.edit_hydrate_rep(rep)
+
+    def sequential_rep(self, rep: int, src: Path) -> None:
+        size = self.sizes.file
+        transfer = self.transfer()
+        each = partial(self.each, rep)
+
+        def write(tool: Tool) -> dict[str, float]:
+            path = tool.mountpoint / "big.bin"
+            before = tool.object_state(path)
+            if path.exists():
+                path.unlink()
+            drop_page_cache()
+            start = time.perf_counter()
+            copy_durable(src, path)
+            tool.durable(path, before)
+            return {"write": size / (time.perf_counter() - start) / MB}
+
+        def write_limit() -> dict[str, float]:
+            drop_page_cache()
+            start = time.perf_counter()
+            self.target.s3.upload_file(str(src), self.limit_bucket, "big.bin", Config=transfer)
+            return {"write": size / (time.perf_counter() - start) / MB}
+
+        each(["write"], write, write_limit)
+
+        def cold(tool: Tool) -> dict[str, float]:
+            tool.remount_cold()
+            pid = tool.pid()
+            cpu = cpu_seconds(pid)
+            start = time.perf_counter()
+            n = read_all(tool.mountpoint / "big.bin")
+            elapsed = time.perf_counter() - start
+            cpu = cpu_seconds(pid) - cpu
+            if n != size:
+                raise BenchError(f"read {n} bytes of {size}")
+            return {"cold_read": size / elapsed / MB, "cold_cpu": cpu / (size / GiB)}
+
+        def cold_limit() -> dict[str, float]:
+            sink = cast("IO[bytes]", Sink())
+            cpu = time.process_time()
+            start = time.perf_counter()
+            self.target.s3.download_fileobj(self.limit_bucket, "big.bin", sink, Config=transfer)
+            elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu
+            return {"cold_read": size / elapsed / MB, "cold_cpu": cpu / (size / GiB)}
+
+        each(["cold_read", "cold_cpu"], cold, cold_limit)
+
+        def warm_file(path: Path) -> dict[str, float]:
+            read_all(path)
+            start = time.perf_counter()
+            read_all(path)
+            return {"warm_read": size / (time.perf_counter() - start) / MB}
+
+        each(["warm_read"], lambda t: warm_file(t.mountpoint / "big.bin"), lambda: warm_file(src))
+
+    def random_rep(self, rep: int, src: Path) -> None:
+        s = self.sizes
+        size = s.file
+        each = partial(self.each, rep)
+
+        def rand_cold(path: Path, tool: Tool | None) -> dict[str, float]:
+            if tool is not None:
+                tool.remount_cold()
+            else:
+                drop_page_cache()
+            return {"rand_cold": fio_randread(path, size, s.fio_seconds)}
+
+        each(
+            ["rand_cold"],
+            lambda t: rand_cold(t.mountpoint / "big.bin", t),
+            lambda: rand_cold(src, None),
+        )
+
+        def rand_warm(path: Path) -> dict[str, float]:
+            read_all(path)
+            return {"rand_warm": fio_randread(path, size, s.fio_seconds)}
+
+        each(
+            ["rand_warm"],
+            lambda t: rand_warm(t.mountpoint / "big.bin"),
+            lambda: rand_warm(src),
+        )
+
+        def ttfb(tool: Tool) -> dict[str, float]:
+            tool.remount_cold()
+            start = time.perf_counter()
+            n = read_at(tool.mountpoint / "big.bin", s.ttfb_offset, MiB)
+            elapsed = time.perf_counter() - start
+            if n != MiB:
+                raise BenchError(f"read {n} bytes of {MiB}")
+            return {"ttfb": elapsed * 1000}
+
+        def ttfb_limit() -> dict[str, float]:
+            start = time.perf_counter()
+            answer = self.target.s3.get_object(
+                Bucket=self.limit_bucket,
+                Key="big.bin",
+                Range=f"bytes={s.ttfb_offset}-{s.ttfb_offset + MiB - 1}",
+            )
+            n = len(answer["Body"].read())
+            elapsed = time.perf_counter() - start
+            if n != MiB:
+                raise BenchError(f"read {n} bytes of {MiB}")
+            return {"ttfb": elapsed * 1000}
+
+        each(["ttfb"], ttfb, ttfb_limit)
+
+    def edit_hydrate_rep(self, rep: int) -> None:
+        s = self.sizes
+        size = s.file
+        each = partial(self.each, rep)
+
+        patch = os.urandom(MiB)
+        offset = size // 2 + 4321
+
+        def edit(tool: Tool) -> dict[str, float]:
+            path = tool.mountpoint / "big.bin"
+            before = tool.object_state(path)
+            received = self.s3_received()
+            start = time.perf_counter()
+            with open(path, "r+b", buffering=0) as f:
+                f.seek(offset)
+                f.write(patch)
+                os.fsync(f.fileno())
+            tool.durable(path, before)
+            elapsed = time.perf_counter() - start
+            sent = self.s3_received() - received
+            return {"edit_time": elapsed, "edit_sent": sent / MiB}
+
+        def edit_limit() -> dict[str, float]:
+            received = self.s3_received()
+            start = time.perf_counter()
+            self.target.s3.put_object(Bucket=self.limit_bucket, Key="patch.bin", Body=patch)
+            elapsed = time.perf_counter() - start
+            return {"edit_time": elapsed, "edit_sent": (self.s3_received() - received) / MiB}
+
+        each(["edit_time", "edit_sent"], edit, edit_limit)
+
+        def hydrate(tool: Tool) -> dict[str, float]:
+            tool.remount_cold()
+            paths = [tool.mountpoint / f"hyd/h{i:04d}.bin" for i in range(s.hydrate_files)]
+            start = time.perf_counter()
+            tool.warm(paths)
+            return {
+                "hydrate": s.hydrate_files * s.hydrate_size / (time.perf_counter() - start) / MB
+            }
+
+        def hydrate_limit() -> dict[str, float]:
+            client = self.target.s3
+
+            def get(i: int) -> int:
+                return len(
+                    client.get_object(Bucket=self.limit_bucket, Key=f"hyd/h{i:04d}.bin")[
+                        "Body"
+                    ].read()
+                )
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(BOTO_THREADS) as pool:
+                total = sum(pool.map(get, range(s.hydrate_files)))
+            return {"hydrate": total / (time.perf_counter() - start) / MB}
+
+        each(["hydrate"], hydrate, hydrate_limit)
+
+    def transfer(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=PART, multipart_chunksize=PART, max_concurrency=BOTO_THREADS
+        )
+
+    def dedup_rep(self, rep: int) -> None:
+        s = self.sizes
+        a, b = self.work / "dup-a.bin", self.work / "dup-b.bin"
+        write_random(a, s.dup)
+        with open(b, "wb") as out, open(a, "rb") as base:
+            out.write(os.urandom(MiB))
+            shutil.copyfileobj(base, out, 16 * MiB)
+        print(f"  [{rep}] dedup", flush=True)
+
+        def stored(tool: Tool) -> dict[str, float]:
+            before = self.target.bucket_bytes(tool.bucket)
+            for src, name in ((a, "a"), (b, "b")):
+                path = tool.mountpoint / f"dup-{rep}-{name}.bin"
+                state = tool.object_state(path)
+                copy_durable(src, path)
+                tool.durable(path, state)
+            if isinstance(tool, JuiceFS):
+                time.sleep(1)  # JuiceFS may finish a background upload just after close
+            return {"dedup": (self.target.bucket_bytes(tool.bucket) - before) / MiB}
+
+        for tool in self.order(self.dedup_tools, rep):
+            self.attempt(tool, tool.name, rep, ["dedup"], partial(stored, tool))
+        # The limit: only the bytes that differ are new.
+        self.record("limit", rep, {"dedup": (s.dup + MiB) / MiB})
+
+    def meta_rep(self, rep: int) -> None:
+        s = self.sizes
+        keys = ["create", "stat", "ls_l", "delete"]
+
+        def small(base: Path) -> dict[str, float]:
+            folder = base / f"many-{rep}"
+            folder.mkdir()
+            names = [folder / f"f{i:05d}" for i in range(s.files)]
+            start = time.perf_counter()
+            for name in names:
+                os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o644))
+            create = time.perf_counter() - start
+            drop_page_cache()
+            start = time.perf_counter()
+            for name in names:
+                os.stat(name)
+            stat = time.perf_counter() - start
+            start = time.perf_counter()
+            out = run(["ls", "-l", str(folder)], timeout=TIMEOUT)
+            ls_l = time.perf_counter() - start
+            listed = out.count("\n") - 1
+            if listed != s.files:
+                raise BenchError(f"ls -l listed {listed} of {s.files} files")
+            start = time.perf_counter()
+            for name in names:
+                name.unlink()
+            delete = time.perf_counter() - start
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+            return {
+                "create": s.files / create,
+                "stat": s.files / stat,
+                "ls_l": s.files / ls_l,
+                "delete": s.files / delete,
+            }
+
+        print(f"  [{rep}] small files", flush=True)
+        for tool in self.order(self.meta_tools, rep):
+            self.attempt(tool, tool.name, rep, keys, partial(small, tool.mountpoint))
+        self.attempt(None, "limit", rep, keys, lambda: small(self.local))
+
+        def ls_lr(tool: Tool | None) -> dict[str, float]:
+            if tool is not None:
+                tool.remount_cold()
+                base = tool.mountpoint
+            else:
+                drop_page_cache()
+                base = self.local
+            start = time.perf_counter()
+            out = run(["ls", "-lR", str(base / "tree")], timeout=TIMEOUT)
+            elapsed = time.perf_counter() - start
+            listed = sum(1 for line in out.splitlines() if line.startswith(("-", "d")))
+            if listed < s.tree_entries:
+                raise BenchError(f"ls -lR listed {listed} of {s.tree_entries} entries")
+            return {"ls_lr": elapsed}
+
+        print(f"  [{rep}] ls -lR", flush=True)
+        for tool in self.order(self.meta_tools, rep):
+            self.attempt(tool, tool.name, rep, ["ls_lr"], partial(ls_lr, tool))
+        self.attempt(None, "limit", rep, ["ls_lr"], lambda: ls_lr(None))
+
+    def stop(self) -> None:
+        # A second Ctrl-C must not cut the cleanup short and leave mounts behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for tool in self.all_tools:
+            try:
+                with time_limit(120):
+                    tool.stop()
+            except (Exception, Timeout) as exc:
+                print(f"  {tool.name}: could not stop cleanly: {exc}")
+
+
+# -- the machine ----------------------------------------------------------------------------
+
+
+def machine(work: Path) -> dict[str, Any]:
+    mem = next(
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    df = subprocess.run(
+        ["df", "-h", "--output=source,fstype,size,avail", str(work)],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.splitlines()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(mem / (1 << 30), 1),
+        "disk": df[-1] if df else "?",
+        "kernel": platform.release(),
+        "load_start": os.getloadavg(),
+    }
+
+
+def versions(tools: list[Tool], peers: Peers) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for tool in tools:
+        base = tool.name.split("-")[0]
+        if base in found:
+            continue
+        try:
+            found[base] = tool.version()
+        except Exception as exc:
+            found[base] = f"? ({exc})"
+    from tests.servers import minio_binary, postgres_bin_dir
+
+    with contextlib.suppress(Exception):
+        commit = run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"]).strip()
+        found["mediadrive"] = f"{found.get('mediadrive', '?')} (commit {commit})"
+    # MinIO built from a pseudo-version says DEVELOPMENT; its file name has the version.
+    found["minio"] = minio_binary().resolve().name.removeprefix("minio-")
+
+    for name, argv in {
+        "fio": [peers.fio, "--version"],
+        "postgresql": [str(postgres_bin_dir() / "postgres"), "--version"],
+    }.items():
+        try:
+            found[name] = run(argv).splitlines()[0].strip()
+        except Exception as exc:
+            found[name] = f"? ({exc})"
+    import boto3
+
+    found["boto3"] = boto3.__version__
+    return found
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 15 minutes)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: does it all run?")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions (at least 3)")
+    parser.add_argument("--only", help="comma-separated tools (mediadrive,juicefs,rclone,s3fs)")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where to write the outputs")
+    parser.add_argument("--report-only", action="store_true", help="redo the report from JSON")
+    args = parser.parse_args()
+    if args.report_only:
+        write_outputs(json.loads((args.out / "results.json").read_text()), args.out)
+        return 0
+    if os.geteuid() != 0:
+        print("compare.py needs root (FUSE mounts, dropping the page cache)", file=sys.stderr)
+        return 2
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    started = time.perf_counter()
+    step = time.perf_counter()
+    only = set(args.only.split(",")) if args.only else None
+    peers = find_peers(only)
+    print(f"peers ready in {time.perf_counter() - step:.1f}s", flush=True)
+    workroot = Path("/var/tmp") if Path("/var/tmp").is_dir() else None
+    work = Path(tempfile.mkdtemp(prefix="mediadrive-compare-", dir=workroot))
+    # MinIO's request metrics (bytes received) without a token.
+    os.environ["MINIO_PROMETHEUS_AUTH_TYPE"] = "public"
+    info = machine(work)
+    try:
+        with contextlib.ExitStack() as stack:
+            s3 = stack.enter_context(minio_server())
+            pg = stack.enter_context(postgres_server())
+            os.environ.update(
+                AWS_ACCESS_KEY_ID=s3.access_key,
+                AWS_SECRET_ACCESS_KEY=s3.secret_key,
+                AWS_DEFAULT_REGION=s3.region,
+            )
+            target = S3Target(
+                s3.endpoint_url,
+                s3.access_key,
+                s3.secret_key,
+                s3.region,
+                s3.client(max_pool_connections=32),
+            )
+            bench = Bench(sizes, max(args.reps, 3), work, target)
+            # Unmount every tool before the servers stop (the stack unwinds in reverse).
+            stack.callback(bench.stop)
+            print(f"MinIO at {s3.endpoint_url}, PostgreSQL at {pg.host}:{pg.port}; work in {work}")
+            step = time.perf_counter()
+            bench.setup(peers, pg.url, only)
+            bench.prepare_tree()
+            bench.prepare_hydrate()
+            setup_s = time.perf_counter() - step
+            print(f"setup took {setup_s:.1f}s", flush=True)
+            src = work / "src.bin"
+            for rep in range(bench.reps):
+                step = time.perf_counter()
+                write_random(src, sizes.file)
+                print(f"repetition {rep + 1} of {bench.reps}", flush=True)
+                bench.data_rep(rep, src)
+                bench.dedup_rep(rep)
+                bench.meta_rep(rep)
+                print(f"repetition {rep + 1} took {time.perf_counter() - step:.1f}s", flush=True)
+            info["load_end"] = os.getloadavg()
+            tool_versions = versions(bench.all_tools, peers)
+            bench.stop()
+            results = {
+                "settings": {"quick": args.quick, "reps": bench.reps, **asdict(sizes)},
+                "machine": info,
+                "versions": tool_versions,
+                "cache": {t.name: t.cache_note for t in bench.all_tools},
+                "metrics": {k: asdict(m) for k, m in bench.metrics.items()},
+                "runs": bench.runs,
+                "timing": {"setup_s": setup_s, "total_s": time.perf_counter() - started},
+            }
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+            write_outputs(results, args.out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"done in {time.perf_counter() - started:.0f}s; see {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
