@@ -117,3 +117,32 @@ def test_an_fsynced_edit_of_a_remote_file_survives_kill(
     assert m.status()["bytes_uploaded"] == CHUNK
     assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
     assert (m / "take.mov").read_bytes() == expected
+
+
+def test_editing_a_cdc_file_fetches_the_chunks_around_the_edit_not_the_file(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    # Content-defined chunks of 1 MiB on average, 4 MiB at most.
+    name = make_drive(chunking="cdc", chunk_size="1MiB")
+    size = 64 * MiB
+    data = os.urandom(size)
+    drive_call(name, lambda d: d.write_file("/take.mov", io.BytesIO(data)))
+    m = mounts.mount(name)
+    patch = os.urandom(MiB)
+    offset = 29 * MiB + 12345
+    with open(m / "take.mov", "r+b") as f:
+        f.seek(offset)
+        f.write(patch)
+    expected = data[:offset] + patch + data[offset + len(patch) :]
+    wait_until(lambda: m.status()["bytes_uploaded"] > 0 and m.status()["dirty_files"] == 0)
+    status = m.status()
+    # Only the chunks the edit touched are read and cut again: at most three of them
+    # (4 MiB each at most), never the file.
+    assert status["bytes_fetched"] <= 12 * MiB, status["bytes_fetched"]
+    assert status["bytes_uploaded"] <= 13 * MiB, status["bytes_uploaded"]
+    assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
+    before = drive_call(name, lambda d: _extents(d, "/take.mov", 1))
+    after = drive_call(name, lambda d: _extents(d, "/take.mov", 2))
+    assert len(set(before) - set(after)) <= 3
+    assert len(set(after) - set(before)) <= 4
+    assert (m / "take.mov").read_bytes() == expected

@@ -224,17 +224,24 @@ class Writeback:
             snap.unlink(missing_ok=True)
 
     def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, list[int]]]:
-        """Chunks of the base the copy has not touched, which the commit can keep as
-        they are (fixed chunking cuts the copy where it cut the base): by offset, the
-        extent and the positions of its blocks."""
-        if not staged.missing or self.drive.settings.chunking != "fixed":
+        """Chunks of the base the copy has not touched, which the commit keeps as they
+        are: by offset, the extent and the positions of its blocks. Only the chunks an
+        edit touched are read and cut again (see ``upload.pieces``): fixed chunking
+        keeps the ones on its boundaries, content-defined chunking every one, since
+        its cuts resynchronise at the first untouched chunk after an edit."""
+        if not staged.missing:
             return {}
+        fixed = self.drive.settings.chunking == "fixed"
         step = self.drive.settings.chunk_size
         size = staged.size()
         out = {}
         for extent, positions in staged.untouched_extents():
-            if extent.offset % step == 0 and extent.length == min(step, size - extent.offset):
-                out[extent.offset] = (extent, positions)
+            end = extent.offset + extent.length
+            if end > size:
+                continue
+            if fixed and (extent.offset % step or (extent.length % step and end != size)):
+                continue
+            out[extent.offset] = (extent, positions)
         return out
 
     async def _commit_snapshot(
