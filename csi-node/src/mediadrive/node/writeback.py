@@ -216,12 +216,42 @@ class Writeback:
         gen = staged.gen
         node_id = staged.node_id
         kept_extents = {offset: extent for offset, (extent, _) in reuse.items()}
+        if staged.writers == 0 and staged.copying is None:
+            return await self._commit_in_place(staged, gen, kept_extents, message)
         skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
         snap = await self.staging.snapshot(staged, skip)
         try:
             return await self._commit_snapshot(staged, node_id, gen, snap, kept_extents, message)
         finally:
             snap.unlink(missing_ok=True)
+
+    async def _commit_in_place(
+        self, staged: StagedFile, gen: int, reuse: dict[int, Extent], message: str
+    ) -> CommitReport | None:
+        """Commit a copy nobody has open for writing from the copy itself, not from a
+        snapshot (which would copy the whole file first): whoever opens it to write,
+        truncate or punch meanwhile waits until the commit is recorded. Reads go on;
+        the base blocks they copy in are the kept chunks, which the upload skips."""
+        held = asyncio.Event()
+        staged.copying = held
+
+        def release() -> None:
+            if staged.copying is held:
+                staged.copying = None
+            held.set()
+
+        try:
+            return await self._commit_snapshot(
+                staged,
+                staged.node_id,
+                gen,
+                self.staging.data_path(staged.node_id),
+                reuse,
+                message,
+                release,
+            )
+        finally:
+            release()
 
     def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, list[int]]]:
         """Chunks of the base the copy has not touched, which the commit keeps as they
@@ -252,7 +282,10 @@ class Writeback:
         snap: Path,
         reuse: dict[int, Extent],
         message: str,
+        release: Callable[[], None] | None = None,
     ) -> CommitReport | None:
+        """Upload ``snap`` and record it; ``release``, if given, is called once the
+        bytes in ``snap`` are no longer needed (before a last-closed copy is dropped)."""
         upload = await self._upload(snap, reuse, staged.path)
         async with self.tree.names:
             landed = await self._land(staged, node_id, snap, reuse, upload, message)
@@ -271,6 +304,8 @@ class Writeback:
                 await self._keep_blocks(snap, upload, reuse)
         report = self._report(path, outcome, upload, committed, message)
         self.last[outcome.file_id] = report
+        if release is not None:
+            release()
         if staged.writers == 0:
             self._after_last_close(staged, landed_elsewhere, message)
         return report
@@ -361,6 +396,10 @@ class Writeback:
 
     def _after_last_close(self, staged: StagedFile, landed_elsewhere: bool, message: str) -> None:
         """A copy nobody has open: drop it when done with, else commit it again."""
+        if staged.waiting:
+            # A change waited for this commit to read the copy: it goes on in it, and
+            # is committed when it is done.
+            return
         if not staged.dirty or landed_elsewhere:
             self.staging.drop(staged)
         else:
