@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from mediadrive.core.blob import BlobStore
+from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.config import DriveSettings, Retention
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import (
@@ -269,6 +271,71 @@ async def test_cdc_insertion_uploads_little(pairing: Pairing) -> None:
         assert second.chunks_new <= 10
         assert await read_all(drive, "/take.wav") == inserted
         assert await read_all(drive, "/take.wav", 1) == data
+
+
+class CountingStore(WrappedStore):
+    """Counts the bytes put into the store it wraps."""
+
+    def __init__(self, inner: BlobStore) -> None:
+        super().__init__(inner)
+        self.bytes_put = 0
+
+    async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+        await super().put(chunk_id, data)
+        self.bytes_put += len(data)
+
+
+async def test_a_1mib_edit_of_a_large_file_sends_at_most_4mib_by_default(
+    pairing: Pairing,
+) -> None:
+    async for drive in open_drive(pairing, DriveSettings()):
+        assert drive.settings.chunk_size == 4 * MIB
+        counting = CountingStore(drive.blobs)
+        drive.uploader.blobs = counting
+        data = os.urandom(68 * MIB + 4321)
+        await drive.write_file("/plate.mov", io.BytesIO(data))
+        assert counting.bytes_put == len(data)
+        stored = await stored_ids(drive)
+
+        # 1 MiB written in the middle: one 4 MiB chunk is sent, not 64 MiB.
+        counting.bytes_put = 0
+        new = edited(data, 33 * MIB + 12345, os.urandom(MIB))
+        second = await drive.write_file("/plate.mov", io.BytesIO(new))
+        assert counting.bytes_put == second.bytes_uploaded == 4 * MIB
+        assert second.chunks_new == 1
+        assert await read_all(drive, "/plate.mov") == new
+        assert await read_all(drive, "/plate.mov", 1) == data
+        assert len(await stored_ids(drive)) == len(stored) + 1
+
+        # The same bytes in another file are stored once.
+        counting.bytes_put = 0
+        copy = await drive.write_file("/copy.mov", io.BytesIO(new))
+        assert (copy.bytes_uploaded, counting.bytes_put, copy.chunks_new) == (0, 0, 0)
+        assert len(await stored_ids(drive)) == len(stored) + 1
+
+        # Dropping the first version frees the one chunk only it named.
+        drive.settings = drive.settings.model_copy(update={"retention": Retention(keep_last=1)})
+        await drive.meta.update_settings(drive.settings)
+        report = await drive.gc(grace=0)
+        assert (report.versions_pruned, report.chunks_deleted) == (1, 1)
+        assert report.bytes_freed == 4 * MIB
+        assert await stored_ids(drive) == set(chunk_ids(new, 4 * MIB))
+        assert await read_all(drive, "/plate.mov") == new
+        assert await read_all(drive, "/copy.mov") == new
+
+
+async def test_a_drive_made_with_64mib_chunks_keeps_them(pairing: Pairing) -> None:
+    # Drives made before the 4 MiB default store their chunk size: it stays.
+    async for drive in open_drive(pairing, DriveSettings(chunk_size="64MiB")):
+        data = os.urandom(64 * MIB + 10)
+        result = await drive.write_file("/f", io.BytesIO(data))
+        assert result.chunks_total == 2
+        reopened = await Drive.open("show", pairing.meta_url, pairing.store_url)
+        try:
+            assert reopened.settings.chunk_size == 64 * MIB
+            assert await read_all(reopened, "/f") == data
+        finally:
+            await reopened.close()
 
 
 async def test_reopened_drive_sees_everything(pairing: Pairing, drive: Drive) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from mediadrive.cli import drive_registry
 from mediadrive.cli.settings import CliSettings
-from mediadrive.core.config import ConflictPolicy, DriveSettings
+from mediadrive.core.config import ChunkingKind, ConflictPolicy, DriveSettings
 from mediadrive.core.drive import Drive
 from mediadrive.node import client
 from mediadrive.node.options import MountOptions
@@ -156,8 +156,9 @@ def make_drive(home: Path) -> DriveFactory:
         conflict: ConflictPolicy = ConflictPolicy.LAST_WRITER_WINS,
         chunk_size: str | int = "64MiB",
         store_url: str | None = None,
+        chunking: ChunkingKind = "fixed",
     ) -> str:
-        settings = DriveSettings(chunking="fixed", chunk_size=chunk_size, conflict=conflict)
+        settings = DriveSettings(chunking=chunking, chunk_size=chunk_size, conflict=conflict)
 
         async def create() -> None:
             drive = await drive_registry.create_drive(

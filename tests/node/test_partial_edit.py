@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 
+from mediadrive.core.config import DEFAULT_FIXED_SIZE
 from mediadrive.core.drive import Drive
 
 from .conftest import DriveFactory, Mounts, drive_call, wait_until
@@ -58,6 +59,26 @@ def test_editing_a_remote_file_fetches_and_uploads_only_the_edited_chunk(
         True,
         True,
     ]
+    assert (m / "take.mov").read_bytes() == expected
+
+
+def test_a_1mib_edit_with_default_fixed_chunks_sends_one_4mib_chunk(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    assert 4 * MiB == DEFAULT_FIXED_SIZE
+    name, data = _remote_file(make_drive, 68 * MiB + 777, chunk=DEFAULT_FIXED_SIZE)
+    m = mounts.mount(name)
+    patch = os.urandom(MiB)
+    offset = 41 * MiB + 4321
+    with open(m / "take.mov", "r+b") as f:
+        f.seek(offset)
+        f.write(patch)
+    expected = data[:offset] + patch + data[offset + len(patch) :]
+    wait_until(lambda: m.status()["bytes_uploaded"] > 0 and m.status()["dirty_files"] == 0)
+    status = m.status()
+    assert status["bytes_uploaded"] == 4 * MiB
+    assert status["bytes_fetched"] <= 4 * MiB, status["bytes_fetched"]
+    assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
     assert (m / "take.mov").read_bytes() == expected
 
 
@@ -116,4 +137,33 @@ def test_an_fsynced_edit_of_a_remote_file_survives_kill(
     wait_until(lambda: m.status()["dirty_files"] == 0)
     assert m.status()["bytes_uploaded"] == CHUNK
     assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
+    assert (m / "take.mov").read_bytes() == expected
+
+
+def test_editing_a_cdc_file_fetches_the_chunks_around_the_edit_not_the_file(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    # Content-defined chunks of 1 MiB on average, 4 MiB at most.
+    name = make_drive(chunking="cdc", chunk_size="1MiB")
+    size = 64 * MiB
+    data = os.urandom(size)
+    drive_call(name, lambda d: d.write_file("/take.mov", io.BytesIO(data)))
+    m = mounts.mount(name)
+    patch = os.urandom(MiB)
+    offset = 29 * MiB + 12345
+    with open(m / "take.mov", "r+b") as f:
+        f.seek(offset)
+        f.write(patch)
+    expected = data[:offset] + patch + data[offset + len(patch) :]
+    wait_until(lambda: m.status()["bytes_uploaded"] > 0 and m.status()["dirty_files"] == 0)
+    status = m.status()
+    # Only the chunks the edit touched are read and cut again: at most three of them
+    # (4 MiB each at most), never the file.
+    assert status["bytes_fetched"] <= 12 * MiB, status["bytes_fetched"]
+    assert status["bytes_uploaded"] <= 13 * MiB, status["bytes_uploaded"]
+    assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
+    before = drive_call(name, lambda d: _extents(d, "/take.mov", 1))
+    after = drive_call(name, lambda d: _extents(d, "/take.mov", 2))
+    assert len(set(before) - set(after)) <= 3
+    assert len(set(after) - set(before)) <= 4
     assert (m / "take.mov").read_bytes() == expected

@@ -3,11 +3,13 @@ uploaded again; a refused commit keeps the local copy."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
+from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.config import ConflictPolicy
 from mediadrive.core.errors import ConflictError
 from mediadrive.node.options import CommitOn
@@ -66,3 +68,42 @@ async def test_reject_keeps_the_local_copy(tmp_path: Path) -> None:
     again = await make_test_vfs(tmp_path, conflict=ConflictPolicy.REJECT)
     assert await again.read_file("cut.edl") == b"mine"
     await again.close()
+
+
+async def test_a_closed_copy_is_committed_in_place_and_changes_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    drive = vfs.parts.writeback.drive
+    inner = drive.uploader.blobs
+    gate = asyncio.Event()
+    putting = asyncio.Event()
+
+    class Gated(WrappedStore):
+        async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+            putting.set()
+            await gate.wait()
+            await inner.put(chunk_id, data)
+
+    drive.uploader.blobs = Gated(inner)
+    data = os.urandom(6 * CHUNK)
+    await vfs.write_file("clip.bin", data)  # closed: its commit starts
+    await asyncio.wait_for(putting.wait(), 10)
+    # The closed copy is read as it is: no snapshot of it is made.
+    assert not list(vfs.parts.staging.root.glob("*.snap"))
+    # Changes meanwhile wait for the commit, then land in the next version.
+    truncate = asyncio.create_task(vfs.truncate("clip.bin", 2 * CHUNK))
+    await asyncio.sleep(0.2)
+    assert not truncate.done()
+    gate.set()
+    await asyncio.wait_for(truncate, 10)
+    await vfs.parts.writeback.settle()
+    for _ in range(100):
+        if not vfs.parts.writeback.busy and not vfs.parts.staging.files:
+            break
+        await asyncio.sleep(0.05)
+    assert [v.version for v in await drive.versions("/clip.bin")] == [1, 2]
+    first = await drive.reader("/clip.bin", 1)
+    assert await first.read(0, first.size) == data
+    assert await vfs.read_file("clip.bin") == data[: 2 * CHUNK]
+    await vfs.close()

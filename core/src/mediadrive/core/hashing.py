@@ -14,8 +14,11 @@ BLOCK_SIZE = 1 << 20
 _PARALLEL_THRESHOLD = 4 << 20
 
 
-def chunk_id(data: bytes | bytearray | memoryview) -> str:
-    threads = blake3.AUTO if len(data) >= _PARALLEL_THRESHOLD else 1
+def chunk_id(data: bytes | bytearray | memoryview, threads: int | None = None) -> str:
+    """The id of ``data``; large inputs hash on several threads unless ``threads``
+    says how many (an uploader hashing pieces side by side passes 1)."""
+    if threads is None:
+        threads = blake3.AUTO if len(data) >= _PARALLEL_THRESHOLD else 1
     return blake3(data, max_threads=threads).hexdigest()
 
 

@@ -1,9 +1,12 @@
 """Storing a file's bytes as chunks: only the chunks the drive lacks are sent.
 
-Chunking and hashing run in a worker thread, a bounded queue hands the pieces to
-the event loop, and up to ``concurrency`` chunks travel at once. Every chunk the
-upload relies on is held in the metadata store under the upload's token until the
-commit that names it lands, so GC never collects a chunk a commit is about to use.
+A worker thread reads and cuts the source; each piece is hashed on a pool of
+threads (BLAKE3 releases the GIL, so pieces hash side by side on every core) while
+earlier ones are being sent; a bounded queue hands them, in file order, to the
+event loop, which claims them a batch at a time and keeps several puts in flight.
+Every chunk the upload relies on is held in the metadata store under the upload's
+token until the commit that names it lands, so GC never collects a chunk a commit
+is about to use.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from .blob import BlobStore
 from .chunking import Piece, make_chunker
@@ -27,9 +31,37 @@ from .meta.sql import CHUNK_HOLD
 
 Progress = Callable[[int], None]
 
-# What the chunking thread hands over: a new piece (with its id and block digests),
-# or a chunk of an earlier version kept as it is.
-_Item = tuple[Piece, str, bytes] | Extent
+# What the chunking thread hands over: a new piece (with its id and block digests,
+# being computed), or a chunk of an earlier version kept as it is.
+_Item = tuple[Piece, "Future[tuple[str, bytes]]"] | Extent
+
+# Bytes of pieces read ahead of the puts, and of puts in flight (each bound).
+_WINDOW_BYTES = 256 << 20
+_MAX_IN_FLIGHT = 16
+# Pieces claimed in one metadata call at most.
+_CLAIM_BATCH = 32
+
+_hashers: ThreadPoolExecutor | None = None
+_hashers_lock = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    """Threads shared by every upload of the process to hash pieces on."""
+    global _hashers
+    with _hashers_lock:
+        if _hashers is None:
+            _hashers = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="hash")
+        return _hashers
+
+
+def _digest(data: bytes) -> tuple[str, bytes]:
+    return chunk_id(data, threads=1), block_digests(data)
+
+
+def window(settings: DriveSettings) -> int:
+    """How many pieces an upload reads ahead, and sends at once, for these settings."""
+    piece = settings.chunk_size if settings.chunking == "fixed" else 2 * settings.chunk_size
+    return max(2, min(_MAX_IN_FLIGHT, _WINDOW_BYTES // max(piece, 1)))
 
 
 @dataclass(frozen=True)
@@ -48,35 +80,70 @@ class UploadResult:
 def pieces(
     source: BinaryIO, settings: DriveSettings, reuse: Mapping[int, Extent] | None
 ) -> Iterator[Piece | Extent]:
-    """The chunks of ``source``; with ``reuse`` (fixed chunking only), chunks of an
-    earlier version that ``source`` holds unchanged are yielded without reading them."""
+    """The chunks of ``source``; ``reuse`` names chunks of an earlier version, by
+    offset, that ``source`` holds unchanged: they are yielded without reading those
+    bytes (which may be holes), and only the bytes between them are read and cut.
+
+    Cutting starts afresh after each kept chunk. Fixed chunking keeps its offsets
+    when kept chunks start on its boundaries; content-defined cuts depend only on the
+    bytes since the last cut, so cutting from the start of a changed chunk finds the
+    cuts a whole pass would (up to the next kept chunk, where a cut is forced).
+    """
+    chunker = make_chunker(settings.chunking, settings.chunk_size)
     if not reuse:
-        yield from make_chunker(settings.chunking, settings.chunk_size).split(source)
+        yield from chunker.split(source)
         return
-    if settings.chunking != "fixed":
-        raise ValueError("reusing chunks needs fixed chunking")
     size = os.fstat(source.fileno()).st_size
-    step = settings.chunk_size
-    for offset in range(0, size, step):
-        length = min(step, size - offset)
-        known = reuse.get(offset)
-        if known is not None and known.length == length:
-            yield known
-            continue
-        source.seek(offset)
-        data = source.read(length)
-        if len(data) != length:
-            raise OSError(f"short read at {offset} of a {size}-byte snapshot")
-        yield Piece(offset, data)
+    position = 0
+    for start in [*sorted(o for o in reuse if o < size), size]:
+        if start < position:
+            raise ValueError(f"kept chunks overlap at offset {start}")
+        if start > position:
+            source.seek(position)
+            region = _Region(source, start - position)
+            for piece in chunker.split(cast(BinaryIO, region)):
+                yield Piece(position + piece.offset, piece.data)
+            if region.left:
+                raise OSError(f"short read at {start - region.left} of a {size}-byte snapshot")
+        if start < size:
+            kept = reuse[start]
+            yield kept
+            position = start + kept.length
+
+
+class _Region:
+    """``length`` bytes of a file from where it is positioned, as a stream."""
+
+    def __init__(self, source: BinaryIO, length: int) -> None:
+        self._source = source
+        self.left = length
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.left if size < 0 else min(size, self.left)
+        data = self._source.read(want) if want else b""
+        self.left -= len(data)
+        return data
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        view = memoryview(buffer)
+        want = min(len(view), self.left)
+        if not want:
+            return 0
+        n = self._source.readinto(view[:want])  # type: ignore[attr-defined]
+        self.left -= n
+        return int(n)
 
 
 async def hashed_pieces(
     source: BinaryIO, settings: DriveSettings, reuse: Mapping[int, Extent] | None, depth: int
-) -> AsyncIterator[_Item]:
-    """:func:`pieces` chunked and hashed in a thread, at most ``depth`` ahead."""
+) -> AsyncIterator[list[_Item]]:
+    """:func:`pieces` read in a thread and hashed on the hash pool, at most ``depth``
+    pieces ahead of the consumer; in file order, as many at a time as are queued (so
+    the consumer can claim them in one metadata call)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[_Item | BaseException | None] = asyncio.Queue(maxsize=depth)
     stop = threading.Event()
+    hashers = _hash_pool()
 
     def produce() -> None:
         item: _Item | BaseException | None = None
@@ -85,7 +152,7 @@ async def hashed_pieces(
                 if stop.is_set():
                     return
                 if isinstance(piece, Piece):
-                    item = (piece, chunk_id(piece.data), block_digests(piece.data))
+                    item = (piece, hashers.submit(_digest, piece.data))
                 else:
                     item = piece
                 asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
@@ -96,10 +163,11 @@ async def hashed_pieces(
 
     producer = loop.run_in_executor(None, produce)
     try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        done = False
+        while not done:
+            batch, done = _take(await queue.get(), queue)
+            if batch:
+                yield batch
     finally:
         # On failure the producer may be blocked on a full queue: stop and drain it.
         stop.set()
@@ -108,6 +176,22 @@ async def hashed_pieces(
                 queue.get_nowait()
             await asyncio.sleep(0.01)
         await asyncio.gather(producer, return_exceptions=True)
+
+
+def _take(
+    item: _Item | BaseException | None, queue: asyncio.Queue[_Item | BaseException | None]
+) -> tuple[list[_Item], bool]:
+    """``item`` and what else is queued (up to a claim batch); True at the end."""
+    batch: list[_Item] = []
+    while True:
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            return batch, True
+        batch.append(item)
+        if queue.empty() or len(batch) >= _CLAIM_BATCH:
+            return batch, False
+        item = queue.get_nowait()
 
 
 @dataclass
@@ -119,6 +203,8 @@ class _Run:
     extents: list[Extent] = field(default_factory=list)
     claimed: set[str] = field(default_factory=set)
     sent: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # Sent, not yet recorded as stored (recorded a batch at a time).
+    stored: list[str] = field(default_factory=list)
     uploaded: int = 0
 
     def advance(self, n: int) -> None:
@@ -137,12 +223,18 @@ class Uploader:
     """Uploads sources for one drive's stores under its chunking settings."""
 
     def __init__(
-        self, meta: MetaStore, blobs: BlobStore, settings: DriveSettings, concurrency: int = 4
+        self,
+        meta: MetaStore,
+        blobs: BlobStore,
+        settings: DriveSettings,
+        concurrency: int | None = None,
     ) -> None:
         self.meta = meta
         self.blobs = blobs
         self.settings = settings
-        self.concurrency = concurrency
+        # Puts in flight at once (and pieces read ahead): by default as many as fit
+        # the upload's memory window for this drive's chunk size.
+        self.concurrency = concurrency or window(settings)
 
     async def upload(
         self,
@@ -152,21 +244,19 @@ class Uploader:
     ) -> UploadResult:
         """Chunk, hash and store ``source``; only chunks the drive lacks are sent.
 
-        ``reuse`` (fixed chunking only) names chunks of an earlier version, by offset,
-        that ``source`` holds unchanged: they are kept without reading those bytes,
-        which may be holes. A kept chunk the drive no longer stores is ChunkMissing.
+        ``reuse`` names chunks of an earlier version, by offset, that ``source`` holds
+        unchanged: they are kept without reading those bytes, which may be holes (see
+        :func:`pieces`). A kept chunk the drive no longer stores is ChunkMissing.
         """
         run = _Run(progress)
         slots = asyncio.Semaphore(self.concurrency)
         renewer = asyncio.create_task(self._renew_holds(run))
         try:
-            items = hashed_pieces(source, self.settings, reuse, self.concurrency)
-            async for item in items:
-                if isinstance(item, Extent):
-                    await self._keep(run, item)
-                else:
-                    await self._store(run, slots, *item)
+            batches = hashed_pieces(source, self.settings, reuse, self.concurrency)
+            async for batch in batches:
+                await self._handle(run, slots, batch)
             await asyncio.gather(*run.sent.values())
+            await self._record_stored(run)
         except BaseException:
             for task in run.sent.values():
                 task.cancel()
@@ -183,50 +273,78 @@ class Uploader:
         if chunk_ids:
             await self.meta.hold_chunks(chunk_ids, hold=0, token=token)
 
-    async def _keep(self, run: _Run, extent: Extent) -> None:
-        """A chunk of an earlier version, kept as it is: it must still be stored."""
-        run.extents.append(extent)
-        if extent.chunk_id not in run.claimed:
-            state = await self._claim(extent.chunk_id, extent.length, None, run.token)
-            run.claimed.add(extent.chunk_id)
-            if state != "stored":
-                raise ChunkMissing(f"chunk {extent.chunk_id} of an earlier version is gone")
-        run.advance(extent.length)
-
-    async def _store(
-        self, run: _Run, slots: asyncio.Semaphore, piece: Piece, cid: str, digests: bytes
-    ) -> None:
-        run.extents.append(Extent(piece.offset, len(piece.data), cid))
-        if cid not in run.claimed:
-            state = await self._claim(cid, len(piece.data), digests, run.token)
-            run.claimed.add(cid)
-            if state != "stored":
+    async def _handle(self, run: _Run, slots: asyncio.Semaphore, batch: list[_Item]) -> None:
+        """Claim a batch of pieces and kept chunks in file order; send what is missing."""
+        rows: list[tuple[Piece | None, Extent, bytes | None]] = []
+        for item in batch:
+            if isinstance(item, Extent):
+                rows.append((None, item, None))
+            else:
+                piece, hashing = item
+                cid, digests = await asyncio.wrap_future(hashing)
+                rows.append((piece, Extent(piece.offset, len(piece.data), cid), digests))
+        wanted: dict[str, tuple[int, bytes | None]] = {}
+        for _, extent, known in rows:
+            if extent.chunk_id not in run.claimed and extent.chunk_id not in wanted:
+                wanted[extent.chunk_id] = (extent.length, known)
+        states = await self._claim_many(wanted, run.token)
+        run.claimed.update(wanted)
+        for new, extent, _ in rows:
+            run.extents.append(extent)
+            state = states.pop(extent.chunk_id, None)
+            if new is None:
+                if state is not None and state != "stored":
+                    raise ChunkMissing(f"chunk {extent.chunk_id} of an earlier version is gone")
+            elif state is not None and state != "stored":
                 await slots.acquire()
-                run.sent[cid] = asyncio.create_task(self._send(run, slots, cid, piece.data))
-                return
-        run.advance(len(piece.data))
+                run.sent[extent.chunk_id] = asyncio.create_task(
+                    self._send(run, slots, extent.chunk_id, new.data)
+                )
+                if len(run.stored) >= _CLAIM_BATCH:
+                    await self._record_stored(run)
+                continue
+            run.advance(extent.length)
 
     async def _send(self, run: _Run, slots: asyncio.Semaphore, cid: str, data: bytes) -> None:
         try:
             await self.blobs.put(cid, data)
-            await self.meta.mark_stored([cid])
+            run.stored.append(cid)
             run.uploaded += len(data)
             run.advance(len(data))
         finally:
             slots.release()
+
+    async def _record_stored(self, run: _Run) -> None:
+        done, run.stored = run.stored, []
+        if done:
+            await self.meta.mark_stored(done)
 
     async def _renew_holds(self, run: _Run) -> None:
         while True:
             await asyncio.sleep(CHUNK_HOLD / 3)
             await self.meta.hold_chunks(sorted(run.claimed), token=run.token)
 
-    async def _claim(self, cid: str, size: int, digests: bytes | None, token: str) -> str:
-        while True:
-            (claim,) = await self.meta.claim_chunks([(cid, size, digests)], token=token)
-            if claim.state != "busy":
-                return claim.state
-            # GC is deleting this chunk right now; claim it again once the row is gone.
-            await asyncio.sleep(0.05)
+    async def _claim_many(
+        self, chunks: Mapping[str, tuple[int, bytes | None]], token: str
+    ) -> dict[str, str]:
+        """Claim chunks; the state of each (``stored``, or missing, pending, damaged)."""
+        states: dict[str, str] = {}
+        left = dict(chunks)
+        while left:
+            claims = await self.meta.claim_chunks(
+                [(cid, size, digests) for cid, (size, digests) in left.items()], token=token
+            )
+            busy = set()
+            for claim in claims:
+                if claim.state == "busy":
+                    busy.add(claim.chunk_id)
+                else:
+                    states[claim.chunk_id] = claim.state
+            left = {cid: left[cid] for cid in busy}
+            if left:
+                # GC is deleting these chunks right now; claim again once the rows go.
+                await asyncio.sleep(0.05)
+        return states
 
     async def claim_existing(self, extents: list[Extent]) -> str:
         """Hold chunks that are already stored (a copy of a version); returns the token."""

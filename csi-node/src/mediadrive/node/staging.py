@@ -101,7 +101,10 @@ class StagedFile:
     failed: str = ""
     recovered: bool = False
     commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set while a snapshot or a commit reads the copy: changes wait (see held_back).
     copying: asyncio.Event | None = None
+    # Changes waiting on ``copying``: a commit must not drop the copy under them.
+    waiting: int = 0
     # The blocks of the base version, in file order, and which of them (by position)
     # the copy still lacks; ``map_fd`` records the others, one byte per block.
     base: Sequence[BaseBlock] = ()
@@ -171,6 +174,15 @@ class StagedFile:
                 out.append((Extent(start, length, first.chunk_id), positions))
             i = j + 1
         return out
+
+    async def held_back(self) -> None:
+        """Wait until no snapshot or commit is reading the copy (before changing it)."""
+        while self.copying is not None:
+            self.waiting += 1
+            try:
+                await self.copying.wait()
+            finally:
+                self.waiting -= 1
 
     def settle(self, positions: Sequence[int]) -> None:
         """The copy no longer needs these base blocks (after their bytes were written)."""
@@ -337,6 +349,10 @@ class Staging:
 
     def _data(self, node_id: int) -> Path:
         return self.root / f"{node_id}.data"
+
+    def data_path(self, node_id: int) -> Path:
+        """Where a staged copy's bytes are (a commit of a closed copy reads them)."""
+        return self._data(node_id)
 
     def _entry(self, node_id: int) -> Path:
         return self.root / f"{node_id}.json"

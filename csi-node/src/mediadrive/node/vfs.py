@@ -536,8 +536,7 @@ class VFS:
 
     async def _truncate(self, staged: StagedFile, size: int) -> None:
         past = await staged.prepare_truncate(size, self.cache.get)
-        if staged.copying is not None:
-            await staged.copying.wait()
+        await staged.held_back()
         os.ftruncate(staged.fd, size)
         staged.settle(past)
         if size == 0 and staged.failed:
@@ -636,8 +635,7 @@ class VFS:
             staged = await self._stage(await self._node(self.tree.inode(handle.node_id)))
         try:
             whole = await staged.prepare_write(offset, len(data), self.cache.get)
-            if staged.copying is not None:
-                await staged.copying.wait()
+            await staged.held_back()
             written = os.pwrite(staged.fd, data, offset)
             if written < len(data):
                 # Only a full disk makes a regular file's pwrite short.
@@ -687,8 +685,7 @@ class VFS:
             return
         # Like a write of zeros: blocks cut in part come from the base first.
         whole = await staged.prepare_write(offset, length, self.cache.get)
-        if staged.copying is not None:
-            await staged.copying.wait()
+        await staged.held_back()
         fallocate(staged.fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
         staged.settle(whole)
         staged.touch()

@@ -244,6 +244,8 @@ class Writeback:
         gen = staged.gen
         node_id = staged.node_id
         kept_extents = {offset: extent for offset, (extent, _) in reuse.items()}
+        if staged.writers == 0 and staged.copying is None:
+            return await self._commit_in_place(staged, gen, kept_extents, message)
         skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
         snap = await self.staging.snapshot(staged, skip)
         try:
@@ -254,18 +256,53 @@ class Writeback:
             self.figures.observe_commit(time.monotonic() - started)
         return report
 
+    async def _commit_in_place(
+        self, staged: StagedFile, gen: int, reuse: dict[int, Extent], message: str
+    ) -> CommitReport | None:
+        """Commit a copy nobody has open for writing from the copy itself, not from a
+        snapshot (which would copy the whole file first): whoever opens it to write,
+        truncate or punch meanwhile waits until the commit is recorded. Reads go on;
+        the base blocks they copy in are the kept chunks, which the upload skips."""
+        held = asyncio.Event()
+        staged.copying = held
+
+        def release() -> None:
+            if staged.copying is held:
+                staged.copying = None
+            held.set()
+
+        try:
+            return await self._commit_snapshot(
+                staged,
+                staged.node_id,
+                gen,
+                self.staging.data_path(staged.node_id),
+                reuse,
+                message,
+                release,
+            )
+        finally:
+            release()
+
     def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, list[int]]]:
-        """Chunks of the base the copy has not touched, which the commit can keep as
-        they are (fixed chunking cuts the copy where it cut the base): by offset, the
-        extent and the positions of its blocks."""
-        if not staged.missing or self.drive.settings.chunking != "fixed":
+        """Chunks of the base the copy has not touched, which the commit keeps as they
+        are: by offset, the extent and the positions of its blocks. Only the chunks an
+        edit touched are read and cut again (see ``upload.pieces``): fixed chunking
+        keeps the ones on its boundaries, content-defined chunking every one, since
+        its cuts resynchronise at the first untouched chunk after an edit."""
+        if not staged.missing:
             return {}
+        fixed = self.drive.settings.chunking == "fixed"
         step = self.drive.settings.chunk_size
         size = staged.size()
         out = {}
         for extent, positions in staged.untouched_extents():
-            if extent.offset % step == 0 and extent.length == min(step, size - extent.offset):
-                out[extent.offset] = (extent, positions)
+            end = extent.offset + extent.length
+            if end > size:
+                continue
+            if fixed and (extent.offset % step or (extent.length % step and end != size)):
+                continue
+            out[extent.offset] = (extent, positions)
         return out
 
     async def _commit_snapshot(
@@ -276,7 +313,10 @@ class Writeback:
         snap: Path,
         reuse: dict[int, Extent],
         message: str,
+        release: Callable[[], None] | None = None,
     ) -> CommitReport | None:
+        """Upload ``snap`` and record it; ``release``, if given, is called once the
+        bytes in ``snap`` are no longer needed (before a last-closed copy is dropped)."""
         upload = await self._upload(snap, reuse, staged.path)
         async with self.tree.names:
             landed = await self._land(staged, node_id, snap, reuse, upload, message)
@@ -295,6 +335,8 @@ class Writeback:
                 await self._keep_blocks(snap, upload, reuse)
         report = self._report(path, outcome, upload, committed, message)
         self.last[outcome.file_id] = report
+        if release is not None:
+            release()
         if staged.writers == 0:
             self._after_last_close(staged, landed_elsewhere, message)
         return report
@@ -385,6 +427,10 @@ class Writeback:
 
     def _after_last_close(self, staged: StagedFile, landed_elsewhere: bool, message: str) -> None:
         """A copy nobody has open: drop it when done with, else commit it again."""
+        if staged.waiting:
+            # A change waited for this commit to read the copy: it goes on in it, and
+            # is committed when it is done.
+            return
         if not staged.dirty or landed_elsewhere:
             self.staging.drop(staged)
         else:
