@@ -285,10 +285,10 @@ class CountingStore(WrappedStore):
         self.bytes_put += len(data)
 
 
-async def test_a_1mib_edit_of_a_large_file_sends_at_most_4mib_by_default(
+async def test_a_1mib_edit_of_a_large_file_sends_one_4mib_chunk_with_4mib_chunks(
     pairing: Pairing,
 ) -> None:
-    async for drive in open_drive(pairing, DriveSettings()):
+    async for drive in open_drive(pairing, DriveSettings(chunk_size="4MiB")):
         assert drive.settings.chunk_size == 4 * MIB
         counting = CountingStore(drive.blobs)
         drive.uploader.blobs = counting

@@ -107,10 +107,10 @@ def test_a_file_held_in_the_pod_reaches_the_cloud_only_when_published(
 
     report = cli.json("publish", "show:/plate.mov")
     objects = bucket_objects(s3, bucket)
-    # Exactly the file's chunks (32 of 4MiB), nothing else.
+    # Exactly the file's chunks (two of 64MiB), nothing else.
     assert sum(objects.values()) == 128 * MiB
-    assert len(objects) == 32
-    assert report["chunks_sent"] == 32 and report["bytes_sent"] == 128 * MiB
+    assert len(objects) == 2
+    assert report["chunks_sent"] == 2 and report["bytes_sent"] == 128 * MiB
     assert [v["tier"] for v in cli.json("versions", "show:/plate.mov")] == ["cloud"]
 
     # Publishing again sends nothing.

@@ -6,7 +6,6 @@ import contextlib
 import io
 import os
 
-from mediadrive.core.config import DEFAULT_FIXED_SIZE
 from mediadrive.core.drive import Drive
 
 from .conftest import DriveFactory, Mounts, drive_call, wait_until
@@ -62,11 +61,10 @@ def test_editing_a_remote_file_fetches_and_uploads_only_the_edited_chunk(
     assert (m / "take.mov").read_bytes() == expected
 
 
-def test_a_1mib_edit_with_default_fixed_chunks_sends_one_4mib_chunk(
+def test_a_1mib_edit_with_4mib_fixed_chunks_sends_one_4mib_chunk(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
-    assert 4 * MiB == DEFAULT_FIXED_SIZE
-    name, data = _remote_file(make_drive, 68 * MiB + 777, chunk=DEFAULT_FIXED_SIZE)
+    name, data = _remote_file(make_drive, 68 * MiB + 777, chunk=4 * MiB)
     m = mounts.mount(name)
     patch = os.urandom(MiB)
     offset = 41 * MiB + 4321

@@ -152,7 +152,7 @@ def test_fixed_chunks_realign_after_an_in_place_edit() -> None:
 def test_make_chunker_kinds_and_bad_sizes() -> None:
     assert isinstance(make_chunker("fixed", 8192), FixedChunker)
     assert isinstance(make_chunker("cdc", 8192), CdcChunker)
-    assert make_chunker("fixed").size == 4 << 20  # type: ignore[attr-defined]
+    assert make_chunker("fixed").size == 64 << 20  # type: ignore[attr-defined]
     with pytest.raises(ConfigError):
         make_chunker("rabin", 8192)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):

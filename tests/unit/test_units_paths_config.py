@@ -198,7 +198,7 @@ def test_drive_ref_round_trip_and_missing(tmp_path: Path) -> None:
 
 
 def test_drive_settings_defaults_and_units() -> None:
-    assert DriveSettings().chunk_size == 4 << 20
+    assert DriveSettings().chunk_size == 64 << 20
     assert DriveSettings(chunking="cdc").chunk_size == 2 << 20
     settings = DriveSettings.model_validate(
         {

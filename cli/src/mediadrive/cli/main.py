@@ -141,7 +141,7 @@ def drive_create(
     chunking: Annotated[str, typer.Option(help="fixed or cdc (content-defined).")] = "fixed",
     chunk_size: Annotated[
         str | None,
-        typer.Option(help="Chunk size (fixed) or average size (cdc), e.g. 4MiB or 2MiB."),
+        typer.Option(help="Chunk size (fixed) or average size (cdc), e.g. 64MiB or 2MiB."),
     ] = None,
     conflict: Annotated[
         str, typer.Option(help="last-writer-wins, keep-both or reject.")

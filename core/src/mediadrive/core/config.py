@@ -22,9 +22,7 @@ from .units import ByteSize, Seconds, parse_duration, size_text
 
 DRIVE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
-# Fixed chunks are the unit an edit re-sends: 4MiB, as object stores' blocks go (drives
-# made before keep the size they were made with, 64MiB then).
-DEFAULT_FIXED_SIZE = 4 << 20
+DEFAULT_FIXED_SIZE = 64 << 20
 DEFAULT_CDC_AVERAGE = 2 << 20
 # Limits of the FastCDC implementation.
 CDC_MIN_AVERAGE = 1 << 10
@@ -143,7 +141,7 @@ class DriveSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     chunking: ChunkingKind = "fixed"
-    # Default: 4MiB fixed chunks, or a 2MiB cdc average.
+    # Default: 64MiB fixed chunks, or a 2MiB cdc average.
     chunk_size: ByteSize = 0
     conflict: ConflictPolicy = ConflictPolicy.LAST_WRITER_WINS
     retention: Retention = Retention()

@@ -29,7 +29,7 @@ __all__ = ["Chunking", "PolicyRetention", "TierPolicy", "policy_error"]
 
 class Chunking(CamelModel):
     kind: ChunkingKind = "fixed"
-    # None: the kind's default (4MiB fixed chunks, a 2MiB cdc average).
+    # None: the kind's default (64MiB fixed chunks, a 2MiB cdc average).
     size: ByteSize | None = None
 
 
