@@ -108,3 +108,32 @@ def test_simultaneous_saves_follow_the_policy_and_lose_no_version(
             ),
             timeout=2.5,
         )
+
+
+def test_pages_of_an_unchanged_file_stay_cached_and_a_change_elsewhere_drops_them(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive()
+    a = mounts.mount(name)
+    b = mounts.mount(name)
+    first = os.urandom(3 << 20)
+    (a / "plate.exr").write_bytes(first)
+    wait_until(
+        lambda: (b / "plate.exr").exists() and (b / "plate.exr").read_bytes() == first,
+        timeout=2.5,
+    )
+    # The first open after the change read around the kernel's cache; once closed,
+    # the kernel takes a fresh inode. Read once into its pages.
+    time.sleep(1.0)
+    assert (b / "plate.exr").read_bytes() == first
+    # Opened again unchanged: the kernel keeps its pages, the agent serves no read.
+    hits = b.status()["cache_hits"]
+    for _ in range(3):
+        assert (b / "plate.exr").read_bytes() == first
+    assert b.status()["cache_hits"] == hits
+    # The same size, other bytes, committed elsewhere: never the old pages.
+    second = os.urandom(3 << 20)
+    (a / "plate.exr").write_bytes(second)
+    wait_until(lambda: (b / "plate.exr").read_bytes() == second, timeout=2.5)
+    time.sleep(1.0)
+    assert (b / "plate.exr").read_bytes() == second

@@ -4,6 +4,7 @@ damaged blocks fetched again."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from mediadrive.node.cache import BlockCache
@@ -114,4 +115,43 @@ async def test_damaged_block_on_disk_is_dropped_and_fetched_again(tmp_path: Path
     assert len(store.single) + len(store.runs) == 1
     await landed(cache)
     assert path.read_bytes() == block("c1", 0)
+    await cache.close()
+
+
+async def test_a_small_read_of_a_checked_block_reads_only_its_bytes_until_it_changes(
+    tmp_path: Path,
+) -> None:
+    store = Store()
+    cache = open_cache(tmp_path, store)
+    await cache.get("c1", 0)
+    await landed(cache)
+    await cache.close()
+
+    store = Store()
+    checked: list[tuple[str, int]] = []
+
+    async def check(chunk: str, index: int, data: bytes) -> bool:
+        checked.append((chunk, index))
+        return await store.check(chunk, index, data)
+
+    cache = BlockCache(tmp_path, 1 << 20, store.fetch, fetch_run=store.fetch_run, check=check)
+    cache.open()
+    assert await cache.read("c1", 0, 3, 9) == block("c1", 0)[3:9]
+    assert checked == [("c1", 0)]
+    # Out of memory, the checked block is read in part from its open file, unchecked.
+    cache._memory.clear()
+    cache._memory_bytes = 0
+    assert await cache.read("c1", 0, 10, 20) == block("c1", 0)[10:20]
+    assert checked == [("c1", 0)]
+    # Changed behind the cache's back: read whole, checked again, fetched again.
+    path = next((tmp_path / "blocks").rglob("c1.0"))
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(b"X" * len(block("c1", 0)))
+    # A write within the clock's tick would keep the time: make it a later one.
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    assert await cache.read("c1", 0, 10, 20) == block("c1", 0)[10:20]
+    assert checked == [("c1", 0), ("c1", 0)]
+    assert cache.figures.corrupt == 1
+    assert len(store.single) + len(store.runs) == 1
+    await landed(cache)
     await cache.close()

@@ -133,7 +133,7 @@ class TestVFS:
             folder, inode = stack.pop()
             fh = await self.vfs.opendir(inode)
             try:
-                entries = await self.vfs.readdir(fh, 0)
+                entries = list(await self.vfs.readdir(fh, 0))
             finally:
                 self.vfs.releasedir(fh)
             for entry in entries:

@@ -128,6 +128,13 @@ class Follower:
     async def apply(self, event: Event) -> None:
         vfs = self.vfs
         tree = vfs.tree
+        if (
+            event.kind in ("rename", "delete")
+            and event.file_id is not None
+            and vfs.take_own_change(event.kind, event.file_id)
+        ):
+            # Made by this mount: the kernel and the tree know already.
+            return
         if event.kind in _CONTENT_EVENTS and event.file_id is not None:
             if event.version is not None and vfs.is_own_version(event.file_id, event.version):
                 return

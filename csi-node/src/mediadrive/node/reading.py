@@ -62,8 +62,11 @@ async def read_content(
             cache.prefetch_many((chunk, index) for _, chunk, index in content.blocks(lo, hi - lo))
     if len(covering) == 1:
         start, chunk, index = covering[0]
-        data = await _block(cache, start, chunk, index)
-        return data[offset - start : end - start]
+        try:
+            return await cache.read(chunk, index, offset - start, end - start)
+        except CorruptChunk as exc:
+            exc.offset = start
+            raise
     parts = []
     for start, chunk, index in covering:
         data = await _block(cache, start, chunk, index)

@@ -19,7 +19,8 @@ import logging
 import os
 import stat
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -54,6 +55,8 @@ XATTR_TIER = "user.mediadrive.tier"
 # What Linux answers for a missing extended attribute (ENOATTR elsewhere).
 ENOATTR = errno.ENODATA
 STATFS_REFRESH = 10.0
+# Own deletes and renames remembered until their events come back.
+_OWN_CHANGES = 4096
 # What statfs advertises (f_namemax) and what every name is held to.
 NAME_MAX = 255
 
@@ -219,6 +222,9 @@ class VFS:
         self._kernel_version: dict[int, int | None] = {}
         # Versions this mount committed: the event follower skips them.
         self._own_versions: deque[tuple[int, int]] = deque(maxlen=4096)
+        # Deletes and renames this mount made, by (event kind, node id), until the event
+        # follower meets them: the kernel knows of them already.
+        self._own_changes: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._fh = itertools.count(1)
         self._stage_locks: dict[int, asyncio.Lock] = {}
         self._statfs_cache: tuple[float, int] = (0.0, 0)
@@ -331,19 +337,20 @@ class VFS:
         self.dirs[fh] = DirHandle(node.id)
         return fh
 
-    async def readdir(self, fh: int, start_id: int) -> list[DirEntry]:
-        """The entries of an open folder from ``start_id`` on (0: list it afresh)."""
+    async def readdir(self, fh: int, start_id: int) -> Iterator[DirEntry]:
+        """The entries of an open folder from ``start_id`` on (0: list it afresh), made
+        as they are taken: the kernel takes a few dozen per request."""
         handle = self.dirs[fh]
         if handle.entries is None or start_id == 0:
             handle.entries = await self.meta.list_dir(handle.node_id)
             parent = await self.tree.path_of(handle.node_id)
             for node in handle.entries:
                 self.tree.remember(node.id, f"{parent.rstrip('/')}/{node.name}")
-        return [
-            DirEntry(node.name, self.attrs(node), index + 1)
-            for index, node in enumerate(handle.entries)
-            if index >= start_id
-        ]
+        entries = handle.entries
+        return (
+            DirEntry(entries[index].name, self.attrs(entries[index]), index + 1)
+            for index in range(start_id, len(entries))
+        )
 
     def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
@@ -382,10 +389,13 @@ class VFS:
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
         node = await self._remove(parent_inode, name, folder=True)
+        self.note_own_change("delete", node.id)
         self.tree.forget_one(node.id)
 
     async def unlink(self, parent_inode: int, name: str) -> None:
         node = await self._remove(parent_inode, name, folder=False)
+        self.note_own_change("delete", node.id)
+        self.forget_content(node.id)
         self._orphan(node.id)
 
     async def _remove(self, parent_inode: int, name: str, folder: bool) -> Node:
@@ -443,6 +453,7 @@ class VFS:
                 self.drive.author,
                 replace=not no_replace,
             )
+            self.note_own_change("rename", moved.id)
             if existing is not None and existing.id != moved.id:
                 self._orphan(existing.id)
             if moved.is_dir:
@@ -458,6 +469,8 @@ class VFS:
             a_path = await self.tree.child_path(a_parent, a_name)
             b_path = await self.tree.child_path(b_parent, b_name)
             a, b = await self.meta.exchange(a_parent, a_path, b_parent, b_path, self.drive.author)
+            self.note_own_change("rename", a.id)
+            self.note_own_change("rename", b.id)
             if a.is_dir or b.is_dir:
                 self.tree.forget()
             else:
@@ -746,8 +759,11 @@ class VFS:
         return used
 
     async def getxattr(self, inode: int, name: str) -> bytes:
+        if name not in (XATTR_VERSION, XATTR_TIER):
+            # What `ls -l` asks of every entry (ACLs, security labels): no query.
+            raise FsError(ENOATTR)
         node = await self._node(inode)
-        if name not in (XATTR_VERSION, XATTR_TIER) or node.kind is not NodeKind.FILE:
+        if node.kind is not NodeKind.FILE:
             raise FsError(ENOATTR)
         staged = self.staging.get(node.id)
         if name == XATTR_TIER:
@@ -792,6 +808,26 @@ class VFS:
 
     def is_own_version(self, file_id: int, version: int) -> bool:
         return (file_id, version) in self._own_versions
+
+    def note_own_change(self, kind: str, node_id: int) -> None:
+        """A delete or rename this mount made: its event is no news to the kernel."""
+        key = (kind, node_id)
+        self._own_changes[key] = self._own_changes.get(key, 0) + 1
+        while len(self._own_changes) > _OWN_CHANGES:
+            self._own_changes.popitem(last=False)
+
+    def take_own_change(self, kind: str, node_id: int) -> bool:
+        """Whether an event of ``kind`` on ``node_id`` is one this mount made (each one
+        answers yes once)."""
+        key = (kind, node_id)
+        left = self._own_changes.get(key, 0)
+        if left <= 0:
+            return False
+        if left == 1:
+            del self._own_changes[key]
+        else:
+            self._own_changes[key] = left - 1
+        return True
 
     def forget_content(self, file_id: int) -> None:
         """Drop what this mount knows of a file's committed content."""

@@ -105,6 +105,12 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 4: device numbers of character and block device nodes (FIFOs, sockets: 0).
     ["ALTER TABLE nodes ADD COLUMN rdev {bigint} NOT NULL DEFAULT 0"],
+    # 5: live subfolders by parent, so a folder's link count (counted at every getattr)
+    # reads its subfolders only, not every child it ever had.
+    [
+        """CREATE INDEX IF NOT EXISTS nodes_live_subdirs ON nodes (drive, parent_id)
+            WHERE deleted_ns IS NULL AND kind = 'dir'"""
+    ],
 ]
 
 LATEST = len(MIGRATIONS)

@@ -5,6 +5,12 @@ Every statement runs on one worker thread that owns the connection (stdlib
 there in one hand-off from the event loop: the transaction's methods are
 coroutines that finish without suspending, so the body is driven to completion
 on the worker instead of hopping threads for every statement.
+
+A read-only transaction whose body never suspends runs at once on the caller's
+thread, on a second connection: in WAL mode a reader neither waits for nor blocks
+the writer, and a lookup or a listing costs no hand-off to the worker. When that
+connection is busy (another process recovering the WAL, say) the read goes to the
+worker instead.
 """
 
 from __future__ import annotations
@@ -74,6 +80,15 @@ class _ThreadTx:
         return await self._store._on_worker(_finish, self._sync.fetchall(sql, params))
 
 
+class _Busy(Exception):
+    """The reading connection could not run a transaction at once."""
+
+
+# How long a read on the event loop's thread may wait for a lock before it goes to
+# the worker (which waits as long as busy_timeout says).
+_READER_BUSY_SECONDS = 0.05
+
+
 class _Suspended(Exception):
     """A transaction body waited on something other than its transaction."""
 
@@ -107,6 +122,9 @@ class SqliteMetaStore(SqlMetaStore):
         # a time; other processes queue on SQLite's own locks (busy_timeout).
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         self._lock = asyncio.Lock()
+        # Read transactions on the event loop's thread (opened once the worker's
+        # connection proved the file is there).
+        self._reader: sqlite3.Connection | None = None
 
     async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -171,7 +189,44 @@ class SqliteMetaStore(SqlMetaStore):
         self._end(conn, ok=True)
         return result
 
+    def _read_here(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run a read transaction on this thread's connection; raises _Suspended (body
+        awaits something else) or _Busy (the connection could not read at once)."""
+        conn = self._reader
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    f"{self.path.as_uri()}?mode=rw",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=_READER_BUSY_SECONDS,
+                    cached_statements=256,
+                    check_same_thread=False,
+                )
+                conn.execute("PRAGMA query_only=ON")
+            except sqlite3.Error as err:
+                raise _Busy(str(err)) from err
+            self._reader = conn
+        try:
+            conn.execute("BEGIN")
+        except sqlite3.OperationalError as err:
+            raise _Busy(str(err)) from err
+        try:
+            return _finish(body(_SqliteTx(conn)))
+        except sqlite3.OperationalError as err:
+            if not self._retryable(err) and "busy" not in str(err):
+                raise
+            raise _Busy(str(err)) from err
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
     async def _attempt(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
+        if not write and self._conn is not None:
+            try:
+                return self._read_here(body)
+            except (_Suspended, _Busy):
+                pass
         async with self._lock:
             try:
                 return await self._on_worker(self._whole, body, write)
@@ -195,6 +250,9 @@ class SqliteMetaStore(SqlMetaStore):
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
     async def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            reader.close()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await self._on_worker(conn.close)
