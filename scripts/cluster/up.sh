@@ -477,42 +477,11 @@ export AWS_SECRET_ACCESS_KEY='$s3_secret'
 EOF
     )
     # Pods reach them by name; the Secrets the examples name hold the credentials.
-    kubectl_admin apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Namespace
-metadata: {name: storage}
----
-apiVersion: v1
-kind: Service
-metadata: {name: postgres, namespace: storage}
-spec:
-  ports: [{name: postgres, port: 5432, targetPort: $STORES_PG_PORT}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: postgres-host
-  namespace: storage
-  labels: {kubernetes.io/service-name: postgres}
-addressType: IPv4
-ports: [{name: postgres, port: $STORES_PG_PORT}]
-endpoints: [{addresses: ["$POD_GATEWAY"]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: minio, namespace: storage}
-spec:
-  ports: [{name: s3, port: 9000, targetPort: $STORES_S3_PORT}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: minio-host
-  namespace: storage
-  labels: {kubernetes.io/service-name: minio}
-addressType: IPv4
-ports: [{name: s3, port: $STORES_S3_PORT}]
-endpoints: [{addresses: ["$POD_GATEWAY"]}]
+    {
+        printf 'apiVersion: v1\nkind: Namespace\nmetadata: {name: storage}\n'
+        host_service postgres 5432 "$STORES_PG_PORT"
+        host_service minio 9000 "$STORES_S3_PORT"
+        cat <<EOF
 ---
 apiVersion: v1
 kind: Secret
@@ -524,6 +493,30 @@ apiVersion: v1
 kind: Secret
 metadata: {name: show-s3, namespace: default}
 stringData: {accessKeyId: mediadrive, secretAccessKey: "$s3_secret"}
+EOF
+    } | kubectl_admin apply -f - >/dev/null
+}
+
+# host_service NAME PORT HOST_PORT: a Service NAME.storage whose PORT reaches this
+# machine's HOST_PORT on the bridge address (no selector: one EndpointSlice).
+host_service() {
+    cat <<EOF
+---
+apiVersion: v1
+kind: Service
+metadata: {name: $1, namespace: storage}
+spec:
+  ports: [{name: main, port: $2, targetPort: $3}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: $1-host
+  namespace: storage
+  labels: {kubernetes.io/service-name: $1}
+addressType: IPv4
+ports: [{name: main, port: $3}]
+endpoints: [{addresses: ["$POD_GATEWAY"]}]
 EOF
 }
 

@@ -232,6 +232,14 @@ def _explain(cluster: Cluster, release: Release) -> str:
     return "\n".join(parts)
 
 
+def _wait_volume_ready(cluster: Cluster, release: Release, name: str) -> None:
+    def ready() -> bool:
+        volume = cluster.get("drivevolume", name, "-n", release.apps)
+        return bool(volume["status"]["phase"] == "Ready")
+
+    wait_for(f"DriveVolume {name} Ready", ready, 120, explain=lambda: _explain(cluster, release))
+
+
 def _wait_job(cluster: Cluster, release: Release, name: str, timeout: float = 240) -> str:
     def finished() -> bool:
         status = cluster.get("job", name, "-n", release.apps).get("status", {})
@@ -396,14 +404,7 @@ def test_render_job_writes_and_a_second_job_reads_it_back(
     cluster: Cluster, release: Release, stores: Stores
 ) -> None:
     cluster.apply(_drive_volume("shots", stores), namespace=release.apps)
-    wait_for(
-        "DriveVolume shots Ready",
-        lambda: (
-            cluster.get("drivevolume", "shots", "-n", release.apps)["status"]["phase"] == "Ready"
-        ),
-        120,
-        explain=lambda: _explain(cluster, release),
-    )
+    _wait_volume_ready(cluster, release, "shots")
     mounts = [{"name": "drive", "mountPath": "/show"}]
     volumes = [_volume("drive", _claim("shots-drive"))]
     write = (
@@ -429,13 +430,7 @@ def test_read_only_workspace_pod_sees_only_its_folder(
     cluster.apply(
         _drive_volume("comp", stores, workspaces={"comp": "/shots/comp"}), namespace=release.apps
     )
-    wait_for(
-        "DriveVolume comp Ready",
-        lambda: (
-            cluster.get("drivevolume", "comp", "-n", release.apps)["status"]["phase"] == "Ready"
-        ),
-        120,
-    )
+    _wait_volume_ready(cluster, release, "comp")
     prepare = (
         "mkdir -p /d/shots/comp /d/shots/anim\n"
         "echo plate >/d/shots/comp/plate.txt\necho secret >/d/shots/anim/rig.txt\n"
@@ -539,14 +534,16 @@ def test_claim_of_the_storage_class_gets_a_drive_and_delete_removes_it(
         explain=lambda: _explain(cluster, release),
     )
 
+    async def opens(opened: Drive) -> bool:
+        return True
+
     def gone() -> bool:
+        # While it is destroyed its chunks go first, then its metadata: only a drive
+        # that no longer opens is gone.
         try:
-            _read_drive(stores, drive, "/note.txt", store_url)
+            _outside(stores, drive, opens, store_url)
         except DriveNotFound:
             return True
-        except PathNotFound:
-            # Being destroyed: its files go before the drive does.
-            return False
         return False
 
     wait_for(f"drive {drive} removed", gone, 120)
@@ -567,13 +564,7 @@ def test_deleting_the_pod_commits_and_uploads_what_was_pending(
     }
     cluster.apply(policy, _drive_volume("pending", stores, policy="explicit-saves"),
                   namespace=release.apps)  # fmt: skip
-    wait_for(
-        "DriveVolume pending Ready",
-        lambda: (
-            cluster.get("drivevolume", "pending", "-n", release.apps)["status"]["phase"] == "Ready"
-        ),
-        120,
-    )
+    _wait_volume_ready(cluster, release, "pending")
     script = (
         f"head -c {FILE_SIZE} /dev/urandom >/p/take.mov\nsync\nsha256sum /p/take.mov\nsleep 3600\n"
     )
@@ -647,13 +638,7 @@ def test_killing_the_plugin_process_leaves_a_reading_pod_working(
     cluster: Cluster, release: Release, stores: Stores
 ) -> None:
     cluster.apply(_drive_volume("live", stores), namespace=release.apps)
-    wait_for(
-        "DriveVolume live Ready",
-        lambda: (
-            cluster.get("drivevolume", "live", "-n", release.apps)["status"]["phase"] == "Ready"
-        ),
-        120,
-    )
+    _wait_volume_ready(cluster, release, "live")
     cluster.apply(_reader(release, "reader", "live-drive"), namespace=release.apps)
     wait_for("reader reads", lambda: len(_beats(cluster, release, "reader")) >= 5, 180,
              explain=lambda: _explain(cluster, release))  # fmt: skip
