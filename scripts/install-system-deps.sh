@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages and tools the build and the tests need.
+# Install the Debian packages and tools the build and the tests need, and the extra
+# Debian packages named as arguments (the benchmark's peers, scripts/bench/peers.sh).
 # Idempotent: checks first and only touches apt when something is missing.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(postgresql fuse3 libfuse3-dev pkg-config attr gcc libc6-dev patch curl ca-certificates
     # The one-node cluster (scripts/cluster) and the images (scripts/images).
     runc containernetworking-plugins iptables conntrack ebtables ethtool socat openssl debootstrap)
+packages+=("$@")
 
 missing=()
 for pkg in "${packages[@]}"; do

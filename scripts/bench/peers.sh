@@ -91,25 +91,9 @@ debian=(fio)
 if want s3fs; then
     debian+=(s3fs)
 fi
-missing=()
-for pkg in "${debian[@]}"; do
-    if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
-        missing+=("$pkg")
-    fi
-done
-sudo_cmd=()
-if [ "$(id -u)" -ne 0 ]; then
-    sudo_cmd=(sudo)
-fi
-if [ "${#missing[@]}" -gt 0 ]; then
-    start=$SECONDS
-    say "installing ${missing[*]} (apt)"
-    "${sudo_cmd[@]}" apt-get update -qq
-    "${sudo_cmd[@]}" apt-get install -y -qq -o Dpkg::Use-Pty=0 --no-install-recommends "${missing[@]}"
-    say "installed ${missing[*]} in $((SECONDS - start))s"
-else
-    say "${debian[*]} installed (0s)"
-fi
+start=$SECONDS
+"$(dirname "${BASH_SOURCE[0]}")/../install-system-deps.sh" "${debian[@]}" >&2
+say "${debian[*]} installed in $((SECONDS - start))s"
 
 if want rclone; then echo "rclone=$rclone_dir/rclone"; fi
 if want juicefs; then echo "juicefs=$juicefs_dir/juicefs"; fi
