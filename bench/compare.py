@@ -122,6 +122,10 @@ SMOKE = Sizes(
 )
 
 
+# Scenario groups ``--parts`` can pick.
+PARTS = ("write", "read", "random", "edit", "dedup", "meta")
+
+
 def metrics(sizes: Sizes) -> list[Metric]:
     size = f"{sizes.file // MiB} MiB"
     return [
@@ -486,12 +490,15 @@ class Bench:
             self.attempt(tool, tool.name, rep, keys, partial(fn, tool))
         self.attempt(None, "limit", rep, keys, limit)
 
-    def data_rep(self, rep: int, src: Path) -> None:
-        self.sequential_rep(rep, src)
-        self.random_rep(rep, src)
-        self.edit_hydrate_rep(rep)
+    def data_rep(self, rep: int, src: Path, parts: set[str]) -> None:
+        # Every later data scenario reads the file the write scenario leaves.
+        self.sequential_rep(rep, src, reads="read" in parts)
+        if "random" in parts:
+            self.random_rep(rep, src)
+        if "edit" in parts:
+            self.edit_hydrate_rep(rep)
 
-    def sequential_rep(self, rep: int, src: Path) -> None:
+    def sequential_rep(self, rep: int, src: Path, reads: bool = True) -> None:
         size = self.sizes.file
         transfer = self.transfer()
         each = partial(self.each, rep)
@@ -514,6 +521,8 @@ class Bench:
             return {"write": size / (time.perf_counter() - start) / MB}
 
         each(["write"], write, write_limit)
+        if not reads:
+            return
 
         def cold(tool: Tool) -> dict[str, float]:
             tool.remount_cold()
@@ -834,6 +843,11 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: does it all run?")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (at least 3)")
     parser.add_argument("--only", help="comma-separated tools (mediadrive,juicefs,rclone,s3fs)")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated scenario groups ({','.join(PARTS)}); write always runs with data",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="where to write the outputs")
     parser.add_argument("--report-only", action="store_true", help="redo the report from JSON")
     args = parser.parse_args()
@@ -844,6 +858,10 @@ def main() -> int:
         print("compare.py needs root (FUSE mounts, dropping the page cache)", file=sys.stderr)
         return 2
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        print(f"--parts: unknown {', '.join(sorted(parts - set(PARTS)))}", file=sys.stderr)
+        return 2
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -890,9 +908,12 @@ def main() -> int:
                 step = time.perf_counter()
                 write_random(src, sizes.file)
                 print(f"repetition {rep + 1} of {bench.reps}", flush=True)
-                bench.data_rep(rep, src)
-                bench.dedup_rep(rep)
-                bench.meta_rep(rep)
+                if parts & {"write", "read", "random", "edit"}:
+                    bench.data_rep(rep, src, parts)
+                if "dedup" in parts:
+                    bench.dedup_rep(rep)
+                if "meta" in parts:
+                    bench.meta_rep(rep)
                 print(f"repetition {rep + 1} took {time.perf_counter() - step:.1f}s", flush=True)
             info["load_end"] = os.getloadavg()
             tool_versions = versions(bench.all_tools, peers)
