@@ -12,7 +12,10 @@ import pytest
 from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.config import ConflictPolicy
 from mediadrive.core.errors import ConflictError
+from mediadrive.core.hashing import BLOCK_SIZE
+from mediadrive.core.meta import Extent
 from mediadrive.node.options import CommitOn
+from mediadrive.node.writeback import MAX_EXTENTS_PER_CHUNK, fixed_reusable
 
 from .vfs_harness import make_test_vfs
 
@@ -107,3 +110,71 @@ async def test_a_closed_copy_is_committed_in_place_and_changes_wait_for_it(
     assert await first.read(0, first.size) == data
     assert await vfs.read_file("clip.bin") == data[: 2 * CHUNK]
     await vfs.close()
+
+
+async def test_an_edit_inside_a_large_chunk_sends_only_the_blocks_it_touched(
+    tmp_path: Path,
+) -> None:
+    chunk = 4 * BLOCK_SIZE
+    data = os.urandom(2 * chunk + BLOCK_SIZE + 123)
+    first = await make_test_vfs(tmp_path, chunk_size=chunk)
+    await first.write_file("plate.exr", data)
+    await first.close()
+
+    edit = await make_test_vfs(tmp_path, cache="fresh", chunk_size=chunk)
+    offset = chunk + BLOCK_SIZE + 10
+    await edit.write_at("plate.exr", offset, b"edited")
+    await edit.parts.writeback.settle()
+    # One block is fetched (to merge the edit into it) and sent; the rest of its
+    # chunk is kept as two slices, never fetched.
+    assert edit.parts.writeback.figures.bytes_uploaded == BLOCK_SIZE
+    assert edit.parts.cache.figures.bytes_fetched == BLOCK_SIZE
+    drive = edit.parts.drive
+    base = (await drive.reader("/plate.exr", 1)).extents
+    extents = (await drive.reader("/plate.exr", 2)).extents
+    middle = base[1].chunk_id
+    assert [(e.offset, e.length, e.chunk_offset) for e in extents] == [
+        (0, chunk, 0),
+        (chunk, BLOCK_SIZE, 0),
+        (chunk + BLOCK_SIZE, BLOCK_SIZE, 0),
+        (chunk + 2 * BLOCK_SIZE, 2 * BLOCK_SIZE, 2 * BLOCK_SIZE),
+        (2 * chunk, BLOCK_SIZE + 123, 0),
+    ]
+    assert [e.chunk_id == middle for e in extents] == [False, True, False, True, False]
+    await edit.close()
+
+    expected = data[:offset] + b"edited" + data[offset + 6 :]
+    check = await make_test_vfs(tmp_path, cache="check", chunk_size=chunk)
+    assert await check.read_file("plate.exr") == expected
+    # A second edit in the same chunk slices the slices again.
+    await check.write_at("plate.exr", chunk + 3 * BLOCK_SIZE, b"again")
+    await check.parts.writeback.settle()
+    await check.close()
+    at = chunk + 3 * BLOCK_SIZE
+    expected = expected[:at] + b"again" + expected[at + 5 :]
+    again = await make_test_vfs(tmp_path, cache="again", chunk_size=chunk)
+    assert await again.read_file("plate.exr") == expected
+    first_version = await again.parts.drive.reader("/plate.exr", 1)
+    assert await first_version.read(0, first_version.size) == data
+    await again.close()
+
+
+def _run(offset: int, length: int, chunk_offset: int = 0) -> tuple[Extent, list[int]]:
+    return Extent(offset, length, "base", chunk_offset), [offset // BLOCK_SIZE]
+
+
+def test_fixed_chunks_keep_untouched_runs_as_slices_up_to_a_bound() -> None:
+    step = 16 * BLOCK_SIZE
+    size = 2 * step
+    # Region 0: one block touched in the middle: two slices and a new chunk.
+    region0 = [_run(0, 5 * BLOCK_SIZE), _run(6 * BLOCK_SIZE, 10 * BLOCK_SIZE, 6 * BLOCK_SIZE)]
+    # Region 1: every other block touched: 8 kept runs and 8 new chunks, too many.
+    region1 = [_run(step + b * BLOCK_SIZE, BLOCK_SIZE, b * BLOCK_SIZE) for b in range(0, 16, 2)]
+    kept = fixed_reusable(region0 + region1, size, step)
+    assert sorted(kept) == [0, 6 * BLOCK_SIZE]
+    # Up to the bound a region keeps its runs.
+    bounded = region1[: MAX_EXTENTS_PER_CHUNK // 2]
+    assert len(fixed_reusable(bounded, size, step)) == MAX_EXTENTS_PER_CHUNK // 2
+    # A run cut by a truncate, or across a chunk boundary, is not kept.
+    assert fixed_reusable([_run(0, 5 * BLOCK_SIZE)], 4 * BLOCK_SIZE, step) == {}
+    assert fixed_reusable([_run(15 * BLOCK_SIZE, 2 * BLOCK_SIZE)], size, step) == {}

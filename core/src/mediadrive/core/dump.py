@@ -73,6 +73,7 @@ def _records(dump: DriveDump) -> Iterator[dict[str, Any]]:
             "offset": e.offset,
             "length": e.length,
             "chunk": e.chunk_id,
+            "chunk_offset": e.chunk_offset,
         }
     for chunk in dump.chunks:
         yield {
@@ -138,7 +139,10 @@ def _parse(lines: gzip.GzipFile) -> DriveDump:
         elif kind == "version":
             dump.versions.append(VersionInfo(**record))
         elif kind == "extent":
-            extent = Extent(record["offset"], record["length"], record["chunk"])
+            # Dumps written before slices existed name whole chunks only.
+            extent = Extent(
+                record["offset"], record["length"], record["chunk"], record.get("chunk_offset", 0)
+            )
             dump.extents.append(StoredExtent(record["file_id"], record["version"], extent))
         elif kind == "chunk":
             blocks = base64.b64decode(record["blocks"]) if record["blocks"] else None

@@ -16,7 +16,9 @@ from .meta.records import Extent
 
 
 class BlockRef(NamedTuple):
-    """One ``BLOCK_SIZE`` block of a chunk and the file offset where it starts."""
+    """One ``BLOCK_SIZE`` block of a chunk (``block``: its index in the chunk) and the
+    file offset where it starts. A block is always whole inside its extent: slices
+    start and end on block boundaries of their chunk (or at its end)."""
 
     offset: int
     chunk_id: str
@@ -46,11 +48,14 @@ class ExtentMap:
         i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
         while i < len(self.extents) and self.extents[i].offset < end:
             extent = self.extents[i]
+            # Positions of the blocks within the extent; a slice starts on a block
+            # boundary of its chunk, so position p is block ``skip + p`` of the chunk.
+            skip = extent.chunk_offset // BLOCK_SIZE
             first = max(offset - extent.offset, 0) // BLOCK_SIZE
             last = (min(end, extent.offset + extent.length) - extent.offset - 1) // BLOCK_SIZE
             out.extend(
-                BlockRef(extent.offset + b * BLOCK_SIZE, extent.chunk_id, b)
-                for b in range(first, last + 1)
+                BlockRef(extent.offset + p * BLOCK_SIZE, extent.chunk_id, skip + p)
+                for p in range(first, last + 1)
             )
             i += 1
         return out
@@ -59,9 +64,11 @@ class ExtentMap:
         """Every block of the content with its length, in file order."""
         out = []
         for extent in self.extents:
-            for b in range((extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE):
-                length = min(BLOCK_SIZE, extent.length - b * BLOCK_SIZE)
-                out.append((BlockRef(extent.offset + b * BLOCK_SIZE, extent.chunk_id, b), length))
+            skip = extent.chunk_offset // BLOCK_SIZE
+            for p in range((extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE):
+                length = min(BLOCK_SIZE, extent.length - p * BLOCK_SIZE)
+                block = BlockRef(extent.offset + p * BLOCK_SIZE, extent.chunk_id, skip + p)
+                out.append((block, length))
         return out
 
     def slice_of(self, block: BlockRef, data: bytes, offset: int, end: int) -> bytes:

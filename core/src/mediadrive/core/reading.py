@@ -175,9 +175,18 @@ class VersionReader:
         )
 
     async def chunks(self, prefetch: int = 4) -> AsyncIterator[bytes]:
-        """Every chunk in file order, fetched ``prefetch`` ahead and checked against its id."""
+        """Every extent's bytes in file order, fetched ``prefetch`` ahead: a whole chunk
+        checked against its id, a slice that starts inside its chunk by its blocks
+        (checked against their digests; the rest of the chunk is not fetched)."""
 
         async def fetch(extent: Extent) -> bytes:
+            if extent.chunk_offset:
+                first = extent.chunk_offset // BLOCK_SIZE
+                count = (extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE
+                blocks = await asyncio.gather(
+                    *(self.fetch_block(extent.chunk_id, first + n) for n in range(count))
+                )
+                return b"".join(blocks)[: extent.length]
             try:
                 data = await self.blobs.get(extent.chunk_id)
             except NotFound:
@@ -190,7 +199,8 @@ class VersionReader:
             except CorruptChunk:
                 await self._damaged(extent.chunk_id)
                 raise
-            return data
+            # A slice at the start of its chunk: the chunk is fetched whole to check it.
+            return data if len(data) == extent.length else data[: extent.length]
 
         pending: list[asyncio.Task[bytes]] = []
         try:

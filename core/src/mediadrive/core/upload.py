@@ -80,31 +80,38 @@ class UploadResult:
 def pieces(
     source: BinaryIO, settings: DriveSettings, reuse: Mapping[int, Extent] | None
 ) -> Iterator[Piece | Extent]:
-    """The chunks of ``source``; ``reuse`` names chunks of an earlier version, by
-    offset, that ``source`` holds unchanged: they are yielded without reading those
-    bytes (which may be holes), and only the bytes between them are read and cut.
+    """The chunks of ``source``; ``reuse`` names extents of an earlier version (whole
+    chunks or slices of them), by offset, that ``source`` holds unchanged: they are
+    yielded without reading those bytes (which may be holes), and only the bytes
+    between them are read and cut.
 
-    Cutting starts afresh after each kept chunk. Fixed chunking keeps its offsets
-    when kept chunks start on its boundaries; content-defined cuts depend only on the
-    bytes since the last cut, so cutting from the start of a changed chunk finds the
-    cuts a whole pass would (up to the next kept chunk, where a cut is forced).
+    Cutting starts afresh after each kept extent. Fixed chunking cuts on the drive's
+    chunk boundaries whatever is kept, so a region between two slices of one chunk
+    becomes one smaller chunk and the next edit still finds the same boundaries;
+    content-defined cuts depend only on the bytes since the last cut, so cutting from
+    the start of a changed chunk finds the cuts a whole pass would (up to the next
+    kept chunk, where a cut is forced).
     """
     chunker = make_chunker(settings.chunking, settings.chunk_size)
     if not reuse:
         yield from chunker.split(source)
         return
+    step = settings.chunk_size if settings.chunking == "fixed" else 0
     size = os.fstat(source.fileno()).st_size
     position = 0
     for start in [*sorted(o for o in reuse if o < size), size]:
         if start < position:
-            raise ValueError(f"kept chunks overlap at offset {start}")
-        if start > position:
+            raise ValueError(f"kept extents overlap at offset {start}")
+        while position < start:
+            # Fixed chunks: up to the next chunk boundary; content-defined: the region.
+            stop = min(start, (position // step + 1) * step) if step else start
             source.seek(position)
-            region = _Region(source, start - position)
+            region = _Region(source, stop - position)
             for piece in chunker.split(cast(BinaryIO, region)):
                 yield Piece(position + piece.offset, piece.data)
             if region.left:
-                raise OSError(f"short read at {start - region.left} of a {size}-byte snapshot")
+                raise OSError(f"short read at {stop - region.left} of a {size}-byte snapshot")
+            position = stop
         if start < size:
             kept = reuse[start]
             yield kept
@@ -284,9 +291,15 @@ class Uploader:
                 cid, digests = await asyncio.wrap_future(hashing)
                 rows.append((piece, Extent(piece.offset, len(piece.data), cid), digests))
         wanted: dict[str, tuple[int, bytes | None]] = {}
-        for _, extent, known in rows:
-            if extent.chunk_id not in run.claimed and extent.chunk_id not in wanted:
+        for new, extent, known in rows:
+            if extent.chunk_id in run.claimed:
+                continue
+            if new is not None:
                 wanted[extent.chunk_id] = (extent.length, known)
+            elif extent.chunk_id not in wanted:
+                # A kept chunk is already recorded with its size; a slice only says
+                # how long the chunk is at least.
+                wanted[extent.chunk_id] = (extent.chunk_offset + extent.length, known)
         states = await self._claim_many(wanted, run.token)
         run.claimed.update(wanted)
         for new, extent, _ in rows:
@@ -349,5 +362,7 @@ class Uploader:
     async def claim_existing(self, extents: list[Extent]) -> str:
         """Hold chunks that are already stored (a copy of a version); returns the token."""
         token = uuid.uuid4().hex
-        await self.meta.claim_chunks([(e.chunk_id, e.length, None) for e in extents], token=token)
+        await self.meta.claim_chunks(
+            [(e.chunk_id, e.chunk_offset + e.length, None) for e in extents], token=token
+        )
         return token

@@ -153,27 +153,52 @@ class StagedFile:
         return found
 
     def untouched_extents(self) -> list[tuple[Extent, list[int]]]:
-        """The base's chunks whose every block the copy still lacks (so has not
+        """The base's extents whose every block the copy still lacks (so has not
         touched), with the positions of those blocks."""
+        return [
+            (self._extent(positions), positions)
+            for positions in self._extent_groups()
+            if all(p in self.missing for p in positions)
+        ]
+
+    def untouched_runs(self) -> list[tuple[Extent, list[int]]]:
+        """Every longest run of base blocks the copy still lacks within one extent of
+        the base, as a slice of that extent's chunk, with the positions of its blocks.
+        (A block the copy has is whole in it: copy-in and settling go by block.)"""
         out: list[tuple[Extent, list[int]]] = []
-        i = 0
-        while i < len(self.base):
-            first = self.base[i]
-            start = first.offset - first.index * BLOCK_SIZE
-            j = i
-            while (
-                j + 1 < len(self.base)
-                and self.base[j + 1].chunk_id == first.chunk_id
-                and self.base[j + 1].index == self.base[j].index + 1
-                and self.base[j + 1].offset == self.base[j].end
-            ):
-                j += 1
-            positions = list(range(i, j + 1))
-            if first.index == 0 and all(p in self.missing for p in positions):
-                length = self.base[j].end - start
-                out.append((Extent(start, length, first.chunk_id), positions))
-            i = j + 1
+        for positions in self._extent_groups():
+            run: list[int] = []
+            for p in [*positions, -1]:
+                if p in self.missing:
+                    run.append(p)
+                elif run:
+                    out.append((self._extent(run), run))
+                    run = []
         return out
+
+    def _extent_groups(self) -> list[list[int]]:
+        """Positions of the base blocks, grouped by the base extent they came from
+        (consecutive blocks of one chunk at consecutive file offsets)."""
+        groups: list[list[int]] = []
+        for i, block in enumerate(self.base):
+            if groups:
+                prev = self.base[groups[-1][-1]]
+                if (
+                    block.chunk_id == prev.chunk_id
+                    and block.index == prev.index + 1
+                    and block.offset == prev.end
+                ):
+                    groups[-1].append(i)
+                    continue
+            groups.append([i])
+        return groups
+
+    def _extent(self, positions: Sequence[int]) -> Extent:
+        """The slice of the chunk that consecutive base blocks ``positions`` are."""
+        first, last = self.base[positions[0]], self.base[positions[-1]]
+        return Extent(
+            first.offset, last.end - first.offset, first.chunk_id, first.index * BLOCK_SIZE
+        )
 
     async def held_back(self) -> None:
         """Wait until no snapshot or commit is reading the copy (before changing it)."""

@@ -285,25 +285,23 @@ class Writeback:
             release()
 
     def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, list[int]]]:
-        """Chunks of the base the copy has not touched, which the commit keeps as they
-        are: by offset, the extent and the positions of its blocks. Only the chunks an
-        edit touched are read and cut again (see ``upload.pieces``): fixed chunking
-        keeps the ones on its boundaries, content-defined chunking every one, since
-        its cuts resynchronise at the first untouched chunk after an edit."""
+        """Base bytes the copy has not touched, which the commit keeps as they are
+        (never fetched, never sent): by offset, the extent and the positions of its
+        blocks. Only what an edit touched is read and cut again (see
+        ``upload.pieces``). Content-defined chunking keeps every untouched chunk,
+        since its cuts resynchronise at the first one after an edit; fixed chunking
+        keeps every run of untouched blocks, as a slice of its chunk (see
+        :func:`fixed_reusable`)."""
         if not staged.missing:
             return {}
-        fixed = self.drive.settings.chunking == "fixed"
-        step = self.drive.settings.chunk_size
         size = staged.size()
-        out = {}
-        for extent, positions in staged.untouched_extents():
-            end = extent.offset + extent.length
-            if end > size:
-                continue
-            if fixed and (extent.offset % step or (extent.length % step and end != size)):
-                continue
-            out[extent.offset] = (extent, positions)
-        return out
+        if self.drive.settings.chunking != "fixed":
+            return {
+                extent.offset: (extent, positions)
+                for extent, positions in staged.untouched_extents()
+                if extent.offset + extent.length <= size
+            }
+        return fixed_reusable(staged.untouched_runs(), size, self.drive.settings.chunk_size)
 
     async def _commit_snapshot(
         self,
@@ -551,3 +549,52 @@ class Writeback:
                     await self.commit(staged, ON_UNMOUNT)
                 except MediadriveError as exc:
                     self._error(f"{staged.path}: {exc}; the local copy is kept")
+
+
+# A chunk-sized region of a file in a fixed-chunk drive holds at most this many
+# extents: an edit that would leave more stores the region as one whole chunk again.
+MAX_EXTENTS_PER_CHUNK = 8
+
+
+def fixed_reusable(
+    runs: list[tuple[Extent, list[int]]], size: int, step: int
+) -> dict[int, tuple[Extent, list[int]]]:
+    """Which runs of untouched base blocks a commit of a fixed-chunk file keeps, as
+    slices, out of ``runs`` (in file order) for a copy ``size`` bytes long.
+
+    The commit cuts everything else on the chunk boundaries (every ``step`` bytes),
+    so each region between two boundaries holds its kept runs plus one new chunk per
+    stretch between them. A region that would hold more than MAX_EXTENTS_PER_CHUNK
+    extents keeps nothing: its untouched blocks are fetched and it becomes one whole
+    chunk again, which bounds how fragmented repeated small edits leave a file.
+    """
+    by_region: dict[int, list[tuple[Extent, list[int]]]] = {}
+    for extent, positions in runs:
+        end = extent.offset + extent.length
+        region = extent.offset // step
+        # A run past the end (cut by a truncate) or across a boundary is not kept.
+        if end > size or (end - 1) // step != region:
+            continue
+        by_region.setdefault(region, []).append((extent, positions))
+    out: dict[int, tuple[Extent, list[int]]] = {}
+    for region, kept in by_region.items():
+        if _extents_in_region(region * step, min((region + 1) * step, size), kept) > (
+            MAX_EXTENTS_PER_CHUNK
+        ):
+            continue
+        for extent, positions in kept:
+            out[extent.offset] = (extent, positions)
+    return out
+
+
+def _extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]]) -> int:
+    """Extents of the region ``start``..``end``: the kept ones and a new chunk for
+    each stretch between them."""
+    count = 0
+    position = start
+    for extent, _ in kept:
+        if extent.offset > position:
+            count += 1
+        count += 1
+        position = extent.offset + extent.length
+    return count + (1 if position < end else 0)

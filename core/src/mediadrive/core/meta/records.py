@@ -54,11 +54,18 @@ class DeletedEntry:
 
 @dataclass(frozen=True, slots=True)
 class Extent:
-    """``length`` bytes at file ``offset`` are the whole of chunk ``chunk_id``."""
+    """``length`` bytes at file ``offset`` are chunk ``chunk_id`` from ``chunk_offset``.
+
+    Most extents name a whole chunk (``chunk_offset`` 0, ``length`` its size). A
+    *slice* names part of one: it starts on a ``BLOCK_SIZE`` boundary of the chunk and
+    ends on one or at the chunk's end, so the block digests recorded when the chunk
+    was stored check its bytes (see "How edits are stored" in docs/ARCHITECTURE.md).
+    """
 
     offset: int
     length: int
     chunk_id: str
+    chunk_offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)

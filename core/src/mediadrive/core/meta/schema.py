@@ -111,6 +111,8 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX IF NOT EXISTS nodes_live_subdirs ON nodes (drive, parent_id)
             WHERE deleted_ns IS NULL AND kind = 'dir'"""
     ],
+    # 6: an extent may name a slice of a chunk (a small edit keeps the rest of it).
+    ["ALTER TABLE extents ADD COLUMN chunk_offset {bigint} NOT NULL DEFAULT 0"],
 ]
 
 LATEST = len(MIGRATIONS)

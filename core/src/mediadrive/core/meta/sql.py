@@ -922,10 +922,11 @@ class SqlMetaStore(ABC):
             ),
         )
         await tx.executemany(
-            "INSERT INTO extents (drive, file_id, version, idx, file_offset, length, chunk_id) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO extents "
+            "(drive, file_id, version, idx, file_offset, length, chunk_id, chunk_offset) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (self.drive, file_id, version, i, e.offset, e.length, e.chunk_id)
+                (self.drive, file_id, version, i, e.offset, e.length, e.chunk_id, e.chunk_offset)
                 for i, e in enumerate(req.extents)
             ],
         )
@@ -975,7 +976,7 @@ class SqlMetaStore(ABC):
             if row is None:
                 raise VersionNotFound(f"version {version} does not exist")
             rows = await tx.fetchall(
-                "SELECT file_offset, length, chunk_id FROM extents "
+                "SELECT file_offset, length, chunk_id, chunk_offset FROM extents "
                 "WHERE drive = ? AND file_id = ? AND version = ? ORDER BY idx",
                 (self.drive, file_id, version),
             )
@@ -1190,7 +1191,9 @@ class SqlMetaStore(ABC):
         async def body(tx: Tx) -> list[ChunkRecord]:
             rows = await tx.fetchall(
                 "SELECT r.chunk_id, c.size, c.state, c.blocks, r.length FROM "
-                "(SELECT chunk_id, MAX(length) AS length FROM extents WHERE drive = ? "
+                # A chunk with no record is at least as long as the furthest slice of it.
+                "(SELECT chunk_id, MAX(chunk_offset + length) AS length FROM extents "
+                "WHERE drive = ? "
                 "GROUP BY chunk_id) r "
                 "LEFT JOIN chunks c ON c.drive = ? AND c.id = r.chunk_id ORDER BY r.chunk_id",
                 (self.drive, self.drive),
@@ -1405,11 +1408,13 @@ class SqlMetaStore(ABC):
             )
             dump.versions = [_version(r) for r in versions]
             extents = await tx.fetchall(
-                "SELECT file_id, version, file_offset, length, chunk_id FROM extents "
-                "WHERE drive = ? ORDER BY file_id, version, idx",
+                "SELECT file_id, version, file_offset, length, chunk_id, chunk_offset "
+                "FROM extents WHERE drive = ? ORDER BY file_id, version, idx",
                 args,
             )
-            dump.extents = [StoredExtent(r[0], r[1], Extent(r[2], r[3], r[4])) for r in extents]
+            dump.extents = [
+                StoredExtent(r[0], r[1], Extent(r[2], r[3], r[4], r[5])) for r in extents
+            ]
             chunks = await tx.fetchall(
                 "SELECT id, size, state, blocks, held_until FROM chunks "
                 "WHERE drive = ? ORDER BY id",
@@ -1473,10 +1478,11 @@ class SqlMetaStore(ABC):
                 idx = idx + 1 if key == last else 0
                 last = key
                 e = stored.extent
-                rows.append((self.drive, *key, idx, e.offset, e.length, e.chunk_id))
+                rows.append((self.drive, *key, idx, e.offset, e.length, e.chunk_id, e.chunk_offset))
             await tx.executemany(
-                "INSERT INTO extents (drive, file_id, version, idx, file_offset, length, chunk_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO extents "
+                "(drive, file_id, version, idx, file_offset, length, chunk_id, chunk_offset) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             await tx.executemany(
