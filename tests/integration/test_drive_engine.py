@@ -25,6 +25,7 @@ from mediadrive.core.errors import (
     PathNotFound,
     VersionNotFound,
 )
+from mediadrive.core.fsck import Fsck
 from mediadrive.core.hashing import BLOCK_SIZE, chunk_id
 from mediadrive.core.meta import Extent
 from tests.servers import S3Server, create_database
@@ -322,6 +323,53 @@ async def test_a_1mib_edit_of_a_large_file_sends_one_4mib_chunk_with_4mib_chunks
         assert await stored_ids(drive) == set(chunk_ids(new, 4 * MIB))
         assert await read_all(drive, "/plate.mov") == new
         assert await read_all(drive, "/copy.mov") == new
+
+
+async def test_a_chunk_named_only_by_slices_stays_stored_and_read_back(
+    pairing: Pairing, tmp_path: Path
+) -> None:
+    async for drive in open_drive(pairing, DriveSettings(chunk_size="4MiB")):
+        data = os.urandom(9 * MIB + 5)
+        await drive.write_file("/plate.mov", io.BytesIO(data))
+        base = (await drive.reader("/plate.mov")).extents
+        middle = base[1].chunk_id
+        # Block 5 (the second of chunk 1) changes; the rest of chunk 1 is kept as two
+        # slices of it, the other chunks whole, and none of it is on disk.
+        new = edited(data, 5 * MIB, os.urandom(MIB))
+        sparse = tmp_path / "sparse.bin"
+        with open(sparse, "wb") as f:
+            f.truncate(len(new))
+            f.seek(5 * MIB)
+            f.write(new[5 * MIB : 6 * MIB])
+        reuse = {
+            0: base[0],
+            4 * MIB: Extent(4 * MIB, MIB, middle),
+            6 * MIB: Extent(6 * MIB, 2 * MIB, middle, 2 * MIB),
+            8 * MIB: base[2],
+        }
+        with open(sparse, "rb") as f:
+            upload = await drive.upload(f, reuse=reuse)
+        assert (upload.bytes_uploaded, upload.chunks_new, upload.chunks_total) == (MIB, 1, 5)
+        await drive.commit("/plate.mov", upload, base_version=1)
+        assert await read_all(drive, "/plate.mov") == new
+        reader = await drive.reader("/plate.mov")
+        assert await reader.read(4 * MIB + 7, 3 * MIB) == new[4 * MIB + 7 : 7 * MIB + 7]
+
+        # Once the first version goes, only slices name the middle chunk: GC keeps it.
+        drive.settings = drive.settings.model_copy(update={"retention": Retention(keep_last=1)})
+        await drive.meta.update_settings(drive.settings)
+        report = await drive.gc(grace=0)
+        assert (report.versions_pruned, report.chunks_deleted) == (1, 0)
+        assert middle in await stored_ids(drive)
+        assert await read_all(drive, "/plate.mov") == new
+        fsck = Fsck(drive.meta, drive.blobs)
+        records, _ = await fsck.chunks()
+        assert not (await fsck.check(records)).problems
+
+        # The first version's bytes in another file are stored once: its chunks are.
+        copy = await drive.write_file("/copy.mov", io.BytesIO(data))
+        assert (copy.bytes_uploaded, copy.chunks_new) == (0, 0)
+        assert await read_all(drive, "/copy.mov") == data
 
 
 async def test_a_drive_made_with_64mib_chunks_keeps_them(pairing: Pairing) -> None:
