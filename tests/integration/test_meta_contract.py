@@ -47,7 +47,7 @@ from mediadrive.core.meta import (
     NodeKind,
     connect,
 )
-from mediadrive.core.meta.schema import LATEST
+from mediadrive.core.meta.schema import LATEST, MIGRATIONS
 from tests.servers import create_database
 
 ACTOR = "ana@render-01"
@@ -248,6 +248,23 @@ async def test_newer_schema_is_refused(store: MetaStore, meta_url: str) -> None:
             await reopened.migrate()
         with pytest.raises(SchemaError):
             await reopened.create_drive(DriveSettings())
+    finally:
+        await reopened.close()
+
+
+async def test_extents_stored_before_slices_existed_name_whole_chunks(
+    store: MetaStore, meta_url: str
+) -> None:
+    first = await commit(store, "/old.bin", None, b"old", b"bytes")
+    # The extents table as it was before the migration that added slices.
+    slices = next(n for n, m in enumerate(MIGRATIONS, 1) if "chunk_offset" in "".join(m))
+    raw_execute(meta_url, "ALTER TABLE extents DROP COLUMN chunk_offset")
+    raw_execute(meta_url, f"DELETE FROM schema_migrations WHERE version >= {slices}")
+    reopened = connect(meta_url, "show")
+    try:
+        assert await reopened.migrate() == LATEST
+        _, extents = await reopened.version(first.file_id, first.version)
+        assert [(e.offset, e.length, e.chunk_offset) for e in extents] == [(0, 3, 0), (3, 5, 0)]
     finally:
         await reopened.close()
 
