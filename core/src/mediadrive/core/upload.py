@@ -16,7 +16,7 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
@@ -259,6 +259,8 @@ class Uploader:
         slots = asyncio.Semaphore(self.concurrency)
         renewer = asyncio.create_task(self._renew_holds(run))
         try:
+            if reuse:
+                await self._claim_kept(run, reuse.values())
             batches = hashed_pieces(source, self.settings, reuse, self.concurrency)
             async for batch in batches:
                 await self._handle(run, slots, batch)
@@ -274,6 +276,18 @@ class Uploader:
         finally:
             renewer.cancel()
         return run.result()
+
+    async def _claim_kept(self, run: _Run, kept: Iterable[Extent]) -> None:
+        """Hold every chunk the upload keeps in one metadata call, before any is met
+        in the stream (a small edit's kept extents then cost no claim of their own)."""
+        # A kept chunk is already recorded with its size; a slice only says how long
+        # the chunk is at least.
+        wanted = {e.chunk_id: (e.chunk_offset + e.length, None) for e in kept}
+        states = await self._claim_many(wanted, run.token)
+        run.claimed.update(wanted)
+        for cid, state in sorted(states.items()):
+            if state != "stored":
+                raise ChunkMissing(f"chunk {cid} of an earlier version is gone")
 
     async def release(self, chunk_ids: Sequence[str], token: str) -> None:
         """End an upload's holds when no commit will follow (a commit ends them itself)."""
@@ -291,15 +305,9 @@ class Uploader:
                 cid, digests = await asyncio.wrap_future(hashing)
                 rows.append((piece, Extent(piece.offset, len(piece.data), cid), digests))
         wanted: dict[str, tuple[int, bytes | None]] = {}
-        for new, extent, known in rows:
-            if extent.chunk_id in run.claimed:
-                continue
-            if new is not None:
+        for _, extent, known in rows:
+            if extent.chunk_id not in run.claimed and extent.chunk_id not in wanted:
                 wanted[extent.chunk_id] = (extent.length, known)
-            elif extent.chunk_id not in wanted:
-                # A kept chunk is already recorded with its size; a slice only says
-                # how long the chunk is at least.
-                wanted[extent.chunk_id] = (extent.chunk_offset + extent.length, known)
         states = await self._claim_many(wanted, run.token)
         run.claimed.update(wanted)
         for new, extent, _ in rows:

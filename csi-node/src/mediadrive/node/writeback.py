@@ -131,8 +131,6 @@ class Writeback:
         self.figures = WritebackFigures()
         self.last: dict[int, CommitReport] = {}
         self._busy = 0
-        # Committed blocks being written into the block cache after their commit.
-        self._warming: set[asyncio.Task[None]] = set()
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -149,8 +147,6 @@ class Writeback:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        # Let committed blocks finish landing in the cache before it closes.
-        await asyncio.gather(*self._warming, return_exceptions=True)
 
     def schedule(self, node_id: int, message: str = "") -> None:
         if node_id in self._queued:
@@ -491,9 +487,7 @@ class Writeback:
         self, snap: Path, upload: UploadResult, reuse: dict[int, Extent]
     ) -> None:
         """Put what was just committed into the block cache: reading it back is local.
-        (Kept extents are holes in the snapshot; their blocks are not in it.) The
-        blocks are read from ``snap`` now, while it exists, and written into the cache
-        in the background: the commit does not wait for the cache."""
+        (Kept chunks are holes in the snapshot; their blocks are not in it.)"""
         if upload.size > self.cache.capacity // 4:
             return
 
@@ -512,17 +506,7 @@ class Writeback:
             return blocks
 
         try:
-            blocks = await asyncio.to_thread(read_blocks)
-        except OSError as exc:
-            log.warning("cannot keep committed blocks in the cache: %s", exc)
-            return
-        task = asyncio.create_task(self._warm(blocks))
-        self._warming.add(task)
-        task.add_done_callback(self._warming.discard)
-
-    async def _warm(self, blocks: list[tuple[str, int, bytes]]) -> None:
-        try:
-            await self.cache.put_many(blocks)
+            await self.cache.put_many(await asyncio.to_thread(read_blocks))
         except OSError as exc:
             log.warning("cannot keep committed blocks in the cache: %s", exc)
 
