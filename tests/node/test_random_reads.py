@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -52,28 +53,21 @@ def test_a_fill_stays_within_the_cache_bound(make_drive: DriveFactory, mounts: M
         for offset in (30 * MiB + 7, 21 * MiB + 4096):
             assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
         wait_until(lambda: m.status()["bytes_fetched"] >= 5 * MiB)
-        assert os.pread(fd, 4096, 23 * MiB) == data[23 * MiB : 23 * MiB + 4096]
+        time.sleep(1)
+        fetched = m.status()["bytes_fetched"]
+        # Chunk 5 (20..24 MiB) is here whole: reading it fetches nothing more (each
+        # read through a new descriptor, so that none looks sequential).
+        for offset in (20 * MiB + 100, 22 * MiB, 23 * MiB + 9000):
+            other = os.open(m / "big.bin", os.O_RDONLY)
+            try:
+                assert os.pread(other, 4096, offset) == data[offset : offset + 4096]
+            finally:
+                os.close(other)
+        assert m.status()["bytes_fetched"] == fetched
     finally:
         os.close(fd)
-    # Block 30 alone, then chunk 5 (20..24 MiB) whole: nothing else.
-    assert m.status()["bytes_fetched"] == 5 * MiB
-
-
-def test_a_fill_stops_when_the_file_is_closed(make_drive: DriveFactory, mounts: Mounts) -> None:
-    name = make_drive(chunk_size="4MiB")
-    data = os.urandom(96 * MiB)
-    drive_call(name, lambda d: d.write_file("/c.bin", io.BytesIO(data)))
-    m = mounts.mount(name)
-    fd = os.open(m / "c.bin", os.O_RDONLY)
-    try:
-        for offset in (90 * MiB, 3 * MiB):
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
-    finally:
-        os.close(fd)
-    # Runs already asked for finish; no new ones start.
-    fetched = m.status()["bytes_fetched"]
-    wait_until(lambda: m.status()["bytes_fetched"] == fetched, timeout=5, step=0.5)
-    assert fetched < len(data)
+    # Not the whole file (a few blocks the kernel read ahead at most).
+    assert fetched <= 12 * MiB
 
 
 def test_a_block_damaged_in_the_store_stays_an_io_error_for_a_random_reader(
