@@ -35,7 +35,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +44,11 @@ from mediadrive.core.hashing import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[str, int], Awaitable[bytes]]
+# A block's bytes: views of one buffer when a run of blocks came in one request.
+Block = bytes | memoryview
+Fetch = Callable[[str, int], Awaitable[Block]]
 # Blocks ``first`` .. ``first + count - 1`` of a chunk in one request, each verified.
-FetchRun = Callable[[str, int, int], Awaitable[list[bytes]]]
+FetchRun = Callable[[str, int, int], Awaitable[Sequence[Block]]]
 # Whether block bytes read back from disk are still what was fetched.
 Check = Callable[[str, int, bytes], Awaitable[bool]]
 BlockKey = tuple[str, int]
@@ -132,13 +134,13 @@ class BlockCache:
         self._slots = asyncio.Semaphore(fetch_concurrency)
         self._blocks_dir = root / "blocks"
         self._sizes: OrderedDict[BlockKey, int] = OrderedDict()
-        self._memory: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._memory: OrderedDict[BlockKey, Block] = OrderedDict()
         self._memory_bytes = 0
         # Checked blocks: an open descriptor and the (inode, size, mtime) checked.
         self._open: OrderedDict[BlockKey, tuple[int, tuple[int, int, int]]] = OrderedDict()
         # Blocks whose file was checked (or written from verified bytes): its signature.
         self._checked: OrderedDict[BlockKey, tuple[int, int, int]] = OrderedDict()
-        self._inflight: dict[BlockKey, asyncio.Future[bytes]] = {}
+        self._inflight: dict[BlockKey, asyncio.Future[Block]] = {}
         self._touched: set[BlockKey] = set()
         # Index rows of blocks added since the last flush (a crash loses only rows:
         # blocks on disk without one are adopted when the cache opens).
@@ -278,6 +280,11 @@ class BlockCache:
 
     async def get(self, chunk: str, index: int) -> bytes:
         """Block ``index`` of ``chunk``: from memory, from disk, or fetched once."""
+        data = await self.view(chunk, index)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def view(self, chunk: str, index: int) -> Block:
+        """:meth:`get`, but maybe a view of a larger buffer (no copy of its own)."""
         key = (chunk, index)
         data = self._memory.get(key)
         if data is not None:
@@ -322,7 +329,7 @@ class BlockCache:
             part = self._read_open(key, start, end)
             if part is not None:
                 return part
-            data = await self.get(chunk, index)
+            data = await self.view(chunk, index)
         else:
             self._memory.move_to_end(key)
             self._use(key)
@@ -393,14 +400,14 @@ class BlockCache:
         """Start fetching a block in the background unless it is here or on its way."""
         self.prefetch_many([(chunk, index)])
 
-    def prefetch_many(self, keys: Iterable[BlockKey]) -> list[asyncio.Future[bytes]]:
+    def prefetch_many(self, keys: Iterable[BlockKey]) -> list[asyncio.Future[Block]]:
         """Start fetching the blocks that are neither here nor on their way; returns
         the futures of those started.
 
         Consecutive blocks of one chunk share a request (up to ``MAX_RUN_BLOCKS``).
         """
-        started: list[asyncio.Future[bytes]] = []
-        run: list[asyncio.Future[bytes]] = []
+        started: list[asyncio.Future[Block]] = []
+        run: list[asyncio.Future[Block]] = []
         run_chunk, run_first = "", 0
         loop = asyncio.get_running_loop()
         for key in keys:
@@ -441,7 +448,7 @@ class BlockCache:
         room = self.capacity - self.pinned_bytes
         # The blocks of the runs in flight (awaited as they are, never cancelled here:
         # readers may be waiting on them too).
-        pending: set[asyncio.Future[bytes]] = set()
+        pending: set[asyncio.Future[Block]] = set()
         for n in range(0, len(keys), MAX_RUN_BLOCKS):
             while len(pending) >= parallel * MAX_RUN_BLOCKS:
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -456,17 +463,17 @@ class BlockCache:
         if pending:
             await asyncio.wait(pending)
 
-    def _spawn(self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]) -> None:
+    def _spawn(self, chunk: str, first: int, futures: list[asyncio.Future[Block]]) -> None:
         task = asyncio.create_task(self._fill(chunk, first, futures))
         self._fills.add(task)
         task.add_done_callback(self._fills.discard)
 
-    async def _fetch_blocks(self, chunk: str, first: int, count: int) -> list[bytes]:
+    async def _fetch_blocks(self, chunk: str, first: int, count: int) -> Sequence[Block]:
         if self.fetch_run is not None:
             return await self.fetch_run(chunk, first, count)
         return [await self._fetch(chunk, first)]
 
-    async def _fill(self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]) -> None:
+    async def _fill(self, chunk: str, first: int, futures: list[asyncio.Future[Block]]) -> None:
         keys = [(chunk, first + n) for n in range(len(futures))]
         try:
             blocks = await self._fetch_or_split(chunk, first, futures)
@@ -485,8 +492,8 @@ class BlockCache:
             self._drop_inflight(keys, futures)
 
     async def _fetch_or_split(
-        self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]
-    ) -> list[bytes] | None:
+        self, chunk: str, first: int, futures: list[asyncio.Future[Block]]
+    ) -> Sequence[Block] | None:
         """The blocks of the run, or None when a failed run was filled block by block."""
         try:
             async with self._slots:
@@ -502,11 +509,11 @@ class BlockCache:
             return None
 
     def _hand_out(
-        self, keys: list[BlockKey], futures: list[asyncio.Future[bytes]], blocks: list[bytes]
-    ) -> list[tuple[BlockKey, bytes]]:
+        self, keys: list[BlockKey], futures: list[asyncio.Future[Block]], blocks: Sequence[Block]
+    ) -> list[tuple[BlockKey, Block]]:
         """Answer the waiting readers and remember the blocks in memory; returns the
         non-empty blocks, which still have to go to disk."""
-        kept: list[tuple[BlockKey, bytes]] = []
+        kept: list[tuple[BlockKey, Block]] = []
         for n, (key, future) in enumerate(zip(keys, futures, strict=True)):
             data = blocks[n] if n < len(blocks) else b""
             if data:
@@ -520,7 +527,7 @@ class BlockCache:
         return kept
 
     def _fail_waiting(
-        self, chunk: str, futures: list[asyncio.Future[bytes]], exc: BaseException
+        self, chunk: str, futures: list[asyncio.Future[Block]], exc: BaseException
     ) -> None:
         """Pass a failed fill on to the readers still waiting (or just log it when all
         of them were answered and only keeping the blocks failed)."""
@@ -530,7 +537,7 @@ class BlockCache:
         if not failed:
             log.warning("cannot keep blocks of %s in the cache: %s", chunk, exc)
 
-    def _drop_inflight(self, keys: list[BlockKey], futures: list[asyncio.Future[bytes]]) -> None:
+    def _drop_inflight(self, keys: list[BlockKey], futures: list[asyncio.Future[Block]]) -> None:
         # Only entries still ours: block-by-block fills of a failed run clear their own.
         for key, future in zip(keys, futures, strict=True):
             if self._inflight.get(key) is future:
@@ -549,7 +556,7 @@ class BlockCache:
             raise
         return fd, b"".join(parts), _signature(before)
 
-    def _write_files(self, blocks: list[tuple[BlockKey, bytes]]) -> list[tuple[int, int, int]]:
+    def _write_files(self, blocks: list[tuple[BlockKey, Block]]) -> list[tuple[int, int, int]]:
         return [self._write_file(key, data) for key, data in blocks]
 
     def _write_file(self, key: BlockKey, data: bytes | memoryview) -> tuple[int, int, int]:
@@ -595,7 +602,7 @@ class BlockCache:
             self._sizes.move_to_end(key)
             self._touched.add(key)
 
-    def _remember(self, key: BlockKey, data: bytes) -> None:
+    def _remember(self, key: BlockKey, data: Block) -> None:
         if key in self._memory:
             return
         self._memory[key] = data

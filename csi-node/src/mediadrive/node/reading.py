@@ -22,7 +22,7 @@ from mediadrive.core.errors import CorruptChunk
 from mediadrive.core.extents import BlockRef, ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 
-from .cache import BlockCache
+from .cache import Block, BlockCache
 
 # Read-ahead grows while a reader stays sequential: 2, 4, 8 ... blocks, up to this.
 MAX_READAHEAD_BLOCKS = 32
@@ -186,10 +186,10 @@ async def read_content(
     return b"".join(parts)
 
 
-async def _block(cache: BlockCache, start: int, chunk: str, index: int) -> bytes:
+async def _block(cache: BlockCache, start: int, chunk: str, index: int) -> Block:
     """A block that starts at file offset ``start``; a damaged one says where it is."""
     try:
-        return await cache.get(chunk, index)
+        return await cache.view(chunk, index)
     except CorruptChunk as exc:
         exc.offset = start
         raise
