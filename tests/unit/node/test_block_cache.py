@@ -7,6 +7,8 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from mediadrive.node.cache import BlockCache
 
 
@@ -153,5 +155,67 @@ async def test_a_small_read_of_a_checked_block_reads_only_its_bytes_until_it_cha
     assert checked == [("c1", 0), ("c1", 0)]
     assert cache.figures.corrupt == 1
     assert len(store.single) + len(store.runs) == 1
+    await landed(cache)
+    await cache.close()
+
+
+async def test_a_fill_fetches_runs_within_the_bound_and_stops_when_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocks of the fake store are small: count the bound in them.
+    monkeypatch.setattr("mediadrive.node.cache.BLOCK_SIZE", 100)
+    store = Store()
+    cache = open_cache(tmp_path, store, capacity=1000)
+    cache.set_pinned({"pinned"})
+    await cache.get("pinned", 0)
+    await landed(cache)
+    await cache.fill([("c1", i) for i in range(20)], parallel=2)
+    await landed(cache)
+    # 1,000 bytes, 100 of them pinned: room for 9 blocks, fetched as runs of up to 8.
+    assert store.runs == [("pinned", 0, 1), ("c1", 0, 8), ("c1", 8, 1)]
+    assert [cache.has("c1", i) for i in range(10)] == [True] * 9 + [False]
+    assert cache.total == 1000
+
+    store = Store()
+    cache = open_cache(tmp_path / "other", store, capacity=1 << 20)
+    asked = 0
+
+    def keep_going() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked <= 2
+
+    await cache.fill([("c2", i) for i in range(40)], parallel=1, keep_going=keep_going)
+    await landed(cache)
+    assert store.runs == [("c2", 0, 8), ("c2", 8, 8)]
+    await cache.close()
+
+
+async def test_blocks_a_fill_wrote_are_read_back_unchecked_until_changed(tmp_path: Path) -> None:
+    store = Store()
+    checked: list[tuple[str, int]] = []
+
+    async def check(chunk: str, index: int, data: bytes) -> bool:
+        checked.append((chunk, index))
+        return await store.check(chunk, index, data)
+
+    cache = BlockCache(tmp_path, 1 << 20, store.fetch, fetch_run=store.fetch_run, check=check)
+    cache.open()
+    await cache.fill([("c1", i) for i in range(3)])
+    await landed(cache)
+    cache._memory.clear()
+    cache._memory_bytes = 0
+    # Written from verified bytes: read back without another check, in part or whole.
+    assert await cache.read("c1", 1, 5, 15) == block("c1", 1)[5:15]
+    assert await cache.get("c1", 2) == block("c1", 2)
+    assert checked == []
+    # Changed on disk: checked, found damaged, fetched again; never the wrong bytes.
+    path = next((tmp_path / "blocks").rglob("c1.0"))
+    stamp = path.stat().st_mtime_ns
+    path.write_bytes(b"X" * len(block("c1", 0)))
+    os.utime(path, ns=(stamp + 10**9, stamp + 10**9))
+    assert await cache.read("c1", 0, 0, 10) == block("c1", 0)[:10]
+    assert checked == [("c1", 0)]
+    assert cache.figures.corrupt == 1
     await landed(cache)
     await cache.close()

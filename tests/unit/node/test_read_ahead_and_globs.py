@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
+from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE as B
+from mediadrive.core.meta import Extent
+from mediadrive.node.cache import MAX_RUN_BLOCKS
 from mediadrive.node.hydrate import compile_glob, fixed_prefix, matches
-from mediadrive.node.reading import MAX_READAHEAD_BLOCKS, ReadAhead
+from mediadrive.node.reading import FILL_PARALLEL, MAX_READAHEAD_BLOCKS, ReadAhead, read_content
+
+from .test_block_cache import Store, block, landed, open_cache
 
 
 def test_read_ahead_windows_double_while_sequential_then_top_up_by_halves() -> None:
@@ -84,3 +92,38 @@ def test_unclosed_bracket_is_a_literal() -> None:
 )
 def test_fixed_prefix(pattern: str, prefix: str) -> None:
     assert fixed_prefix(pattern) == prefix
+
+
+@pytest.mark.parametrize("stop", ["close", "new version"])
+async def test_a_random_reader_fills_the_file_until_it_is_closed_or_replaced(
+    tmp_path: Path, stop: str
+) -> None:
+    store = Store()
+    store.gate.clear()
+    cache = open_cache(tmp_path, store, capacity=1 << 40)
+    content = ExtentMap.of(1, 64 * B, [Extent(offset=0, length=64 * B, chunk_id="c1")])
+    ahead = ReadAhead()
+    current = True
+    reads = [
+        asyncio.create_task(read_content(cache, content, offset, 10, ahead, lambda: current))
+        for offset in (40 * B, 3 * B)
+    ]
+    await asyncio.sleep(0.05)
+    # The blocks read first, each on its own; then the fill from the second jump on,
+    # in runs, about FILL_PARALLEL of them at a time.
+    assert store.runs[:4] == [("c1", 40, 1), ("c1", 3, 1), ("c1", 4, 7), ("c1", 11, 8)]
+    filling = sum(count for _, _, count in store.runs[2:])
+    assert FILL_PARALLEL * MAX_RUN_BLOCKS <= filling < (FILL_PARALLEL + 1) * MAX_RUN_BLOCKS
+    asked = len(store.runs)
+    if stop == "close":
+        ahead.stop()
+    else:
+        current = False
+    store.gate.set()
+    assert [bytes(await read) for read in reads] == [block("c1", 40)[:10], block("c1", 3)[:10]]
+    await asyncio.sleep(0.05)
+    await landed(cache)
+    # What was asked for lands; nothing more is.
+    assert len(store.runs) == asked
+    assert cache.has("c1", 20) and not cache.has("c1", 50)
+    await cache.close()

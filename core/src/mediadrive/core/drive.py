@@ -485,6 +485,9 @@ class Drive:
     async def read_blocks(self, chunk: str, first: int, count: int) -> list[bytes]:
         return await self.blocks.read_blocks(chunk, first, count)
 
+    async def read_block_views(self, chunk: str, first: int, count: int) -> list[memoryview]:
+        return await self.blocks.read_block_views(chunk, first, count)
+
     async def check_block(self, chunk: str, index: int, data: bytes) -> bool:
         return await self.blocks.check_block(chunk, index, data)
 

@@ -111,7 +111,7 @@ async def _open(options: MountOptions, kernel: Kernel, cleanups: list[Cleanup]) 
         cache_dir,
         options.cache_size,
         drive.read_block,
-        fetch_run=drive.read_blocks,
+        fetch_run=drive.read_block_views,
         check=drive.check_block,
     )
     cache.open()

@@ -15,10 +15,15 @@ does not match its index row is dropped when the cache opens. A block read back
 from disk is checked against its digest (when given a ``check``): a damaged one is
 dropped, logged and fetched again, never returned.
 
-A block checked once stays open (up to ``_OPEN_BLOCKS`` of them, least recently used
-closed first): a small read of it is one ``pread`` of the bytes asked for, as long as
-the file is the one checked, unchanged since (same inode, size and modification
-time). Anything else reads the whole block and checks it again.
+A block checked once (or written by the cache from verified bytes) is remembered
+with the signature of its file (inode, size, modification time), and stays open (up
+to ``_OPEN_BLOCKS`` of them, least recently used closed first): a read of it is one
+``pread`` of the bytes asked for, as long as the file is the one checked, unchanged
+since. Anything else reads the whole block and checks it again.
+
+:meth:`BlockCache.fill` brings many blocks in the background (a file read at random,
+a hydrate) as runs of several blocks, a few runs at a time; blocks a reader waits for
+go out on their own meanwhile and are never queued behind it.
 """
 
 from __future__ import annotations
@@ -30,17 +35,20 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mediadrive.core import private
+from mediadrive.core.hashing import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[str, int], Awaitable[bytes]]
+# A block's bytes: views of one buffer when a run of blocks came in one request.
+Block = bytes | memoryview
+Fetch = Callable[[str, int], Awaitable[Block]]
 # Blocks ``first`` .. ``first + count - 1`` of a chunk in one request, each verified.
-FetchRun = Callable[[str, int, int], Awaitable[list[bytes]]]
+FetchRun = Callable[[str, int, int], Awaitable[Sequence[Block]]]
 # Whether block bytes read back from disk are still what was fetched.
 Check = Callable[[str, int, bytes], Awaitable[bool]]
 BlockKey = tuple[str, int]
@@ -55,6 +63,8 @@ _MEMORY_BYTES = 64 << 20
 _INDEX_FLUSH_SECONDS = 5.0
 # Checked blocks kept open for small reads.
 _OPEN_BLOCKS = 256
+# Checked blocks whose file signature is remembered (reopened without a new check).
+_CHECKED_BLOCKS = 1 << 16
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS blocks ("
@@ -84,6 +94,24 @@ class CacheFigures:
     corrupt: int = 0
 
 
+def runs_of(keys: Iterable[BlockKey]) -> list[list[BlockKey]]:
+    """The keys in order, cut into runs of consecutive blocks of one chunk (each at
+    most ``MAX_RUN_BLOCKS``): what one ranged request can fetch."""
+    runs: list[list[BlockKey]] = []
+    for key in sorted(set(keys)):
+        last = runs[-1][-1] if runs else None
+        if (
+            last is not None
+            and last[0] == key[0]
+            and last[1] + 1 == key[1]
+            and len(runs[-1]) < MAX_RUN_BLOCKS
+        ):
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+    return runs
+
+
 def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -106,11 +134,13 @@ class BlockCache:
         self._slots = asyncio.Semaphore(fetch_concurrency)
         self._blocks_dir = root / "blocks"
         self._sizes: OrderedDict[BlockKey, int] = OrderedDict()
-        self._memory: OrderedDict[BlockKey, bytes] = OrderedDict()
+        self._memory: OrderedDict[BlockKey, Block] = OrderedDict()
         self._memory_bytes = 0
         # Checked blocks: an open descriptor and the (inode, size, mtime) checked.
         self._open: OrderedDict[BlockKey, tuple[int, tuple[int, int, int]]] = OrderedDict()
-        self._inflight: dict[BlockKey, asyncio.Future[bytes]] = {}
+        # Blocks whose file was checked (or written from verified bytes): its signature.
+        self._checked: OrderedDict[BlockKey, tuple[int, int, int]] = OrderedDict()
+        self._inflight: dict[BlockKey, asyncio.Future[Block]] = {}
         self._touched: set[BlockKey] = set()
         # Index rows of blocks added since the last flush (a crash loses only rows:
         # blocks on disk without one are adopted when the cache opens).
@@ -250,6 +280,11 @@ class BlockCache:
 
     async def get(self, chunk: str, index: int) -> bytes:
         """Block ``index`` of ``chunk``: from memory, from disk, or fetched once."""
+        data = await self.view(chunk, index)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    async def view(self, chunk: str, index: int) -> Block:
+        """:meth:`get`, but maybe a view of a larger buffer (no copy of its own)."""
         key = (chunk, index)
         data = self._memory.get(key)
         if data is not None:
@@ -263,7 +298,11 @@ class BlockCache:
             except FileNotFoundError:
                 self._forget(key)
             else:
-                if self._check is None or await self._check(chunk, index, data):
+                if (
+                    self._checked.get(key) == signature
+                    or self._check is None
+                    or await self._check(chunk, index, data)
+                ):
                     self._use(key)
                     self._remember(key, data)
                     self._keep_open(key, fd, signature)
@@ -281,8 +320,8 @@ class BlockCache:
             self._spawn(chunk, index, [future])
         return await asyncio.shield(future)
 
-    async def read(self, chunk: str, index: int, start: int, end: int) -> bytes:
-        """Bytes ``start:end`` of a block: a slice of memory, one ``pread`` of a block
+    async def read(self, chunk: str, index: int, start: int, end: int) -> bytes | memoryview:
+        """Bytes ``start:end`` of a block: a view of memory, one ``pread`` of a block
         checked before and unchanged since, or else the whole block by :meth:`get`."""
         key = (chunk, index)
         data = self._memory.get(key)
@@ -290,19 +329,26 @@ class BlockCache:
             part = self._read_open(key, start, end)
             if part is not None:
                 return part
-            data = await self.get(chunk, index)
+            data = await self.view(chunk, index)
         else:
             self._memory.move_to_end(key)
             self._use(key)
             self.figures.hits += 1
-        return data[start:end]
+        if start == 0 and end >= len(data):
+            return data
+        # A view: the reply is copied to the kernel from it, not copied once more before.
+        return memoryview(data)[start:end]
 
     def _read_open(self, key: BlockKey, start: int, end: int) -> bytes | None:
         """The bytes from the block's open descriptor, or None when it has none or its
         file is not the one checked any more."""
-        entry = self._open.get(key)
-        if entry is None or key not in self._sizes:
+        if key not in self._sizes:
             return None
+        entry = self._open.get(key)
+        if entry is None:
+            entry = self._reopen(key)
+            if entry is None:
+                return None
         fd, signature = entry
         try:
             if (
@@ -319,8 +365,28 @@ class BlockCache:
         self.figures.hits += 1
         return part
 
+    def _reopen(self, key: BlockKey) -> tuple[int, tuple[int, int, int]] | None:
+        """Open a block checked before, but closed since (its signature is compared by
+        the caller before any byte of it is used)."""
+        signature = self._checked.get(key)
+        if signature is None:
+            return None
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        self._keep_open(key, fd, signature)
+        return fd, signature
+
+    def _mark_checked(self, key: BlockKey, signature: tuple[int, int, int]) -> None:
+        self._checked[key] = signature
+        self._checked.move_to_end(key)
+        while len(self._checked) > _CHECKED_BLOCKS:
+            self._checked.popitem(last=False)
+
     def _keep_open(self, key: BlockKey, fd: int, signature: tuple[int, int, int]) -> None:
         self._close_open(key)
+        self._mark_checked(key, signature)
         self._open[key] = (fd, signature)
         while len(self._open) > _OPEN_BLOCKS:
             self._close_open(next(iter(self._open)))
@@ -334,12 +400,14 @@ class BlockCache:
         """Start fetching a block in the background unless it is here or on its way."""
         self.prefetch_many([(chunk, index)])
 
-    def prefetch_many(self, keys: Iterable[BlockKey]) -> None:
-        """Start fetching the blocks that are neither here nor on their way.
+    def prefetch_many(self, keys: Iterable[BlockKey]) -> list[asyncio.Future[Block]]:
+        """Start fetching the blocks that are neither here nor on their way; returns
+        the futures of those started.
 
         Consecutive blocks of one chunk share a request (up to ``MAX_RUN_BLOCKS``).
         """
-        run: list[asyncio.Future[bytes]] = []
+        started: list[asyncio.Future[Block]] = []
+        run: list[asyncio.Future[Block]] = []
         run_chunk, run_first = "", 0
         loop = asyncio.get_running_loop()
         for key in keys:
@@ -361,29 +429,60 @@ class BlockCache:
             # Nobody may ever await a read-ahead: mark its failure as seen.
             future.add_done_callback(lambda f: f.cancelled() or f.exception())
             run.append(future)
+            started.append(future)
         if run:
             self._spawn(run_chunk, run_first, run)
+        return started
 
-    def _spawn(self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]) -> None:
+    async def fill(
+        self,
+        keys: Iterable[BlockKey],
+        parallel: int = 4,
+        keep_going: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Bring blocks into the cache in the background: runs of up to
+        ``MAX_RUN_BLOCKS`` blocks, ``parallel`` runs at a time, while ``keep_going()``
+        and while they fit in the cache's bound beside its pinned blocks. Failures
+        are left to whoever reads the block (it is fetched again on its own)."""
+        keys = list(keys)
+        room = self.capacity - self.pinned_bytes
+        # The blocks of the runs in flight (awaited as they are, never cancelled here:
+        # readers may be waiting on them too).
+        pending: set[asyncio.Future[Block]] = set()
+        for n in range(0, len(keys), MAX_RUN_BLOCKS):
+            while len(pending) >= parallel * MAX_RUN_BLOCKS:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if not keep_going():
+                return
+            run = [key for key in keys[n : n + MAX_RUN_BLOCKS] if key not in self._sizes]
+            run = run[: max(room // BLOCK_SIZE, 0)]
+            room -= len(run) * BLOCK_SIZE
+            pending.update(self.prefetch_many(run))
+            if room < BLOCK_SIZE:
+                break
+        if pending:
+            await asyncio.wait(pending)
+
+    def _spawn(self, chunk: str, first: int, futures: list[asyncio.Future[Block]]) -> None:
         task = asyncio.create_task(self._fill(chunk, first, futures))
         self._fills.add(task)
         task.add_done_callback(self._fills.discard)
 
-    async def _fetch_blocks(self, chunk: str, first: int, count: int) -> list[bytes]:
+    async def _fetch_blocks(self, chunk: str, first: int, count: int) -> Sequence[Block]:
         if self.fetch_run is not None:
             return await self.fetch_run(chunk, first, count)
         return [await self._fetch(chunk, first)]
 
-    async def _fill(self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]) -> None:
+    async def _fill(self, chunk: str, first: int, futures: list[asyncio.Future[Block]]) -> None:
         keys = [(chunk, first + n) for n in range(len(futures))]
         try:
             blocks = await self._fetch_or_split(chunk, first, futures)
             if blocks is None:
                 return
             kept = self._hand_out(keys, futures, blocks)
-            await asyncio.to_thread(self._write_files, kept)
-            for key, data in kept:
-                self._add(key, len(data))
+            signatures = await asyncio.to_thread(self._write_files, kept)
+            for (key, data), signature in zip(kept, signatures, strict=True):
+                self._add(key, len(data), signature)
         except BaseException as exc:
             self._fail_waiting(chunk, futures, exc)
             # Cancellation and the like must still reach whoever runs this fill.
@@ -393,8 +492,8 @@ class BlockCache:
             self._drop_inflight(keys, futures)
 
     async def _fetch_or_split(
-        self, chunk: str, first: int, futures: list[asyncio.Future[bytes]]
-    ) -> list[bytes] | None:
+        self, chunk: str, first: int, futures: list[asyncio.Future[Block]]
+    ) -> Sequence[Block] | None:
         """The blocks of the run, or None when a failed run was filled block by block."""
         try:
             async with self._slots:
@@ -410,11 +509,11 @@ class BlockCache:
             return None
 
     def _hand_out(
-        self, keys: list[BlockKey], futures: list[asyncio.Future[bytes]], blocks: list[bytes]
-    ) -> list[tuple[BlockKey, bytes]]:
+        self, keys: list[BlockKey], futures: list[asyncio.Future[Block]], blocks: Sequence[Block]
+    ) -> list[tuple[BlockKey, Block]]:
         """Answer the waiting readers and remember the blocks in memory; returns the
         non-empty blocks, which still have to go to disk."""
-        kept: list[tuple[BlockKey, bytes]] = []
+        kept: list[tuple[BlockKey, Block]] = []
         for n, (key, future) in enumerate(zip(keys, futures, strict=True)):
             data = blocks[n] if n < len(blocks) else b""
             if data:
@@ -428,7 +527,7 @@ class BlockCache:
         return kept
 
     def _fail_waiting(
-        self, chunk: str, futures: list[asyncio.Future[bytes]], exc: BaseException
+        self, chunk: str, futures: list[asyncio.Future[Block]], exc: BaseException
     ) -> None:
         """Pass a failed fill on to the readers still waiting (or just log it when all
         of them were answered and only keeping the blocks failed)."""
@@ -438,7 +537,7 @@ class BlockCache:
         if not failed:
             log.warning("cannot keep blocks of %s in the cache: %s", chunk, exc)
 
-    def _drop_inflight(self, keys: list[BlockKey], futures: list[asyncio.Future[bytes]]) -> None:
+    def _drop_inflight(self, keys: list[BlockKey], futures: list[asyncio.Future[Block]]) -> None:
         # Only entries still ours: block-by-block fills of a failed run clear their own.
         for key, future in zip(keys, futures, strict=True):
             if self._inflight.get(key) is future:
@@ -457,19 +556,26 @@ class BlockCache:
             raise
         return fd, b"".join(parts), _signature(before)
 
-    def _write_files(self, blocks: list[tuple[BlockKey, bytes]]) -> None:
-        for key, data in blocks:
-            self._write_file(key, data)
+    def _write_files(self, blocks: list[tuple[BlockKey, Block]]) -> list[tuple[int, int, int]]:
+        return [self._write_file(key, data) for key, data in blocks]
 
-    def _write_file(self, key: BlockKey, data: bytes | memoryview) -> None:
+    def _write_file(self, key: BlockKey, data: bytes | memoryview) -> tuple[int, int, int]:
+        """Write a block's file; returns its signature (renaming keeps it)."""
         path = self._path(key)
         if path.parent not in self._dirs:
             private.make_dir(path.parent)
             self._dirs.add(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}")
-        with open(tmp, "wb", opener=private.opener) as f:
-            f.write(data)
+        fd = private.opener(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            signature = _signature(os.fstat(fd))
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
+        return signature
 
     async def put_many(self, blocks: Iterable[tuple[str, int, bytes]]) -> None:
         """Add blocks known to be right (just committed from local data)."""
@@ -477,16 +583,18 @@ class BlockCache:
             key = (chunk, index)
             if key in self._sizes:
                 continue
-            await asyncio.to_thread(self._write_file, key, data)
-            self._add(key, len(data))
+            signature = await asyncio.to_thread(self._write_file, key, data)
+            self._add(key, len(data), signature)
 
-    def _add(self, key: BlockKey, size: int) -> None:
+    def _add(self, key: BlockKey, size: int, signature: tuple[int, int, int]) -> None:
+        """Index a block just written from bytes known right (its file's signature)."""
         if key in self._sizes:
             self._use(key)
             return
         self._sizes[key] = size
         self.total += size
         self._new_rows[key] = (size, time.time())
+        self._mark_checked(key, signature)
         self._evict()
 
     def _use(self, key: BlockKey) -> None:
@@ -494,7 +602,7 @@ class BlockCache:
             self._sizes.move_to_end(key)
             self._touched.add(key)
 
-    def _remember(self, key: BlockKey, data: bytes) -> None:
+    def _remember(self, key: BlockKey, data: Block) -> None:
         if key in self._memory:
             return
         self._memory[key] = data
@@ -505,6 +613,7 @@ class BlockCache:
 
     def _forget(self, key: BlockKey) -> None:
         self._close_open(key)
+        self._checked.pop(key, None)
         size = self._sizes.pop(key, None)
         if size is None:
             return

@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import pyfuse3
 
@@ -272,7 +272,9 @@ class DriveFS(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.vfs.read(fh, off, size)
+        # pyfuse3 replies from any buffer (its stub says bytes): a view of a cached
+        # block goes to the kernel without a copy of its own.
+        return cast("bytes", await self.vfs.read(fh, off, size))
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -20,7 +20,7 @@ from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Event, Node, NodeKind
 
-from .cache import BlockCache
+from .cache import BlockCache, runs_of
 from .hydrate import Manifest, ManifestEntry, fixed_prefix, matches
 from .tree import Tree
 from .vfs import VFS
@@ -141,17 +141,19 @@ class Pins:
         before = self.cache.figures.bytes_fetched
         slots = asyncio.Semaphore(FETCH_SLOTS)
 
-        async def one(chunk: str, index: int) -> None:
+        async def one(run: list[tuple[str, int]]) -> None:
             nonlocal done
             async with slots:
-                data = await self.cache.get(chunk, index)
-            done += len(data)
+                # Consecutive blocks go out as one ranged request.
+                self.cache.prefetch_many(run)
+                for data in await asyncio.gather(*(self.cache.get(*key) for key in run)):
+                    done += len(data)
             if progress is not None:
                 progress(min(done, total), total)
 
         if progress is not None:
             progress(max(done, 0), total)
-        await asyncio.gather(*(one(*key) for key in missing))
+        await asyncio.gather(*(one(run) for run in runs_of(missing)))
         if progress is not None:
             progress(total, total)
         return self.cache.figures.bytes_fetched - before

@@ -1,34 +1,77 @@
-"""Reading committed file content through the block cache, with sequential read-ahead."""
+"""Reading committed file content through the block cache.
+
+Two kinds of reader are helped along:
+
+- a sequential reader gets read-ahead: a window of blocks past where it reads,
+  fetched as runs of several blocks side by side (see :class:`ReadAhead`);
+- a file read at random (reads that jump and miss the cache) is brought into the
+  cache whole, in the background, as several concurrent ranged reads, while each
+  block a read waits for is fetched on its own at once (see :class:`FileFill`).
+  Later reads are then local. Only files that take a small share of the cache's
+  bound are filled whole; of a larger one, the chunk around the read (if that fits).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from mediadrive.core.errors import CorruptChunk
-from mediadrive.core.extents import ExtentMap
+from mediadrive.core.extents import BlockRef, ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 
-from .cache import BlockCache
+from .cache import Block, BlockCache
 
 # Read-ahead grows while a reader stays sequential: 2, 4, 8 ... blocks, up to this.
 MAX_READAHEAD_BLOCKS = 32
+# Reads that jump and miss the cache before the file (or its chunk) is filled: one
+# jump alone (a header, then the data) says little about the next reads.
+RANDOM_MISSES_TO_FILL = 2
+# A file is filled whole when it takes at most this share of the cache's bound.
+FILL_SHARE = 4
+# Runs of blocks a fill keeps in flight.
+FILL_PARALLEL = 4
+
+
+@dataclass
+class FileFill:
+    """The background fill of one file's blocks (or one chunk's) into the cache."""
+
+    content: ExtentMap
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 @dataclass
 class ReadAhead:
-    """Per open file: where the last read ended and how far ahead to fetch."""
+    """Per open file: where the last read ended and how far ahead to fetch; reads
+    that jumped and missed the cache; the file's background fill."""
 
     next_offset: int = -1
     window: int = 0
     # Read-ahead has been started up to here (a file offset).
     ahead_to: int = 0
+    # The last read went on from the one before (within a little reordering).
+    sequential: bool = False
+    random_misses: int = 0
+    fill: FileFill | None = field(default=None, repr=False)
 
     def advance(self, offset: int, size: int) -> tuple[int, int]:
         """Note a read; the file range to start fetching ahead now (empty for none)."""
         gap = offset - self.next_offset
         end = offset + size
         # Requests of one sequential reader may arrive slightly out of order.
-        if self.next_offset >= 0 and -BLOCK_SIZE <= gap <= 4 * BLOCK_SIZE:
+        self.sequential = self.next_offset >= 0 and -BLOCK_SIZE <= gap <= 4 * BLOCK_SIZE
+        if self.sequential:
             self.window = min(max(self.window * 2, 2), MAX_READAHEAD_BLOCKS)
             self.next_offset = max(self.next_offset, end)
         else:
@@ -45,10 +88,73 @@ class ReadAhead:
         self.ahead_to = limit
         return start, limit
 
+    def stop(self) -> None:
+        """The file is closed: stop its fill."""
+        if self.fill is not None:
+            self.fill.stop()
+            self.fill = None
+
+
+def fill_region(cache: BlockCache, content: ExtentMap, offset: int) -> list[BlockRef]:
+    """The blocks to bring in for a random reader at ``offset``, from there on and
+    then from the start: the whole file if it takes a small enough share of the
+    cache, else the chunk around ``offset`` if that does, else none."""
+    limit = cache.capacity // FILL_SHARE
+    if content.size <= limit:
+        start, length = 0, content.size
+    else:
+        extent = next(
+            (e for e in content.extents if e.offset <= offset < e.offset + e.length), None
+        )
+        if extent is None or extent.length > limit:
+            return []
+        start, length = extent.offset, extent.length
+    blocks = content.blocks(start, length)
+    first = next((n for n, b in enumerate(blocks) if b.offset + BLOCK_SIZE > offset), 0)
+    return blocks[first:] + blocks[:first]
+
+
+def _start_fill(
+    cache: BlockCache,
+    content: ExtentMap,
+    offset: int,
+    ahead: ReadAhead,
+    current: Callable[[], bool],
+) -> None:
+    if ahead.fill is not None:
+        if ahead.fill.content is content and (
+            ahead.fill.running or content.size <= cache.capacity // FILL_SHARE
+        ):
+            return  # filling, or filled (what went since is fetched by its readers)
+        ahead.stop()
+    region = fill_region(cache, content, offset)
+    if not region:
+        return
+    fill = ahead.fill = FileFill(content)
+
+    def keep_going() -> bool:
+        return ahead.fill is fill and current()
+
+    async def run() -> None:
+        with contextlib.suppress(Exception):
+            await cache.fill(((b.chunk_id, b.block) for b in region), FILL_PARALLEL, keep_going)
+
+    fill.task = asyncio.get_running_loop().create_task(run())
+
 
 async def read_content(
-    cache: BlockCache, content: ExtentMap, offset: int, size: int, ahead: ReadAhead | None
-) -> bytes:
+    cache: BlockCache,
+    content: ExtentMap,
+    offset: int,
+    size: int,
+    ahead: ReadAhead | None,
+    current: Callable[[], bool] = lambda: True,
+) -> bytes | memoryview:
+    """Bytes ``offset`` .. ``offset + size`` of ``content`` (fewer at its end).
+
+    ``ahead`` (per open file) enables read-ahead and fills; ``current()`` says whether
+    ``content`` is still the file's, so that a fill of a replaced version stops.
+    """
     end = min(offset + size, content.size)
     if end <= offset:
         return b""
@@ -60,6 +166,10 @@ async def read_content(
         lo, hi = ahead.advance(offset, end - offset)
         if hi > lo:
             cache.prefetch_many((chunk, index) for _, chunk, index in content.blocks(lo, hi - lo))
+        if not ahead.sequential and not all(cache.has(b.chunk_id, b.block) for b in covering):
+            ahead.random_misses += 1
+            if ahead.random_misses >= RANDOM_MISSES_TO_FILL:
+                _start_fill(cache, content, offset, ahead, current)
     if len(covering) == 1:
         start, chunk, index = covering[0]
         try:
@@ -72,14 +182,14 @@ async def read_content(
         data = await _block(cache, start, chunk, index)
         lo = max(offset, start) - start
         hi = min(end, start + len(data)) - start
-        parts.append(data[lo:hi])
+        parts.append(memoryview(data)[lo:hi])
     return b"".join(parts)
 
 
-async def _block(cache: BlockCache, start: int, chunk: str, index: int) -> bytes:
+async def _block(cache: BlockCache, start: int, chunk: str, index: int) -> Block:
     """A block that starts at file offset ``start``; a damaged one says where it is."""
     try:
-        return await cache.get(chunk, index)
+        return await cache.view(chunk, index)
     except CorruptChunk as exc:
         exc.offset = start
         raise

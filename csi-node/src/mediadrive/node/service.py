@@ -150,7 +150,7 @@ class MountService:
         async def stream() -> AsyncIterator[bytes]:
             step = 8 * BLOCK_SIZE
             for offset in range(0, content.size, step):
-                yield await read_content(cache, content, offset, step, None)
+                yield bytes(await read_content(cache, content, offset, step, None))
 
         return content.size, stream()
 

@@ -607,7 +607,7 @@ class VFS:
         staged.writers += 1
         return self._open_handle(node, True), self.attrs(node)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         try:
             return await self._read(fh, offset, size)
         except CorruptChunk as exc:
@@ -623,7 +623,7 @@ class VFS:
             )
             raise
 
-    async def _read(self, fh: int, offset: int, size: int) -> bytes:
+    async def _read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self.handles[fh]
         staged = self.staging.get(handle.node_id)
         while staged is not None:
@@ -639,7 +639,16 @@ class VFS:
             if node is None:
                 raise FsError(errno.ENOENT)
             content = await self.content(node)
-        return await read_content(self.cache, content, offset, size, handle.ahead)
+        node_id = handle.node_id
+        return await read_content(
+            self.cache,
+            content,
+            offset,
+            size,
+            handle.ahead,
+            # A background fill of the file stops once it has a new version.
+            lambda: self._contents.get(node_id) is content,
+        )
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handles[fh]
@@ -722,6 +731,7 @@ class VFS:
         if handle is None:
             return
         self.open_counts[handle.node_id] -= 1
+        handle.ahead.stop()
         if handle.passthrough and self.views is not None:
             self.views.release(handle.node_id)
         if self.open_counts[handle.node_id] <= 0:

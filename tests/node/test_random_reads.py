@@ -1,0 +1,97 @@
+"""A file read at random is brought into the block cache whole, in the background."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import DriveFactory, Mounts, drive_call, wait_until
+
+MiB = 1 << 20
+
+
+def test_a_random_reader_of_a_cold_file_ends_with_the_whole_file_cached(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive(chunk_size="4MiB")
+    data = os.urandom(12 * MiB + 123)
+    drive_call(name, lambda d: d.write_file("/r.bin", io.BytesIO(data)))
+    m = mounts.mount(name)
+    rng = random.Random(7)
+    fd = os.open(m / "r.bin", os.O_RDONLY)
+    try:
+        for offset in (9 * MiB + 5, 2 * MiB + 4096, 11 * MiB):
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        # While the file is open, the rest of it arrives without being read.
+        wait_until(lambda: m.status()["bytes_fetched"] >= len(data))
+        for _ in range(200):
+            offset = rng.randrange(len(data))
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+    finally:
+        os.close(fd)
+    status = m.status()
+    # Every block once, no more.
+    assert status["bytes_fetched"] == len(data)
+    assert status["blocks_fetched"] == 13
+    assert (m / "r.bin").read_bytes() == data
+
+
+def test_a_fill_stays_within_the_cache_bound(make_drive: DriveFactory, mounts: Mounts) -> None:
+    name = make_drive(chunk_size="4MiB")
+    data = os.urandom(40 * MiB)
+    drive_call(name, lambda d: d.write_file("/big.bin", io.BytesIO(data)))
+    # The file is larger than a quarter of the cache: only the chunk around a read.
+    m = mounts.mount(name, cache_size="64MiB")
+    fd = os.open(m / "big.bin", os.O_RDONLY)
+    try:
+        for offset in (30 * MiB + 7, 21 * MiB + 4096):
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        wait_until(lambda: m.status()["bytes_fetched"] >= 5 * MiB)
+        time.sleep(1)
+        fetched = m.status()["bytes_fetched"]
+        # Chunk 5 (20..24 MiB) is here whole: reading it fetches nothing more (each
+        # read through a new descriptor, so that none looks sequential).
+        for offset in (20 * MiB + 100, 22 * MiB, 23 * MiB + 9000):
+            other = os.open(m / "big.bin", os.O_RDONLY)
+            try:
+                assert os.pread(other, 4096, offset) == data[offset : offset + 4096]
+            finally:
+                os.close(other)
+        assert m.status()["bytes_fetched"] == fetched
+    finally:
+        os.close(fd)
+    # Not the whole file (a few blocks the kernel read ahead at most).
+    assert fetched <= 12 * MiB
+
+
+def test_a_block_damaged_in_the_store_stays_an_io_error_for_a_random_reader(
+    make_drive: DriveFactory, mounts: Mounts, home: Path
+) -> None:
+    name = make_drive()
+    data = os.urandom(10 * MiB)
+    drive_call(name, lambda d: d.write_file("/d.bin", io.BytesIO(data)))
+    chunk = next((home / "home" / name / "store" / "chunks").glob("*/*"))
+    raw = bytearray(chunk.read_bytes())
+    raw[5 * MiB + 99] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    m = mounts.mount(name)
+    fd = os.open(m / "d.bin", os.O_RDONLY)
+    try:
+        for offset in (8 * MiB, MiB):
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        # The fill brings every sound block; the damaged one never lands.
+        wait_until(lambda: m.status()["bytes_fetched"] >= 9 * MiB)
+        for _ in range(2):
+            with pytest.raises(OSError) as excinfo:
+                os.pread(fd, 4096, 5 * MiB)
+            assert excinfo.value.errno == errno.EIO
+        assert os.pread(fd, 4096, 6 * MiB) == data[6 * MiB : 6 * MiB + 4096]
+    finally:
+        os.close(fd)
+    assert m.status()["bytes_fetched"] == 9 * MiB
