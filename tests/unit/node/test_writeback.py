@@ -178,3 +178,31 @@ def test_fixed_chunks_keep_untouched_runs_as_slices_up_to_a_bound() -> None:
     # A run cut by a truncate, or across a chunk boundary, is not kept.
     assert fixed_reusable([_run(0, 5 * BLOCK_SIZE)], 4 * BLOCK_SIZE, step) == {}
     assert fixed_reusable([_run(15 * BLOCK_SIZE, 2 * BLOCK_SIZE)], size, step) == {}
+
+
+async def test_small_edits_that_would_split_a_chunk_too_far_store_it_whole_again(
+    tmp_path: Path,
+) -> None:
+    chunk = 16 * BLOCK_SIZE
+    data = bytearray(os.urandom(chunk))
+    vfs = await make_test_vfs(tmp_path, chunk_size=chunk)
+    await vfs.write_file("plate.exr", bytes(data))
+    await vfs.parts.writeback.settle()
+    drive = vfs.parts.drive
+    figures = vfs.parts.writeback.figures
+    extents = []
+    # Edits of blocks 1, 3, 5 leave 3, 5 and 7 extents; block 7 would make 9.
+    for block in (1, 3, 5, 7):
+        sent = figures.bytes_uploaded
+        data[block * BLOCK_SIZE : block * BLOCK_SIZE + 4] = b"edit"
+        await vfs.write_at("plate.exr", block * BLOCK_SIZE, b"edit")
+        await vfs.parts.writeback.settle()
+        extents.append(len((await drive.reader("/plate.exr")).extents))
+        assert await vfs.read_file("plate.exr") == data
+    assert extents == [3, 5, 7, 1]
+    # The last commit fetched the untouched blocks and sent the chunk whole.
+    assert figures.bytes_uploaded - sent == chunk
+    await vfs.close()
+    check = await make_test_vfs(tmp_path, cache="check", chunk_size=chunk)
+    assert await check.read_file("plate.exr") == data
+    await check.close()
