@@ -87,6 +87,9 @@ async def test_full_chunks_travel_before_close_and_the_commit_sends_the_rest(
     assert (figures.commits, figures.bytes_uploaded) == (1, len(data))
     reader = await vfs.parts.drive.reader("/clip.bin")
     assert [e.chunk_id for e in reader.extents] == ids(data)
+    # The chunks sent early went into the block cache too: reading back is local.
+    assert await vfs.read_file("clip.bin") == data
+    assert vfs.parts.cache.figures.bytes_fetched == 0
     await vfs.close()
 
     check = await make_test_vfs(tmp_path, cache="check")

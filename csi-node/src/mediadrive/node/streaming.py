@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 
 from mediadrive.core.chunking import Piece
 from mediadrive.core.drive import Drive
+from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
 from mediadrive.core.meta.interface import CHUNK_HOLD
 from mediadrive.core.upload import UploadResult, window
 
+from .cache import BlockCache
 from .staging import StagedFile
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,9 @@ class _FileState:
 class EarlyUploads:
     """Sends full chunks of staged copies ahead of their commits (see module doc)."""
 
-    def __init__(self, drive: Drive) -> None:
+    def __init__(self, drive: Drive, cache: BlockCache) -> None:
         self.drive = drive
+        self.cache = cache
         settings = drive.settings
         self.enabled = settings.chunking == "fixed" and drive.tiers is None
         self.size = settings.chunk_size
@@ -145,6 +148,22 @@ class EarlyUploads:
         state.held.add(extent.chunk_id)
         if state.stamp(index) == stamp:
             state.sent[index] = _Sent(extent, stamp, new)
+        await self._keep_blocks(staged, extent.chunk_id, data)
+
+    async def _keep_blocks(self, staged: StagedFile, chunk: str, data: bytes) -> None:
+        """Put a sent chunk's blocks in the block cache, as a commit does with what it
+        sent (reading a file just written is local), unless the file is too large."""
+        if staged.fd < 0 or staged.size() > self.cache.capacity // 4:
+            return
+        view = memoryview(data)
+        blocks = [
+            (chunk, i // BLOCK_SIZE, bytes(view[i : i + BLOCK_SIZE]))
+            for i in range(0, len(view), BLOCK_SIZE)
+        ]
+        try:
+            await self.cache.put_many(blocks)
+        except OSError as exc:
+            log.warning("cannot keep sent blocks in the cache: %s", exc)
 
     # -- asked by the commit ------------------------------------------------------------
 
