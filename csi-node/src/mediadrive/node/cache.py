@@ -471,7 +471,7 @@ class BlockCache:
             f.write(data)
         os.replace(tmp, path)
 
-    async def put_many(self, blocks: Iterable[tuple[str, int, bytes]]) -> None:
+    async def put_many(self, blocks: Iterable[tuple[str, int, bytes | memoryview]]) -> None:
         """Add blocks known to be right (just committed from local data)."""
         for chunk, index, data in blocks:
             key = (chunk, index)

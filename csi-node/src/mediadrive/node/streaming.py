@@ -155,9 +155,10 @@ class EarlyUploads:
         sent (reading a file just written is local), unless the file is too large."""
         if staged.fd < 0 or staged.size() > self.cache.capacity // 4:
             return
+        # Views, not copies: the event loop must not spend its time copying bytes.
         view = memoryview(data)
         blocks = [
-            (chunk, i // BLOCK_SIZE, bytes(view[i : i + BLOCK_SIZE]))
+            (chunk, i // BLOCK_SIZE, view[i : i + BLOCK_SIZE])
             for i in range(0, len(view), BLOCK_SIZE)
         ]
         try:
