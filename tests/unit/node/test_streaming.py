@@ -5,15 +5,20 @@ whose bytes the copy no longer holds."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from pathlib import Path
 
 from mediadrive.core.blob.wrapper import WrappedStore
+from mediadrive.core.chunking import make_chunker
+from mediadrive.core.config import DriveSettings
+from mediadrive.core.drive import Drive
 from mediadrive.core.hashing import chunk_id
 
-from .vfs_harness import CALLER, TestVFS, make_test_vfs
+from .vfs_harness import CALLER, TestVFS, drive_urls, make_test_vfs
 
 CHUNK = 4096
+MiB = 1 << 20
 
 
 class CountingStore(WrappedStore):
@@ -198,4 +203,64 @@ async def test_holds_of_chunks_sent_early_end_with_the_copy(tmp_path: Path) -> N
     await committed(vfs)
     assert not vfs.parts.writeback.early._files
     assert await vfs.parts.drive.meta.held_unreferenced() == 0
+    await vfs.close()
+
+
+async def cdc_vfs(tmp_path: Path) -> TestVFS:
+    """A VFS on a drive with 8 KiB content-defined chunks, cut early 1 MiB at a time."""
+    settings = DriveSettings(chunking="cdc", chunk_size=8192)
+    meta_url, store_url = drive_urls(tmp_path)
+    drive = await Drive.create("media", meta_url, store_url, settings)
+    await drive.close()
+    vfs = await make_test_vfs(tmp_path)
+    vfs.parts.writeback.early.cdc_batch = MiB
+    return vfs
+
+
+def cdc_ids(data: bytes) -> list[str]:
+    return [chunk_id(p.data) for p in make_chunker("cdc", 8192).split(io.BytesIO(data))]
+
+
+async def test_content_defined_chunks_travel_before_close_cut_as_a_whole_pass(
+    tmp_path: Path,
+) -> None:
+    vfs = await cdc_vfs(tmp_path)
+    store = counting(vfs)
+    data = os.urandom(3 * MiB + 5000)
+    fh = await create(vfs, "take.mov")
+    for offset in range(0, len(data), 64 << 10):
+        await vfs.vfs.write(fh, offset, data[offset : offset + (64 << 10)])
+    # Two batches of 1 MiB at least are cut and sent while the file is open.
+    await sent_early(vfs, 100)
+    early = set(store.puts)
+    assert early < set(cdc_ids(data))
+    vfs.vfs.release(fh)
+    await committed(vfs)
+
+    reader = await vfs.parts.drive.reader("/take.mov")
+    assert [e.chunk_id for e in reader.extents] == cdc_ids(data)
+    assert await reader.read(0, reader.size) == data
+    # No chunk went twice, and the commit sent only what was not sent early.
+    assert sorted(store.puts) == sorted(set(cdc_ids(data)))
+    await vfs.close()
+
+
+async def test_a_content_defined_chunk_rewritten_after_it_was_sent_is_cut_again(
+    tmp_path: Path,
+) -> None:
+    vfs = await cdc_vfs(tmp_path)
+    data = bytearray(os.urandom(3 * MiB))
+    fh = await create(vfs, "take.mov")
+    for offset in range(0, len(data), 64 << 10):
+        await vfs.vfs.write(fh, offset, bytes(data[offset : offset + (64 << 10)]))
+    await sent_early(vfs, 100)
+    await vfs.vfs.write(fh, 300_000, b"regraded")
+    data[300_000:300_008] = b"regraded"
+    vfs.vfs.release(fh)
+    await committed(vfs)
+
+    reader = await vfs.parts.drive.reader("/take.mov")
+    assert await reader.read(0, reader.size) == bytes(data)
+    ids = [e.chunk_id for e in reader.extents]
+    assert ids == [chunk_id(bytes(data[e.offset : e.offset + e.length])) for e in reader.extents]
     await vfs.close()

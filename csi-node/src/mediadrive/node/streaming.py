@@ -7,14 +7,21 @@ claimed and sent in the background, held under a token of the file's own so GC
 leaves them alone. The commit then keeps each such chunk by reference (as it keeps
 untouched chunks of the base) and sends only the rest.
 
-A chunk sent early is only a guess that the bytes are final. Every change to the
-copy is counted per chunk (``StagedFile.touch``): a write bumps the chunks it
-touches, any other change (truncate, punch, a write that failed) bumps them all. A
-chunk sent early is kept by the commit only if its count has not moved since its
-bytes were read, so what the version names is always what the copy holds.
+Content-defined chunks are cut from the start of the file a batch at a time, once
+writes have covered a batch past the last cut: every cut but the last of a batch
+is where a whole pass would cut (a cut depends only on the bytes since the one
+before), so those pieces are sent and the next batch starts at the last cut. The
+commit cuts on from the last kept chunk and finds the same cuts.
 
-Only drives with fixed chunks and no storage pod tier send early: content-defined
-cuts and the pods' placement are left to the commit's upload.
+A chunk sent early is only a guess that the bytes are final. Every change to the
+copy is counted per region (a fixed chunk, or a block under content-defined cuts;
+``StagedFile.touch``): a write bumps the regions it touches, any other change
+(truncate, punch, a write that failed) bumps them all. A chunk sent early is kept by
+the commit only if the counts of its regions have not moved since its bytes were
+read, so what the version names is always what the copy holds.
+
+Drives with a storage pod tier do not send early: where chunks go is left to the
+commit's upload there.
 """
 
 from __future__ import annotations
@@ -22,12 +29,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
-from mediadrive.core.chunking import Piece
+from mediadrive.core.chunking import Piece, make_chunker
 from mediadrive.core.drive import Drive
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
@@ -42,13 +52,22 @@ log = logging.getLogger(__name__)
 # A chunk whose early copy went stale (rewritten after it was read) is sent early
 # again at most this many times: random rewrites are left to the commit.
 _ATTEMPTS = 2
+# Content-defined chunks are cut from the written part of a copy this much at a time.
+_CDC_BATCH = 32 << 20
+# Puts in flight at once for one batch of content-defined chunks.
+_CDC_PUTS = 8
+# The key of a file's content-defined cutting task among its tasks.
+_CUT = -1
+
+# (epoch, changes): whether bytes are still the ones read (see _FileState.stamp).
+Stamp = tuple[int, int]
 
 
 @dataclass
 class _Sent:
     extent: Extent
-    # The chunk's change count when its bytes were read.
-    stamp: tuple[int, int]
+    # The change count of its bytes when they were read.
+    stamp: Stamp
     # Its bytes travelled (the drive lacked it); counted in the first commit naming it.
     new: bool
     counted: bool = False
@@ -56,20 +75,39 @@ class _Sent:
 
 @dataclass(eq=False)
 class _FileState:
+    grain: int
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     # Bumped by every change that is not a plain write (it spoils every chunk).
     epoch: int = 0
-    # Per chunk index: writes that touched it, and bytes they covered (overlaps too).
+    # Per ``grain``-sized region: writes that touched it, and bytes they covered
+    # (overlaps counted twice).
     changes: dict[int, int] = field(default_factory=dict)
     covered: dict[int, int] = field(default_factory=dict)
     attempts: dict[int, int] = field(default_factory=dict)
+    # By offset: chunks sent, valid while their stamp holds.
     sent: dict[int, _Sent] = field(default_factory=dict)
     tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    # Content-defined chunks: where the next cut starts (every cut before is final).
+    cursor: int = 0
     # Chunk ids held under ``token`` (released once no commit will name them).
     held: set[str] = field(default_factory=set)
 
-    def stamp(self, index: int) -> tuple[int, int]:
-        return self.epoch, self.changes.get(index, 0)
+    def regions(self, offset: int, length: int) -> range:
+        return range(offset // self.grain, (offset + length - 1) // self.grain + 1)
+
+    def stamp(self, offset: int, length: int) -> Stamp:
+        """Changes only grow, so their sum over a range moves whenever one does."""
+        return self.epoch, sum(self.changes.get(i, 0) for i in self.regions(offset, length))
+
+    def valid(self, sent: _Sent) -> bool:
+        return sent.stamp == self.stamp(sent.extent.offset, sent.extent.length)
+
+    def covered_up_to(self, start: int) -> int:
+        """The end of the run of fully written regions from the one holding ``start``."""
+        index = start // self.grain
+        while self.covered.get(index, 0) >= self.grain:
+            index += 1
+        return max(index * self.grain, start)
 
 
 class EarlyUploads:
@@ -79,8 +117,13 @@ class EarlyUploads:
         self.drive = drive
         self.cache = cache
         settings = drive.settings
-        self.enabled = settings.chunking == "fixed" and drive.tiers is None
+        self.settings = settings
+        self.enabled = drive.tiers is None
+        self.cdc = settings.chunking == "cdc"
         self.size = settings.chunk_size
+        # Changes are counted per fixed chunk, or per block under content-defined cuts.
+        self.grain = BLOCK_SIZE if self.cdc else self.size
+        self.cdc_batch = _CDC_BATCH
         # At most an upload's window of chunks in memory at once, across all files.
         self._slots = asyncio.Semaphore(window(settings))
         self._files: dict[StagedFile, _FileState] = {}
@@ -100,21 +143,27 @@ class EarlyUploads:
                 state.sent.clear()
                 state.covered.clear()
                 state.attempts.clear()
+                state.cursor = 0
             return
         if length <= 0:
             return
         if state is None:
-            state = self._files[staged] = _FileState()
+            state = self._files[staged] = _FileState(self.grain)
             self._start_renewing()
         end = offset + length
-        size = self.size
-        for index in range(offset // size, (end - 1) // size + 1):
+        full = []
+        for index in state.regions(offset, length):
             state.changes[index] = state.changes.get(index, 0) + 1
-            state.sent.pop(index, None)
-            start = index * size
-            overlap = min(end, start + size) - max(offset, start)
+            start = index * self.grain
+            overlap = min(end, start + self.grain) - max(offset, start)
             state.covered[index] = state.covered.get(index, 0) + overlap
-            if state.covered[index] >= size and index not in state.tasks:
+            if state.covered[index] >= self.grain:
+                full.append(index)
+        if self.cdc:
+            self._cut_later(staged, state)
+            return
+        for index in full:
+            if index not in state.tasks:
                 self._send_later(staged, state, index)
 
     def _send_later(self, staged: StagedFile, state: _FileState, index: int) -> None:
@@ -122,49 +171,110 @@ class EarlyUploads:
         if attempts >= _ATTEMPTS:
             return
         state.attempts[index] = attempts + 1
-        task = asyncio.get_running_loop().create_task(self._send(staged, state, index))
-        state.tasks[index] = task
-        task.add_done_callback(lambda _: state.tasks.pop(index, None))
+        self._track(state, index, self._send(staged, state, index * self.size))
 
-    async def _send(self, staged: StagedFile, state: _FileState, index: int) -> None:
-        start = index * self.size
-        async with self._slots:
-            stamp = state.stamp(index)
-            fd = staged.fd
-            if fd < 0 or staged.orphan or staged.failed or staged.lacking(start, self.size):
-                return
-            try:
-                data = await asyncio.to_thread(os.pread, fd, self.size, start)
-            except OSError:
-                return
-            # Changed (or closed) while it was read: the commit will send it.
-            if staged.fd != fd or state.stamp(index) != stamp or len(data) < self.size:
-                return
-            try:
-                extent, new = await self.drive.uploader.store_piece(Piece(start, data), state.token)
-            except Exception as exc:  # the commit sends it instead
-                log.info("early upload of %s at %d failed: %s", staged.path, start, exc)
-                return
-        state.held.add(extent.chunk_id)
-        if state.stamp(index) == stamp:
-            state.sent[index] = _Sent(extent, stamp, new)
-        await self._keep_blocks(staged, extent.chunk_id, data)
+    def _track(
+        self,
+        state: _FileState,
+        key: int,
+        work: Coroutine[Any, Any, None],
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        state.tasks[key] = task
 
-    async def _keep_blocks(self, staged: StagedFile, chunk: str, data: bytes) -> None:
-        """Put a sent chunk's blocks in the block cache, as a commit does with what it
-        sent (reading a file just written is local), unless the file is too large."""
-        if staged.fd < 0 or staged.size() > self.cache.capacity // 4:
-            return
-        # Views, not copies: the event loop must not spend its time copying bytes.
-        view = memoryview(data)
-        blocks = [
-            (chunk, i // BLOCK_SIZE, view[i : i + BLOCK_SIZE])
-            for i in range(0, len(view), BLOCK_SIZE)
-        ]
+        def finished(_: asyncio.Task[None]) -> None:
+            state.tasks.pop(key, None)
+            if then is not None and not task.cancelled():
+                then()
+
+        task.add_done_callback(finished)
+
+    async def _read(
+        self, staged: StagedFile, state: _FileState, start: int, length: int
+    ) -> tuple[bytes, Stamp] | None:
+        """The copy's bytes in a range and their stamp; None when they changed (or the
+        copy closed) while they were read, or are not all in the copy."""
+        stamp = state.stamp(start, length)
+        fd = staged.fd
+        if fd < 0 or staged.orphan or staged.failed or staged.lacking(start, length):
+            return None
         try:
-            await self.cache.put_many(blocks)
-        except OSError as exc:
-            log.warning("cannot keep sent blocks in the cache: %s", exc)
+            data = await asyncio.to_thread(os.pread, fd, length, start)
+        except OSError:
+            return None
+        if staged.fd != fd or state.stamp(start, length) != stamp or len(data) < length:
+            return None
+        return data, stamp
+
+    async def _store(
+        self, staged: StagedFile, state: _FileState, piece: Piece, stamp: Stamp
+    ) -> tuple[str, bytes] | None:
+        """Send one chunk read under ``stamp``; recorded if its bytes still hold.
+        Returns its id and bytes once stored."""
+        try:
+            extent, new = await self.drive.uploader.store_piece(piece, state.token)
+        except Exception as exc:  # the commit sends it instead
+            log.info("early upload of %s at %d failed: %s", staged.path, piece.offset, exc)
+            return None
+        state.held.add(extent.chunk_id)
+        sent = _Sent(extent, stamp, new)
+        if state.valid(sent):
+            state.sent[extent.offset] = sent
+        return extent.chunk_id, piece.data
+
+    async def _send(self, staged: StagedFile, state: _FileState, start: int) -> None:
+        async with self._slots:
+            read = await self._read(staged, state, start, self.size)
+            if read is None:
+                return
+            data, stamp = read
+            stored = await self._store(staged, state, Piece(start, data), stamp)
+        if stored is not None:
+            await self._keep_blocks(staged, [stored])
+
+    # -- content-defined chunks ---------------------------------------------------------
+
+    def _cut_later(self, staged: StagedFile, state: _FileState) -> None:
+        """Cut and send the written run after the cursor once it is a batch long."""
+        if _CUT in state.tasks or staged.fd < 0 or staged.orphan:
+            return
+        end = state.covered_up_to(state.cursor)
+        if end - state.cursor >= self.cdc_batch:
+            self._track(
+                state,
+                _CUT,
+                self._cut(staged, state, state.cursor, end),
+                # The next batch may be written by now.
+                then=lambda: self._cut_later(staged, state),
+            )
+
+    async def _cut(self, staged: StagedFile, state: _FileState, start: int, end: int) -> None:
+        """Cut ``start``..``end`` as a whole pass would and send every piece but the
+        last (which the end of the run may have cut short); the cursor moves to it."""
+        async with self._slots:
+            read = await self._read(staged, state, start, end - start)
+            if read is None:
+                return
+            data, (epoch, _) = read
+            # The change counts the bytes were read under (nothing awaited since).
+            counts = {i: state.changes.get(i, 0) for i in state.regions(start, end - start)}
+            chunker = make_chunker("cdc", self.size)
+            cut = await asyncio.to_thread(lambda: list(chunker.split(io.BytesIO(data))))
+            if len(cut) < 2 or state.cursor != start or state.epoch != epoch:
+                return
+            pieces = [Piece(start + p.offset, p.data) for p in cut[:-1]]
+            state.cursor = pieces[-1].offset + len(pieces[-1].data)
+            puts = asyncio.Semaphore(_CDC_PUTS)
+
+            async def store(piece: Piece) -> tuple[str, bytes] | None:
+                regions = state.regions(piece.offset, len(piece.data))
+                stamp = (epoch, sum(counts[i] for i in regions))
+                async with puts:
+                    return await self._store(staged, state, piece, stamp)
+
+            stored = await asyncio.gather(*(store(piece) for piece in pieces))
+        await self._keep_blocks(staged, [item for item in stored if item is not None])
 
     # -- asked by the commit ------------------------------------------------------------
 
@@ -182,9 +292,9 @@ class EarlyUploads:
             return {}
         size = staged.size()
         return {
-            sent.extent.offset: sent.extent
-            for index, sent in state.sent.items()
-            if sent.stamp == state.stamp(index) and sent.extent.offset + sent.extent.length <= size
+            offset: sent.extent
+            for offset, sent in state.sent.items()
+            if state.valid(sent) and offset + sent.extent.length <= size
         }
 
     def count_in(self, upload: UploadResult) -> UploadResult:
@@ -219,12 +329,30 @@ class EarlyUploads:
                 task.cancel()
             keep: set[str] = set()
         else:
-            keep = {sent.extent.chunk_id for sent in state.sent.values()}
+            keep = {sent.extent.chunk_id for sent in state.sent.values() if state.valid(sent)}
         spent = sorted(state.held - keep)
         state.held &= keep
         if spent:
             with contextlib.suppress(Exception):
                 await self.drive.uploader.release(spent, state.token)
+
+    async def _keep_blocks(self, staged: StagedFile, chunks: list[tuple[str, bytes]]) -> None:
+        """Put sent chunks' blocks in the block cache, as a commit does with what it
+        sent (reading a file just written is local), unless the file is too large."""
+        if not chunks or staged.fd < 0 or staged.size() > self.cache.capacity // 4:
+            return
+        # Views, not copies: the event loop must not spend its time copying bytes.
+        blocks: list[tuple[str, int, bytes | memoryview]] = [
+            (chunk, i // BLOCK_SIZE, memoryview(data)[i : i + BLOCK_SIZE])
+            for chunk, data in chunks
+            for i in range(0, len(data), BLOCK_SIZE)
+        ]
+        try:
+            await self.cache.put_many(blocks)
+        except OSError as exc:
+            log.warning("cannot keep sent blocks in the cache: %s", exc)
+
+    # -- asked by the commit ------------------------------------------------------------
 
     # -- holds ---------------------------------------------------------------------------
 
