@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 _ATTEMPTS = 2
 # Content-defined chunks are cut from the written part of a copy this much at a time.
 _CDC_BATCH = 32 << 20
+# Batches of content-defined chunks being cut and sent at once, across all files.
+_CDC_BATCHES = 4
 # Puts in flight at once for one batch of content-defined chunks.
 _CDC_PUTS = 8
 # The key of a file's content-defined cutting task among its tasks.
@@ -124,8 +126,9 @@ class EarlyUploads:
         # Changes are counted per fixed chunk, or per block under content-defined cuts.
         self.grain = BLOCK_SIZE if self.cdc else self.size
         self.cdc_batch = _CDC_BATCH
-        # At most an upload's window of chunks in memory at once, across all files.
-        self._slots = asyncio.Semaphore(window(settings))
+        # At most an upload's window of chunks (or a few batches of content-defined
+        # ones, each up to two batches long) in memory at once, across all files.
+        self._slots = asyncio.Semaphore(_CDC_BATCHES if self.cdc else window(settings))
         self._files: dict[StagedFile, _FileState] = {}
         self._renewer: asyncio.Task[None] | None = None
 
@@ -239,7 +242,7 @@ class EarlyUploads:
         """Cut and send the written run after the cursor once it is a batch long."""
         if _CUT in state.tasks or staged.fd < 0 or staged.orphan:
             return
-        end = state.covered_up_to(state.cursor)
+        end = min(state.covered_up_to(state.cursor), state.cursor + 2 * self.cdc_batch)
         if end - state.cursor >= self.cdc_batch:
             self._track(
                 state,
