@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from mediadrive.core.blob import BlobStore, open_store
+from mediadrive.core.blob.s3 import S3BlobStore
 from mediadrive.core.blob.tiers import TieredStore
 from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.config import TierRules
@@ -254,6 +255,9 @@ async def test_a_large_chunk_round_trips(store: BlobStore, engine: Engine) -> No
     size = 40 << 20
     data = os.urandom(size)
     cid = chunk_id(data)
+    if isinstance(store, S3BlobStore):
+        # Chunks up to 64 MiB go in one PUT; this one takes the multipart path.
+        store.single_put_max = 16 << 20
     await store.put(cid, data)
     assert await store.get(cid) == data
     # Ranges across the 16 MiB part boundaries of a multipart upload.
@@ -313,6 +317,8 @@ async def test_put_into_a_missing_bucket_is_store_unavailable(s3_engine: Engine)
         with pytest.raises(StoreUnavailable):
             await store.put(cid, data)
         # Large enough for the multipart path.
+        assert isinstance(store, S3BlobStore)
+        store.single_put_max = 16 << 20
         big_id, big = payload(17 << 20, seed=8)
         with pytest.raises(StoreUnavailable):
             await store.put(big_id, big)

@@ -367,6 +367,25 @@ class Uploader:
                 await asyncio.sleep(0.05)
         return states
 
+    async def store_piece(self, piece: Piece, token: str) -> tuple[Extent, bool]:
+        """Hash, claim (held under ``token``) and, if the drive lacks it, send one chunk
+        ahead of the upload that will keep it: a file still being written sends its
+        finished chunks this way, and its commit keeps them by reference (``reuse``).
+        The hold lasts until released or renewed (:meth:`renew`). Returns the chunk's
+        extent and whether its bytes were sent (False: the drive had it)."""
+        cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
+        states = await self._claim_many({cid: (len(piece.data), digests)}, token)
+        sent = states.get(cid) != "stored"
+        if sent:
+            await self.blobs.put(cid, piece.data)
+            await self.meta.mark_stored([cid])
+        return Extent(piece.offset, len(piece.data), cid), sent
+
+    async def renew(self, chunk_ids: Sequence[str], token: str) -> None:
+        """Extend the holds of chunks sent ahead of their commit (see store_piece)."""
+        if chunk_ids:
+            await self.meta.hold_chunks(chunk_ids, token=token)
+
     async def claim_existing(self, extents: list[Extent]) -> str:
         """Hold chunks that are already stored (a copy of a version); returns the token."""
         token = uuid.uuid4().hex

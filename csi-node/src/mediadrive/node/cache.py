@@ -577,7 +577,7 @@ class BlockCache:
         os.replace(tmp, path)
         return signature
 
-    async def put_many(self, blocks: Iterable[tuple[str, int, bytes]]) -> None:
+    async def put_many(self, blocks: Iterable[tuple[str, int, bytes | memoryview]]) -> None:
         """Add blocks known to be right (just committed from local data)."""
         for chunk, index, data in blocks:
             key = (chunk, index)

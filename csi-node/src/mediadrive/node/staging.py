@@ -52,6 +52,9 @@ _FILL_WINDOW = 32
 
 # Fetches one verified block of a chunk: (chunk id, block index) -> its bytes.
 FetchBlock = Callable[[str, int], Awaitable[bytes]]
+# Told of every change to a copy: (copy, offset, length) of a write, or (copy, None,
+# None) for a change that may have touched any byte.
+ChangeListener = Callable[["StagedFile", int | None, int | None], None]
 
 
 class StagingBusy(MediadriveError):
@@ -110,6 +113,7 @@ class StagedFile:
     base: Sequence[BaseBlock] = ()
     missing: set[int] = field(default_factory=set)
     map_fd: int = -1
+    on_change: ChangeListener | None = None
     _starts: list[int] = field(default_factory=list, init=False)
     _fills: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
@@ -119,11 +123,15 @@ class StagedFile:
     def size(self) -> int:
         return os.fstat(self.fd).st_size
 
-    def touch(self) -> None:
+    def touch(self, offset: int | None = None, length: int | None = None) -> None:
+        """The copy changed: ``length`` bytes written at ``offset``, or (no range) in
+        any way (truncated, punched, a failed write)."""
         self.gen += 1
         self.dirty = True
         self.rejected = False
         self.mtime_ns = time.time_ns()
+        if self.on_change is not None:
+            self.on_change(self, offset, length)
 
     def journal(self) -> dict[str, object]:
         return {
@@ -293,6 +301,8 @@ class Staging:
         # from the event loop: one at a time, or they race on the same temporary file
         # (and the loser's fsync fails with ENOENT).
         self._journal_lock = threading.Lock()
+        # Given to every copy made or found here (see StagedFile.touch).
+        self.on_change: ChangeListener | None = None
 
     def open(self) -> list[StagedFile]:
         """Take the folder (one agent at a time) and return the entries a crash left."""
@@ -344,6 +354,7 @@ class Staging:
                 base=base,
                 missing=missing,
                 map_fd=map_fd,
+                on_change=self.on_change,
             )
             self.files[node_id] = staged
             recovered.append(staged)
@@ -430,6 +441,7 @@ class Staging:
             base=base,
             missing=set(range(len(base))),
             map_fd=map_fd,
+            on_change=self.on_change,
         )
         self.files[node_id] = staged
         self.write_journal(staged)

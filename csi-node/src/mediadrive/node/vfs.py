@@ -666,7 +666,7 @@ class VFS:
             self._write_failed(staged, exc)
             raise
         staged.settle(whole)
-        staged.touch()
+        staged.touch(offset, written)
         return written
 
     def _write_failed(self, staged: StagedFile, exc: OSError) -> None:

@@ -32,6 +32,7 @@ from mediadrive.core.meta import CommitOutcome, Extent
 from .cache import BlockCache
 from .options import CommitOn, MountOptions
 from .staging import StagedFile, Staging
+from .streaming import EarlyUploads
 from .tree import Tree
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,9 @@ class Writeback:
         self.figures = WritebackFigures()
         self.last: dict[int, CommitReport] = {}
         self._busy = 0
+        # Full chunks of copies still being written are sent before their commit.
+        self.early = EarlyUploads(drive, cache)
+        staging.on_change = self.early.changed
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -147,6 +151,7 @@ class Writeback:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.early.close()
 
     def schedule(self, node_id: int, message: str = "") -> None:
         if node_id in self._queued:
@@ -232,7 +237,15 @@ class Writeback:
             return await self._commit(staged, message)
 
     async def _commit(self, staged: StagedFile, message: str) -> CommitReport | None:
+        try:
+            return await self._commit_staged(staged, message)
+        finally:
+            await self.early.done_with(staged)
+
+    async def _commit_staged(self, staged: StagedFile, message: str) -> CommitReport | None:
         started = time.monotonic()
+        # Chunks already on their way are kept by reference, not sent again.
+        await self.early.settle(staged)
         while True:
             reuse = self._reusable(staged)
             kept = {i for _, positions in reuse.values() for i in positions}
@@ -244,6 +257,7 @@ class Writeback:
         gen = staged.gen
         node_id = staged.node_id
         kept_extents = {offset: extent for offset, (extent, _) in reuse.items()}
+        kept_extents.update(_disjoint(self.early.ready(staged), kept_extents))
         if staged.writers == 0 and staged.copying is None:
             return await self._commit_in_place(staged, gen, kept_extents, message)
         skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
@@ -441,9 +455,10 @@ class Writeback:
         source = await asyncio.to_thread(open, snap, "rb")
         try:
             # The path lets a temporary file's chunks stay in the storage pods.
-            return await self.drive.upload(source, reuse=reuse, path=path)
+            upload = await self.drive.upload(source, reuse=reuse, path=path)
         finally:
             source.close()
+        return self.early.count_in(upload)
 
     async def _record(
         self,
@@ -598,3 +613,13 @@ def _extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]
         count += 1
         position = extent.offset + extent.length
     return count + (1 if position < end else 0)
+
+
+def _disjoint(extra: dict[int, Extent], kept: dict[int, Extent]) -> dict[int, Extent]:
+    """The extents of ``extra`` that overlap none of ``kept``."""
+    spans = sorted((e.offset, e.offset + e.length) for e in kept.values())
+    return {
+        offset: extent
+        for offset, extent in extra.items()
+        if not any(start < offset + extent.length and offset < end for start, end in spans)
+    }

@@ -1,0 +1,386 @@
+"""Sending the finished chunks of a file while it is still being written.
+
+A large file copied into the mount would otherwise travel only after it is closed
+(or fsync'd): the copy and the upload would take turns. Instead, once writes have
+covered a whole fixed-size chunk of a staged copy, its bytes are read, hashed,
+claimed and sent in the background, held under a token of the file's own so GC
+leaves them alone. The commit then keeps each such chunk by reference (as it keeps
+untouched chunks of the base) and sends only the rest.
+
+Content-defined chunks are cut from the start of the file a batch at a time, once
+writes have covered a batch past the last cut: every cut but the last of a batch
+is where a whole pass would cut (a cut depends only on the bytes since the one
+before), so those pieces are sent and the next batch starts at the last cut. The
+commit cuts on from the last kept chunk and finds the same cuts.
+
+A chunk sent early is only a guess that the bytes are final. Every change to the
+copy is counted per region (a fixed chunk, or a block under content-defined cuts;
+``StagedFile.touch``): a write bumps the regions it touches, any other change
+(truncate, punch, a write that failed) bumps them all. A chunk sent early is kept by
+the commit only if the counts of its regions have not moved since its bytes were
+read, so what the version names is always what the copy holds.
+
+Drives with a storage pod tier do not send early: where chunks go is left to the
+commit's upload there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import logging
+import os
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from mediadrive.core.chunking import Piece, make_chunker
+from mediadrive.core.drive import Drive
+from mediadrive.core.hashing import BLOCK_SIZE
+from mediadrive.core.meta import Extent
+from mediadrive.core.meta.interface import CHUNK_HOLD
+from mediadrive.core.upload import UploadResult, window
+
+from .cache import BlockCache
+from .staging import StagedFile
+
+log = logging.getLogger(__name__)
+
+# A chunk whose early copy went stale (rewritten after it was read) is sent early
+# again at most this many times: random rewrites are left to the commit.
+_ATTEMPTS = 2
+# Content-defined chunks are cut from the written part of a copy this much at a time.
+_CDC_BATCH = 32 << 20
+# Batches of content-defined chunks being cut and sent at once, across all files.
+_CDC_BATCHES = 4
+# Puts in flight at once for one batch of content-defined chunks.
+_CDC_PUTS = 8
+# The key of a file's content-defined cutting task among its tasks.
+_CUT = -1
+
+# (epoch, changes): whether bytes are still the ones read (see _FileState.stamp).
+Stamp = tuple[int, int]
+
+
+@dataclass
+class _Sent:
+    extent: Extent
+    # The change count of its bytes when they were read.
+    stamp: Stamp
+    # Its bytes travelled (the drive lacked it); counted in the first commit naming it.
+    new: bool
+    counted: bool = False
+
+
+@dataclass(eq=False)
+class _FileState:
+    grain: int
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Bumped by every change that is not a plain write (it spoils every chunk).
+    epoch: int = 0
+    # Per ``grain``-sized region: writes that touched it, and bytes they covered
+    # (overlaps counted twice).
+    changes: dict[int, int] = field(default_factory=dict)
+    covered: dict[int, int] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)
+    # By offset: chunks sent, valid while their stamp holds.
+    sent: dict[int, _Sent] = field(default_factory=dict)
+    tasks: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    # Content-defined chunks: where the next cut starts (every cut before is final).
+    cursor: int = 0
+    # Chunk ids held under ``token`` (released once no commit will name them).
+    held: set[str] = field(default_factory=set)
+
+    def regions(self, offset: int, length: int) -> range:
+        return range(offset // self.grain, (offset + length - 1) // self.grain + 1)
+
+    def stamp(self, offset: int, length: int) -> Stamp:
+        """Changes only grow, so their sum over a range moves whenever one does."""
+        return self.epoch, sum(self.changes.get(i, 0) for i in self.regions(offset, length))
+
+    def valid(self, sent: _Sent) -> bool:
+        return sent.stamp == self.stamp(sent.extent.offset, sent.extent.length)
+
+    def covered_up_to(self, start: int) -> int:
+        """The end of the run of fully written regions from the one holding ``start``."""
+        index = start // self.grain
+        while self.covered.get(index, 0) >= self.grain:
+            index += 1
+        return max(index * self.grain, start)
+
+
+class EarlyUploads:
+    """Sends full chunks of staged copies ahead of their commits (see module doc)."""
+
+    def __init__(self, drive: Drive, cache: BlockCache) -> None:
+        self.drive = drive
+        self.cache = cache
+        settings = drive.settings
+        self.settings = settings
+        self.enabled = drive.tiers is None
+        self.cdc = settings.chunking == "cdc"
+        self.size = settings.chunk_size
+        # Changes are counted per fixed chunk, or per block under content-defined cuts.
+        self.grain = BLOCK_SIZE if self.cdc else self.size
+        self.cdc_batch = _CDC_BATCH
+        # At most an upload's window of chunks (or a few batches of content-defined
+        # ones, each up to two batches long) in memory at once, across all files.
+        self._slots = asyncio.Semaphore(_CDC_BATCHES if self.cdc else window(settings))
+        self._files: dict[StagedFile, _FileState] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    # -- told by the staged copies ------------------------------------------------------
+
+    def changed(self, staged: StagedFile, offset: int | None, length: int | None) -> None:
+        """``staged`` changed: ``length`` bytes written at ``offset``, or (None) in a
+        way that may have touched any byte."""
+        if not self.enabled or staged.recovered:
+            return
+        state = self._files.get(staged)
+        if offset is None or length is None:
+            if state is not None:
+                state.epoch += 1
+                state.sent.clear()
+                state.covered.clear()
+                state.attempts.clear()
+                state.cursor = 0
+            return
+        if length <= 0:
+            return
+        if state is None:
+            state = self._files[staged] = _FileState(self.grain)
+            self._start_renewing()
+        end = offset + length
+        full = []
+        for index in state.regions(offset, length):
+            state.changes[index] = state.changes.get(index, 0) + 1
+            start = index * self.grain
+            overlap = min(end, start + self.grain) - max(offset, start)
+            state.covered[index] = state.covered.get(index, 0) + overlap
+            if state.covered[index] >= self.grain:
+                full.append(index)
+        if self.cdc:
+            self._cut_later(staged, state)
+            return
+        for index in full:
+            if index not in state.tasks:
+                self._send_later(staged, state, index)
+
+    def _send_later(self, staged: StagedFile, state: _FileState, index: int) -> None:
+        attempts = state.attempts.get(index, 0)
+        if attempts >= _ATTEMPTS:
+            return
+        state.attempts[index] = attempts + 1
+        self._track(state, index, self._send(staged, state, index * self.size))
+
+    def _track(
+        self,
+        state: _FileState,
+        key: int,
+        work: Coroutine[Any, Any, None],
+        then: Callable[[], None] | None = None,
+    ) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        state.tasks[key] = task
+
+        def finished(_: asyncio.Task[None]) -> None:
+            state.tasks.pop(key, None)
+            if then is not None and not task.cancelled():
+                then()
+
+        task.add_done_callback(finished)
+
+    async def _read(
+        self, staged: StagedFile, state: _FileState, start: int, length: int
+    ) -> tuple[bytes, Stamp] | None:
+        """The copy's bytes in a range and their stamp; None when they changed (or the
+        copy closed) while they were read, or are not all in the copy."""
+        stamp = state.stamp(start, length)
+        fd = staged.fd
+        if fd < 0 or staged.orphan or staged.failed or staged.lacking(start, length):
+            return None
+        try:
+            data = await asyncio.to_thread(os.pread, fd, length, start)
+        except OSError:
+            return None
+        if staged.fd != fd or state.stamp(start, length) != stamp or len(data) < length:
+            return None
+        return data, stamp
+
+    async def _store(
+        self, staged: StagedFile, state: _FileState, piece: Piece, stamp: Stamp
+    ) -> tuple[str, bytes] | None:
+        """Send one chunk read under ``stamp``; recorded if its bytes still hold.
+        Returns its id and bytes once stored."""
+        try:
+            extent, new = await self.drive.uploader.store_piece(piece, state.token)
+        except Exception as exc:  # the commit sends it instead
+            log.info("early upload of %s at %d failed: %s", staged.path, piece.offset, exc)
+            return None
+        state.held.add(extent.chunk_id)
+        sent = _Sent(extent, stamp, new)
+        if state.valid(sent):
+            state.sent[extent.offset] = sent
+        return extent.chunk_id, piece.data
+
+    async def _send(self, staged: StagedFile, state: _FileState, start: int) -> None:
+        async with self._slots:
+            read = await self._read(staged, state, start, self.size)
+            if read is None:
+                return
+            data, stamp = read
+            stored = await self._store(staged, state, Piece(start, data), stamp)
+        if stored is not None:
+            await self._keep_blocks(staged, [stored])
+
+    # -- content-defined chunks ---------------------------------------------------------
+
+    def _cut_later(self, staged: StagedFile, state: _FileState) -> None:
+        """Cut and send the written run after the cursor once it is a batch long."""
+        if _CUT in state.tasks or staged.fd < 0 or staged.orphan:
+            return
+        end = min(state.covered_up_to(state.cursor), state.cursor + 2 * self.cdc_batch)
+        if end - state.cursor >= self.cdc_batch:
+            self._track(
+                state,
+                _CUT,
+                self._cut(staged, state, state.cursor, end),
+                # The next batch may be written by now.
+                then=lambda: self._cut_later(staged, state),
+            )
+
+    async def _cut(self, staged: StagedFile, state: _FileState, start: int, end: int) -> None:
+        """Cut ``start``..``end`` as a whole pass would and send every piece but the
+        last (which the end of the run may have cut short); the cursor moves to it."""
+        async with self._slots:
+            read = await self._read(staged, state, start, end - start)
+            if read is None:
+                return
+            data, (epoch, _) = read
+            # The change counts the bytes were read under (nothing awaited since).
+            counts = {i: state.changes.get(i, 0) for i in state.regions(start, end - start)}
+            chunker = make_chunker("cdc", self.size)
+            cut = await asyncio.to_thread(lambda: list(chunker.split(io.BytesIO(data))))
+            if len(cut) < 2 or state.cursor != start or state.epoch != epoch:
+                return
+            pieces = [Piece(start + p.offset, p.data) for p in cut[:-1]]
+            state.cursor = pieces[-1].offset + len(pieces[-1].data)
+            puts = asyncio.Semaphore(_CDC_PUTS)
+
+            async def store(piece: Piece) -> tuple[str, bytes] | None:
+                regions = state.regions(piece.offset, len(piece.data))
+                stamp = (epoch, sum(counts[i] for i in regions))
+                async with puts:
+                    return await self._store(staged, state, piece, stamp)
+
+            stored = await asyncio.gather(*(store(piece) for piece in pieces))
+        await self._keep_blocks(staged, [item for item in stored if item is not None])
+
+    # -- asked by the commit ------------------------------------------------------------
+
+    async def settle(self, staged: StagedFile) -> None:
+        """Wait for the chunks of ``staged`` being sent now."""
+        state = self._files.get(staged)
+        while state is not None and state.tasks:
+            await asyncio.gather(*list(state.tasks.values()), return_exceptions=True)
+
+    def ready(self, staged: StagedFile) -> dict[int, Extent]:
+        """The chunks sent early that still hold the copy's bytes, by offset (valid
+        until the copy next changes: the caller reads the copy without awaiting)."""
+        state = self._files.get(staged)
+        if state is None:
+            return {}
+        size = staged.size()
+        return {
+            offset: sent.extent
+            for offset, sent in state.sent.items()
+            if state.valid(sent) and offset + sent.extent.length <= size
+        }
+
+    def count_in(self, upload: UploadResult) -> UploadResult:
+        """``upload`` with the bytes and chunks sent early for the extents it kept (a
+        commit reports what its version cost to send, whenever it travelled)."""
+        kept = set(upload.extents)
+        extra = [
+            sent
+            for state in self._files.values()
+            for sent in state.sent.values()
+            if sent.new and not sent.counted and sent.extent in kept
+        ]
+        if not extra:
+            return upload
+        for sent in extra:
+            sent.counted = True
+        return dataclasses.replace(
+            upload,
+            bytes_uploaded=upload.bytes_uploaded + sum(s.extent.length for s in extra),
+            chunks_new=upload.chunks_new + len(extra),
+        )
+
+    async def done_with(self, staged: StagedFile) -> None:
+        """After a commit: end the holds no later commit of ``staged`` can use (all of
+        them once the copy is dropped); a version names the chunks it kept."""
+        state = self._files.get(staged)
+        if state is None:
+            return
+        if staged.fd < 0:
+            del self._files[staged]
+            for task in state.tasks.values():
+                task.cancel()
+            keep: set[str] = set()
+        else:
+            keep = {sent.extent.chunk_id for sent in state.sent.values() if state.valid(sent)}
+        spent = sorted(state.held - keep)
+        state.held &= keep
+        if spent:
+            with contextlib.suppress(Exception):
+                await self.drive.uploader.release(spent, state.token)
+
+    async def _keep_blocks(self, staged: StagedFile, chunks: list[tuple[str, bytes]]) -> None:
+        """Put sent chunks' blocks in the block cache, as a commit does with what it
+        sent (reading a file just written is local), unless the file is too large."""
+        if not chunks or staged.fd < 0 or staged.size() > self.cache.capacity // 4:
+            return
+        # Views, not copies: the event loop must not spend its time copying bytes.
+        blocks: list[tuple[str, int, bytes | memoryview]] = [
+            (chunk, i // BLOCK_SIZE, memoryview(data)[i : i + BLOCK_SIZE])
+            for chunk, data in chunks
+            for i in range(0, len(data), BLOCK_SIZE)
+        ]
+        try:
+            await self.cache.put_many(blocks)
+        except OSError as exc:
+            log.warning("cannot keep sent blocks in the cache: %s", exc)
+
+    # -- asked by the commit ------------------------------------------------------------
+
+    # -- holds ---------------------------------------------------------------------------
+
+    def _start_renewing(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        """Keep holds alive while their files stay open; forget dropped copies."""
+        while self._files:
+            await asyncio.sleep(CHUNK_HOLD / 3)
+            for staged, state in list(self._files.items()):
+                if staged.fd < 0:
+                    await self.done_with(staged)
+                    continue
+                with contextlib.suppress(Exception):
+                    await self.drive.uploader.renew(sorted(state.held), state.token)
+
+    async def close(self) -> None:
+        for staged, state in list(self._files.items()):
+            for task in state.tasks.values():
+                task.cancel()
+            await asyncio.gather(*state.tasks.values(), return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.drive.uploader.release(sorted(state.held), state.token)
+            self._files.pop(staged, None)
+        if self._renewer is not None:
+            self._renewer.cancel()

@@ -1,0 +1,266 @@
+"""Full chunks of a file still being written are sent before it is closed; the
+commit keeps them by reference and sends only the rest, and never names a chunk
+whose bytes the copy no longer holds."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+from pathlib import Path
+
+from mediadrive.core.blob.wrapper import WrappedStore
+from mediadrive.core.chunking import make_chunker
+from mediadrive.core.config import DriveSettings
+from mediadrive.core.drive import Drive
+from mediadrive.core.hashing import chunk_id
+
+from .vfs_harness import CALLER, TestVFS, drive_urls, make_test_vfs
+
+CHUNK = 4096
+MiB = 1 << 20
+
+
+class CountingStore(WrappedStore):
+    """Remembers every chunk put; puts wait while ``gate`` is clear."""
+
+    def __init__(self, inner: WrappedStore) -> None:
+        super().__init__(inner)
+        self.puts: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+        await self.gate.wait()
+        self.puts.append(chunk_id)
+        await super().put(chunk_id, data)
+
+
+def counting(vfs: TestVFS) -> CountingStore:
+    uploader = vfs.parts.drive.uploader
+    store = CountingStore(uploader.blobs)  # type: ignore[arg-type]
+    uploader.blobs = store
+    return store
+
+
+async def create(vfs: TestVFS, name: str) -> int:
+    opened, _ = await vfs.vfs.create(1, name, 0o644, os.O_WRONLY, CALLER)
+    return opened.fh
+
+
+async def sent_early(vfs: TestVFS, count: int) -> None:
+    """Wait until ``count`` chunks of open files were sent ahead of their commits."""
+    early = vfs.parts.writeback.early
+    for _ in range(200):
+        if sum(len(state.sent) for state in early._files.values()) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {count} chunks were sent early")
+
+
+async def committed(vfs: TestVFS) -> None:
+    await vfs.parts.writeback.settle()
+    for _ in range(200):
+        if not vfs.parts.writeback.busy and not vfs.parts.staging.files:
+            return
+        await asyncio.sleep(0.02)
+
+
+def ids(data: bytes) -> list[str]:
+    return [chunk_id(data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]
+
+
+async def test_full_chunks_travel_before_close_and_the_commit_sends_the_rest(
+    tmp_path: Path,
+) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    store = counting(vfs)
+    data = os.urandom(3 * CHUNK + 100)
+    fh = await create(vfs, "clip.bin")
+    # Written as cp does, a piece at a time; the file stays open.
+    for offset in range(0, len(data), 1000):
+        await vfs.vfs.write(fh, offset, data[offset : offset + 1000])
+    await sent_early(vfs, 3)
+    assert sorted(store.puts) == sorted(ids(data)[:3])
+    assert vfs.parts.writeback.figures.commits == 0
+
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    # The commit sent only the tail; the version names the chunks sent early.
+    assert store.puts[3:] == ids(data)[3:]
+    figures = vfs.parts.writeback.figures
+    assert (figures.commits, figures.bytes_uploaded) == (1, len(data))
+    reader = await vfs.parts.drive.reader("/clip.bin")
+    assert [e.chunk_id for e in reader.extents] == ids(data)
+    # The chunks sent early went into the block cache too: reading back is local.
+    assert await vfs.read_file("clip.bin") == data
+    assert vfs.parts.cache.figures.bytes_fetched == 0
+    await vfs.close()
+
+    check = await make_test_vfs(tmp_path, cache="check")
+    assert await check.read_file("clip.bin") == data
+    await check.close()
+
+
+async def test_a_chunk_rewritten_after_it_was_sent_is_sent_again(tmp_path: Path) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    store = counting(vfs)
+    data = bytearray(os.urandom(4 * CHUNK))
+    fh = await create(vfs, "clip.bin")
+    await vfs.vfs.write(fh, 0, bytes(data))
+    await sent_early(vfs, 4)
+    # Rewrite part of the second chunk while the file is still open.
+    await vfs.vfs.write(fh, CHUNK + 10, b"graded")
+    data[CHUNK + 10 : CHUNK + 16] = b"graded"
+    vfs.vfs.release(fh)
+    await committed(vfs)
+
+    reader = await vfs.parts.drive.reader("/clip.bin")
+    assert [e.chunk_id for e in reader.extents] == ids(bytes(data))
+    assert await reader.read(0, reader.size) == bytes(data)
+    # Four chunks early, then only the rewritten one again.
+    assert len(store.puts) == 5 and store.puts[4] == ids(bytes(data))[1]
+    await vfs.close()
+
+
+async def test_a_write_while_a_chunk_is_in_flight_is_not_lost(tmp_path: Path) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    store = counting(vfs)
+    store.gate.clear()
+    data = bytearray(os.urandom(2 * CHUNK))
+    fh = await create(vfs, "clip.bin")
+    await vfs.vfs.write(fh, 0, bytes(data))
+    # Both chunks were read and wait to be put: change the first under them.
+    for _ in range(100):
+        if vfs.parts.writeback.early._files and all(
+            not task.done()
+            for state in vfs.parts.writeback.early._files.values()
+            for task in state.tasks.values()
+        ):
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    await vfs.vfs.write(fh, 5, b"late")
+    data[5:9] = b"late"
+    vfs.vfs.release(fh)
+    store.gate.set()
+    await committed(vfs)
+
+    reader = await vfs.parts.drive.reader("/clip.bin")
+    assert await reader.read(0, reader.size) == bytes(data)
+    assert [e.chunk_id for e in reader.extents] == ids(bytes(data))
+    await vfs.close()
+
+
+async def test_a_truncate_after_chunks_were_sent_commits_what_the_file_holds(
+    tmp_path: Path,
+) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    data = os.urandom(4 * CHUNK)
+    fh = await create(vfs, "clip.bin")
+    await vfs.vfs.write(fh, 0, data)
+    await sent_early(vfs, 4)
+    # Cut into the third chunk, then grow again: the rest of it reads as zeros.
+    await vfs.truncate("clip.bin", 2 * CHUNK + 7)
+    await vfs.truncate("clip.bin", 4 * CHUNK)
+    vfs.vfs.release(fh)
+    await committed(vfs)
+
+    expected = data[: 2 * CHUNK + 7] + bytes(2 * CHUNK - 7)
+    reader = await vfs.parts.drive.reader("/clip.bin")
+    assert await reader.read(0, reader.size) == expected
+    assert [e.chunk_id for e in reader.extents] == ids(expected)
+    await vfs.close()
+
+
+async def test_gc_keeps_the_chunks_sent_early_for_the_commit(tmp_path: Path) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    data = os.urandom(3 * CHUNK)
+    fh = await create(vfs, "clip.bin")
+    await vfs.vfs.write(fh, 0, data)
+    await sent_early(vfs, 3)
+    # No version names them yet; their holds keep them through a GC with no grace.
+    report = await vfs.parts.drive.gc(grace=0)
+    assert report.chunks_deleted == 0
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    await vfs.close()
+
+    check = await make_test_vfs(tmp_path, cache="check")
+    assert await check.read_file("clip.bin") == data
+    await check.close()
+
+
+async def test_holds_of_chunks_sent_early_end_with_the_copy(tmp_path: Path) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    data = os.urandom(2 * CHUNK)
+    fh = await create(vfs, "clip.bin")
+    await vfs.vfs.write(fh, 0, data)
+    await sent_early(vfs, 2)
+    # Replaced before it was ever committed: its chunks were sent for nothing.
+    await vfs.vfs.write(fh, 0, os.urandom(2 * CHUNK))
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    assert not vfs.parts.writeback.early._files
+    assert await vfs.parts.drive.meta.held_unreferenced() == 0
+    await vfs.close()
+
+
+async def cdc_vfs(tmp_path: Path) -> TestVFS:
+    """A VFS on a drive with 8 KiB content-defined chunks, cut early 1 MiB at a time."""
+    settings = DriveSettings(chunking="cdc", chunk_size=8192)
+    meta_url, store_url = drive_urls(tmp_path)
+    drive = await Drive.create("media", meta_url, store_url, settings)
+    await drive.close()
+    vfs = await make_test_vfs(tmp_path)
+    vfs.parts.writeback.early.cdc_batch = MiB
+    return vfs
+
+
+def cdc_ids(data: bytes) -> list[str]:
+    return [chunk_id(p.data) for p in make_chunker("cdc", 8192).split(io.BytesIO(data))]
+
+
+async def test_content_defined_chunks_travel_before_close_cut_as_a_whole_pass(
+    tmp_path: Path,
+) -> None:
+    vfs = await cdc_vfs(tmp_path)
+    store = counting(vfs)
+    data = os.urandom(3 * MiB + 5000)
+    fh = await create(vfs, "take.mov")
+    for offset in range(0, len(data), 64 << 10):
+        await vfs.vfs.write(fh, offset, data[offset : offset + (64 << 10)])
+    # Two batches of 1 MiB at least are cut and sent while the file is open.
+    await sent_early(vfs, 100)
+    early = set(store.puts)
+    assert early < set(cdc_ids(data))
+    vfs.vfs.release(fh)
+    await committed(vfs)
+
+    reader = await vfs.parts.drive.reader("/take.mov")
+    assert [e.chunk_id for e in reader.extents] == cdc_ids(data)
+    assert await reader.read(0, reader.size) == data
+    # No chunk went twice, and the commit sent only what was not sent early.
+    assert sorted(store.puts) == sorted(set(cdc_ids(data)))
+    await vfs.close()
+
+
+async def test_a_content_defined_chunk_rewritten_after_it_was_sent_is_cut_again(
+    tmp_path: Path,
+) -> None:
+    vfs = await cdc_vfs(tmp_path)
+    data = bytearray(os.urandom(3 * MiB))
+    fh = await create(vfs, "take.mov")
+    for offset in range(0, len(data), 64 << 10):
+        await vfs.vfs.write(fh, offset, bytes(data[offset : offset + (64 << 10)]))
+    await sent_early(vfs, 100)
+    await vfs.vfs.write(fh, 300_000, b"regraded")
+    data[300_000:300_008] = b"regraded"
+    vfs.vfs.release(fh)
+    await committed(vfs)
+
+    reader = await vfs.parts.drive.reader("/take.mov")
+    assert await reader.read(0, reader.size) == bytes(data)
+    ids = [e.chunk_id for e in reader.extents]
+    assert ids == [chunk_id(bytes(data[e.offset : e.offset + e.length])) for e in reader.extents]
+    await vfs.close()
