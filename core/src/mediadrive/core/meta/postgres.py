@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
@@ -16,7 +16,9 @@ from ..credentials import redact_url
 from ..errors import ConfigError, StoreUnavailable
 from . import register
 from .schema import POSTGRES
-from .sql import Row, SqlMetaStore
+from .sql import Row, SqlMetaStore, Tx
+
+T = TypeVar("T")
 
 # CockroachDB speaks the PostgreSQL protocol; its scheme only says which server it is.
 SCHEMES = ("postgresql", "postgres", "cockroachdb")
@@ -45,12 +47,25 @@ def _pg(sql: str) -> str:
 
 
 class _PgTx:
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    """Statements on one connection. In pipeline mode (a write transaction) a statement
+    whose result nobody reads (:meth:`send`) is queued, not waited for: it travels with
+    the next one whose result is read, or with the COMMIT."""
+
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], pipeline: psycopg.AsyncPipeline | None = None
+    ) -> None:
         self._conn = conn
+        self._pipeline = pipeline
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cursor = await self._conn.execute(_pg(sql), params)
+        if self._pipeline is not None:
+            # The row count is known once the server answered.
+            await self._pipeline.sync()
         return cursor.rowcount
+
+    async def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self._conn.execute(_pg(sql), params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         async with self._conn.cursor() as cursor:
@@ -121,8 +136,19 @@ class PostgresMetaStore(SqlMetaStore):
     @asynccontextmanager
     async def _transaction(self, write: bool) -> AsyncIterator[_PgTx]:
         pool = await self._get_pool()
-        async with pool.connection() as conn, conn.transaction():
-            yield _PgTx(conn)
+        if not write:
+            async with pool.connection() as conn, conn.transaction():
+                yield _PgTx(conn)
+            return
+        async with pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+            yield _PgTx(conn, pipeline)
+
+    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        # The pool's connections autocommit: one statement alone is its own
+        # transaction, one round trip instead of three (BEGIN, it, COMMIT).
+        pool = await self._get_pool()
+        async with pool.connection() as conn:
+            return await body(_PgTx(conn))
 
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(

@@ -85,6 +85,10 @@ class Tx(Protocol):
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
 
+    async def send(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A statement whose result is not read: an engine may send it without waiting
+        (its error then shows at a later statement or at COMMIT)."""
+
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
@@ -158,9 +162,20 @@ class SqlMetaStore(ABC):
         async with self._transaction(write) as tx:
             return await body(tx)
 
-    async def _run(self, body: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
+    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        """One try of a read of one statement: an engine whose BEGIN and COMMIT cost
+        round trips may run it alone."""
+        return await self._attempt(body, False)
+
+    async def _run(
+        self, body: Callable[[Tx], Awaitable[T]], write: bool = True, single: bool = False
+    ) -> T:
+        """Run ``body`` in a transaction, again on a serialization conflict. ``single``:
+        a body that only reads, with one statement."""
         for attempt in range(MAX_ATTEMPTS):
             try:
+                if single and not write:
+                    return await self._attempt_single(body)
                 return await self._attempt(body, write)
             except Exception as exc:
                 if not self._retryable(exc) or attempt == MAX_ATTEMPTS - 1:
@@ -304,6 +319,35 @@ class SqlMetaStore(ABC):
         )
         return seq
 
+    async def _note_event(
+        self,
+        tx: Tx,
+        kind: str,
+        path: str,
+        actor: str,
+        file_id: int | None = None,
+        version: int | None = None,
+        *,
+        seq: int | None = None,
+        **detail: Any,
+    ) -> None:
+        """Record an event without waiting for its number: the counter is bumped and
+        read by the statements themselves (the transaction holds the drive's row)."""
+        values = (kind, path, file_id, version, actor, time.time(), json.dumps(detail))
+        if seq is not None:
+            await tx.send(
+                "INSERT INTO events (drive, seq, kind, path, file_id, version, actor, created, "
+                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (self.drive, seq, *values),
+            )
+            return
+        await tx.send("UPDATE drives SET event_seq = event_seq + 1 WHERE name = ?", (self.drive,))
+        await tx.send(
+            "INSERT INTO events (drive, seq, kind, path, file_id, version, actor, created, detail) "
+            "SELECT name, event_seq, ?, ?, ?, ?, ?, ?, ? FROM drives WHERE name = ?",
+            (*values, self.drive),
+        )
+
     async def record_event(
         self,
         kind: str,
@@ -339,14 +383,14 @@ class SqlMetaStore(ABC):
                 for row in rows
             ]
 
-        return await self._run(body, write=False)
+        return await self._run(body, write=False, single=True)
 
     async def last_event_seq(self) -> int:
         async def body(tx: Tx) -> int:
             row = await tx.fetchone("SELECT event_seq FROM drives WHERE name = ?", (self.drive,))
             return int(row[0]) if row else 0
 
-        return await self._run(body, write=False)
+        return await self._run(body, write=False, single=True)
 
     async def follow_events(self, since: int, poll: float = 0.5) -> AsyncIterator[Event]:
         """Every event after ``since``, then new ones as they land (polling; no NOTIFY)."""
@@ -376,10 +420,12 @@ class SqlMetaStore(ABC):
         return _node_and_subdirs(row) if row else None
 
     async def get_node(self, node_id: int) -> Node | None:
-        return await self._run(lambda tx: self._get_node(tx, node_id), write=False)
+        return await self._run(lambda tx: self._get_node(tx, node_id), write=False, single=True)
 
     async def lookup(self, parent_id: int, name: str) -> Node | None:
-        return await self._run(lambda tx: self._lookup(tx, parent_id, name), write=False)
+        return await self._run(
+            lambda tx: self._lookup(tx, parent_id, name), write=False, single=True
+        )
 
     async def resolve(self, path: str) -> Node | None:
         """The live node at a normalized absolute drive path, in one transaction."""
@@ -477,7 +523,7 @@ class SqlMetaStore(ABC):
             )
             return [_node_and_subdirs(r) for r in rows]
 
-        return await self._run(body, write=False)
+        return await self._run(body, write=False, single=True)
 
     async def _insert_node(
         self,
@@ -495,7 +541,7 @@ class SqlMetaStore(ABC):
     ) -> Node:
         if node_id is None:
             node_id = await self._next(tx, "next_node")
-        await tx.execute(
+        await tx.send(
             f"INSERT INTO nodes (drive, {NODE_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, ?)",
             (
@@ -533,7 +579,7 @@ class SqlMetaStore(ABC):
         )
 
     async def _touch_dir(self, tx: Tx, dir_id: int, now_ns: int) -> None:
-        await tx.execute(
+        await tx.send(
             "UPDATE nodes SET mtime_ns = ?, ctime_ns = ? WHERE drive = ? AND id = ?",
             (now_ns, now_ns, self.drive, dir_id),
         )
@@ -564,12 +610,21 @@ class SqlMetaStore(ABC):
         now_ns = time.time_ns()
 
         async def body(tx: Tx) -> Node:
-            # The parent and whether the name is taken, in one statement.
+            # A node id and an event number taken up front (a refusal below rolls them
+            # back), then the parent, whether the name is taken and those numbers in one
+            # statement: one round trip for both.
+            await tx.send(
+                "UPDATE drives SET next_node = next_node + 1, event_seq = event_seq + 1 "
+                "WHERE name = ?",
+                (self.drive,),
+            )
             row = await tx.fetchone(
                 f"SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c WHERE c.drive = ? "
-                "AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL) "
+                "AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL), "
+                "(SELECT d.next_node FROM drives d WHERE d.name = ?), "
+                "(SELECT d.event_seq FROM drives d WHERE d.name = ?) "
                 "FROM nodes WHERE drive = ? AND id = ?",
-                (self.drive, parent_id, name, self.drive, parent_id),
+                (self.drive, parent_id, name, self.drive, self.drive, self.drive, parent_id),
             )
             parent = _node(row) if row else None
             if parent is None or parent.deleted_ns is not None:
@@ -579,12 +634,12 @@ class SqlMetaStore(ABC):
             assert row is not None
             if row[14]:
                 raise AlreadyExists(f"{path!r} already exists")
-            node_id, seq = await self._next_node_and_event(tx)
+            node_id, seq = int(row[15]), int(row[16])
             node = await self._insert_node(
                 tx, parent, name, kind, mode, now_ns, target, uid, gid, node_id=node_id, rdev=rdev
             )
             event = {NodeKind.DIR: "mkdir", NodeKind.SYMLINK: "symlink"}.get(kind, "create")
-            await self._event(tx, event, path, actor, node.id, seq=seq, target=target)
+            await self._note_event(tx, event, path, actor, node.id, seq=seq, target=target)
             return node
 
         return await self._run(body)
@@ -597,24 +652,22 @@ class SqlMetaStore(ABC):
         uid: int | None = None,
         gid: int | None = None,
         mtime_ns: int | None = None,
+        path: str = "",
+        actor: str = "",
     ) -> Node:
+        now_ns = time.time_ns()
+
         async def body(tx: Tx) -> Node:
-            node = await self._get_node(tx, node_id)
-            if node is None:
-                raise PathNotFound(f"node {node_id} does not exist")
-            await tx.execute(
-                "UPDATE nodes SET mode = ?, uid = ?, gid = ?, mtime_ns = ?, ctime_ns = ? "
+            changed = await tx.execute(
+                "UPDATE nodes SET mode = COALESCE(?, mode), uid = COALESCE(?, uid), "
+                "gid = COALESCE(?, gid), mtime_ns = COALESCE(?, mtime_ns), ctime_ns = ? "
                 "WHERE drive = ? AND id = ?",
-                (
-                    node.mode if mode is None else mode,
-                    node.uid if uid is None else uid,
-                    node.gid if gid is None else gid,
-                    node.mtime_ns if mtime_ns is None else mtime_ns,
-                    time.time_ns(),
-                    self.drive,
-                    node_id,
-                ),
+                (mode, uid, gid, mtime_ns, now_ns, self.drive, node_id),
             )
+            if not changed:
+                raise PathNotFound(f"node {node_id} does not exist")
+            # Other mounts follow this to drop what their kernels cached of the node.
+            await self._note_event(tx, "attrs", path, actor, node_id)
             updated = await self._get_node(tx, node_id)
             assert updated is not None
             return updated
@@ -629,7 +682,13 @@ class SqlMetaStore(ABC):
         return row is not None
 
     async def remove(
-        self, parent_id: int, parent_path: str, name: str, actor: str, recursive: bool = False
+        self,
+        parent_id: int,
+        parent_path: str,
+        name: str,
+        actor: str,
+        recursive: bool = False,
+        folder: bool | None = None,
     ) -> Node:
         """Delete a file, symlink or folder. Versions stay in history until retention."""
         path = posixpath.join(parent_path, name)
@@ -639,14 +698,18 @@ class SqlMetaStore(ABC):
             node = await self._lookup(tx, parent_id, name)
             if node is None:
                 raise PathNotFound(f"{path!r} does not exist")
+            if folder is True and not node.is_dir:
+                raise NotADirectory(f"{path!r} is not a folder")
+            if folder is False and node.is_dir:
+                raise IsADirectory(f"{path!r} is a folder")
             if node.is_dir and not recursive and await self._has_children(tx, node.id):
                 raise DirectoryNotEmpty(f"folder {path!r} is not empty")
-            await tx.execute(
+            await tx.send(
                 "UPDATE nodes SET deleted_ns = ? WHERE drive = ? AND id = ?",
                 (now_ns, self.drive, node.id),
             )
             await self._touch_dir(tx, parent_id, now_ns)
-            await self._event(tx, "delete", path, actor, node.id, node.head_version)
+            await self._note_event(tx, "delete", path, actor, node.id, node.head_version)
             return node
 
         return await self._run(body)
@@ -694,7 +757,7 @@ class SqlMetaStore(ABC):
             await self._touch_dir(tx, src_parent, now_ns)
             if dst_parent != src_parent:
                 await self._touch_dir(tx, dst_parent, now_ns)
-            await self._event(
+            await self._note_event(
                 tx, "rename", dst_path, actor, node.id, node.head_version, source=src_path
             )
             moved = await self._get_node(tx, node.id)
