@@ -44,10 +44,6 @@ class Tree:
         if node_id != self.root_id:
             self._paths.pop(node_id, None)
 
-    def known_path(self, node_id: int) -> str:
-        """The remembered drive path of a node, or "" (no query)."""
-        return self._paths.get(node_id, "")
-
     async def path_of(self, node_id: int, fresh: bool = False) -> str:
         """The drive path of a live node, walking up through the metadata if needed.
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from mediadrive.core.drive import Drive, UploadResult
-from mediadrive.core.errors import CorruptChunk, MediadriveError
+from mediadrive.core.errors import CorruptChunk, MediadriveError, PathNotFound
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 
@@ -308,7 +308,7 @@ class VFS:
                 node = await self.meta.set_attrs(
                     node.id,
                     **meta_changes,
-                    path=self.tree.known_path(node.id),
+                    path=await self._path_or_blank(node.id),
                     actor=self.drive.author,
                 )
             except BaseException:
@@ -327,6 +327,13 @@ class VFS:
         if fh is None and staged.writers == 0:
             self.writeback.schedule_on(CommitOn.CLOSE, node.id, "")
         return staged
+
+    async def _path_or_blank(self, node_id: int) -> str:
+        """A node's drive path for an event, or "" when it is in no folder now."""
+        try:
+            return await self.tree.path_of(node_id)
+        except PathNotFound:
+            return ""
 
     @staticmethod
     def _apply_attr_changes(changes: AttrChanges, staged: StagedFile | None) -> dict[str, int]:

@@ -47,25 +47,12 @@ def _pg(sql: str) -> str:
 
 
 class _PgTx:
-    """Statements on one connection. In pipeline mode (a write transaction) a statement
-    whose result nobody reads (:meth:`send`) is queued, not waited for: it travels with
-    the next one whose result is read, or with the COMMIT."""
-
-    def __init__(
-        self, conn: psycopg.AsyncConnection[Any], pipeline: psycopg.AsyncPipeline | None = None
-    ) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn
-        self._pipeline = pipeline
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cursor = await self._conn.execute(_pg(sql), params)
-        if self._pipeline is not None:
-            # The row count is known once the server answered.
-            await self._pipeline.sync()
         return cursor.rowcount
-
-    async def send(self, sql: str, params: Sequence[Any] = ()) -> None:
-        await self._conn.execute(_pg(sql), params)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         async with self._conn.cursor() as cursor:
@@ -136,12 +123,8 @@ class PostgresMetaStore(SqlMetaStore):
     @asynccontextmanager
     async def _transaction(self, write: bool) -> AsyncIterator[_PgTx]:
         pool = await self._get_pool()
-        if not write:
-            async with pool.connection() as conn, conn.transaction():
-                yield _PgTx(conn)
-            return
-        async with pool.connection() as conn, conn.pipeline() as pipeline, conn.transaction():
-            yield _PgTx(conn, pipeline)
+        async with pool.connection() as conn, conn.transaction():
+            yield _PgTx(conn)
 
     async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]]) -> T:
         # The pool's connections autocommit: one statement alone is its own

@@ -85,10 +85,6 @@ class Tx(Protocol):
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
 
-    async def send(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """A statement whose result is not read: an engine may send it without waiting
-        (its error then shows at a later statement or at COMMIT)."""
-
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
@@ -319,35 +315,6 @@ class SqlMetaStore(ABC):
         )
         return seq
 
-    async def _note_event(
-        self,
-        tx: Tx,
-        kind: str,
-        path: str,
-        actor: str,
-        file_id: int | None = None,
-        version: int | None = None,
-        *,
-        seq: int | None = None,
-        **detail: Any,
-    ) -> None:
-        """Record an event without waiting for its number: the counter is bumped and
-        read by the statements themselves (the transaction holds the drive's row)."""
-        values = (kind, path, file_id, version, actor, time.time(), json.dumps(detail))
-        if seq is not None:
-            await tx.send(
-                "INSERT INTO events (drive, seq, kind, path, file_id, version, actor, created, "
-                "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.drive, seq, *values),
-            )
-            return
-        await tx.send("UPDATE drives SET event_seq = event_seq + 1 WHERE name = ?", (self.drive,))
-        await tx.send(
-            "INSERT INTO events (drive, seq, kind, path, file_id, version, actor, created, detail) "
-            "SELECT name, event_seq, ?, ?, ?, ?, ?, ?, ? FROM drives WHERE name = ?",
-            (*values, self.drive),
-        )
-
     async def record_event(
         self,
         kind: str,
@@ -541,7 +508,7 @@ class SqlMetaStore(ABC):
     ) -> Node:
         if node_id is None:
             node_id = await self._next(tx, "next_node")
-        await tx.send(
+        await tx.execute(
             f"INSERT INTO nodes (drive, {NODE_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, NULL, ?)",
             (
@@ -579,7 +546,7 @@ class SqlMetaStore(ABC):
         )
 
     async def _touch_dir(self, tx: Tx, dir_id: int, now_ns: int) -> None:
-        await tx.send(
+        await tx.execute(
             "UPDATE nodes SET mtime_ns = ?, ctime_ns = ? WHERE drive = ? AND id = ?",
             (now_ns, now_ns, self.drive, dir_id),
         )
@@ -610,21 +577,12 @@ class SqlMetaStore(ABC):
         now_ns = time.time_ns()
 
         async def body(tx: Tx) -> Node:
-            # A node id and an event number taken up front (a refusal below rolls them
-            # back), then the parent, whether the name is taken and those numbers in one
-            # statement: one round trip for both.
-            await tx.send(
-                "UPDATE drives SET next_node = next_node + 1, event_seq = event_seq + 1 "
-                "WHERE name = ?",
-                (self.drive,),
-            )
+            # The parent and whether the name is taken, in one statement.
             row = await tx.fetchone(
                 f"SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c WHERE c.drive = ? "
-                "AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL), "
-                "(SELECT d.next_node FROM drives d WHERE d.name = ?), "
-                "(SELECT d.event_seq FROM drives d WHERE d.name = ?) "
+                "AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL) "
                 "FROM nodes WHERE drive = ? AND id = ?",
-                (self.drive, parent_id, name, self.drive, self.drive, self.drive, parent_id),
+                (self.drive, parent_id, name, self.drive, parent_id),
             )
             parent = _node(row) if row else None
             if parent is None or parent.deleted_ns is not None:
@@ -634,12 +592,12 @@ class SqlMetaStore(ABC):
             assert row is not None
             if row[14]:
                 raise AlreadyExists(f"{path!r} already exists")
-            node_id, seq = int(row[15]), int(row[16])
+            node_id, seq = await self._next_node_and_event(tx)
             node = await self._insert_node(
                 tx, parent, name, kind, mode, now_ns, target, uid, gid, node_id=node_id, rdev=rdev
             )
             event = {NodeKind.DIR: "mkdir", NodeKind.SYMLINK: "symlink"}.get(kind, "create")
-            await self._note_event(tx, event, path, actor, node.id, seq=seq, target=target)
+            await self._event(tx, event, path, actor, node.id, seq=seq, target=target)
             return node
 
         return await self._run(body)
@@ -667,7 +625,7 @@ class SqlMetaStore(ABC):
             if not changed:
                 raise PathNotFound(f"node {node_id} does not exist")
             # Other mounts follow this to drop what their kernels cached of the node.
-            await self._note_event(tx, "attrs", path, actor, node_id)
+            await self._event(tx, "attrs", path, actor, node_id)
             updated = await self._get_node(tx, node_id)
             assert updated is not None
             return updated
@@ -704,12 +662,12 @@ class SqlMetaStore(ABC):
                 raise IsADirectory(f"{path!r} is a folder")
             if node.is_dir and not recursive and await self._has_children(tx, node.id):
                 raise DirectoryNotEmpty(f"folder {path!r} is not empty")
-            await tx.send(
+            await tx.execute(
                 "UPDATE nodes SET deleted_ns = ? WHERE drive = ? AND id = ?",
                 (now_ns, self.drive, node.id),
             )
             await self._touch_dir(tx, parent_id, now_ns)
-            await self._note_event(tx, "delete", path, actor, node.id, node.head_version)
+            await self._event(tx, "delete", path, actor, node.id, node.head_version)
             return node
 
         return await self._run(body)
@@ -757,7 +715,7 @@ class SqlMetaStore(ABC):
             await self._touch_dir(tx, src_parent, now_ns)
             if dst_parent != src_parent:
                 await self._touch_dir(tx, dst_parent, now_ns)
-            await self._note_event(
+            await self._event(
                 tx, "rename", dst_path, actor, node.id, node.head_version, source=src_path
             )
             moved = await self._get_node(tx, node.id)

@@ -54,9 +54,6 @@ class _SqliteTx:
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._conn.execute(sql, params).rowcount
 
-    async def send(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self._conn.execute(sql, params)
-
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
 
@@ -77,9 +74,6 @@ class _ThreadTx:
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return await self._store._on_worker(_finish, self._sync.execute(sql, params))
-
-    async def send(self, sql: str, params: Sequence[Any] = ()) -> None:
-        await self._store._on_worker(_finish, self._sync.send(sql, params))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         await self._store._on_worker(_finish, self._sync.executemany(sql, list(rows)))
