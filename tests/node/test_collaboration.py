@@ -73,6 +73,8 @@ def test_attribute_and_folder_changes_on_one_mount_reach_the_other_within_two_se
     )
     os.utime(a / "shots" / "cut.txt", ns=(1_000_000_000, 2_000_000_000))
     wait_until(lambda: os.stat(b / "shots" / "cut.txt").st_mtime_ns == 2_000_000_000, timeout=2.5)
+    os.chmod(a / "shots", 0o750)
+    wait_until(lambda: os.stat(b / "shots").st_mode & 0o777 == 0o750, timeout=2.5)
     # A new subfolder: the folder's link count and times change on b too.
     (a / "shots" / "010").mkdir()
     wait_until(lambda: os.stat(b / "shots").st_nlink == 3, timeout=2.5)

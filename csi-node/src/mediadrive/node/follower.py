@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from mediadrive.core.meta import Event
+from mediadrive.core.meta import Event, NodeKind
 
 from .relay import RelayError, RelaySource, relay_events
 from .vfs import VFS
@@ -145,8 +145,7 @@ class Follower:
                 return
             await vfs.content_changed(event.file_id, event.version)
         elif event.kind == "attrs":
-            # Mode, owner or times changed elsewhere: the kernel asks again.
-            await vfs.kernel.invalidate_inode(tree.inode(event.file_id))
+            await self._attrs_changed(event.file_id)
         elif event.kind == "rename":
             await self._renamed(event)
         elif tree.to_mount(event.path) is None:
@@ -155,6 +154,16 @@ class Follower:
             await self._made(event.file_id)
         elif event.kind == "delete":
             await self._deleted(event.file_id)
+
+    async def _attrs_changed(self, node_id: int) -> None:
+        """Mode, owner or times changed elsewhere: the kernel asks again. With the
+        writeback cache it keeps a file's times itself, so a file needs a new inode,
+        as for new content; a folder's attributes it takes as they come."""
+        node = await self.meta.get_node(node_id)
+        if node is not None and node.kind is NodeKind.FILE:
+            await self.vfs.refresh_kernel(node_id)
+        else:
+            await self.vfs.kernel.invalidate_inode(self.vfs.tree.inode(node_id))
 
     async def _made(self, file_id: int) -> None:
         """A new name elsewhere: the folder's times and link count changed."""
