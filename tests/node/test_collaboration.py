@@ -47,6 +47,42 @@ def test_a_save_on_one_mount_is_seen_on_the_other_within_two_seconds(
     wait_until(lambda: not (b / "final.txt").exists(), timeout=2.5)
 
 
+def test_attribute_and_folder_changes_on_one_mount_reach_the_other_within_two_seconds(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """The kernel may trust attributes for longer than that (ATTR_TIMEOUT): the event
+    follower invalidates what each change touched."""
+    name = make_drive()
+    a = mounts.mount(name)
+    b = mounts.mount(name)
+    (a / "shots").mkdir()
+    (a / "shots" / "cut.txt").write_text("take")
+    wait_until(lambda: (b / "shots" / "cut.txt").exists(), timeout=2.5)
+    # b's kernel now caches both; every change below must still show within 2 s.
+    before = os.stat(b / "shots")
+    assert (before.st_nlink, os.stat(b / "shots" / "cut.txt").st_mode & 0o777) == (2, 0o644)
+    os.chmod(a / "shots" / "cut.txt", 0o600)
+    wait_until(lambda: os.stat(b / "shots" / "cut.txt").st_mode & 0o777 == 0o600, timeout=2.5)
+    os.chown(a / "shots" / "cut.txt", 1234, 5678)
+    wait_until(
+        lambda: (
+            (os.stat(b / "shots" / "cut.txt").st_uid, os.stat(b / "shots" / "cut.txt").st_gid)
+            == (1234, 5678)
+        ),
+        timeout=2.5,
+    )
+    os.utime(a / "shots" / "cut.txt", ns=(1_000_000_000, 2_000_000_000))
+    wait_until(lambda: os.stat(b / "shots" / "cut.txt").st_mtime_ns == 2_000_000_000, timeout=2.5)
+    os.chmod(a / "shots", 0o750)
+    wait_until(lambda: os.stat(b / "shots").st_mode & 0o777 == 0o750, timeout=2.5)
+    # A new subfolder: the folder's link count and times change on b too.
+    (a / "shots" / "010").mkdir()
+    wait_until(lambda: os.stat(b / "shots").st_nlink == 3, timeout=2.5)
+    assert os.stat(b / "shots").st_mtime_ns > before.st_mtime_ns
+    (a / "shots" / "010").rmdir()
+    wait_until(lambda: os.stat(b / "shots").st_nlink == 2, timeout=2.5)
+
+
 @pytest.mark.parametrize("policy", list(ConflictPolicy))
 def test_simultaneous_saves_follow_the_policy_and_lose_no_version(
     make_drive: DriveFactory, mounts: Mounts, policy: ConflictPolicy

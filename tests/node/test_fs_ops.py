@@ -44,6 +44,37 @@ def test_create_write_read_and_commit_on_close(make_drive: DriveFactory, mounts:
     assert head.size == len(data)
 
 
+def test_an_empty_file_created_and_closed_is_listed_with_no_version(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive()
+    m = mounts.mount(name)
+    for index in range(20):
+        os.close(os.open(m / f"empty{index}", os.O_CREAT | os.O_WRONLY, 0o640))
+    assert sorted(os.listdir(m.path)) == sorted(f"empty{index}" for index in range(20))
+    assert {(os.stat(p).st_size, stat.S_IMODE(os.stat(p).st_mode)) for p in m.path.iterdir()} == {
+        (0, 0o640)
+    }
+    with pytest.raises(OSError) as raised:
+        os.getxattr(m / "empty0", "user.mediadrive.version")
+    assert raised.value.errno == errno.ENODATA
+    # Two writers, the file's creator closing first: the other's bytes are committed.
+    creator = os.open(m / "shared.txt", os.O_CREAT | os.O_WRONLY, 0o644)
+    other = os.open(m / "shared.txt", os.O_WRONLY)
+    os.write(other, b"from the other writer")
+    os.close(creator)
+    os.close(other)
+    wait_until(lambda: versions(m / "shared.txt") == [1])
+    assert m.status()["commits"] == 1
+    # The empty files are in the drive itself, not only in this mount.
+    mounts.umount(m)
+    again = mounts.mount(name)
+    assert os.stat(again / "empty7").st_size == 0
+    assert (again / "shared.txt").read_bytes() == b"from the other writer"
+    (again / "empty7").write_bytes(b"now with bytes")
+    wait_until(lambda: versions(again / "empty7") == [1])
+
+
 def test_write_at_offsets_and_append(make_drive: DriveFactory, mounts: Mounts) -> None:
     m = mounts.mount(make_drive())
     path = m / "sparse.bin"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from mediadrive.core.meta import Event
+from mediadrive.core.meta import Event, NodeKind
 
 from .relay import RelayError, RelaySource, relay_events
 from .vfs import VFS
@@ -31,6 +31,8 @@ from .vfs import VFS
 log = logging.getLogger(__name__)
 
 _CONTENT_EVENTS = {"commit", "restore", "conflict"}
+# A new name in a folder: the folder's times and link count changed.
+_MADE_EVENTS = {"create", "mkdir", "symlink"}
 
 Listener = Callable[[Event], None]
 
@@ -128,35 +130,66 @@ class Follower:
     async def apply(self, event: Event) -> None:
         vfs = self.vfs
         tree = vfs.tree
-        if (
-            event.kind in ("rename", "delete")
-            and event.file_id is not None
-            and vfs.take_own_change(event.kind, event.file_id)
+        own_kind = "made" if event.kind in _MADE_EVENTS else event.kind
+        if event.file_id is None:
+            return
+        if own_kind in ("rename", "delete", "attrs", "made") and vfs.take_own_change(
+            own_kind, event.file_id
         ):
             # Made by this mount: the kernel and the tree know already.
             return
-        if event.kind in _CONTENT_EVENTS and event.file_id is not None:
+        if event.kind in _CONTENT_EVENTS:
             if event.version is not None and vfs.is_own_version(event.file_id, event.version):
                 return
             if tree.to_mount(event.path) is None:
                 return
             await vfs.content_changed(event.file_id, event.version)
+        elif event.kind == "attrs":
+            await self._attrs_changed(event.file_id)
         elif event.kind == "rename":
-            tree.forget()
-            source = str(event.detail.get("source", ""))
-            for path in (source, event.path):
-                if path and tree.to_mount(path) is not None and path != tree.subdir:
-                    await self._drop_entry(path)
-        elif event.kind == "delete" and event.file_id is not None:
-            if tree.to_mount(event.path) is None:
-                return
-            vfs.forget_content(event.file_id)
-            tree.forget_one(event.file_id)
-            node = await self.meta.get_node(event.file_id)
-            if node is not None and node.parent_id is not None:
-                await vfs.invalidate_entry(node.parent_id, node.name, node.id)
+            await self._renamed(event)
+        elif tree.to_mount(event.path) is None:
+            return
+        elif event.kind in _MADE_EVENTS:
+            await self._made(event.file_id)
+        elif event.kind == "delete":
+            await self._deleted(event.file_id)
+
+    async def _attrs_changed(self, node_id: int) -> None:
+        """Mode, owner or times changed elsewhere: the kernel asks again. With the
+        writeback cache it keeps a file's times itself, so a file needs a new inode,
+        as for new content; a folder's attributes it takes as they come."""
+        node = await self.meta.get_node(node_id)
+        if node is not None and node.kind is NodeKind.FILE:
+            await self.vfs.refresh_kernel(node_id)
+        else:
+            await self.vfs.kernel.invalidate_inode(self.vfs.tree.inode(node_id))
+
+    async def _made(self, file_id: int) -> None:
+        """A new name elsewhere: the folder's times and link count changed."""
+        node = await self.meta.get_node(file_id)
+        if node is not None and node.parent_id is not None:
+            await self.vfs.kernel.invalidate_inode(self.vfs.tree.inode(node.parent_id))
+
+    async def _renamed(self, event: Event) -> None:
+        tree = self.vfs.tree
+        tree.forget()
+        source = str(event.detail.get("source", ""))
+        for path in (source, event.path):
+            if path and tree.to_mount(path) is not None and path != tree.subdir:
+                await self._drop_entry(path)
+
+    async def _deleted(self, file_id: int) -> None:
+        vfs = self.vfs
+        vfs.forget_content(file_id)
+        vfs.tree.forget_one(file_id)
+        node = await self.meta.get_node(file_id)
+        if node is not None and node.parent_id is not None:
+            await vfs.invalidate_entry(node.parent_id, node.name, node.id)
+            await vfs.kernel.invalidate_inode(vfs.tree.inode(node.parent_id))
 
     async def _drop_entry(self, path: str) -> None:
         parent = await self.meta.resolve(posixpath.dirname(path))
         if parent is not None:
             await self.vfs.invalidate_entry(parent.id, posixpath.basename(path))
+            await self.vfs.kernel.invalidate_inode(self.vfs.tree.inode(parent.id))

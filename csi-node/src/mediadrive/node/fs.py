@@ -31,16 +31,29 @@ from mediadrive.core.errors import (
 )
 from mediadrive.core.hashing import BLOCK_SIZE
 
-from .vfs import VFS, AttrChanges, Attributes, Caller, FsError, OpenResult
+from .vfs import (
+    ENOATTR,
+    VFS,
+    XATTR_TIER,
+    XATTR_VERSION,
+    AttrChanges,
+    Attributes,
+    Caller,
+    FsError,
+    OpenResult,
+)
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# How long the kernel may trust a lookup or attributes without asking again; changes
-# from other machines are pushed to the kernel by the event follower anyway.
-ATTR_TIMEOUT = 1.0
+# How long the kernel may trust a lookup or attributes without asking again. Changes
+# made elsewhere reach the kernel sooner: the event follower invalidates what they
+# touched (every change to the tree is an event), within its interval. This bounds
+# how stale a name or attribute can get only if the follower cannot read the events.
+ATTR_TIMEOUT = 10.0
+_OWN_XATTRS = frozenset(os.fsencode(name) for name in (XATTR_VERSION, XATTR_TIER))
 _ERRNO: list[tuple[type[Exception], int]] = [
     (AlreadyExists, errno.EEXIST),
     (DirectoryNotEmpty, errno.ENOTEMPTY),
@@ -285,7 +298,9 @@ class DriveFS(pyfuse3.Operations):
         await self.vfs.fallocate(fh, mode, offset, length)
 
     async def flush(self, fh: int) -> None:
-        pass
+        # Nothing to do at each close (release commits): ENOSYS tells the kernel to
+        # stop sending flushes, one round trip less per close.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -315,6 +330,9 @@ class DriveFS(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name not in _OWN_XATTRS:
+            # What `ls -l` asks of every entry (ACLs, security labels): answered here.
+            raise pyfuse3.FUSEError(ENOATTR)
         return await self.vfs.getxattr(inode, os.fsdecode(name))
 
     @fuse_errors

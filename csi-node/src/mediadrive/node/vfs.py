@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from mediadrive.core.drive import Drive, UploadResult
-from mediadrive.core.errors import CorruptChunk, MediadriveError
+from mediadrive.core.errors import CorruptChunk, MediadriveError, PathNotFound
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 
@@ -164,12 +164,20 @@ class Handle:
     writable: bool
     ahead: ReadAhead = field(default_factory=ReadAhead)
     passthrough: bool = False
+    # Counted in the staged copy's writers. Every writable handle is while its file
+    # has a staged copy; one from a create is not until the file is staged.
+    stages: bool = False
 
 
 @dataclass
 class DirHandle:
     node_id: int
     entries: list[Node] | None = None
+
+
+def _unchanged_dropped(changes: dict[str, int], node: Node) -> dict[str, int]:
+    """The changes that change something: the kernel also sends times it only kept."""
+    return {key: value for key, value in changes.items() if getattr(node, key) != value}
 
 
 _KIND_BITS = {
@@ -290,9 +298,22 @@ class VFS:
         staged = self.staging.get(node.id)
         if changes.size is not None:
             staged = await self._resize(node, changes.size, fh)
-        meta_changes = self._apply_attr_changes(changes, staged)
-        if meta_changes:
-            node = await self.meta.set_attrs(node.id, **meta_changes)
+        meta_changes = _unchanged_dropped(self._apply_attr_changes(changes, staged), node)
+        # A removed file's attributes are nobody's business any more: the kernel sends
+        # the times it kept of an unlinked inode as it lets it go.
+        if meta_changes and node.deleted_ns is None:
+            # Noted first: the event follower may meet the event before this resumes.
+            self.note_own_change("attrs", node.id)
+            try:
+                node = await self.meta.set_attrs(
+                    node.id,
+                    **meta_changes,
+                    path=await self._path_or_blank(node.id),
+                    actor=self.drive.author,
+                )
+            except BaseException:
+                self.take_own_change("attrs", node.id)
+                raise
         return self.attrs(node)
 
     async def _resize(self, node: Node, size: int, fh: int | None) -> StagedFile:
@@ -306,6 +327,13 @@ class VFS:
         if fh is None and staged.writers == 0:
             self.writeback.schedule_on(CommitOn.CLOSE, node.id, "")
         return staged
+
+    async def _path_or_blank(self, node_id: int) -> str:
+        """A node's drive path for an event, or "" when it is in no folder now."""
+        try:
+            return await self.tree.path_of(node_id)
+        except PathNotFound:
+            return ""
 
     @staticmethod
     def _apply_attr_changes(changes: AttrChanges, staged: StagedFile | None) -> dict[str, int]:
@@ -330,11 +358,10 @@ class VFS:
     # -- folders ------------------------------------------------------------------------------
 
     async def opendir(self, inode: int) -> int:
-        node = await self._node(inode)
-        if not node.is_dir:
-            raise FsError(errno.ENOTDIR)
+        # No query: the kernel opens only what it knows to be a folder, and a folder
+        # removed meanwhile lists empty.
         fh = next(self._fh)
-        self.dirs[fh] = DirHandle(node.id)
+        self.dirs[fh] = DirHandle(self.tree.node_id(inode))
         return fh
 
     async def readdir(self, fh: int, start_id: int) -> Iterator[DirEntry]:
@@ -385,6 +412,7 @@ class VFS:
             rdev=rdev,
         )
         self.tree.remember(node.id, f"{parent_path.rstrip('/')}/{name}")
+        self.note_own_change("made", node.id)
         return node
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
@@ -403,16 +431,11 @@ class VFS:
         self._writable()
         check_name(name)
         parent_id = self.tree.node_id(parent_inode)
-        node = await self.meta.lookup(parent_id, name)
-        if node is None:
-            raise FsError(errno.ENOENT)
-        if node.is_dir != folder:
-            raise FsError(errno.ENOTDIR if folder else errno.EISDIR)
         async with self.tree.names:
-            await self.meta.remove(
-                parent_id, await self.tree.path_of(parent_id), node.name, self.drive.author
+            parent_path = await self.tree.path_of(parent_id)
+            return await self.meta.remove(
+                parent_id, parent_path, name, self.drive.author, folder=folder
             )
-        return node
 
     def _orphan(self, node_id: int) -> None:
         """The file left the tree: its staged copy is never committed."""
@@ -530,14 +553,17 @@ class VFS:
             staged = self.staging.get(node.id)
             if staged is not None:
                 return staged
-            path = await self.tree.path_of(node.id)
+            # Removed while open (a new file is staged at its first write, which the
+            # kernel may send after an unlink): a copy that is never committed.
+            removed = node.deleted_ns is not None
+            path = "" if removed else await self.tree.path_of(node.id)
             base: list[BaseBlock] = []
             size = 0
             if not empty and node.head_version is not None:
                 content = await self.content(node)
                 base = base_blocks(content)
                 size = content.size
-            return self.staging.create(
+            staged = self.staging.create(
                 node.id,
                 path,
                 node.head_version,
@@ -546,6 +572,12 @@ class VFS:
                 base=base,
                 size=size,
             )
+            staged.orphan = removed
+            for handle in self.handles.values():
+                if handle.node_id == node.id and handle.writable and not handle.stages:
+                    handle.stages = True
+                    staged.writers += 1
+            return staged
 
     async def _truncate(self, staged: StagedFile, size: int) -> None:
         past = await staged.prepare_truncate(size, self.cache.get)
@@ -570,7 +602,8 @@ class VFS:
                 await self._truncate(staged, 0)
                 staged.touch()
             staged.writers += 1
-        elif self.staging.get(node.id) is None:
+            return self._open_handle(node, writable, stages=True)
+        if self.staging.get(node.id) is None:
             content = await self.content(node)
             if self.views is not None:
                 others = self.open_counts[node.id] - self.views.opens_of(node.id)
@@ -579,9 +612,11 @@ class VFS:
                     return self._open_handle(node, writable, backing_id)
         return self._open_handle(node, writable)
 
-    def _open_handle(self, node: Node, writable: bool, backing_id: int = 0) -> OpenResult:
+    def _open_handle(
+        self, node: Node, writable: bool, backing_id: int = 0, stages: bool = False
+    ) -> OpenResult:
         fh = next(self._fh)
-        self.handles[fh] = Handle(node.id, writable, passthrough=backing_id > 0)
+        self.handles[fh] = Handle(node.id, writable, passthrough=backing_id > 0, stages=stages)
         self.open_counts[node.id] += 1
         if backing_id:
             return OpenResult(fh, keep_cache=False, backing_id=backing_id)
@@ -601,10 +636,8 @@ class VFS:
     ) -> tuple[OpenResult, Attributes]:
         self._writable()
         node = await self._make(parent_inode, name, NodeKind.FILE, mode, caller)
-        staged = self.staging.create(
-            node.id, await self.tree.path_of(node.id), None, node.mode, node.mtime_ns
-        )
-        staged.writers += 1
+        # No staged copy yet: a new file is recorded empty, and one closed without a
+        # write stays so. The first write (or truncate) stages it.
         return self._open_handle(node, True), self.attrs(node)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
@@ -738,7 +771,8 @@ class VFS:
             del self.open_counts[handle.node_id]
             if handle.node_id in self._stale:
                 asyncio.get_running_loop().create_task(self.refresh_kernel(handle.node_id))
-        if not handle.writable:
+        if not handle.stages:
+            # Read only, or a new file never staged (nothing written through it).
             return
         staged = self.staging.get(handle.node_id)
         if staged is None:

@@ -116,13 +116,24 @@ class MetaStore(Protocol):
         uid: int | None = None,
         gid: int | None = None,
         mtime_ns: int | None = None,
+        path: str = "",
+        actor: str = "",
     ) -> Node:
-        """Change the attributes given (None keeps one) and return the updated node."""
+        """Change the attributes given (None keeps one) and return the updated node; an
+        ``attrs`` event (with ``path`` and ``actor``) tells other mounts."""
 
     async def remove(
-        self, parent_id: int, parent_path: str, name: str, actor: str, recursive: bool = False
+        self,
+        parent_id: int,
+        parent_path: str,
+        name: str,
+        actor: str,
+        recursive: bool = False,
+        folder: bool | None = None,
     ) -> Node:
-        """Delete a file, symlink or folder. Versions stay in history until retention."""
+        """Delete a file, symlink or folder. Versions stay in history until retention.
+        ``folder`` True: the node must be a folder (NotADirectory otherwise); False: it
+        must not be one (IsADirectory)."""
 
     async def rename(
         self,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
@@ -16,7 +16,9 @@ from ..credentials import redact_url
 from ..errors import ConfigError, StoreUnavailable
 from . import register
 from .schema import POSTGRES
-from .sql import Row, SqlMetaStore
+from .sql import Row, SqlMetaStore, Tx
+
+T = TypeVar("T")
 
 # CockroachDB speaks the PostgreSQL protocol; its scheme only says which server it is.
 SCHEMES = ("postgresql", "postgres", "cockroachdb")
@@ -123,6 +125,13 @@ class PostgresMetaStore(SqlMetaStore):
         pool = await self._get_pool()
         async with pool.connection() as conn, conn.transaction():
             yield _PgTx(conn)
+
+    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        # The pool's connections autocommit: one statement alone is its own
+        # transaction, one round trip instead of three (BEGIN, it, COMMIT).
+        pool = await self._get_pool()
+        async with pool.connection() as conn:
+            return await body(_PgTx(conn))
 
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(

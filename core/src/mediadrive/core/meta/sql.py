@@ -55,7 +55,7 @@ from .records import (
     TieredVersion,
     VersionInfo,
 )
-from .schema import BOOKKEEPING, LATEST, MIGRATIONS, Dialect, render
+from .schema import BOOKKEEPING, LATEST, MIGRATIONS, POSTGRES, Dialect, render
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +158,20 @@ class SqlMetaStore(ABC):
         async with self._transaction(write) as tx:
             return await body(tx)
 
-    async def _run(self, body: Callable[[Tx], Awaitable[T]], write: bool = True) -> T:
+    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        """One try of a read of one statement: an engine whose BEGIN and COMMIT cost
+        round trips may run it alone."""
+        return await self._attempt(body, False)
+
+    async def _run(
+        self, body: Callable[[Tx], Awaitable[T]], write: bool = True, single: bool = False
+    ) -> T:
+        """Run ``body`` in a transaction, again on a serialization conflict. ``single``:
+        a body that only reads, with one statement."""
         for attempt in range(MAX_ATTEMPTS):
             try:
+                if single and not write:
+                    return await self._attempt_single(body)
                 return await self._attempt(body, write)
             except Exception as exc:
                 if not self._retryable(exc) or attempt == MAX_ATTEMPTS - 1:
@@ -295,12 +306,25 @@ class SqlMetaStore(ABC):
         **detail: Any,
     ) -> int:
         """Record an event; ``seq`` is a number already taken from the drive's counter."""
+        values = (kind, path, file_id, version, actor, time.time(), json.dumps(detail))
+        if seq is None and self.dialect is POSTGRES:
+            # The number taken and the event recorded in one statement: one round trip.
+            row = await tx.fetchone(
+                "WITH taken AS (UPDATE drives SET event_seq = event_seq + 1 WHERE name = ? "
+                "RETURNING event_seq) "
+                "INSERT INTO events (drive, seq, kind, path, file_id, version, actor, created, "
+                "detail) SELECT ?, event_seq, ?, ?, ?, ?, ?, ?, ? FROM taken RETURNING seq",
+                (self.drive, self.drive, *values),
+            )
+            if row is None:
+                raise DriveNotFound(f"drive {self.drive!r} does not exist in {self._where()}")
+            return int(row[0])
         if seq is None:
             seq = await self._next(tx, "event_seq")
         await tx.execute(
             "INSERT INTO events (drive, seq, kind, path, file_id, version, actor, created, detail) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.drive, seq, kind, path, file_id, version, actor, time.time(), json.dumps(detail)),
+            (self.drive, seq, *values),
         )
         return seq
 
@@ -339,14 +363,14 @@ class SqlMetaStore(ABC):
                 for row in rows
             ]
 
-        return await self._run(body, write=False)
+        return await self._run(body, write=False, single=True)
 
     async def last_event_seq(self) -> int:
         async def body(tx: Tx) -> int:
             row = await tx.fetchone("SELECT event_seq FROM drives WHERE name = ?", (self.drive,))
             return int(row[0]) if row else 0
 
-        return await self._run(body, write=False)
+        return await self._run(body, write=False, single=True)
 
     async def follow_events(self, since: int, poll: float = 0.5) -> AsyncIterator[Event]:
         """Every event after ``since``, then new ones as they land (polling; no NOTIFY)."""
@@ -376,10 +400,12 @@ class SqlMetaStore(ABC):
         return _node_and_subdirs(row) if row else None
 
     async def get_node(self, node_id: int) -> Node | None:
-        return await self._run(lambda tx: self._get_node(tx, node_id), write=False)
+        return await self._run(lambda tx: self._get_node(tx, node_id), write=False, single=True)
 
     async def lookup(self, parent_id: int, name: str) -> Node | None:
-        return await self._run(lambda tx: self._lookup(tx, parent_id, name), write=False)
+        return await self._run(
+            lambda tx: self._lookup(tx, parent_id, name), write=False, single=True
+        )
 
     async def resolve(self, path: str) -> Node | None:
         """The live node at a normalized absolute drive path, in one transaction."""
@@ -477,7 +503,7 @@ class SqlMetaStore(ABC):
             )
             return [_node_and_subdirs(r) for r in rows]
 
-        return await self._run(body, write=False)
+        return await self._run(body, write=False, single=True)
 
     async def _insert_node(
         self,
@@ -563,14 +589,29 @@ class SqlMetaStore(ABC):
         path = posixpath.join(parent_path, name)
         now_ns = time.time_ns()
 
+        # The parent and whether the name is taken, in one statement; on PostgreSQL
+        # the same statement takes the new node id and event number (a refusal below
+        # rolls them back): one round trip less.
+        checks = (
+            f"SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c WHERE c.drive = ? "
+            "AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL)"
+        )
+        take_ids = self.dialect is POSTGRES
+
         async def body(tx: Tx) -> Node:
-            # The parent and whether the name is taken, in one statement.
-            row = await tx.fetchone(
-                f"SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c WHERE c.drive = ? "
-                "AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL) "
-                "FROM nodes WHERE drive = ? AND id = ?",
-                (self.drive, parent_id, name, self.drive, parent_id),
-            )
+            if take_ids:
+                row = await tx.fetchone(
+                    "WITH taken AS (UPDATE drives SET next_node = next_node + 1, "
+                    "event_seq = event_seq + 1 WHERE name = ? RETURNING next_node, event_seq) "
+                    f"{checks}, taken.next_node, taken.event_seq FROM nodes, taken "
+                    "WHERE drive = ? AND id = ?",
+                    (self.drive, self.drive, parent_id, name, self.drive, parent_id),
+                )
+            else:
+                row = await tx.fetchone(
+                    f"{checks} FROM nodes WHERE drive = ? AND id = ?",
+                    (self.drive, parent_id, name, self.drive, parent_id),
+                )
             parent = _node(row) if row else None
             if parent is None or parent.deleted_ns is not None:
                 raise PathNotFound(f"folder {parent_path!r} does not exist")
@@ -579,7 +620,10 @@ class SqlMetaStore(ABC):
             assert row is not None
             if row[14]:
                 raise AlreadyExists(f"{path!r} already exists")
-            node_id, seq = await self._next_node_and_event(tx)
+            if take_ids:
+                node_id, seq = int(row[15]), int(row[16])
+            else:
+                node_id, seq = await self._next_node_and_event(tx)
             node = await self._insert_node(
                 tx, parent, name, kind, mode, now_ns, target, uid, gid, node_id=node_id, rdev=rdev
             )
@@ -597,24 +641,22 @@ class SqlMetaStore(ABC):
         uid: int | None = None,
         gid: int | None = None,
         mtime_ns: int | None = None,
+        path: str = "",
+        actor: str = "",
     ) -> Node:
+        now_ns = time.time_ns()
+
         async def body(tx: Tx) -> Node:
-            node = await self._get_node(tx, node_id)
-            if node is None:
-                raise PathNotFound(f"node {node_id} does not exist")
-            await tx.execute(
-                "UPDATE nodes SET mode = ?, uid = ?, gid = ?, mtime_ns = ?, ctime_ns = ? "
+            changed = await tx.execute(
+                "UPDATE nodes SET mode = COALESCE(?, mode), uid = COALESCE(?, uid), "
+                "gid = COALESCE(?, gid), mtime_ns = COALESCE(?, mtime_ns), ctime_ns = ? "
                 "WHERE drive = ? AND id = ?",
-                (
-                    node.mode if mode is None else mode,
-                    node.uid if uid is None else uid,
-                    node.gid if gid is None else gid,
-                    node.mtime_ns if mtime_ns is None else mtime_ns,
-                    time.time_ns(),
-                    self.drive,
-                    node_id,
-                ),
+                (mode, uid, gid, mtime_ns, now_ns, self.drive, node_id),
             )
+            if not changed:
+                raise PathNotFound(f"node {node_id} does not exist")
+            # Other mounts follow this to drop what their kernels cached of the node.
+            await self._event(tx, "attrs", path, actor, node_id)
             updated = await self._get_node(tx, node_id)
             assert updated is not None
             return updated
@@ -629,7 +671,13 @@ class SqlMetaStore(ABC):
         return row is not None
 
     async def remove(
-        self, parent_id: int, parent_path: str, name: str, actor: str, recursive: bool = False
+        self,
+        parent_id: int,
+        parent_path: str,
+        name: str,
+        actor: str,
+        recursive: bool = False,
+        folder: bool | None = None,
     ) -> Node:
         """Delete a file, symlink or folder. Versions stay in history until retention."""
         path = posixpath.join(parent_path, name)
@@ -639,13 +687,22 @@ class SqlMetaStore(ABC):
             node = await self._lookup(tx, parent_id, name)
             if node is None:
                 raise PathNotFound(f"{path!r} does not exist")
+            if folder is True and not node.is_dir:
+                raise NotADirectory(f"{path!r} is not a folder")
+            if folder is False and node.is_dir:
+                raise IsADirectory(f"{path!r} is a folder")
             if node.is_dir and not recursive and await self._has_children(tx, node.id):
                 raise DirectoryNotEmpty(f"folder {path!r} is not empty")
+            # The node marked and its folder touched in one statement.
+            marked, touched = (node.id, now_ns), (parent_id, now_ns)
             await tx.execute(
-                "UPDATE nodes SET deleted_ns = ? WHERE drive = ? AND id = ?",
-                (now_ns, self.drive, node.id),
+                "UPDATE nodes SET "
+                "deleted_ns = CASE WHEN id = ? THEN ? ELSE deleted_ns END, "
+                "mtime_ns = CASE WHEN id = ? THEN ? ELSE mtime_ns END, "
+                "ctime_ns = CASE WHEN id = ? THEN ? ELSE ctime_ns END "
+                "WHERE drive = ? AND id IN (?, ?)",
+                (*marked, *touched, *touched, self.drive, node.id, parent_id),
             )
-            await self._touch_dir(tx, parent_id, now_ns)
             await self._event(tx, "delete", path, actor, node.id, node.head_version)
             return node
 

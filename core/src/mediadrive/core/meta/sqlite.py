@@ -11,6 +11,11 @@ thread, on a second connection: in WAL mode a reader neither waits for nor block
 the writer, and a lookup or a listing costs no hand-off to the worker. When that
 connection is busy (another process recovering the WAL, say) the read goes to the
 worker instead.
+
+A write transaction whose body never suspends runs on the caller's thread too, on a
+third connection, when no transaction of this process is under way: a create or a
+delete then costs no thread hand-off either. Only when the write lock is not free at
+once (another process writes) does it go to the worker, which waits for the lock.
 """
 
 from __future__ import annotations
@@ -122,9 +127,10 @@ class SqliteMetaStore(SqlMetaStore):
         # a time; other processes queue on SQLite's own locks (busy_timeout).
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="sqlite")
         self._lock = asyncio.Lock()
-        # Read transactions on the event loop's thread (opened once the worker's
-        # connection proved the file is there).
+        # Read and write transactions on the event loop's thread (opened once the
+        # worker's connection proved the file is there).
         self._reader: sqlite3.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
 
     async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -189,6 +195,46 @@ class SqliteMetaStore(SqlMetaStore):
         self._end(conn, ok=True)
         return result
 
+    def _write_here(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run a write transaction on this thread's writing connection; raises
+        _Suspended (body awaits something else) or _Busy (no write lock at once)."""
+        conn = self._writer
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    f"{self.path.as_uri()}?mode=rw",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=_READER_BUSY_SECONDS,
+                    cached_statements=256,
+                    check_same_thread=False,
+                )
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as err:
+                raise _Busy(str(err)) from err
+            self._writer = conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise _Busy(str(err)) from err
+        try:
+            result = _finish(body(_SqliteTx(conn)))
+        except sqlite3.OperationalError as err:
+            self._end(conn, ok=False)
+            if not self._retryable(err) and "busy" not in str(err):
+                raise
+            raise _Busy(str(err)) from err
+        except BaseException:
+            self._end(conn, ok=False)
+            raise
+        try:
+            self._end(conn, ok=True)
+        except sqlite3.OperationalError as err:
+            if not self._retryable(err) and "busy" not in str(err):
+                raise
+            raise _Busy(str(err)) from err
+        return result
+
     def _read_here(self, body: Callable[[Tx], Awaitable[T]]) -> T:
         """Run a read transaction on this thread's connection; raises _Suspended (body
         awaits something else) or _Busy (the connection could not read at once)."""
@@ -221,10 +267,30 @@ class SqliteMetaStore(SqlMetaStore):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
+    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        # One statement is its own read transaction: no BEGIN and ROLLBACK around it.
+        conn = self._reader
+        if conn is not None and not conn.in_transaction:
+            try:
+                return _finish(body(_SqliteTx(conn)))
+            except _Suspended:
+                pass
+            except sqlite3.OperationalError as err:
+                if not self._retryable(err) and "busy" not in str(err):
+                    raise
+        return await self._attempt(body, False)
+
     async def _attempt(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
         if not write and self._conn is not None:
             try:
                 return self._read_here(body)
+            except (_Suspended, _Busy):
+                pass
+        # With the lock free the worker is idle, and nothing runs here until this
+        # transaction (which never suspends) is over.
+        if write and self._conn is not None and not self._lock.locked():
+            try:
+                return self._write_here(body)
             except (_Suspended, _Busy):
                 pass
         async with self._lock:
@@ -250,9 +316,10 @@ class SqliteMetaStore(SqlMetaStore):
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            reader, self._reader = self._reader, None
-            reader.close()
+        for here in (self._reader, self._writer):
+            if here is not None:
+                here.close()
+        self._reader = self._writer = None
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await self._on_worker(conn.close)
