@@ -133,6 +133,7 @@ class BlockCache:
         self._check = check
         self._slots = asyncio.Semaphore(fetch_concurrency)
         self._blocks_dir = root / "blocks"
+        self._blocks_root = str(self._blocks_dir)
         self._sizes: OrderedDict[BlockKey, int] = OrderedDict()
         self._memory: OrderedDict[BlockKey, Block] = OrderedDict()
         self._memory_bytes = 0
@@ -267,6 +268,10 @@ class BlockCache:
     def _path(self, key: BlockKey) -> Path:
         return self._blocks_dir / key[0][:2] / f"{key[0]}.{key[1]}"
 
+    def _file(self, key: BlockKey) -> str:
+        """:meth:`_path` as a string, for the system calls of every read."""
+        return f"{self._blocks_root}/{key[0][:2]}/{key[0]}.{key[1]}"
+
     def has(self, chunk: str, index: int) -> bool:
         return (chunk, index) in self._sizes
 
@@ -353,7 +358,7 @@ class BlockCache:
         try:
             if (
                 _signature(os.fstat(fd)) != signature
-                or os.stat(self._path(key)).st_ino != (signature[0])
+                or os.stat(self._file(key)).st_ino != (signature[0])
             ):
                 raise OSError("changed")
             part = os.pread(fd, end - start, start)
@@ -372,7 +377,7 @@ class BlockCache:
         if signature is None:
             return None
         try:
-            fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._file(key), os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         self._keep_open(key, fd, signature)
@@ -545,7 +550,7 @@ class BlockCache:
 
     def _read_file(self, key: BlockKey) -> tuple[int, bytes, tuple[int, int, int]]:
         """An open descriptor of the block's file, its bytes, and its signature."""
-        fd = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(self._file(key), os.O_RDONLY | os.O_CLOEXEC)
         try:
             before = os.fstat(fd)
             parts = []
@@ -566,7 +571,9 @@ class BlockCache:
             private.make_dir(path.parent)
             self._dirs.add(path.parent)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}")
-        fd = private.opener(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
+        # A new name in the cache's private folder (leftovers go when the cache opens):
+        # created 0600, no chmod (an inode change of its own) needed.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, private.FILE_MODE)
         try:
             view = memoryview(data)
             while view:
