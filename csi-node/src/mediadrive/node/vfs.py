@@ -241,6 +241,12 @@ class VFS:
         # Bumped when a file changes elsewhere: the kernel then replaces its inode (and
         # with it the size it caches) at the next lookup.
         self._generations: Counter[int] = Counter()
+        # The head version whose size the kernel's inode of a file holds, per node. With
+        # the writeback cache the kernel takes a file's size only when it makes the inode
+        # (an entry reply with a generation it has not seen) and keeps it after: this is
+        # recorded at the first entry reply of each generation, and a file whose head is
+        # another version is read around the kernel's size (see ``_open_handle``).
+        self._kernel_sized: dict[int, int | None] = {}
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -286,6 +292,13 @@ class VFS:
             raise FsError(errno.ENOENT)
         parent_path = await self.tree.path_of(parent_id)
         self.tree.remember(node.id, f"{parent_path.rstrip('/')}/{name}")
+        return self._entry(node)
+
+    def _entry(self, node: Node) -> Attributes:
+        """The attributes of an entry reply (lookup, readdirplus, create): the kernel may
+        make its inode of ``node`` from them."""
+        if node.kind is NodeKind.FILE:
+            self._kernel_sized.setdefault(node.id, node.head_version)
         return self.attrs(node)
 
     async def getattr(self, inode: int) -> Attributes:
@@ -375,7 +388,7 @@ class VFS:
                 self.tree.remember(node.id, f"{parent.rstrip('/')}/{node.name}")
         entries = handle.entries
         return (
-            DirEntry(entries[index].name, self.attrs(entries[index]), index + 1)
+            DirEntry(entries[index].name, self._entry(entries[index]), index + 1)
             for index in range(start_id, len(entries))
         )
 
@@ -528,7 +541,7 @@ class VFS:
         if kind is None:
             raise FsError(errno.EINVAL)
         rdev = rdev if kind in (NodeKind.CHAR, NodeKind.BLOCK) else 0
-        return self.attrs(await self._make(parent_inode, name, kind, mode, caller, rdev=rdev))
+        return self._entry(await self._make(parent_inode, name, kind, mode, caller, rdev=rdev))
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -625,6 +638,14 @@ class VFS:
         if known and not keep and (node.id, node.head_version) not in self._own_versions:
             # Changed elsewhere, and the event follower has not told the kernel yet.
             self._stale.add(node.id)
+        if (
+            self.options.writeback_cache
+            and self._kernel_sized.get(node.id, -1) != node.head_version
+        ):
+            # The kernel's inode holds the size of another version, or predates the last
+            # new generation (a restore here, a commit elsewhere): its reads would stop at
+            # that size or pad to it.
+            self._stale.add(node.id)
         self._kernel_version[node.id] = node.head_version
         # The kernel may still hold an old size of a file changed elsewhere (the writeback
         # cache trusts its own): read around its page cache until it forgets the inode.
@@ -638,7 +659,7 @@ class VFS:
         node = await self._make(parent_inode, name, NodeKind.FILE, mode, caller)
         # No staged copy yet: a new file is recorded empty, and one closed without a
         # write stays so. The first write (or truncate) stages it.
-        return self._open_handle(node, True), self.attrs(node)
+        return self._open_handle(node, True), self._entry(node)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         try:
@@ -840,6 +861,8 @@ class VFS:
         if outcome.file_id == node_id:
             self._contents[node_id] = ExtentMap.of(outcome.version, upload.size, upload.extents)
             self._kernel_version[node_id] = outcome.version
+            # The kernel wrote these bytes through its inode: it knows their size.
+            self._kernel_sized[node_id] = outcome.version
         else:
             # keep-both put our bytes elsewhere: this name shows the other writer's head.
             self._contents.pop(node_id, None)
@@ -881,7 +904,12 @@ class VFS:
         """A new head of a file was recorded elsewhere: drop what this mount and the
         kernel cached of the old one."""
         known = self._contents.get(file_id)
-        if known is not None and known.version == version:
+        if (
+            known is not None
+            and known.version == version
+            and self._kernel_sized.get(file_id, -1) == version
+        ):
+            # An open here met this version first and the kernel has its size already.
             return
         self._contents.pop(file_id, None)
         await self.refresh_kernel(file_id)
@@ -902,12 +930,15 @@ class VFS:
             self._stale.add(node_id)
             return
         node = await self.meta.get_node(node_id)
-        self._stale.discard(node_id)
         if node is None or node.parent_id is None or node.deleted_ns is not None:
+            self._stale.discard(node_id)
             return
         # With the writeback cache the kernel keeps its own idea of a file's size; a new
         # generation makes it take a fresh inode (and the new size) at the next lookup.
+        # Until that lookup, opens reach the old inode: they read around it.
         self._generations[node_id] += 1
+        self._kernel_sized.pop(node_id, None)
+        self._stale.discard(node_id)
         await self.invalidate_entry(node.parent_id, node.name)
 
     async def invalidate_entry(self, parent_id: int, name: str, deleted_id: int = 0) -> None:
