@@ -214,6 +214,24 @@ def test_version_and_tier_xattrs(make_drive: DriveFactory, mounts: Mounts) -> No
     assert excinfo.value.errno == errno.ENOTSUP
 
 
+def test_xattr_namespaces_other_than_user_are_unsupported(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    m = mounts.mount(make_drive())
+    path = m / "f.bin"
+    path.write_bytes(b"data")
+    for target in (path, m.path):
+        for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+            with pytest.raises(OSError) as excinfo:
+                os.getxattr(target, name)
+            assert excinfo.value.errno == errno.EOPNOTSUPP, name
+        with pytest.raises(OSError) as excinfo:
+            os.getxattr(target, "user.other")
+        assert excinfo.value.errno == errno.ENODATA
+    wait_until(lambda: m.status()["dirty_files"] == 0)
+    assert os.getxattr(path, "user.mediadrive.version") == b"1"
+
+
 def test_statfs_and_no_hard_links(make_drive: DriveFactory, mounts: Mounts) -> None:
     m = mounts.mount(make_drive())
     fs = os.statvfs(m.path)

@@ -331,8 +331,10 @@ class DriveFS(pyfuse3.Operations):
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if name not in _OWN_XATTRS:
-            # What `ls -l` asks of every entry (ACLs, security labels): answered here.
-            raise pyfuse3.FUSEError(ENOATTR)
+            # Only the user namespace is supported. Refusing the others (ACLs, security
+            # labels) as unsupported rather than absent lets `ls -l` and `cp -a` stop
+            # asking for them after the first entry instead of once per file.
+            raise pyfuse3.FUSEError(ENOATTR if name.startswith(b"user.") else errno.EOPNOTSUPP)
         return await self.vfs.getxattr(inode, os.fsdecode(name))
 
     @fuse_errors

@@ -825,8 +825,8 @@ class VFS:
 
     async def getxattr(self, inode: int, name: str) -> bytes:
         if name not in (XATTR_VERSION, XATTR_TIER):
-            # What `ls -l` asks of every entry (ACLs, security labels): no query.
-            raise FsError(ENOATTR)
+            # Only the user namespace is supported (see MediaDriveFs.getxattr).
+            raise FsError(ENOATTR if name.startswith("user.") else errno.EOPNOTSUPP)
         node = await self._node(inode)
         if node.kind is not NodeKind.FILE:
             raise FsError(ENOATTR)
