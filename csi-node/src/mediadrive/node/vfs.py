@@ -659,7 +659,10 @@ class VFS:
         node = await self._make(parent_inode, name, NodeKind.FILE, mode, caller)
         # No staged copy yet: a new file is recorded empty, and one closed without a
         # write stays so. The first write (or truncate) stages it.
-        return self._open_handle(node, True), self._entry(node)
+        # The entry first: the kernel makes its inode from this reply, so the handle
+        # must not take the file for one whose size the kernel does not know.
+        attributes = self._entry(node)
+        return self._open_handle(node, True), attributes
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         try:
