@@ -195,24 +195,29 @@ class SqliteMetaStore(SqlMetaStore):
         self._end(conn, ok=True)
         return result
 
+    def _loop_connection(self, pragma: str) -> sqlite3.Connection:
+        """A connection for transactions run on the event loop's thread: it waits at most
+        briefly for a lock (raising _Busy), so the loop is never held up."""
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.as_uri()}?mode=rw",
+                uri=True,
+                isolation_level=None,
+                timeout=_READER_BUSY_SECONDS,
+                cached_statements=256,
+                check_same_thread=False,
+            )
+            conn.execute(pragma)
+        except sqlite3.Error as err:
+            raise _Busy(str(err)) from err
+        return conn
+
     def _write_here(self, body: Callable[[Tx], Awaitable[T]]) -> T:
         """Run a write transaction on this thread's writing connection; raises
         _Suspended (body awaits something else) or _Busy (no write lock at once)."""
         conn = self._writer
         if conn is None:
-            try:
-                conn = sqlite3.connect(
-                    f"{self.path.as_uri()}?mode=rw",
-                    uri=True,
-                    isolation_level=None,
-                    timeout=_READER_BUSY_SECONDS,
-                    cached_statements=256,
-                    check_same_thread=False,
-                )
-                conn.execute("PRAGMA synchronous=NORMAL")
-            except sqlite3.Error as err:
-                raise _Busy(str(err)) from err
-            self._writer = conn
+            conn = self._writer = self._loop_connection("PRAGMA synchronous=NORMAL")
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
@@ -240,19 +245,7 @@ class SqliteMetaStore(SqlMetaStore):
         awaits something else) or _Busy (the connection could not read at once)."""
         conn = self._reader
         if conn is None:
-            try:
-                conn = sqlite3.connect(
-                    f"{self.path.as_uri()}?mode=rw",
-                    uri=True,
-                    isolation_level=None,
-                    timeout=_READER_BUSY_SECONDS,
-                    cached_statements=256,
-                    check_same_thread=False,
-                )
-                conn.execute("PRAGMA query_only=ON")
-            except sqlite3.Error as err:
-                raise _Busy(str(err)) from err
-            self._reader = conn
+            conn = self._reader = self._loop_connection("PRAGMA query_only=ON")
         try:
             conn.execute("BEGIN")
         except sqlite3.OperationalError as err:
