@@ -199,6 +199,16 @@ def exited(pid: int) -> bool:
         return True
 
 
+def damage_stored_chunk(home: Path, drive: str, offset: int) -> str:
+    """Flip one byte at ``offset`` of the drive's only stored chunk (a local store);
+    returns the chunk's id."""
+    chunk = next((home / "home" / drive / "store" / "chunks").glob("*/*"))
+    raw = bytearray(chunk.read_bytes())
+    raw[offset] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    return chunk.name
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

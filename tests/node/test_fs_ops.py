@@ -16,7 +16,7 @@ import pytest
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import CorruptChunk
 
-from .conftest import DriveFactory, Mounts, drive_call, wait_until
+from .conftest import DriveFactory, Mounts, damage_stored_chunk, drive_call, wait_until
 
 MiB = 1 << 20
 
@@ -381,10 +381,7 @@ def test_concurrent_readers_share_one_fetch(make_drive: DriveFactory, mounts: Mo
 def test_corrupt_chunk_is_an_io_error(make_drive: DriveFactory, mounts: Mounts, home: Path) -> None:
     name = make_drive()
     drive_call(name, lambda d: d.write_file("/c.bin", io.BytesIO(b"z" * (2 * MiB))))
-    chunk = next((home / "home" / name / "store" / "chunks").glob("*/*"))
-    raw = bytearray(chunk.read_bytes())
-    raw[MiB + 5] ^= 0xFF
-    chunk.write_bytes(bytes(raw))
+    damage_stored_chunk(home, name, MiB + 5)
     m = mounts.mount(name)
     with open(m / "c.bin", "rb") as f:
         assert f.read(1024) == b"z" * 1024
@@ -419,15 +416,12 @@ def test_coalesced_fetch_verifies_each_block(
     name = make_drive()
     data = os.urandom(16 * MiB)
     drive_call(name, lambda d: d.write_file("/run.bin", io.BytesIO(data)))
-    chunk = next((home / "home" / name / "store" / "chunks").glob("*/*"))
-    raw = bytearray(chunk.read_bytes())
-    raw[5 * MiB + 7] ^= 0xFF
-    chunk.write_bytes(bytes(raw))
+    chunk_id = damage_stored_chunk(home, name, 5 * MiB + 7)
 
     async def ranges(d: Drive) -> list[bytes]:
         with pytest.raises(CorruptChunk):
-            await d.read_blocks(chunk.name, 2, 6)
-        return await d.read_blocks(chunk.name, 6, 4)
+            await d.read_blocks(chunk_id, 2, 6)
+        return await d.read_blocks(chunk_id, 6, 4)
 
     blocks = drive_call(name, ranges)
     assert blocks == [data[i * MiB : (i + 1) * MiB] for i in range(6, 10)]

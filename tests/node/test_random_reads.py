@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DriveFactory, Mounts, drive_call, wait_until
+from .conftest import DriveFactory, Mounts, damage_stored_chunk, drive_call, wait_until
 
 MiB = 1 << 20
 
@@ -76,10 +76,7 @@ def test_a_block_damaged_in_the_store_stays_an_io_error_for_a_random_reader(
     name = make_drive()
     data = os.urandom(10 * MiB)
     drive_call(name, lambda d: d.write_file("/d.bin", io.BytesIO(data)))
-    chunk = next((home / "home" / name / "store" / "chunks").glob("*/*"))
-    raw = bytearray(chunk.read_bytes())
-    raw[5 * MiB + 99] ^= 0xFF
-    chunk.write_bytes(bytes(raw))
+    damage_stored_chunk(home, name, 5 * MiB + 99)
     m = mounts.mount(name)
     fd = os.open(m / "d.bin", os.O_RDONLY)
     try:

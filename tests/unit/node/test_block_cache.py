@@ -51,6 +51,19 @@ async def landed(cache: BlockCache) -> None:
         await asyncio.gather(*list(cache._fills))
 
 
+def checking_cache(tmp_path: Path, store: Store) -> tuple[BlockCache, list[tuple[str, int]]]:
+    """An open cache over ``store`` and the blocks it checked, in order."""
+    checked: list[tuple[str, int]] = []
+
+    async def check(chunk: str, index: int, data: bytes) -> bool:
+        checked.append((chunk, index))
+        return await store.check(chunk, index, data)
+
+    cache = BlockCache(tmp_path, 1 << 20, store.fetch, fetch_run=store.fetch_run, check=check)
+    cache.open()
+    return cache, checked
+
+
 async def test_concurrent_gets_of_one_block_share_one_fetch(tmp_path: Path) -> None:
     store = Store()
     store.gate.clear()
@@ -130,14 +143,7 @@ async def test_a_small_read_of_a_checked_block_reads_only_its_bytes_until_it_cha
     await cache.close()
 
     store = Store()
-    checked: list[tuple[str, int]] = []
-
-    async def check(chunk: str, index: int, data: bytes) -> bool:
-        checked.append((chunk, index))
-        return await store.check(chunk, index, data)
-
-    cache = BlockCache(tmp_path, 1 << 20, store.fetch, fetch_run=store.fetch_run, check=check)
-    cache.open()
+    cache, checked = checking_cache(tmp_path, store)
     assert await cache.read("c1", 0, 3, 9) == block("c1", 0)[3:9]
     assert checked == [("c1", 0)]
     # Out of memory, the checked block is read in part from its open file, unchecked.
@@ -193,14 +199,7 @@ async def test_a_fill_fetches_runs_within_the_bound_and_stops_when_told(
 
 async def test_blocks_a_fill_wrote_are_read_back_unchecked_until_changed(tmp_path: Path) -> None:
     store = Store()
-    checked: list[tuple[str, int]] = []
-
-    async def check(chunk: str, index: int, data: bytes) -> bool:
-        checked.append((chunk, index))
-        return await store.check(chunk, index, data)
-
-    cache = BlockCache(tmp_path, 1 << 20, store.fetch, fetch_run=store.fetch_run, check=check)
-    cache.open()
+    cache, checked = checking_cache(tmp_path, store)
     await cache.fill([("c1", i) for i in range(3)])
     await landed(cache)
     cache._memory.clear()

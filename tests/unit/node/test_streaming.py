@@ -66,6 +66,15 @@ async def committed(vfs: TestVFS) -> None:
         await asyncio.sleep(0.02)
 
 
+async def read_back(tmp_path: Path, name: str) -> bytes:
+    """``name`` as a new mount with an empty cache reads it from the store."""
+    check = await make_test_vfs(tmp_path, cache="check")
+    try:
+        return await check.read_file(name)
+    finally:
+        await check.close()
+
+
 def ids(data: bytes) -> list[str]:
     return [chunk_id(data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]
 
@@ -97,9 +106,7 @@ async def test_full_chunks_travel_before_close_and_the_commit_sends_the_rest(
     assert vfs.parts.cache.figures.bytes_fetched == 0
     await vfs.close()
 
-    check = await make_test_vfs(tmp_path, cache="check")
-    assert await check.read_file("clip.bin") == data
-    await check.close()
+    assert await read_back(tmp_path, "clip.bin") == data
 
 
 async def test_a_chunk_rewritten_after_it_was_sent_is_sent_again(tmp_path: Path) -> None:
@@ -186,9 +193,7 @@ async def test_gc_keeps_the_chunks_sent_early_for_the_commit(tmp_path: Path) -> 
     await committed(vfs)
     await vfs.close()
 
-    check = await make_test_vfs(tmp_path, cache="check")
-    assert await check.read_file("clip.bin") == data
-    await check.close()
+    assert await read_back(tmp_path, "clip.bin") == data
 
 
 async def test_holds_of_chunks_sent_early_end_with_the_copy(tmp_path: Path) -> None:
