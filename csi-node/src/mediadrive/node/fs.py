@@ -31,17 +31,7 @@ from mediadrive.core.errors import (
 )
 from mediadrive.core.hashing import BLOCK_SIZE
 
-from .vfs import (
-    ENOATTR,
-    VFS,
-    XATTR_TIER,
-    XATTR_VERSION,
-    AttrChanges,
-    Attributes,
-    Caller,
-    FsError,
-    OpenResult,
-)
+from .vfs import VFS, AttrChanges, Attributes, Caller, FsError, OpenResult
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +43,6 @@ R = TypeVar("R")
 # touched (every change to the tree is an event), within its interval. This bounds
 # how stale a name or attribute can get only if the follower cannot read the events.
 ATTR_TIMEOUT = 10.0
-_OWN_XATTRS = frozenset(os.fsencode(name) for name in (XATTR_VERSION, XATTR_TIER))
 _ERRNO: list[tuple[type[Exception], int]] = [
     (AlreadyExists, errno.EEXIST),
     (DirectoryNotEmpty, errno.ENOTEMPTY),
@@ -330,11 +319,6 @@ class DriveFS(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if name not in _OWN_XATTRS:
-            # Only the user namespace is supported. Refusing the others (ACLs, security
-            # labels) as unsupported rather than absent lets `ls -l` and `cp -a` stop
-            # asking for them after the first entry instead of once per file.
-            raise pyfuse3.FUSEError(ENOATTR if name.startswith(b"user.") else errno.EOPNOTSUPP)
         return await self.vfs.getxattr(inode, os.fsdecode(name))
 
     @fuse_errors

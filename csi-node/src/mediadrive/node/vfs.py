@@ -828,7 +828,9 @@ class VFS:
 
     async def getxattr(self, inode: int, name: str) -> bytes:
         if name not in (XATTR_VERSION, XATTR_TIER):
-            # Only the user namespace is supported (see MediaDriveFs.getxattr).
+            # Only the user namespace is supported, and this answers without a query.
+            # Refusing the others (ACLs, security labels) as unsupported rather than
+            # absent lets `ls -l` and `cp -a` stop asking after the first entry.
             raise FsError(ENOATTR if name.startswith("user.") else errno.EOPNOTSUPP)
         node = await self._node(inode)
         if node.kind is not NodeKind.FILE:
