@@ -349,6 +349,51 @@ async def test_make_lookup_resolve_list(store: MetaStore) -> None:
     ]
 
 
+async def test_make_and_remove_touch_the_folder_and_a_refusal_writes_nothing(
+    store: MetaStore,
+) -> None:
+    shots = await mkdir(store, "/shots")
+    sub = await mkdir(store, "/shots/sub")
+    folder = await store.get_node(shots.id)
+    assert folder is not None
+    assert (folder.mtime_ns, folder.ctime_ns) == (sub.ctime_ns, sub.ctime_ns)
+    plate = await store.make_node(sub.id, "/shots/sub", "plate.exr", NodeKind.FILE, 0o644, ACTOR)
+
+    seq = await store.last_event_seq()
+    before = {n.id: await store.get_node(n.id) for n in (shots, sub, plate)}
+    refusals = [
+        (AlreadyExists, store.make_node(shots.id, "/shots", "sub", NodeKind.DIR, 0o755, ACTOR)),
+        (PathNotFound, store.make_node(9999, "/gone", "x", NodeKind.FILE, 0o644, ACTOR)),
+        (
+            NotADirectory,
+            store.make_node(plate.id, "/shots/sub/plate.exr", "x", NodeKind.FILE, 0o644, ACTOR),
+        ),
+        (DirectoryNotEmpty, store.remove(shots.id, "/shots", "sub", ACTOR)),
+        (IsADirectory, store.remove(shots.id, "/shots", "sub", ACTOR, folder=False)),
+        (NotADirectory, store.remove(sub.id, "/shots/sub", "plate.exr", ACTOR, folder=True)),
+        (PathNotFound, store.remove(shots.id, "/shots", "nope", ACTOR)),
+    ]
+    for error, refused in refusals:
+        with pytest.raises(error):
+            await refused
+    assert await store.last_event_seq() == seq
+    assert {n: await store.get_node(n) for n in before} == before
+    # No node id was spent on a refusal.
+    again = await store.make_node(sub.id, "/shots/sub", "b.exr", NodeKind.FILE, 0o644, ACTOR)
+    assert again.id == plate.id + 1
+
+    removed = await store.remove(sub.id, "/shots/sub", "b.exr", ACTOR, folder=False)
+    assert removed.id == again.id and await store.lookup(sub.id, "b.exr") is None
+    gone = await store.last_deleted(sub.id, "b.exr")
+    after = await store.get_node(sub.id)
+    assert gone is not None and after is not None and gone.deleted_ns is not None
+    assert (after.mtime_ns, after.ctime_ns) == (gone.deleted_ns, gone.deleted_ns)
+    assert (await all_events(store))[-1][1:] == ("delete", "/shots/sub/b.exr")
+    # A whole folder goes when asked to.
+    await store.remove(shots.id, "/shots", "sub", ACTOR, recursive=True)
+    assert await store.lookup(shots.id, "sub") is None
+
+
 async def test_set_attrs(store: MetaStore) -> None:
     node = await mkdir(store, "/a")
     changed = await store.set_attrs(node.id, mode=0o700, uid=1000, mtime_ns=42)

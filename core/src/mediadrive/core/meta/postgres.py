@@ -119,6 +119,8 @@ class PostgresMetaStore(SqlMetaStore):
         # Serializable everywhere: CockroachDB's only level, and the one that makes
         # the commit/GC race safe without locks.
         await conn.set_isolation_level(psycopg.IsolationLevel.SERIALIZABLE)
+        # The same for a statement run alone (autocommit), without a BEGIN.
+        await conn.execute("SET default_transaction_isolation TO 'serializable'")
 
     @asynccontextmanager
     async def _transaction(self, write: bool) -> AsyncIterator[_PgTx]:
@@ -126,9 +128,9 @@ class PostgresMetaStore(SqlMetaStore):
         async with pool.connection() as conn, conn.transaction():
             yield _PgTx(conn)
 
-    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
         # The pool's connections autocommit: one statement alone is its own
-        # transaction, one round trip instead of three (BEGIN, it, COMMIT).
+        # (serializable) transaction, one round trip instead of three (BEGIN, it, COMMIT).
         pool = await self._get_pool()
         async with pool.connection() as conn:
             return await body(_PgTx(conn))

@@ -158,20 +158,20 @@ class SqlMetaStore(ABC):
         async with self._transaction(write) as tx:
             return await body(tx)
 
-    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]]) -> T:
-        """One try of a read of one statement: an engine whose BEGIN and COMMIT cost
-        round trips may run it alone."""
-        return await self._attempt(body, False)
+    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
+        """One try of a body of one statement: an engine whose BEGIN and COMMIT cost
+        round trips may run it alone, as its own transaction."""
+        return await self._attempt(body, write)
 
     async def _run(
         self, body: Callable[[Tx], Awaitable[T]], write: bool = True, single: bool = False
     ) -> T:
         """Run ``body`` in a transaction, again on a serialization conflict. ``single``:
-        a body that only reads, with one statement."""
+        a body of one statement."""
         for attempt in range(MAX_ATTEMPTS):
             try:
-                if single and not write:
-                    return await self._attempt_single(body)
+                if single:
+                    return await self._attempt_single(body, write)
                 return await self._attempt(body, write)
             except Exception as exc:
                 if not self._retryable(exc) or attempt == MAX_ATTEMPTS - 1:
@@ -588,30 +588,11 @@ class SqlMetaStore(ABC):
         """A new folder, symlink or empty file (an empty file has no version yet)."""
         path = posixpath.join(parent_path, name)
         now_ns = time.time_ns()
+        event = {NodeKind.DIR: "mkdir", NodeKind.SYMLINK: "symlink"}.get(kind, "create")
 
-        # The parent and whether the name is taken, in one statement; on PostgreSQL
-        # the same statement takes the new node id and event number (a refusal below
-        # rolls them back): one round trip less.
-        checks = (
-            f"SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c WHERE c.drive = ? "
-            "AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL)"
-        )
-        take_ids = self.dialect is POSTGRES
-
-        async def body(tx: Tx) -> Node:
-            if take_ids:
-                row = await tx.fetchone(
-                    "WITH taken AS (UPDATE drives SET next_node = next_node + 1, "
-                    "event_seq = event_seq + 1 WHERE name = ? RETURNING next_node, event_seq) "
-                    f"{checks}, taken.next_node, taken.event_seq FROM nodes, taken "
-                    "WHERE drive = ? AND id = ?",
-                    (self.drive, self.drive, parent_id, name, self.drive, parent_id),
-                )
-            else:
-                row = await tx.fetchone(
-                    f"{checks} FROM nodes WHERE drive = ? AND id = ?",
-                    (self.drive, parent_id, name, self.drive, parent_id),
-                )
+        def checked(row: Row | None) -> Node:
+            """The parent (the row's first columns) must be a live folder without a
+            live child of that name (the row's next column)."""
             parent = _node(row) if row else None
             if parent is None or parent.deleted_ns is not None:
                 raise PathNotFound(f"folder {parent_path!r} does not exist")
@@ -620,18 +601,78 @@ class SqlMetaStore(ABC):
             assert row is not None
             if row[14]:
                 raise AlreadyExists(f"{path!r} already exists")
-            if take_ids:
-                node_id, seq = int(row[15]), int(row[16])
-            else:
-                node_id, seq = await self._next_node_and_event(tx)
+            return parent
+
+        async def in_steps(tx: Tx) -> Node:
+            row = await tx.fetchone(
+                f"SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c WHERE c.drive = ? "
+                "AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL) "
+                "FROM nodes WHERE drive = ? AND id = ?",
+                (self.drive, parent_id, name, self.drive, parent_id),
+            )
+            parent = checked(row)
+            node_id, seq = await self._next_node_and_event(tx)
             node = await self._insert_node(
                 tx, parent, name, kind, mode, now_ns, target, uid, gid, node_id=node_id, rdev=rdev
             )
-            event = {NodeKind.DIR: "mkdir", NodeKind.SYMLINK: "symlink"}.get(kind, "create")
             await self._event(tx, event, path, actor, node.id, seq=seq, target=target)
             return node
 
-        return await self._run(body)
+        size = len(target.encode()) if target else 0
+        values = (name, kind.value, mode, uid, gid, now_ns, now_ns, size, target, rdev)
+        happened = (event, path, actor, time.time(), json.dumps({"target": target}))
+
+        async def in_one(tx: Tx) -> Node:
+            # Checks and writes in one statement, its own transaction: one round trip.
+            # The new row and the folder's new times go in as one upsert (CockroachDB
+            # lets a statement write a table once): the folder's row meets its own id
+            # and takes the times. Nothing is written when a check fails.
+            row = await tx.fetchone(
+                f"WITH parent AS (SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c "
+                "WHERE c.drive = ? AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL) "
+                "AS taken FROM nodes WHERE drive = ? AND id = ?), "
+                "ids AS (UPDATE drives SET next_node = next_node + 1, event_seq = event_seq + 1 "
+                "WHERE name = ? AND EXISTS (SELECT 1 FROM parent WHERE kind = 'dir' "
+                "AND deleted_ns IS NULL AND NOT taken) RETURNING next_node, event_seq), "
+                f"made AS (INSERT INTO nodes (drive, {NODE_COLUMNS}) "
+                "SELECT ?, next_node, ?, ?, ?, ?::bigint, ?::bigint, ?::bigint, ?::bigint, "
+                "?::bigint, ?::bigint, NULL::bigint, ?, NULL::bigint, ?::bigint FROM ids "
+                "UNION ALL SELECT drive, id, parent_id, name, kind, mode, uid, gid, ?, ?, size, "
+                "head_version, target, deleted_ns, rdev FROM nodes, ids WHERE drive = ? AND id = ? "
+                "ON CONFLICT (drive, id) DO UPDATE "
+                "SET mtime_ns = excluded.mtime_ns, ctime_ns = excluded.ctime_ns), "
+                "logged AS (INSERT INTO events (drive, seq, kind, path, file_id, version, actor, "
+                "created, detail) SELECT ?, event_seq, ?, ?, next_node, NULL, ?, ?, ? FROM ids) "
+                "SELECT parent.*, ids.next_node FROM parent LEFT JOIN ids ON TRUE",
+                (
+                    *(self.drive, parent_id, name, self.drive, parent_id),
+                    self.drive,
+                    *(self.drive, parent_id, *values),
+                    *(now_ns, now_ns, self.drive, parent_id),
+                    *(self.drive, *happened),
+                ),
+            )
+            parent = checked(row)
+            assert row is not None
+            return Node(
+                int(row[15]),
+                parent.id,
+                name,
+                kind,
+                mode,
+                uid,
+                gid,
+                now_ns,
+                now_ns,
+                size,
+                None,
+                target,
+                rdev=rdev,
+            )
+
+        if self.dialect is POSTGRES:
+            return await self._run(in_one, single=True)
+        return await self._run(in_steps)
 
     async def set_attrs(
         self,
@@ -683,16 +724,28 @@ class SqlMetaStore(ABC):
         path = posixpath.join(parent_path, name)
         now_ns = time.time_ns()
 
-        async def body(tx: Tx) -> Node:
-            node = await self._lookup(tx, parent_id, name)
+        def checked(node: Node | None, busy: bool) -> Node:
+            """``busy``: a folder with live children."""
             if node is None:
                 raise PathNotFound(f"{path!r} does not exist")
             if folder is True and not node.is_dir:
                 raise NotADirectory(f"{path!r} is not a folder")
             if folder is False and node.is_dir:
                 raise IsADirectory(f"{path!r} is a folder")
-            if node.is_dir and not recursive and await self._has_children(tx, node.id):
+            if node.is_dir and not recursive and busy:
                 raise DirectoryNotEmpty(f"folder {path!r} is not empty")
+            return node
+
+        async def in_steps(tx: Tx) -> Node:
+            node = await self._lookup(tx, parent_id, name)
+            busy = (
+                node is not None
+                and node.is_dir
+                and not recursive
+                and await self._has_children(tx, node.id)
+            )
+            checked(node, busy)
+            assert node is not None
             # The node marked and its folder touched in one statement.
             marked, touched = (node.id, now_ns), (parent_id, now_ns)
             await tx.execute(
@@ -706,7 +759,43 @@ class SqlMetaStore(ABC):
             await self._event(tx, "delete", path, actor, node.id, node.head_version)
             return node
 
-        return await self._run(body)
+        # The checks of ``checked`` as SQL over ``target``, for the statement below.
+        kinds = {True: "kind = 'dir'", False: "kind <> 'dir'", None: "TRUE"}[folder]
+        emptiness = "TRUE" if recursive else "(kind <> 'dir' OR NOT busy)"
+        happened = ("delete", path, actor, time.time(), json.dumps({}))
+
+        async def in_one(tx: Tx) -> Node:
+            # Checks and writes in one statement, its own transaction: one round trip.
+            # Nothing is written when a check fails.
+            row = await tx.fetchone(
+                f"WITH target AS (SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c "
+                "WHERE c.drive = n.drive AND c.parent_id = n.id AND c.deleted_ns IS NULL) AS busy "
+                "FROM nodes n WHERE drive = ? AND parent_id = ? AND name = ? "
+                "AND deleted_ns IS NULL), "
+                f"doomed AS (SELECT id, head_version FROM target WHERE {kinds} AND {emptiness}), "
+                "marked AS (UPDATE nodes SET "
+                "deleted_ns = CASE WHEN nodes.id = doomed.id THEN ? ELSE nodes.deleted_ns END, "
+                "mtime_ns = CASE WHEN nodes.id = ? THEN ? ELSE nodes.mtime_ns END, "
+                "ctime_ns = CASE WHEN nodes.id = ? THEN ? ELSE nodes.ctime_ns END "
+                "FROM doomed WHERE nodes.drive = ? AND nodes.id IN (doomed.id, ?)), "
+                "seq AS (UPDATE drives SET event_seq = event_seq + 1 WHERE name = ? "
+                "AND EXISTS (SELECT 1 FROM doomed) RETURNING event_seq), "
+                "logged AS (INSERT INTO events (drive, seq, kind, path, file_id, version, actor, "
+                "created, detail) SELECT ?, event_seq, ?, ?, id, head_version, ?, ?, ? "
+                "FROM seq, doomed) "
+                "SELECT * FROM target",
+                (
+                    *(self.drive, parent_id, name),
+                    *(now_ns, parent_id, now_ns, parent_id, now_ns, self.drive, parent_id),
+                    self.drive,
+                    *(self.drive, *happened),
+                ),
+            )
+            return checked(_node(row) if row else None, bool(row and row[14]))
+
+        if self.dialect is POSTGRES:
+            return await self._run(in_one, single=True)
+        return await self._run(in_steps)
 
     async def rename(
         self,

@@ -260,10 +260,10 @@ class SqliteMetaStore(SqlMetaStore):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
 
-    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
         # One statement is its own read transaction: no BEGIN and ROLLBACK around it.
         conn = self._reader
-        if conn is not None and not conn.in_transaction:
+        if not write and conn is not None and not conn.in_transaction:
             try:
                 return _finish(body(_SqliteTx(conn)))
             except _Suspended:
@@ -271,7 +271,7 @@ class SqliteMetaStore(SqlMetaStore):
             except sqlite3.OperationalError as err:
                 if not self._retryable(err) and "busy" not in str(err):
                     raise
-        return await self._attempt(body, False)
+        return await self._attempt(body, write)
 
     async def _attempt(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
         if not write and self._conn is not None:
