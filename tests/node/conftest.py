@@ -209,6 +209,16 @@ def damage_stored_chunk(home: Path, drive: str, offset: int) -> str:
     return chunk.name
 
 
+def drop_kernel_caches() -> None:
+    """Make the kernel forget its dentries, inodes and pages (as memory pressure
+    would): its next look at any name asks the mount again. Needs root."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except PermissionError:
+        pytest.skip("dropping the kernel's caches needs root")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -267,6 +267,7 @@ _STATUS_ROWS = (
     ("commit on", "commit_on", str),
     ("passthrough", "passthrough", lambda on: "on" if on else "off"),
     ("damaged blocks refetched", "cache_corrupt", str),
+    ("lookups answered from memory", "entry_hits", str),
     ("storage pods", "pods", lambda url: url or "none"),
     ("writes go to", "write_target", str),
     ("publish", "publish", str),

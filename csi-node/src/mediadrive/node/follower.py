@@ -138,9 +138,15 @@ class Follower:
         ):
             # Made by this mount: the kernel and the tree know already.
             return
+        if (
+            event.kind in _CONTENT_EVENTS
+            and event.version is not None
+            and vfs.is_own_version(event.file_id, event.version)
+        ):
+            return
+        # Made elsewhere: what this mount remembers of names and attributes may be stale.
+        vfs.entries.clear()
         if event.kind in _CONTENT_EVENTS:
-            if event.version is not None and vfs.is_own_version(event.file_id, event.version):
-                return
             if tree.to_mount(event.path) is None:
                 return
             await vfs.content_changed(event.file_id, event.version)

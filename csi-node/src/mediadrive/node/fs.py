@@ -31,6 +31,7 @@ from mediadrive.core.errors import (
 )
 from mediadrive.core.hashing import BLOCK_SIZE
 
+from .entries import ATTR_TIMEOUT
 from .vfs import VFS, AttrChanges, Attributes, Caller, FsError, OpenResult
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,6 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# How long the kernel may trust a lookup or attributes without asking again. Changes
-# made elsewhere reach the kernel sooner: the event follower invalidates what they
-# touched (every change to the tree is an event), within its interval. This bounds
-# how stale a name or attribute can get only if the follower cannot read the events.
-ATTR_TIMEOUT = 10.0
 _ERRNO: list[tuple[type[Exception], int]] = [
     (AlreadyExists, errno.EEXIST),
     (DirectoryNotEmpty, errno.ENOTEMPTY),

@@ -50,6 +50,9 @@ class MountStatus(BaseModel):
     cache_hits: int
     cache_misses: int
     cache_corrupt: int
+    # Lookups and getattrs answered without asking the metadata store, and asked.
+    entry_hits: int
+    entry_misses: int
     bytes_uploaded: int
     commits: int
     conflicts: int
@@ -226,6 +229,8 @@ class MountService:
             cache_hits=cache.figures.hits,
             cache_misses=cache.figures.misses,
             cache_corrupt=cache.figures.corrupt,
+            entry_hits=self.vfs.entries.hits,
+            entry_misses=self.vfs.entries.misses,
             bytes_uploaded=wb.figures.bytes_uploaded,
             commits=wb.figures.commits,
             conflicts=wb.figures.conflicts,

@@ -13,6 +13,7 @@ invalidated through an injected :class:`Kernel`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import itertools
 import logging
@@ -30,6 +31,7 @@ from mediadrive.core.extents import ExtentMap
 from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 
 from .cache import BlockCache
+from .entries import Entries
 from .options import CommitOn, MountOptions
 from .reading import ReadAhead, read_content
 from .staging import (
@@ -247,6 +249,8 @@ class VFS:
         # recorded at the first entry reply of each generation, and a file whose head is
         # another version is read around the kernel's size (see ``_open_handle``).
         self._kernel_sized: dict[int, int | None] = {}
+        # Answers the kernel's lookups and getattrs without a metadata round trip.
+        self.entries = Entries()
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -287,9 +291,13 @@ class VFS:
         if name == ".":
             return self.attrs(await self._node(parent_inode))
         check_name(name)
-        node = await self.meta.lookup(parent_id, name)
+        node = self.entries.child(parent_id, name)
         if node is None:
-            raise FsError(errno.ENOENT)
+            read_at = self.entries.epoch
+            node = await self.meta.lookup(parent_id, name)
+            if node is None:
+                raise FsError(errno.ENOENT)
+            self.entries.put(node, read_at)
         parent_path = await self.tree.path_of(parent_id)
         self.tree.remember(node.id, f"{parent_path.rstrip('/')}/{name}")
         return self._entry(node)
@@ -302,7 +310,12 @@ class VFS:
         return self.attrs(node)
 
     async def getattr(self, inode: int) -> Attributes:
-        return self.attrs(await self._node(inode))
+        node = self.entries.node(self.tree.node_id(inode))
+        if node is None:
+            read_at = self.entries.epoch
+            node = await self._node(inode)
+            self.entries.put(node, read_at)
+        return self.attrs(node)
 
     async def setattr(self, inode: int, changes: AttrChanges, fh: int | None) -> Attributes:
         node = await self._node(inode)
@@ -327,6 +340,7 @@ class VFS:
             except BaseException:
                 self.take_own_change("attrs", node.id)
                 raise
+            self.entries.put(node)
         return self.attrs(node)
 
     async def _resize(self, node: Node, size: int, fh: int | None) -> StagedFile:
@@ -382,10 +396,12 @@ class VFS:
         as they are taken: the kernel takes a few dozen per request."""
         handle = self.dirs[fh]
         if handle.entries is None or start_id == 0:
+            read_at = self.entries.epoch
             handle.entries = await self.meta.list_dir(handle.node_id)
             parent = await self.tree.path_of(handle.node_id)
             for node in handle.entries:
                 self.tree.remember(node.id, f"{parent.rstrip('/')}/{node.name}")
+                self.entries.put(node, read_at)
         entries = handle.entries
         return (
             DirEntry(entries[index].name, self._entry(entries[index]), index + 1)
@@ -426,6 +442,9 @@ class VFS:
         )
         self.tree.remember(node.id, f"{parent_path.rstrip('/')}/{name}")
         self.note_own_change("made", node.id)
+        # The folder's times and link count moved.
+        self.entries.drop(parent_id)
+        self.entries.put(node)
         return node
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
@@ -446,9 +465,12 @@ class VFS:
         parent_id = self.tree.node_id(parent_inode)
         async with self.tree.names:
             parent_path = await self.tree.path_of(parent_id)
-            return await self.meta.remove(
+            node = await self.meta.remove(
                 parent_id, parent_path, name, self.drive.author, folder=folder
             )
+        self.entries.drop(parent_id)
+        self.entries.put(dataclasses.replace(node, deleted_ns=time.time_ns()))
+        return node
 
     def _orphan(self, node_id: int) -> None:
         """The file left the tree: its staged copy is never committed."""
@@ -490,6 +512,8 @@ class VFS:
                 replace=not no_replace,
             )
             self.note_own_change("rename", moved.id)
+            # Names and folder times moved on both sides.
+            self.entries.clear()
             if existing is not None and existing.id != moved.id:
                 self._orphan(existing.id)
             if moved.is_dir:
@@ -507,6 +531,7 @@ class VFS:
             a, b = await self.meta.exchange(a_parent, a_path, b_parent, b_path, self.drive.author)
             self.note_own_change("rename", a.id)
             self.note_own_change("rename", b.id)
+            self.entries.clear()
             if a.is_dir or b.is_dir:
                 self.tree.forget()
             else:
@@ -870,12 +895,14 @@ class VFS:
             self._kernel_sized[node_id] = outcome.version
         else:
             # keep-both put our bytes elsewhere: this name shows the other writer's head.
+            self.entries.clear()
             self._contents.pop(node_id, None)
             self._kernel_version.pop(node_id, None)
             asyncio.get_running_loop().create_task(self.refresh_kernel(node_id))
 
     def note_own_version(self, file_id: int, version: int) -> None:
         """A version this mount made (a commit, a restore): not news from elsewhere."""
+        self.entries.drop(file_id)
         self._own_versions.append((file_id, version))
 
     def is_own_version(self, file_id: int, version: int) -> bool:
@@ -883,6 +910,7 @@ class VFS:
 
     def note_own_change(self, kind: str, node_id: int) -> None:
         """A delete or rename this mount made: its event is no news to the kernel."""
+        self.entries.drop(node_id)
         key = (kind, node_id)
         self._own_changes[key] = self._own_changes.get(key, 0) + 1
         while len(self._own_changes) > _OWN_CHANGES:
@@ -921,6 +949,8 @@ class VFS:
 
     async def head_replaced(self, file_id: int) -> None:
         """This mount replaced a file's head itself (a restore)."""
+        # A restore may bring a removed file back: its folder changed too.
+        self.entries.clear()
         self._contents.pop(file_id, None)
         self._kernel_version.pop(file_id, None)
         await self.refresh_kernel(file_id)

@@ -1,0 +1,61 @@
+"""Lookups and getattrs answered from what the mount last learned (``entries.py``)."""
+
+from __future__ import annotations
+
+import os
+
+from .conftest import DriveFactory, Mounts, drop_kernel_caches, wait_until
+
+
+def test_names_this_mount_made_are_found_again_without_the_metadata_store(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    m = mounts.mount(make_drive())
+    folder = m / "shots"
+    folder.mkdir()
+    names = [folder / f"frame.{i:04d}.exr" for i in range(40)]
+    for name in names:
+        os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o640))
+    before = m.status()
+    drop_kernel_caches()
+    assert [os.stat(name).st_mode & 0o777 for name in names] == [0o640] * len(names)
+    after = m.status()
+    assert after["entry_hits"] - before["entry_hits"] >= len(names)
+    # The folder itself (its times moved with every create) is asked for, the files not.
+    assert after["entry_misses"] - before["entry_misses"] <= 2
+    # Removed names are gone at once, here and for the kernel.
+    for name in names[:10]:
+        name.unlink()
+    drop_kernel_caches()
+    assert sorted(p.name for p in folder.iterdir()) == [p.name for p in names[10:]]
+    assert not any(name.exists() for name in names[:10])
+
+
+def test_a_change_made_elsewhere_is_never_hidden_by_what_this_mount_remembers(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """Without the follower dropping the cache, b would answer from it until the entry
+    timeout (10 s), longer than the waits below."""
+    name = make_drive()
+    a = mounts.mount(name)
+    b = mounts.mount(name)
+    (a / "plate.exr").write_bytes(b"x" * 10)
+    wait_until(
+        lambda: (b / "plate.exr").exists() and os.stat(b / "plate.exr").st_size == 10,
+        timeout=2.5,
+    )
+    drop_kernel_caches()
+    hits = b.status()["entry_hits"]
+    assert os.stat(b / "plate.exr").st_size == 10
+    assert b.status()["entry_hits"] > hits
+    (a / "plate.exr").write_bytes(b"y" * 20)
+    os.chmod(a / "plate.exr", 0o600)
+    (a / "take2.exr").write_bytes(b"z")
+
+    def b_sees_it() -> bool:
+        drop_kernel_caches()
+        st = os.stat(b / "plate.exr")
+        return (st.st_size, st.st_mode & 0o777) == (20, 0o600) and (b / "take2.exr").exists()
+
+    wait_until(b_sees_it, timeout=3.0)
+    assert (b / "plate.exr").read_bytes() == b"y" * 20

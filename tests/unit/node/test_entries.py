@@ -1,0 +1,92 @@
+"""The cache of names and attributes that answers the kernel's lookups and getattrs."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import pytest
+
+from mediadrive.core.meta import Node, NodeKind
+from mediadrive.node.entries import Entries
+
+
+def node(node_id: int, parent_id: int = 1, name: str = "", size: int = 0) -> Node:
+    return Node(
+        node_id,
+        parent_id,
+        name or f"n{node_id}",
+        NodeKind.FILE,
+        0o644,
+        0,
+        0,
+        1,
+        1,
+        size,
+        None,
+        None,
+    )
+
+
+def test_a_node_is_found_by_id_and_by_name_until_dropped() -> None:
+    cache = Entries()
+    cache.put(node(5, name="cut.mov"))
+    assert cache.child(1, "cut.mov") == cache.node(5) == node(5, name="cut.mov")
+    assert cache.child(2, "cut.mov") is None and cache.child(1, "other") is None
+    cache.drop(5)
+    assert cache.child(1, "cut.mov") is None and cache.node(5) is None
+    assert (cache.hits, cache.misses) == (2, 4)
+
+
+def test_a_moved_node_is_found_under_its_new_name_only() -> None:
+    cache = Entries()
+    cache.put(node(5, name="a"))
+    cache.put(node(5, parent_id=3, name="b"))
+    assert cache.child(1, "a") is None
+    assert cache.child(3, "b") == node(5, parent_id=3, name="b")
+
+
+def test_a_removed_node_keeps_its_attributes_but_not_its_name() -> None:
+    cache = Entries()
+    cache.put(node(5, name="a"))
+    gone = dataclasses.replace(node(5, name="a"), deleted_ns=7)
+    cache.put(gone)
+    assert cache.child(1, "a") is None
+    assert cache.node(5) == gone
+    # A new node of that name is found, the removed one still by id.
+    cache.put(node(6, name="a"))
+    assert cache.child(1, "a") == node(6, name="a") and cache.node(5) == gone
+
+
+def test_a_node_read_before_a_change_is_not_kept() -> None:
+    cache = Entries()
+    read_at = cache.epoch
+    cache.drop(9)  # a change lands while the read is on its way
+    cache.put(node(5, size=1), read_at)
+    assert cache.node(5) is None
+    cache.put(node(5, size=2), cache.epoch)
+    assert cache.node(5) == node(5, size=2)
+    read_at = cache.epoch
+    cache.clear()
+    cache.put(node(5, size=1), read_at)
+    assert cache.node(5) is None
+
+
+def test_entries_expire_with_the_kernel_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    cache = Entries(ttl=10.0)
+    cache.put(node(5, name="a"))
+    now[0] = 109.0
+    assert cache.child(1, "a") is not None
+    now[0] = 110.5
+    assert cache.child(1, "a") is None and cache.node(5) is None and len(cache) == 0
+
+
+def test_the_oldest_entries_go_first_past_the_limit() -> None:
+    cache = Entries(limit=3)
+    for i in range(1, 6):
+        cache.put(node(i))
+    assert len(cache) == 3
+    assert [cache.node(i) is not None for i in range(1, 6)] == [False, False, True, True, True]
+    assert cache.child(1, "n1") is None
