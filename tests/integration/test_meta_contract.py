@@ -388,6 +388,7 @@ async def test_make_and_remove_touch_the_folder_and_a_refusal_writes_nothing(
     after = await store.get_node(sub.id)
     assert gone is not None and after is not None and gone.deleted_ns is not None
     assert (after.mtime_ns, after.ctime_ns) == (gone.deleted_ns, gone.deleted_ns)
+    assert removed.deleted_ns == gone.deleted_ns
     assert (await all_events(store))[-1][1:] == ("delete", "/shots/sub/b.exr")
     # A whole folder goes when asked to.
     await store.remove(shots.id, "/shots", "sub", ACTOR, recursive=True)

@@ -14,9 +14,13 @@ def test_names_this_mount_made_are_found_again_without_the_metadata_store(
     folder = m / "shots"
     folder.mkdir()
     names = [folder / f"frame.{i:04d}.exr" for i in range(40)]
+    made = m.status()
     for name in names:
         os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o640))
     before = m.status()
+    # Whether each name existed was answered here: the folder was made here, empty.
+    assert before["entry_hits"] - made["entry_hits"] >= len(names)
+    assert before["entry_misses"] - made["entry_misses"] <= 2
     drop_kernel_caches()
     assert [os.stat(name).st_mode & 0o777 for name in names] == [0o640] * len(names)
     after = m.status()
@@ -48,6 +52,10 @@ def test_a_change_made_elsewhere_is_never_hidden_by_what_this_mount_remembers(
     hits = b.status()["entry_hits"]
     assert os.stat(b / "plate.exr").st_size == 10
     assert b.status()["entry_hits"] > hits
+    # b lists the folder (it now knows every name in it), then a makes a new one.
+    assert sorted(os.listdir(b.path)) == ["plate.exr"]
+    (a / "take3.exr").write_bytes(b"3")
+    wait_until(lambda: (b / "take3.exr").exists(), timeout=2.5)
     (a / "plate.exr").write_bytes(b"y" * 20)
     os.chmod(a / "plate.exr", 0o600)
     (a / "take2.exr").write_bytes(b"z")

@@ -92,3 +92,59 @@ def test_a_block_damaged_in_the_store_stays_an_io_error_for_a_random_reader(
     finally:
         os.close(fd)
     assert m.status()["bytes_fetched"] == 9 * MiB
+
+
+def test_a_filled_file_goes_into_the_page_cache_and_its_reads_stay_in_the_kernel(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive(chunk_size="4MiB")
+    data = os.urandom(10 * MiB + 777)
+    drive_call(name, lambda d: d.write_file("/r.bin", io.BytesIO(data)))
+    m = mounts.mount(name)
+    rng = random.Random(3)
+    fd = os.open(m / "r.bin", os.O_RDONLY)
+    try:
+        for offset in (7 * MiB + 5, MiB + 4096, 9 * MiB):
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        wait_until(lambda: m.status()["pages_stored"] == len(data))
+        before = m.status()
+        for _ in range(300):
+            offset = rng.randrange(len(data))
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        after = m.status()
+        # Not one of them asked the agent for a block.
+        assert (after["cache_hits"], after["cache_misses"]) == (
+            before["cache_hits"],
+            before["cache_misses"],
+        )
+    finally:
+        os.close(fd)
+
+
+def test_writes_after_the_page_cache_was_filled_are_read_back_and_kept(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive(chunk_size="4MiB")
+    data = bytearray(os.urandom(6 * MiB))
+    drive_call(name, lambda d: d.write_file("/w.bin", io.BytesIO(bytes(data))))
+    m = mounts.mount(name)
+    fd = os.open(m / "w.bin", os.O_RDONLY)
+    try:
+        for offset in (5 * MiB, 2 * MiB + 1, 4 * MiB + 3):
+            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        wait_until(lambda: m.status()["pages_stored"] == len(data))
+        patch = os.urandom(10_000)
+        with open(m / "w.bin", "r+b") as w:
+            w.seek(3 * MiB - 17)
+            w.write(patch)
+        data[3 * MiB - 17 : 3 * MiB - 17 + len(patch)] = patch
+        # The reader's descriptor, the kernel's pages and a fresh mount all agree.
+        assert os.pread(fd, len(patch) + 100, 3 * MiB - 67) == bytes(
+            data[3 * MiB - 67 : 3 * MiB + len(patch) + 33]
+        )
+    finally:
+        os.close(fd)
+    m.save("/w.bin")
+    assert (m / "w.bin").read_bytes() == bytes(data)
+    fresh = mounts.mount(name)
+    assert (fresh / "w.bin").read_bytes() == bytes(data)

@@ -35,7 +35,7 @@ def test_a_node_is_found_by_id_and_by_name_until_dropped() -> None:
     assert cache.child(2, "cut.mov") is None and cache.child(1, "other") is None
     cache.drop(5)
     assert cache.child(1, "cut.mov") is None and cache.node(5) is None
-    assert (cache.hits, cache.misses) == (2, 4)
+    assert (cache.hits, cache.misses) == (2, 1)
 
 
 def test_a_moved_node_is_found_under_its_new_name_only() -> None:
@@ -90,3 +90,64 @@ def test_the_oldest_entries_go_first_past_the_limit() -> None:
     assert len(cache) == 3
     assert [cache.node(i) is not None for i in range(1, 6)] == [False, False, True, True, True]
     assert cache.child(1, "n1") is None
+
+
+def folder(node_id: int, parent_id: int = 1, name: str = "", subdirs: int = 0) -> Node:
+    return dataclasses.replace(
+        node(node_id, parent_id, name or f"d{node_id}"), kind=NodeKind.DIR, subdirs=subdirs
+    )
+
+
+def test_a_complete_folder_knows_which_names_it_lacks() -> None:
+    cache = Entries()
+    cache.put(folder(2))
+    assert not cache.absent(2, "x")
+    read_at = cache.epoch
+    cache.put(node(5, parent_id=2, name="a"), read_at)
+    cache.complete(2, read_at)
+    assert cache.absent(2, "x") and not cache.absent(2, "a")
+    # A removed child is absent too; a new one is not.
+    cache.put(dataclasses.replace(node(5, parent_id=2, name="a"), deleted_ns=3))
+    assert cache.absent(2, "a")
+    cache.put(node(6, parent_id=2, name="b"))
+    assert not cache.absent(2, "b") and cache.child(2, "b") == node(6, parent_id=2, name="b")
+
+
+def test_a_folder_is_no_longer_complete_once_a_child_is_forgotten() -> None:
+    cache = Entries(limit=3)
+    cache.complete(2)
+    cache.put(node(5, parent_id=2, name="a"))
+    cache.drop(5)
+    assert not cache.absent(2, "a") and not cache.absent(2, "x")
+    cache.complete(2)
+    cache.put(node(6, parent_id=2, name="b"))
+    for i in range(10, 13):  # pushes b out
+        cache.put(node(i))
+    assert cache.node(6) is None and not cache.absent(2, "b")
+    cache.complete(2)
+    assert cache.absent(2, "b")
+    cache.clear()
+    assert not cache.absent(2, "b")
+
+
+def test_a_listing_read_before_a_change_does_not_make_its_folder_complete() -> None:
+    cache = Entries()
+    read_at = cache.epoch
+    cache.drop(7)
+    cache.complete(2, read_at)
+    assert not cache.absent(2, "x")
+
+
+def test_a_folder_changed_here_takes_its_new_times_and_link_count() -> None:
+    cache = Entries()
+    cache.put(folder(2, subdirs=1))
+    read_at = cache.epoch
+    cache.folder_changed(2, 99, subdirs=1)
+    changed = cache.node(2)
+    assert changed is not None
+    assert (changed.mtime_ns, changed.ctime_ns, changed.subdirs) == (99, 99, 2)
+    # What was read before the change does not overwrite it.
+    cache.put(folder(2, subdirs=1), read_at)
+    assert cache.node(2) == changed
+    cache.folder_changed(3, 99)  # not cached: nothing to update
+    assert cache.node(3) is None

@@ -2,20 +2,22 @@
 
 The kernel keeps entries and attributes for the mount's entry timeout, then asks
 again; after its caches are dropped (memory pressure, ``drop_caches``) it asks for
-every name it meets. Each question is a metadata round trip, which on a server
-engine costs more than the whole FUSE request. This cache answers them from what
-the mount last learned: lookups, listings, and the nodes its own changes returned.
+every name it meets, and before it creates a name it asks whether the name exists.
+Each question is a metadata round trip, which on a server engine costs more than
+the whole FUSE request. This cache answers them from what the mount last learned:
+lookups, listings, and the nodes its own changes returned. A folder listed whole
+(or made here, empty) is *complete*: a name it does not hold is known not to exist.
 
 It is never staler than the kernel's own caches may be: entries expire with the
-entry timeout; this mount's changes drop the nodes they touch (and their folders,
-whose times move); and any change made elsewhere, as the event follower meets it,
-drops everything, at the same moment the follower tells the kernel to forget.
-Only the kernel-facing questions use it: opens, writes and commits read the
-metadata afresh.
+entry timeout; this mount's changes update or drop the nodes they touch; and any
+change made elsewhere, as the event follower meets it, drops everything, at the
+same moment the follower tells the kernel to forget. Only the kernel-facing
+questions use it: opens, writes and commits read the metadata afresh.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 
@@ -37,10 +39,13 @@ class Entries:
         self.limit = limit
         self._nodes: OrderedDict[int, tuple[Node, float]] = OrderedDict()
         self._names: dict[tuple[int, str], int] = {}
+        # Folders whose every live child is in ``_names``, until when. Each child was
+        # put when the folder was marked or later, so it outlives the mark.
+        self._complete: dict[int, float] = {}
         self.hits = 0
         self.misses = 0
-        # Bumped by every drop: a node read before a change that raced with it (read
-        # while the change went on) is not kept (see ``put``).
+        # Bumped by every change: a node read while one went on may predate it and is
+        # not kept (see ``put``).
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -57,16 +62,24 @@ class Entries:
         return found[0]
 
     def child(self, parent_id: int, name: str) -> Node | None:
+        """The live child of that name, if known (an unknown name is counted by
+        ``absent``, which a caller asks next)."""
         node_id = self._names.get((parent_id, name))
-        if node_id is None:
+        return None if node_id is None else self.node(node_id)
+
+    def absent(self, parent_id: int, name: str) -> bool:
+        """Whether ``name`` is known not to be in the folder (it is complete here)."""
+        until = self._complete.get(parent_id)
+        if until is None or until < time.monotonic() or (parent_id, name) in self._names:
             self.misses += 1
-            return None
-        return self.node(node_id)
+            return False
+        self.hits += 1
+        return True
 
     def put(self, node: Node, read_at: int | None = None) -> None:
         """Remember a node as the metadata has it now (a removed one by id only: the
         kernel may still ask for the attributes of an inode it holds open).
-        ``read_at``: the ``epoch`` when it was read; if anything was dropped since, it
+        ``read_at``: the ``epoch`` when it was read; if anything changed since, it
         may predate that change and is not kept."""
         if read_at is not None and read_at != self.epoch:
             return
@@ -79,18 +92,41 @@ class Entries:
         while len(self._nodes) > self.limit:
             _, (oldest, _) = self._nodes.popitem(last=False)
             self._unname(oldest)
+            self._incomplete(oldest)
+
+    def complete(self, folder_id: int, read_at: int | None = None) -> None:
+        """Every live child of the folder has just been put (a whole listing, or the
+        folder was just made, empty)."""
+        if read_at is None or read_at == self.epoch:
+            self._complete[folder_id] = time.monotonic() + self.ttl
+
+    def folder_changed(self, folder_id: int, when_ns: int, subdirs: int = 0) -> None:
+        """This mount added or removed a child of the folder at ``when_ns`` (its
+        mtime and ctime now), and ``subdirs`` subfolders with it."""
+        self.epoch += 1
+        found = self._nodes.get(folder_id)
+        if found is not None:
+            folder = found[0]
+            self.put(
+                dataclasses.replace(
+                    folder, mtime_ns=when_ns, ctime_ns=when_ns, subdirs=folder.subdirs + subdirs
+                )
+            )
 
     def drop(self, *node_ids: int) -> None:
         self.epoch += 1
         for node_id in node_ids:
+            self._complete.pop(node_id, None)
             old = self._nodes.pop(node_id, None)
             if old is not None:
                 self._unname(old[0])
+                self._incomplete(old[0])
 
     def clear(self) -> None:
         self.epoch += 1
         self._nodes.clear()
         self._names.clear()
+        self._complete.clear()
 
     def _unname(self, node: Node) -> None:
         if node.parent_id is None:
@@ -98,3 +134,8 @@ class Entries:
         key = (node.parent_id, node.name)
         if self._names.get(key) == node.id:
             del self._names[key]
+
+    def _incomplete(self, node: Node) -> None:
+        """A live child is no longer known: its folder is not complete here."""
+        if node.parent_id is not None and node.deleted_ns is None:
+            self._complete.pop(node.parent_id, None)

@@ -121,7 +121,24 @@ def caller(ctx: pyfuse3.RequestContext) -> Caller:
 
 
 class FuseKernel:
-    """Invalidations through pyfuse3, off the event loop (they may block on the kernel)."""
+    """Invalidations and stores through pyfuse3, off the event loop (they may block on
+    the kernel, which may be waiting for a reply from it)."""
+
+    def __init__(self) -> None:
+        self._can_store = True
+
+    async def store(self, inode: int, offset: int, data: bytes) -> bool:
+        if not self._can_store:
+            return False
+        try:
+            await asyncio.to_thread(pyfuse3.notify_store, inode, offset, data)
+        except OSError as exc:
+            if exc.errno == errno.ENOSYS:
+                self._can_store = False
+            elif exc.errno != errno.ENOENT:
+                log.warning("cannot store pages of inode %d: %s", inode, exc)
+            return False
+        return True
 
     async def invalidate_inode(self, inode: int) -> None:
         try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mediadrive.core.errors import CorruptChunk
@@ -114,12 +114,17 @@ def fill_region(cache: BlockCache, content: ExtentMap, offset: int) -> list[Bloc
     return blocks[first:] + blocks[:first]
 
 
+# Told of the blocks a fill brought in, once they all are (and the fill still holds).
+Filled = Callable[[list[BlockRef]], Awaitable[None]]
+
+
 def _start_fill(
     cache: BlockCache,
     content: ExtentMap,
     offset: int,
     ahead: ReadAhead,
     current: Callable[[], bool],
+    filled: Filled | None,
 ) -> None:
     if ahead.fill is not None:
         if ahead.fill.content is content and (
@@ -138,6 +143,8 @@ def _start_fill(
     async def run() -> None:
         with contextlib.suppress(Exception):
             await cache.fill(((b.chunk_id, b.block) for b in region), FILL_PARALLEL, keep_going)
+            if filled is not None and keep_going():
+                await filled(region)
 
     fill.task = asyncio.get_running_loop().create_task(run())
 
@@ -149,11 +156,13 @@ async def read_content(
     size: int,
     ahead: ReadAhead | None,
     current: Callable[[], bool] = lambda: True,
+    filled: Filled | None = None,
 ) -> bytes | memoryview:
     """Bytes ``offset`` .. ``offset + size`` of ``content`` (fewer at its end).
 
     ``ahead`` (per open file) enables read-ahead and fills; ``current()`` says whether
-    ``content`` is still the file's, so that a fill of a replaced version stops.
+    ``content`` is still the file's, so that a fill of a replaced version stops;
+    ``filled`` is handed the blocks of a fill that completed.
     """
     end = min(offset + size, content.size)
     if end <= offset:
@@ -169,7 +178,7 @@ async def read_content(
         if not ahead.sequential and not all(cache.has(b.chunk_id, b.block) for b in covering):
             ahead.random_misses += 1
             if ahead.random_misses >= RANDOM_MISSES_TO_FILL:
-                _start_fill(cache, content, offset, ahead, current)
+                _start_fill(cache, content, offset, ahead, current, filled)
     if len(covering) == 1:
         start, chunk, index = covering[0]
         try:

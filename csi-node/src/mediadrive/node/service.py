@@ -53,6 +53,8 @@ class MountStatus(BaseModel):
     # Lookups and getattrs answered without asking the metadata store, and asked.
     entry_hits: int
     entry_misses: int
+    # Bytes of files read at random handed to the kernel's page cache.
+    pages_stored: int
     bytes_uploaded: int
     commits: int
     conflicts: int
@@ -231,6 +233,7 @@ class MountService:
             cache_corrupt=cache.figures.corrupt,
             entry_hits=self.vfs.entries.hits,
             entry_misses=self.vfs.entries.misses,
+            pages_stored=self.vfs.pages_stored,
             bytes_uploaded=wb.figures.bytes_uploaded,
             commits=wb.figures.commits,
             conflicts=wb.figures.conflicts,

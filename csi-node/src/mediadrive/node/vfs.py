@@ -13,13 +13,13 @@ invalidated through an injected :class:`Kernel`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import errno
 import itertools
 import logging
 import os
 import stat
 import time
+import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from mediadrive.core.drive import Drive, UploadResult
 from mediadrive.core.errors import CorruptChunk, MediadriveError, PathNotFound
-from mediadrive.core.extents import ExtentMap
+from mediadrive.core.extents import BlockRef, ExtentMap
 from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 
 from .cache import BlockCache
@@ -91,11 +91,17 @@ class FsError(MediadriveError):
 
 
 class Kernel(Protocol):
-    """What the VFS asks of the kernel: forget what it cached about a node or a name."""
+    """What the VFS asks of the kernel: forget what it cached about a node or a name,
+    or keep bytes of a file in its page cache."""
 
     async def invalidate_inode(self, inode: int) -> None: ...
 
     async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None: ...
+
+    async def store(self, inode: int, offset: int, data: bytes) -> bool:
+        """Put ``data`` in the page cache of ``inode`` at ``offset``; False if the kernel
+        cannot (then nothing more is sent)."""
+        ...
 
 
 class NoKernel:
@@ -106,6 +112,9 @@ class NoKernel:
 
     async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None:
         pass
+
+    async def store(self, inode: int, offset: int, data: bytes) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
@@ -251,6 +260,12 @@ class VFS:
         self._kernel_sized: dict[int, int | None] = {}
         # Answers the kernel's lookups and getattrs without a metadata round trip.
         self.entries = Entries()
+        # Held while bytes go into a file's page cache and while it is told to drop
+        # them, so that a drop never comes before a store of the bytes it replaces.
+        self._page_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+        self.pages_stored = 0
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -293,6 +308,8 @@ class VFS:
         check_name(name)
         node = self.entries.child(parent_id, name)
         if node is None:
+            if self.entries.absent(parent_id, name):
+                raise FsError(errno.ENOENT)
             read_at = self.entries.epoch
             node = await self.meta.lookup(parent_id, name)
             if node is None:
@@ -324,6 +341,7 @@ class VFS:
         staged = self.staging.get(node.id)
         if changes.size is not None:
             staged = await self._resize(node, changes.size, fh)
+            await self._pages_settled(node.id)
         meta_changes = _unchanged_dropped(self._apply_attr_changes(changes, staged), node)
         # A removed file's attributes are nobody's business any more: the kernel sends
         # the times it kept of an unlinked inode as it lets it go.
@@ -402,6 +420,7 @@ class VFS:
             for node in handle.entries:
                 self.tree.remember(node.id, f"{parent.rstrip('/')}/{node.name}")
                 self.entries.put(node, read_at)
+            self.entries.complete(handle.node_id, read_at)
         entries = handle.entries
         return (
             DirEntry(entries[index].name, self._entry(entries[index]), index + 1)
@@ -442,9 +461,10 @@ class VFS:
         )
         self.tree.remember(node.id, f"{parent_path.rstrip('/')}/{name}")
         self.note_own_change("made", node.id)
-        # The folder's times and link count moved.
-        self.entries.drop(parent_id)
+        self.entries.folder_changed(parent_id, node.ctime_ns, 1 if node.is_dir else 0)
         self.entries.put(node)
+        if node.is_dir:
+            self.entries.complete(node.id)
         return node
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
@@ -468,8 +488,9 @@ class VFS:
             node = await self.meta.remove(
                 parent_id, parent_path, name, self.drive.author, folder=folder
             )
-        self.entries.drop(parent_id)
-        self.entries.put(dataclasses.replace(node, deleted_ns=time.time_ns()))
+        self.entries.put(node)
+        if node.deleted_ns is not None:
+            self.entries.folder_changed(parent_id, node.deleted_ns, -1 if node.is_dir else 0)
         return node
 
     def _orphan(self, node_id: int) -> None:
@@ -639,6 +660,9 @@ class VFS:
             if truncate and (staged.size() or node.size):
                 await self._truncate(staged, 0)
                 staged.touch()
+            # The copy exists now, so no store into the page cache starts; one under
+            # way ends before the writer can dirty a page.
+            await self._pages_settled(node.id)
             staged.writers += 1
             return self._open_handle(node, writable, stages=True)
         if self.staging.get(node.id) is None:
@@ -730,7 +754,52 @@ class VFS:
             handle.ahead,
             # A background fill of the file stops once it has a new version.
             lambda: self._contents.get(node_id) is content,
+            lambda blocks: self._store_pages(node_id, content, blocks),
         )
+
+    def _page_lock(self, node_id: int) -> asyncio.Lock:
+        lock = self._page_locks.get(node_id)
+        if lock is None:
+            lock = self._page_locks[node_id] = asyncio.Lock()
+        return lock
+
+    async def _store_pages(self, node_id: int, content: ExtentMap, blocks: list[BlockRef]) -> None:
+        """A file filled into the block cache for a random reader goes into the kernel's
+        page cache as well: its later reads never reach the agent."""
+        inode = self.tree.inode(node_id)
+        for block in blocks:
+            async with self._page_lock(node_id):
+                if not self._may_store_pages(node_id, content):
+                    return
+                try:
+                    data = await self.cache.view(block.chunk_id, block.block)
+                except MediadriveError:
+                    return
+                piece = bytes(memoryview(data)[: content.size - block.offset])
+                if not await self.kernel.store(inode, block.offset, piece):
+                    return
+                self.pages_stored += len(piece)
+
+    def _may_store_pages(self, node_id: int, content: ExtentMap) -> bool:
+        """Whether the kernel's page cache of the file may take ``content``'s bytes: it
+        is still the file's head, the kernel's inode holds its version and size, and no
+        one here writes the file (a store would overwrite pages written since)."""
+        return (
+            self._contents.get(node_id) is content
+            and self._kernel_version.get(node_id, -1) == content.version
+            and (
+                not self.options.writeback_cache
+                or self._kernel_sized.get(node_id, -1) == content.version
+            )
+            and node_id not in self._stale
+            and self.staging.get(node_id) is None
+            and not any(h.node_id == node_id and h.writable for h in self.handles.values())
+        )
+
+    async def _pages_settled(self, node_id: int) -> None:
+        """Wait for a store into the file's page cache under way (before a change)."""
+        async with self._page_lock(node_id):
+            pass
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handles[fh]
@@ -957,7 +1026,8 @@ class VFS:
 
     async def refresh_kernel(self, node_id: int) -> None:
         """Make the kernel forget what it cached about a file changed elsewhere."""
-        await self.kernel.invalidate_inode(self.tree.inode(node_id))
+        async with self._page_lock(node_id):
+            await self.kernel.invalidate_inode(self.tree.inode(node_id))
         if not self.options.writeback_cache:
             return
         if node_id in self.open_counts:

@@ -133,7 +133,8 @@ class MetaStore(Protocol):
     ) -> Node:
         """Delete a file, symlink or folder. Versions stay in history until retention.
         ``folder`` True: the node must be a folder (NotADirectory otherwise); False: it
-        must not be one (IsADirectory)."""
+        must not be one (IsADirectory). Returns the node as removed: ``deleted_ns`` is
+        when, also its folder's new mtime and ctime."""
 
     async def rename(
         self,

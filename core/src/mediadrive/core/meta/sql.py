@@ -757,7 +757,7 @@ class SqlMetaStore(ABC):
                 (*marked, *touched, *touched, self.drive, node.id, parent_id),
             )
             await self._event(tx, "delete", path, actor, node.id, node.head_version)
-            return node
+            return dataclasses.replace(node, deleted_ns=now_ns)
 
         # The checks of ``checked`` as SQL over ``target``, for the statement below.
         kinds = {True: "kind = 'dir'", False: "kind <> 'dir'", None: "TRUE"}[folder]
@@ -791,7 +791,8 @@ class SqlMetaStore(ABC):
                     *(self.drive, *happened),
                 ),
             )
-            return checked(_node(row) if row else None, bool(row and row[14]))
+            node = checked(_node(row) if row else None, bool(row and row[14]))
+            return dataclasses.replace(node, deleted_ns=now_ns)
 
         if self.dialect is POSTGRES:
             return await self._run(in_one, single=True)
