@@ -23,7 +23,7 @@ import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from mediadrive.core.drive import Drive, UploadResult
 from mediadrive.core.errors import CorruptChunk, MediadriveError, PathNotFound
@@ -117,8 +117,9 @@ class NoKernel:
         return False
 
 
-@dataclass(frozen=True)
-class Attributes:
+class Attributes(NamedTuple):
+    """What the kernel is told of a node (a tuple: a listing makes one per entry)."""
+
     inode: int
     generation: int
     mode: int

@@ -92,28 +92,23 @@ class Tx(Protocol):
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
 
 
-def _node(row: Row) -> Node:
+# By stored name: a dict lookup, where calling the enum costs more than the rest of a
+# row (a listing makes a node per entry).
+_KINDS = {kind.value: kind for kind in NodeKind}
+
+
+def _node(row: Row, subdirs: int = 0) -> Node:
+    """A row of NODE_COLUMNS: id, parent_id, name, kind, mode, uid, gid, mtime_ns,
+    ctime_ns, size, head_version, target, deleted_ns, rdev."""
     return Node(
-        id=row[0],
-        parent_id=row[1],
-        name=row[2],
-        kind=NodeKind(row[3]),
-        mode=row[4],
-        uid=row[5],
-        gid=row[6],
-        mtime_ns=row[7],
-        ctime_ns=row[8],
-        size=row[9],
-        head_version=row[10],
-        target=row[11],
-        deleted_ns=row[12],
-        rdev=row[13] or 0,
-    )
+        row[0], row[1], row[2], _KINDS[row[3]], row[4], row[5], row[6], row[7], row[8],
+        row[9], row[10], row[11], row[12], row[13] or 0, subdirs,
+    )  # fmt: skip
 
 
 def _node_and_subdirs(row: Row) -> Node:
     """A row of NODE_COLUMNS_AND_SUBDIRS."""
-    return dataclasses.replace(_node(row), subdirs=int(row[14] or 0))
+    return _node(row, int(row[14] or 0))
 
 
 def _version(row: Row) -> VersionInfo:
