@@ -11,18 +11,23 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DriveFactory, Mounts, damage_stored_chunk, drive_call, wait_until
+from .conftest import DriveFactory, MountHandle, Mounts, damage_stored_chunk, drive_call, wait_until
 
 MiB = 1 << 20
+
+
+def mounted_with(make_drive: DriveFactory, mounts: Mounts, path: str, data: bytes) -> MountHandle:
+    """A mount of a new drive (4 MiB chunks) that holds ``data`` at ``path``."""
+    name = make_drive(chunk_size="4MiB")
+    drive_call(name, lambda d: d.write_file(path, io.BytesIO(data)))
+    return mounts.mount(name)
 
 
 def test_a_random_reader_of_a_cold_file_ends_with_the_whole_file_cached(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
-    name = make_drive(chunk_size="4MiB")
     data = os.urandom(12 * MiB + 123)
-    drive_call(name, lambda d: d.write_file("/r.bin", io.BytesIO(data)))
-    m = mounts.mount(name)
+    m = mounted_with(make_drive, mounts, "/r.bin", data)
     rng = random.Random(7)
     fd = os.open(m / "r.bin", os.O_RDONLY)
     try:
@@ -97,10 +102,8 @@ def test_a_block_damaged_in_the_store_stays_an_io_error_for_a_random_reader(
 def test_a_filled_file_goes_into_the_page_cache_and_its_reads_stay_in_the_kernel(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
-    name = make_drive(chunk_size="4MiB")
     data = os.urandom(10 * MiB + 777)
-    drive_call(name, lambda d: d.write_file("/r.bin", io.BytesIO(data)))
-    m = mounts.mount(name)
+    m = mounted_with(make_drive, mounts, "/r.bin", data)
     rng = random.Random(3)
     fd = os.open(m / "r.bin", os.O_RDONLY)
     try:
@@ -124,10 +127,8 @@ def test_a_filled_file_goes_into_the_page_cache_and_its_reads_stay_in_the_kernel
 def test_writes_after_the_page_cache_was_filled_are_read_back_and_kept(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
-    name = make_drive(chunk_size="4MiB")
     data = bytearray(os.urandom(6 * MiB))
-    drive_call(name, lambda d: d.write_file("/w.bin", io.BytesIO(bytes(data))))
-    m = mounts.mount(name)
+    m = mounted_with(make_drive, mounts, "/w.bin", bytes(data))
     fd = os.open(m / "w.bin", os.O_RDONLY)
     try:
         for offset in (5 * MiB, 2 * MiB + 1, 4 * MiB + 3):
@@ -146,5 +147,5 @@ def test_writes_after_the_page_cache_was_filled_are_read_back_and_kept(
         os.close(fd)
     m.save("/w.bin")
     assert (m / "w.bin").read_bytes() == bytes(data)
-    fresh = mounts.mount(name)
+    fresh = mounts.mount(m.status()["drive"])
     assert (fresh / "w.bin").read_bytes() == bytes(data)

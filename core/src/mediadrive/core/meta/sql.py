@@ -106,6 +106,26 @@ def _node(row: Row, subdirs: int = 0) -> Node:
     )  # fmt: skip
 
 
+def _new_node(
+    node_id: int,
+    parent_id: int,
+    name: str,
+    kind: NodeKind,
+    mode: int,
+    uid: int,
+    gid: int,
+    now_ns: int,
+    target: str | None,
+    rdev: int,
+) -> Node:
+    """A node just made at ``now_ns``, as its row reads."""
+    size = len(target.encode()) if target else 0
+    return Node(
+        node_id, parent_id, name, kind, mode, uid, gid, now_ns, now_ns, size, None, target,
+        rdev=rdev,
+    )  # fmt: skip
+
+
 def _node_and_subdirs(row: Row) -> Node:
     """A row of NODE_COLUMNS_AND_SUBDIRS."""
     return _node(row, int(row[14] or 0))
@@ -536,22 +556,7 @@ class SqlMetaStore(ABC):
             ),
         )
         await self._touch_dir(tx, parent.id, now_ns)
-        size = len(target.encode()) if target else 0
-        return Node(
-            node_id,
-            parent.id,
-            name,
-            kind,
-            mode,
-            uid,
-            gid,
-            now_ns,
-            now_ns,
-            size,
-            None,
-            target,
-            rdev=rdev,
-        )
+        return _new_node(node_id, parent.id, name, kind, mode, uid, gid, now_ns, target, rdev)
 
     async def _touch_dir(self, tx: Tx, dir_id: int, now_ns: int) -> None:
         await tx.execute(
@@ -649,20 +654,8 @@ class SqlMetaStore(ABC):
             )
             parent = checked(row)
             assert row is not None
-            return Node(
-                int(row[15]),
-                parent.id,
-                name,
-                kind,
-                mode,
-                uid,
-                gid,
-                now_ns,
-                now_ns,
-                size,
-                None,
-                target,
-                rdev=rdev,
+            return _new_node(
+                int(row[15]), parent.id, name, kind, mode, uid, gid, now_ns, target, rdev
             )
 
         if self.dialect is POSTGRES:
