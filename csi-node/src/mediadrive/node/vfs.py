@@ -470,12 +470,10 @@ class VFS:
 
     async def rmdir(self, parent_inode: int, name: str) -> None:
         node = await self._remove(parent_inode, name, folder=True)
-        self.note_own_change("delete", node.id)
         self.tree.forget_one(node.id)
 
     async def unlink(self, parent_inode: int, name: str) -> None:
         node = await self._remove(parent_inode, name, folder=False)
-        self.note_own_change("delete", node.id)
         self.forget_content(node.id)
         self._orphan(node.id)
 
@@ -489,6 +487,9 @@ class VFS:
             node = await self.meta.remove(
                 parent_id, parent_path, name, self.drive.author, folder=folder
             )
+        self.note_own_change("delete", node.id)
+        # Kept by id (the kernel may still ask after an inode it holds) once the note
+        # above dropped what was known of it.
         self.entries.put(node)
         if node.deleted_ns is not None:
             self.entries.folder_changed(parent_id, node.deleted_ns, -1 if node.is_dir else 0)

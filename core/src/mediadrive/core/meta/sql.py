@@ -618,15 +618,14 @@ class SqlMetaStore(ABC):
             await self._event(tx, event, path, actor, node.id, seq=seq, target=target)
             return node
 
-        size = len(target.encode()) if target else 0
-        values = (name, kind.value, mode, uid, gid, now_ns, now_ns, size, target, rdev)
-        happened = (event, path, actor, time.time(), json.dumps({"target": target}))
-
         async def in_one(tx: Tx) -> Node:
             # Checks and writes in one statement, its own transaction: one round trip.
             # The new row and the folder's new times go in as one upsert (CockroachDB
             # lets a statement write a table once): the folder's row meets its own id
             # and takes the times. Nothing is written when a check fails.
+            size = len(target.encode()) if target else 0
+            values = (name, kind.value, mode, uid, gid, now_ns, now_ns, size, target, rdev)
+            happened = (event, path, actor, time.time(), json.dumps({"target": target}))
             row = await tx.fetchone(
                 f"WITH parent AS (SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c "
                 "WHERE c.drive = ? AND c.parent_id = ? AND c.name = ? AND c.deleted_ns IS NULL) "
@@ -747,14 +746,13 @@ class SqlMetaStore(ABC):
             await self._event(tx, "delete", path, actor, node.id, node.head_version)
             return dataclasses.replace(node, deleted_ns=now_ns)
 
-        # The checks of ``checked`` as SQL over ``target``, for the statement below.
-        kinds = {True: "kind = 'dir'", False: "kind <> 'dir'", None: "TRUE"}[folder]
-        emptiness = "TRUE" if recursive else "(kind <> 'dir' OR NOT busy)"
-        happened = ("delete", path, actor, time.time(), json.dumps({}))
-
         async def in_one(tx: Tx) -> Node:
             # Checks and writes in one statement, its own transaction: one round trip.
-            # Nothing is written when a check fails.
+            # Nothing is written when a check fails. The checks of ``checked``, as SQL
+            # over ``target``:
+            kinds = {True: "kind = 'dir'", False: "kind <> 'dir'", None: "TRUE"}[folder]
+            emptiness = "TRUE" if recursive else "(kind <> 'dir' OR NOT busy)"
+            happened = ("delete", path, actor, time.time(), json.dumps({}))
             row = await tx.fetchone(
                 f"WITH target AS (SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c "
                 "WHERE c.drive = n.drive AND c.parent_id = n.id AND c.deleted_ns IS NULL) AS busy "
