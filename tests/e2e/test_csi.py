@@ -121,8 +121,17 @@ def release(cluster: Cluster, stores: Stores) -> Iterator[Release]:
         cluster, "install", name, str(CHART), "--namespace", namespace, "--create-namespace",
         "--values", "-", "--wait", "--timeout", "300s", stdin=json.dumps(values), timeout=330,
     )  # fmt: skip
+    release = Release(name, namespace, apps, storage_class, state_dir)
     try:
-        yield Release(name, namespace, apps, storage_class, state_dir)
+        # helm's --wait asks a DaemonSet for desired minus maxUnavailable ready pods:
+        # none on one node, so it can return before the plugin is up.
+        wait_for(
+            "the CSI node plugin ready",
+            lambda: _plugin_ready(cluster, release),
+            180,
+            explain=lambda: _explain(cluster, release),
+        )
+        yield release
     finally:
         with_errors = _delete_workloads(cluster, apps)
         helm(cluster, "uninstall", name, "--namespace", namespace, "--wait", timeout=300)
@@ -338,6 +347,13 @@ def _node_pod(cluster: Cluster, release: Release) -> dict[str, Any]:
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
     pod: dict[str, Any] = pods[0]
     return pod
+
+
+def _plugin_ready(cluster: Cluster, release: Release) -> bool:
+    pods = cluster.get(
+        "pods", "-n", release.namespace, "-l", "app.kubernetes.io/component=csi-node"
+    )["items"]
+    return len(pods) == 1 and _ready(pods[0])
 
 
 def _restarts(pod: dict[str, Any], container: str) -> int:
