@@ -149,3 +149,37 @@ def test_writes_after_the_page_cache_was_filled_are_read_back_and_kept(
     assert (m / "w.bin").read_bytes() == bytes(data)
     fresh = mounts.mount(m.status()["drive"])
     assert (fresh / "w.bin").read_bytes() == bytes(data)
+
+
+def test_a_random_reader_of_a_file_edited_inside_blocks_reads_its_bytes(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """The fill and the page-cache store of a version whose slices start and end
+    inside blocks hand out each slice's part of the blocks it shares."""
+    data = os.urandom(10 * MiB + 77)
+    name = make_drive(chunk_size="4MiB")
+    drive_call(name, lambda d: d.write_file("/r.bin", io.BytesIO(data)))
+    m = mounts.mount(name)
+    patch = os.urandom(3000)
+    offset = 6 * MiB + 5000
+    with open(m / "r.bin", "r+b") as f:
+        f.seek(offset)
+        f.write(patch)
+    wait_until(lambda: m.status()["bytes_uploaded"] > 0 and m.status()["dirty_files"] == 0)
+    mounts.umount(m)
+    expected = data[:offset] + patch + data[offset + len(patch) :]
+
+    fresh = mounts.mount(name, cache="fresh")
+    rng = random.Random(3)
+    fd = os.open(fresh / "r.bin", os.O_RDONLY)
+    try:
+        for at in (offset - 10, 2 * MiB + 4096, offset + 2990):
+            assert os.pread(fd, 4096, at) == expected[at : at + 4096]
+        wait_until(lambda: fresh.status()["pages_stored"] > 0)
+        for _ in range(300):
+            at = rng.randrange(len(expected))
+            assert os.pread(fd, 4096, at) == expected[at : at + 4096]
+        assert os.pread(fd, 6000, offset - 1500) == expected[offset - 1500 : offset + 4500]
+    finally:
+        os.close(fd)
+    assert (fresh / "r.bin").read_bytes() == expected

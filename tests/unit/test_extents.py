@@ -1,5 +1,5 @@
-"""ExtentMap over whole chunks and slices of them: any byte range read block by block
-is the file's bytes."""
+"""ExtentMap over whole chunks and slices of them (starting and ending anywhere): any
+byte range read block by block is the file's bytes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from functools import cache
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mediadrive.core.extents import ExtentMap
+from mediadrive.core.extents import BlockRef, ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
 
@@ -29,14 +29,17 @@ def fetch_block(chunk: str, index: int) -> bytes:
 
 @st.composite
 def slices(draw: st.DrawFn) -> tuple[str, int, int]:
-    """A slice of a chunk: (chunk, chunk offset, length), starting on a block
-    boundary and ending on one or at the chunk's end."""
+    """A slice of a chunk: (chunk, chunk offset, length), on block boundaries or
+    anywhere (as an edit's neighbours are)."""
     chunk = draw(st.sampled_from(sorted(CHUNKS)))
     size = len(chunk_bytes(chunk))
-    blocks = (size + BLOCK_SIZE - 1) // BLOCK_SIZE
-    first = draw(st.integers(0, blocks - 1))
-    last = draw(st.integers(first + 1, blocks))
-    return chunk, first * BLOCK_SIZE, min(last * BLOCK_SIZE, size) - first * BLOCK_SIZE
+    if draw(st.booleans()):
+        blocks = (size + BLOCK_SIZE - 1) // BLOCK_SIZE
+        first = draw(st.integers(0, blocks - 1))
+        last = draw(st.integers(first + 1, blocks))
+        return chunk, first * BLOCK_SIZE, min(last * BLOCK_SIZE, size) - first * BLOCK_SIZE
+    start = draw(st.integers(0, size - 1))
+    return chunk, start, draw(st.integers(1, size - start))
 
 
 @st.composite
@@ -71,15 +74,15 @@ def test_reading_through_slices_gives_the_files_bytes(
 
 @settings(max_examples=30, deadline=None)
 @given(files())
-def test_every_block_is_whole_inside_its_extent(file: tuple[ExtentMap, bytes]) -> None:
+def test_the_windows_of_all_blocks_tile_the_file(file: tuple[ExtentMap, bytes]) -> None:
     content, model = file
     joined = bytearray()
-    for block, length in content.all_blocks():
-        assert block.offset == len(joined)
+    for block in content.all_blocks():
+        assert block.start == len(joined)
+        assert 0 <= block.lo < block.hi <= BLOCK_SIZE
+        # The whole block is fetched (its digest checks it); the window is kept.
         data = fetch_block(block.chunk_id, block.block)
-        # A block of a slice is the chunk's block, never cut by the slice.
-        assert len(data) == length
-        joined += data
+        joined += data[block.lo : block.hi]
     assert bytes(joined) == model
 
 
@@ -95,3 +98,24 @@ def test_a_slice_names_the_blocks_of_its_chunk_at_their_file_offsets() -> None:
         (2 * BLOCK_SIZE, "a", 2),
         (3 * BLOCK_SIZE, "a", 3),
     ]
+
+
+def test_a_slice_inside_blocks_names_whole_blocks_with_windows() -> None:
+    # An edit of 10 bytes at 100 of block 1: the chunk's bytes around it stay slices.
+    at = BLOCK_SIZE + 100
+    content = ExtentMap.of(
+        2,
+        3 * BLOCK_SIZE + 100,
+        [
+            Extent(0, at, "a"),
+            Extent(at, 10, "new"),
+            Extent(at + 10, 2 * BLOCK_SIZE - 10, "a", at + 10),
+        ],
+    )
+    # Block 1 of "a" starts at BLOCK_SIZE in the file; each extent keeps its part.
+    assert content.blocks(at - 5, 20) == [
+        BlockRef(BLOCK_SIZE, "a", 1, 0, 100),
+        BlockRef(at, "new", 0, 0, 10),
+        BlockRef(BLOCK_SIZE, "a", 1, 110, BLOCK_SIZE),
+    ]
+    assert [b.block for b in content.blocks(at + 10, content.size)] == [1, 2, 3]

@@ -4,13 +4,25 @@ their journal after a restart."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
-from mediadrive.node.staging import Staging, base_blocks
+from mediadrive.node.staging import (
+    MAX_CHANGED_RANGES,
+    MIN_SLICE,
+    StagedFile,
+    Staging,
+    _add_range,
+    _subtract,
+    base_blocks,
+)
 
 # Two chunks: three blocks and a short one, then one block and a bit.
 EXTENTS = [Extent(0, 3 * BLOCK_SIZE + 100, "a"), Extent(3 * BLOCK_SIZE + 100, BLOCK_SIZE + 7, "b")]
@@ -156,3 +168,114 @@ def test_journal_writes_from_threads_and_the_loop_do_not_race(tmp_path: Path) ->
         thread.join()
     staging.close()
     assert failures == []
+
+
+async def _written(staging: Staging, writes: list[tuple[int, bytes]]) -> StagedFile:
+    """A copy of BASE with ``writes`` made the way the VFS makes them."""
+    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    fetch = Fetches()
+    for offset, data in writes:
+        whole = await staged.prepare_write(offset, len(data), fetch)
+        os.pwrite(staged.fd, data, offset)
+        staged.settle(whole)
+        staged.touch(offset, len(data))
+    return staged
+
+
+def _runs(staged: StagedFile) -> list[tuple[int, int, str, int]]:
+    return [(e.offset, e.length, e.chunk_id, e.chunk_offset) for e, _ in staged.untouched_runs()]
+
+
+async def test_untouched_runs_keep_the_bytes_around_a_write_inside_a_block(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    at = BLOCK_SIZE + 1000
+    staged = await _written(staging, [(at, b"x" * 4000)])
+    # Block 1 was copied in for the write; all of "a" but the written bytes is kept.
+    assert staged.missing == {0, 2, 3, 4, 5}
+    assert _runs(staged) == [
+        (0, at, "a", 0),
+        (at + 4000, BASE.size - (at + 4000) - (BLOCK_SIZE + 7), "a", at + 4000),
+        (3 * BLOCK_SIZE + 100, BLOCK_SIZE + 7, "b", 0),
+    ]
+    staging.close()
+
+
+async def test_a_sliver_between_writes_is_sent_again_not_kept(tmp_path: Path) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    at = BLOCK_SIZE + 1000
+    gap = MIN_SLICE - 1
+    staged = await _written(staging, [(at, b"x" * 10), (at + 10 + gap, b"y" * 10)])
+    resumed = at + 20 + gap
+    # The gap is part of the new chunk; "a" resumes after the second write.
+    assert [r[:2] for r in _runs(staged)[:2]] == [
+        (0, at),
+        (resumed, 3 * BLOCK_SIZE + 100 - resumed),
+    ]
+    staging.close()
+
+
+async def test_a_change_without_a_range_keeps_only_the_blocks_never_copied_in(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    staged = await _written(staging, [(BLOCK_SIZE + 1000, b"x" * 10)])
+    staged.touch()  # a punch, a truncate: bytes anywhere may differ
+    assert _runs(staged) == [
+        (0, BLOCK_SIZE, "a", 0),
+        (2 * BLOCK_SIZE, BLOCK_SIZE + 100, "a", 2 * BLOCK_SIZE),
+        (3 * BLOCK_SIZE + 100, BLOCK_SIZE + 7, "b", 0),
+    ]
+    staging.sync(staged)
+    staging.close()
+    # Found after a restart, the copy cannot say which bytes of its blocks changed.
+    again = Staging(tmp_path)
+    (copy,) = again.open()
+    assert copy.changed_unknown
+    again.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 40)), max_size=12),
+    st.integers(0, 200),
+    st.integers(0, 80),
+)
+def test_changed_ranges_merge_and_subtract_like_sets(
+    adds: list[tuple[int, int]], start: int, length: int
+) -> None:
+    ranges: list[tuple[int, int]] = []
+    model: set[int] = set()
+    for lo, n in adds:
+        if n:
+            _add_range(ranges, lo, lo + n)
+            model.update(range(lo, lo + n))
+    assert ranges == sorted(ranges)
+    assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges))  # disjoint, not touching
+    assert {i for lo, hi in ranges for i in range(lo, hi)} == model
+    left = _subtract(ranges, start, start + length)
+    assert {i for lo, hi in left for i in range(lo, hi)} == set(
+        range(start, start + length)
+    ) - model
+    assert all(hi > lo for lo, hi in left)
+
+
+async def test_scattered_writes_past_the_range_bound_count_their_blocks_changed(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    writes = [(BLOCK_SIZE + 10 * i, b"x") for i in range(MAX_CHANGED_RANGES + 1)]
+    staged = await _written(staging, writes)
+    assert staged.changed_unknown and not staged.changed
+    # Block 1 holds the writes: it is sent whole; the blocks never fetched are kept.
+    assert [r[:2] for r in _runs(staged)] == [
+        (0, BLOCK_SIZE),
+        (2 * BLOCK_SIZE, BLOCK_SIZE + 100),
+        (3 * BLOCK_SIZE + 100, BLOCK_SIZE + 7),
+    ]
+    staging.close()

@@ -114,7 +114,7 @@ async def test_a_closed_copy_is_committed_in_place_and_changes_wait_for_it(
     await vfs.close()
 
 
-async def test_an_edit_inside_a_large_chunk_sends_only_the_blocks_it_touched(
+async def test_an_edit_inside_a_large_chunk_sends_only_the_bytes_it_wrote(
     tmp_path: Path,
 ) -> None:
     chunk = 4 * BLOCK_SIZE
@@ -127,9 +127,10 @@ async def test_an_edit_inside_a_large_chunk_sends_only_the_blocks_it_touched(
     offset = chunk + BLOCK_SIZE + 10
     await edit.write_at("plate.exr", offset, b"edited")
     await edit.parts.writeback.settle()
-    # One block is fetched (to merge the edit into it) and sent; the rest of its
-    # chunk is kept as two slices, never fetched.
-    assert edit.parts.writeback.figures.bytes_uploaded == BLOCK_SIZE
+    # The block the edit lands in is fetched (the copy must hold all of it); only the
+    # six bytes are sent, and the rest of their chunk is kept as two slices that start
+    # and end inside that block.
+    assert edit.parts.writeback.figures.bytes_uploaded == 6
     assert edit.parts.cache.figures.bytes_fetched == BLOCK_SIZE
     drive = edit.parts.drive
     base = (await drive.reader("/plate.exr", 1)).extents
@@ -137,9 +138,9 @@ async def test_an_edit_inside_a_large_chunk_sends_only_the_blocks_it_touched(
     middle = base[1].chunk_id
     assert [(e.offset, e.length, e.chunk_offset) for e in extents] == [
         (0, chunk, 0),
-        (chunk, BLOCK_SIZE, 0),
-        (chunk + BLOCK_SIZE, BLOCK_SIZE, 0),
-        (chunk + 2 * BLOCK_SIZE, 2 * BLOCK_SIZE, 2 * BLOCK_SIZE),
+        (chunk, BLOCK_SIZE + 10, 0),
+        (offset, 6, 0),
+        (offset + 6, 3 * BLOCK_SIZE - 16, BLOCK_SIZE + 16),
         (2 * chunk, BLOCK_SIZE + 123, 0),
     ]
     assert [e.chunk_id == middle for e in extents] == [False, True, False, True, False]
@@ -148,11 +149,12 @@ async def test_an_edit_inside_a_large_chunk_sends_only_the_blocks_it_touched(
     expected = data[:offset] + b"edited" + data[offset + 6 :]
     check = await make_test_vfs(tmp_path, cache="check", chunk_size=chunk)
     assert await check.read_file("plate.exr") == expected
-    # A second edit in the same chunk slices the slices again.
-    await check.write_at("plate.exr", chunk + 3 * BLOCK_SIZE, b"again")
+    # A second edit in the same chunk, inside the unaligned slice, slices it again.
+    at = chunk + 3 * BLOCK_SIZE - 2
+    await check.write_at("plate.exr", at, b"again")
     await check.parts.writeback.settle()
+    assert check.parts.writeback.figures.bytes_uploaded == 5
     await check.close()
-    at = chunk + 3 * BLOCK_SIZE
     expected = expected[:at] + b"again" + expected[at + 5 :]
     again = await make_test_vfs(tmp_path, cache="again", chunk_size=chunk)
     assert await again.read_file("plate.exr") == expected

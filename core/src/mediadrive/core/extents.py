@@ -16,13 +16,42 @@ from .meta.records import Extent
 
 
 class BlockRef(NamedTuple):
-    """One ``BLOCK_SIZE`` block of a chunk (``block``: its index in the chunk) and the
-    file offset where it starts. A block is always whole inside its extent: slices
-    start and end on block boundaries of their chunk (or at its end)."""
+    """One ``BLOCK_SIZE`` block of a chunk (``block``: its index in the chunk) as part
+    of a file: ``offset`` is the file offset where the block's first byte would sit,
+    and only its bytes ``lo`` .. ``hi`` belong to the extent (all of them for a whole
+    chunk; fewer at the ends of a slice that starts or ends inside a block, whose
+    ``offset`` may then lie before the extent). Blocks are fetched and checked whole;
+    readers keep the window."""
 
     offset: int
     chunk_id: str
     block: int
+    lo: int = 0
+    hi: int = BLOCK_SIZE
+
+    @property
+    def start(self) -> int:
+        """The file offset of the first byte of the window."""
+        return self.offset + self.lo
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.hi
+
+
+def _refs(extent: Extent, first: int, last: int) -> list[BlockRef]:
+    """Blocks ``first`` .. ``last`` (positions in the extent's chunk range) of
+    ``extent``, with their windows."""
+    c0 = extent.chunk_offset
+    c1 = c0 + extent.length
+    base = extent.offset - c0  # the file offset of the chunk's byte 0
+    out = []
+    for b in range(first, last + 1):
+        at = b * BLOCK_SIZE
+        out.append(
+            BlockRef(base + at, extent.chunk_id, b, max(c0 - at, 0), min(c1 - at, BLOCK_SIZE))
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -48,31 +77,30 @@ class ExtentMap:
         i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
         while i < len(self.extents) and self.extents[i].offset < end:
             extent = self.extents[i]
-            # Positions of the blocks within the extent; a slice starts on a block
-            # boundary of its chunk, so position p is block ``skip + p`` of the chunk.
-            skip = extent.chunk_offset // BLOCK_SIZE
-            first = max(offset - extent.offset, 0) // BLOCK_SIZE
-            last = (min(end, extent.offset + extent.length) - extent.offset - 1) // BLOCK_SIZE
-            out.extend(
-                BlockRef(extent.offset + p * BLOCK_SIZE, extent.chunk_id, skip + p)
-                for p in range(first, last + 1)
-            )
+            lo = max(offset, extent.offset)
+            hi = min(end, extent.offset + extent.length)
+            if hi > lo:
+                # The chunk positions of the range's first and last byte.
+                shift = extent.chunk_offset - extent.offset
+                out.extend(
+                    _refs(extent, (lo + shift) // BLOCK_SIZE, (hi - 1 + shift) // BLOCK_SIZE)
+                )
             i += 1
         return out
 
-    def all_blocks(self) -> list[tuple[BlockRef, int]]:
-        """Every block of the content with its length, in file order."""
+    def all_blocks(self) -> list[BlockRef]:
+        """Every block of the content, in file order (windows tile the file)."""
         out = []
         for extent in self.extents:
-            skip = extent.chunk_offset // BLOCK_SIZE
-            for p in range((extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE):
-                length = min(BLOCK_SIZE, extent.length - p * BLOCK_SIZE)
-                block = BlockRef(extent.offset + p * BLOCK_SIZE, extent.chunk_id, skip + p)
-                out.append((block, length))
+            if extent.length > 0:
+                first = extent.chunk_offset // BLOCK_SIZE
+                last = (extent.chunk_offset + extent.length - 1) // BLOCK_SIZE
+                out.extend(_refs(extent, first, last))
         return out
 
     def slice_of(self, block: BlockRef, data: bytes, offset: int, end: int) -> bytes:
-        """The part of ``block``'s bytes that falls inside ``[offset, end)``."""
-        lo = max(offset, block.offset) - block.offset
-        hi = min(end, block.offset + len(data)) - block.offset
-        return data[lo:hi]
+        """The part of ``block``'s bytes (the whole block) inside its window and
+        ``[offset, end)``."""
+        lo = max(offset, block.start) - block.offset
+        hi = min(end, block.end, block.offset + len(data)) - block.offset
+        return data[lo:hi] if hi > lo else b""

@@ -186,11 +186,12 @@ class VersionReader:
         async def fetch(extent: Extent) -> bytes:
             if extent.chunk_offset:
                 first = extent.chunk_offset // BLOCK_SIZE
-                count = (extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE
+                last = (extent.chunk_offset + extent.length - 1) // BLOCK_SIZE
                 blocks = await asyncio.gather(
-                    *(self.fetch_block(extent.chunk_id, first + n) for n in range(count))
+                    *(self.fetch_block(extent.chunk_id, b) for b in range(first, last + 1))
                 )
-                return b"".join(blocks)[: extent.length]
+                skip = extent.chunk_offset - first * BLOCK_SIZE
+                return b"".join(blocks)[skip : skip + extent.length]
             try:
                 data = await self.blobs.get(extent.chunk_id)
             except NotFound:

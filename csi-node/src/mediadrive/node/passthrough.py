@@ -191,7 +191,7 @@ class Views:
                 return path
             digests = {c: await self._digests(c) for c in {b.chunk_id for b in blocks}}
             joined = [
-                _Part(b.offset, b.length, s, b.chunk_id, b.index, digests[b.chunk_id])
+                _Part(b.offset, b.length, b.skip, s, b.chunk_id, b.index, digests[b.chunk_id])
                 for b, s in zip(blocks, sources, strict=True)
                 if s
             ]
@@ -223,6 +223,7 @@ class Views:
 class _Part:
     offset: int
     length: int
+    skip: int
     source: Path
     chunk_id: str
     index: int
@@ -238,10 +239,12 @@ def _join(path: Path, size: int, parts: list[_Part]) -> None:
             # Whole-block writes rather than copy_file_range: the page cache then holds
             # the view in large folios, which the kernel reads back much faster.
             data = part.source.read_bytes()
-            if len(data) != part.length:
-                raise OSError(f"cached block {part.source.name} is not {part.length} bytes")
+            if len(data) < part.skip + part.length:
+                raise OSError(f"cached block {part.source.name} is short")
             if part.digests is not None:
                 verify_block(part.chunk_id, part.index, part.digests, data)
+            if part.skip or len(data) != part.length:
+                data = data[part.skip : part.skip + part.length]
             os.pwrite(out, data, part.offset)
     except BaseException:
         os.close(out)

@@ -110,7 +110,7 @@ def fill_region(cache: BlockCache, content: ExtentMap, offset: int) -> list[Bloc
             return []
         start, length = extent.offset, extent.length
     blocks = content.blocks(start, length)
-    first = next((n for n, b in enumerate(blocks) if b.offset + BLOCK_SIZE > offset), 0)
+    first = next((n for n, b in enumerate(blocks) if b.end > offset), 0)
     return blocks[first:] + blocks[:first]
 
 
@@ -170,27 +170,28 @@ async def read_content(
     covering = content.blocks(offset, end - offset)
     # Start every fetch before waiting on the first; what the read needs goes first.
     if len(covering) > 1:
-        cache.prefetch_many((chunk, index) for _, chunk, index in covering)
+        cache.prefetch_many((b.chunk_id, b.block) for b in covering)
     if ahead is not None:
         lo, hi = ahead.advance(offset, end - offset)
         if hi > lo:
-            cache.prefetch_many((chunk, index) for _, chunk, index in content.blocks(lo, hi - lo))
+            cache.prefetch_many((b.chunk_id, b.block) for b in content.blocks(lo, hi - lo))
         if not ahead.sequential and not all(cache.has(b.chunk_id, b.block) for b in covering):
             ahead.random_misses += 1
             if ahead.random_misses >= RANDOM_MISSES_TO_FILL:
                 _start_fill(cache, content, offset, ahead, current, filled)
     if len(covering) == 1:
-        start, chunk, index = covering[0]
+        # Extents tile the file, so one block's window holds the whole range.
+        start, chunk, index = covering[0][:3]
         try:
             return await cache.read(chunk, index, offset - start, end - start)
         except CorruptChunk as exc:
             exc.offset = start
             raise
     parts = []
-    for start, chunk, index in covering:
-        data = await _block(cache, start, chunk, index)
-        lo = max(offset, start) - start
-        hi = min(end, start + len(data)) - start
+    for block in covering:
+        data = await _block(cache, block.offset, block.chunk_id, block.block)
+        lo = max(offset, block.start) - block.offset
+        hi = min(end, block.end, block.offset + len(data)) - block.offset
         parts.append(memoryview(data)[lo:hi])
     return b"".join(parts)
 

@@ -50,6 +50,13 @@ _INLINE_SNAPSHOT = 8 << 20
 # Blocks copied in side by side when a large range is needed at once.
 _FILL_WINDOW = 32
 
+# Unchanged base bytes shorter than this, in blocks a write changed in part, are sent
+# again with the write rather than kept as a slice of their chunk (an extent each).
+MIN_SLICE = 64 << 10
+# Scattered writes past this many separate ranges are not told apart any more: the
+# blocks they fell in count as changed whole (the list stays cheap to keep sorted).
+MAX_CHANGED_RANGES = 4096
+
 # Fetches one verified block of a chunk: (chunk id, block index) -> its bytes.
 FetchBlock = Callable[[str, int], Awaitable[bytes]]
 # Told of every change to a copy: (copy, offset, length) of a write, or (copy, None,
@@ -63,23 +70,31 @@ class StagingBusy(MediadriveError):
 
 @dataclass(frozen=True)
 class BaseBlock:
-    """A block of the version a staged copy started from."""
+    """A block of the version a staged copy started from: ``length`` bytes at file
+    ``offset`` are the block's bytes from ``skip`` on (a slice that starts or ends
+    inside a block holds only part of it)."""
 
     offset: int
     length: int
     chunk_id: str
     index: int
+    skip: int = 0
 
     @property
     def end(self) -> int:
         return self.offset + self.length
 
+    @property
+    def chunk_position(self) -> int:
+        """Where in its chunk the block's bytes at ``offset`` are."""
+        return self.index * BLOCK_SIZE + self.skip
+
 
 def base_blocks(content: ExtentMap) -> list[BaseBlock]:
     """Every block of a committed version, in file order, as a staged copy's base."""
     return [
-        BaseBlock(block.offset, length, block.chunk_id, block.block)
-        for block, length in content.all_blocks()
+        BaseBlock(block.start, block.hi - block.lo, block.chunk_id, block.block, block.lo)
+        for block in content.all_blocks()
     ]
 
 
@@ -114,6 +129,11 @@ class StagedFile:
     missing: set[int] = field(default_factory=set)
     map_fd: int = -1
     on_change: ChangeListener | None = None
+    # The byte ranges writes changed, (start, end), sorted and disjoint; with
+    # ``changed_unknown`` (a truncate, a punch, a copy found after a restart) any byte
+    # of a block the copy holds may have changed. See :meth:`untouched_runs`.
+    changed: list[tuple[int, int]] = field(default_factory=list)
+    changed_unknown: bool = False
     _starts: list[int] = field(default_factory=list, init=False)
     _fills: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
@@ -130,6 +150,11 @@ class StagedFile:
         self.dirty = True
         self.rejected = False
         self.mtime_ns = time.time_ns()
+        if offset is None or length is None or len(self.changed) >= MAX_CHANGED_RANGES:
+            self.changed_unknown = True
+            self.changed = []
+        elif length > 0 and not self.changed_unknown:
+            _add_range(self.changed, offset, offset + length)
         if self.on_change is not None:
             self.on_change(self, offset, length)
 
@@ -170,19 +195,45 @@ class StagedFile:
         ]
 
     def untouched_runs(self) -> list[tuple[Extent, list[int]]]:
-        """Every longest run of base blocks the copy still lacks within one extent of
-        the base, as a slice of that extent's chunk, with the positions of its blocks.
-        (A block the copy has is whole in it: copy-in and settling go by block.)"""
+        """Every longest run of base bytes the copy holds unchanged within one extent
+        of the base, as a slice of that extent's chunk, with the positions of the
+        blocks it covers. A block the copy still lacks is unchanged whole; of a block
+        copied in, the bytes no write changed (none when a change had no range).
+        Runs shorter than ``MIN_SLICE`` that hold no lacking block are left out:
+        those bytes are sent again rather than kept as a sliver."""
         out: list[tuple[Extent, list[int]]] = []
         for positions in self._extent_groups():
-            run: list[int] = []
-            for p in [*positions, -1]:
+            spans: list[tuple[int, int, int]] = []  # (start, end, position)
+            for p in positions:
+                block = self.base[p]
                 if p in self.missing:
-                    run.append(p)
-                elif run:
-                    out.append((self._extent(run), run))
-                    run = []
+                    spans.append((block.offset, block.end, p))
+                elif not self.changed_unknown:
+                    spans.extend(
+                        (lo, hi, p) for lo, hi in _subtract(self.changed, block.offset, block.end)
+                    )
+            run: list[tuple[int, int, int]] = []
+            for span in [*spans, (-1, -1, -1)]:
+                if run and span[0] == run[-1][1]:
+                    run.append(span)
+                    continue
+                if run and (
+                    run[-1][1] - run[0][0] >= MIN_SLICE or any(p in self.missing for _, _, p in run)
+                ):
+                    out.append(self._run_extent(run))
+                run = [span]
         return out
+
+    def _run_extent(self, run: list[tuple[int, int, int]]) -> tuple[Extent, list[int]]:
+        start, _, first = run[0]
+        block = self.base[first]
+        extent = Extent(
+            start,
+            run[-1][1] - start,
+            block.chunk_id,
+            block.chunk_position + start - block.offset,
+        )
+        return extent, sorted({p for _, _, p in run})
 
     def _extent_groups(self) -> list[list[int]]:
         """Positions of the base blocks, grouped by the base extent they came from
@@ -193,7 +244,7 @@ class StagedFile:
                 prev = self.base[groups[-1][-1]]
                 if (
                     block.chunk_id == prev.chunk_id
-                    and block.index == prev.index + 1
+                    and block.chunk_position == prev.chunk_position + prev.length
                     and block.offset == prev.end
                 ):
                     groups[-1].append(i)
@@ -204,9 +255,7 @@ class StagedFile:
     def _extent(self, positions: Sequence[int]) -> Extent:
         """The slice of the chunk that consecutive base blocks ``positions`` are."""
         first, last = self.base[positions[0]], self.base[positions[-1]]
-        return Extent(
-            first.offset, last.end - first.offset, first.chunk_id, first.index * BLOCK_SIZE
-        )
+        return Extent(first.offset, last.end - first.offset, first.chunk_id, first.chunk_position)
 
     async def held_back(self) -> None:
         """Wait until no snapshot or commit is reading the copy (before changing it)."""
@@ -251,7 +300,7 @@ class StagedFile:
             # A copy closed meanwhile (committed and dropped, or the mount closing)
             # takes no more bytes: its descriptor may already name another file.
             if i in self.missing and self.fd >= 0:
-                os.pwrite(self.fd, data[: block.length], block.offset)
+                os.pwrite(self.fd, data[block.skip : block.skip + block.length], block.offset)
                 self.settle([i])
         finally:
             self._fills.pop(i, None)
@@ -350,6 +399,8 @@ class Staging:
                 # the commit notice when nothing changed.
                 dirty=True,
                 recovered=True,
+                # What changed in the blocks it holds was not journaled.
+                changed_unknown=True,
                 failed=str(record.get("failed", "")),
                 base=base,
                 missing=missing,
@@ -370,7 +421,10 @@ class Staging:
         if not base_path.exists():
             return [], set(), -1
         rows = json.loads(base_path.read_text())
-        base = [BaseBlock(int(o), int(n), str(c), int(i)) for o, n, c, i in rows]
+        # Rows of four were written before slices could start inside a block.
+        base = [
+            BaseBlock(int(r[0]), int(r[1]), str(r[2]), int(r[3]), *map(int, r[4:])) for r in rows
+        ]
         map_fd = os.open(self._map(node_id), os.O_RDWR)
         settled = os.pread(map_fd, len(base), 0).ljust(len(base), b"\x00")
         return base, {i for i in range(len(base)) if not settled[i]}, map_fd
@@ -419,7 +473,7 @@ class Staging:
         try:
             os.ftruncate(fd, size)
             if base:
-                rows = [[b.offset, b.length, b.chunk_id, b.index] for b in base]
+                rows = [[b.offset, b.length, b.chunk_id, b.index, b.skip] for b in base]
                 private.write_file(self._base(node_id), json.dumps(rows))
                 map_fd = os.open(self._map(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
                 os.ftruncate(map_fd, len(base))
@@ -561,3 +615,32 @@ def _copy(src_fd: int, dest: Path, size: int, ranges: Sequence[tuple[int, int]])
                 offset += sent
     finally:
         os.close(out)
+
+
+def _add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:
+    """Add ``[start, end)`` to sorted, disjoint ``ranges``, merging what it meets."""
+    i = bisect.bisect_left(ranges, (start, start))
+    if i > 0 and ranges[i - 1][1] >= start:
+        i -= 1
+    j = i
+    while j < len(ranges) and ranges[j][0] <= end:
+        start, end = min(start, ranges[j][0]), max(end, ranges[j][1])
+        j += 1
+    ranges[i:j] = [(start, end)]
+
+
+def _subtract(ranges: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """``[start, end)`` less sorted, disjoint ``ranges``."""
+    out = []
+    i = max(bisect.bisect_right(ranges, (start, start)) - 1, 0)
+    position = start
+    while i < len(ranges) and ranges[i][0] < end:
+        lo, hi = ranges[i]
+        if hi > position:
+            if lo > position:
+                out.append((position, lo))
+            position = max(position, hi)
+        i += 1
+    if position < end:
+        out.append((position, end))
+    return out

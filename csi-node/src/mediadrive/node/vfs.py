@@ -777,8 +777,9 @@ class VFS:
                     data = await self.cache.view(block.chunk_id, block.block)
                 except MediadriveError:
                     return
-                piece = bytes(memoryview(data)[: content.size - block.offset])
-                if not await self.kernel.store(inode, block.offset, piece):
+                hi = min(block.hi, len(data), content.size - block.offset)
+                piece = bytes(memoryview(data)[block.lo : hi])
+                if not await self.kernel.store(inode, block.start, piece):
                     return
                 self.pages_stored += len(piece)
 

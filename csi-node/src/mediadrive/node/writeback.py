@@ -304,9 +304,9 @@ class Writeback:
         blocks. Only what an edit touched is read and cut again (see
         ``upload.pieces``). Content-defined chunking keeps every untouched chunk,
         since its cuts resynchronise at the first one after an edit; fixed chunking
-        keeps every run of untouched blocks, as a slice of its chunk (see
-        :func:`fixed_reusable`)."""
-        if not staged.missing:
+        keeps every run of unchanged base bytes, as a slice of its chunk (see
+        :meth:`StagedFile.untouched_runs` and :func:`fixed_reusable`)."""
+        if not staged.missing and staged.changed_unknown:
             return {}
         size = staged.size()
         if self.drive.settings.chunking != "fixed":
@@ -574,13 +574,13 @@ MAX_EXTENTS_PER_CHUNK = 8
 def fixed_reusable(
     runs: list[tuple[Extent, list[int]]], size: int, step: int
 ) -> dict[int, tuple[Extent, list[int]]]:
-    """Which runs of untouched base blocks a commit of a fixed-chunk file keeps, as
+    """Which runs of unchanged base bytes a commit of a fixed-chunk file keeps, as
     slices, out of ``runs`` (in file order) for a copy ``size`` bytes long.
 
     The commit cuts everything else on the chunk boundaries (every ``step`` bytes),
     so each region between two boundaries holds its kept runs plus one new chunk per
     stretch between them. A region that would hold more than MAX_EXTENTS_PER_CHUNK
-    extents keeps nothing: its untouched blocks are fetched and it becomes one whole
+    extents keeps nothing: its unfetched blocks are fetched and it becomes one whole
     chunk again, which bounds how fragmented repeated small edits leave a file.
     """
     by_region: dict[int, list[tuple[Extent, list[int]]]] = {}

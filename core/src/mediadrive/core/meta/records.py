@@ -57,9 +57,9 @@ class Extent:
     """``length`` bytes at file ``offset`` are chunk ``chunk_id`` from ``chunk_offset``.
 
     Most extents name a whole chunk (``chunk_offset`` 0, ``length`` its size). A
-    *slice* names part of one: it starts on a ``BLOCK_SIZE`` boundary of the chunk and
-    ends on one or at the chunk's end, so the block digests recorded when the chunk
-    was stored check its bytes (see "How edits are stored" in docs/ARCHITECTURE.md).
+    *slice* names part of one, starting and ending anywhere in it; readers fetch the
+    whole blocks it covers, checked by the digests recorded when the chunk was stored
+    (see "How edits are stored" in docs/ARCHITECTURE.md).
     """
 
     offset: int
