@@ -22,6 +22,12 @@ read, so what the version names is always what the copy holds.
 
 Drives with a storage pod tier do not send early: where chunks go is left to the
 commit's upload there.
+
+Chunks sent early do not go into the block cache (a commit puts what it sends
+there): a file large enough to be sent while written is output (a render, a
+transcode) that this machine rarely reads back before the kernel's page cache lets
+go of it, and caching it would double the local disk writes and push blocks that
+readers use out of the cache.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ from mediadrive.core.meta import Extent
 from mediadrive.core.meta.interface import CHUNK_HOLD
 from mediadrive.core.upload import UploadResult, window
 
-from .cache import BlockCache
 from .staging import StagedFile
 
 log = logging.getLogger(__name__)
@@ -115,9 +120,8 @@ class _FileState:
 class EarlyUploads:
     """Sends full chunks of staged copies ahead of their commits (see module doc)."""
 
-    def __init__(self, drive: Drive, cache: BlockCache) -> None:
+    def __init__(self, drive: Drive) -> None:
         self.drive = drive
-        self.cache = cache
         settings = drive.settings
         self.settings = settings
         self.enabled = drive.tiers is None
@@ -212,9 +216,9 @@ class EarlyUploads:
 
     async def _store(
         self, staged: StagedFile, state: _FileState, piece: Piece, stamp: Stamp
-    ) -> tuple[str, bytes] | None:
+    ) -> str | None:
         """Send one chunk read under ``stamp``; recorded if its bytes still hold.
-        Returns its id and bytes once stored."""
+        Returns its id once stored."""
         try:
             extent, new = await self.drive.uploader.store_piece(piece, state.token)
         except Exception as exc:  # the commit sends it instead
@@ -224,7 +228,7 @@ class EarlyUploads:
         sent = _Sent(extent, stamp, new)
         if state.valid(sent):
             state.sent[extent.offset] = sent
-        return extent.chunk_id, piece.data
+        return extent.chunk_id
 
     async def _send(self, staged: StagedFile, state: _FileState, start: int) -> None:
         async with self._slots:
@@ -232,9 +236,7 @@ class EarlyUploads:
             if read is None:
                 return
             data, stamp = read
-            stored = await self._store(staged, state, Piece(start, data), stamp)
-        if stored is not None:
-            await self._keep_blocks(staged, [stored])
+            await self._store(staged, state, Piece(start, data), stamp)
 
     # -- content-defined chunks ---------------------------------------------------------
 
@@ -270,14 +272,13 @@ class EarlyUploads:
             state.cursor = pieces[-1].offset + len(pieces[-1].data)
             puts = asyncio.Semaphore(_CDC_PUTS)
 
-            async def store(piece: Piece) -> tuple[str, bytes] | None:
+            async def store(piece: Piece) -> str | None:
                 regions = state.regions(piece.offset, len(piece.data))
                 stamp = (epoch, sum(counts[i] for i in regions))
                 async with puts:
                     return await self._store(staged, state, piece, stamp)
 
-            stored = await asyncio.gather(*(store(piece) for piece in pieces))
-        await self._keep_blocks(staged, [item for item in stored if item is not None])
+            await asyncio.gather(*(store(piece) for piece in pieces))
 
     # -- asked by the commit ------------------------------------------------------------
 
@@ -338,22 +339,6 @@ class EarlyUploads:
         if spent:
             with contextlib.suppress(Exception):
                 await self.drive.uploader.release(spent, state.token)
-
-    async def _keep_blocks(self, staged: StagedFile, chunks: list[tuple[str, bytes]]) -> None:
-        """Put sent chunks' blocks in the block cache, as a commit does with what it
-        sent (reading a file just written is local), unless the file is too large."""
-        if not chunks or staged.fd < 0 or staged.size() > self.cache.capacity // 4:
-            return
-        # Views, not copies: the event loop must not spend its time copying bytes.
-        blocks: list[tuple[str, int, bytes | memoryview]] = [
-            (chunk, i // BLOCK_SIZE, memoryview(data)[i : i + BLOCK_SIZE])
-            for chunk, data in chunks
-            for i in range(0, len(data), BLOCK_SIZE)
-        ]
-        try:
-            await self.cache.put_many(blocks)
-        except OSError as exc:
-            log.warning("cannot keep sent blocks in the cache: %s", exc)
 
     # -- asked by the commit ------------------------------------------------------------
 

@@ -133,7 +133,7 @@ class Writeback:
         self.last: dict[int, CommitReport] = {}
         self._busy = 0
         # Full chunks of copies still being written are sent before their commit.
-        self.early = EarlyUploads(drive, cache)
+        self.early = EarlyUploads(drive)
         staging.on_change = self.early.changed
 
     # -- scheduling ------------------------------------------------------------------------
