@@ -183,3 +183,21 @@ def test_a_random_reader_of_a_file_edited_inside_blocks_reads_its_bytes(
     finally:
         os.close(fd)
     assert (fresh / "r.bin").read_bytes() == expected
+
+
+def test_a_sequential_reader_is_not_taken_for_a_random_one(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """The kernel's read-ahead sends a streaming reader's requests out of order; they
+    are read-ahead, not jumps: no fill starts and nothing goes to the page cache
+    behind the reader's back."""
+    data = os.urandom(96 * MiB)
+    m = mounted_with(make_drive, mounts, "/seq.bin", data)
+    with open(m / "seq.bin", "rb", buffering=0) as f:
+        got = bytearray()
+        while chunk := f.read(4 * MiB):
+            got += chunk
+    assert bytes(got) == data
+    status = m.status()
+    assert status["pages_stored"] == 0
+    assert status["bytes_fetched"] == len(data)

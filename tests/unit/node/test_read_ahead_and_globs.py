@@ -44,6 +44,27 @@ def test_read_ahead_tolerates_slightly_out_of_order_requests() -> None:
     assert ahead.window == 8
 
 
+def test_requests_the_kernels_read_ahead_sends_early_keep_a_reader_sequential() -> None:
+    # The kernel asks for the next 8 MiB window while the reader's own requests for
+    # the current one are still arriving: requests jump 8 MiB ahead and back.
+    ahead = ReadAhead()
+    ahead.advance(0, B)  # a first read says nothing
+    for i in [*range(1, 8), 16, *range(8, 16), 24, *range(17, 24), 32, 25]:
+        ahead.advance(i * B, B)
+        assert ahead.sequential, i
+    assert ahead.window == MAX_READAHEAD_BLOCKS
+    assert ahead.random_misses == 0
+
+
+def test_a_reader_jumping_a_few_mib_before_it_streams_is_not_sequential() -> None:
+    # A random reader of a small file: its jumps are within what a streaming
+    # reader's requests may be apart, but it never streamed.
+    ahead = ReadAhead()
+    for i in (9, 2, 11, 5):
+        ahead.advance(i * B + 5, 4096)
+        assert not ahead.sequential
+
+
 def test_read_ahead_stops_on_a_jump_and_starts_over() -> None:
     ahead = ReadAhead()
     for i in range(4):

@@ -43,6 +43,7 @@ from .assembly import Cleanup, MountParts, open_parts, release
 from .client import MountError
 from .fs import DriveFS, FuseKernel
 from .options import MountOptions
+from .reading import KERNEL_READ_AHEAD
 from .registry import MountEntry, MountRegistry
 from .service import MountService
 from .writeback import AFTER_RESTART
@@ -52,7 +53,7 @@ pyfuse3.asyncio.enable()
 log = logging.getLogger("mediadrive.node")
 
 # Kernel read-ahead for the mount (the default, 128 KiB, caps sequential reads).
-READ_AHEAD_KB = 8192
+READ_AHEAD_KB = KERNEL_READ_AHEAD >> 10
 
 
 def _mounted(mountpoint: Path) -> bool:

@@ -26,6 +26,15 @@ from .cache import Block, BlockCache
 
 # Read-ahead grows while a reader stays sequential: 2, 4, 8 ... blocks, up to this.
 MAX_READAHEAD_BLOCKS = 32
+# The kernel's own read-ahead on the mount (set at mount time). Once a reader streams,
+# it sends the next window's requests while the reader's own are still coming: the
+# requests of one sequential reader then arrive up to about two windows apart, either
+# way. (Before that, only a small step counts as sequential: a random reader of a
+# small file must not pass for one.)
+KERNEL_READ_AHEAD = 8 << 20
+REORDERED = 2 * KERNEL_READ_AHEAD
+# A reader whose read-ahead window has grown this far (three sequential reads) streams.
+STREAMING_WINDOW = 8
 # Reads that jump and miss the cache before the file (or its chunk) is filled: one
 # jump alone (a header, then the data) says little about the next reads.
 RANDOM_MISSES_TO_FILL = 2
@@ -69,8 +78,11 @@ class ReadAhead:
         """Note a read; the file range to start fetching ahead now (empty for none)."""
         gap = offset - self.next_offset
         end = offset + size
-        # Requests of one sequential reader may arrive slightly out of order.
-        self.sequential = self.next_offset >= 0 and -BLOCK_SIZE <= gap <= 4 * BLOCK_SIZE
+        # Requests of one sequential reader arrive out of order (see REORDERED).
+        if self.window >= STREAMING_WINDOW:
+            self.sequential = -REORDERED <= gap <= REORDERED
+        else:
+            self.sequential = self.next_offset >= 0 and -BLOCK_SIZE <= gap <= 4 * BLOCK_SIZE
         if self.sequential:
             self.window = min(max(self.window * 2, 2), MAX_READAHEAD_BLOCKS)
             self.next_offset = max(self.next_offset, end)
