@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -225,3 +226,23 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, step: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(step)
+
+
+def edited_inside_blocks(
+    make_drive: DriveFactory, mounts: Mounts, path: str, size: int, offset: int, length: int
+) -> tuple[str, bytes]:
+    """A drive (4 MiB chunks) holding ``size`` random bytes at ``path``, then edited
+    through a mount with ``length`` random bytes at ``offset`` (so its version has
+    slices that start and end inside blocks) and committed. Returns the drive's name
+    and the file's bytes."""
+    name = make_drive(chunk_size="4MiB")
+    data = os.urandom(size)
+    drive_call(name, lambda d: d.write_file(path, io.BytesIO(data)))
+    m = mounts.mount(name, cache="edit")
+    patch = os.urandom(length)
+    with open(m / path.lstrip("/"), "r+b") as f:
+        f.seek(offset)
+        f.write(patch)
+    wait_until(lambda: m.status()["bytes_uploaded"] > 0 and m.status()["dirty_files"] == 0)
+    mounts.umount(m)
+    return name, data[:offset] + patch + data[offset + length :]

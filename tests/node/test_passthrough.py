@@ -11,7 +11,14 @@ import pytest
 
 from mediadrive.node import passthrough
 
-from .conftest import DriveFactory, MountHandle, Mounts, drive_call, wait_until
+from .conftest import (
+    DriveFactory,
+    MountHandle,
+    Mounts,
+    drive_call,
+    edited_inside_blocks,
+    wait_until,
+)
 
 MiB = 1 << 20
 
@@ -136,18 +143,10 @@ def test_a_file_edited_inside_blocks_is_joined_from_the_windows_of_its_blocks(
 ) -> None:
     """Slices that start and end inside a block (an unaligned edit) make a view of
     the file's bytes, not of the whole blocks they share."""
-    name = make_drive(chunk_size="4MiB")
-    data = os.urandom(9 * MiB + 321)
-    _write(name, "/grade.exr", data)
-    edit = mounts.mount(name, cache="edit")
-    patch = os.urandom(MiB // 2)
     offset = 5 * MiB + 12345
-    with open(edit / "grade.exr", "r+b") as f:
-        f.seek(offset)
-        f.write(patch)
-    wait_until(lambda: edit.status()["bytes_uploaded"] > 0 and edit.status()["dirty_files"] == 0)
-    mounts.umount(edit)
-    expected = data[:offset] + patch + data[offset + len(patch) :]
+    name, expected = edited_inside_blocks(
+        make_drive, mounts, "/grade.exr", 9 * MiB + 321, offset, MiB // 2
+    )
 
     m = mounts.mount(name, read_only=True)
     assert (m / "grade.exr").read_bytes() == expected
@@ -157,5 +156,5 @@ def test_a_file_edited_inside_blocks_is_joined_from_the_windows_of_its_blocks(
         assert m.status()["passthrough_opens"] == 1
         assert f.read() == expected
         f.seek(offset - 100)
-        assert f.read(len(patch) + 200) == expected[offset - 100 : offset + len(patch) + 100]
+        assert f.read(MiB // 2 + 200) == expected[offset - 100 : offset + MiB // 2 + 100]
     assert _served(m) == served

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DriveFactory, MountHandle, Mounts, damage_stored_chunk, drive_call, wait_until
+from .conftest import (
+    DriveFactory,
+    MountHandle,
+    Mounts,
+    damage_stored_chunk,
+    drive_call,
+    edited_inside_blocks,
+    wait_until,
+)
 
 MiB = 1 << 20
 
@@ -156,18 +164,8 @@ def test_a_random_reader_of_a_file_edited_inside_blocks_reads_its_bytes(
 ) -> None:
     """The fill and the page-cache store of a version whose slices start and end
     inside blocks hand out each slice's part of the blocks it shares."""
-    data = os.urandom(10 * MiB + 77)
-    name = make_drive(chunk_size="4MiB")
-    drive_call(name, lambda d: d.write_file("/r.bin", io.BytesIO(data)))
-    m = mounts.mount(name)
-    patch = os.urandom(3000)
     offset = 6 * MiB + 5000
-    with open(m / "r.bin", "r+b") as f:
-        f.seek(offset)
-        f.write(patch)
-    wait_until(lambda: m.status()["bytes_uploaded"] > 0 and m.status()["dirty_files"] == 0)
-    mounts.umount(m)
-    expected = data[:offset] + patch + data[offset + len(patch) :]
+    name, expected = edited_inside_blocks(make_drive, mounts, "/r.bin", 10 * MiB + 77, offset, 3000)
 
     fresh = mounts.mount(name, cache="fresh")
     rng = random.Random(3)
