@@ -41,7 +41,7 @@ help:
 
 install:
 	@$(TIMED) system-packages scripts/install-system-deps.sh
-	@$(TIMED) uv-sync $(UV) sync --all-packages --frozen
+	@$(TIMED) uv-sync $(UV) sync --all-packages --frozen --compile-bytecode
 	@$(TIMED) fuse-passthrough scripts/build-fuse-passthrough.sh
 
 test-deps: install
