@@ -193,15 +193,16 @@ async def read_content(
                 _start_fill(cache, content, offset, ahead, current, filled)
     if len(covering) == 1:
         # Extents tile the file, so one block's window holds the whole range.
-        start, chunk, index = covering[0][:3]
+        block = covering[0]
+        start = block.offset
         try:
-            return await cache.read(chunk, index, offset - start, end - start)
+            return await cache.read(block.chunk_id, block.block, offset - start, end - start)
         except CorruptChunk as exc:
-            exc.offset = start
+            exc.offset = block.start
             raise
     parts = []
     for block in covering:
-        data = await _block(cache, block.offset, block.chunk_id, block.block)
+        data = await _block(cache, block.start, block.chunk_id, block.block)
         lo = max(offset, block.start) - block.offset
         hi = min(end, block.end, block.offset + len(data)) - block.offset
         parts.append(memoryview(data)[lo:hi])
@@ -209,7 +210,7 @@ async def read_content(
 
 
 async def _block(cache: BlockCache, start: int, chunk: str, index: int) -> Block:
-    """A block that starts at file offset ``start``; a damaged one says where it is."""
+    """A block whose bytes in the file start at ``start``; a damaged one says where."""
     try:
         return await cache.view(chunk, index)
     except CorruptChunk as exc:
