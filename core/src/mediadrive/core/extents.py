@@ -9,10 +9,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from .hashing import BLOCK_SIZE
 from .meta.records import Extent
+
+# Bytes or a view of them: a slice of a view is a view (no copy).
+B = TypeVar("B", bytes, memoryview)
 
 
 class BlockRef(NamedTuple):
@@ -98,9 +101,9 @@ class ExtentMap:
                 out.extend(_refs(extent, first, last))
         return out
 
-    def slice_of(self, block: BlockRef, data: bytes, offset: int, end: int) -> bytes:
+    def slice_of(self, block: BlockRef, data: B, offset: int, end: int) -> B:
         """The part of ``block``'s bytes (the whole block) inside its window and
         ``[offset, end)``."""
         lo = max(offset, block.start) - block.offset
         hi = min(end, block.end, block.offset + len(data)) - block.offset
-        return data[lo:hi] if hi > lo else b""
+        return data[lo : max(hi, lo)]

@@ -203,9 +203,7 @@ async def read_content(
     parts = []
     for block in covering:
         data = await _block(cache, block.start, block.chunk_id, block.block)
-        lo = max(offset, block.start) - block.offset
-        hi = min(end, block.end, block.offset + len(data)) - block.offset
-        parts.append(memoryview(data)[lo:hi])
+        parts.append(content.slice_of(block, memoryview(data), offset, end))
     return b"".join(parts)
 
 

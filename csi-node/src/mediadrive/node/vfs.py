@@ -777,8 +777,7 @@ class VFS:
                     data = await self.cache.view(block.chunk_id, block.block)
                 except MediadriveError:
                     return
-                hi = min(block.hi, len(data), content.size - block.offset)
-                piece = bytes(memoryview(data)[block.lo : hi])
+                piece = bytes(content.slice_of(block, memoryview(data), block.start, content.size))
                 if not await self.kernel.store(inode, block.start, piece):
                     return
                 self.pages_stored += len(piece)
