@@ -7,6 +7,7 @@ import io
 import os
 import random
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,16 @@ def mounted_with(make_drive: DriveFactory, mounts: Mounts, path: str, data: byte
     return mounts.mount(name)
 
 
+def reads_right(fd: int, data: bytes | bytearray, offsets: Iterable[int]) -> None:
+    """4 KiB reads at ``offsets`` through ``fd`` give the bytes ``data`` has there."""
+    for offset in offsets:
+        assert os.pread(fd, 4096, offset) == data[offset : offset + 4096], offset
+
+
+def at_random(rng: random.Random, size: int, count: int) -> Iterator[int]:
+    return (rng.randrange(size) for _ in range(count))
+
+
 def test_a_random_reader_of_a_cold_file_ends_with_the_whole_file_cached(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
@@ -39,13 +50,10 @@ def test_a_random_reader_of_a_cold_file_ends_with_the_whole_file_cached(
     rng = random.Random(7)
     fd = os.open(m / "r.bin", os.O_RDONLY)
     try:
-        for offset in (9 * MiB + 5, 2 * MiB + 4096, 11 * MiB):
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        reads_right(fd, data, (9 * MiB + 5, 2 * MiB + 4096, 11 * MiB))
         # While the file is open, the rest of it arrives without being read.
         wait_until(lambda: m.status()["bytes_fetched"] >= len(data))
-        for _ in range(200):
-            offset = rng.randrange(len(data))
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        reads_right(fd, data, at_random(rng, len(data), 200))
     finally:
         os.close(fd)
     status = m.status()
@@ -63,8 +71,7 @@ def test_a_fill_stays_within_the_cache_bound(make_drive: DriveFactory, mounts: M
     m = mounts.mount(name, cache_size="64MiB")
     fd = os.open(m / "big.bin", os.O_RDONLY)
     try:
-        for offset in (30 * MiB + 7, 21 * MiB + 4096):
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        reads_right(fd, data, (30 * MiB + 7, 21 * MiB + 4096))
         wait_until(lambda: m.status()["bytes_fetched"] >= 5 * MiB)
         time.sleep(1)
         fetched = m.status()["bytes_fetched"]
@@ -93,8 +100,7 @@ def test_a_block_damaged_in_the_store_stays_an_io_error_for_a_random_reader(
     m = mounts.mount(name)
     fd = os.open(m / "d.bin", os.O_RDONLY)
     try:
-        for offset in (8 * MiB, MiB):
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        reads_right(fd, data, (8 * MiB, MiB))
         # The fill brings every sound block; the damaged one never lands.
         wait_until(lambda: m.status()["bytes_fetched"] >= 9 * MiB)
         for _ in range(2):
@@ -115,13 +121,10 @@ def test_a_filled_file_goes_into_the_page_cache_and_its_reads_stay_in_the_kernel
     rng = random.Random(3)
     fd = os.open(m / "r.bin", os.O_RDONLY)
     try:
-        for offset in (7 * MiB + 5, MiB + 4096, 9 * MiB):
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        reads_right(fd, data, (7 * MiB + 5, MiB + 4096, 9 * MiB))
         wait_until(lambda: m.status()["pages_stored"] == len(data))
         before = m.status()
-        for _ in range(300):
-            offset = rng.randrange(len(data))
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        reads_right(fd, data, at_random(rng, len(data), 300))
         after = m.status()
         # Not one of them asked the agent for a block.
         assert (after["cache_hits"], after["cache_misses"]) == (
@@ -139,8 +142,7 @@ def test_writes_after_the_page_cache_was_filled_are_read_back_and_kept(
     m = mounted_with(make_drive, mounts, "/w.bin", bytes(data))
     fd = os.open(m / "w.bin", os.O_RDONLY)
     try:
-        for offset in (5 * MiB, 2 * MiB + 1, 4 * MiB + 3):
-            assert os.pread(fd, 4096, offset) == data[offset : offset + 4096]
+        reads_right(fd, data, (5 * MiB, 2 * MiB + 1, 4 * MiB + 3))
         wait_until(lambda: m.status()["pages_stored"] == len(data))
         patch = os.urandom(10_000)
         with open(m / "w.bin", "r+b") as w:
@@ -171,12 +173,9 @@ def test_a_random_reader_of_a_file_edited_inside_blocks_reads_its_bytes(
     rng = random.Random(3)
     fd = os.open(fresh / "r.bin", os.O_RDONLY)
     try:
-        for at in (offset - 10, 2 * MiB + 4096, offset + 2990):
-            assert os.pread(fd, 4096, at) == expected[at : at + 4096]
+        reads_right(fd, expected, (offset - 10, 2 * MiB + 4096, offset + 2990))
         wait_until(lambda: fresh.status()["pages_stored"] > 0)
-        for _ in range(300):
-            at = rng.randrange(len(expected))
-            assert os.pread(fd, 4096, at) == expected[at : at + 4096]
+        reads_right(fd, expected, at_random(rng, len(expected), 300))
         assert os.pread(fd, 6000, offset - 1500) == expected[offset - 1500 : offset + 4500]
     finally:
         os.close(fd)
