@@ -67,3 +67,35 @@ def test_a_change_made_elsewhere_is_never_hidden_by_what_this_mount_remembers(
 
     wait_until(b_sees_it, timeout=3.0)
     assert (b / "plate.exr").read_bytes() == b"y" * 20
+
+
+def test_a_folder_made_here_is_listed_from_what_the_mount_knows(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive()
+    m = mounts.mount(name)
+    folder = m / "plates"
+    folder.mkdir()
+    for i in range(30):
+        os.close(os.open(folder / f"p{i:02d}.exr", os.O_CREAT | os.O_WRONLY, 0o640))
+    (folder / "p05.exr").unlink()
+    (folder / "grades").mkdir()
+    os.chmod(folder / "p07.exr", 0o600)
+    expected = {f"p{i:02d}.exr": 0o640 for i in range(30) if i not in (5, 7)}
+    expected |= {"p07.exr": 0o600, "grades": 0o755 & ~os.umask(os.umask(0))}
+
+    def listed() -> dict[str, int]:
+        return {e.name: e.stat(follow_symlinks=False).st_mode & 0o777 for e in os.scandir(folder)}
+
+    # The folder was made here, and every change in it since too: listing it (twice,
+    # a new listing each time) needs no metadata query.
+    before = m.status()
+    assert listed() == expected
+    assert listed() == expected
+    after = m.status()
+    assert after["listings_cached"] == before["listings_cached"] + 2
+    assert after["entry_misses"] == before["entry_misses"]
+    # A name made elsewhere shows up all the same.
+    other = mounts.mount(name)
+    (other / "plates" / "p99.exr").write_bytes(b"99")
+    wait_until(lambda: "p99.exr" in listed(), timeout=2.5)

@@ -151,3 +151,57 @@ def test_a_folder_changed_here_takes_its_new_times_and_link_count() -> None:
     assert cache.node(2) == changed
     cache.folder_changed(3, 99)  # not cached: nothing to update
     assert cache.node(3) is None
+
+
+def test_a_complete_folder_lists_its_live_children_by_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    cache = Entries(ttl=10.0)
+    assert cache.listing(2) is None
+    cache.complete(2)  # made here, empty
+    assert cache.listing(2) == []
+    cache.put(node(6, parent_id=2, name="b"))
+    cache.put(node(5, parent_id=2, name="a"))
+    cache.put(node(7, parent_id=2, name="c"))
+    cache.put(node(8, parent_id=3, name="elsewhere"))
+    assert [n.name for n in cache.listing(2) or []] == ["a", "b", "c"]
+    # Removed and moved children leave the listing; a changed one shows its change.
+    cache.put(dataclasses.replace(node(6, parent_id=2, name="b"), deleted_ns=1))
+    cache.put(node(7, parent_id=3, name="c"))
+    cache.put(node(5, parent_id=2, name="a", size=42))
+    assert cache.listing(2) == [node(5, parent_id=2, name="a", size=42)]
+    # The listing is known only as long as the folder is complete here.
+    now[0] = 110.5
+    assert cache.listing(2) is None
+
+
+def test_a_folder_is_listed_afresh_once_a_child_or_everything_is_forgotten() -> None:
+    cache = Entries()
+    cache.complete(2)
+    cache.put(node(5, parent_id=2, name="a"))
+    cache.put(node(6, parent_id=2, name="b"))
+    cache.drop(6)
+    assert cache.listing(2) is None
+    cache.complete(2)
+    assert [n.name for n in cache.listing(2) or []] == ["a"]
+    cache.clear()
+    assert cache.listing(2) is None
+
+
+def test_a_folder_stays_complete_while_the_follower_vouches_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    cache = Entries(ttl=10.0)
+    cache.complete(2)
+    cache.put(node(5, parent_id=2, name="a"))
+    now[0] = 108.0
+    cache.followed()  # every change made elsewhere up to now applied: none touched it
+    now[0] = 117.0
+    assert cache.absent(2, "x") and [n.name for n in cache.listing(2) or []] == ["a"]
+    # The follower stopped reading: a timeout after it last did, the folder is unknown.
+    now[0] = 118.5
+    assert not cache.absent(2, "x") and cache.listing(2) is None

@@ -160,6 +160,8 @@ class VFSModel(RuleBasedStateMachine):
         self.run(self.vfs.parts.writeback.settle())
         self.run(self.other.write_file(path, payload))
         self.run(self.other.save("/"))
+        # This mount learns of it from the drive's events.
+        self.run(self.vfs.follow())
         node_id = self.run(self.vfs.inode(path))
         staged = self.vfs.parts.staging.get(self.vfs.parts.tree.node_id(node_id))
         if staged is None or not staged.dirty:

@@ -50,6 +50,12 @@ class TestVFS:
         """Commit what is pending and release everything (as an unmount does)."""
         await self.parts.close()
 
+    async def follow(self) -> None:
+        """Apply the changes made elsewhere since the last call, as the mount's event
+        follower does within its interval."""
+        while await self.parts.follower.catch_up():
+            pass
+
     # -- paths ---------------------------------------------------------------------------------
 
     async def inode(self, path: str) -> int:
@@ -180,6 +186,8 @@ async def make_test_vfs(
     )
     parts = await open_parts(options, NoKernel())
     parts.start()
+    # The follower is not started: a test applies the events with ``follow``.
+    parts.follower.since = await parts.drive.meta.last_event_seq()
     for staged in parts.recovered:
         parts.writeback.schedule(staged.node_id)
     return TestVFS(parts)

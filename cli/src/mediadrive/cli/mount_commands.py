@@ -268,6 +268,7 @@ _STATUS_ROWS = (
     ("passthrough", "passthrough", lambda on: "on" if on else "off"),
     ("damaged blocks refetched", "cache_corrupt", str),
     ("lookups answered from memory", "entry_hits", str),
+    ("listings answered from memory", "listings_cached", str),
     ("storage pods", "pods", lambda url: url or "none"),
     ("writes go to", "write_target", str),
     ("publish", "publish", str),

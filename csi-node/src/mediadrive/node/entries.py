@@ -6,12 +6,16 @@ every name it meets, and before it creates a name it asks whether the name exist
 Each question is a metadata round trip, which on a server engine costs more than
 the whole FUSE request. This cache answers them from what the mount last learned:
 lookups, listings, and the nodes its own changes returned. A folder listed whole
-(or made here, empty) is *complete*: a name it does not hold is known not to exist.
+(or made here, empty) is *complete*: a name it does not hold is known not to exist,
+and listing it again needs no query. This mount's own creates and removals keep it
+complete.
 
 It is never staler than the kernel's own caches may be: entries expire with the
 entry timeout; this mount's changes update or drop the nodes they touch; and any
 change made elsewhere, as the event follower meets it, drops everything, at the
-same moment the follower tells the kernel to forget. Only the kernel-facing
+same moment the follower tells the kernel to forget. A complete folder also stays
+so while the follower keeps reading the events (it would have dropped it otherwise),
+and for one timeout after it last did. Only the kernel-facing
 questions use it: opens, writes and commits read the metadata afresh.
 """
 
@@ -38,12 +42,18 @@ class Entries:
         self.ttl = ttl
         self.limit = limit
         self._nodes: OrderedDict[int, tuple[Node, float]] = OrderedDict()
-        self._names: dict[tuple[int, str], int] = {}
-        # Folders whose every live child is in ``_names``, until when. Each child was
+        # The live children known of each folder: name -> node id.
+        self._children: dict[int, dict[str, int]] = {}
+        # Folders whose every live child is in ``_children``, until when. Each child was
         # put when the folder was marked or later, so it outlives the mark.
         self._complete: dict[int, float] = {}
         self.hits = 0
         self.misses = 0
+        # Folder listings answered here, without a query.
+        self.listings = 0
+        # Until when the event follower vouches that no change from elsewhere was
+        # missed (it read them all a timeout before): folders complete here stay so.
+        self._followed = 0.0
         # Bumped by every change: a node read while one went on may predate it and is
         # not kept (see ``put``).
         self.epoch = 0
@@ -64,13 +74,13 @@ class Entries:
     def child(self, parent_id: int, name: str) -> Node | None:
         """The live child of that name, if known (an unknown name is counted by
         ``absent``, which a caller asks next)."""
-        node_id = self._names.get((parent_id, name))
+        children = self._children.get(parent_id)
+        node_id = None if children is None else children.get(name)
         return None if node_id is None else self.node(node_id)
 
     def absent(self, parent_id: int, name: str) -> bool:
         """Whether ``name`` is known not to be in the folder (it is complete here)."""
-        until = self._complete.get(parent_id)
-        if until is None or until < time.monotonic() or (parent_id, name) in self._names:
+        if not self._is_complete(parent_id) or name in self._children.get(parent_id, ()):
             self.misses += 1
             return False
         self.hits += 1
@@ -88,11 +98,35 @@ class Entries:
             self._unname(old[0])
         self._nodes[node.id] = (node, time.monotonic() + self.ttl)
         if node.parent_id is not None and node.deleted_ns is None:
-            self._names[(node.parent_id, node.name)] = node.id
+            self._children.setdefault(node.parent_id, {})[node.name] = node.id
         while len(self._nodes) > self.limit:
             _, (oldest, _) = self._nodes.popitem(last=False)
             self._unname(oldest)
             self._incomplete(oldest)
+
+    def listing(self, folder_id: int) -> list[Node] | None:
+        """The folder's live children by name, if it is complete here (a listing then
+        needs no query)."""
+        if not self._is_complete(folder_id):
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.listings += 1
+        children = self._children.get(folder_id, {})
+        return [self._nodes[children[name]][0] for name in sorted(children)]
+
+    def _is_complete(self, folder_id: int) -> bool:
+        until = self._complete.get(folder_id)
+        if until is None:
+            return False
+        now = time.monotonic()
+        return until >= now or self._followed >= now
+
+    def followed(self) -> None:
+        """The event follower has just applied every change made elsewhere: had one
+        touched a folder complete here, it would have dropped it. Each such folder
+        stays complete for another timeout, past its own."""
+        self._followed = time.monotonic() + self.ttl
 
     def complete(self, folder_id: int, read_at: int | None = None) -> None:
         """Every live child of the folder has just been put (a whole listing, or the
@@ -113,6 +147,10 @@ class Entries:
                 )
             )
 
+    def changing(self) -> None:
+        """A change is under way: a node read meanwhile may predate it."""
+        self.epoch += 1
+
     def drop(self, *node_ids: int) -> None:
         self.epoch += 1
         for node_id in node_ids:
@@ -125,15 +163,17 @@ class Entries:
     def clear(self) -> None:
         self.epoch += 1
         self._nodes.clear()
-        self._names.clear()
+        self._children.clear()
         self._complete.clear()
 
     def _unname(self, node: Node) -> None:
         if node.parent_id is None:
             return
-        key = (node.parent_id, node.name)
-        if self._names.get(key) == node.id:
-            del self._names[key]
+        children = self._children.get(node.parent_id)
+        if children is not None and children.get(node.name) == node.id:
+            del children[node.name]
+            if not children:
+                del self._children[node.parent_id]
 
     def _incomplete(self, node: Node) -> None:
         """A live child is no longer known: its folder is not complete here."""

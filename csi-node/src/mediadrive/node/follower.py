@@ -81,15 +81,21 @@ class Follower:
     async def _poll_once(self) -> None:
         """Apply what the store has after ``since``; wait a while if there is nothing."""
         try:
-            batch = await self.meta.events_after(self.since)
+            applied = await self.catch_up()
         except Exception as exc:
             log.warning("cannot read the drive's events: %s", exc)
             await asyncio.sleep(max(self.interval, 2.0))
             return
+        self.vfs.entries.followed()
+        if not applied:
+            await asyncio.sleep(self.interval)
+
+    async def catch_up(self) -> int:
+        """Apply the events the store has after ``since`` now; how many it had."""
+        batch = await self.meta.events_after(self.since)
         for event in batch:
             await self._deliver(event)
-        if not batch:
-            await asyncio.sleep(self.interval)
+        return len(batch)
 
     async def _follow_relay(self, session: aiohttp.ClientSession, relay: RelaySource) -> None:
         """Apply the relay's stream until it fails; then schedule the next attempt."""

@@ -53,6 +53,8 @@ class MountStatus(BaseModel):
     # Lookups and getattrs answered without asking the metadata store, and asked.
     entry_hits: int
     entry_misses: int
+    # Folder listings answered from what the mount knows (folders complete here).
+    listings_cached: int = 0
     # Bytes of files read at random handed to the kernel's page cache.
     pages_stored: int
     bytes_uploaded: int
@@ -233,6 +235,7 @@ class MountService:
             cache_corrupt=cache.figures.corrupt,
             entry_hits=self.vfs.entries.hits,
             entry_misses=self.vfs.entries.misses,
+            listings_cached=self.vfs.entries.listings,
             pages_stored=self.vfs.pages_stored,
             bytes_uploaded=wb.figures.bytes_uploaded,
             commits=wb.figures.commits,

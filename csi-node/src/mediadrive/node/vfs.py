@@ -162,8 +162,7 @@ class AttrChanges:
         return any(v is not None for v in (self.size, self.mode, self.uid, self.gid, self.mtime_ns))
 
 
-@dataclass(frozen=True)
-class DirEntry:
+class DirEntry(NamedTuple):
     name: str
     attrs: Attributes
     # Where the listing goes on after this entry.
@@ -348,7 +347,10 @@ class VFS:
         # the times it kept of an unlinked inode as it lets it go.
         if meta_changes and node.deleted_ns is None:
             # Noted first: the event follower may meet the event before this resumes.
-            self.note_own_change("attrs", node.id)
+            # What is known of the node stays until the new attributes replace it (its
+            # folder stays complete here); a read meanwhile is not kept.
+            self.note_own_change("attrs", node.id, forget=False)
+            self.entries.changing()
             try:
                 node = await self.meta.set_attrs(
                     node.id,
@@ -358,6 +360,7 @@ class VFS:
                 )
             except BaseException:
                 self.take_own_change("attrs", node.id)
+                self.entries.drop(node.id)
                 raise
             self.entries.put(node)
         return self.attrs(node)
@@ -415,6 +418,8 @@ class VFS:
         as they are taken: the kernel takes a few dozen per request."""
         handle = self.dirs[fh]
         if handle.entries is None or start_id == 0:
+            handle.entries = self.entries.listing(handle.node_id)
+        if handle.entries is None:
             read_at = self.entries.epoch
             handle.entries = await self.meta.list_dir(handle.node_id)
             parent = await self.tree.path_of(handle.node_id)
@@ -487,9 +492,9 @@ class VFS:
             node = await self.meta.remove(
                 parent_id, parent_path, name, self.drive.author, folder=folder
             )
-        self.note_own_change("delete", node.id)
-        # Kept by id (the kernel may still ask after an inode it holds) once the note
-        # above dropped what was known of it.
+        # The removed node replaces what was known of it, kept by id (the kernel may
+        # still ask after an inode it holds): its folder stays complete here.
+        self.note_own_change("delete", node.id, forget=node.deleted_ns is None)
         self.entries.put(node)
         if node.deleted_ns is not None:
             self.entries.folder_changed(parent_id, node.deleted_ns, -1 if node.is_dir else 0)
@@ -979,9 +984,11 @@ class VFS:
     def is_own_version(self, file_id: int, version: int) -> bool:
         return (file_id, version) in self._own_versions
 
-    def note_own_change(self, kind: str, node_id: int) -> None:
-        """A delete or rename this mount made: its event is no news to the kernel."""
-        self.entries.drop(node_id)
+    def note_own_change(self, kind: str, node_id: int, forget: bool = True) -> None:
+        """A delete or rename this mount made: its event is no news to the kernel.
+        ``forget``: drop what is known of the node (unless the caller replaces it)."""
+        if forget:
+            self.entries.drop(node_id)
         key = (kind, node_id)
         self._own_changes[key] = self._own_changes.get(key, 0) + 1
         while len(self._own_changes) > _OWN_CHANGES:
