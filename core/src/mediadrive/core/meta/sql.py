@@ -754,8 +754,11 @@ class SqlMetaStore(ABC):
             emptiness = "TRUE" if recursive else "(kind <> 'dir' OR NOT busy)"
             happened = ("delete", path, actor, time.time(), json.dumps({}))
             row = await tx.fetchone(
-                f"WITH target AS (SELECT {NODE_COLUMNS}, EXISTS (SELECT 1 FROM nodes c "
-                "WHERE c.drive = n.drive AND c.parent_id = n.id AND c.deleted_ns IS NULL) AS busy "
+                # Asked of folders only: for a file in a big folder the planner may scan
+                # the whole table for children it cannot have.
+                f"WITH target AS (SELECT {NODE_COLUMNS}, CASE WHEN n.kind = 'dir' THEN "
+                "EXISTS (SELECT 1 FROM nodes c WHERE c.drive = n.drive AND c.parent_id = n.id "
+                "AND c.deleted_ns IS NULL) ELSE FALSE END AS busy "
                 "FROM nodes n WHERE drive = ? AND parent_id = ? AND name = ? "
                 "AND deleted_ns IS NULL), "
                 f"doomed AS (SELECT id, head_version FROM target WHERE {kinds} AND {emptiness}), "
