@@ -1257,3 +1257,32 @@ async def test_a_fresh_postgres_store_opens_one_pool_for_concurrent_callers(
         assert opened == 1
     finally:
         await meta.close()
+
+
+async def test_a_lookup_in_a_big_new_folder_reads_one_row_on_postgres(
+    postgres_url: str,
+) -> None:
+    """Before the first statistics of a new drive, the planner may take any index with
+    the folder as prefix: each must have the name too, or a lookup reads the folder."""
+    url = create_database(postgres_url, "plans")
+    meta = connect(url, "show")
+    await meta.create_drive(DriveSettings())
+    try:
+        folder = await meta.make_node(1, "/", "shots", NodeKind.DIR, 0o755, ACTOR)
+        for i in range(1500):
+            await meta.make_node(folder.id, "/shots", f"f{i:05d}", NodeKind.FILE, 0o644, ACTOR)
+    finally:
+        await meta.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "PREPARE lookup(text, bigint, text) AS SELECT id FROM nodes "
+            "WHERE drive = $1 AND parent_id = $2 AND name = $3 AND deleted_ns IS NULL"
+        )
+        conn.execute("SET plan_cache_mode = force_generic_plan")
+        plan = conn.execute(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE lookup('show', {folder.id}, 'f00017')"
+        ).fetchone()
+    assert plan is not None
+    scan = plan[0][0]["Plan"]
+    assert "$3" in scan.get("Index Cond", ""), scan
+    assert scan.get("Rows Removed by Filter", 0) == 0, scan

@@ -113,6 +113,13 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 6: an extent may name a slice of a chunk (a small edit keeps the rest of it).
     ["ALTER TABLE extents ADD COLUMN chunk_offset {bigint} NOT NULL DEFAULT 0"],
+    # 7: children by parent and name, live or deleted. Beside (drive, parent_id) alone,
+    # PostgreSQL picked that index for a lookup by name until it had statistics, and a
+    # lookup then read every child of the folder (3,000 rows for one name).
+    [
+        "CREATE INDEX IF NOT EXISTS nodes_by_parent_name ON nodes (drive, parent_id, name)",
+        "DROP INDEX IF EXISTS nodes_by_parent",
+    ],
 ]
 
 LATEST = len(MIGRATIONS)
