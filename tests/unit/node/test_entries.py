@@ -11,6 +11,18 @@ from mediadrive.core.meta import Node, NodeKind
 from mediadrive.node.entries import Entries
 
 
+@pytest.fixture
+def now(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The cache's clock, which a test moves (it starts at 100 s)."""
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    return clock
+
+
+def names(listing: list[Node] | None) -> list[str] | None:
+    return None if listing is None else [n.name for n in listing]
+
+
 def node(node_id: int, parent_id: int = 1, name: str = "", size: int = 0) -> Node:
     return Node(
         node_id,
@@ -72,9 +84,7 @@ def test_a_node_read_before_a_change_is_not_kept() -> None:
     assert cache.node(5) is None
 
 
-def test_entries_expire_with_the_kernel_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+def test_entries_expire_with_the_kernel_timeout(now: list[float]) -> None:
     cache = Entries(ttl=10.0)
     cache.put(node(5, name="a"))
     now[0] = 109.0
@@ -153,11 +163,7 @@ def test_a_folder_changed_here_takes_its_new_times_and_link_count() -> None:
     assert cache.node(3) is None
 
 
-def test_a_complete_folder_lists_its_live_children_by_name(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    now = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+def test_a_complete_folder_lists_its_live_children_by_name(now: list[float]) -> None:
     cache = Entries(ttl=10.0)
     assert cache.listing(2) is None
     cache.complete(2)  # made here, empty
@@ -166,7 +172,7 @@ def test_a_complete_folder_lists_its_live_children_by_name(
     cache.put(node(5, parent_id=2, name="a"))
     cache.put(node(7, parent_id=2, name="c"))
     cache.put(node(8, parent_id=3, name="elsewhere"))
-    assert [n.name for n in cache.listing(2) or []] == ["a", "b", "c"]
+    assert names(cache.listing(2)) == ["a", "b", "c"]
     # Removed and moved children leave the listing; a changed one shows its change.
     cache.put(dataclasses.replace(node(6, parent_id=2, name="b"), deleted_ns=1))
     cache.put(node(7, parent_id=3, name="c"))
@@ -185,23 +191,19 @@ def test_a_folder_is_listed_afresh_once_a_child_or_everything_is_forgotten() -> 
     cache.drop(6)
     assert cache.listing(2) is None
     cache.complete(2)
-    assert [n.name for n in cache.listing(2) or []] == ["a"]
+    assert names(cache.listing(2)) == ["a"]
     cache.clear()
     assert cache.listing(2) is None
 
 
-def test_a_folder_stays_complete_while_the_follower_vouches_for_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    now = [100.0]
-    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+def test_a_folder_stays_complete_while_the_follower_vouches_for_it(now: list[float]) -> None:
     cache = Entries(ttl=10.0)
     cache.complete(2)
     cache.put(node(5, parent_id=2, name="a"))
     now[0] = 108.0
     cache.followed()  # every change made elsewhere up to now applied: none touched it
     now[0] = 117.0
-    assert cache.absent(2, "x") and [n.name for n in cache.listing(2) or []] == ["a"]
+    assert cache.absent(2, "x") and names(cache.listing(2)) == ["a"]
     # The follower stopped reading: a timeout after it last did, the folder is unknown.
     now[0] = 118.5
     assert not cache.absent(2, "x") and cache.listing(2) is None
