@@ -7,16 +7,16 @@ Each question is a metadata round trip, which on a server engine costs more than
 the whole FUSE request. This cache answers them from what the mount last learned:
 lookups, listings, and the nodes its own changes returned. A folder listed whole
 (or made here, empty) is *complete*: a name it does not hold is known not to exist,
-and listing it again needs no query. This mount's own creates and removals keep it
-complete.
+and listing it again needs no query. This mount's own creates, removals and
+attribute changes in it keep it complete.
 
 It is never staler than the kernel's own caches may be: entries expire with the
 entry timeout; this mount's changes update or drop the nodes they touch; and any
 change made elsewhere, as the event follower meets it, drops everything, at the
 same moment the follower tells the kernel to forget. A complete folder also stays
 so while the follower keeps reading the events (it would have dropped it otherwise),
-and for one timeout after it last did. Only the kernel-facing
-questions use it: opens, writes and commits read the metadata afresh.
+and for one timeout after it last did. Only the kernel-facing questions use it:
+opens, writes and commits read the metadata afresh.
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ class VFS:
             # Noted first: the event follower may meet the event before this resumes.
             # What is known of the node stays until the new attributes replace it (its
             # folder stays complete here); a read meanwhile is not kept.
-            self.note_own_change("attrs", node.id, forget=False)
+            self.note_own_change("attrs", node.id)
             self.entries.changing()
             try:
                 node = await self.meta.set_attrs(
@@ -492,9 +492,9 @@ class VFS:
             node = await self.meta.remove(
                 parent_id, parent_path, name, self.drive.author, folder=folder
             )
+        self.note_own_change("delete", node.id)
         # The removed node replaces what was known of it, kept by id (the kernel may
         # still ask after an inode it holds): its folder stays complete here.
-        self.note_own_change("delete", node.id, forget=node.deleted_ns is None)
         self.entries.put(node)
         if node.deleted_ns is not None:
             self.entries.folder_changed(parent_id, node.deleted_ns, -1 if node.is_dir else 0)
@@ -984,11 +984,9 @@ class VFS:
     def is_own_version(self, file_id: int, version: int) -> bool:
         return (file_id, version) in self._own_versions
 
-    def note_own_change(self, kind: str, node_id: int, forget: bool = True) -> None:
-        """A delete or rename this mount made: its event is no news to the kernel.
-        ``forget``: drop what is known of the node (unless the caller replaces it)."""
-        if forget:
-            self.entries.drop(node_id)
+    def note_own_change(self, kind: str, node_id: int) -> None:
+        """A change to the tree this mount made: its event is no news to the kernel.
+        (The caller updates the entry cache: it replaces the node, or clears it all.)"""
         key = (kind, node_id)
         self._own_changes[key] = self._own_changes.get(key, 0) + 1
         while len(self._own_changes) > _OWN_CHANGES:
