@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from aiohttp import web
+
 from mediadrive.core.hashing import chunk_id
 from mediadrive.pod.members import Membership, rank
 
@@ -54,3 +56,28 @@ async def test_members_from_dns_are_every_a_record_on_the_pod_port() -> None:
     itself = Membership("http://127.0.0.1:8600", peers_dns="localhost", port=8600)
     await itself._resolve()
     assert itself.others() == set()
+
+
+async def test_leaving_tells_members_the_last_probe_thought_dead() -> None:
+    heard: list[str] = []
+
+    async def leave(request: web.Request) -> web.Response:
+        heard.append((await request.json())["url"])
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/v1/members/leave", leave)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        slow = f"http://127.0.0.1:{port}"
+        view = Membership("http://127.0.0.1:1", peers=[slow], timeout=2.0)
+        view.alive[slow] = False
+        await view.leave()
+        await view.close()
+    finally:
+        await runner.cleanup()
+    assert heard == ["http://127.0.0.1:1"]

@@ -234,6 +234,8 @@ class Membership:
             await asyncio.gather(*(self.join(m) for m in targets))
 
     async def leave(self) -> None:
+        # Every known member, not only those that answered the last probe: one that
+        # was slow to answer then would otherwise keep listing this pod as a member.
         await asyncio.gather(
             *(
                 self.call(
@@ -243,7 +245,7 @@ class Membership:
                     json={"url": self.self_url},
                     timeout=self._timeout,
                 )
-                for m in self.live_others()
+                for m in sorted(self.others())
             )
         )
 
