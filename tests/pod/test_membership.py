@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
 from aiohttp import web
 
 from mediadrive.core.hashing import chunk_id
@@ -58,26 +62,56 @@ async def test_members_from_dns_are_every_a_record_on_the_pod_port() -> None:
     assert itself.others() == set()
 
 
+@contextlib.asynccontextmanager
+async def peer(routes: dict[str, Callable[[Any], Awaitable[Any]]]) -> AsyncIterator[str]:
+    """A member on loopback answering ``routes`` (POST path -> JSON body -> answer)."""
+
+    def route(handle: Callable[[Any], Awaitable[Any]]) -> Callable[..., Any]:
+        async def answer(request: web.Request) -> web.Response:
+            return web.json_response(await handle(await request.json()))
+
+        return answer
+
+    app = web.Application()
+    for path, handle in routes.items():
+        app.router.add_post(path, route(handle))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 async def test_leaving_tells_members_the_last_probe_thought_dead() -> None:
     heard: list[str] = []
 
-    async def leave(request: web.Request) -> web.Response:
-        heard.append((await request.json())["url"])
-        return web.json_response({})
+    async def leave(body: Any) -> Any:
+        heard.append(body["url"])
+        return {}
 
-    app = web.Application()
-    app.router.add_post("/v1/members/leave", leave)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        slow = f"http://127.0.0.1:{port}"
+    async with peer({"/v1/members/leave": leave}) as slow:
         view = Membership("http://127.0.0.1:1", peers=[slow], timeout=2.0)
         view.alive[slow] = False
         await view.leave()
         await view.close()
-    finally:
-        await runner.cleanup()
     assert heard == ["http://127.0.0.1:1"]
+
+
+async def test_a_member_that_left_is_not_learnt_back_from_an_older_list() -> None:
+    gone = "http://127.0.0.1:2"
+
+    async def join(body: Any) -> Any:
+        # This member has not heard of the leave yet.
+        return {"members": [body["url"], gone]}
+
+    async with peer({"/v1/members/join": join}) as other:
+        view = Membership("http://127.0.0.1:1", peers=[other, gone], timeout=2.0)
+        view.remove(gone)
+        await view.join(other)
+        assert view.others() == {other}
+        # Its own join brings it back.
+        view.add(gone)
+        assert view.others() == {other, gone}
+        await view.close()

@@ -3,10 +3,12 @@
 Membership comes from ``--peers`` (base URLs) or ``--peers-dns`` (each A record
 is a member on this pod's port), grows when a pod announces itself
 (``POST /v1/members/join``) and shrinks when one leaves
-(``/v1/members/leave``). Members are probed (``GET /healthz``); a dead one is
-skipped until it answers again. A chunk's owners are the live members with
-the highest ``blake3(member, drive, id)`` (rendezvous hashing), so a change of
-membership moves only the chunks of the members that came or went.
+(``/v1/members/leave``); a member that left is not learnt back from the lists other
+members answer a join with, only from its own join. Members are probed
+(``GET /healthz``); a dead one is skipped until it answers again. A chunk's owners
+are the live members with the highest ``blake3(member, drive, id)`` (rendezvous
+hashing), so a change of membership moves only the chunks of the members that came
+or went.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class Membership:
         self.port = port
         self.alive: dict[str, bool] = {}
         self.announced: set[str] = set()
+        # Members that said they left: not learnt again from others' lists (which may
+        # predate the leave), only from the member itself joining again.
+        self.departed: set[str] = set()
         self.draining = False
         # Set when a member is lost (dead or gone): held chunks may need new copies.
         self.lost = asyncio.Event()
@@ -101,6 +106,7 @@ class Membership:
         if url != self.self_url:
             self.joined.add(url)
             self.alive[url] = True
+            self.departed.discard(url)
 
     def _lose(self, member: str) -> None:
         if self.alive.get(member, True):
@@ -115,6 +121,7 @@ class Membership:
         self.dns_members.discard(url)
         self.alive.pop(url, None)
         self.announced.discard(url)
+        self.departed.add(url)
 
     def describe(self) -> list[dict[str, Any]]:
         members = [{"url": self.self_url, "alive": True, "self": True, "draining": self.draining}]
@@ -222,7 +229,7 @@ class Membership:
             return
         self.announced.add(member)
         for url in answer.json().get("members", []):
-            if url != self.self_url and url not in self.others():
+            if url != self.self_url and url not in self.others() and url not in self.departed:
                 self.add(url)
 
     async def announce(self) -> None:
@@ -262,4 +269,5 @@ class Membership:
         found = {f"http://{info[4][0]}:{self.port}" for info in infos}
         for gone in self.dns_members - found:
             self.alive.pop(gone, None)
-        self.dns_members = found - {self.self_url}
+        # A member that left may still be in DNS for a while; it rejoins by itself.
+        self.dns_members = found - {self.self_url} - self.departed
