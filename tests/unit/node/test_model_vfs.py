@@ -158,6 +158,11 @@ class VFSModel(RuleBasedStateMachine):
             self.other = self.run(make_test_vfs(self.root, cache="other"))
         # Commits this mount has scheduled land before the other machine's.
         self.run(self.vfs.parts.writeback.settle())
+        # It writes to what the path is now, as a mount does once its follower has
+        # read the drive's events: its view of a file replaced here since (renamed
+        # over) would otherwise be the old one, and truncating that to what it already
+        # holds changes nothing.
+        self.run(self.other.follow())
         self.run(self.other.write_file(path, payload))
         self.run(self.other.save("/"))
         # This mount learns of it from the drive's events.
