@@ -8,15 +8,18 @@ import itertools
 import os
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
+from mediadrive.node import staging as staging_module
 from mediadrive.node.staging import (
     MAX_CHANGED_RANGES,
     MIN_SLICE,
+    WRITE_BEHIND,
     StagedFile,
     Staging,
     _add_range,
@@ -144,6 +147,62 @@ async def test_a_fill_that_lands_after_the_copy_was_dropped_writes_nowhere(
     finally:
         os.close(fd)
         staging.close()
+
+
+async def test_a_dropped_copy_leaves_nothing_and_a_new_copy_of_the_file_is_its_own(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    # What a crash left between a drop and its removal goes at the next open.
+    (tmp_path / "trash" / "3.data.0").write_bytes(b"old")
+    staging.close()
+    staging = Staging(tmp_path)
+    staging.open()
+    assert not list((tmp_path / "trash").iterdir())
+    first = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    await first.materialize_range(0, BASE.size, Fetches())
+    staging.drop(first)
+    # The same file staged again at once is a fresh copy, whatever the removal is at.
+    second = staging.create(7, "/f", 2, 0o644, 0)
+    os.pwrite(second.fd, b"new", 0)
+    staging.sync(second)
+    staging.close()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+        ".lock",
+        "7.data",
+        "7.json",
+    ]
+    assert not list((tmp_path / "trash").iterdir())
+    assert (tmp_path / "7.data").read_bytes() == b"new"
+    again = Staging(tmp_path)
+    [copy] = again.open()
+    assert (copy.base_version, copy.missing) == (2, set())
+    again.close()
+
+
+def test_a_large_write_starts_going_to_disk_before_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[int, bool]] = []
+    start = staging_module.start_writeback
+
+    def record(fd: int) -> bool:
+        started.append((fd, start(fd)))
+        return started[-1][1]
+
+    monkeypatch.setattr(staging_module, "start_writeback", record)
+    staging = Staging(tmp_path)
+    staging.open()
+    staged = staging.create(7, "/f", None, 0o644, 0)
+    fd = staged.fd
+    step = 1 << 20
+    for i in range(2 * WRITE_BEHIND // step + 1):
+        os.pwrite(fd, os.urandom(step), i * step)
+        staging.wrote(staged, step)
+    staging.close()  # waits for the background work
+    # Twice in two WRITE_BEHIND and a bit, for the copy; the kernel took each.
+    assert started == [(fd, True), (fd, True)]
 
 
 def test_journal_writes_from_threads_and_the_loop_do_not_race(tmp_path: Path) -> None:

@@ -13,6 +13,10 @@ no longer needs that block from the base (copied in, overwritten whole, or trunc
 away), so a restart knows which blocks the copy still lacks. Editing a megabyte of a
 remote file gigabytes long fetches the blocks around the edit, not the file.
 
+A copy no longer needed (committed and closed) loses its journal entry, and its files
+move into ``trash/`` to be removed in the background; whatever is there at the next
+start is removed then.
+
 Nothing here talks to the drive: the agent decides when to commit, and says how to
 fetch a block.
 """
@@ -22,14 +26,18 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import ctypes
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +64,8 @@ MIN_SLICE = 64 << 10
 # Scattered writes past this many separate ranges are not told apart any more: the
 # blocks they fell in count as changed whole (the list stays cheap to keep sorted).
 MAX_CHANGED_RANGES = 4096
+# A copy's dirty pages start going to disk each time this much more is written into it.
+WRITE_BEHIND = 8 << 20
 
 # Fetches one verified block of a chunk: (chunk id, block index) -> its bytes.
 FetchBlock = Callable[[str, int], Awaitable[bytes]]
@@ -134,6 +144,8 @@ class StagedFile:
     # of a block the copy holds may have changed. See :meth:`untouched_runs`.
     changed: list[tuple[int, int]] = field(default_factory=list)
     changed_unknown: bool = False
+    # Bytes written since the copy's writeback was last started (see Staging.wrote).
+    unsynced: int = field(default=0, init=False)
     _starts: list[int] = field(default_factory=list, init=False)
     _fills: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
@@ -352,6 +364,11 @@ class Staging:
         self._journal_lock = threading.Lock()
         # Given to every copy made or found here (see StagedFile.touch).
         self.on_change: ChangeListener | None = None
+        # Dropped copies wait here to be removed (see drop).
+        self._trash = root / "trash"
+        self._trashed = itertools.count()
+        # Removes dropped copies and starts their writeback (see wrote).
+        self._io: ThreadPoolExecutor | None = None
 
     def open(self) -> list[StagedFile]:
         """Take the folder (one agent at a time) and return the entries a crash left."""
@@ -368,6 +385,10 @@ class Staging:
         self._lock_fd = fd
         for leftover in self.root.glob("*.snap"):
             leftover.unlink(missing_ok=True)
+        # Copies dropped before a crash or an unmount that were not yet removed.
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self._trash)
+        private.make_dir(self._trash)
         recovered = []
         for entry_path in sorted(self.root.glob("*.json")):
             data_path = entry_path.with_suffix(".data")
@@ -433,6 +454,9 @@ class Staging:
         for staged in self.files.values():
             _close(staged)
         self.files.clear()
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -527,10 +551,39 @@ class Staging:
         if self.files.get(staged.node_id) is staged:
             del self.files[staged.node_id]
         _close(staged)
+        # Without its entry a restart knows no copy; the files go aside at once (a new
+        # copy of the same file may be made next) and are removed in a thread, since
+        # freeing a copy's blocks takes milliseconds a commit need not wait for.
         self._entry(staged.node_id).unlink(missing_ok=True)
-        self._data(staged.node_id).unlink(missing_ok=True)
-        self._base(staged.node_id).unlink(missing_ok=True)
-        self._map(staged.node_id).unlink(missing_ok=True)
+        aside = []
+        for path in (
+            self._data(staged.node_id),
+            self._base(staged.node_id),
+            self._map(staged.node_id),
+        ):
+            moved = self._trash / f"{path.name}.{next(self._trashed)}"
+            try:
+                path.rename(moved)
+                aside.append(moved)
+            except FileNotFoundError:
+                # No such file, or no trash folder (a staging area never opened).
+                path.unlink(missing_ok=True)
+        if aside:
+            self._background().submit(_remove, aside)
+
+    def wrote(self, staged: StagedFile, length: int) -> None:
+        """``length`` bytes were written into the copy: every WRITE_BEHIND bytes its
+        dirty pages start going to disk, so an fsync after a large write waits for the
+        last few megabytes only (the kernel would otherwise hold them all until then)."""
+        staged.unsynced += length
+        if staged.unsynced >= WRITE_BEHIND and staged.fd >= 0:
+            staged.unsynced = 0
+            self._background().submit(start_writeback, staged.fd)
+
+    def _background(self) -> ThreadPoolExecutor:
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="staging-io")
+        return self._io
 
     async def snapshot(self, staged: StagedFile, skip: Sequence[tuple[int, int]] = ()) -> Path:
         """A private copy of the staged bytes as they are now, for an upload to read;
@@ -588,6 +641,29 @@ def _close(staged: StagedFile) -> None:
     # one would land in whatever file was opened next.
     staged.fd = -1
     staged.map_fd = -1
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+# <linux/fs.h>: start writing dirty pages out, without waiting for them.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> bool:
+    """Start writing the dirty pages of ``fd`` to disk; False where the system cannot
+    (the pages then go at the next fsync, as before)."""
+    if _sync_file_range is None:
+        return False
+    # The number may be closed, or reused by another file, by now: either is harmless.
+    return bool(_sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0)
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def _complement(skip: Sequence[tuple[int, int]], size: int) -> list[tuple[int, int]]:

@@ -825,6 +825,7 @@ class VFS:
             raise
         staged.settle(whole)
         staged.touch(offset, written)
+        self.staging.wrote(staged, written)
         return written
 
     def _write_failed(self, staged: StagedFile, exc: OSError) -> None:

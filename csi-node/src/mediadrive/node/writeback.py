@@ -330,8 +330,14 @@ class Writeback:
         """Upload ``snap`` and record it; ``release``, if given, is called once the
         bytes in ``snap`` are no longer needed (before a last-closed copy is dropped)."""
         upload = await self._upload(snap, reuse, staged.path)
-        async with self.tree.names:
-            landed = await self._land(staged, node_id, snap, reuse, upload, message)
+        # What was sent goes into the block cache while the version is recorded (it is
+        # content-addressed: right whatever the commit's outcome).
+        keeping = asyncio.create_task(self._keep_blocks(snap, upload, reuse))
+        try:
+            async with self.tree.names:
+                landed = await self._land(staged, node_id, snap, reuse, upload, message)
+        finally:
+            await keeping
         if landed is None:
             return None
         path, outcome, committed = landed
@@ -343,8 +349,6 @@ class Writeback:
         if committed:
             for listener in self.on_commit:
                 listener(node_id, outcome, upload)
-            if not landed_elsewhere:
-                await self._keep_blocks(snap, upload, reuse)
         report = self._report(path, outcome, upload, committed, message)
         self.last[outcome.file_id] = report
         if release is not None:
