@@ -144,9 +144,11 @@ class Pins:
         async def one(run: list[tuple[str, int]]) -> None:
             nonlocal done
             async with slots:
-                # Consecutive blocks go out as one ranged request.
+                # Consecutive blocks go out as one ranged request. Views, not copies:
+                # only their sizes are wanted, and a copy of each block cost a third of
+                # the agent's CPU while hydrating.
                 self.cache.prefetch_many(run)
-                for data in await asyncio.gather(*(self.cache.get(*key) for key in run)):
+                for data in await asyncio.gather(*(self.cache.view(*key) for key in run)):
                     done += len(data)
             if progress is not None:
                 progress(min(done, total), total)
