@@ -63,12 +63,81 @@ async def test_reads_fill_only_the_blocks_they_cover(tmp_path: Path) -> None:
     fetch = Fetches()
     offset = 2 * BLOCK_SIZE + 50
     await staged.materialize_range(offset, BLOCK_SIZE, fetch)
-    # Block 2 of "a" and its short last block (position 3); nothing of "b".
-    assert fetch.asked == [("a", 2), ("a", 3)]
+    # Block 2 of "a" and its short last block (position 3), then the next block (the
+    # first of "b") in the background; nothing before, nothing further.
+    await staged.settled()
+    assert fetch.asked == [("a", 2), ("a", 3), ("b", 0)]
     assert os.pread(staged.fd, BLOCK_SIZE, offset) == base_content()[offset : offset + BLOCK_SIZE]
-    assert staged.missing == {0, 1, 4, 5}
+    assert staged.missing == {0, 1, 5}
     await staged.materialize_range(offset, 10, fetch)
-    assert len(fetch.asked) == 2  # already there: not fetched twice
+    assert len(fetch.asked) == 3  # already there: not fetched twice
+    staging.close()
+
+
+async def test_a_read_that_fetches_does_not_wait_for_the_next_block(tmp_path: Path) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    release = asyncio.Event()
+    asked: list[int] = []
+
+    async def fetch(chunk: str, index: int) -> bytes:
+        asked.append(index)
+        if index == 1:
+            await release.wait()
+        return block_bytes(chunk, index)
+
+    await asyncio.wait_for(staged.materialize_range(10, 100, fetch), 5)
+    assert asked == [0, 1]  # the next block is on its way
+    assert staged.missing == {1, 2, 3, 4, 5}
+    release.set()
+    await staged.settled()
+    assert staged.missing == {2, 3, 4, 5}
+    assert os.pread(staged.fd, 2 * BLOCK_SIZE, 0) == base_content()[: 2 * BLOCK_SIZE]
+    staging.close()
+
+
+async def test_a_failed_prefetch_is_fetched_again_by_the_read_that_needs_it(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    failures = [OSError("connection reset")]
+    fetch = Fetches()
+
+    async def flaky(chunk: str, index: int) -> bytes:
+        if index == 1 and failures:
+            raise failures.pop()
+        return await fetch(chunk, index)
+
+    await staged.materialize_range(0, 10, flaky)
+    await staged.settled()
+    assert 1 in staged.missing
+    await staged.materialize_range(BLOCK_SIZE, 10, flaky)
+    await staged.settled()
+    assert fetch.asked == [("a", 0), ("a", 1), ("a", 2)]
+    assert os.pread(staged.fd, 10, BLOCK_SIZE) == base_content()[BLOCK_SIZE : BLOCK_SIZE + 10]
+    staging.close()
+
+
+async def test_a_write_covering_two_blocks_in_part_fetches_them_side_by_side(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    both = asyncio.Barrier(2)
+
+    async def fetch(chunk: str, index: int) -> bytes:
+        # Neither fetch finishes before the other has started.
+        await both.wait()
+        return block_bytes(chunk, index)
+
+    offset = BLOCK_SIZE // 2
+    whole = await asyncio.wait_for(staged.prepare_write(offset, BLOCK_SIZE, fetch), 5)
+    assert whole == []
+    assert staged.missing == {2, 3, 4, 5}
     staging.close()
 
 

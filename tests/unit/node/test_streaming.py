@@ -270,3 +270,84 @@ async def test_a_content_defined_chunk_rewritten_after_it_was_sent_is_cut_again(
     ids = [e.chunk_id for e in reader.extents]
     assert ids == [chunk_id(bytes(data[e.offset : e.offset + e.length])) for e in reader.extents]
     await vfs.close()
+
+
+async def edited_copy(vfs: TestVFS, data: bytearray) -> tuple[int, CountingStore]:
+    """``data`` committed as clip.bin, then the file open for writing with six bytes of
+    its third chunk changed; puts counted from then on."""
+    await vfs.write_file("clip.bin", bytes(data))
+    await committed(vfs)
+    store = counting(vfs)
+    opened = await vfs.vfs.open(await vfs.inode("clip.bin"), os.O_RDWR)
+    await vfs.vfs.write(opened.fh, 2 * CHUNK + 10, b"graded")
+    data[2 * CHUNK + 10 : 2 * CHUNK + 16] = b"graded"
+    return opened.fh, store
+
+
+async def sends_settled(vfs: TestVFS) -> None:
+    for staged in list(vfs.parts.staging.files.values()):
+        await vfs.parts.writeback.early.settle(staged)
+
+
+async def test_an_fsync_starts_sending_what_the_commit_will_send(tmp_path: Path) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    data = bytearray(os.urandom(4 * CHUNK))
+    fh, store = await edited_copy(vfs, data)
+    await vfs.vfs.fsync(fh)
+    await sent_early(vfs, 1)
+    # The changed chunk travelled on the fsync, before any commit of the edit.
+    assert store.puts == [ids(bytes(data))[2]]
+    assert vfs.parts.writeback.figures.commits == 1
+
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    # The commit kept it (and the untouched chunks): nothing was sent again.
+    assert store.puts == [ids(bytes(data))[2]]
+    figures = vfs.parts.writeback.figures
+    assert (figures.commits, figures.bytes_uploaded) == (2, 5 * CHUNK)
+    reader = await vfs.parts.drive.reader("/clip.bin")
+    assert [e.chunk_id for e in reader.extents] == ids(bytes(data))
+    await vfs.close()
+    assert await read_back(tmp_path, "clip.bin") == bytes(data)
+
+
+async def test_fsyncs_of_a_file_that_keeps_changing_send_it_ahead_twice_at_most(
+    tmp_path: Path,
+) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    data = bytearray(os.urandom(4 * CHUNK))
+    fh, store = await edited_copy(vfs, data)
+    for i in range(5):
+        await vfs.vfs.write(fh, 2 * CHUNK + 100 + i, b"x")
+        data[2 * CHUNK + 100 + i] = ord("x")
+        await vfs.vfs.fsync(fh)
+        await sends_settled(vfs)
+    assert len(store.puts) == 2
+
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    # The commit sends the chunk as it ended up; the next fsyncs may send ahead again.
+    assert len(store.puts) == 3 and store.puts[-1] == ids(bytes(data))[2]
+    reader = await vfs.parts.drive.reader("/clip.bin")
+    assert await reader.read(0, reader.size) == bytes(data)
+    await vfs.close()
+
+
+async def test_a_write_after_the_fsync_is_in_the_commit_not_the_chunk_sent_ahead(
+    tmp_path: Path,
+) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    data = bytearray(os.urandom(4 * CHUNK))
+    fh, store = await edited_copy(vfs, data)
+    store.gate.clear()
+    await vfs.vfs.fsync(fh)
+    # Written while the chunk read at the fsync is still on its way.
+    await vfs.vfs.write(fh, 2 * CHUNK + 200, b"later")
+    data[2 * CHUNK + 200 : 2 * CHUNK + 205] = b"later"
+    store.gate.set()
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    reader = await vfs.parts.drive.reader("/clip.bin")
+    assert [e.chunk_id for e in reader.extents] == ids(bytes(data))
+    assert await reader.read(0, reader.size) == bytes(data)
+    await vfs.close()

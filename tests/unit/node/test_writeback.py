@@ -4,18 +4,23 @@ uploaded again; a refused commit keeps the local copy."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mediadrive.core.blob.wrapper import WrappedStore
-from mediadrive.core.config import ConflictPolicy
+from mediadrive.core.chunking import Piece
+from mediadrive.core.config import ConflictPolicy, DriveSettings
 from mediadrive.core.errors import ConflictError
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
+from mediadrive.core.upload import pieces
 from mediadrive.node.options import CommitOn
-from mediadrive.node.writeback import MAX_EXTENTS_PER_CHUNK, fixed_reusable
+from mediadrive.node.writeback import MAX_EXTENTS_PER_CHUNK, fixed_reusable, fixed_stretches
 
 from .vfs_harness import make_test_vfs
 
@@ -210,3 +215,34 @@ async def test_small_edits_that_would_split_a_chunk_too_far_store_it_whole_again
     check = await make_test_vfs(tmp_path, cache="check", chunk_size=chunk)
     assert await check.read_file("plate.exr") == data
     await check.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cuts=st.lists(st.integers(0, 12 * CHUNK), min_size=2, max_size=12, unique=True),
+    keep=st.lists(st.booleans(), min_size=12, max_size=12),
+    tail=st.integers(0, 3 * CHUNK),
+)
+def test_stretches_sent_ahead_are_the_pieces_the_upload_cuts(
+    tmp_path_factory: pytest.TempPathFactory, cuts: list[int], keep: list[bool], tail: int
+) -> None:
+    """What an fsync sends ahead must be exactly what the commit's upload would cut,
+    or the commit could not keep it."""
+    bounds = sorted(cuts)
+    kept = {
+        start: Extent(start, end - start, "base")
+        for (start, end), wanted in zip(itertools.pairwise(bounds), keep, strict=False)
+        if wanted
+    }
+    size = bounds[-1] + tail
+    path = tmp_path_factory.mktemp("stretches") / "copy"
+    with open(path, "wb") as f:
+        f.truncate(size)
+    settings_ = DriveSettings(chunking="fixed", chunk_size=CHUNK)
+    with open(path, "rb") as source:
+        cut = [
+            (piece.offset, len(piece.data))
+            for piece in pieces(source, settings_, kept)
+            if isinstance(piece, Piece)
+        ]
+    assert fixed_stretches(kept, size, CHUNK) == cut

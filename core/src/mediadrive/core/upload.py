@@ -177,11 +177,12 @@ async def hashed_pieces(
                 yield batch
     finally:
         # On failure the producer may be blocked on a full queue: stop and drain it.
+        # (Waited on, not slept past: after the last piece it ends at once.)
         stop.set()
         while not producer.done():
             while not queue.empty():
                 queue.get_nowait()
-            await asyncio.sleep(0.01)
+            await asyncio.wait({producer}, timeout=0.01)
         await asyncio.gather(producer, return_exceptions=True)
 
 

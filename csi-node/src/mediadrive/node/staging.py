@@ -293,17 +293,43 @@ class StagedFile:
             await asyncio.gather(*(self._fill(i, fetch) for i in window))
 
     async def materialize_range(self, offset: int, size: int, fetch: FetchBlock) -> None:
-        await self.materialize(self.lacking(offset, size), fetch)
+        """Copy in the base blocks a read of the range needs. A read that has to fetch
+        also starts fetching the block after it: whoever reads through a copy is often
+        reading on, and a write covering pages in part makes the kernel read the page
+        at each end of it, one after the other."""
+        lacking = self.lacking(offset, size)
+        if not lacking:
+            return
+        for i in lacking[:_FILL_WINDOW]:
+            self._start_fill(i, fetch)  # asked for before the next block
+        self.prefetch(lacking[-1] + 1, fetch)
+        await self.materialize(lacking, fetch)
+
+    def prefetch(self, i: int, fetch: FetchBlock) -> None:
+        """Start copying in base block ``i`` if the copy lacks it; nobody waits for it
+        (a failure is left to whoever needs the block next)."""
+        task = self._start_fill(i, fetch)
+        if task is not None:
+            task.add_done_callback(_forget_failure)
+
+    async def settled(self) -> None:
+        """Wait until no base block is being copied in (prefetches included)."""
+        while self._fills:
+            await asyncio.gather(*list(self._fills.values()), return_exceptions=True)
 
     async def _fill(self, i: int, fetch: FetchBlock) -> None:
+        task = self._start_fill(i, fetch)
+        if task is not None:
+            # One fetch per block whoever asks; a reader that gives up does not cancel it.
+            await asyncio.shield(task)
+
+    def _start_fill(self, i: int, fetch: FetchBlock) -> asyncio.Task[None] | None:
+        """The copy-in of block ``i`` under way, started if needed; None when the copy
+        does not lack it."""
         task = self._fills.get(i)
-        if task is None:
-            if i not in self.missing:
-                return
-            task = asyncio.ensure_future(self._copy_in(i, fetch))
-            self._fills[i] = task
-        # One fetch per block whoever asks; a reader that gives up does not cancel it.
-        await asyncio.shield(task)
+        if task is None and i in self.missing:
+            task = self._fills[i] = asyncio.ensure_future(self._copy_in(i, fetch))
+        return task
 
     async def _copy_in(self, i: int, fetch: FetchBlock) -> None:
         try:
@@ -326,14 +352,15 @@ class StagedFile:
         """Ready the copy for a write: base blocks it covers in part are copied in; the
         ones it covers whole are returned, to be settled once the write is done."""
         end = offset + size
-        whole = []
+        whole: list[int] = []
+        part: list[int] = []
         for i in self.lacking(offset, size):
             block = self.base[i]
-            if offset <= block.offset and block.end <= end:
-                await self._landed(i)
-                whole.append(i)
-            else:
-                await self._fill(i, fetch)
+            (whole if offset <= block.offset and block.end <= end else part).append(i)
+        # The (at most two) blocks covered in part are fetched side by side.
+        await asyncio.gather(
+            *(self._fill(i, fetch) for i in part), *(self._landed(i) for i in whole)
+        )
         return whole
 
     async def prepare_truncate(self, size: int, fetch: FetchBlock) -> list[int]:
@@ -619,6 +646,11 @@ class Staging:
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _forget_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("prefetch of a base block failed: %s", exc)
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:

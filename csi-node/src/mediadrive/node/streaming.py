@@ -20,6 +20,12 @@ copy is counted per region (a fixed chunk, or a block under content-defined cuts
 the commit only if the counts of its regions have not moved since its bytes were
 read, so what the version names is always what the copy holds.
 
+An fsync of a changed copy also starts sending what its commit would send (the
+stretches around the base bytes it keeps, cut as the commit cuts them), beside the
+local sync: a small edit saved right after is then mostly sent already. Up to a
+chunk's worth at a time, and at most ``_ATTEMPTS`` times between two commits of a
+copy, so a program that fsyncs a file it keeps changing does not resend it each time.
+
 Drives with a storage pod tier do not send early: where chunks go is left to the
 commit's upload there.
 
@@ -39,7 +45,7 @@ import io
 import logging
 import os
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +69,10 @@ _CDC_BATCH = 32 << 20
 _CDC_BATCHES = 4
 # Puts in flight at once for one batch of content-defined chunks.
 _CDC_PUTS = 8
-# The key of a file's content-defined cutting task among its tasks.
+# The keys of a file's content-defined cutting task and of its send after an fsync
+# among its tasks (the others are chunk indexes).
 _CUT = -1
+_AHEAD = -2
 
 # (epoch, changes): whether bytes are still the ones read (see _FileState.stamp).
 Stamp = tuple[int, int]
@@ -98,6 +106,8 @@ class _FileState:
     cursor: int = 0
     # Chunk ids held under ``token`` (released once no commit will name them).
     held: set[str] = field(default_factory=set)
+    # Sends after an fsync since the last commit.
+    ahead: int = 0
 
     def regions(self, offset: int, length: int) -> range:
         return range(offset // self.grain, (offset + length - 1) // self.grain + 1)
@@ -154,9 +164,7 @@ class EarlyUploads:
             return
         if length <= 0:
             return
-        if state is None:
-            state = self._files[staged] = _FileState(self.grain)
-            self._start_renewing()
+        state = self._state(staged)
         end = offset + length
         full = []
         for index in state.regions(offset, length):
@@ -172,6 +180,45 @@ class EarlyUploads:
         for index in full:
             if index not in state.tasks:
                 self._send_later(staged, state, index)
+
+    def _state(self, staged: StagedFile) -> _FileState:
+        state = self._files.get(staged)
+        if state is None:
+            state = self._files[staged] = _FileState(self.grain)
+            self._start_renewing()
+        return state
+
+    def send_ahead(self, staged: StagedFile, stretches: Sequence[tuple[int, int]]) -> None:
+        """``staged`` was fsync'd: start sending ``stretches`` (offset, length), the
+        pieces its commit would send as things stand (see module doc)."""
+        if not self.enabled or staged.recovered or not stretches:
+            return
+        if sum(length for _, length in stretches) > self.size:
+            return
+        state = self._state(staged)
+        if _AHEAD in state.tasks or state.ahead >= _ATTEMPTS:
+            return
+        # A chunk being sent whole already is not sent twice.
+        stretches = [
+            (start, length)
+            for start, length in stretches
+            if not any(i in state.tasks for i in state.regions(start, length))
+        ]
+        if not stretches:
+            return
+        state.ahead += 1
+        self._track(state, _AHEAD, self._send_stretches(staged, state, stretches))
+
+    async def _send_stretches(
+        self, staged: StagedFile, state: _FileState, stretches: Sequence[tuple[int, int]]
+    ) -> None:
+        async def send(start: int, length: int) -> None:
+            async with self._slots:
+                read = await self._read(staged, state, start, length)
+                if read is not None:
+                    await self._store(staged, state, Piece(start, read[0]), read[1])
+
+        await asyncio.gather(*(send(start, length) for start, length in stretches))
 
     def _send_later(self, staged: StagedFile, state: _FileState, index: int) -> None:
         attempts = state.attempts.get(index, 0)
@@ -334,13 +381,12 @@ class EarlyUploads:
             keep: set[str] = set()
         else:
             keep = {sent.extent.chunk_id for sent in state.sent.values() if state.valid(sent)}
+            state.ahead = 0
         spent = sorted(state.held - keep)
         state.held &= keep
         if spent:
             with contextlib.suppress(Exception):
                 await self.drive.uploader.release(spent, state.token)
-
-    # -- asked by the commit ------------------------------------------------------------
 
     # -- holds ---------------------------------------------------------------------------
 

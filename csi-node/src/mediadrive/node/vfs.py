@@ -881,6 +881,8 @@ class VFS:
         if staged.failed:
             # What the application wrote is not all there: fsync must not say it is.
             raise FsError(errno.ENOSPC)
+        # What the commit will send starts travelling beside the local sync.
+        self.writeback.send_ahead(staged)
         await asyncio.to_thread(self.staging.sync, staged)
         if staged.dirty:
             self.writeback.schedule_on(CommitOn.FSYNC, staged.node_id, "")

@@ -298,6 +298,17 @@ class Writeback:
         finally:
             release()
 
+    def send_ahead(self, staged: StagedFile) -> None:
+        """``staged`` is being fsync'd: start sending the pieces its commit would send
+        now, so a commit soon after finds them sent (fixed chunking only: content-defined
+        cuts of a changed stretch depend on the bytes after it)."""
+        if self.drive.settings.chunking != "fixed" or not staged.dirty or staged.failed:
+            return
+        kept = {offset: extent for offset, (extent, _) in self._reusable(staged).items()}
+        kept.update(_disjoint(self.early.ready(staged), kept))
+        step = self.drive.settings.chunk_size
+        self.early.send_ahead(staged, fixed_stretches(kept, staged.size(), step))
+
     def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, list[int]]]:
         """Base bytes the copy has not touched, which the commit keeps as they are
         (never fetched, never sent): by offset, the extent and the positions of its
@@ -603,6 +614,22 @@ def fixed_reusable(
             continue
         for extent, positions in kept:
             out[extent.offset] = (extent, positions)
+    return out
+
+
+def fixed_stretches(kept: dict[int, Extent], size: int, step: int) -> list[tuple[int, int]]:
+    """The pieces, (offset, length), that an upload of a fixed-chunk file ``size`` bytes
+    long cuts around the ``kept`` extents (see ``upload.pieces``): every stretch between
+    them, split on the chunk boundaries."""
+    out = []
+    position = 0
+    for start in [*sorted(o for o in kept if o < size), size]:
+        while position < start:
+            stop = min(start, (position // step + 1) * step)
+            out.append((position, stop - position))
+            position = stop
+        if start < size:
+            position = start + kept[start].length
     return out
 
 
