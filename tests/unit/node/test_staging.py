@@ -90,8 +90,14 @@ async def test_a_read_that_fetches_does_not_wait_for_the_next_block(tmp_path: Pa
     await asyncio.wait_for(staged.materialize_range(10, 100, fetch), 5)
     assert asked == [0, 1]  # the next block is on its way
     assert staged.missing == {1, 2, 3, 4, 5}
+    # A read of that block (the kernel's second page fill) waits for it and starts
+    # nothing more.
+    second = asyncio.ensure_future(staged.materialize_range(BLOCK_SIZE + 10, 100, fetch))
+    await asyncio.sleep(0)
     release.set()
+    await second
     await staged.settled()
+    assert asked == [0, 1]
     assert staged.missing == {2, 3, 4, 5}
     assert os.pread(staged.fd, 2 * BLOCK_SIZE, 0) == base_content()[: 2 * BLOCK_SIZE]
     staging.close()

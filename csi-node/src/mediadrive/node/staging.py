@@ -293,16 +293,19 @@ class StagedFile:
             await asyncio.gather(*(self._fill(i, fetch) for i in window))
 
     async def materialize_range(self, offset: int, size: int, fetch: FetchBlock) -> None:
-        """Copy in the base blocks a read of the range needs. A read that has to fetch
-        also starts fetching the block after it: whoever reads through a copy is often
-        reading on, and a write covering pages in part makes the kernel read the page
-        at each end of it, one after the other."""
+        """Copy in the base blocks a read of the range needs. A read that has to start
+        a fetch also starts fetching the block after it: whoever reads through a copy
+        is often reading on, and a write covering pages in part makes the kernel read
+        the page at each end of it, one after the other (the second read finds its
+        block on the way, and starts nothing more)."""
         lacking = self.lacking(offset, size)
         if not lacking:
             return
+        missed = any(i not in self._fills for i in lacking)
         for i in lacking[:_FILL_WINDOW]:
             self._start_fill(i, fetch)  # asked for before the next block
-        self.prefetch(lacking[-1] + 1, fetch)
+        if missed:
+            self.prefetch(lacking[-1] + 1, fetch)
         await self.materialize(lacking, fetch)
 
     def prefetch(self, i: int, fetch: FetchBlock) -> None:
