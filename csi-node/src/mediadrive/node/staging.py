@@ -360,10 +360,11 @@ class StagedFile:
         for i in self.lacking(offset, size):
             block = self.base[i]
             (whole if offset <= block.offset and block.end <= end else part).append(i)
-        # The (at most two) blocks covered in part are fetched side by side.
-        await asyncio.gather(
-            *(self._fill(i, fetch) for i in part), *(self._landed(i) for i in whole)
-        )
+        if part or whole:
+            # The (at most two) blocks covered in part are fetched side by side.
+            await asyncio.gather(
+                *(self._fill(i, fetch) for i in part), *(self._landed(i) for i in whole)
+            )
         return whole
 
     async def prepare_truncate(self, size: int, fetch: FetchBlock) -> list[int]:

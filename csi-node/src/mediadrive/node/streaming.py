@@ -188,16 +188,22 @@ class EarlyUploads:
             self._start_renewing()
         return state
 
+    def may_send_ahead(self, staged: StagedFile) -> bool:
+        """Whether an fsync of ``staged`` now would send anything ahead (checked before
+        working out what)."""
+        if not self.enabled or staged.recovered:
+            return False
+        state = self._files.get(staged)
+        return state is None or (_AHEAD not in state.tasks and state.ahead < _ATTEMPTS)
+
     def send_ahead(self, staged: StagedFile, stretches: Sequence[tuple[int, int]]) -> None:
         """``staged`` was fsync'd: start sending ``stretches`` (offset, length), the
         pieces its commit would send as things stand (see module doc)."""
-        if not self.enabled or staged.recovered or not stretches:
+        if not stretches or not self.may_send_ahead(staged):
             return
         if sum(length for _, length in stretches) > self.size:
             return
         state = self._state(staged)
-        if _AHEAD in state.tasks or state.ahead >= _ATTEMPTS:
-            return
         # A chunk being sent whole already is not sent twice.
         stretches = [
             (start, length)

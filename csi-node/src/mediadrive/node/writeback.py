@@ -304,6 +304,8 @@ class Writeback:
         cuts of a changed stretch depend on the bytes after it)."""
         if self.drive.settings.chunking != "fixed" or not staged.dirty or staged.failed:
             return
+        if not self.early.may_send_ahead(staged):
+            return
         kept = {offset: extent for offset, (extent, _) in self._reusable(staged).items()}
         kept.update(_disjoint(self.early.ready(staged), kept))
         step = self.drive.settings.chunk_size
