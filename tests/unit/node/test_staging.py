@@ -47,6 +47,13 @@ def base_content() -> bytes:
     return bytes(out)
 
 
+def base_copy(root: Path) -> tuple[Staging, StagedFile]:
+    """A staging area in ``root`` holding a copy of BASE that lacks every block."""
+    staging = Staging(root)
+    staging.open()
+    return staging, staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+
+
 class Fetches:
     def __init__(self) -> None:
         self.asked: list[tuple[str, int]] = []
@@ -57,9 +64,7 @@ class Fetches:
 
 
 async def test_reads_fill_only_the_blocks_they_cover(tmp_path: Path) -> None:
-    staging = Staging(tmp_path)
-    staging.open()
-    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    staging, staged = base_copy(tmp_path)
     fetch = Fetches()
     offset = 2 * BLOCK_SIZE + 50
     await staged.materialize_range(offset, BLOCK_SIZE, fetch)
@@ -75,9 +80,7 @@ async def test_reads_fill_only_the_blocks_they_cover(tmp_path: Path) -> None:
 
 
 async def test_a_read_that_fetches_does_not_wait_for_the_next_block(tmp_path: Path) -> None:
-    staging = Staging(tmp_path)
-    staging.open()
-    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    staging, staged = base_copy(tmp_path)
     release = asyncio.Event()
     asked: list[int] = []
 
@@ -106,9 +109,7 @@ async def test_a_read_that_fetches_does_not_wait_for_the_next_block(tmp_path: Pa
 async def test_a_failed_prefetch_is_fetched_again_by_the_read_that_needs_it(
     tmp_path: Path,
 ) -> None:
-    staging = Staging(tmp_path)
-    staging.open()
-    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    staging, staged = base_copy(tmp_path)
     failures = [OSError("connection reset")]
     fetch = Fetches()
 
@@ -130,9 +131,7 @@ async def test_a_failed_prefetch_is_fetched_again_by_the_read_that_needs_it(
 async def test_a_write_covering_two_blocks_in_part_fetches_them_side_by_side(
     tmp_path: Path,
 ) -> None:
-    staging = Staging(tmp_path)
-    staging.open()
-    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    staging, staged = base_copy(tmp_path)
     both = asyncio.Barrier(2)
 
     async def fetch(chunk: str, index: int) -> bytes:
@@ -148,9 +147,7 @@ async def test_a_write_covering_two_blocks_in_part_fetches_them_side_by_side(
 
 
 async def test_truncate_into_an_untouched_block_then_grow_shows_zeros(tmp_path: Path) -> None:
-    staging = Staging(tmp_path)
-    staging.open()
-    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    staging, staged = base_copy(tmp_path)
     fetch = Fetches()
     cut = BLOCK_SIZE + 1000
     past = await staged.prepare_truncate(cut, fetch)
@@ -168,9 +165,7 @@ async def test_truncate_into_an_untouched_block_then_grow_shows_zeros(tmp_path: 
 
 
 async def test_journal_recovers_a_dirty_copy_after_reopen(tmp_path: Path) -> None:
-    staging = Staging(tmp_path)
-    staging.open()
-    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    staging, staged = base_copy(tmp_path)
     fetch = Fetches()
     offset = BLOCK_SIZE + 10
     whole = await staged.prepare_write(offset, 5, fetch)

@@ -75,6 +75,13 @@ async def read_back(tmp_path: Path, name: str) -> bytes:
         await check.close()
 
 
+async def version_holds(vfs: TestVFS, name: str, data: bytes) -> None:
+    """The head version of ``name`` names the fixed chunks of ``data`` and reads back as it."""
+    reader = await vfs.parts.drive.reader(f"/{name}")
+    assert [e.chunk_id for e in reader.extents] == ids(data)
+    assert await reader.read(0, reader.size) == data
+
+
 def ids(data: bytes) -> list[str]:
     return [chunk_id(data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]
 
@@ -305,8 +312,7 @@ async def test_an_fsync_starts_sending_what_the_commit_will_send(tmp_path: Path)
     assert store.puts == [ids(bytes(data))[2]]
     figures = vfs.parts.writeback.figures
     assert (figures.commits, figures.bytes_uploaded) == (2, 5 * CHUNK)
-    reader = await vfs.parts.drive.reader("/clip.bin")
-    assert [e.chunk_id for e in reader.extents] == ids(bytes(data))
+    await version_holds(vfs, "clip.bin", bytes(data))
     await vfs.close()
     assert await read_back(tmp_path, "clip.bin") == bytes(data)
 
@@ -328,8 +334,7 @@ async def test_fsyncs_of_a_file_that_keeps_changing_send_it_ahead_twice_at_most(
     await committed(vfs)
     # The commit sends the chunk as it ended up; the next fsyncs may send ahead again.
     assert len(store.puts) == 3 and store.puts[-1] == ids(bytes(data))[2]
-    reader = await vfs.parts.drive.reader("/clip.bin")
-    assert await reader.read(0, reader.size) == bytes(data)
+    await version_holds(vfs, "clip.bin", bytes(data))
     await vfs.close()
 
 
@@ -347,7 +352,5 @@ async def test_a_write_after_the_fsync_is_in_the_commit_not_the_chunk_sent_ahead
     store.gate.set()
     vfs.vfs.release(fh)
     await committed(vfs)
-    reader = await vfs.parts.drive.reader("/clip.bin")
-    assert [e.chunk_id for e in reader.extents] == ids(bytes(data))
-    assert await reader.read(0, reader.size) == bytes(data)
+    await version_holds(vfs, "clip.bin", bytes(data))
     await vfs.close()
