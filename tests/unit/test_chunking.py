@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from mediadrive.core.chunking import CdcChunker, Chunker, FixedChunker, Piece, make_chunker
 from mediadrive.core.errors import ConfigError
-from mediadrive.core.hashing import BLOCK_SIZE, ChunkHasher, block_digests, chunk_id, is_chunk_id
+from mediadrive.core.hashing import chunk_id, is_chunk_id
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -171,15 +171,3 @@ def test_chunk_ids_are_blake3_hex() -> None:
     assert is_chunk_id(chunk_id(b"abc"))
     assert not is_chunk_id("ABC")
     assert not is_chunk_id(chunk_id(b"abc").upper())
-
-
-@settings(max_examples=25, deadline=None)
-@given(size=st.integers(1, 3 * BLOCK_SIZE + 1), seed=st.integers(0, 2**32))
-def test_a_chunk_hashed_a_block_at_a_time_has_the_id_and_digests_of_the_whole(
-    size: int, seed: int
-) -> None:
-    data = random.Random(seed).randbytes(size)
-    hasher = ChunkHasher()
-    for start in range(0, size, BLOCK_SIZE):
-        hasher.update_block(data[start : start + BLOCK_SIZE])
-    assert hasher.result() == (chunk_id(data), block_digests(data))

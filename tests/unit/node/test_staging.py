@@ -22,8 +22,8 @@ from mediadrive.node.staging import (
     WRITE_BEHIND,
     StagedFile,
     Staging,
+    _add_range,
     _subtract,
-    add_range,
     base_blocks,
 )
 
@@ -381,7 +381,7 @@ def test_changed_ranges_merge_and_subtract_like_sets(
     model: set[int] = set()
     for lo, n in adds:
         if n:
-            add_range(ranges, lo, lo + n)
+            _add_range(ranges, lo, lo + n)
             model.update(range(lo, lo + n))
     assert ranges == sorted(ranges)
     assert all(a[1] < b[0] for a, b in itertools.pairwise(ranges))  # disjoint, not touching

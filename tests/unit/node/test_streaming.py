@@ -9,9 +9,6 @@ import io
 import os
 from pathlib import Path
 
-import pytest
-
-from mediadrive.core import upload as upload_module
 from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.chunking import make_chunker
 from mediadrive.core.config import DriveSettings
@@ -356,89 +353,4 @@ async def test_a_write_after_the_fsync_is_in_the_commit_not_the_chunk_sent_ahead
     vfs.vfs.release(fh)
     await committed(vfs)
     await version_holds(vfs, "clip.bin", bytes(data))
-    await vfs.close()
-
-
-class CountingHashes:
-    """Counts the chunks the uploader hashes itself (not hashed as they were written)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.hashed: list[int] = []
-        original = upload_module._digest
-
-        def digest(data: bytes) -> tuple[str, bytes]:
-            self.hashed.append(len(data))
-            return original(data)
-
-        monkeypatch.setattr(upload_module, "_digest", digest)
-
-
-async def test_chunks_written_in_order_are_hashed_as_they_fill(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hashes = CountingHashes(monkeypatch)
-    vfs = await make_test_vfs(tmp_path)
-    store = counting(vfs)
-    data = os.urandom(3 * CHUNK + 100)
-    fh = await create(vfs, "clip.bin")
-    for offset in range(0, len(data), 1000):
-        await vfs.vfs.write(fh, offset, data[offset : offset + 1000])
-    await sent_early(vfs, 3)
-    # Sent with the ids worked out while they were written: nothing hashed them again.
-    assert sorted(store.puts) == sorted(ids(data)[:3])
-    assert hashes.hashed == []
-    vfs.vfs.release(fh)
-    await committed(vfs)
-    assert hashes.hashed == [100]  # the tail, by the commit
-    await version_holds(vfs, "clip.bin", data)
-    await vfs.close()
-    assert await read_back(tmp_path, "clip.bin") == data
-
-
-async def test_a_chunk_rewritten_behind_its_front_is_hashed_whole_when_sent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hashes = CountingHashes(monkeypatch)
-    vfs = await make_test_vfs(tmp_path)
-    data = bytearray(os.urandom(3 * CHUNK))
-    fh = await create(vfs, "clip.bin")
-    # Chunk 0 rewritten in part behind the front of its writes: hashed whole.
-    await vfs.vfs.write(fh, 0, bytes(data[:3000]))
-    data[100:110] = b"regraded!!"
-    await vfs.vfs.write(fh, 100, b"regraded!!")
-    await vfs.vfs.write(fh, 3000, bytes(data[3000:CHUNK]))
-    # Chunk 1 back half first (as the kernel's write-back may send pages), then the
-    # front half: the front catches up, and it is hashed as written. Chunk 2 in order.
-    await vfs.vfs.write(fh, CHUNK + 2048, bytes(data[CHUNK + 2048 : 2 * CHUNK]))
-    await vfs.vfs.write(fh, CHUNK, bytes(data[CHUNK : CHUNK + 2048]))
-    await vfs.vfs.write(fh, 2 * CHUNK, bytes(data[2 * CHUNK :]))
-    await sent_early(vfs, 3)
-    assert hashes.hashed == [CHUNK]
-    vfs.vfs.release(fh)
-    await committed(vfs)
-    await version_holds(vfs, "clip.bin", bytes(data))
-    await vfs.close()
-
-
-async def test_a_chunk_cut_while_hashed_as_written_is_stored_under_its_bytes_id(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    hashes = CountingHashes(monkeypatch)
-    chunk = 2 * MiB  # two blocks: the first is hashed once written
-    vfs = await make_test_vfs(tmp_path, chunk_size=chunk)
-    data = bytearray(os.urandom(chunk))
-    fh = await create(vfs, "clip.bin")
-    await vfs.vfs.write(fh, 0, bytes(data[:MiB]))
-    # Cut into the block already hashed and grown back (zeros), then written on in
-    # order from where the writes had got to: the first block's hash is stale.
-    await vfs.truncate("clip.bin", MiB // 2)
-    await vfs.truncate("clip.bin", MiB)
-    data[MiB // 2 : MiB] = bytes(MiB // 2)
-    await vfs.vfs.write(fh, MiB, bytes(data[MiB:]))
-    vfs.vfs.release(fh)
-    await committed(vfs)
-    assert hashes.hashed == [chunk]
-    reader = await vfs.parts.drive.reader("/clip.bin")
-    assert [e.chunk_id for e in reader.extents] == [chunk_id(bytes(data))]
-    assert await reader.read(0, reader.size) == bytes(data)
     await vfs.close()

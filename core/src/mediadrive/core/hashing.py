@@ -42,24 +42,6 @@ def block_digests(data: bytes | bytearray | memoryview) -> bytes:
     )
 
 
-class ChunkHasher:
-    """The id and block digests of a chunk fed to it a block at a time, in order (the
-    last block may be short): what :func:`chunk_id` and :func:`block_digests` give for
-    the whole, without holding it (a chunk written front to back is hashed as it
-    fills)."""
-
-    def __init__(self) -> None:
-        self._whole = blake3()
-        self._digests: list[bytes] = []
-
-    def update_block(self, block: bytes | bytearray | memoryview) -> None:
-        self._whole.update(block)
-        self._digests.append(blake3(block).digest())
-
-    def result(self) -> tuple[str, bytes]:
-        return self._whole.hexdigest(), b"".join(self._digests)
-
-
 def verify_block(
     chunk: str, index: int, digests: bytes, data: bytes | bytearray | memoryview
 ) -> None:

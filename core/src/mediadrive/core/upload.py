@@ -368,18 +368,13 @@ class Uploader:
                 await asyncio.sleep(0.05)
         return states
 
-    async def store_piece(
-        self, piece: Piece, token: str, hashed: tuple[str, bytes] | None = None
-    ) -> tuple[Extent, bool]:
+    async def store_piece(self, piece: Piece, token: str) -> tuple[Extent, bool]:
         """Hash, claim (held under ``token``) and, if the drive lacks it, send one chunk
         ahead of the upload that will keep it: a file still being written sends its
         finished chunks this way, and its commit keeps them by reference (``reuse``).
-        ``hashed``: the piece's id and block digests, if already worked out from these
-        very bytes. The hold lasts until released or renewed (:meth:`renew`). Returns
-        the chunk's extent and whether its bytes were sent (False: the drive had it)."""
-        if hashed is None:
-            hashed = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
-        cid, digests = hashed
+        The hold lasts until released or renewed (:meth:`renew`). Returns the chunk's
+        extent and whether its bytes were sent (False: the drive had it)."""
+        cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
         states = await self._claim_many({cid: (len(piece.data), digests)}, token)
         sent = states.get(cid) != "stored"
         if sent:

@@ -166,7 +166,7 @@ class StagedFile:
             self.changed_unknown = True
             self.changed = []
         elif length > 0 and not self.changed_unknown:
-            add_range(self.changed, offset, offset + length)
+            _add_range(self.changed, offset, offset + length)
         if self.on_change is not None:
             self.on_change(self, offset, length)
 
@@ -729,7 +729,7 @@ def _copy(src_fd: int, dest: Path, size: int, ranges: Sequence[tuple[int, int]])
         os.close(out)
 
 
-def add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:
+def _add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:
     """Add ``[start, end)`` to sorted, disjoint ``ranges``, merging what it meets."""
     i = bisect.bisect_left(ranges, (start, start))
     if i > 0 and ranges[i - 1][1] >= start:

@@ -13,13 +13,6 @@ is where a whole pass would cut (a cut depends only on the bytes since the one
 before), so those pieces are sent and the next batch starts at the last cut. The
 commit cuts on from the last kept chunk and finds the same cuts.
 
-A fixed chunk written from its first byte on, front to back (as a copy into the
-mount writes; pages the kernel sends a little out of order wait until the bytes
-before them arrive), is hashed as the writes reach the end of each block, on a
-thread of its own: when its last byte lands its id is known, and only the read and
-the PUT are left. A write behind that front (into a block already hashed), or any
-change without a range, stops this for the chunk, and it is hashed whole when sent.
-
 A chunk sent early is only a guess that the bytes are final. Every change to the
 copy is counted per region (a fixed chunk, or a block under content-defined cuts;
 ``StagedFile.touch``): a write bumps the regions it touches, any other change
@@ -53,18 +46,17 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from mediadrive.core.chunking import Piece, make_chunker
 from mediadrive.core.drive import Drive
-from mediadrive.core.hashing import BLOCK_SIZE, ChunkHasher
+from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
 from mediadrive.core.meta.interface import CHUNK_HOLD
 from mediadrive.core.upload import UploadResult, window
 
-from .staging import StagedFile, add_range
+from .staging import StagedFile
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +74,6 @@ _CDC_PUTS = 8
 _CUT = -1
 _AHEAD = -2
 
-# Separate written ranges past the front of a chunk hashed as written, at most: more,
-# and the chunk is hashed whole when sent.
-_MAX_AHEAD = 64
-
 # (epoch, changes): whether bytes are still the ones read (see _FileState.stamp).
 Stamp = tuple[int, int]
 
@@ -98,43 +86,6 @@ class _Sent:
     # Its bytes travelled (the drive lacked it); counted in the first commit naming it.
     new: bool
     counted: bool = False
-
-
-@dataclass(eq=False)
-class _Running:
-    """A fixed chunk of a copy being written from its first byte on, in order, and
-    hashed as the writes pass its blocks (see module doc)."""
-
-    start: int
-    end: int
-    # The copy's descriptor when the hashing started (its blocks are read from it).
-    fd: int
-    # Every byte before this was written, and none was touched after its block was
-    # handed to the hashing thread.
-    front: int
-    # Blocks before this are handed to the hashing thread, in order.
-    queued: int
-    hasher: ChunkHasher = field(default_factory=ChunkHasher)
-    # Written ranges past the front, not joined to it yet (the kernel's write-back
-    # sends pages a little out of order), sorted and disjoint.
-    ahead: list[tuple[int, int]] = field(default_factory=list)
-    # False once a write went behind the front (or a block could not be read).
-    valid: bool = True
-    last: Future[None] | None = None
-
-
-def _hash_block(running: _Running, offset: int, length: int) -> None:
-    """On the hashing thread: feed one block, read back from the copy."""
-    if not running.valid:
-        return
-    try:
-        data = os.pread(running.fd, length, offset)
-        if len(data) != length:
-            raise OSError(f"short read of {len(data)} bytes at {offset}")
-        running.hasher.update_block(data)
-    except BaseException:
-        running.valid = False
-        raise
 
 
 @dataclass(eq=False)
@@ -157,8 +108,6 @@ class _FileState:
     held: set[str] = field(default_factory=set)
     # Sends after an fsync since the last commit.
     ahead: int = 0
-    # By chunk index: fixed chunks hashed as they are written.
-    running: dict[int, _Running] = field(default_factory=dict)
 
     def regions(self, offset: int, length: int) -> range:
         return range(offset // self.grain, (offset + length - 1) // self.grain + 1)
@@ -196,8 +145,6 @@ class EarlyUploads:
         self._slots = asyncio.Semaphore(_CDC_BATCHES if self.cdc else window(settings))
         self._files: dict[StagedFile, _FileState] = {}
         self._renewer: asyncio.Task[None] | None = None
-        # One thread hashes the chunks being written, a block at a time, in order.
-        self._hashing: ThreadPoolExecutor | None = None
 
     # -- told by the staged copies ------------------------------------------------------
 
@@ -213,9 +160,6 @@ class EarlyUploads:
                 state.sent.clear()
                 state.covered.clear()
                 state.attempts.clear()
-                for running in state.running.values():
-                    running.valid = False
-                state.running.clear()
                 state.cursor = 0
             return
         if length <= 0:
@@ -233,60 +177,9 @@ class EarlyUploads:
         if self.cdc:
             self._cut_later(staged, state)
             return
-        for index in state.regions(offset, length):
-            self._hash_as_written(staged, state, index, offset, end)
         for index in full:
             if index not in state.tasks:
                 self._send_later(staged, state, index)
-
-    def _hash_as_written(
-        self, staged: StagedFile, state: _FileState, index: int, offset: int, end: int
-    ) -> None:
-        """A write covered ``offset``..``end`` of fixed chunk ``index``: hash the
-        blocks of the chunk it completed, if the chunk is written in order."""
-        start = index * self.size
-        lo, hi = max(offset, start), min(end, start + self.size)
-        running = state.running.get(index)
-        if running is None:
-            # The front moves only over bytes written from now on.
-            running = state.running[index] = _Running(
-                start, start + self.size, staged.fd, start, start
-            )
-        if not running.valid:
-            return
-        if lo < running.front or len(running.ahead) >= _MAX_AHEAD:
-            running.valid = False
-            return
-        add_range(running.ahead, lo, hi)
-        while running.ahead and running.ahead[0][0] == running.front:
-            running.front = running.ahead.pop(0)[1]
-        while running.queued < running.end:
-            stop = min(running.queued + BLOCK_SIZE, running.end)
-            if stop > running.front:
-                break
-            running.last = self._hashing_thread().submit(
-                _hash_block, running, running.queued, stop - running.queued
-            )
-            running.queued = stop
-
-    def _hashing_thread(self) -> ThreadPoolExecutor:
-        if self._hashing is None:
-            self._hashing = ThreadPoolExecutor(1, thread_name_prefix="chunk-hash")
-        return self._hashing
-
-    async def _hashed(
-        self, staged: StagedFile, state: _FileState, start: int
-    ) -> tuple[str, bytes] | None:
-        """The id and block digests of the fixed chunk at ``start`` if it was hashed as
-        written and nothing touched it since (its bytes are the ones just read)."""
-        running = state.running.get(start // self.size)
-        if running is None or running.queued != running.end or running.last is None:
-            return None
-        with contextlib.suppress(Exception):
-            await asyncio.wrap_future(running.last)
-        if not running.valid or staged.fd != running.fd:
-            return None
-        return running.hasher.result()
 
     def _state(self, staged: StagedFile) -> _FileState:
         state = self._files.get(staged)
@@ -375,17 +268,12 @@ class EarlyUploads:
         return data, stamp
 
     async def _store(
-        self,
-        staged: StagedFile,
-        state: _FileState,
-        piece: Piece,
-        stamp: Stamp,
-        hashed: tuple[str, bytes] | None = None,
+        self, staged: StagedFile, state: _FileState, piece: Piece, stamp: Stamp
     ) -> str | None:
         """Send one chunk read under ``stamp``; recorded if its bytes still hold.
         Returns its id once stored."""
         try:
-            extent, new = await self.drive.uploader.store_piece(piece, state.token, hashed)
+            extent, new = await self.drive.uploader.store_piece(piece, state.token)
         except Exception as exc:  # the commit sends it instead
             log.info("early upload of %s at %d failed: %s", staged.path, piece.offset, exc)
             return None
@@ -401,8 +289,7 @@ class EarlyUploads:
             if read is None:
                 return
             data, stamp = read
-            hashed = await self._hashed(staged, state, start)
-            await self._store(staged, state, Piece(start, data), stamp, hashed)
+            await self._store(staged, state, Piece(start, data), stamp)
 
     # -- content-defined chunks ---------------------------------------------------------
 
@@ -534,5 +421,3 @@ class EarlyUploads:
             self._files.pop(staged, None)
         if self._renewer is not None:
             self._renewer.cancel()
-        if self._hashing is not None:
-            self._hashing.shutdown(wait=False, cancel_futures=True)
