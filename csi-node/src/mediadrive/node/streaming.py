@@ -218,20 +218,14 @@ class EarlyUploads:
     async def _send_stretches(
         self, staged: StagedFile, state: _FileState, stretches: Sequence[tuple[int, int]]
     ) -> None:
-        async def send(start: int, length: int) -> None:
-            async with self._slots:
-                read = await self._read(staged, state, start, length)
-                if read is not None:
-                    await self._store(staged, state, Piece(start, read[0]), read[1])
-
-        await asyncio.gather(*(send(start, length) for start, length in stretches))
+        await asyncio.gather(*(self._send(staged, state, s, n) for s, n in stretches))
 
     def _send_later(self, staged: StagedFile, state: _FileState, index: int) -> None:
         attempts = state.attempts.get(index, 0)
         if attempts >= _ATTEMPTS:
             return
         state.attempts[index] = attempts + 1
-        self._track(state, index, self._send(staged, state, index * self.size))
+        self._track(state, index, self._send(staged, state, index * self.size, self.size))
 
     def _track(
         self,
@@ -283,9 +277,10 @@ class EarlyUploads:
             state.sent[extent.offset] = sent
         return extent.chunk_id
 
-    async def _send(self, staged: StagedFile, state: _FileState, start: int) -> None:
+    async def _send(self, staged: StagedFile, state: _FileState, start: int, length: int) -> None:
+        """Send ``length`` bytes of the copy at ``start`` as one chunk."""
         async with self._slots:
-            read = await self._read(staged, state, start, self.size)
+            read = await self._read(staged, state, start, length)
             if read is None:
                 return
             data, stamp = read

@@ -256,8 +256,7 @@ class Writeback:
                 break
         gen = staged.gen
         node_id = staged.node_id
-        kept_extents = {offset: extent for offset, (extent, _) in reuse.items()}
-        kept_extents.update(_disjoint(self.early.ready(staged), kept_extents))
+        kept_extents = self._kept(staged, reuse)
         if staged.writers == 0 and staged.copying is None:
             return await self._commit_in_place(staged, gen, kept_extents, message)
         skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
@@ -306,10 +305,18 @@ class Writeback:
             return
         if not self.early.may_send_ahead(staged):
             return
-        kept = {offset: extent for offset, (extent, _) in self._reusable(staged).items()}
-        kept.update(_disjoint(self.early.ready(staged), kept))
+        kept = self._kept(staged, self._reusable(staged))
         step = self.drive.settings.chunk_size
         self.early.send_ahead(staged, fixed_stretches(kept, staged.size(), step))
+
+    def _kept(
+        self, staged: StagedFile, reuse: dict[int, tuple[Extent, list[int]]]
+    ) -> dict[int, Extent]:
+        """What a commit of ``staged`` keeps by reference, by offset: the untouched base
+        bytes ``reuse`` names, and the chunks sent early that overlap none of them."""
+        kept = {offset: extent for offset, (extent, _) in reuse.items()}
+        kept.update(_disjoint(self.early.ready(staged), kept))
+        return kept
 
     def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, list[int]]]:
         """Base bytes the copy has not touched, which the commit keeps as they are
