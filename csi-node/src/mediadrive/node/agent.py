@@ -42,6 +42,7 @@ from .api import start_api
 from .assembly import Cleanup, MountParts, open_parts, release
 from .client import MountError
 from .fs import DriveFS, FuseKernel
+from .heap import keep_freed_buffers
 from .options import MountOptions
 from .reading import KERNEL_READ_AHEAD
 from .registry import MountEntry, MountRegistry
@@ -289,9 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-fd", type=int, default=None)
     parser.add_argument("--log", type=Path, default=None)
     args = parser.parse_args(argv)
+    # Before any thread starts: the arena setting applies to arenas made later.
+    heap = keep_freed_buffers()
     text = sys.stdin.read() if args.options == "-" else args.options
     options = MountOptions.model_validate(json.loads(text))
     _setup_logging(args.log, options)
+    log.info("malloc settings", extra={"malloc": heap})
     # `kill -USR1 PID` writes every thread's stack to the log: how to see where it hangs.
     dump = (
         open(args.log, "a", opener=private.opener)  # noqa: SIM115

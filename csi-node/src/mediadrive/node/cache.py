@@ -58,8 +58,9 @@ BlockKey = tuple[str, int]
 MAX_RUN_BLOCKS = 8
 
 # Recently used blocks also stay in memory: a sequential reader asks for the same
-# block several times when the kernel splits its requests.
-_MEMORY_BYTES = 64 << 20
+# block several times when the kernel splits its requests. A few runs of blocks are
+# enough for that; more would only hold pages a fresh agent must fault in (see heap.py).
+_MEMORY_BYTES = 16 << 20
 _INDEX_FLUSH_SECONDS = 5.0
 # Checked blocks kept open for small reads.
 _OPEN_BLOCKS = 256
