@@ -98,6 +98,26 @@ def pieces(
         return
     step = settings.chunk_size if settings.chunking == "fixed" else 0
     size = os.fstat(source.fileno()).st_size
+    for part in layout(reuse, size, step):
+        if isinstance(part, Extent):
+            yield part
+            continue
+        position, length = part
+        source.seek(position)
+        region = _Region(source, length)
+        for piece in chunker.split(cast(BinaryIO, region)):
+            yield Piece(position + piece.offset, piece.data)
+        if region.left:
+            raise OSError(
+                f"short read at {position + length - region.left} of a {size}-byte snapshot"
+            )
+
+
+def layout(reuse: Mapping[int, Extent], size: int, step: int) -> Iterator[tuple[int, int] | Extent]:
+    """How :func:`pieces` goes through a file ``size`` bytes long: the ``reuse``
+    extents in order, and between them the regions it reads and cuts, (offset, length),
+    each split on the chunk boundaries when chunks are fixed (``step``, their size;
+    0 for content-defined chunks)."""
     position = 0
     for start in [*sorted(o for o in reuse if o < size), size]:
         if start < position:
@@ -105,12 +125,7 @@ def pieces(
         while position < start:
             # Fixed chunks: up to the next chunk boundary; content-defined: the region.
             stop = min(start, (position // step + 1) * step) if step else start
-            source.seek(position)
-            region = _Region(source, stop - position)
-            for piece in chunker.split(cast(BinaryIO, region)):
-                yield Piece(position + piece.offset, piece.data)
-            if region.left:
-                raise OSError(f"short read at {stop - region.left} of a {size}-byte snapshot")
+            yield position, stop - position
             position = stop
         if start < size:
             kept = reuse[start]

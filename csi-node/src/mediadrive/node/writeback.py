@@ -28,6 +28,7 @@ from mediadrive.core.errors import (
 )
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import CommitOutcome, Extent
+from mediadrive.core.upload import layout
 
 from .cache import BlockCache
 from .options import CommitOn, MountOptions
@@ -628,18 +629,8 @@ def fixed_reusable(
 
 def fixed_stretches(kept: dict[int, Extent], size: int, step: int) -> list[tuple[int, int]]:
     """The pieces, (offset, length), that an upload of a fixed-chunk file ``size`` bytes
-    long cuts around the ``kept`` extents (see ``upload.pieces``): every stretch between
-    them, split on the chunk boundaries."""
-    out = []
-    position = 0
-    for start in [*sorted(o for o in kept if o < size), size]:
-        while position < start:
-            stop = min(start, (position // step + 1) * step)
-            out.append((position, stop - position))
-            position = stop
-        if start < size:
-            position = start + kept[start].length
-    return out
+    long cuts around the ``kept`` extents: what ``upload.layout`` reads between them."""
+    return [part for part in layout(kept, size, step) if not isinstance(part, Extent)]
 
 
 def _extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]]) -> int:
