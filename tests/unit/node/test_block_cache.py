@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mediadrive.node.cache import BlockCache
+from mediadrive.node.cache import MAX_RUN_BLOCKS, BlockCache
 
 
 def block(chunk: str, index: int, size: int = 100) -> bytes:
@@ -171,16 +171,17 @@ async def test_a_fill_fetches_runs_within_the_bound_and_stops_when_told(
     # Blocks of the fake store are small: count the bound in them.
     monkeypatch.setattr("mediadrive.node.cache.BLOCK_SIZE", 100)
     store = Store()
-    cache = open_cache(tmp_path, store, capacity=1000)
+    run = MAX_RUN_BLOCKS
+    cache = open_cache(tmp_path, store, capacity=(run + 2) * 100)
     cache.set_pinned({"pinned"})
     await cache.get("pinned", 0)
     await landed(cache)
-    await cache.fill([("c1", i) for i in range(20)], parallel=2)
+    await cache.fill([("c1", i) for i in range(2 * run + 4)], parallel=2)
     await landed(cache)
-    # 1,000 bytes, 100 of them pinned: room for 9 blocks, fetched as runs of up to 8.
-    assert store.runs == [("pinned", 0, 1), ("c1", 0, 8), ("c1", 8, 1)]
-    assert [cache.has("c1", i) for i in range(10)] == [True] * 9 + [False]
-    assert cache.total == 1000
+    # One block pinned: room for a run and one more block.
+    assert store.runs == [("pinned", 0, 1), ("c1", 0, run), ("c1", run, 1)]
+    assert [cache.has("c1", i) for i in range(run + 2)] == [True] * (run + 1) + [False]
+    assert cache.total == (run + 2) * 100
 
     store = Store()
     cache = open_cache(tmp_path / "other", store, capacity=1 << 20)
@@ -191,9 +192,9 @@ async def test_a_fill_fetches_runs_within_the_bound_and_stops_when_told(
         asked += 1
         return asked <= 2
 
-    await cache.fill([("c2", i) for i in range(40)], parallel=1, keep_going=keep_going)
+    await cache.fill([("c2", i) for i in range(5 * run)], parallel=1, keep_going=keep_going)
     await landed(cache)
-    assert store.runs == [("c2", 0, 8), ("c2", 8, 8)]
+    assert store.runs == [("c2", 0, run), ("c2", run, run)]
     await cache.close()
 
 

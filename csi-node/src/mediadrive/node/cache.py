@@ -54,8 +54,9 @@ Check = Callable[[str, int, bytes], Awaitable[bool]]
 BlockKey = tuple[str, int]
 
 # Consecutive missing blocks of one chunk asked for together go out as one ranged
-# request of at most this many blocks (several such requests run side by side).
-MAX_RUN_BLOCKS = 8
+# request of at most this many blocks (several such requests run side by side). Each
+# request costs the agent CPU of its own (a cold read took 6% less with 16 than 8).
+MAX_RUN_BLOCKS = 16
 
 # Recently used blocks also stay in memory: a sequential reader asks for the same
 # block several times when the kernel splits its requests. A few runs of blocks are

@@ -1,7 +1,7 @@
 """How the agent's process allocates its large buffers.
 
 The agent moves large buffers all the time: a cold read receives each run of blocks
-(up to 8 MiB) into a new one, an upload reads each 64 MiB chunk into another. glibc's
+(up to 16 MiB) into a new one, an upload reads each 64 MiB chunk into another. glibc's
 malloc serves allocations that large with a fresh ``mmap`` and unmaps it when freed,
 so every page of every buffer is faulted in and zeroed again: measured, about a sixth
 of the agent's CPU during a cold read, and a third of it while writing. Served from
