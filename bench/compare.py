@@ -223,6 +223,32 @@ def touch(base: Path, name: str) -> None:
     os.close(os.open(base / name, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
+# Before each tool's turn: CPUs this idle over one window, or the longest wait.
+SETTLE_IDLE = 0.8
+SETTLE_WINDOW = 0.2
+SETTLE_LIMIT = 5.0
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """All CPUs' ticks so far, and the idle ones among them (idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
+def settle() -> float:
+    """Wait until the machine is quiet (up to ``SETTLE_LIMIT`` s): what the last
+    turn left running (MinIO removing what a tool deleted, a peer's background
+    uploads) is not timed as the next one's. Returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < SETTLE_LIMIT:
+        total, idle = _cpu_ticks()
+        time.sleep(SETTLE_WINDOW)
+        total2, idle2 = _cpu_ticks()
+        if total2 == total or (idle2 - idle) / (total2 - total) >= SETTLE_IDLE:
+            break
+    return time.monotonic() - start
+
+
 def read_all(path: Path) -> int:
     total = 0
     buf = bytearray(4 * MiB)
@@ -287,6 +313,8 @@ class Bench:
         self.target = target
         self.runs: list[dict[str, Any]] = []
         self.started = time.perf_counter()
+        # Seconds spent waiting for a quiet machine before turns (see settle).
+        self.settled = 0.0
         self.metrics = {m.key: m for m in metrics(sizes)}
         self.data_tools: list[Tool] = []
         self.dedup_tools: list[Tool] = []
@@ -318,6 +346,7 @@ class Bench:
         if tool is not None and tool.broken:
             self.fail(name, rep, keys, tool.broken)
             return
+        self.settled += settle()
         try:
             with time_limit(TIMEOUT):
                 values = fn()
@@ -925,7 +954,11 @@ def main() -> int:
                 "cache": {t.name: t.cache_note for t in bench.all_tools},
                 "metrics": {k: asdict(m) for k, m in bench.metrics.items()},
                 "runs": bench.runs,
-                "timing": {"setup_s": setup_s, "total_s": time.perf_counter() - started},
+                "timing": {
+                    "setup_s": setup_s,
+                    "total_s": time.perf_counter() - started,
+                    "settle_s": bench.settled,
+                },
             }
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")

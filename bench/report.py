@@ -126,12 +126,15 @@ def markdown(results: dict[str, Any]) -> str:
     rows = rows_of(results)
     s = results["settings"]
     m = results["machine"]
+    settle_s = results["timing"].get("settle_s")
+    settled = "" if settle_s is None else f", waits for a quiet machine {settle_s:.0f} s"
     out: list[str] = ["# mediadrive against JuiceFS, rclone and s3fs", ""]
     out += [
         "Written by `bench/compare.py` (`make bench`"
         + (" QUICK=1" if s["quick"] else "")
         + "); the figures are from one run on the machine below. Tools ran one after "
-        "the other within each repetition (their order rotating), against one MinIO "
+        "the other within each repetition (their order rotating; each turn starts once "
+        "the CPUs are 80% idle, or after 5 s), against one MinIO "
         "on loopback, each in its own bucket, with the same data and cache budget. "
         "MB = 10^6 bytes, MiB = 2^20 bytes. Medians of "
         f"{s['reps']} repetitions; the spread is min to max. `vs best peer` and "
@@ -155,7 +158,7 @@ def markdown(results: dict[str, Any]) -> str:
         + "; ".join(f"{k}: {v}" for k, v in results["cache"].items() if v)
         + ")",
         f"- run time: {results['timing']['total_s'] / 60:.1f} min "
-        f"(setup {results['timing']['setup_s']:.0f} s)",
+        f"(setup {results['timing']['setup_s']:.0f} s{settled})",
         "",
         "## Summary",
         "",
