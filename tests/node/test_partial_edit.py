@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from functools import partial
 from pathlib import Path
 
 from mediadrive.core.drive import Drive
 
-from .conftest import DriveFactory, Mounts, drive_call, wait_until
+from .conftest import DriveFactory, MountHandle, Mounts, drive_call, wait_until
 
 MiB = 1 << 20
 CHUNK = 16 * MiB
@@ -128,6 +129,40 @@ def test_a_1mib_edit_of_a_file_in_64mib_chunks_sends_the_edit(
     # The same bytes written as another file are stored once.
     result = drive_call(name, lambda d: d.write_file("/copy.mov", io.BytesIO(data)))
     assert (result.bytes_uploaded, result.chunks_new) == (0, 0)
+
+
+def test_repeated_1mib_edits_of_one_64mib_chunk_each_send_the_edit(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """Past 8 pieces the region keeps its long unchanged runs: no save sends the chunk."""
+    big = 64 * MiB
+    name, data = _remote_file(make_drive, big + 5 * MiB, chunk=big)
+    expected = bytearray(data)
+    m = mounts.mount(name)
+    sent = []
+    for k in range(10):
+        before = m.status()["bytes_uploaded"]
+        patch = os.urandom(MiB)
+        offset = k * 6 * MiB + 4321
+        with open(m / "take.mov", "r+b") as f:
+            f.seek(offset)
+            f.write(patch)
+        expected[offset : offset + MiB] = patch
+        wait_until(partial(_committed, m, k + 1))
+        sent.append(m.status()["bytes_uploaded"] - before)
+    assert all(sent_the_edit(n) for n in sent), sent
+    extents = drive_call(name, lambda d: _extents(d, "/take.mov", 11))
+    assert len(extents) > 9 * 2
+    assert drive_call(name, lambda d: _read(d, "/take.mov")) == expected
+    mounts.umount(m)
+    fresh = mounts.mount(name, cache="fresh")
+    assert (fresh / "take.mov").read_bytes() == expected
+    mounts.umount(fresh)
+
+
+def _committed(m: MountHandle, commits: int) -> bool:
+    status = m.status()
+    return bool(status["dirty_files"] == 0 and status["commits"] >= commits)
 
 
 def _stored_bytes(name: str) -> int:

@@ -20,7 +20,12 @@ from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
 from mediadrive.core.upload import pieces
 from mediadrive.node.options import CommitOn
-from mediadrive.node.writeback import MAX_EXTENTS_PER_CHUNK, fixed_reusable, fixed_stretches
+from mediadrive.node.writeback import (
+    LONG_RUN_PARTS,
+    MAX_EXTENTS_PER_CHUNK,
+    fixed_reusable,
+    fixed_stretches,
+)
 
 from .vfs_harness import make_test_vfs
 
@@ -174,43 +179,110 @@ def _run(offset: int, length: int, chunk_offset: int = 0) -> tuple[Extent, list[
 
 def test_fixed_chunks_keep_untouched_runs_as_slices_up_to_a_bound() -> None:
     step = 16 * BLOCK_SIZE
-    size = 2 * step
+    size = 3 * step
+    half = BLOCK_SIZE // 2
     # Region 0: one block touched in the middle: two slices and a new chunk.
     region0 = [_run(0, 5 * BLOCK_SIZE), _run(6 * BLOCK_SIZE, 10 * BLOCK_SIZE, 6 * BLOCK_SIZE)]
-    # Region 1: every other block touched: 8 kept runs and 8 new chunks, too many.
+    # Region 1: every other block touched: 16 extents, too many, but every run is a
+    # sixteenth of the chunk long, so each stays (sending them would not be small).
     region1 = [_run(step + b * BLOCK_SIZE, BLOCK_SIZE, b * BLOCK_SIZE) for b in range(0, 16, 2)]
-    kept = fixed_reusable(region0 + region1, size, step)
-    assert sorted(kept) == [0, 6 * BLOCK_SIZE]
-    # Up to the bound a region keeps its runs.
-    bounded = region1[: MAX_EXTENTS_PER_CHUNK // 2]
+    # Region 2: half blocks touched every other half block: too many short runs
+    # beside new bytes, all let go (the region is sent again as one stretch).
+    region2 = [_run(2 * step + k * BLOCK_SIZE, half, k * BLOCK_SIZE) for k in range(8)]
+    kept = fixed_reusable(region0 + region1 + region2, size, step)
+    assert sorted(kept) == [0, 6 * BLOCK_SIZE] + [e.offset for e, _ in region1]
+    # Up to the bound a region keeps its runs, short or long.
+    bounded = region2[: MAX_EXTENTS_PER_CHUNK // 2]
     assert len(fixed_reusable(bounded, size, step)) == MAX_EXTENTS_PER_CHUNK // 2
     # A run cut by a truncate, or across a chunk boundary, is not kept.
     assert fixed_reusable([_run(0, 5 * BLOCK_SIZE)], 4 * BLOCK_SIZE, step) == {}
     assert fixed_reusable([_run(15 * BLOCK_SIZE, 2 * BLOCK_SIZE)], size, step) == {}
 
 
-async def test_small_edits_that_would_split_a_chunk_too_far_store_it_whole_again(
+def test_a_short_run_between_two_kept_runs_stays() -> None:
+    """Letting go of it would not save an extent: it would become a stretch of its own."""
+    step = 16 * BLOCK_SIZE
+    half = BLOCK_SIZE // 2
+    sandwiched = [
+        _run(0, 4 * BLOCK_SIZE),
+        _run(4 * BLOCK_SIZE, half, 0),
+        _run(4 * BLOCK_SIZE + half, 4 * BLOCK_SIZE - half, 5 * BLOCK_SIZE),
+    ]
+    beside_edits = [_run(k * BLOCK_SIZE, half, k * BLOCK_SIZE) for k in (9, 11, 13, 15)]
+    kept = fixed_reusable(sandwiched + beside_edits, step, step)
+    assert sorted(kept) == [e.offset for e, _ in sandwiched]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 64), min_size=1, max_size=64), st.data())
+def test_a_region_never_holds_more_than_the_bound(lengths: list[int], data: st.DataObject) -> None:
+    """Whatever runs an edit leaves, a region of up to MAX_EXTENTS_PER_CHUNK extents
+    keeps them all; past that it keeps every long run, ends with no more extents than
+    it had and at most 2 * LONG_RUN_PARTS + 1."""
+    unit = BLOCK_SIZE // 16
+    step = 64 * unit
+    runs: list[tuple[Extent, list[int]]] = []
+    position = 0
+    for length in lengths:
+        position += data.draw(st.integers(0, 3), label="gap") * unit
+        if position + length * unit > step:
+            break
+        runs.append(_run(position, length * unit))
+        position += length * unit
+    offered = [e for e, _ in runs]
+    kept = [extent for extent, _ in fixed_reusable(runs, step, step).values()]
+    assert all(extent in offered for extent in kept)
+    before, after = _extents(offered, step), _extents(kept, step)
+    if before <= MAX_EXTENTS_PER_CHUNK:
+        assert kept == offered
+        return
+    assert all(e in kept for e in offered if e.length * LONG_RUN_PARTS >= step)
+    assert after <= min(before, 2 * LONG_RUN_PARTS + 1)
+
+
+def _extents(kept: list[Extent], size: int) -> int:
+    """Extents of a file ``size`` bytes long (one region) keeping ``kept``: those and
+    one new chunk per stretch between them."""
+    count, position = 0, 0
+    for extent in sorted(kept, key=lambda e: e.offset):
+        count += (extent.offset > position) + 1
+        position = extent.offset + extent.length
+    return count + (position < size)
+
+
+async def test_small_edits_past_the_bound_never_send_a_whole_chunk_again(
     tmp_path: Path,
 ) -> None:
     chunk = 16 * BLOCK_SIZE
+    half = BLOCK_SIZE // 2
     data = bytearray(os.urandom(chunk))
     vfs = await make_test_vfs(tmp_path, chunk_size=chunk)
     await vfs.write_file("plate.exr", bytes(data))
     await vfs.parts.writeback.settle()
     drive = vfs.parts.drive
     figures = vfs.parts.writeback.figures
-    extents = []
-    # Edits of blocks 1, 3, 5 leave 3, 5 and 7 extents; block 7 would make 9.
-    for block in (1, 3, 5, 7):
+
+    async def edit(offset: int) -> tuple[int, int]:
         sent = figures.bytes_uploaded
-        data[block * BLOCK_SIZE : block * BLOCK_SIZE + 4] = b"edit"
-        await vfs.write_at("plate.exr", block * BLOCK_SIZE, b"edit")
+        data[offset : offset + 4] = b"edit"
+        await vfs.write_at("plate.exr", offset, b"edit")
         await vfs.parts.writeback.settle()
-        extents.append(len((await drive.reader("/plate.exr")).extents))
         assert await vfs.read_file("plate.exr") == data
-    assert extents == [3, 5, 7, 1]
-    # The last commit fetched the untouched blocks and sent the chunk whole.
-    assert figures.bytes_uploaded - sent == chunk
+        extents = len((await drive.reader("/plate.exr")).extents)
+        return extents, figures.bytes_uploaded - sent
+
+    # Edits two blocks apart leave long runs between them: past 8 extents the
+    # slices stay, and each commit sends only what it changed.
+    spaced = [await edit(b * BLOCK_SIZE) for b in (1, 3, 5, 7, 9)]
+    assert [extents for extents, _ in spaced] == [3, 5, 7, 9, 11]
+    assert all(sent < BLOCK_SIZE for _, sent in spaced)
+    # Edits half a block apart at the end leave short runs beside new bytes: past
+    # the bound they are sent again with the edit, fewer extents than one more
+    # slice and stretch per edit, still far from the whole chunk.
+    before, _ = await edit(12 * BLOCK_SIZE)
+    crowded = [await edit(12 * BLOCK_SIZE + k * half) for k in (1, 2, 3)]
+    assert crowded[-1][0] < before + 2 * len(crowded)
+    assert all(sent <= 2 * BLOCK_SIZE for _, sent in crowded)
     await vfs.close()
     check = await make_test_vfs(tmp_path, cache="check", chunk_size=chunk)
     assert await check.read_file("plate.exr") == data

@@ -591,9 +591,12 @@ class Writeback:
                     self._error(f"{staged.path}: {exc}; the local copy is kept")
 
 
-# A chunk-sized region of a file in a fixed-chunk drive holds at most this many
-# extents: an edit that would leave more stores the region as one whole chunk again.
+# A chunk-sized region of a file in a fixed-chunk drive keeps every run of unchanged
+# base bytes as a slice while it holds at most this many extents; past that, only
+# runs of at least 1/LONG_RUN_PARTS of a chunk, so a region holds at most
+# 2 * LONG_RUN_PARTS + 1 extents.
 MAX_EXTENTS_PER_CHUNK = 8
+LONG_RUN_PARTS = 16
 
 
 def fixed_reusable(
@@ -605,8 +608,11 @@ def fixed_reusable(
     The commit cuts everything else on the chunk boundaries (every ``step`` bytes),
     so each region between two boundaries holds its kept runs plus one new chunk per
     stretch between them. A region that would hold more than MAX_EXTENTS_PER_CHUNK
-    extents keeps nothing: its unfetched blocks are fetched and it becomes one whole
-    chunk again, which bounds how fragmented repeated small edits leave a file.
+    extents lets go of its short runs (under a sixteenth of a chunk) that border a
+    stretch: they are sent again as part of it, one extent instead of two. Should it
+    still hold more than 2 * LONG_RUN_PARTS + 1, it keeps only its long runs. That
+    bounds how fragmented repeated small edits leave a file without ever sending a
+    whole chunk again for a small edit: long runs are never sent again.
     """
     by_region: dict[int, list[tuple[Extent, list[int]]]] = {}
     for extent, positions in runs:
@@ -618,10 +624,9 @@ def fixed_reusable(
         by_region.setdefault(region, []).append((extent, positions))
     out: dict[int, tuple[Extent, list[int]]] = {}
     for region, kept in by_region.items():
-        if _extents_in_region(region * step, min((region + 1) * step, size), kept) > (
-            MAX_EXTENTS_PER_CHUNK
-        ):
-            continue
+        start, end = region * step, min((region + 1) * step, size)
+        if _extents_in_region(start, end, kept) > MAX_EXTENTS_PER_CHUNK:
+            kept = _merge_short_runs(start, end, kept, step)
         for extent, positions in kept:
             out[extent.offset] = (extent, positions)
     return out
@@ -631,6 +636,32 @@ def fixed_stretches(kept: dict[int, Extent], size: int, step: int) -> list[tuple
     """The pieces, (offset, length), that an upload of a fixed-chunk file ``size`` bytes
     long cuts around the ``kept`` extents: what ``upload.layout`` reads between them."""
     return [part for part in layout(kept, size, step) if not isinstance(part, Extent)]
+
+
+def _merge_short_runs(
+    start: int, end: int, kept: list[tuple[Extent, list[int]]], step: int
+) -> list[tuple[Extent, list[int]]]:
+    """The runs of a region with too many extents that it still keeps (see
+    :func:`fixed_reusable`)."""
+
+    def short(extent: Extent) -> bool:
+        return extent.length * LONG_RUN_PARTS < step
+
+    runs = sorted(kept, key=lambda run: run[0].offset)
+    merged = True
+    while merged:
+        merged = False
+        for i, (extent, _) in enumerate(runs):
+            before = runs[i - 1][0].offset + runs[i - 1][0].length if i else start
+            after = runs[i + 1][0].offset if i + 1 < len(runs) else end
+            # A short run between two kept ones is an extent either way: it stays.
+            if short(extent) and (extent.offset > before or extent.offset + extent.length < after):
+                del runs[i]
+                merged = True
+                break
+    if _extents_in_region(start, end, runs) > 2 * LONG_RUN_PARTS + 1:
+        runs = [run for run in runs if not short(run[0])]
+    return runs
 
 
 def _extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]]) -> int:
