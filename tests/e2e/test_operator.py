@@ -28,7 +28,7 @@ from mediadrive.core.blob import BlobStore, open_store
 from mediadrive.core.blob.holding import HoldingStore
 from mediadrive.core.blob.s3 import S3BlobStore, S3Location
 from mediadrive.core.config import DriveSettings
-from mediadrive.core.errors import DriveNotFound
+from mediadrive.core.errors import DriveNotFound, StoreUnavailable
 from mediadrive.core.hashing import chunk_id
 from mediadrive.core.meta import connect
 from tests.e2e.cluster import REPO_ROOT, Cluster, ClusterError, helm, wait_for
@@ -232,6 +232,23 @@ def chunks(label: str, count: int) -> dict[str, bytes]:
     return {chunk_id(blob): blob for blob in blobs}
 
 
+def wait_service(cluster: Cluster, region: Region, timeout: float = 60) -> None:
+    """The storage pods' Service answers: kube-proxy routes its address a moment after
+    the pods are ready (longer on a busy machine)."""
+
+    async def answers() -> bool:
+        store = pod_store(cluster, region)
+        try:
+            await store.check()
+        except StoreUnavailable:
+            return False
+        finally:
+            await store.close()
+        return True
+
+    wait_for("the storage pods' Service answers", lambda: bool(run(answers())), timeout)
+
+
 async def put_all(cluster: Cluster, region: Region, blobs: dict[str, bytes]) -> None:
     store = pod_store(cluster, region)
     try:
@@ -312,6 +329,7 @@ def test_host_client_writes_and_reads_held_chunks_through_the_service(
     cluster: Cluster, region: Region
 ) -> None:
     blobs = chunks("first", 8)
+    wait_service(cluster, region)
     run(put_all(cluster, region, blobs))
     got, holding = run(read_all(cluster, region, list(blobs)))
     assert got == blobs
