@@ -611,8 +611,8 @@ def fixed_reusable(
     extents lets go of its short runs (under a sixteenth of a chunk) that border a
     stretch: they are sent again as part of it, one extent instead of two. Should it
     still hold more than 2 * LONG_RUN_PARTS + 1, it keeps only its long runs. That
-    bounds how fragmented repeated small edits leave a file without ever sending a
-    whole chunk again for a small edit: long runs are never sent again.
+    bounds how fragmented repeated small edits leave a file, and a long run is never
+    sent again to do it.
     """
     by_region: dict[int, list[tuple[Extent, list[int]]]] = {}
     for extent, positions in runs:
