@@ -23,6 +23,7 @@ from mediadrive.node.options import CommitOn
 from mediadrive.node.writeback import (
     LONG_RUN_PARTS,
     MAX_EXTENTS_PER_CHUNK,
+    extents_in_region,
     fixed_reusable,
     fixed_stretches,
 )
@@ -230,24 +231,15 @@ def test_a_region_never_holds_more_than_the_bound(lengths: list[int], data: st.D
         runs.append(_run(position, length * unit))
         position += length * unit
     offered = [e for e, _ in runs]
-    kept = [extent for extent, _ in fixed_reusable(runs, step, step).values()]
+    chosen = sorted(fixed_reusable(runs, step, step).values(), key=lambda run: run[0].offset)
+    kept = [extent for extent, _ in chosen]
     assert all(extent in offered for extent in kept)
-    before, after = _extents(offered, step), _extents(kept, step)
+    before, after = extents_in_region(0, step, runs), extents_in_region(0, step, chosen)
     if before <= MAX_EXTENTS_PER_CHUNK:
         assert kept == offered
         return
     assert all(e in kept for e in offered if e.length * LONG_RUN_PARTS >= step)
     assert after <= min(before, 2 * LONG_RUN_PARTS + 1)
-
-
-def _extents(kept: list[Extent], size: int) -> int:
-    """Extents of a file ``size`` bytes long (one region) keeping ``kept``: those and
-    one new chunk per stretch between them."""
-    count, position = 0, 0
-    for extent in sorted(kept, key=lambda e: e.offset):
-        count += (extent.offset > position) + 1
-        position = extent.offset + extent.length
-    return count + (position < size)
 
 
 async def test_small_edits_past_the_bound_never_send_a_whole_chunk_again(

@@ -625,7 +625,7 @@ def fixed_reusable(
     out: dict[int, tuple[Extent, list[int]]] = {}
     for region, kept in by_region.items():
         start, end = region * step, min((region + 1) * step, size)
-        if _extents_in_region(start, end, kept) > MAX_EXTENTS_PER_CHUNK:
+        if extents_in_region(start, end, kept) > MAX_EXTENTS_PER_CHUNK:
             kept = _merge_short_runs(start, end, kept, step)
         for extent, positions in kept:
             out[extent.offset] = (extent, positions)
@@ -642,29 +642,36 @@ def _merge_short_runs(
     start: int, end: int, kept: list[tuple[Extent, list[int]]], step: int
 ) -> list[tuple[Extent, list[int]]]:
     """The runs of a region with too many extents that it still keeps (see
-    :func:`fixed_reusable`)."""
+    :func:`fixed_reusable`): of each group of touching runs, all but the short ones at
+    an end that new bytes border (a short run between two kept ones is an extent
+    either way)."""
 
-    def short(extent: Extent) -> bool:
-        return extent.length * LONG_RUN_PARTS < step
+    def short(run: tuple[Extent, list[int]]) -> bool:
+        return run[0].length * LONG_RUN_PARTS < step
 
-    runs = sorted(kept, key=lambda run: run[0].offset)
-    merged = True
-    while merged:
-        merged = False
-        for i, (extent, _) in enumerate(runs):
-            before = runs[i - 1][0].offset + runs[i - 1][0].length if i else start
-            after = runs[i + 1][0].offset if i + 1 < len(runs) else end
-            # A short run between two kept ones is an extent either way: it stays.
-            if short(extent) and (extent.offset > before or extent.offset + extent.length < after):
-                del runs[i]
-                merged = True
-                break
-    if _extents_in_region(start, end, runs) > 2 * LONG_RUN_PARTS + 1:
-        runs = [run for run in runs if not short(run[0])]
+    groups: list[list[tuple[Extent, list[int]]]] = []
+    for run in kept:
+        previous = groups[-1][-1][0] if groups else None
+        if previous is not None and previous.offset + previous.length == run[0].offset:
+            groups[-1].append(run)
+        else:
+            groups.append([run])
+    runs: list[tuple[Extent, list[int]]] = []
+    for group in groups:
+        lo, hi = 0, len(group)
+        if group[0][0].offset > start:
+            while lo < hi and short(group[lo]):
+                lo += 1
+        if group[-1][0].offset + group[-1][0].length < end:
+            while hi > lo and short(group[hi - 1]):
+                hi -= 1
+        runs.extend(group[lo:hi])
+    if extents_in_region(start, end, runs) > 2 * LONG_RUN_PARTS + 1:
+        runs = [run for run in runs if not short(run)]
     return runs
 
 
-def _extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]]) -> int:
+def extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]]) -> int:
     """Extents of the region ``start``..``end``: the kept ones and a new chunk for
     each stretch between them."""
     count = 0
