@@ -280,10 +280,12 @@ async def test_a_content_defined_chunk_rewritten_after_it_was_sent_is_cut_again(
 
 
 async def edited_copy(vfs: TestVFS, data: bytearray) -> tuple[int, CountingStore]:
-    """``data`` committed as clip.bin, then the file open for writing with six bytes of
-    its third chunk changed; puts counted from then on."""
+    """``data`` committed as clip.bin and read back (its blocks are at hand, so an edit
+    is merged into whole chunks), then the file open for writing with six bytes of its
+    third chunk changed; puts counted from then on."""
     await vfs.write_file("clip.bin", bytes(data))
     await committed(vfs)
+    assert await vfs.read_file("clip.bin") == bytes(data)
     store = counting(vfs)
     opened = await vfs.vfs.open(await vfs.inode("clip.bin"), os.O_RDWR)
     await vfs.vfs.write(opened.fh, 2 * CHUNK + 10, b"graded")

@@ -33,28 +33,63 @@ from .vfs_harness import make_test_vfs
 CHUNK = 4096
 
 
-async def test_an_edit_uploads_only_the_chunk_it_touched(tmp_path: Path) -> None:
+async def test_an_edit_of_a_remote_file_fetches_nothing_and_sends_what_it_wrote(
+    tmp_path: Path,
+) -> None:
     data = os.urandom(8 * CHUNK + 123)
     first = await make_test_vfs(tmp_path)
     await first.write_file("clip.bin", data)
     await first.parts.writeback.settle()
     assert first.parts.writeback.figures.bytes_uploaded == len(data)
+    base = (await first.parts.drive.reader("/clip.bin", 1)).extents
     await first.close()
 
     # A fresh cache: the staged copy starts from the drive and lacks every block.
     edit = await make_test_vfs(tmp_path, cache="fresh")
-    await edit.write_at("clip.bin", 3 * CHUNK + 10, b"edited")
+    offset = 3 * CHUNK + 10
+    await edit.write_at("clip.bin", offset, b"edited")
     await edit.parts.writeback.settle()
     assert edit.parts.writeback.figures.commits == 1
-    assert edit.parts.writeback.figures.bytes_uploaded == CHUNK
-    # Only the touched chunk was fetched (to merge the edit into it).
-    assert edit.parts.cache.figures.bytes_fetched == CHUNK
+    # The block under the edit never came: its other bytes stay slices of their chunk.
+    assert edit.parts.writeback.figures.bytes_uploaded == 6
+    assert edit.parts.cache.figures.bytes_fetched == 0
+    extents = (await edit.parts.drive.reader("/clip.bin", 2)).extents
+    touched = base[3].chunk_id
+    assert [(e.offset, e.length, e.chunk_offset) for e in extents[3:6]] == [
+        (3 * CHUNK, 10, 0),
+        (offset, 6, 0),
+        (offset + 6, CHUNK - 16, 16),
+    ]
+    assert [e.chunk_id == touched for e in extents[3:6]] == [True, False, True]
+    assert extents[:3] == base[:3] and extents[6:] == base[4:]
     await edit.close()
 
     check = await make_test_vfs(tmp_path, cache="check")
-    expected = data[: 3 * CHUNK + 10] + b"edited" + data[3 * CHUNK + 16 :]
+    expected = data[:offset] + b"edited" + data[offset + 6 :]
     assert await check.read_file("clip.bin") == expected
     await check.close()
+
+
+async def test_an_edit_of_blocks_at_hand_sends_the_chunk_it_touched(tmp_path: Path) -> None:
+    data = os.urandom(8 * CHUNK + 123)
+    first = await make_test_vfs(tmp_path)
+    await first.write_file("clip.bin", data)
+    await first.parts.writeback.settle()
+    await first.close()
+
+    edit = await make_test_vfs(tmp_path, cache="fresh")
+    assert await edit.read_file("clip.bin") == data
+    await edit.write_at("clip.bin", 3 * CHUNK + 10, b"edited")
+    await edit.parts.writeback.settle()
+    # The block was in the cache: the copy took it whole, and the chunk's few unchanged
+    # bytes went again with the edit, as one chunk (the one a fresh upload makes).
+    expected = data[: 3 * CHUNK + 10] + b"edited" + data[3 * CHUNK + 16 :]
+    assert edit.parts.writeback.figures.bytes_uploaded == CHUNK
+    assert edit.parts.cache.figures.bytes_fetched == len(data)
+    extents = (await edit.parts.drive.reader("/clip.bin", 2)).extents
+    assert [e.length for e in extents] == [CHUNK] * 8 + [123]
+    assert await edit.read_file("clip.bin") == expected
+    await edit.close()
 
 
 async def test_reject_keeps_the_local_copy(tmp_path: Path) -> None:
@@ -138,11 +173,10 @@ async def test_an_edit_inside_a_large_chunk_sends_only_the_bytes_it_wrote(
     offset = chunk + BLOCK_SIZE + 10
     await edit.write_at("plate.exr", offset, b"edited")
     await edit.parts.writeback.settle()
-    # The block the edit lands in is fetched (the copy must hold all of it); only the
-    # six bytes are sent, and the rest of their chunk is kept as two slices that start
-    # and end inside that block.
+    # Nothing is fetched; only the six bytes are sent, and the rest of their chunk is
+    # kept as two slices that start and end inside the block the edit landed in.
     assert edit.parts.writeback.figures.bytes_uploaded == 6
-    assert edit.parts.cache.figures.bytes_fetched == BLOCK_SIZE
+    assert edit.parts.cache.figures.bytes_fetched == 0
     drive = edit.parts.drive
     base = (await drive.reader("/plate.exr", 1)).extents
     extents = (await drive.reader("/plate.exr", 2)).extents

@@ -277,6 +277,12 @@ class BlockCache:
     def has(self, chunk: str, index: int) -> bool:
         return (chunk, index) in self._sizes
 
+    def at_hand(self, chunk: str, index: int) -> bool:
+        """Whether the block is here without a fetch: in memory (its file may still be
+        on the way to disk) or on disk."""
+        key = (chunk, index)
+        return key in self._memory or key in self._sizes
+
     def block_path(self, chunk: str, index: int) -> Path | None:
         """Where a cached block's bytes are on disk (None when it is not cached)."""
         key = (chunk, index)

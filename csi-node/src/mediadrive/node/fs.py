@@ -158,6 +158,17 @@ class FuseKernel:
                 log.warning("cannot invalidate %s in %d: %s", name, parent_inode, exc)
 
 
+def direct_io_mmap() -> bool:
+    """Whether a file some handle opened with direct_io can still be mapped shared:
+    Linux 6.6 or later, and the pyfuse3 build that asks for it (the passthrough one)."""
+    release = os.uname().release.split("-")[0].split(".")
+    try:
+        kernel = (int(release[0]), int(release[1]))
+    except (IndexError, ValueError):
+        return False
+    return kernel >= (6, 6) and hasattr(pyfuse3, "session_fd")
+
+
 class DriveFS(pyfuse3.Operations):
     supports_dot_lookup = False
 
@@ -167,6 +178,7 @@ class DriveFS(pyfuse3.Operations):
         # The kernel refuses backing files on a connection with the writeback cache.
         self.enable_writeback_cache = vfs.options.writeback_cache and vfs.views is None
         self.enable_passthrough = vfs.views is not None
+        vfs.direct_edits = self.enable_writeback_cache and direct_io_mmap()
 
     @fuse_errors
     async def lookup(

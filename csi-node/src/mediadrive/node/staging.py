@@ -13,6 +13,12 @@ no longer needs that block from the base (copied in, overwritten whole, or trunc
 away), so a restart knows which blocks the copy still lacks. Editing a megabyte of a
 remote file gigabytes long fetches the blocks around the edit, not the file.
 
+A write that covers part of a block the copy lacks does not wait for that block:
+its bytes go into the copy and its range is noted (``<node>.part``, appended after the
+bytes are in), and whatever later needs the block copies in only the base bytes no
+write replaced. A commit keeps those base bytes as slices of their chunk, so editing a
+remote file fetches nothing at all unless something reads around the edit.
+
 A copy no longer needed (committed and closed) loses its journal entry, and its files
 move into ``trash/`` to be removed in the background; whatever is there at the next
 start is removed then.
@@ -34,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,8 +74,16 @@ MAX_CHANGED_RANGES = 4096
 # A copy's dirty pages start going to disk each time this much more is written into it.
 WRITE_BEHIND = 8 << 20
 
+# A block the copy lacks takes at most this many separate written ranges; a write that
+# would make more waits for the block to be copied in instead.
+MAX_PARTIAL_RANGES = 16
+# One written range of a block the copy lacks, in ``<node>.part``: position, start, end.
+_PART_RECORD = struct.Struct("<qqq")
+
 # Fetches one verified block of a chunk: (chunk id, block index) -> its bytes.
 FetchBlock = Callable[[str, int], Awaitable[bytes]]
+# Whether a block is at hand (in the local cache): (chunk id, block index) -> bool.
+HasBlock = Callable[[str, int], bool]
 # Told of every change to a copy: (copy, offset, length) of a write, or (copy, None,
 # None) for a change that may have touched any byte.
 ChangeListener = Callable[["StagedFile", int | None, int | None], None]
@@ -144,6 +159,12 @@ class StagedFile:
     # of a block the copy holds may have changed. See :meth:`untouched_runs`.
     changed: list[tuple[int, int]] = field(default_factory=list)
     changed_unknown: bool = False
+    # Of the blocks the copy lacks, by position, the byte ranges (start, end; sorted,
+    # disjoint) written into the copy meanwhile: the copy holds those bytes, the base
+    # the rest. Noted in ``part_path`` once written, so a restart knows them too.
+    partial: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    part_path: Path | None = None
+    part_fd: int = -1
     # Bytes written since the copy's writeback was last started (see Staging.wrote).
     unsynced: int = field(default=0, init=False)
     _starts: list[int] = field(default_factory=list, init=False)
@@ -162,6 +183,8 @@ class StagedFile:
         self.dirty = True
         self.rejected = False
         self.mtime_ns = time.time_ns()
+        if self.partial and offset is not None and length:
+            self._note_partial(offset, length)
         if offset is None or length is None or len(self.changed) >= MAX_CHANGED_RANGES:
             self.changed_unknown = True
             self.changed = []
@@ -169,6 +192,23 @@ class StagedFile:
             _add_range(self.changed, offset, offset + length)
         if self.on_change is not None:
             self.on_change(self, offset, length)
+
+    def _note_partial(self, offset: int, length: int) -> None:
+        """Record, after the bytes are in the copy, the written ranges that fell in
+        blocks it lacks (a restart must not copy the base over them)."""
+        records = []
+        for i in self.lacking(offset, length):
+            if i in self.partial:
+                block = self.base[i]
+                records.append(
+                    _PART_RECORD.pack(i, max(offset, block.offset), min(offset + length, block.end))
+                )
+        if not records:
+            return
+        if self.part_fd < 0:
+            assert self.part_path is not None
+            self.part_fd = os.open(self.part_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.write(self.part_fd, b"".join(records))
 
     def journal(self) -> dict[str, object]:
         return {
@@ -197,13 +237,35 @@ class StagedFile:
             i += 1
         return found
 
+    def holds(self, offset: int, size: int) -> bool:
+        """Whether the copy holds every byte of the range (none of it is still to come
+        from the base)."""
+        end = offset + size
+        for i in self.lacking(offset, size):
+            block = self.base[i]
+            if _subtract(self.partial.get(i, []), max(offset, block.offset), min(end, block.end)):
+                return False
+        return True
+
+    def needing(self, covered: Sequence[tuple[int, int]]) -> list[int]:
+        """Positions of the blocks the copy lacks that have bytes neither written into
+        the copy nor in the sorted, disjoint ``covered`` ranges (start, end)."""
+        found = []
+        for i in sorted(self.missing):
+            block = self.base[i]
+            for lo, hi in _subtract(self.partial.get(i, []), block.offset, block.end):
+                if _subtract(list(covered), lo, hi):
+                    found.append(i)
+                    break
+        return found
+
     def untouched_extents(self) -> list[tuple[Extent, list[int]]]:
         """The base's extents whose every block the copy still lacks (so has not
         touched), with the positions of those blocks."""
         return [
             (self._extent(positions), positions)
             for positions in self._extent_groups()
-            if all(p in self.missing for p in positions)
+            if all(p in self.missing and p not in self.partial for p in positions)
         ]
 
     def untouched_runs(self) -> list[tuple[Extent, list[int]]]:
@@ -211,6 +273,7 @@ class StagedFile:
         of the base, as a slice of that extent's chunk, with the positions of the
         blocks it covers. A block the copy still lacks is unchanged whole; of a block
         copied in, the bytes no write changed (none when a change had no range).
+        Of a block the copy lacks but was written into, the bytes no write replaced.
         Runs shorter than ``MIN_SLICE`` that hold no lacking block are left out:
         those bytes are sent again rather than kept as a sliver."""
         out: list[tuple[Extent, list[int]]] = []
@@ -218,7 +281,10 @@ class StagedFile:
             spans: list[tuple[int, int, int]] = []  # (start, end, position)
             for p in positions:
                 block = self.base[p]
-                if p in self.missing:
+                if p in self.partial:
+                    kept = _subtract(self.partial[p], block.offset, block.end)
+                    spans.extend((lo, hi, p) for lo, hi in kept)
+                elif p in self.missing:
                     spans.append((block.offset, block.end, p))
                 elif not self.changed_unknown:
                     spans.extend(
@@ -283,6 +349,7 @@ class StagedFile:
         for i in positions:
             if i in self.missing:
                 self.missing.discard(i)
+                self.partial.pop(i, None)
                 if self.map_fd >= 0:
                     os.pwrite(self.map_fd, b"\x01", i)
 
@@ -341,7 +408,10 @@ class StagedFile:
             # A copy closed meanwhile (committed and dropped, or the mount closing)
             # takes no more bytes: its descriptor may already name another file.
             if i in self.missing and self.fd >= 0:
-                os.pwrite(self.fd, data[block.skip : block.skip + block.length], block.offset)
+                view = memoryview(data)[block.skip : block.skip + block.length]
+                # Around what was written into the copy while it lacked the block.
+                for lo, hi in _subtract(self.partial.get(i, []), block.offset, block.end):
+                    os.pwrite(self.fd, view[lo - block.offset : hi - block.offset], lo)
                 self.settle([i])
         finally:
             self._fills.pop(i, None)
@@ -351,21 +421,66 @@ class StagedFile:
         if task is not None:
             await asyncio.shield(task)
 
-    async def prepare_write(self, offset: int, size: int, fetch: FetchBlock) -> list[int]:
-        """Ready the copy for a write: base blocks it covers in part are copied in; the
-        ones it covers whole are returned, to be settled once the write is done."""
+    async def prepare_write(
+        self, offset: int, size: int, fetch: FetchBlock, local: HasBlock | None = None
+    ) -> list[int]:
+        """Ready the copy for a write: base blocks it covers in part are copied in
+        (given ``local``, the ones it says are not at hand are noted as written in part
+        instead, while they take few ranges); the ones it covers whole are returned, to
+        be settled once the write is done."""
         end = offset + size
         whole: list[int] = []
         part: list[int] = []
         for i in self.lacking(offset, size):
             block = self.base[i]
-            (whole if offset <= block.offset and block.end <= end else part).append(i)
+            if offset <= block.offset and block.end <= end:
+                whole.append(i)
+            elif (
+                local is not None
+                and not local(block.chunk_id, block.index)
+                and self._take_partial(i, max(offset, block.offset), min(end, block.end))
+            ):
+                continue
+            else:
+                part.append(i)
         if part or whole:
             # The (at most two) blocks covered in part are fetched side by side.
             await asyncio.gather(
                 *(self._fill(i, fetch) for i in part), *(self._landed(i) for i in whole)
             )
         return whole
+
+    def _take_partial(self, i: int, start: int, end: int) -> bool:
+        """Note ``start..end`` as written into lacking block ``i``; False (nothing
+        noted) when the block has too many ranges already. A block written whole in
+        parts is settled by the caller's next settle (see :meth:`whole_in_parts`)."""
+        ranges = self.partial.get(i)
+        if ranges is None:
+            ranges = self.partial[i] = []
+        elif len(ranges) >= MAX_PARTIAL_RANGES:
+            return False
+        _add_range(ranges, start, end)
+        return True
+
+    async def fill_local(self, fetch: FetchBlock, local: HasBlock) -> None:
+        """Copy in the blocks written in part whose base ``local`` says is at hand
+        (it came into the cache since): a commit then sends their short unchanged
+        runs with the write rather than keeping them as slivers."""
+        await self.materialize(
+            [i for i in sorted(self.partial) if local(self.base[i].chunk_id, self.base[i].index)],
+            fetch,
+        )
+
+    def whole_in_parts(self, offset: int, size: int) -> list[int]:
+        """Positions of the lacking blocks in the range whose every byte writes have
+        now replaced: settled once the last of those writes is in the copy."""
+        found = []
+        for i in self.lacking(offset, size):
+            ranges = self.partial.get(i)
+            block = self.base[i]
+            if ranges is not None and not _subtract(ranges, block.offset, block.end):
+                found.append(i)
+        return found
 
     async def prepare_truncate(self, size: int, fetch: FetchBlock) -> list[int]:
         """Ready the copy for a truncate to ``size``: the base block it cuts through is
@@ -434,6 +549,7 @@ class Staging:
                 continue
             try:
                 base, missing, map_fd = self._open_base(node_id)
+                partial = self._open_partial(node_id, len(base), missing)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("staging entry %s: bad base list (%s); kept aside", entry_path, exc)
                 os.close(data_fd)
@@ -458,10 +574,12 @@ class Staging:
                 missing=missing,
                 map_fd=map_fd,
                 on_change=self.on_change,
+                partial=partial,
+                part_path=self._part(node_id),
             )
             self.files[node_id] = staged
             recovered.append(staged)
-        for pattern in ("*.data", "*.base", "*.map"):
+        for pattern in ("*.data", "*.base", "*.map", "*.part"):
             for orphan in self.root.glob(pattern):
                 if not orphan.with_suffix(".json").exists():
                     orphan.unlink(missing_ok=True)
@@ -480,6 +598,24 @@ class Staging:
         map_fd = os.open(self._map(node_id), os.O_RDWR)
         settled = os.pread(map_fd, len(base), 0).ljust(len(base), b"\x00")
         return base, {i for i in range(len(base)) if not settled[i]}, map_fd
+
+    def _open_partial(
+        self, node_id: int, blocks: int, missing: set[int]
+    ) -> dict[int, list[tuple[int, int]]]:
+        """The ranges written into blocks a staged copy still lacks."""
+        partial: dict[int, list[tuple[int, int]]] = {}
+        try:
+            raw = self._part(node_id).read_bytes()
+        except FileNotFoundError:
+            return partial
+        # A record cut short by the crash was never acknowledged: its write is not in.
+        whole = len(raw) - len(raw) % _PART_RECORD.size
+        for i, start, end in _PART_RECORD.iter_unpack(raw[:whole]):
+            if not 0 <= i < blocks or start >= end:
+                raise ValueError(f"bad written range {i} {start} {end}")
+            if i in missing:
+                _add_range(partial.setdefault(i, []), start, end)
+        return partial
 
     def close(self) -> None:
         for staged in self.files.values():
@@ -508,6 +644,9 @@ class Staging:
     def _map(self, node_id: int) -> Path:
         return self.root / f"{node_id}.map"
 
+    def _part(self, node_id: int) -> Path:
+        return self.root / f"{node_id}.part"
+
     def get(self, node_id: int) -> StagedFile | None:
         return self.files.get(node_id)
 
@@ -524,6 +663,7 @@ class Staging:
         """A staged copy of ``size`` bytes that lacks every block of ``base`` (none for
         a new file or O_TRUNC); they are copied in as they are needed."""
         fd = os.open(self._data(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._part(node_id).unlink(missing_ok=True)
         map_fd = -1
         try:
             os.ftruncate(fd, size)
@@ -551,6 +691,7 @@ class Staging:
             missing=set(range(len(base))),
             map_fd=map_fd,
             on_change=self.on_change,
+            part_path=self._part(node_id),
         )
         self.files[node_id] = staged
         self.write_journal(staged)
@@ -576,6 +717,8 @@ class Staging:
         os.fdatasync(staged.fd)
         if staged.map_fd >= 0:
             os.fdatasync(staged.map_fd)
+        if staged.part_fd >= 0:
+            os.fdatasync(staged.part_fd)
         self.write_journal(staged, durable=True)
 
     def drop(self, staged: StagedFile) -> None:
@@ -591,6 +734,7 @@ class Staging:
             self._data(staged.node_id),
             self._base(staged.node_id),
             self._map(staged.node_id),
+            self._part(staged.node_id),
         ):
             moved = self._trash / f"{path.name}.{next(self._trashed)}"
             try:
@@ -669,7 +813,7 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 
 
 def _close(staged: StagedFile) -> None:
-    for fd in (staged.fd, staged.map_fd):
+    for fd in (staged.fd, staged.map_fd, staged.part_fd):
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -677,6 +821,7 @@ def _close(staged: StagedFile) -> None:
     # one would land in whatever file was opened next.
     staged.fd = -1
     staged.map_fd = -1
+    staged.part_fd = -1
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

@@ -251,7 +251,7 @@ class EarlyUploads:
         copy closed) while they were read, or are not all in the copy."""
         stamp = state.stamp(start, length)
         fd = staged.fd
-        if fd < 0 or staged.orphan or staged.failed or staged.lacking(start, length):
+        if fd < 0 or staged.orphan or staged.failed or not staged.holds(start, length):
             return None
         try:
             data = await asyncio.to_thread(os.pread, fd, length, start)

@@ -266,6 +266,9 @@ class VFS:
             weakref.WeakValueDictionary()
         )
         self.pages_stored = 0
+        # Handles that edit a file in place skip the page cache (see ``open``); set by
+        # the FUSE layer where the kernel still allows shared mmap of such files.
+        self.direct_edits = False
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -671,7 +674,11 @@ class VFS:
             # way ends before the writer can dirty a page.
             await self._pages_settled(node.id)
             staged.writers += 1
-            return self._open_handle(node, writable, stages=True)
+            # Through the writeback cache, a write that covers a page in part makes the
+            # kernel read that page first: an edit of a remote file would wait for the
+            # blocks around it. A direct handle hands the agent the bytes as written.
+            edit = self.direct_edits and not truncate and node.size > 0
+            return self._open_handle(node, writable, stages=True, direct=edit)
         if self.staging.get(node.id) is None:
             content = await self.content(node)
             if self.views is not None:
@@ -682,7 +689,12 @@ class VFS:
         return self._open_handle(node, writable)
 
     def _open_handle(
-        self, node: Node, writable: bool, backing_id: int = 0, stages: bool = False
+        self,
+        node: Node,
+        writable: bool,
+        backing_id: int = 0,
+        stages: bool = False,
+        direct: bool = False,
     ) -> OpenResult:
         fh = next(self._fh)
         self.handles[fh] = Handle(node.id, writable, passthrough=backing_id > 0, stages=stages)
@@ -705,7 +717,7 @@ class VFS:
         self._kernel_version[node.id] = node.head_version
         # The kernel may still hold an old size of a file changed elsewhere (the writeback
         # cache trusts its own): read around its page cache until it forgets the inode.
-        direct = node.id in self._stale and not writable
+        direct = direct or (node.id in self._stale and not writable)
         return OpenResult(fh, keep_cache=keep and not direct, direct_io=direct)
 
     async def create(
@@ -814,7 +826,11 @@ class VFS:
         if staged is None:
             staged = await self._stage(await self._node(self.tree.inode(handle.node_id)))
         try:
-            whole = await staged.prepare_write(offset, len(data), self.cache.get)
+            # A block the write covers in part is copied in from the cache, not fetched
+            # for it (see staging).
+            whole = await staged.prepare_write(
+                offset, len(data), self.cache.get, local=self.cache.at_hand
+            )
             await staged.held_back()
             written = os.pwrite(staged.fd, data, offset)
             if written < len(data):
@@ -823,7 +839,7 @@ class VFS:
         except OSError as exc:
             self._write_failed(staged, exc)
             raise
-        staged.settle(whole)
+        staged.settle(whole + staged.whole_in_parts(offset, written))
         staged.touch(offset, written)
         self.staging.wrote(staged, written)
         return written

@@ -247,13 +247,14 @@ class Writeback:
         started = time.monotonic()
         # Chunks already on their way are kept by reference, not sent again.
         await self.early.settle(staged)
+        await staged.fill_local(self.cache.get, self.cache.at_hand)
         while True:
             reuse = self._reusable(staged)
-            kept = {i for _, positions in reuse.values() for i in positions}
-            await staged.materialize(sorted(staged.missing - kept), self.cache.get)
+            await staged.materialize(staged.needing(_ranges(reuse)), self.cache.get)
             # Nothing is awaited from this check to the start of the snapshot, so the
             # snapshot is of the copy as checked; writes meanwhile mean checking again.
-            if staged.missing <= kept and self._reusable(staged).keys() == reuse.keys():
+            again = self._reusable(staged)
+            if again.keys() == reuse.keys() and not staged.needing(_ranges(again)):
                 break
         gen = staged.gen
         node_id = staged.node_id
@@ -682,6 +683,11 @@ def extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]]
         count += 1
         position = extent.offset + extent.length
     return count + (1 if position < end else 0)
+
+
+def _ranges(reuse: dict[int, tuple[Extent, list[int]]]) -> list[tuple[int, int]]:
+    """The file ranges (start, end) that reused extents cover, sorted."""
+    return sorted((extent.offset, extent.offset + extent.length) for extent, _ in reuse.values())
 
 
 def _disjoint(extra: dict[int, Extent], kept: dict[int, Extent]) -> dict[int, Extent]:
