@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 
 from .conftest import DriveFactory, Mounts, drive_call, wait_until
@@ -46,3 +47,33 @@ def test_killed_agent_leaves_no_stale_mount_behind_a_remount(
     m = mounts.mount(name, mountpoint=m.path, cache="crash2")
     assert (m / "a.txt").read_text() == "a"
     assert m.status()["recovered_files"] == 0
+
+
+def test_an_unaligned_edit_of_blocks_never_fetched_survives_kill(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """The edit went into blocks the copy had not fetched: a restart must not copy the
+    base over it, and the recovered commit keeps the rest of those blocks."""
+    name = make_drive(chunk_size=4 * MiB)
+    data = os.urandom(9 * MiB + 5)
+    drive_call(name, lambda d: d.write_file("/take.mov", io.BytesIO(data)))
+    m = mounts.mount(name, commit_on="save", cache="crash3")
+    patch = os.urandom(MiB)
+    offset = 5 * MiB + 777
+    fd = os.open(m / "take.mov", os.O_WRONLY)
+    os.pwrite(fd, patch, offset)
+    os.fsync(fd)
+    assert m.status()["bytes_fetched"] == 0
+    m.kill()
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+    expected = data[:offset] + patch + data[offset + MiB :]
+    m = mounts.mount(name, mountpoint=m.path, commit_on="save", cache="crash3")
+    wait_until(lambda: m.status()["dirty_files"] == 0)
+    assert m.status()["recovered_files"] == 1
+    assert drive_call(name, lambda d: d.reader("/take.mov")).info.version == 2
+    assert (m / "take.mov").read_bytes() == expected
+    mounts.umount(m)
+    fresh = mounts.mount(name, cache="fresh")
+    assert (fresh / "take.mov").read_bytes() == expected

@@ -1,10 +1,12 @@
-"""Editing part of a remote file fetches the blocks around the edit, not the file, and
-sends the bytes written, not the blocks they fall in."""
+"""Editing part of a remote file fetches none of it (reading around the edit fetches
+the blocks read, not the file), and sends the bytes written, not the blocks they fall
+in."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import mmap
 import os
 from functools import partial
 from pathlib import Path
@@ -15,8 +17,8 @@ from .conftest import DriveFactory, MountHandle, Mounts, drive_call, wait_until
 
 MiB = 1 << 20
 CHUNK = 16 * MiB
-# The kernel's write-back cache sends whole pages: an unaligned write arrives with
-# the rest of its first and last page (bytes equal to what the file had there).
+# Past the bound on pieces per chunk, the few unchanged bytes beside an edit are sent
+# again with it (see test_repeated_1mib_edits_of_one_64mib_chunk_each_send_the_edit).
 PAGE = 4096
 
 
@@ -272,3 +274,31 @@ def test_editing_a_cdc_file_fetches_the_chunks_around_the_edit_not_the_file(
     assert len(set(before) - set(after)) <= 3
     assert len(set(after) - set(before)) <= 4
     assert (m / "take.mov").read_bytes() == expected
+
+
+def test_an_edit_handle_maps_shared_and_other_handles_see_its_writes(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """An in-place edit skips the page cache; the file still maps shared, and a reader
+    holding the file's pages open sees what the edit wrote."""
+    name, data = _remote_file(make_drive, 3 * MiB + 11)
+    m = mounts.mount(name, commit_on="save")
+    expected = bytearray(data)
+    with open(m / "take.mov", "rb") as reader:
+        assert reader.read() == data  # the old bytes now in the page cache
+        fd = os.open(m / "take.mov", os.O_RDWR)
+        try:
+            os.pwrite(fd, b"edit", MiB + 3)
+            expected[MiB + 3 : MiB + 7] = b"edit"
+            with mmap.mmap(fd, len(data)) as view:
+                assert view[MiB : MiB + 10] == bytes(expected[MiB : MiB + 10])
+                view[2 * MiB : 2 * MiB + 3] = b"map"
+                view.flush()
+            expected[2 * MiB : 2 * MiB + 3] = b"map"
+            assert os.pread(fd, 10, 2 * MiB) == bytes(expected[2 * MiB : 2 * MiB + 10])
+        finally:
+            os.close(fd)
+        reader.seek(0)
+        assert reader.read() == bytes(expected)
+    m.save("/take.mov", "edited in place")
+    assert drive_call(name, lambda d: _read(d, "/take.mov")) == bytes(expected)
