@@ -18,6 +18,7 @@ from mediadrive.core.meta import Extent
 from mediadrive.node import staging as staging_module
 from mediadrive.node.staging import (
     MAX_CHANGED_RANGES,
+    MAX_PARTIAL_RANGES,
     MIN_SLICE,
     WRITE_BEHIND,
     StagedFile,
@@ -407,4 +408,253 @@ async def test_scattered_writes_past_the_range_bound_count_their_blocks_changed(
         (2 * BLOCK_SIZE, BLOCK_SIZE + 100),
         (3 * BLOCK_SIZE + 100, BLOCK_SIZE + 7),
     ]
+    staging.close()
+
+
+# Writes into blocks the copy lacks and whose base is not at hand (see prepare_write's
+# ``local``): noted as written in part, not fetched.
+
+
+def _not_at_hand(chunk: str, index: int) -> bool:
+    return False
+
+
+async def _write_vfs(
+    staged: StagedFile,
+    offset: int,
+    data: bytes,
+    fetch: staging_module.FetchBlock,
+    local: staging_module.HasBlock = _not_at_hand,
+) -> None:
+    """A write made the way vfs.write makes it, told which blocks are at hand."""
+    whole = await staged.prepare_write(offset, len(data), fetch, local=local)
+    await staged.held_back()
+    os.pwrite(staged.fd, data, offset)
+    staged.settle(whole + staged.whole_in_parts(offset, len(data)))
+    staged.touch(offset, len(data))
+
+
+def _expected(writes: list[tuple[int, bytes]]) -> bytes:
+    """BASE's bytes with ``writes`` (offset, bytes) made over them in order."""
+    out = bytearray(base_content())
+    for offset, data in writes:
+        out[offset : offset + len(data)] = data
+    return bytes(out)
+
+
+def _settled_in_map(staged: StagedFile, i: int) -> bool:
+    return os.pread(staged.map_fd, 1, i) == b"\x01"
+
+
+async def test_a_write_into_a_block_not_at_hand_fetches_nothing_and_a_read_keeps_it(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    asked_local: list[tuple[str, int]] = []
+
+    def local(chunk: str, index: int) -> bool:
+        asked_local.append((chunk, index))
+        return False
+
+    at = BLOCK_SIZE + 1000
+    await _write_vfs(staged, at, b"HELLO", fetch, local)
+    # The write did not wait for block 1: nothing fetched, its range noted instead.
+    assert fetch.asked == []
+    assert asked_local == [("a", 1)]
+    assert staged.missing == {0, 1, 2, 3, 4, 5}
+    assert staged.partial == {1: [(at, at + 5)]}
+    await staged.materialize_range(BLOCK_SIZE, BLOCK_SIZE, fetch)
+    await staged.settled()
+    # Block 1 once for the read (and block 2, the read-ahead); the base bytes went in
+    # around the write, not over it.
+    assert fetch.asked == [("a", 1), ("a", 2)]
+    assert 1 not in staged.missing and 1 not in staged.partial
+    assert _settled_in_map(staged, 1)
+    expected = _expected([(at, b"HELLO")])
+    got = os.pread(staged.fd, BLOCK_SIZE, BLOCK_SIZE)
+    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    staging.close()
+
+
+async def test_a_fill_in_flight_when_a_write_lands_keeps_the_written_bytes(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    release = asyncio.Event()
+    fetching = asyncio.Event()
+    asked: list[tuple[str, int]] = []
+
+    async def slow_fetch(chunk: str, index: int) -> bytes:
+        asked.append((chunk, index))
+        if (chunk, index) == ("a", 1):
+            fetching.set()
+        await release.wait()
+        return block_bytes(chunk, index)
+
+    reader = asyncio.ensure_future(staged.materialize_range(BLOCK_SIZE, 10, slow_fetch))
+    await asyncio.wait_for(fetching.wait(), 5)
+    # The fetch of block 1 is under way; a write into it in part does not wait for it.
+    at = BLOCK_SIZE + 5
+    await asyncio.wait_for(_write_vfs(staged, at, b"NEW", slow_fetch), 5)
+    assert 1 in staged.missing
+    release.set()
+    await asyncio.wait_for(reader, 5)
+    await staged.settled()
+    # The block that landed after the write went in around it.
+    assert asked.count(("a", 1)) == 1
+    assert 1 not in staged.missing and 1 not in staged.partial
+    expected = _expected([(at, b"NEW")])
+    got = os.pread(staged.fd, BLOCK_SIZE, BLOCK_SIZE)
+    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    staging.close()
+
+
+async def test_a_restart_keeps_the_bytes_written_into_a_lacking_block(tmp_path: Path) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    at = BLOCK_SIZE + 1000
+    await _write_vfs(staged, at, b"HELLO", fetch)
+    assert (tmp_path / "7.part").stat().st_size > 0
+    # Closed as an unmount or a crash leaves it (the page cache holds the bytes).
+    staging.close()
+
+    again = Staging(tmp_path)
+    [copy] = again.open()
+    assert copy.missing == {0, 1, 2, 3, 4, 5}
+    assert copy.partial == {1: [(at, at + 5)]}
+    await copy.materialize([1], fetch)
+    # Without the record the base block would have gone in over the write.
+    assert fetch.asked == [("a", 1)]
+    expected = _expected([(at, b"HELLO")])
+    got = os.pread(copy.fd, BLOCK_SIZE, BLOCK_SIZE)
+    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    again.close()
+
+
+async def test_a_torn_part_record_and_one_for_a_settled_block_are_ignored(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    first, second = BLOCK_SIZE + 1000, 2 * BLOCK_SIZE + 5
+    await _write_vfs(staged, first, b"HELLO", fetch)
+    await _write_vfs(staged, second, b"WORLD", fetch)
+    # Block 2 copied in since: its record stays in .part, but the map says settled.
+    await staged.materialize([2], fetch)
+    assert _settled_in_map(staged, 2)
+    staging.close()
+    # A crash in the middle of appending a record leaves part of it.
+    with open(tmp_path / "7.part", "ab") as part:
+        part.write(b"\x01\x02\x03\x04\x05")
+
+    again = Staging(tmp_path)
+    [copy] = again.open()
+    assert copy.missing == {0, 1, 3, 4, 5}
+    assert copy.partial == {1: [(first, first + 5)]}
+    await copy.materialize(sorted(copy.missing), fetch)
+    # Block 2 is not fetched again, and neither write was overwritten.
+    assert fetch.asked == [("a", 2), ("a", 0), ("a", 1), ("a", 3), ("b", 0), ("b", 1)]
+    assert os.pread(copy.fd, BASE.size, 0) == _expected([(first, b"HELLO"), (second, b"WORLD")])
+    again.close()
+
+
+async def test_a_write_past_the_partial_range_bound_fetches_the_block(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    # Separate (not touching) one-byte ranges, up to the bound: none is fetched.
+    writes = [(BLOCK_SIZE + 100 * k, bytes([0x30 + k])) for k in range(MAX_PARTIAL_RANGES)]
+    for offset, data in writes:
+        await _write_vfs(staged, offset, data, fetch)
+    assert fetch.asked == []
+    assert len(staged.partial[1]) == MAX_PARTIAL_RANGES
+    # One more range: the block is copied in (around the earlier writes) first.
+    last = (BLOCK_SIZE + 100 * MAX_PARTIAL_RANGES + 50, b"Z" * 10)
+    await _write_vfs(staged, *last, fetch)
+    assert fetch.asked == [("a", 1)]
+    assert 1 not in staged.missing and 1 not in staged.partial
+    assert _settled_in_map(staged, 1)
+    expected = _expected([*writes, last])
+    got = os.pread(staged.fd, BLOCK_SIZE, BLOCK_SIZE)
+    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    staging.close()
+
+
+async def test_writes_covering_a_lacking_block_in_parts_settle_it_without_a_fetch(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    half = BLOCK_SIZE // 2
+    left = (BLOCK_SIZE, b"L" * (half + 10))
+    await _write_vfs(staged, *left, fetch)
+    assert staged.whole_in_parts(BLOCK_SIZE, BLOCK_SIZE) == []
+    assert 1 in staged.missing
+    # The second half (overlapping the first a little), step by step as vfs.write.
+    offset, data = BLOCK_SIZE + half, b"R" * half
+    whole = await staged.prepare_write(offset, len(data), fetch, local=_not_at_hand)
+    assert whole == []
+    os.pwrite(staged.fd, data, offset)
+    assert staged.whole_in_parts(offset, len(data)) == [1]
+    staged.settle(whole + staged.whole_in_parts(offset, len(data)))
+    staged.touch(offset, len(data))
+    assert 1 not in staged.missing and 1 not in staged.partial
+    assert _settled_in_map(staged, 1)
+    # Nothing fetched, and a read of the block has nothing to fetch either.
+    await staged.materialize_range(BLOCK_SIZE, BLOCK_SIZE, fetch)
+    assert fetch.asked == []
+    expected = _expected([left, (offset, data)])
+    got = os.pread(staged.fd, BLOCK_SIZE, BLOCK_SIZE)
+    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    staging.close()
+
+
+async def test_a_block_written_in_part_holds_needs_and_keeps_only_its_base_bytes(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    assert len(staged.untouched_extents()) == 2  # both of BASE's extents, before
+    at = BLOCK_SIZE + 1000
+    await _write_vfs(staged, at, b"x" * 100, fetch)
+    await _write_vfs(staged, at + 200, b"y" * 100, fetch)
+    assert fetch.asked == []
+
+    # holds: the written bytes only; any base byte of a lacking block is still to come.
+    assert staged.holds(at, 100)
+    assert staged.holds(at + 200, 100)
+    assert not staged.holds(at, 101)
+    assert not staged.holds(at - 1, 2)
+    assert not staged.holds(at, 300)  # the gap between the writes
+    assert not staged.holds(0, 10)  # a block nobody wrote
+
+    # needing: block 1 only while some of its base bytes are not covered.
+    gaps = [(BLOCK_SIZE, at), (at + 100, at + 200), (at + 300, 2 * BLOCK_SIZE)]
+    assert staged.needing([]) == [0, 1, 2, 3, 4, 5]
+    assert staged.needing(gaps) == [0, 2, 3, 4, 5]
+    assert staged.needing(gaps[:2]) == [0, 1, 2, 3, 4, 5]
+    assert staged.needing([(0, BASE.size)]) == []
+
+    # The base bytes around the writes are kept as slices, the 100-byte gap too (far
+    # under MIN_SLICE): the copy lacks those bytes, so they cannot be sent again.
+    assert MIN_SLICE > 100
+    runs = [
+        ((e.offset, e.length, e.chunk_id, e.chunk_offset), positions)
+        for e, positions in staged.untouched_runs()
+    ]
+    a_end = 3 * BLOCK_SIZE + 100
+    assert runs == [
+        ((0, at, "a", 0), [0, 1]),
+        ((at + 100, 100, "a", at + 100), [1]),
+        ((at + 300, a_end - (at + 300), "a", at + 300), [1, 2, 3]),
+        ((a_end, BLOCK_SIZE + 7, "b", 0), [4, 5]),
+    ]
+    # The extent holding the written block is no longer untouched; "b" still is.
+    extents = [
+        ((e.offset, e.length, e.chunk_id, e.chunk_offset), positions)
+        for e, positions in staged.untouched_extents()
+    ]
+    assert extents == [((a_end, BLOCK_SIZE + 7, "b", 0), [4, 5])]
     staging.close()
