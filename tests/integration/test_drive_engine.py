@@ -434,6 +434,25 @@ async def test_keeping_a_chunk_the_drive_lost_is_an_error(drive: Drive, tmp_path
     gone = Extent(0, CHUNK, chunk_id(os.urandom(CHUNK)))
     with open(sparse, "rb") as f, pytest.raises(ChunkMissing):
         await drive.upload(f, reuse={0: gone})
+    with pytest.raises(ChunkMissing):
+        await drive.uploader.keep([gone])
+
+
+async def test_a_version_made_only_of_kept_slices_reads_back(drive: Drive) -> None:
+    """``Uploader.keep``: an upload that names stored chunks (here slices of one, in
+    another order) without reading or sending a byte."""
+    data = os.urandom(2 * CHUNK)
+    first = await drive.write_file("/f", io.BytesIO(data))
+    a, b = (await drive.reader("/f")).extents
+    kept = [
+        Extent(0, CHUNK, b.chunk_id),
+        Extent(CHUNK, 10, a.chunk_id, 0),
+        Extent(CHUNK + 10, CHUNK - 10, a.chunk_id, 10),
+    ]
+    upload = await drive.uploader.keep(kept)
+    assert (upload.size, upload.bytes_uploaded, upload.chunks_new) == (2 * CHUNK, 0, 0)
+    outcome = await drive.commit("/f", upload, base_version=first.version)
+    assert await read_all(drive, "/f", outcome.version) == data[CHUNK:] + data[:CHUNK]
 
 
 # -- history of deleted paths -----------------------------------------------------------------

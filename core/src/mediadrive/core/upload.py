@@ -293,6 +293,14 @@ class Uploader:
             renewer.cancel()
         return run.result()
 
+    async def keep(self, extents: Sequence[Extent]) -> UploadResult:
+        """An upload whose every byte is in ``extents`` (in file order, end to end)
+        of chunks already stored: nothing to read or send, only their holds."""
+        run = _Run(None)
+        await self._claim_kept(run, extents)
+        run.extents.extend(extents)
+        return run.result()
+
     async def _claim_kept(self, run: _Run, kept: Iterable[Extent]) -> None:
         """Hold every chunk the upload keeps in one metadata call, before any is met
         in the stream (a small edit's kept extents then cost no claim of their own)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -246,17 +247,21 @@ class Writeback:
     async def _commit_staged(self, staged: StagedFile, message: str) -> CommitReport | None:
         started = time.monotonic()
         # Chunks already on their way are kept by reference, not sent again.
-        await self.early.settle(staged)
         await staged.fill_local(self.cache.get, self.cache.at_hand)
         while True:
             reuse = self._reusable(staged)
             await staged.materialize(staged.needing(_ranges(reuse)), self.cache.get)
-            # Nothing is awaited from this check to the start of the snapshot, so the
-            # snapshot is of the copy as checked; writes meanwhile mean checking again.
             again = self._reusable(staged)
-            if again.keys() == reuse.keys() and not staged.needing(_ranges(again)):
+            if again.keys() != reuse.keys() or staged.needing(_ranges(again)):
+                continue
+            # Worked out while chunks already on their way finish (they are kept by
+            # reference, not sent again); a change meanwhile means working it out again.
+            gen = staged.gen
+            await self.early.settle(staged)
+            # Nothing is awaited from here to the start of the snapshot, so the
+            # snapshot is of the copy as checked.
+            if staged.gen == gen:
                 break
-        gen = staged.gen
         node_id = staged.node_id
         kept_extents = self._kept(staged, reuse)
         if staged.writers == 0 and staged.copying is None:
@@ -478,6 +483,12 @@ class Writeback:
     async def _upload(
         self, snap: Path, reuse: dict[int, Extent], path: str | None = None
     ) -> UploadResult:
+        if self.drive.tiers is None:
+            # Every byte kept (an edit whose new bytes went ahead on its fsync): no
+            # bytes to read, only the chunks to hold.
+            kept = _tiling(reuse, os.stat(snap).st_size)
+            if kept:
+                return self.early.count_in(await self.drive.uploader.keep(kept))
         source = await asyncio.to_thread(open, snap, "rb")
         try:
             # The path lets a temporary file's chunks stay in the storage pods.
@@ -688,6 +699,17 @@ def extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]]
 def _ranges(reuse: dict[int, tuple[Extent, list[int]]]) -> list[tuple[int, int]]:
     """The file ranges (start, end) that reused extents cover, sorted."""
     return sorted((extent.offset, extent.offset + extent.length) for extent, _ in reuse.values())
+
+
+def _tiling(kept: dict[int, Extent], size: int) -> list[Extent] | None:
+    """The ``kept`` extents in file order when they cover ``0..size`` end to end."""
+    extents = [kept[offset] for offset in sorted(kept)]
+    position = 0
+    for extent in extents:
+        if extent.offset != position:
+            return None
+        position += extent.length
+    return extents if position == size else None
 
 
 def _disjoint(extra: dict[int, Extent], kept: dict[int, Extent]) -> dict[int, Extent]:
