@@ -77,6 +77,8 @@ WRITE_BEHIND = 8 << 20
 # A block the copy lacks takes at most this many separate written ranges; a write that
 # would make more waits for the block to be copied in instead.
 MAX_PARTIAL_RANGES = 16
+# Past any file offset (sorts after every (start, end) range that starts at an offset).
+_END = 1 << 63
 # One written range of a block the copy lacks, in ``<node>.part``: position, start, end.
 _PART_RECORD = struct.Struct("<qqq")
 
@@ -250,11 +252,15 @@ class StagedFile:
     def needing(self, covered: Sequence[tuple[int, int]]) -> list[int]:
         """Positions of the blocks the copy lacks that have bytes neither written into
         the copy nor in the sorted, disjoint ``covered`` ranges (start, end)."""
+        ranges = list(covered)
         found = []
         for i in sorted(self.missing):
             block = self.base[i]
+            j = bisect.bisect_right(ranges, (block.offset, _END)) - 1
+            if j >= 0 and ranges[j][0] <= block.offset and block.end <= ranges[j][1]:
+                continue  # inside one covered range, as most untouched blocks are
             for lo, hi in _subtract(self.partial.get(i, []), block.offset, block.end):
-                if _subtract(list(covered), lo, hi):
+                if _subtract(ranges, lo, hi):
                     found.append(i)
                     break
         return found

@@ -145,6 +145,8 @@ class EarlyUploads:
         self._slots = asyncio.Semaphore(_CDC_BATCHES if self.cdc else window(settings))
         self._files: dict[StagedFile, _FileState] = {}
         self._renewer: asyncio.Task[None] | None = None
+        # Holds being ended after commits (nobody waits for them; close does).
+        self._releases: set[asyncio.Task[None]] = set()
 
     # -- told by the staged copies ------------------------------------------------------
 
@@ -386,8 +388,14 @@ class EarlyUploads:
         spent = sorted(state.held - keep)
         state.held &= keep
         if spent:
-            with contextlib.suppress(Exception):
-                await self.drive.uploader.release(spent, state.token)
+            # Off the commit's path: a hold left behind only delays GC until it lapses.
+            task = asyncio.get_running_loop().create_task(self._release(spent, state.token))
+            self._releases.add(task)
+            task.add_done_callback(self._releases.discard)
+
+    async def _release(self, chunk_ids: list[str], token: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.drive.uploader.release(chunk_ids, token)
 
     # -- holds ---------------------------------------------------------------------------
 
@@ -407,6 +415,7 @@ class EarlyUploads:
                     await self.drive.uploader.renew(sorted(state.held), state.token)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._releases)
         for staged, state in list(self._files.items()):
             for task in state.tasks.values():
                 task.cancel()
