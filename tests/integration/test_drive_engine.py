@@ -435,7 +435,7 @@ async def test_keeping_a_chunk_the_drive_lost_is_an_error(drive: Drive, tmp_path
     with open(sparse, "rb") as f, pytest.raises(ChunkMissing):
         await drive.upload(f, reuse={0: gone})
     with pytest.raises(ChunkMissing):
-        await drive.uploader.keep([gone])
+        await drive.commit("/lost", drive.uploader.keep([gone]), base_version=None)
 
 
 async def test_a_version_made_only_of_kept_slices_reads_back(drive: Drive) -> None:
@@ -449,7 +449,7 @@ async def test_a_version_made_only_of_kept_slices_reads_back(drive: Drive) -> No
         Extent(CHUNK, 10, a.chunk_id, 0),
         Extent(CHUNK + 10, CHUNK - 10, a.chunk_id, 10),
     ]
-    upload = await drive.uploader.keep(kept)
+    upload = drive.uploader.keep(kept)
     assert (upload.size, upload.bytes_uploaded, upload.chunks_new) == (2 * CHUNK, 0, 0)
     outcome = await drive.commit("/f", upload, base_version=first.version)
     assert await read_all(drive, "/f", outcome.version) == data[CHUNK:] + data[:CHUNK]

@@ -293,11 +293,13 @@ class Uploader:
             renewer.cancel()
         return run.result()
 
-    async def keep(self, extents: Sequence[Extent]) -> UploadResult:
+    def keep(self, extents: Sequence[Extent]) -> UploadResult:
         """An upload whose every byte is in ``extents`` (in file order, end to end)
-        of chunks already stored: nothing to read or send, only their holds."""
+        of chunks already stored and held, as a commit right after needs them: the
+        version they were kept from names them, or an earlier hold (a piece sent
+        ahead) keeps them. Nothing to read, send or claim: the commit checks in its
+        own transaction that each is still stored (ChunkMissing if not)."""
         run = _Run(None)
-        await self._claim_kept(run, extents)
         run.extents.extend(extents)
         return run.result()
 

@@ -488,7 +488,7 @@ class Writeback:
             # bytes to read, only the chunks to hold.
             kept = _tiling(reuse, os.stat(snap).st_size)
             if kept:
-                return self.early.count_in(await self.drive.uploader.keep(kept))
+                return self.early.count_in(self.drive.uploader.keep(kept))
         source = await asyncio.to_thread(open, snap, "rb")
         try:
             # The path lets a temporary file's chunks stay in the storage pods.
