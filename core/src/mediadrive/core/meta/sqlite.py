@@ -21,8 +21,6 @@ once (another process writes) does it go to the worker, which waits for the lock
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,21 +92,6 @@ class _Busy(Exception):
 # How long a read on the event loop's thread may wait for a lock before it goes to
 # the worker (which waits as long as busy_timeout says).
 _READER_BUSY_SECONDS = 0.05
-# A database up to this size is read into the page cache when first opened.
-_READ_AHEAD_MAX = 256 << 20
-
-
-def _read_ahead(path: Path) -> None:
-    """Start the kernel reading a small database file into the page cache: write
-    transactions run on the event loop, and the first ones after a cold start would
-    otherwise wait for the disk page by page."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if os.fstat(fd).st_size <= _READ_AHEAD_MAX:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
 
 
 class _Suspended(Exception):
@@ -183,8 +166,6 @@ class SqliteMetaStore(SqlMetaStore):
                 conn.execute("PRAGMA busy_timeout=30000")
             except (sqlite3.Error, OSError) as err:
                 raise StoreUnavailable(f"cannot open metadata file {self.path}: {err}") from None
-            for path in (self.path, self.path.with_name(self.path.name + "-wal")):
-                _read_ahead(path)
             self._conn = conn
         return self._conn
 
