@@ -442,6 +442,11 @@ def _expected(writes: list[tuple[int, bytes]]) -> bytes:
     return bytes(out)
 
 
+def _block_1(staged: StagedFile) -> bytes:
+    """What the copy holds of block 1."""
+    return os.pread(staged.fd, BLOCK_SIZE, BLOCK_SIZE)
+
+
 def _settled_in_map(staged: StagedFile, i: int) -> bool:
     return os.pread(staged.map_fd, 1, i) == b"\x01"
 
@@ -471,9 +476,7 @@ async def test_a_write_into_a_block_not_at_hand_fetches_nothing_and_a_read_keeps
     assert fetch.asked == [("a", 1), ("a", 2)]
     assert 1 not in staged.missing and 1 not in staged.partial
     assert _settled_in_map(staged, 1)
-    expected = _expected([(at, b"HELLO")])
-    got = os.pread(staged.fd, BLOCK_SIZE, BLOCK_SIZE)
-    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    assert _block_1(staged) == _expected([(at, b"HELLO")])[BLOCK_SIZE : 2 * BLOCK_SIZE]
     staging.close()
 
 
@@ -504,9 +507,7 @@ async def test_a_fill_in_flight_when_a_write_lands_keeps_the_written_bytes(
     # The block that landed after the write went in around it.
     assert asked.count(("a", 1)) == 1
     assert 1 not in staged.missing and 1 not in staged.partial
-    expected = _expected([(at, b"NEW")])
-    got = os.pread(staged.fd, BLOCK_SIZE, BLOCK_SIZE)
-    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    assert _block_1(staged) == _expected([(at, b"NEW")])[BLOCK_SIZE : 2 * BLOCK_SIZE]
     staging.close()
 
 
@@ -526,9 +527,7 @@ async def test_a_restart_keeps_the_bytes_written_into_a_lacking_block(tmp_path: 
     await copy.materialize([1], fetch)
     # Without the record the base block would have gone in over the write.
     assert fetch.asked == [("a", 1)]
-    expected = _expected([(at, b"HELLO")])
-    got = os.pread(copy.fd, BLOCK_SIZE, BLOCK_SIZE)
-    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    assert _block_1(copy) == _expected([(at, b"HELLO")])[BLOCK_SIZE : 2 * BLOCK_SIZE]
     again.close()
 
 
@@ -576,9 +575,7 @@ async def test_a_write_past_the_partial_range_bound_fetches_the_block(
     assert fetch.asked == [("a", 1)]
     assert 1 not in staged.missing and 1 not in staged.partial
     assert _settled_in_map(staged, 1)
-    expected = _expected([*writes, last])
-    got = os.pread(staged.fd, BLOCK_SIZE, BLOCK_SIZE)
-    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    assert _block_1(staged) == _expected([*writes, last])[BLOCK_SIZE : 2 * BLOCK_SIZE]
     staging.close()
 
 
@@ -605,9 +602,7 @@ async def test_writes_covering_a_lacking_block_in_parts_settle_it_without_a_fetc
     # Nothing fetched, and a read of the block has nothing to fetch either.
     await staged.materialize_range(BLOCK_SIZE, BLOCK_SIZE, fetch)
     assert fetch.asked == []
-    expected = _expected([left, (offset, data)])
-    got = os.pread(staged.fd, BLOCK_SIZE, BLOCK_SIZE)
-    assert got == expected[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    assert _block_1(staged) == _expected([left, (offset, data)])[BLOCK_SIZE : 2 * BLOCK_SIZE]
     staging.close()
 
 
