@@ -239,15 +239,22 @@ class StagedFile:
             i += 1
         return found
 
+    def _from_base(
+        self, i: int, start: int | None = None, end: int | None = None
+    ) -> list[tuple[int, int]]:
+        """The ranges of lacking block ``i`` (within ``start..end``, by default all of
+        it) no write went into: what the base still has to fill."""
+        block = self.base[i]
+        lo = block.offset if start is None else max(start, block.offset)
+        hi = block.end if end is None else min(end, block.end)
+        return _subtract(self.partial.get(i, []), lo, hi)
+
     def holds(self, offset: int, size: int) -> bool:
         """Whether the copy holds every byte of the range (none of it is still to come
         from the base)."""
-        end = offset + size
-        for i in self.lacking(offset, size):
-            block = self.base[i]
-            if _subtract(self.partial.get(i, []), max(offset, block.offset), min(end, block.end)):
-                return False
-        return True
+        return not any(
+            self._from_base(i, offset, offset + size) for i in self.lacking(offset, size)
+        )
 
     def needing(self, covered: Sequence[tuple[int, int]]) -> list[int]:
         """Positions of the blocks the copy lacks that have bytes neither written into
@@ -259,7 +266,7 @@ class StagedFile:
             j = bisect.bisect_right(ranges, (block.offset, _END)) - 1
             if j >= 0 and ranges[j][0] <= block.offset and block.end <= ranges[j][1]:
                 continue  # inside one covered range, as most untouched blocks are
-            for lo, hi in _subtract(self.partial.get(i, []), block.offset, block.end):
+            for lo, hi in self._from_base(i):
                 if _subtract(ranges, lo, hi):
                     found.append(i)
                     break
@@ -288,8 +295,7 @@ class StagedFile:
             for p in positions:
                 block = self.base[p]
                 if p in self.partial:
-                    kept = _subtract(self.partial[p], block.offset, block.end)
-                    spans.extend((lo, hi, p) for lo, hi in kept)
+                    spans.extend((lo, hi, p) for lo, hi in self._from_base(p))
                 elif p in self.missing:
                     spans.append((block.offset, block.end, p))
                 elif not self.changed_unknown:
@@ -416,7 +422,7 @@ class StagedFile:
             if i in self.missing and self.fd >= 0:
                 view = memoryview(data)[block.skip : block.skip + block.length]
                 # Around what was written into the copy while it lacked the block.
-                for lo, hi in _subtract(self.partial.get(i, []), block.offset, block.end):
+                for lo, hi in self._from_base(i):
                     os.pwrite(self.fd, view[lo - block.offset : hi - block.offset], lo)
                 self.settle([i])
         finally:
@@ -480,13 +486,9 @@ class StagedFile:
     def whole_in_parts(self, offset: int, size: int) -> list[int]:
         """Positions of the lacking blocks in the range whose every byte writes have
         now replaced: settled once the last of those writes is in the copy."""
-        found = []
-        for i in self.lacking(offset, size):
-            ranges = self.partial.get(i)
-            block = self.base[i]
-            if ranges is not None and not _subtract(ranges, block.offset, block.end):
-                found.append(i)
-        return found
+        return [
+            i for i in self.lacking(offset, size) if i in self.partial and not self._from_base(i)
+        ]
 
     async def prepare_truncate(self, size: int, fetch: FetchBlock) -> list[int]:
         """Ready the copy for a truncate to ``size``: the base block it cuts through is

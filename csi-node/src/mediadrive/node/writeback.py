@@ -246,7 +246,6 @@ class Writeback:
 
     async def _commit_staged(self, staged: StagedFile, message: str) -> CommitReport | None:
         started = time.monotonic()
-        # Chunks already on their way are kept by reference, not sent again.
         await staged.fill_local(self.cache.get, self.cache.at_hand)
         while True:
             reuse = self._reusable(staged)
