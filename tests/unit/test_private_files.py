@@ -20,10 +20,11 @@ from mediadrive.core.extents import ExtentMap
 from mediadrive.core.identity import Identity
 from mediadrive.core.meta import Extent
 from mediadrive.node.agent import RedactingFormatter, log_handler
+from mediadrive.node.base_layout import base_blocks
 from mediadrive.node.cache import BlockCache
 from mediadrive.node.passthrough import Views
 from mediadrive.node.registry import MountEntry, MountRegistry
-from mediadrive.node.staging import Staging, base_blocks
+from mediadrive.node.staging import Staging
 
 IDENTITY = Identity(author="tester@host", host="host")
 

@@ -16,6 +16,7 @@ from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
 from mediadrive.node import staging as staging_module
+from mediadrive.node.base_layout import base_blocks
 from mediadrive.node.staging import (
     MAX_CHANGED_RANGES,
     MAX_PARTIAL_RANGES,
@@ -25,7 +26,6 @@ from mediadrive.node.staging import (
     Staging,
     _add_range,
     _subtract,
-    base_blocks,
 )
 
 # Two chunks: three blocks and a short one, then one block and a bit.

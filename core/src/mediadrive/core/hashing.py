@@ -34,6 +34,16 @@ def verify(expected_id: str, data: bytes | bytearray | memoryview) -> None:
         )
 
 
+def identify(data: bytes | bytearray | memoryview, threads: int | None = None) -> tuple[str, bytes]:
+    """A chunk's id and its block digests (see :func:`chunk_id`, :func:`block_digests`);
+    a chunk of one block hashes once, its digest being both (an empty one has no
+    blocks)."""
+    if 0 < len(data) <= BLOCK_SIZE:
+        digest = blake3(data).digest()
+        return digest.hex(), digest
+    return chunk_id(data, threads), block_digests(data)
+
+
 def block_digests(data: bytes | bytearray | memoryview) -> bytes:
     """The BLAKE3 digests of each ``BLOCK_SIZE`` block of a chunk, concatenated."""
     view = memoryview(data)

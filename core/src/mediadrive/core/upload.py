@@ -25,7 +25,7 @@ from .blob import BlobStore
 from .chunking import Piece, make_chunker
 from .config import DriveSettings
 from .errors import ChunkMissing
-from .hashing import block_digests, chunk_id
+from .hashing import BLOCK_SIZE, identify
 from .meta import Extent, MetaStore
 from .meta.sql import CHUNK_HOLD
 
@@ -55,7 +55,7 @@ def _hash_pool() -> ThreadPoolExecutor:
 
 
 def _digest(data: bytes) -> tuple[str, bytes]:
-    return chunk_id(data, threads=1), block_digests(data)
+    return identify(data, threads=1)
 
 
 def window(settings: DriveSettings) -> int:
@@ -399,7 +399,11 @@ class Uploader:
         finished chunks this way, and its commit keeps them by reference (``reuse``).
         The hold lasts until released or renewed (:meth:`renew`). Returns the chunk's
         extent and whether its bytes were sent (False: the drive had it)."""
-        cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
+        if len(piece.data) <= BLOCK_SIZE:
+            # Hashing a block takes less than handing it to a thread and back.
+            cid, digests = identify(piece.data)
+        else:
+            cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
         states = await self._claim_many({cid: (len(piece.data), digests)}, token)
         sent = states.get(cid) != "stored"
         if sent:

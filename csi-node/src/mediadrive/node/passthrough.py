@@ -37,8 +37,8 @@ from mediadrive.core.errors import CorruptChunk
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import verify_block
 
+from .base_layout import base_blocks
 from .cache import BlockCache
-from .staging import base_blocks
 
 # A chunk's block digests (None when the chunk has none recorded).
 Digests = Callable[[str], Awaitable[bytes | None]]

@@ -6,9 +6,10 @@ attributes. Writes go to the copy; a commit uploads a snapshot of it. ``fsync`` 
 the copy and its entry durable before it returns, so after ``kill -9`` (or a power
 cut, for fsync'd data) the agent finds every entry on restart and commits it.
 
-The copy starts sparse: the blocks of the version it started from are listed in
-``<node>.base`` and copied in only when something reads them, writes part of one, or
-a commit needs them. ``<node>.map`` has one byte per listed block, set once the copy
+The copy starts sparse: the extents of the version it started from are noted in
+``<node>.base`` (their blocks are worked out by position, see ``base_layout``), and a
+block is copied in only when something reads it, writes part of it, or a commit
+needs it. ``<node>.map`` has one byte per block, set once the copy
 no longer needs that block from the base (copied in, overwritten whole, or truncated
 away), so a restart knows which blocks the copy still lacks. Editing a megabyte of a
 remote file gigabytes long fetches the blocks around the edit, not the file.
@@ -51,9 +52,9 @@ from pathlib import Path
 from mediadrive.core import private
 from mediadrive.core.durability import fsync_dir
 from mediadrive.core.errors import MediadriveError, StoreFull
-from mediadrive.core.extents import ExtentMap
-from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
+
+from .base_layout import BaseBlock, BaseLayout
 
 log = logging.getLogger(__name__)
 
@@ -95,36 +96,6 @@ class StagingBusy(MediadriveError):
     """Another agent is using this cache folder."""
 
 
-@dataclass(frozen=True)
-class BaseBlock:
-    """A block of the version a staged copy started from: ``length`` bytes at file
-    ``offset`` are the block's bytes from ``skip`` on (a slice that starts or ends
-    inside a block holds only part of it)."""
-
-    offset: int
-    length: int
-    chunk_id: str
-    index: int
-    skip: int = 0
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.length
-
-    @property
-    def chunk_position(self) -> int:
-        """Where in its chunk the block's bytes at ``offset`` are."""
-        return self.index * BLOCK_SIZE + self.skip
-
-
-def base_blocks(content: ExtentMap) -> list[BaseBlock]:
-    """Every block of a committed version, in file order, as a staged copy's base."""
-    return [
-        BaseBlock(block.start, block.hi - block.lo, block.chunk_id, block.block, block.lo)
-        for block in content.all_blocks()
-    ]
-
-
 @dataclass(eq=False)
 class StagedFile:
     node_id: int
@@ -150,8 +121,9 @@ class StagedFile:
     copying: asyncio.Event | None = None
     # Changes waiting on ``copying``: a commit must not drop the copy under them.
     waiting: int = 0
-    # The blocks of the base version, in file order, and which of them (by position)
-    # the copy still lacks; ``map_fd`` records the others, one byte per block.
+    # The blocks of the base version, in file order (a BaseLayout; a plain list in
+    # copies journaled by earlier releases), and which of them (by position) the copy
+    # still lacks; ``map_fd`` records the others, one byte per block.
     base: Sequence[BaseBlock] = ()
     missing: set[int] = field(default_factory=set)
     map_fd: int = -1
@@ -169,11 +141,7 @@ class StagedFile:
     part_fd: int = -1
     # Bytes written since the copy's writeback was last started (see Staging.wrote).
     unsynced: int = field(default=0, init=False)
-    _starts: list[int] = field(default_factory=list, init=False)
     _fills: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False)
-
-    def __post_init__(self) -> None:
-        self._starts = [block.offset for block in self.base]
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -224,14 +192,22 @@ class StagedFile:
         }
 
     def missing_bytes(self) -> int:
-        return sum(self.base[i].length for i in self.missing)
+        total = 0
+        for group in self._extent_groups():
+            lacking = [i for i in group if i in self.missing]
+            if len(lacking) == len(group):
+                start, end = self._span(group)
+                total += end - start
+            else:
+                total += sum(self.base[i].length for i in lacking)
+        return total
 
     def lacking(self, offset: int, size: int) -> list[int]:
         """Positions of the base blocks the range ``offset``..+``size`` still lacks."""
         if not self.missing or size <= 0:
             return []
         end = offset + size
-        i = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        i = max(bisect.bisect_right(self.base, offset, key=_block_offset) - 1, 0)
         found = []
         while i < len(self.base) and self.base[i].offset < end:
             if i in self.missing and self.base[i].end > offset:
@@ -261,24 +237,25 @@ class StagedFile:
         the copy nor in the sorted, disjoint ``covered`` ranges (start, end)."""
         ranges = list(covered)
         found = []
-        for i in sorted(self.missing):
-            block = self.base[i]
-            j = bisect.bisect_right(ranges, (block.offset, _END)) - 1
-            if j >= 0 and ranges[j][0] <= block.offset and block.end <= ranges[j][1]:
-                continue  # inside one covered range, as most untouched blocks are
-            for lo, hi in self._from_base(i):
-                if _subtract(ranges, lo, hi):
+        for group in self._extent_groups():
+            start, end = self._span(group)
+            j = bisect.bisect_right(ranges, (start, _END)) - 1
+            if j >= 0 and ranges[j][0] <= start and end <= ranges[j][1]:
+                continue  # inside one covered range, as most untouched extents are
+            for i in group:
+                if i in self.missing and any(
+                    _subtract(ranges, lo, hi) for lo, hi in self._from_base(i)
+                ):
                     found.append(i)
-                    break
         return found
 
     def untouched_extents(self) -> list[tuple[Extent, list[int]]]:
         """The base's extents whose every block the copy still lacks (so has not
         touched), with the positions of those blocks."""
         return [
-            (self._extent(positions), positions)
-            for positions in self._extent_groups()
-            if all(p in self.missing and p not in self.partial for p in positions)
+            (self._extent(group), list(group))
+            for group in self._extent_groups()
+            if all(p in self.missing and p not in self.partial for p in group)
         ]
 
     def untouched_runs(self) -> list[tuple[Extent, list[int]]]:
@@ -290,9 +267,12 @@ class StagedFile:
         Runs shorter than ``MIN_SLICE`` that hold no lacking block are left out:
         those bytes are sent again rather than kept as a sliver."""
         out: list[tuple[Extent, list[int]]] = []
-        for positions in self._extent_groups():
+        for group in self._extent_groups():
+            if all(p in self.missing and p not in self.partial for p in group):
+                out.append((self._extent(group), list(group)))  # untouched: all of it
+                continue
             spans: list[tuple[int, int, int]] = []  # (start, end, position)
-            for p in positions:
+            for p in group:
                 block = self.base[p]
                 if p in self.partial:
                     spans.extend((lo, hi, p) for lo, hi in self._from_base(p))
@@ -325,22 +305,28 @@ class StagedFile:
         )
         return extent, sorted({p for _, _, p in run})
 
-    def _extent_groups(self) -> list[list[int]]:
+    def _extent_groups(self) -> list[range]:
         """Positions of the base blocks, grouped by the base extent they came from
         (consecutive blocks of one chunk at consecutive file offsets)."""
-        groups: list[list[int]] = []
+        if isinstance(self.base, BaseLayout):
+            return self.base.groups()
+        groups: list[range] = []
         for i, block in enumerate(self.base):
             if groups:
-                prev = self.base[groups[-1][-1]]
+                prev = self.base[i - 1]
                 if (
                     block.chunk_id == prev.chunk_id
                     and block.chunk_position == prev.chunk_position + prev.length
                     and block.offset == prev.end
                 ):
-                    groups[-1].append(i)
+                    groups[-1] = range(groups[-1].start, i + 1)
                     continue
-            groups.append([i])
+            groups.append(range(i, i + 1))
         return groups
+
+    def _span(self, group: range) -> tuple[int, int]:
+        """The file range (start, end) the blocks of ``group`` cover."""
+        return self.base[group[0]].offset, self.base[group[-1]].end
 
     def _extent(self, positions: Sequence[int]) -> Extent:
         """The slice of the chunk that consecutive base blocks ``positions`` are."""
@@ -495,7 +481,10 @@ class StagedFile:
         copied in (growing again must show zeros past the cut); the blocks past it are
         returned, to be settled once the truncate is done."""
         past = []
-        for i in sorted(self.missing):
+        first = max(bisect.bisect_right(self.base, size, key=_block_offset) - 1, 0)
+        for i in range(first, len(self.base)):
+            if i not in self.missing:
+                continue
             block = self.base[i]
             if block.end <= size:
                 continue
@@ -523,6 +512,8 @@ class Staging:
         self._trashed = itertools.count()
         # Removes dropped copies and starts their writeback (see wrote).
         self._io: ThreadPoolExecutor | None = None
+        # Flushes a copy's files (see sync).
+        self._flush: ThreadPoolExecutor | None = None
 
     def open(self) -> list[StagedFile]:
         """Take the folder (one agent at a time) and return the entries a crash left."""
@@ -593,16 +584,22 @@ class Staging:
                     orphan.unlink(missing_ok=True)
         return recovered
 
-    def _open_base(self, node_id: int) -> tuple[list[BaseBlock], set[int], int]:
-        """The base block list of a staged copy, which of them it lacks, and its map."""
+    def _open_base(self, node_id: int) -> tuple[Sequence[BaseBlock], set[int], int]:
+        """The base blocks of a staged copy, which of them it lacks, and its map."""
         base_path = self._base(node_id)
         if not base_path.exists():
-            return [], set(), -1
-        rows = json.loads(base_path.read_text())
-        # Rows of four were written before slices could start inside a block.
-        base = [
-            BaseBlock(int(r[0]), int(r[1]), str(r[2]), int(r[3]), *map(int, r[4:])) for r in rows
-        ]
+            return BaseLayout(), set(), -1
+        record = json.loads(base_path.read_text())
+        base: Sequence[BaseBlock]
+        if isinstance(record, dict):
+            base = BaseLayout.from_rows(record["extents"])
+        else:
+            # Earlier releases listed every block; rows of four were written before
+            # slices could start inside a block.
+            base = [
+                BaseBlock(int(r[0]), int(r[1]), str(r[2]), int(r[3]), *map(int, r[4:]))
+                for r in record
+            ]
         map_fd = os.open(self._map(node_id), os.O_RDWR)
         settled = os.pread(map_fd, len(base), 0).ljust(len(base), b"\x00")
         return base, {i for i in range(len(base)) if not settled[i]}, map_fd
@@ -632,6 +629,9 @@ class Staging:
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None
+        if self._flush is not None:
+            self._flush.shutdown(wait=True)
+            self._flush = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -665,7 +665,7 @@ class Staging:
         base_version: int | None,
         mode: int,
         mtime_ns: int,
-        base: Sequence[BaseBlock] = (),
+        base: BaseLayout | None = None,
         size: int = 0,
     ) -> StagedFile:
         """A staged copy of ``size`` bytes that lacks every block of ``base`` (none for
@@ -676,8 +676,7 @@ class Staging:
         try:
             os.ftruncate(fd, size)
             if base:
-                rows = [[b.offset, b.length, b.chunk_id, b.index, b.skip] for b in base]
-                private.write_file(self._base(node_id), json.dumps(rows))
+                private.write_file(self._base(node_id), json.dumps({"extents": base.rows()}))
                 map_fd = os.open(self._map(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
                 os.ftruncate(map_fd, len(base))
             else:
@@ -695,8 +694,8 @@ class Staging:
             mode,
             mtime_ns,
             fd,
-            base=base,
-            missing=set(range(len(base))),
+            base=base or BaseLayout(),
+            missing=set(range(len(base or ()))),
             map_fd=map_fd,
             on_change=self.on_change,
             part_path=self._part(node_id),
@@ -721,13 +720,19 @@ class Staging:
 
     def sync(self, staged: StagedFile) -> None:
         """Make the copy and its journal entry durable (runs in a worker thread)."""
+        # Side by side: flushes that overlap share the file system's journal commits
+        # (one after another, each of the copy's files waited for a commit of its own).
         # fdatasync: the bytes and the sizes; a recovery does not read their mtimes.
-        os.fdatasync(staged.fd)
-        if staged.map_fd >= 0:
-            os.fdatasync(staged.map_fd)
-        if staged.part_fd >= 0:
-            os.fdatasync(staged.part_fd)
-        self.write_journal(staged, durable=True)
+        flushes = [
+            self._flushers().submit(os.fdatasync, fd)
+            for fd in (staged.fd, staged.map_fd, staged.part_fd)
+            if fd >= 0
+        ]
+        try:
+            self.write_journal(staged, durable=True)
+        finally:
+            for flush in flushes:
+                flush.result()
 
     def drop(self, staged: StagedFile) -> None:
         if self.files.get(staged.node_id) is staged:
@@ -762,6 +767,11 @@ class Staging:
         if staged.unsynced >= WRITE_BEHIND and staged.fd >= 0:
             staged.unsynced = 0
             self._background().submit(start_writeback, staged.fd)
+
+    def _flushers(self) -> ThreadPoolExecutor:
+        if self._flush is None:
+            self._flush = ThreadPoolExecutor(3, thread_name_prefix="staging-sync")
+        return self._flush
 
     def _background(self) -> ThreadPoolExecutor:
         if self._io is None:
@@ -880,6 +890,10 @@ def _copy(src_fd: int, dest: Path, size: int, ranges: Sequence[tuple[int, int]])
                 offset += sent
     finally:
         os.close(out)
+
+
+def _block_offset(block: BaseBlock) -> int:
+    return block.offset
 
 
 def _add_range(ranges: list[tuple[int, int]], start: int, end: int) -> None:

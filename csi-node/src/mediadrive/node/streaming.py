@@ -256,7 +256,11 @@ class EarlyUploads:
         if fd < 0 or staged.orphan or staged.failed or not staged.holds(start, length):
             return None
         try:
-            data = await asyncio.to_thread(os.pread, fd, length, start)
+            if length <= BLOCK_SIZE:
+                # Just written, so in the page cache: cheaper than a thread hop.
+                data = os.pread(fd, length, start)
+            else:
+                data = await asyncio.to_thread(os.pread, fd, length, start)
         except OSError:
             return None
         if staged.fd != fd or state.stamp(start, length) != stamp or len(data) < length:

@@ -30,6 +30,7 @@ from mediadrive.core.errors import CorruptChunk, MediadriveError, PathNotFound
 from mediadrive.core.extents import BlockRef, ExtentMap
 from mediadrive.core.meta import CommitOutcome, Node, NodeKind
 
+from .base_layout import BaseLayout
 from .cache import BlockCache
 from .entries import Entries
 from .options import CommitOn, MountOptions
@@ -37,10 +38,8 @@ from .reading import ReadAhead, read_content
 from .staging import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
-    BaseBlock,
     StagedFile,
     Staging,
-    base_blocks,
     fallocate,
 )
 from .tree import Tree
@@ -626,11 +625,11 @@ class VFS:
             # kernel may send after an unlink): a copy that is never committed.
             removed = node.deleted_ns is not None
             path = "" if removed else await self.tree.path_of(node.id)
-            base: list[BaseBlock] = []
+            base: BaseLayout | None = None
             size = 0
             if not empty and node.head_version is not None:
                 content = await self.content(node)
-                base = base_blocks(content)
+                base = BaseLayout.of(content)
                 size = content.size
             staged = self.staging.create(
                 node.id,

@@ -443,7 +443,7 @@ class Writeback:
         if staged.gen == gen:
             staged.dirty = False
             staged.recovered = False
-        if self.staging.get(staged.node_id) is staged:
+        if self.staging.get(staged.node_id) is staged and not self._spent(staged, landed_elsewhere):
             self.staging.write_journal(staged)
 
     def _report(
@@ -467,13 +467,22 @@ class Writeback:
             message=message,
         )
 
+    @staticmethod
+    def _spent(staged: StagedFile, landed_elsewhere: bool) -> bool:
+        """Whether the commit just recorded leaves the copy with nothing to do: nobody
+        has it open, no change waits for it, and it holds nothing uncommitted (it is
+        dropped at once, so its journal entry is not written again first)."""
+        if staged.writers or staged.waiting:
+            # A change that waited for this commit to read the copy goes on in it, and
+            # is committed when it is done.
+            return False
+        return not staged.dirty or landed_elsewhere
+
     def _after_last_close(self, staged: StagedFile, landed_elsewhere: bool, message: str) -> None:
         """A copy nobody has open: drop it when done with, else commit it again."""
         if staged.waiting:
-            # A change waited for this commit to read the copy: it goes on in it, and
-            # is committed when it is done.
             return
-        if not staged.dirty or landed_elsewhere:
+        if self._spent(staged, landed_elsewhere):
             self.staging.drop(staged)
         else:
             # Changed again while this commit ran, and closed since.
