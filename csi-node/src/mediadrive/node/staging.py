@@ -45,7 +45,7 @@ import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -514,6 +514,9 @@ class Staging:
         self._io: ThreadPoolExecutor | None = None
         # Flushes a copy's files (see sync).
         self._flush: ThreadPoolExecutor | None = None
+        # Puts dropped copies aside and removes them (see drop): by node, until aside.
+        self._drop: ThreadPoolExecutor | None = None
+        self._dropping: dict[int, Future[None]] = {}
 
     def open(self) -> list[StagedFile]:
         """Take the folder (one agent at a time) and return the entries a crash left."""
@@ -629,9 +632,11 @@ class Staging:
         if self._io is not None:
             self._io.shutdown(wait=True)
             self._io = None
-        if self._flush is not None:
-            self._flush.shutdown(wait=True)
-            self._flush = None
+        for pool in (self._flush, self._drop):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._flush = self._drop = None
+        self._dropping.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -670,6 +675,7 @@ class Staging:
     ) -> StagedFile:
         """A staged copy of ``size`` bytes that lacks every block of ``base`` (none for
         a new file or O_TRUNC); they are copied in as they are needed."""
+        self._out_of_the_way(node_id)
         fd = os.open(self._data(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._part(node_id).unlink(missing_ok=True)
         map_fd = -1
@@ -738,26 +744,45 @@ class Staging:
         if self.files.get(staged.node_id) is staged:
             del self.files[staged.node_id]
         _close(staged)
-        # Without its entry a restart knows no copy; the files go aside at once (a new
-        # copy of the same file may be made next) and are removed in a thread, since
-        # freeing a copy's blocks takes milliseconds a commit need not wait for.
-        self._entry(staged.node_id).unlink(missing_ok=True)
-        aside = []
-        for path in (
-            self._data(staged.node_id),
-            self._base(staged.node_id),
-            self._map(staged.node_id),
-            self._part(staged.node_id),
-        ):
-            moved = self._trash / f"{path.name}.{next(self._trashed)}"
-            try:
-                path.rename(moved)
-                aside.append(moved)
-            except FileNotFoundError:
-                # No such file, or no trash folder (a staging area never opened).
-                path.unlink(missing_ok=True)
-        if aside:
-            self._background().submit(_remove, aside)
+        # Its files go on a thread: a rename or an unlink waits for the file system's
+        # journal, which a flush elsewhere may hold for milliseconds, and freeing a
+        # copy's blocks takes longer still. A new copy of the same file waits until
+        # they are out of its way (see create). Should the agent die first, the
+        # entry left behind is a copy a restart commits again, to no new version.
+        aside: Future[None] = Future()
+        self._dropping[staged.node_id] = aside
+        self._dropper().submit(self._discard, staged.node_id, aside)
+
+    def _discard(self, node_id: int, aside: Future[None]) -> None:
+        """Forget a dropped copy: its entry goes (a restart knows no copy without one),
+        its files go aside into ``trash/`` (then ``aside`` is done) and are removed."""
+        moved = []
+        try:
+            self._entry(node_id).unlink(missing_ok=True)
+            for path in (
+                self._data(node_id),
+                self._base(node_id),
+                self._map(node_id),
+                self._part(node_id),
+            ):
+                target = self._trash / f"{path.name}.{next(self._trashed)}"
+                try:
+                    path.rename(target)
+                    moved.append(target)
+                except FileNotFoundError:
+                    # No such file, or no trash folder (a staging area never opened).
+                    path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("staged copy of node %d not removed: %s", node_id, exc)
+        finally:
+            aside.set_result(None)
+        _remove(moved)
+
+    def _out_of_the_way(self, node_id: int) -> None:
+        """Wait until the files of a dropped copy of ``node_id`` are aside."""
+        pending = self._dropping.pop(node_id, None)
+        if pending is not None:
+            pending.result()
 
     def wrote(self, staged: StagedFile, length: int) -> None:
         """``length`` bytes were written into the copy: every WRITE_BEHIND bytes its
@@ -767,6 +792,11 @@ class Staging:
         if staged.unsynced >= WRITE_BEHIND and staged.fd >= 0:
             staged.unsynced = 0
             self._background().submit(start_writeback, staged.fd)
+
+    def _dropper(self) -> ThreadPoolExecutor:
+        if self._drop is None:
+            self._drop = ThreadPoolExecutor(1, thread_name_prefix="staging-drop")
+        return self._drop
 
     def _flushers(self) -> ThreadPoolExecutor:
         if self._flush is None:
