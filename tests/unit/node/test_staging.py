@@ -252,6 +252,30 @@ async def test_a_dropped_copy_leaves_nothing_and_a_new_copy_of_the_file_is_its_o
     again.close()
 
 
+def test_fsync_flushes_the_copy_its_map_and_once_its_base_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base list is written once, when the copy is made: the first fsync makes it
+    durable with the rest (a restart cannot read the copy without it)."""
+    staging, staged = base_copy(tmp_path)
+    flushed: list[str] = []
+    real = os.fdatasync
+
+    def record(fd: int) -> None:
+        flushed.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", record)
+    os.pwrite(staged.fd, b"x", 5)
+    staged.touch(5, 1)
+    staging.sync(staged)
+    assert sorted(flushed) == ["7.base", "7.data", "7.map"]
+    flushed.clear()
+    staging.sync(staged)
+    assert sorted(flushed) == ["7.data", "7.map"]
+    staging.close()
+
+
 def test_a_large_write_starts_going_to_disk_before_fsync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

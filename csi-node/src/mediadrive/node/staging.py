@@ -141,6 +141,8 @@ class StagedFile:
     part_fd: int = -1
     # Bytes written since the copy's writeback was last started (see Staging.wrote).
     unsynced: int = field(default=0, init=False)
+    # Whether ``<node>.base`` is known to be on stable storage (see Staging.sync).
+    base_synced: bool = field(default=False, init=False)
     _fills: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
     def size(self) -> int:
@@ -734,11 +736,17 @@ class Staging:
             for fd in (staged.fd, staged.map_fd, staged.part_fd)
             if fd >= 0
         ]
+        # Written once when the copy was made; a restart cannot read the copy without it.
+        base_written = not staged.base_synced and staged.map_fd >= 0
+        if base_written:
+            flushes.append(self._flushers().submit(_flush_file, self._base(staged.node_id)))
         try:
             self.write_journal(staged, durable=True)
         finally:
             for flush in flushes:
                 flush.result()
+        if base_written:
+            staged.base_synced = True
 
     def drop(self, staged: StagedFile) -> None:
         if self.files.get(staged.node_id) is staged:
@@ -800,7 +808,7 @@ class Staging:
 
     def _flushers(self) -> ThreadPoolExecutor:
         if self._flush is None:
-            self._flush = ThreadPoolExecutor(3, thread_name_prefix="staging-sync")
+            self._flush = ThreadPoolExecutor(4, thread_name_prefix="staging-sync")
         return self._flush
 
     def _background(self) -> ThreadPoolExecutor:
@@ -887,6 +895,14 @@ def start_writeback(fd: int) -> bool:
         return False
     # The number may be closed, or reused by another file, by now: either is harmless.
     return bool(_sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) == 0)
+
+
+def _flush_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove(paths: list[Path]) -> None:
