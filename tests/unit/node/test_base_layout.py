@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -126,3 +127,34 @@ def test_identify_names_a_chunk_as_chunk_id_and_block_digests_do() -> None:
     for size in (0, 1, BLOCK_SIZE - 1, BLOCK_SIZE, BLOCK_SIZE + 1, 3 * BLOCK_SIZE + 7):
         data = os.urandom(size)
         assert identify(data) == (chunk_id(data), block_digests(data)), size
+
+
+@settings(max_examples=150, deadline=None)
+@given(contents(), st.data())
+def test_what_stays_untouched_follows_settles_and_writes_into_lacking_blocks(
+    content: ExtentMap, data: st.DataObject
+) -> None:
+    """The copy tracks the few blocks it holds or was written into; what it reports
+    untouched is what a look at every block would say."""
+    with tempfile.TemporaryDirectory() as root:
+        staging = Staging(Path(root))
+        staging.open()
+        layout = BaseLayout.of(content)
+        staged = staging.create(7, "/f", 1, 0o644, 0, base=layout, size=content.size)
+        for _ in range(data.draw(st.integers(0, 6))):
+            if not len(layout):
+                break
+            i = data.draw(st.integers(0, len(layout) - 1))
+            if data.draw(st.booleans()):
+                staged.settle([i])
+            elif i in staged.missing:
+                block = layout[i]
+                staged._take_partial(i, block.offset, block.offset + 1)
+        untouched = [
+            group
+            for group in layout.groups()
+            if all(p in staged.missing and p not in staged.partial for p in group)
+        ]
+        assert [list(p) for _, p in staged.untouched_extents()] == [list(g) for g in untouched]
+        assert staged.missing_bytes() == sum(layout[i].length for i in staged.missing)
+        staging.close()

@@ -660,7 +660,7 @@ async def test_a_block_written_in_part_holds_needs_and_keeps_only_its_base_bytes
     # under MIN_SLICE): the copy lacks those bytes, so they cannot be sent again.
     assert MIN_SLICE > 100
     runs = [
-        ((e.offset, e.length, e.chunk_id, e.chunk_offset), positions)
+        ((e.offset, e.length, e.chunk_id, e.chunk_offset), list(positions))
         for e, positions in staged.untouched_runs()
     ]
     a_end = 3 * BLOCK_SIZE + 100
@@ -672,7 +672,7 @@ async def test_a_block_written_in_part_holds_needs_and_keeps_only_its_base_bytes
     ]
     # The extent holding the written block is no longer untouched; "b" still is.
     extents = [
-        ((e.offset, e.length, e.chunk_id, e.chunk_offset), positions)
+        ((e.offset, e.length, e.chunk_id, e.chunk_offset), list(positions))
         for e, positions in staged.untouched_extents()
     ]
     assert extents == [((a_end, BLOCK_SIZE + 7, "b", 0), [4, 5])]

@@ -55,7 +55,7 @@ class BaseLayout(Sequence[BaseBlock]):
             self._firsts.append(count)
             count += _last_block(extent) - extent.chunk_offset // BLOCK_SIZE + 1
         self._count = count
-        self._groups = self._find_groups()
+        self._groups, self._group_extents = self._find_groups()
 
     @classmethod
     def of(cls, content: ExtentMap) -> BaseLayout:
@@ -95,6 +95,10 @@ class BaseLayout(Sequence[BaseBlock]):
         one chunk (extents that continue each other are one run)."""
         return self._groups
 
+    def group_extents(self) -> list[Extent]:
+        """The slice of its chunk each of :meth:`groups` is."""
+        return self._group_extents
+
     def rows(self) -> list[list[int | str]]:
         """The extents, as ``from_rows`` takes them back."""
         return [[e.offset, e.length, e.chunk_id, e.chunk_offset] for e in self.extents]
@@ -103,11 +107,12 @@ class BaseLayout(Sequence[BaseBlock]):
     def from_rows(cls, rows: Sequence[Sequence[Any]]) -> BaseLayout:
         return cls([Extent(int(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in rows])
 
-    def _find_groups(self) -> list[range]:
+    def _find_groups(self) -> tuple[list[range], list[Extent]]:
         groups: list[range] = []
-        previous: Extent | None = None
+        extents: list[Extent] = []
         for k, extent in enumerate(self.extents):
             end = self._firsts[k + 1] if k + 1 < len(self.extents) else self._count
+            previous = extents[-1] if extents else None
             if (
                 previous is not None
                 and extent.chunk_id == previous.chunk_id
@@ -115,10 +120,16 @@ class BaseLayout(Sequence[BaseBlock]):
                 and extent.chunk_offset == previous.chunk_offset + previous.length
             ):
                 groups[-1] = range(groups[-1].start, end)
+                extents[-1] = Extent(
+                    previous.offset,
+                    previous.length + extent.length,
+                    previous.chunk_id,
+                    previous.chunk_offset,
+                )
             else:
                 groups.append(range(self._firsts[k], end))
-            previous = extent
-        return groups
+                extents.append(extent)
+        return groups, extents
 
 
 def _last_block(extent: Extent) -> int:

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -316,7 +316,7 @@ class Writeback:
         self.early.send_ahead(staged, fixed_stretches(kept, staged.size(), step))
 
     def _kept(
-        self, staged: StagedFile, reuse: dict[int, tuple[Extent, list[int]]]
+        self, staged: StagedFile, reuse: dict[int, tuple[Extent, Sequence[int]]]
     ) -> dict[int, Extent]:
         """What a commit of ``staged`` keeps by reference, by offset: the untouched base
         bytes ``reuse`` names, and the chunks sent early that overlap none of them."""
@@ -324,7 +324,7 @@ class Writeback:
         kept.update(_disjoint(self.early.ready(staged), kept))
         return kept
 
-    def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, list[int]]]:
+    def _reusable(self, staged: StagedFile) -> dict[int, tuple[Extent, Sequence[int]]]:
         """Base bytes the copy has not touched, which the commit keeps as they are
         (never fetched, never sent): by offset, the extent and the positions of its
         blocks. Only what an edit touched is read and cut again (see
@@ -620,8 +620,8 @@ LONG_RUN_PARTS = 16
 
 
 def fixed_reusable(
-    runs: list[tuple[Extent, list[int]]], size: int, step: int
-) -> dict[int, tuple[Extent, list[int]]]:
+    runs: Sequence[tuple[Extent, Sequence[int]]], size: int, step: int
+) -> dict[int, tuple[Extent, Sequence[int]]]:
     """Which runs of unchanged base bytes a commit of a fixed-chunk file keeps, as
     slices, out of ``runs`` (in file order) for a copy ``size`` bytes long.
 
@@ -634,7 +634,7 @@ def fixed_reusable(
     bounds how fragmented repeated small edits leave a file, and a long run is never
     sent again to do it.
     """
-    by_region: dict[int, list[tuple[Extent, list[int]]]] = {}
+    by_region: dict[int, list[tuple[Extent, Sequence[int]]]] = {}
     for extent, positions in runs:
         end = extent.offset + extent.length
         region = extent.offset // step
@@ -642,7 +642,7 @@ def fixed_reusable(
         if end > size or (end - 1) // step != region:
             continue
         by_region.setdefault(region, []).append((extent, positions))
-    out: dict[int, tuple[Extent, list[int]]] = {}
+    out: dict[int, tuple[Extent, Sequence[int]]] = {}
     for region, kept in by_region.items():
         start, end = region * step, min((region + 1) * step, size)
         if extents_in_region(start, end, kept) > MAX_EXTENTS_PER_CHUNK:
@@ -659,24 +659,24 @@ def fixed_stretches(kept: dict[int, Extent], size: int, step: int) -> list[tuple
 
 
 def _merge_short_runs(
-    start: int, end: int, kept: list[tuple[Extent, list[int]]], step: int
-) -> list[tuple[Extent, list[int]]]:
+    start: int, end: int, kept: list[tuple[Extent, Sequence[int]]], step: int
+) -> list[tuple[Extent, Sequence[int]]]:
     """The runs of a region with too many extents that it still keeps (see
     :func:`fixed_reusable`): of each group of touching runs, all but the short ones at
     an end that new bytes border (a short run between two kept ones is an extent
     either way)."""
 
-    def short(run: tuple[Extent, list[int]]) -> bool:
+    def short(run: tuple[Extent, Sequence[int]]) -> bool:
         return run[0].length * LONG_RUN_PARTS < step
 
-    groups: list[list[tuple[Extent, list[int]]]] = []
+    groups: list[list[tuple[Extent, Sequence[int]]]] = []
     for run in kept:
         previous = groups[-1][-1][0] if groups else None
         if previous is not None and previous.offset + previous.length == run[0].offset:
             groups[-1].append(run)
         else:
             groups.append([run])
-    runs: list[tuple[Extent, list[int]]] = []
+    runs: list[tuple[Extent, Sequence[int]]] = []
     for group in groups:
         lo, hi = 0, len(group)
         if group[0][0].offset > start:
@@ -691,7 +691,7 @@ def _merge_short_runs(
     return runs
 
 
-def extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]]) -> int:
+def extents_in_region(start: int, end: int, kept: Sequence[tuple[Extent, Sequence[int]]]) -> int:
     """Extents of the region ``start``..``end``: the kept ones and a new chunk for
     each stretch between them."""
     count = 0
@@ -704,7 +704,7 @@ def extents_in_region(start: int, end: int, kept: list[tuple[Extent, list[int]]]
     return count + (1 if position < end else 0)
 
 
-def _ranges(reuse: dict[int, tuple[Extent, list[int]]]) -> list[tuple[int, int]]:
+def _ranges(reuse: dict[int, tuple[Extent, Sequence[int]]]) -> list[tuple[int, int]]:
     """The file ranges (start, end) that reused extents cover, sorted."""
     return sorted((extent.offset, extent.offset + extent.length) for extent, _ in reuse.values())
 
