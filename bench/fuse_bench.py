@@ -9,7 +9,7 @@
   parallel boto3 download of the same chunks from the same MinIO;
 - time to first byte at an offset in a cold large file;
 - editing 1 MiB in the middle of that cold file and saving: time, bytes fetched and
-  uploaded (one chunk each way, not the file);
+  uploaded (nothing fetched, the bytes written uploaded);
 - create / stat / readdir of many small files per second.
 
 Needs root (FUSE, dropping the page cache) and the MinIO binary of
