@@ -252,6 +252,18 @@ async def test_a_dropped_copy_leaves_nothing_and_a_new_copy_of_the_file_is_its_o
     again.close()
 
 
+def test_dropped_copies_leave_no_files_and_no_bookkeeping_behind(tmp_path: Path) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    for node_id in (1, 2, 3, 2):
+        staging.drop(staging.create(node_id, "/f", 1, 0o644, 0))
+    staging._dropper().submit(lambda: None).result()  # after the drops queued before it
+    assert staging._dropping == {}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [".lock"]
+    assert not list((tmp_path / "trash").iterdir())
+    staging.close()
+
+
 def test_fsync_flushes_the_copy_its_map_and_once_its_base_list(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -534,9 +534,11 @@ class Staging:
         self._io: ThreadPoolExecutor | None = None
         # Flushes a copy's files (see sync).
         self._flush: ThreadPoolExecutor | None = None
-        # Puts dropped copies aside and removes them (see drop): by node, until aside.
+        # Puts dropped copies aside and removes them (see drop): by node, until aside
+        # (the entry goes then, from the dropping thread, hence the lock).
         self._drop: ThreadPoolExecutor | None = None
         self._dropping: dict[int, Future[None]] = {}
+        self._dropping_lock = threading.Lock()
 
     def open(self) -> list[StagedFile]:
         """Take the folder (one agent at a time) and return the entries a crash left."""
@@ -776,7 +778,8 @@ class Staging:
         # they are out of its way (see create). Should the agent die first, the
         # entry left behind is a copy a restart commits again, to no new version.
         aside: Future[None] = Future()
-        self._dropping[staged.node_id] = aside
+        with self._dropping_lock:
+            self._dropping[staged.node_id] = aside
         self._dropper().submit(self._discard, staged.node_id, aside)
 
     def _discard(self, node_id: int, aside: Future[None]) -> None:
@@ -802,11 +805,16 @@ class Staging:
             log.warning("staged copy of node %d not removed: %s", node_id, exc)
         finally:
             aside.set_result(None)
+            with self._dropping_lock:
+                # Unless a later copy of the same file was dropped meanwhile.
+                if self._dropping.get(node_id) is aside:
+                    del self._dropping[node_id]
         _remove(moved)
 
     def _out_of_the_way(self, node_id: int) -> None:
         """Wait until the files of a dropped copy of ``node_id`` are aside."""
-        pending = self._dropping.pop(node_id, None)
+        with self._dropping_lock:
+            pending = self._dropping.get(node_id)
         if pending is not None:
             pending.result()
 
