@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -250,6 +251,25 @@ async def test_a_dropped_copy_leaves_nothing_and_a_new_copy_of_the_file_is_its_o
     [copy] = again.open()
     assert (copy.base_version, copy.missing) == (2, set())
     again.close()
+
+
+def test_a_dropped_copy_has_no_entry_even_before_its_files_are_aside(tmp_path: Path) -> None:
+    """A restart knows a copy by its entry: once dropped (committed), an agent killed
+    before the files are moved aside must not find it and commit it again."""
+    staging = Staging(tmp_path)
+    staging.open()
+    gate = threading.Event()
+    staging._dropper().submit(gate.wait)  # holds the thread that moves files aside
+    staged = staging.create(7, "/f", 1, 0o644, 0)
+    os.pwrite(staged.fd, b"x", 0)
+    staged.touch(0, 1)
+    staging.sync(staged)
+    staging.drop(staged)
+    assert not (tmp_path / "7.json").exists()
+    assert (tmp_path / "7.data").exists()  # still waiting for the thread
+    gate.set()
+    staging.close()
+    assert not (tmp_path / "7.data").exists()
 
 
 def test_dropped_copies_leave_no_files_and_no_bookkeeping_behind(tmp_path: Path) -> None:

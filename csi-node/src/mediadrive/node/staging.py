@@ -772,22 +772,24 @@ class Staging:
         if self.files.get(staged.node_id) is staged:
             del self.files[staged.node_id]
         _close(staged)
-        # Its files go on a thread: a rename or an unlink waits for the file system's
-        # journal, which a flush elsewhere may hold for milliseconds, and freeing a
-        # copy's blocks takes longer still. A new copy of the same file waits until
-        # they are out of its way (see create). Should the agent die first, the
-        # entry left behind is a copy a restart commits again, to no new version.
+        # Without its entry a restart knows no copy: it goes at once (were it left to
+        # the thread below, an agent killed meanwhile would commit the copy again on
+        # restart, against a head that has moved on).
+        self._entry(staged.node_id).unlink(missing_ok=True)
+        # The files go on a thread: a rename waits for the file system's journal,
+        # which a flush elsewhere may hold for milliseconds, and freeing a copy's
+        # blocks takes longer still. A new copy of the same file waits until they are
+        # out of its way (see create).
         aside: Future[None] = Future()
         with self._dropping_lock:
             self._dropping[staged.node_id] = aside
         self._dropper().submit(self._discard, staged.node_id, aside)
 
     def _discard(self, node_id: int, aside: Future[None]) -> None:
-        """Forget a dropped copy: its entry goes (a restart knows no copy without one),
-        its files go aside into ``trash/`` (then ``aside`` is done) and are removed."""
+        """Put a dropped copy's files aside into ``trash/`` (then ``aside`` is done) and
+        remove them."""
         moved = []
         try:
-            self._entry(node_id).unlink(missing_ok=True)
             for path in (
                 self._data(node_id),
                 self._base(node_id),
