@@ -20,7 +20,7 @@ from mediadrive.core.extents import ExtentMap
 from mediadrive.core.identity import Identity
 from mediadrive.core.meta import Extent
 from mediadrive.node.agent import RedactingFormatter, log_handler
-from mediadrive.node.base_layout import base_blocks
+from mediadrive.node.base_layout import BaseLayout
 from mediadrive.node.cache import BlockCache
 from mediadrive.node.passthrough import Views
 from mediadrive.node.registry import MountEntry, MountRegistry
@@ -98,7 +98,7 @@ async def test_the_node_cache_staging_views_registry_and_log_are_private(tmp_pat
     staging = Staging(cache_dir / "staging")
     staging.open()
     content = ExtentMap.of(1, 100, [Extent(0, 100, "a" * 64)])
-    staged = staging.create(7, "/f", 1, 0o600, 0, base=base_blocks(content), size=100)
+    staged = staging.create(7, "/f", 1, 0o600, 0, base=BaseLayout.of(content), size=100)
     staging.write_journal(staged, durable=True)
     await staging.snapshot(staged)
 

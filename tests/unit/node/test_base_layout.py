@@ -72,7 +72,7 @@ def test_the_layout_gives_the_blocks_a_listing_gives(content: ExtentMap) -> None
     assert list(layout) == blocks
     assert [layout[i] for i in range(-len(blocks), 0)] == blocks
     assert layout[1:3] == blocks[1:3]
-    assert layout.groups() == grouped(blocks)
+    assert [group for group, _ in layout.groups()] == grouped(blocks)
     assert list(BaseLayout.from_rows(json.loads(json.dumps(layout.rows())))) == blocks
 
 
@@ -152,7 +152,7 @@ def test_what_stays_untouched_follows_settles_and_writes_into_lacking_blocks(
                 staged._take_partial(i, block.offset, block.offset + 1)
         untouched = [
             group
-            for group in layout.groups()
+            for group, _ in layout.groups()
             if all(p in staged.missing and p not in staged.partial for p in group)
         ]
         assert [list(p) for _, p in staged.untouched_extents()] == [list(g) for g in untouched]

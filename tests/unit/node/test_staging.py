@@ -17,7 +17,7 @@ from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
 from mediadrive.node import staging as staging_module
-from mediadrive.node.base_layout import base_blocks
+from mediadrive.node.base_layout import BaseLayout
 from mediadrive.node.staging import (
     MAX_CHANGED_RANGES,
     MAX_PARTIAL_RANGES,
@@ -53,7 +53,7 @@ def base_copy(root: Path) -> tuple[Staging, StagedFile]:
     """A staging area in ``root`` holding a copy of BASE that lacks every block."""
     staging = Staging(root)
     staging.open()
-    return staging, staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    return staging, staging.create(7, "/f", 1, 0o644, 0, base=BaseLayout.of(BASE), size=BASE.size)
 
 
 class Fetches:
@@ -197,7 +197,7 @@ async def test_a_fill_that_lands_after_the_copy_was_dropped_writes_nowhere(
     committed and dropped meanwhile must not be written into the next file opened."""
     staging = Staging(tmp_path / "staging")
     staging.open()
-    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    staged = staging.create(7, "/f", 1, 0o644, 0, base=BaseLayout.of(BASE), size=BASE.size)
     release = asyncio.Event()
 
     async def slow_fetch(chunk: str, index: int) -> bytes:
@@ -232,7 +232,7 @@ async def test_a_dropped_copy_leaves_nothing_and_a_new_copy_of_the_file_is_its_o
     staging = Staging(tmp_path)
     staging.open()
     assert not list((tmp_path / "trash").iterdir())
-    first = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    first = staging.create(7, "/f", 1, 0o644, 0, base=BaseLayout.of(BASE), size=BASE.size)
     await first.materialize_range(0, BASE.size, Fetches())
     staging.drop(first)
     # The same file staged again at once is a fresh copy, whatever the removal is at.
@@ -259,7 +259,7 @@ def test_a_dropped_copy_has_no_entry_even_before_its_files_are_aside(tmp_path: P
     staging = Staging(tmp_path)
     staging.open()
     gate = threading.Event()
-    staging._dropper().submit(gate.wait)  # holds the thread that moves files aside
+    staging._pool("drop").submit(gate.wait)  # holds the thread that moves files aside
     staged = staging.create(7, "/f", 1, 0o644, 0)
     os.pwrite(staged.fd, b"x", 0)
     staged.touch(0, 1)
@@ -277,7 +277,7 @@ def test_dropped_copies_leave_no_files_and_no_bookkeeping_behind(tmp_path: Path)
     staging.open()
     for node_id in (1, 2, 3, 2):
         staging.drop(staging.create(node_id, "/f", 1, 0o644, 0))
-    staging._dropper().submit(lambda: None).result()  # after the drops queued before it
+    staging._pool("drop").submit(lambda: None).result()  # after the drops queued before it
     assert staging._dropping == {}
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [".lock"]
     assert not list((tmp_path / "trash").iterdir())
@@ -358,7 +358,7 @@ def test_journal_writes_from_threads_and_the_loop_do_not_race(tmp_path: Path) ->
 
 async def _written(staging: Staging, writes: list[tuple[int, bytes]]) -> StagedFile:
     """A copy of BASE with ``writes`` made the way the VFS makes them."""
-    staged = staging.create(7, "/f", 1, 0o644, 0, base=base_blocks(BASE), size=BASE.size)
+    staged = staging.create(7, "/f", 1, 0o644, 0, base=BaseLayout.of(BASE), size=BASE.size)
     fetch = Fetches()
     for offset, data in writes:
         whole = await staged.prepare_write(offset, len(data), fetch)

@@ -55,10 +55,11 @@ class BaseLayout(Sequence[BaseBlock]):
             self._firsts.append(count)
             count += _last_block(extent) - extent.chunk_offset // BLOCK_SIZE + 1
         self._count = count
-        self._groups, self._group_extents = self._find_groups()
+        self._groups = self._find_groups()
 
     @classmethod
     def of(cls, content: ExtentMap) -> BaseLayout:
+        """Every block of a committed version, in file order, as a staged copy's base."""
         return cls(content.extents)
 
     def __len__(self) -> int:
@@ -90,14 +91,10 @@ class BaseLayout(Sequence[BaseBlock]):
     def __iter__(self) -> Iterator[BaseBlock]:
         return (self[i] for i in range(self._count))
 
-    def groups(self) -> list[range]:
+    def groups(self) -> list[tuple[range, Extent]]:
         """The positions of the blocks of each run of the base that is one slice of
-        one chunk (extents that continue each other are one run)."""
+        one chunk (extents that continue each other are one run), with that slice."""
         return self._groups
-
-    def group_extents(self) -> list[Extent]:
-        """The slice of its chunk each of :meth:`groups` is."""
-        return self._group_extents
 
     def rows(self) -> list[list[int | str]]:
         """The extents, as ``from_rows`` takes them back."""
@@ -107,35 +104,30 @@ class BaseLayout(Sequence[BaseBlock]):
     def from_rows(cls, rows: Sequence[Sequence[Any]]) -> BaseLayout:
         return cls([Extent(int(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in rows])
 
-    def _find_groups(self) -> tuple[list[range], list[Extent]]:
-        groups: list[range] = []
-        extents: list[Extent] = []
+    def _find_groups(self) -> list[tuple[range, Extent]]:
+        groups: list[tuple[range, Extent]] = []
         for k, extent in enumerate(self.extents):
             end = self._firsts[k + 1] if k + 1 < len(self.extents) else self._count
-            previous = extents[-1] if extents else None
-            if (
-                previous is not None
-                and extent.chunk_id == previous.chunk_id
-                and extent.offset == previous.offset + previous.length
-                and extent.chunk_offset == previous.chunk_offset + previous.length
-            ):
-                groups[-1] = range(groups[-1].start, end)
-                extents[-1] = Extent(
-                    previous.offset,
-                    previous.length + extent.length,
-                    previous.chunk_id,
-                    previous.chunk_offset,
-                )
-            else:
-                groups.append(range(self._firsts[k], end))
-                extents.append(extent)
-        return groups, extents
+            if groups:
+                positions, previous = groups[-1]
+                if (
+                    extent.chunk_id == previous.chunk_id
+                    and extent.offset == previous.offset + previous.length
+                    and extent.chunk_offset == previous.chunk_offset + previous.length
+                ):
+                    groups[-1] = (
+                        range(positions.start, end),
+                        Extent(
+                            previous.offset,
+                            previous.length + extent.length,
+                            previous.chunk_id,
+                            previous.chunk_offset,
+                        ),
+                    )
+                    continue
+            groups.append((range(self._firsts[k], end), extent))
+        return groups
 
 
 def _last_block(extent: Extent) -> int:
     return (extent.chunk_offset + extent.length - 1) // BLOCK_SIZE
-
-
-def base_blocks(content: ExtentMap) -> BaseLayout:
-    """Every block of a committed version, in file order, as a staged copy's base."""
-    return BaseLayout.of(content)

@@ -37,7 +37,7 @@ from mediadrive.core.errors import CorruptChunk
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import verify_block
 
-from .base_layout import base_blocks
+from .base_layout import BaseLayout
 from .cache import BlockCache
 
 # A chunk's block digests (None when the chunk has none recorded).
@@ -181,7 +181,7 @@ class Views:
             return path
         if content.size > self.capacity:
             return None
-        blocks = base_blocks(content)
+        blocks = BaseLayout.of(content)
         sources = [self.cache.block_path(b.chunk_id, b.index) for b in blocks]
         if any(source is None for source in sources):
             return None

@@ -331,7 +331,7 @@ class StagedFile:
         (consecutive blocks of one chunk at consecutive file offsets), with the slice
         of the chunk each group is."""
         if isinstance(self.base, BaseLayout):
-            return list(zip(self.base.groups(), self.base.group_extents(), strict=True))
+            return self.base.groups()
         groups: list[range] = []
         for i, block in enumerate(self.base):
             if groups:
@@ -530,13 +530,13 @@ class Staging:
         # Dropped copies wait here to be removed (see drop).
         self._trash = root / "trash"
         self._trashed = itertools.count()
-        # Removes dropped copies and starts their writeback (see wrote).
-        self._io: ThreadPoolExecutor | None = None
-        # Flushes a copy's files (see sync).
-        self._flush: ThreadPoolExecutor | None = None
-        # Puts dropped copies aside and removes them (see drop): by node, until aside
-        # (the entry goes then, from the dropping thread, hence the lock).
-        self._drop: ThreadPoolExecutor | None = None
+        # Worker threads by job, made when first needed (see _pool): "io" starts a
+        # copy's writeback (see wrote), "sync" flushes its files (see sync), "drop"
+        # puts a dropped copy's files aside and removes them (see drop).
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._pools_lock = threading.Lock()
+        # Dropped copies whose files are not aside yet, by node; the dropping thread
+        # forgets them, hence the lock.
         self._dropping: dict[int, Future[None]] = {}
         self._dropping_lock = threading.Lock()
 
@@ -651,13 +651,11 @@ class Staging:
         for staged in self.files.values():
             _close(staged)
         self.files.clear()
-        if self._io is not None:
-            self._io.shutdown(wait=True)
-            self._io = None
-        for pool in (self._flush, self._drop):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._flush = self._drop = None
+        with self._pools_lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            pool.shutdown(wait=True)
         self._dropping.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -697,6 +695,7 @@ class Staging:
     ) -> StagedFile:
         """A staged copy of ``size`` bytes that lacks every block of ``base`` (none for
         a new file or O_TRUNC); they are copied in as they are needed."""
+        base = base or BaseLayout()
         self._out_of_the_way(node_id)
         fd = os.open(self._data(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._part(node_id).unlink(missing_ok=True)
@@ -722,8 +721,8 @@ class Staging:
             mode,
             mtime_ns,
             fd,
-            base=base or BaseLayout(),
-            missing=set(range(len(base or ()))),
+            base=base,
+            missing=set(range(len(base))),
             map_fd=map_fd,
             on_change=self.on_change,
             part_path=self._part(node_id),
@@ -752,14 +751,14 @@ class Staging:
         # (one after another, each of the copy's files waited for a commit of its own).
         # fdatasync: the bytes and the sizes; a recovery does not read their mtimes.
         flushes = [
-            self._flushers().submit(os.fdatasync, fd)
+            self._pool("sync", 4).submit(os.fdatasync, fd)
             for fd in (staged.fd, staged.map_fd, staged.part_fd)
             if fd >= 0
         ]
         # Written once when the copy was made; a restart cannot read the copy without it.
-        base_written = not staged.base_synced and staged.map_fd >= 0
+        base_written = bool(staged.base) and not staged.base_synced
         if base_written:
-            flushes.append(self._flushers().submit(_flush_file, self._base(staged.node_id)))
+            flushes.append(self._pool("sync", 4).submit(_flush_file, self._base(staged.node_id)))
         try:
             self.write_journal(staged, durable=True)
         finally:
@@ -783,7 +782,7 @@ class Staging:
         aside: Future[None] = Future()
         with self._dropping_lock:
             self._dropping[staged.node_id] = aside
-        self._dropper().submit(self._discard, staged.node_id, aside)
+        self._pool("drop").submit(self._discard, staged.node_id, aside)
 
     def _discard(self, node_id: int, aside: Future[None]) -> None:
         """Put a dropped copy's files aside into ``trash/`` (then ``aside`` is done) and
@@ -827,22 +826,18 @@ class Staging:
         staged.unsynced += length
         if staged.unsynced >= WRITE_BEHIND and staged.fd >= 0:
             staged.unsynced = 0
-            self._background().submit(start_writeback, staged.fd)
+            self._pool("io").submit(start_writeback, staged.fd)
 
-    def _dropper(self) -> ThreadPoolExecutor:
-        if self._drop is None:
-            self._drop = ThreadPoolExecutor(1, thread_name_prefix="staging-drop")
-        return self._drop
-
-    def _flushers(self) -> ThreadPoolExecutor:
-        if self._flush is None:
-            self._flush = ThreadPoolExecutor(4, thread_name_prefix="staging-sync")
-        return self._flush
-
-    def _background(self) -> ThreadPoolExecutor:
-        if self._io is None:
-            self._io = ThreadPoolExecutor(1, thread_name_prefix="staging-io")
-        return self._io
+    def _pool(self, job: str, workers: int = 1) -> ThreadPoolExecutor:
+        # Under a lock: sync runs on worker threads, and two fsyncs at once must not
+        # make two pools.
+        with self._pools_lock:
+            pool = self._pools.get(job)
+            if pool is None:
+                pool = self._pools[job] = ThreadPoolExecutor(
+                    workers, thread_name_prefix=f"staging-{job}"
+                )
+            return pool
 
     async def snapshot(self, staged: StagedFile, skip: Sequence[tuple[int, int]] = ()) -> Path:
         """A private copy of the staged bytes as they are now, for an upload to read;
