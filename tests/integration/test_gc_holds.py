@@ -10,9 +10,13 @@ import pytest
 
 from mediadrive.cli.drive_registry import open_drive
 from mediadrive.cli.settings import CliSettings
+from mediadrive.core.blob import BlobStore
+from mediadrive.core.blob.wrapper import WrappedStore
+from mediadrive.core.chunking import Piece
 from mediadrive.core.config import DriveSettings
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import StoreUnavailable
+from mediadrive.core.hashing import chunk_id
 from tests.integration.test_cli import Cli
 
 CHUNK = 64 << 10
@@ -90,3 +94,60 @@ def test_gc_says_which_chunks_an_upload_holds(tmp_path: Path) -> None:
     assert "kept 2 unreferenced chunks that uploads hold" in said
     assert "interrupted less than 15 minutes ago" in said
     assert cli.json("gc", "show", "--grace", "0s")["chunks_held"] == 2
+
+
+class _DeletedRightAfterPut(WrappedStore):
+    """A store where GC takes ``victim`` just after its first put lands, as a GC
+    running between an upload's put and its claim would."""
+
+    def __init__(self, inner: BlobStore, drive: Drive, victim: str) -> None:
+        super().__init__(inner)
+        self.drive, self.victim, self.puts = drive, victim, 0
+
+    async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+        await super().put(chunk_id, data)
+        if chunk_id == self.victim:
+            self.puts += 1
+            if self.puts == 1:
+                assert (await self.drive.gc(0)).chunks_deleted == 1
+
+
+async def test_a_piece_put_before_its_claim_survives_a_gc_deleting_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    async with await _drive(tmp_path) as drive:
+        data = os.urandom(1000)
+        cid = chunk_id(data)
+        # The same bytes, stored earlier and referenced by nothing: GC may take them.
+        await drive.meta.claim_chunks([(cid, len(data), None)], hold=0)
+        await drive.blobs.put(cid, data)
+        await drive.meta.mark_stored([cid])
+        drive.uploader._deletions = await drive.meta.chunk_deletions()
+        store = _DeletedRightAfterPut(drive.blobs, drive, cid)
+        drive.uploader.blobs = store
+
+        extent, sent = await drive.uploader.store_piece(Piece(0, data), "edit")
+
+        assert (extent.chunk_id, sent) == (cid, True)
+        # The deletion was seen: the bytes were put again, under the hold.
+        assert store.puts == 2
+        assert await drive.blobs.get(cid) == data
+        assert await drive.meta.chunk_stats() == (1, len(data))
+        assert await drive.meta.held_unreferenced() == 1
+
+
+async def test_a_small_piece_sent_ahead_is_not_claimed_before_its_put(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await _drive(tmp_path) as drive:
+
+        async def refused(*args: object, **kwargs: object) -> None:
+            raise AssertionError("claimed before the put")
+
+        monkeypatch.setattr(drive.meta, "claim_chunks", refused)
+        data = os.urandom(CHUNK)
+        extent, sent = await drive.uploader.store_piece(Piece(0, data), "edit")
+        assert sent
+        assert await drive.blobs.get(extent.chunk_id) == data
+        assert await drive.meta.chunk_stats() == (1, CHUNK)
+        assert await drive.meta.held_unreferenced() == 1

@@ -919,6 +919,59 @@ async def test_gc_candidates_and_deletion(store: MetaStore) -> None:
     assert await store.chunk_stats() == (4, len(b"shared" + b"only-v1" + b"only-v2" + b"held"))
 
 
+async def test_a_chunk_put_before_its_claim_is_stored_and_held_in_one_call(
+    store: MetaStore,
+) -> None:
+    cid = chunk_id(b"sent ahead")
+    seen = await store.chunk_deletions()
+    state, now = await store.record_put(cid, 10, b"\x03" * 32, seen, token="t")
+    assert (state, now) == ("stored", seen)
+    assert await store.chunk_stats() == (1, 10)
+    assert await store.chunk_blocks(cid) == b"\x03" * 32
+    assert await store.held_unreferenced() == 1
+    # Held: GC can neither list nor take it, whatever the grace period.
+    assert await store.gc_candidates(time.time() + 1) == []
+    assert not await store.begin_delete_chunk(cid, time.time() + 1)
+    # Already stored: a second put-then-record keeps it stored.
+    assert (await store.record_put(cid, 10, None, seen, token="u"))[0] == "stored"
+
+
+async def test_a_put_that_a_gc_deletion_may_have_undone_is_left_pending(
+    store: MetaStore,
+) -> None:
+    cid = chunk_id(b"doomed then sent again")
+    seen = await store.chunk_deletions()
+    await store.claim_chunks([(cid, 6, None)], hold=0)
+    await store.mark_stored([cid])
+    assert await store.begin_delete_chunk(cid, time.time() + 1)
+    # While GC deletes the bytes the chunk cannot be recorded.
+    assert (await store.record_put(cid, 6, None, seen))[0] == "busy"
+    await store.finish_delete_chunk(cid)
+    assert await store.chunk_deletions() == seen + 1
+    # A put that began before that deletion ended may be what it deleted: pending
+    # (held, to be put again), never stored.
+    state, now = await store.record_put(cid, 6, None, seen, token="t")
+    assert (state, now) == ("pending", seen + 1)
+    assert await store.chunk_stats() == (0, 0)
+    assert await store.held_unreferenced() == 1
+    await store.mark_stored([cid])
+    assert await store.chunk_stats() == (1, 6)
+    # A put that began after it (the count read then) is stored at once.
+    other = chunk_id(b"sent after the deletion")
+    assert (await store.record_put(other, 5, None, now))[0] == "stored"
+
+
+async def test_a_put_replaces_a_damaged_chunk(store: MetaStore) -> None:
+    done = await commit(store, "/a.bin", None, b"good bytes")
+    (extent,) = (await store.version(done.file_id, done.version))[1]
+    assert await store.mark_damaged([extent.chunk_id]) == 1
+    seen = await store.chunk_deletions()
+    state, _ = await store.record_put(extent.chunk_id, extent.length, b"\x05" * 32, seen)
+    assert state == "stored"
+    assert await store.chunk_blocks(extent.chunk_id) == b"\x05" * 32
+    await store.commit(request(await resolve(store, "/"), "/b.bin", None, [extent]), LWW)
+
+
 async def test_commit_loses_to_a_chunk_being_deleted(store: MetaStore) -> None:
     extents = await stored_extents(store, b"doomed")
     later = time.time() + 1

@@ -40,6 +40,8 @@ _WINDOW_BYTES = 256 << 20
 _MAX_IN_FLIGHT = 16
 # Pieces claimed in one metadata call at most.
 _CLAIM_BATCH = 32
+# A piece sent ahead up to this size is put before it is claimed (see store_piece).
+_PUT_FIRST = 4 * BLOCK_SIZE
 
 _hashers: ThreadPoolExecutor | None = None
 _hashers_lock = threading.Lock()
@@ -258,6 +260,8 @@ class Uploader:
         # Puts in flight at once (and pieces read ahead): by default as many as fit
         # the upload's memory window for this drive's chunk size.
         self.concurrency = concurrency or window(settings)
+        # GC's count of finished chunk deletions as last read (see store_piece).
+        self._deletions: int | None = None
 
     async def upload(
         self,
@@ -404,12 +408,36 @@ class Uploader:
             cid, digests = identify(piece.data)
         else:
             cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
+        extent = Extent(piece.offset, len(piece.data), cid)
+        if len(piece.data) <= _PUT_FIRST and await self._put_first(cid, piece.data, digests, token):
+            return extent, True
         states = await self._claim_many({cid: (len(piece.data), digests)}, token)
         sent = states.get(cid) != "stored"
         if sent:
             await self.blobs.put(cid, piece.data)
             await self.meta.mark_stored([cid])
-        return Extent(piece.offset, len(piece.data), cid), sent
+        return extent, sent
+
+    async def _put_first(self, cid: str, data: bytes, digests: bytes, token: str) -> bool:
+        """Put a small piece, then claim it as stored in one transaction: what an fsync
+        sends ahead is on the edit's path, and this saves a metadata round trip before
+        the put and one after it, for at most a few MiB sent when the drive had them.
+        False when GC is deleting that chunk right now (claim it first instead)."""
+        seen = self._deletions
+        if seen is None:
+            seen = await self.meta.chunk_deletions()
+        await self.blobs.put(cid, data)
+        state, self._deletions = await self.meta.record_put(
+            cid, len(data), digests, seen, token=token
+        )
+        if state == "busy":
+            return False
+        if state == "pending":
+            # A GC deletion finished since `seen`; it may have taken these very bytes.
+            # Held now, so nothing takes them again.
+            await self.blobs.put(cid, data)
+            await self.meta.mark_stored([cid])
+        return True
 
     async def renew(self, chunk_ids: Sequence[str], token: str) -> None:
         """Extend the holds of chunks sent ahead of their commit (see store_piece)."""

@@ -194,6 +194,23 @@ class MetaStore(Protocol):
     ) -> list[ChunkClaim]:
         """Hold (id, size, block digests) chunks for an upload; says which need uploading."""
 
+    async def chunk_deletions(self) -> int:
+        """How many chunk deletions GC has finished in this drive (see record_put)."""
+
+    async def record_put(
+        self,
+        chunk_id: str,
+        size: int,
+        blocks: bytes | None,
+        deletions_seen: int,
+        hold: float = CHUNK_HOLD,
+        token: str = "",
+    ) -> tuple[str, int]:
+        """Hold a chunk the caller has just put, in one transaction: ``stored``, or
+        ``pending`` when a GC deletion finished since the caller read ``deletions_seen``
+        before its put (put it again, then mark_stored), or ``busy`` (GC deletes it
+        now); with the current count of deletions."""
+
     async def hold_chunks(
         self, chunk_ids: Sequence[str], hold: float = CHUNK_HOLD, token: str = ""
     ) -> None:

@@ -120,6 +120,9 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX IF NOT EXISTS nodes_by_parent_name ON nodes (drive, parent_id, name)",
         "DROP INDEX IF EXISTS nodes_by_parent",
     ],
+    # 8: chunk deletions GC has finished, so an upload that put a chunk before
+    # claiming it can tell whether a deletion may have taken its bytes meanwhile.
+    ["ALTER TABLE drives ADD COLUMN chunk_deletions {bigint} NOT NULL DEFAULT 0"],
 ]
 
 LATEST = len(MIGRATIONS)

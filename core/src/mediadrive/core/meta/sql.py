@@ -1213,6 +1213,68 @@ class SqlMetaStore(ABC):
 
         return await self._run(body)
 
+    async def chunk_deletions(self) -> int:
+        """How many chunk deletions GC has finished in this drive (see record_put)."""
+
+        async def body(tx: Tx) -> int:
+            return await self._chunk_deletions(tx)
+
+        return await self._run(body, write=False)
+
+    async def _chunk_deletions(self, tx: Tx) -> int:
+        row = await tx.fetchone("SELECT chunk_deletions FROM drives WHERE name = ?", (self.drive,))
+        if row is None:
+            raise DriveNotFound(f"drive {self.drive!r} does not exist in {self._where()}")
+        return int(row[0])
+
+    async def record_put(
+        self,
+        chunk_id: str,
+        size: int,
+        blocks: bytes | None,
+        deletions_seen: int,
+        hold: float = CHUNK_HOLD,
+        token: str = "",
+    ) -> tuple[str, int]:
+        """Claim a chunk whose bytes the caller has just put, in one transaction instead
+        of a claim before the put and a mark after it.
+
+        A GC deletion of the same id that ended after the put began may have taken the
+        bytes; the caller read ``deletions_seen`` (:meth:`chunk_deletions`) before its
+        put, so a count that moved since means it cannot tell: the chunk is then held
+        but left ``pending`` for the caller to put again and ``mark_stored``. Returns
+        the state (``stored``, ``pending``, or ``busy`` while GC deletes it now) and
+        the current count.
+        """
+
+        async def body(tx: Tx) -> tuple[str, int]:
+            now = time.time()
+            deletions = await self._chunk_deletions(tx)
+            state = "stored" if deletions == deletions_seen else "pending"
+            await tx.execute(
+                "INSERT INTO chunks (drive, id, size, state, held_until, blocks) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (drive, id) DO UPDATE "
+                "SET held_until = excluded.held_until, "
+                "blocks = CASE WHEN chunks.state = 'damaged' "
+                "THEN COALESCE(excluded.blocks, chunks.blocks) "
+                "ELSE COALESCE(chunks.blocks, excluded.blocks) END, "
+                # Stored stays stored; anything else holds these bytes now, if they hold.
+                "state = CASE WHEN chunks.state = 'stored' THEN chunks.state "
+                "ELSE excluded.state END "
+                "WHERE chunks.state <> 'deleting'",
+                (self.drive, chunk_id, size, state, now, blocks),
+            )
+            row = await tx.fetchone(
+                "SELECT state FROM chunks WHERE drive = ? AND id = ?", (self.drive, chunk_id)
+            )
+            assert row is not None
+            if row[0] == "deleting":
+                return "busy", deletions
+            await self._hold(tx, [chunk_id], token, now + hold)
+            return str(row[0]), deletions
+
+        return await self._run(body)
+
     async def _hold(self, tx: Tx, chunk_ids: Sequence[str], token: str, until: float) -> None:
         await tx.executemany(
             "INSERT INTO holds (drive, chunk_id, token, until) VALUES (?, ?, ?, ?) "
@@ -1501,10 +1563,16 @@ class SqlMetaStore(ABC):
 
     async def finish_delete_chunk(self, chunk_id: str) -> None:
         async def body(tx: Tx) -> None:
-            await tx.execute(
+            deleted = await tx.execute(
                 "DELETE FROM chunks WHERE drive = ? AND id = ? AND state = 'deleting'",
                 (self.drive, chunk_id),
             )
+            if deleted:
+                # Counted once the bytes are gone: see record_put.
+                await tx.execute(
+                    "UPDATE drives SET chunk_deletions = chunk_deletions + 1 WHERE name = ?",
+                    (self.drive,),
+                )
 
         await self._run(body)
 
