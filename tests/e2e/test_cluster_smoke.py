@@ -144,10 +144,21 @@ def test_pod_reaches_the_apiserver_through_the_kubernetes_service(cluster: Clust
         assert cluster.kubectl("logs", "api", "-n", namespace).startswith("v1.")
 
 
+# Cluster DNS follows the apiserver within seconds (as CoreDNS does): a pod started
+# right after a rollout may ask before the new endpoints are known, so it asks again.
 _RESOLVE = """
-import socket, sys
+import socket, sys, time
 for name in sys.argv[1:]:
-    print(name, socket.gethostbyname(name))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            print(name, socket.gethostbyname(name), flush=True)
+            break
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise
+            print(name, "not yet:", exc, file=sys.stderr, flush=True)
+            time.sleep(1)
 """
 
 
@@ -215,10 +226,9 @@ def test_pods_resolve_services_and_statefulset_pods_by_name(cluster: Cluster) ->
             "--for=jsonpath={.status.phase}=Succeeded",
             "--timeout=120s",
         )
-        resolved = dict(
-            line.split()
-            for line in cluster.kubectl("logs", "resolve", "-n", namespace).splitlines()
-        )
+        logs = cluster.kubectl("logs", "resolve", "-n", namespace).splitlines()
+        # "NAME ADDRESS" lines; the "not yet" ones are longer.
+        resolved = dict(line.split() for line in logs if len(line.split()) == 2)
         kubernetes_ip = cluster.kubectl(
             "get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}"
         )

@@ -256,9 +256,11 @@ async def test_extents_stored_before_slices_existed_name_whole_chunks(
     store: MetaStore, meta_url: str
 ) -> None:
     first = await commit(store, "/old.bin", None, b"old", b"bytes")
-    # The extents table as it was before the migration that added slices.
+    # The schema as it was before the migration that added slices (and the later
+    # ones that added columns).
     slices = next(n for n, m in enumerate(MIGRATIONS, 1) if "chunk_offset" in "".join(m))
     raw_execute(meta_url, "ALTER TABLE extents DROP COLUMN chunk_offset")
+    raw_execute(meta_url, "ALTER TABLE drives DROP COLUMN chunk_deletions")
     raw_execute(meta_url, f"DELETE FROM schema_migrations WHERE version >= {slices}")
     reopened = connect(meta_url, "show")
     try:
