@@ -220,6 +220,10 @@ class EarlyUploads:
     async def _send_stretches(
         self, staged: StagedFile, state: _FileState, stretches: Sequence[tuple[int, int]]
     ) -> None:
+        if len(stretches) == 1:
+            # No task of its own: the put starts in this step (see Vfs.fsync).
+            await self._send(staged, state, *stretches[0])
+            return
         await asyncio.gather(*(self._send(staged, state, s, n) for s, n in stretches))
 
     def _send_later(self, staged: StagedFile, state: _FileState, index: int) -> None:

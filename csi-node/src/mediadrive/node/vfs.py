@@ -898,6 +898,9 @@ class VFS:
             raise FsError(errno.ENOSPC)
         # What the commit will send starts travelling beside the local sync.
         self.writeback.send_ahead(staged)
+        # One step for the sending to reach its put before the local flush starts: the
+        # put is what a commit soon after waits for.
+        await asyncio.sleep(0)
         await asyncio.to_thread(self.staging.sync, staged)
         if staged.dirty:
             self.writeback.schedule_on(CommitOn.FSYNC, staged.node_id, "")

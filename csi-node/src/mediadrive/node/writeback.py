@@ -358,12 +358,17 @@ class Writeback:
         upload = await self._upload(snap, reuse, staged.path)
         # What was sent goes into the block cache while the version is recorded (it is
         # content-addressed: right whatever the commit's outcome).
-        keeping = asyncio.create_task(self._keep_blocks(snap, upload, reuse))
+        keeping = (
+            asyncio.create_task(self._keep_blocks(snap, upload, reuse))
+            if any(extent.offset not in reuse for extent in upload.extents)
+            else None
+        )
         try:
             async with self.tree.names:
                 landed = await self._land(staged, node_id, snap, reuse, upload, message)
         finally:
-            await keeping
+            if keeping is not None:
+                await keeping
         if landed is None:
             return None
         path, outcome, committed = landed
