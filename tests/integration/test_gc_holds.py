@@ -126,7 +126,7 @@ async def test_a_piece_put_before_its_claim_survives_a_gc_deleting_the_same_byte
         store = _DeletedRightAfterPut(drive.blobs, drive, cid)
         drive.uploader.blobs = store
 
-        extent, sent = await drive.uploader.store_piece(Piece(0, data), "edit")
+        extent, sent = await drive.uploader.store_piece(Piece(0, data), "edit", put_first=True)
 
         assert (extent.chunk_id, sent) == (cid, True)
         # The deletion was seen: the bytes were put again, under the hold.
@@ -146,7 +146,7 @@ async def test_a_small_piece_sent_ahead_is_not_claimed_before_its_put(
 
         monkeypatch.setattr(drive.meta, "claim_chunks", refused)
         data = os.urandom(CHUNK)
-        extent, sent = await drive.uploader.store_piece(Piece(0, data), "edit")
+        extent, sent = await drive.uploader.store_piece(Piece(0, data), "edit", put_first=True)
         assert sent
         assert await drive.blobs.get(extent.chunk_id) == data
         assert await drive.meta.chunk_stats() == (1, CHUNK)

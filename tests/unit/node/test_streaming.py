@@ -117,6 +117,28 @@ async def test_full_chunks_travel_before_close_and_the_commit_sends_the_rest(
     assert await read_back(tmp_path, "clip.bin") == data
 
 
+async def test_chunks_the_drive_has_are_not_sent_again_while_a_copy_is_written(
+    tmp_path: Path,
+) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    data = os.urandom(3 * CHUNK + 100)
+    fh = await create(vfs, "take-1.bin")
+    await vfs.vfs.write(fh, 0, data)
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    store = counting(vfs)
+    # The same bytes again under another name, written as cp does and left open.
+    fh = await create(vfs, "take-2.bin")
+    for offset in range(0, len(data), 1000):
+        await vfs.vfs.write(fh, offset, data[offset : offset + 1000])
+    await sent_early(vfs, 3)
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    assert store.puts == []
+    await version_holds(vfs, "take-2.bin", data)
+    await vfs.close()
+
+
 async def test_a_chunk_rewritten_after_it_was_sent_is_sent_again(tmp_path: Path) -> None:
     vfs = await make_test_vfs(tmp_path)
     store = counting(vfs)

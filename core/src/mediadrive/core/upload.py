@@ -40,7 +40,8 @@ _WINDOW_BYTES = 256 << 20
 _MAX_IN_FLIGHT = 16
 # Pieces claimed in one metadata call at most.
 _CLAIM_BATCH = 32
-# A piece sent ahead up to this size is put before it is claimed (see store_piece).
+# A piece an fsync sends ahead up to this size is put before it is claimed (see
+# store_piece).
 _PUT_FIRST = 4 * BLOCK_SIZE
 
 _hashers: ThreadPoolExecutor | None = None
@@ -397,11 +398,14 @@ class Uploader:
                 await asyncio.sleep(0.05)
         return states
 
-    async def store_piece(self, piece: Piece, token: str) -> tuple[Extent, bool]:
+    async def store_piece(
+        self, piece: Piece, token: str, put_first: bool = False
+    ) -> tuple[Extent, bool]:
         """Hash, claim (held under ``token``) and, if the drive lacks it, send one chunk
         ahead of the upload that will keep it: a file still being written sends its
         finished chunks this way, and its commit keeps them by reference (``reuse``).
-        The hold lasts until released or renewed (:meth:`renew`). Returns the chunk's
+        The hold lasts until released or renewed (:meth:`renew`). ``put_first``: a
+        small piece is put before it is claimed (see _put_first). Returns the chunk's
         extent and whether its bytes were sent (False: the drive had it)."""
         if len(piece.data) <= BLOCK_SIZE:
             # Hashing a block takes less than handing it to a thread and back.
@@ -409,7 +413,11 @@ class Uploader:
         else:
             cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
         extent = Extent(piece.offset, len(piece.data), cid)
-        if len(piece.data) <= _PUT_FIRST and await self._put_first(cid, piece.data, digests, token):
+        if (
+            put_first
+            and len(piece.data) <= _PUT_FIRST
+            and await self._put_first(cid, piece.data, digests, token)
+        ):
             return extent, True
         states = await self._claim_many({cid: (len(piece.data), digests)}, token)
         sent = states.get(cid) != "stored"
@@ -421,8 +429,10 @@ class Uploader:
     async def _put_first(self, cid: str, data: bytes, digests: bytes, token: str) -> bool:
         """Put a small piece, then claim it as stored in one transaction: what an fsync
         sends ahead is on the edit's path, and this saves a metadata round trip before
-        the put and one after it, for at most a few MiB sent when the drive had them.
-        False when GC is deleting that chunk right now (claim it first instead)."""
+        the put and one after it, for at most a few MiB sent when the drive had them
+        (chunks sent while a file is written are claimed first: a copy of bytes the
+        drive has sends nothing). False when GC is deleting that chunk right now
+        (claim it first instead)."""
         seen = self._deletions
         if seen is None:
             seen = await self.meta.chunk_deletions()

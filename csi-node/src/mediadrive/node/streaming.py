@@ -222,9 +222,9 @@ class EarlyUploads:
     ) -> None:
         if len(stretches) == 1:
             # No task of its own: the put starts in this step (see Vfs.fsync).
-            await self._send(staged, state, *stretches[0])
+            await self._send(staged, state, *stretches[0], ahead=True)
             return
-        await asyncio.gather(*(self._send(staged, state, s, n) for s, n in stretches))
+        await asyncio.gather(*(self._send(staged, state, s, n, ahead=True) for s, n in stretches))
 
     def _send_later(self, staged: StagedFile, state: _FileState, index: int) -> None:
         attempts = state.attempts.get(index, 0)
@@ -272,12 +272,19 @@ class EarlyUploads:
         return data, stamp
 
     async def _store(
-        self, staged: StagedFile, state: _FileState, piece: Piece, stamp: Stamp
+        self,
+        staged: StagedFile,
+        state: _FileState,
+        piece: Piece,
+        stamp: Stamp,
+        put_first: bool = False,
     ) -> str | None:
         """Send one chunk read under ``stamp``; recorded if its bytes still hold.
         Returns its id once stored."""
         try:
-            extent, new = await self.drive.uploader.store_piece(piece, state.token)
+            extent, new = await self.drive.uploader.store_piece(
+                piece, state.token, put_first=put_first
+            )
         except Exception as exc:  # the commit sends it instead
             log.info("early upload of %s at %d failed: %s", staged.path, piece.offset, exc)
             return None
@@ -287,14 +294,17 @@ class EarlyUploads:
             state.sent[extent.offset] = sent
         return extent.chunk_id
 
-    async def _send(self, staged: StagedFile, state: _FileState, start: int, length: int) -> None:
-        """Send ``length`` bytes of the copy at ``start`` as one chunk."""
+    async def _send(
+        self, staged: StagedFile, state: _FileState, start: int, length: int, ahead: bool = False
+    ) -> None:
+        """Send ``length`` bytes of the copy at ``start`` as one chunk (``ahead``: for an
+        fsync, whose commit waits for it)."""
         async with self._slots:
             read = await self._read(staged, state, start, length)
             if read is None:
                 return
             data, stamp = read
-            await self._store(staged, state, Piece(start, data), stamp)
+            await self._store(staged, state, Piece(start, data), stamp, put_first=ahead)
 
     # -- content-defined chunks ---------------------------------------------------------
 
