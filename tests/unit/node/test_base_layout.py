@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE, block_digests, chunk_id, identify
 from mediadrive.core.meta import Extent
-from mediadrive.node.base_layout import BaseBlock, BaseLayout
+from mediadrive.node.base_layout import BaseBlock, BaseLayout, MissingBlocks
 from mediadrive.node.staging import Staging
 
 
@@ -118,7 +118,7 @@ def test_a_copy_journaled_with_a_block_list_is_recovered(tmp_path: Path) -> None
     again = Staging(tmp_path)
     [found] = again.open()
     assert list(found.base) == blocks
-    assert found.missing == set(range(len(blocks))) - {1}
+    assert set(found.missing) == set(range(len(blocks))) - {1}
     assert found.lacking(0, content.size) == sorted(found.missing)
     again.close()
 
@@ -158,3 +158,41 @@ def test_what_stays_untouched_follows_settles_and_writes_into_lacking_blocks(
         assert [list(p) for _, p in staged.untouched_extents()] == [list(g) for g in untouched]
         assert staged.missing_bytes() == sum(layout[i].length for i in staged.missing)
         staging.close()
+
+
+@given(
+    count=st.integers(0, 300),
+    settled=st.lists(st.integers(-5, 310), max_size=60),
+    probes=st.lists(st.integers(-5, 310), max_size=30),
+)
+def test_missing_blocks_behave_as_the_set_of_positions_not_yet_held(
+    count: int, settled: list[int], probes: list[int]
+) -> None:
+    missing = MissingBlocks(count)
+    model = set(range(count))
+    for position in settled:
+        missing.discard(position)
+        model.discard(position)
+        assert len(missing) == len(model) and bool(missing) == bool(model)
+    assert list(missing) == sorted(model)
+    assert set(missing) == model
+    for position in [*probes, *settled]:
+        assert (position in missing) == (position in model)
+    # The map file a copy keeps (a non-zero byte per block held) gives them back.
+    journaled = bytes(0 if i in model else 1 for i in range(count))
+    assert set(MissingBlocks.from_map(journaled)) == model
+
+
+def test_a_copy_of_a_large_file_keeps_only_the_blocks_it_holds(tmp_path: Path) -> None:
+    # 100 GiB of 64 MiB chunks: 102,400 blocks, none listed at open.
+    chunk = 64 << 20
+    content = ExtentMap.of(
+        1, 1600 * chunk, [Extent(i * chunk, chunk, f"{i:064x}") for i in range(1600)]
+    )
+    staging = Staging(tmp_path)
+    staging.open()
+    staged = staging.create(7, "/plate.exr", 1, 0o644, 0, BaseLayout.of(content), content.size)
+    assert len(staged.missing) == 102_400 and staged.missing.held == set()
+    staged.settle([5, 102_399])
+    assert staged.missing.held == {5, 102_399} and 5 not in staged.missing
+    staging.close()

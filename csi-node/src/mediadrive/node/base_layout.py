@@ -11,7 +11,9 @@ position when asked.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -131,3 +133,46 @@ class BaseLayout(Sequence[BaseBlock]):
 
 def _last_block(extent: Extent) -> int:
     return (extent.chunk_offset + extent.length - 1) // BLOCK_SIZE
+
+
+_HELD_RUNS = re.compile(rb"[^\x00]+")
+
+
+class MissingBlocks(AbstractSet[int]):
+    """The positions of the base blocks a staged copy still lacks: all of
+    ``0..count-1`` but the ones it holds. An edit holds a handful of a large file's
+    blocks, so the copy keeps those, not every position it lacks (a 100 GiB file is
+    102,400 blocks: a set of them took 8 ms to make at every open, and megabytes)."""
+
+    __slots__ = ("count", "held")
+
+    def __init__(self, count: int, held: Iterable[int] = ()) -> None:
+        self.count = count
+        self.held = {i for i in held if 0 <= i < count}
+
+    @classmethod
+    def from_map(cls, settled: bytes) -> MissingBlocks:
+        """From a copy's map file: one byte per block, non-zero for a block it holds
+        (found run by run: a large file's map is mostly zeros)."""
+        held = (i for run in _HELD_RUNS.finditer(settled) for i in range(*run.span()))
+        return cls(len(settled), held)
+
+    def __contains__(self, position: object) -> bool:
+        return (
+            isinstance(position, int) and 0 <= position < self.count and position not in self.held
+        )
+
+    def __len__(self) -> int:
+        return self.count - len(self.held)
+
+    def __iter__(self) -> Iterator[int]:
+        held = self.held
+        return (i for i in range(self.count) if i not in held)
+
+    def discard(self, position: int) -> None:
+        """The copy holds this block now."""
+        if 0 <= position < self.count:
+            self.held.add(position)
+
+    def __repr__(self) -> str:
+        return f"MissingBlocks({self.count}, held={sorted(self.held)})"

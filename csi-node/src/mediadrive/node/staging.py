@@ -54,7 +54,7 @@ from mediadrive.core.durability import fsync_dir
 from mediadrive.core.errors import MediadriveError, StoreFull
 from mediadrive.core.meta import Extent
 
-from .base_layout import BaseBlock, BaseLayout
+from .base_layout import BaseBlock, BaseLayout, MissingBlocks
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class StagedFile:
     # copies journaled by earlier releases), and which of them (by position) the copy
     # still lacks; ``map_fd`` records the others, one byte per block.
     base: Sequence[BaseBlock] = ()
-    missing: set[int] = field(default_factory=set)
+    missing: MissingBlocks = field(default_factory=lambda: MissingBlocks(0))
     map_fd: int = -1
     on_change: ChangeListener | None = None
     # The byte ranges writes changed, (start, end), sorted and disjoint; with
@@ -150,12 +150,7 @@ class StagedFile:
     _fills: dict[int, asyncio.Task[None]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        held = (
-            set(range(len(self.base))) - self.missing
-            if len(self.missing) < len(self.base)
-            else set()
-        )
-        self._touched = sorted(held | self.partial.keys())
+        self._touched = sorted(self.missing.held | self.partial.keys())
 
     def _touch_block(self, i: int) -> None:
         j = bisect.bisect_left(self._touched, i)
@@ -609,11 +604,11 @@ class Staging:
                     orphan.unlink(missing_ok=True)
         return recovered
 
-    def _open_base(self, node_id: int) -> tuple[Sequence[BaseBlock], set[int], int]:
+    def _open_base(self, node_id: int) -> tuple[Sequence[BaseBlock], MissingBlocks, int]:
         """The base blocks of a staged copy, which of them it lacks, and its map."""
         base_path = self._base(node_id)
         if not base_path.exists():
-            return BaseLayout(), set(), -1
+            return BaseLayout(), MissingBlocks(0), -1
         record = json.loads(base_path.read_text())
         base: Sequence[BaseBlock]
         if isinstance(record, dict):
@@ -627,10 +622,10 @@ class Staging:
             ]
         map_fd = os.open(self._map(node_id), os.O_RDWR)
         settled = os.pread(map_fd, len(base), 0).ljust(len(base), b"\x00")
-        return base, {i for i in range(len(base)) if not settled[i]}, map_fd
+        return base, MissingBlocks.from_map(settled), map_fd
 
     def _open_partial(
-        self, node_id: int, blocks: int, missing: set[int]
+        self, node_id: int, blocks: int, missing: MissingBlocks
     ) -> dict[int, list[tuple[int, int]]]:
         """The ranges written into blocks a staged copy still lacks."""
         partial: dict[int, list[tuple[int, int]]] = {}
@@ -722,7 +717,7 @@ class Staging:
             mtime_ns,
             fd,
             base=base,
-            missing=set(range(len(base))),
+            missing=MissingBlocks(len(base)),
             map_fd=map_fd,
             on_change=self.on_change,
             part_path=self._part(node_id),
