@@ -221,7 +221,7 @@ class EarlyUploads:
         self, staged: StagedFile, state: _FileState, stretches: Sequence[tuple[int, int]]
     ) -> None:
         if len(stretches) == 1:
-            # No task of its own: the put starts in this step (see Vfs.fsync).
+            # No task of its own: the put starts in this step (see VFS.fsync).
             await self._send(staged, state, *stretches[0], ahead=True)
             return
         await asyncio.gather(*(self._send(staged, state, s, n, ahead=True) for s, n in stretches))
