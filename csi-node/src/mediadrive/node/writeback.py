@@ -358,17 +358,12 @@ class Writeback:
         upload = await self._upload(snap, reuse, staged.path)
         # What was sent goes into the block cache while the version is recorded (it is
         # content-addressed: right whatever the commit's outcome).
-        keeping = (
-            asyncio.create_task(self._keep_blocks(snap, upload, reuse))
-            if any(extent.offset not in reuse for extent in upload.extents)
-            else None
-        )
+        keeping = asyncio.create_task(self._keep_blocks(snap, upload, reuse))
         try:
             async with self.tree.names:
                 landed = await self._land(staged, node_id, snap, reuse, upload, message)
         finally:
-            if keeping is not None:
-                await keeping
+            await keeping
         if landed is None:
             return None
         path, outcome, committed = landed
@@ -553,15 +548,15 @@ class Writeback:
     ) -> None:
         """Put what was just committed into the block cache: reading it back is local.
         (Kept chunks are holes in the snapshot; their blocks are not in it.)"""
-        if upload.size > self.cache.capacity // 4:
+        sent = [extent for extent in upload.extents if extent.offset not in reuse]
+        # Nothing sent (an edit whose bytes went on its fsync): no thread hop for it.
+        if not sent or upload.size > self.cache.capacity // 4:
             return
 
         def read_blocks() -> list[tuple[str, int, bytes]]:
             blocks = []
             with open(snap, "rb") as f:
-                for extent in upload.extents:
-                    if extent.offset in reuse:
-                        continue
+                for extent in sent:
                     for index in range((extent.length + BLOCK_SIZE - 1) // BLOCK_SIZE):
                         if self.cache.has(extent.chunk_id, index):
                             continue

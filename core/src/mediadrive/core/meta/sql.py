@@ -1187,31 +1187,51 @@ class SqlMetaStore(ABC):
             now = time.time()
             claims = []
             for chunk_id, size, blocks in chunks:
-                await tx.execute(
-                    "INSERT INTO chunks (drive, id, size, state, held_until, blocks) "
-                    "VALUES (?, ?, ?, 'pending', ?, ?) ON CONFLICT (drive, id) DO UPDATE "
-                    "SET held_until = excluded.held_until, "
-                    # A damaged chunk takes the digests of the bytes that replace it.
-                    "blocks = CASE WHEN chunks.state = 'damaged' "
-                    "THEN COALESCE(excluded.blocks, chunks.blocks) "
-                    "ELSE COALESCE(chunks.blocks, excluded.blocks) END "
-                    "WHERE chunks.state <> 'deleting'",
-                    (self.drive, chunk_id, size, now, blocks),
-                )
-                row = await tx.fetchone(
-                    "SELECT state FROM chunks WHERE drive = ? AND id = ?", (self.drive, chunk_id)
-                )
-                assert row is not None
-                if row[0] == "deleting":
+                found = await self._claim_row(tx, chunk_id, size, blocks, now)
+                if found is None:
                     claims.append(ChunkClaim(chunk_id, "busy"))
                     continue
                 await self._hold(tx, [chunk_id], token, now + hold)
                 # A damaged chunk is uploaded again: this upload has its bytes.
-                state = "pending" if row[0] == "damaged" else str(row[0])
+                state = "pending" if found == "damaged" else found
                 claims.append(ChunkClaim(chunk_id, state))
             return claims
 
         return await self._run(body)
+
+    async def _claim_row(
+        self,
+        tx: Tx,
+        chunk_id: str,
+        size: int,
+        blocks: bytes | None,
+        now: float,
+        put: str | None = None,
+    ) -> str | None:
+        """Add or refresh a chunk's row for an upload; its state then, None while GC
+        deletes it. A new row is ``pending``; with ``put`` (the caller has put the
+        bytes: see record_put) it is ``put``, and so is an existing row not stored."""
+        state_update = (
+            ", state = CASE WHEN chunks.state = 'stored' THEN chunks.state ELSE excluded.state END"
+            if put is not None
+            else ""
+        )
+        await tx.execute(
+            "INSERT INTO chunks (drive, id, size, state, held_until, blocks) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (drive, id) DO UPDATE "
+            "SET held_until = excluded.held_until, "
+            # A damaged chunk takes the digests of the bytes that replace it.
+            "blocks = CASE WHEN chunks.state = 'damaged' "
+            "THEN COALESCE(excluded.blocks, chunks.blocks) "
+            f"ELSE COALESCE(chunks.blocks, excluded.blocks) END{state_update} "
+            "WHERE chunks.state <> 'deleting'",
+            (self.drive, chunk_id, size, put or "pending", now, blocks),
+        )
+        row = await tx.fetchone(
+            "SELECT state FROM chunks WHERE drive = ? AND id = ?", (self.drive, chunk_id)
+        )
+        assert row is not None
+        return None if row[0] == "deleting" else str(row[0])
 
     async def chunk_deletions(self) -> int:
         """How many chunk deletions GC has finished in this drive (see record_put)."""
@@ -1250,28 +1270,12 @@ class SqlMetaStore(ABC):
         async def body(tx: Tx) -> tuple[str, int]:
             now = time.time()
             deletions = await self._chunk_deletions(tx)
-            state = "stored" if deletions == deletions_seen else "pending"
-            await tx.execute(
-                "INSERT INTO chunks (drive, id, size, state, held_until, blocks) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (drive, id) DO UPDATE "
-                "SET held_until = excluded.held_until, "
-                "blocks = CASE WHEN chunks.state = 'damaged' "
-                "THEN COALESCE(excluded.blocks, chunks.blocks) "
-                "ELSE COALESCE(chunks.blocks, excluded.blocks) END, "
-                # Stored stays stored; anything else holds these bytes now, if they hold.
-                "state = CASE WHEN chunks.state = 'stored' THEN chunks.state "
-                "ELSE excluded.state END "
-                "WHERE chunks.state <> 'deleting'",
-                (self.drive, chunk_id, size, state, now, blocks),
-            )
-            row = await tx.fetchone(
-                "SELECT state FROM chunks WHERE drive = ? AND id = ?", (self.drive, chunk_id)
-            )
-            assert row is not None
-            if row[0] == "deleting":
+            put = "stored" if deletions == deletions_seen else "pending"
+            found = await self._claim_row(tx, chunk_id, size, blocks, now, put)
+            if found is None:
                 return "busy", deletions
             await self._hold(tx, [chunk_id], token, now + hold)
-            return str(row[0]), deletions
+            return found, deletions
 
         return await self._run(body)
 
