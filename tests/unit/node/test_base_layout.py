@@ -178,6 +178,9 @@ def test_missing_blocks_behave_as_the_set_of_positions_not_yet_held(
     assert set(missing) == model
     for position in [*probes, *settled]:
         assert (position in missing) == (position in model)
+    others = set(probes)
+    assert (missing & others, missing | others) == (model & others, model | others)
+    assert (missing - others, missing ^ others) == (model - others, model ^ others)
     # The map file a copy keeps (a non-zero byte per block held) gives them back.
     journaled = bytes(0 if i in model else 1 for i in range(count))
     assert set(MissingBlocks.from_map(journaled)) == model

@@ -15,7 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
@@ -136,6 +136,7 @@ def _last_block(extent: Extent) -> int:
 
 
 _HELD_RUNS = re.compile(rb"[^\x00]+")
+_T = TypeVar("_T")
 
 
 class MissingBlocks(AbstractSet[int]):
@@ -168,6 +169,12 @@ class MissingBlocks(AbstractSet[int]):
     def __iter__(self) -> Iterator[int]:
         held = self.held
         return (i for i in range(self.count) if i not in held)
+
+    @classmethod
+    def _from_iterable(cls, positions: Iterable[_T]) -> set[_T]:
+        # What the set operators (&, |, -, ^) build: a plain set of positions, since
+        # their result has no block count of its own.
+        return set(positions)
 
     def discard(self, position: int) -> None:
         """The copy holds this block now."""
