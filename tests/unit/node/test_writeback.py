@@ -21,11 +21,13 @@ from mediadrive.core.meta import Extent
 from mediadrive.core.upload import pieces
 from mediadrive.node.options import CommitOn
 from mediadrive.node.writeback import (
+    ABSORB_PARTS,
     LONG_RUN_PARTS,
     MAX_EXTENTS_PER_CHUNK,
     extents_in_region,
     fixed_reusable,
     fixed_stretches,
+    hard_extent_bound,
 )
 
 from .vfs_harness import make_test_vfs
@@ -215,15 +217,15 @@ def _run(offset: int, length: int, chunk_offset: int = 0) -> tuple[Extent, list[
 def test_fixed_chunks_keep_untouched_runs_as_slices_up_to_a_bound() -> None:
     step = 16 * BLOCK_SIZE
     size = 3 * step
-    half = BLOCK_SIZE // 2
+    eighth = BLOCK_SIZE // 8
     # Region 0: one block touched in the middle: two slices and a new chunk.
     region0 = [_run(0, 5 * BLOCK_SIZE), _run(6 * BLOCK_SIZE, 10 * BLOCK_SIZE, 6 * BLOCK_SIZE)]
     # Region 1: every other block touched: 16 extents, too many, but every run is a
     # sixteenth of the chunk long, so each stays (sending them would not be small).
     region1 = [_run(step + b * BLOCK_SIZE, BLOCK_SIZE, b * BLOCK_SIZE) for b in range(0, 16, 2)]
-    # Region 2: half blocks touched every other half block: too many short runs
-    # beside new bytes, all let go (the region is sent again as one stretch).
-    region2 = [_run(2 * step + k * BLOCK_SIZE, half, k * BLOCK_SIZE) for k in range(8)]
+    # Region 2: an eighth of a block kept in every block: too many extents, and each
+    # run is short and within what an edit may send again beside it: all let go.
+    region2 = [_run(2 * step + k * BLOCK_SIZE, eighth, k * BLOCK_SIZE) for k in range(16)]
     kept = fixed_reusable(region0 + region1 + region2, size, step)
     assert sorted(kept) == [0, 6 * BLOCK_SIZE] + [e.offset for e, _ in region1]
     # Up to the bound a region keeps its runs, short or long.
@@ -232,6 +234,26 @@ def test_fixed_chunks_keep_untouched_runs_as_slices_up_to_a_bound() -> None:
     # A run cut by a truncate, or across a chunk boundary, is not kept.
     assert fixed_reusable([_run(0, 5 * BLOCK_SIZE)], 4 * BLOCK_SIZE, step) == {}
     assert fixed_reusable([_run(15 * BLOCK_SIZE, 2 * BLOCK_SIZE)], size, step) == {}
+
+
+def test_an_edit_sends_again_at_most_its_budget_beside_each_end() -> None:
+    """Short runs beside new bytes are let go from the edit outwards only while they
+    fit in a sixty-fourth of the chunk on that side; the rest stay as slices."""
+    step = 16 * BLOCK_SIZE
+    budget = step // ABSORB_PARTS
+    assert budget == BLOCK_SIZE // 4
+    eighth = BLOCK_SIZE // 8
+    # New bytes at 0..1 MiB, then three touching eighths and a long run, then more
+    # edits further on to push the region past the bound.
+    touching = [_run(BLOCK_SIZE + k * eighth, eighth, k * eighth) for k in range(3)]
+    touching.append(_run(BLOCK_SIZE + 3 * eighth, BLOCK_SIZE, 3 * eighth))
+    elsewhere = [_run(k * BLOCK_SIZE, BLOCK_SIZE // 2, k * BLOCK_SIZE) for k in range(4, 16, 2)]
+    kept = fixed_reusable(touching + elsewhere, step, step)
+    # The two eighths nearest the edit fill its budget; the third stays.
+    assert BLOCK_SIZE + eighth not in kept and BLOCK_SIZE not in kept
+    assert BLOCK_SIZE + 2 * eighth in kept
+    # Half-block runs are over the budget: they stay although they are short.
+    assert all(e.offset in kept for e, _ in elsewhere)
 
 
 def test_a_short_run_between_two_kept_runs_stays() -> None:
@@ -243,7 +265,8 @@ def test_a_short_run_between_two_kept_runs_stays() -> None:
         _run(4 * BLOCK_SIZE, half, 0),
         _run(4 * BLOCK_SIZE + half, 4 * BLOCK_SIZE - half, 5 * BLOCK_SIZE),
     ]
-    beside_edits = [_run(k * BLOCK_SIZE, half, k * BLOCK_SIZE) for k in (9, 11, 13, 15)]
+    # Short enough to be sent again beside the edits around them.
+    beside_edits = [_run(k * BLOCK_SIZE, half // 4, k * BLOCK_SIZE) for k in (9, 11, 13, 15)]
     kept = fixed_reusable(sandwiched + beside_edits, step, step)
     assert sorted(kept) == [e.offset for e, _ in sandwiched]
 
@@ -253,7 +276,9 @@ def test_a_short_run_between_two_kept_runs_stays() -> None:
 def test_a_region_never_holds_more_than_the_bound(lengths: list[int], data: st.DataObject) -> None:
     """Whatever runs an edit leaves, a region of up to MAX_EXTENTS_PER_CHUNK extents
     keeps them all; past that it keeps every long run, ends with no more extents than
-    it had and at most 2 * LONG_RUN_PARTS + 1."""
+    it had and at most hard_extent_bound(step); and unless that bound made it keep
+    only its long runs, it lets go of at most the budget beside each end of each
+    stretch."""
     unit = BLOCK_SIZE // 16
     step = 64 * unit
     runs: list[tuple[Extent, list[int]]] = []
@@ -273,7 +298,11 @@ def test_a_region_never_holds_more_than_the_bound(lengths: list[int], data: st.D
         assert kept == offered
         return
     assert all(e in kept for e in offered if e.length * LONG_RUN_PARTS >= step)
-    assert after <= min(before, 2 * LONG_RUN_PARTS + 1)
+    assert after <= min(before, hard_extent_bound(step))
+    only_long = all(e.length * LONG_RUN_PARTS >= step for e in kept)
+    stretches = before - len(offered)
+    let_go = sum(e.length for e in offered if e not in kept)
+    assert only_long or let_go <= 2 * stretches * (step // ABSORB_PARTS)
 
 
 async def test_small_edits_past_the_bound_never_send_a_whole_chunk_again(
@@ -281,6 +310,7 @@ async def test_small_edits_past_the_bound_never_send_a_whole_chunk_again(
 ) -> None:
     chunk = 16 * BLOCK_SIZE
     half = BLOCK_SIZE // 2
+    eighth = BLOCK_SIZE // 8
     data = bytearray(os.urandom(chunk))
     vfs = await make_test_vfs(tmp_path, chunk_size=chunk)
     await vfs.write_file("plate.exr", bytes(data))
@@ -302,13 +332,20 @@ async def test_small_edits_past_the_bound_never_send_a_whole_chunk_again(
     spaced = [await edit(b * BLOCK_SIZE) for b in (1, 3, 5, 7, 9)]
     assert [extents for extents, _ in spaced] == [3, 5, 7, 9, 11]
     assert all(sent < BLOCK_SIZE for _, sent in spaced)
-    # Edits half a block apart at the end leave short runs beside new bytes: past
-    # the bound they are sent again with the edit, fewer extents than one more
-    # slice and stretch per edit, still far from the whole chunk.
+    # Edits an eighth of a block apart leave short runs beside new bytes within the
+    # budget: past the bound they are sent again with the edit, fewer extents than
+    # one more slice and stretch per edit, and never more than the budget a side.
+    budget = chunk // ABSORB_PARTS
     before, _ = await edit(12 * BLOCK_SIZE)
-    crowded = [await edit(12 * BLOCK_SIZE + k * half) for k in (1, 2, 3)]
+    crowded = [await edit(12 * BLOCK_SIZE + k * eighth) for k in (1, 2, 3)]
     assert crowded[-1][0] < before + 2 * len(crowded)
-    assert all(sent <= 2 * BLOCK_SIZE for _, sent in crowded)
+    assert all(sent <= 2 * budget + 4 for _, sent in crowded)
+    # Edits half a block apart leave short runs over the budget: they stay, and each
+    # edit sends at most what it wrote (here nothing: the drive has those 4 bytes).
+    before, _ = await edit(14 * BLOCK_SIZE)
+    over = [await edit(14 * BLOCK_SIZE + k * half) for k in (1, 2, 3)]
+    assert over[-1][0] == before + 2 * len(over)
+    assert all(sent <= 4 for _, sent in over)
     await vfs.close()
     check = await make_test_vfs(tmp_path, cache="check", chunk_size=chunk)
     assert await check.read_file("plate.exr") == data

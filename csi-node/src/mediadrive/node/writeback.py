@@ -612,11 +612,19 @@ class Writeback:
 
 
 # A chunk-sized region of a file in a fixed-chunk drive keeps every run of unchanged
-# base bytes as a slice while it holds at most this many extents; past that, only
-# runs of at least 1/LONG_RUN_PARTS of a chunk, so a region holds at most
-# 2 * LONG_RUN_PARTS + 1 extents.
+# base bytes as a slice while it holds at most MAX_EXTENTS_PER_CHUNK extents. Past
+# that, an edit takes in the short runs (under 1/LONG_RUN_PARTS of a chunk) beside
+# what it wrote, up to 1/ABSORB_PARTS of a chunk on each side; past
+# hard_extent_bound() extents, only the long runs stay.
 MAX_EXTENTS_PER_CHUNK = 8
 LONG_RUN_PARTS = 16
+ABSORB_PARTS = 64
+
+
+def hard_extent_bound(step: int) -> int:
+    """The most extents a region of a ``step``-byte chunk holds: two a block (a block
+    read touches a few objects at most), and never fewer than 2 * LONG_RUN_PARTS + 1."""
+    return max(2 * LONG_RUN_PARTS, 2 * (step // BLOCK_SIZE)) + 1
 
 
 def fixed_reusable(
@@ -628,11 +636,14 @@ def fixed_reusable(
     The commit cuts everything else on the chunk boundaries (every ``step`` bytes),
     so each region between two boundaries holds its kept runs plus one new chunk per
     stretch between them. A region that would hold more than MAX_EXTENTS_PER_CHUNK
-    extents lets go of its short runs (under a sixteenth of a chunk) that border a
-    stretch: they are sent again as part of it, one extent instead of two. Should it
-    still hold more than 2 * LONG_RUN_PARTS + 1, it keeps only its long runs. That
-    bounds how fragmented repeated small edits leave a file, and a long run is never
-    sent again to do it.
+    extents lets go of the short runs (under a sixteenth of a chunk) that border a
+    stretch, as long as what it lets go of beside one end of a stretch stays within
+    a sixty-fourth of a chunk (1 MiB of a 64 MiB chunk): those bytes are sent again
+    as part of the stretch, one extent instead of two, and an edit never sends more
+    than that beside what it wrote. Should the region still hold more than
+    :func:`hard_extent_bound` extents, it keeps only its long runs. That bounds how
+    fragmented repeated small edits leave a file, and a long run is never sent
+    again to do it.
     """
     by_region: dict[int, list[tuple[Extent, Sequence[int]]]] = {}
     for extent, positions in runs:
@@ -663,12 +674,13 @@ def _merge_short_runs(
 ) -> list[tuple[Extent, Sequence[int]]]:
     """The runs of a region with too many extents that it still keeps (see
     :func:`fixed_reusable`): of each group of touching runs, all but the short ones at
-    an end that new bytes border (a short run between two kept ones is an extent
-    either way)."""
+    an end that new bytes border, within the budget of each end (a short run between
+    two kept ones is an extent either way)."""
 
     def short(run: tuple[Extent, Sequence[int]]) -> bool:
         return run[0].length * LONG_RUN_PARTS < step
 
+    budget = step // ABSORB_PARTS
     groups: list[list[tuple[Extent, Sequence[int]]]] = []
     for run in kept:
         previous = groups[-1][-1][0] if groups else None
@@ -680,13 +692,17 @@ def _merge_short_runs(
     for group in groups:
         lo, hi = 0, len(group)
         if group[0][0].offset > start:
-            while lo < hi and short(group[lo]):
+            taken = 0
+            while lo < hi and short(group[lo]) and taken + group[lo][0].length <= budget:
+                taken += group[lo][0].length
                 lo += 1
         if group[-1][0].offset + group[-1][0].length < end:
-            while hi > lo and short(group[hi - 1]):
+            taken = 0
+            while hi > lo and short(group[hi - 1]) and taken + group[hi - 1][0].length <= budget:
+                taken += group[hi - 1][0].length
                 hi -= 1
         runs.extend(group[lo:hi])
-    if extents_in_region(start, end, runs) > 2 * LONG_RUN_PARTS + 1:
+    if extents_in_region(start, end, runs) > hard_extent_bound(step):
         runs = [run for run in runs if not short(run)]
     return runs
 
