@@ -77,3 +77,28 @@ def test_an_unaligned_edit_of_blocks_never_fetched_survives_kill(
     mounts.umount(m)
     fresh = mounts.mount(name, cache="fresh")
     assert (fresh / "take.mov").read_bytes() == expected
+
+
+def test_under_commit_on_fsync_what_fsync_acknowledged_survives_losing_the_machine(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """fsync returns once its version is recorded and its chunks stored: a new machine
+    (another cache, the first agent killed) reads the bytes without the first one."""
+    name = make_drive()
+    m = mounts.mount(name, commit_on="fsync", cache="lost")
+    data = bytearray(os.urandom(3 * MiB))
+    fd = os.open(m / "shot.bin", os.O_CREAT | os.O_RDWR, 0o644)
+    os.write(fd, data)
+    os.fsync(fd)
+    patch = os.urandom(MiB)
+    data[MiB + 4321 : 2 * MiB + 4321] = patch
+    os.pwrite(fd, patch, MiB + 4321)
+    os.fsync(fd)
+    # Killed at once: no close, no save, no commit after the fsync.
+    m.kill()
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    elsewhere = mounts.mount(name, commit_on="fsync", cache="new-machine")
+    assert (elsewhere / "shot.bin").read_bytes() == data
+    assert drive_call(name, lambda d: d.stat("/shot.bin")).head_version == 2
+    assert elsewhere.status()["recovered_files"] == 0

@@ -4,6 +4,7 @@ committed once the store is back."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,3 +88,30 @@ def test_a_commit_that_failed_while_the_store_was_down_is_retried_on_its_own(
     wait_until(lambda: m.status()["dirty_files"] == 0, timeout=30)
     assert committed(name, "/plate.exr") == data
     mounts.umount(m)
+
+
+def test_under_commit_on_fsync_an_fsync_while_the_store_is_down_keeps_the_copy_here(
+    make_drive: DriveFactory, mounts: Mounts, tmp_path: Path
+) -> None:
+    """The fsync cannot record a version: it makes the copy durable on this machine
+    instead and succeeds, a crash loses nothing, and the copy is committed once the
+    store is back."""
+    store = tmp_path / "store"
+    name = make_drive(store_url=f"file://{store}")
+    m = mounts.mount(name, commit_on="fsync", cache="offline-fsync")
+    data = os.urandom(2 * MiB)
+    with unreachable(store):
+        fd = os.open(m / "take.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+        os.write(fd, data[:MiB])
+        os.fsync(fd)
+        os.write(fd, data[MiB:])
+        os.fsync(fd)
+        assert m.status()["errors"]
+        m.kill()
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    assert drive_call(name, lambda d: d.stat("/take.bin")).head_version is None
+    m = mounts.mount(name, mountpoint=m.path, commit_on="fsync", cache="offline-fsync")
+    assert (m / "take.bin").read_bytes() == data
+    wait_until(lambda: m.status()["dirty_files"] == 0)
+    assert committed(name, "/take.bin") == data

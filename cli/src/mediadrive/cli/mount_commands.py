@@ -81,7 +81,8 @@ def mount(
     commit_on: Annotated[
         CommitOn | None,
         typer.Option(
-            help="Also commit a written file on close, on fsync, or only on save "
+            help="Also commit a written file on close, on fsync (an fsync then returns "
+            "once its version is stored), or only on save "
             "[default: the drive policy's commitOn, else close]."
         ),
     ] = None,

@@ -143,6 +143,9 @@ class StagedFile:
     unsynced: int = field(default=0, init=False)
     # Whether ``<node>.base`` is known to be on stable storage (see Staging.sync).
     base_synced: bool = field(default=False, init=False)
+    # Whether a journal entry of the copy may be on stable storage (an fsync flushed
+    # it, or a restart found it): a later state must be written durably as well.
+    flushed: bool = False
     # Positions of the base blocks the copy holds or had bytes written into, sorted:
     # the few that untouched_runs and missing_bytes look at one by one (an edit of a
     # 100 GiB file touches a handful of its 102,400 blocks).
@@ -586,6 +589,7 @@ class Staging:
                 # the commit notice when nothing changed.
                 dirty=True,
                 recovered=True,
+                flushed=True,
                 # What changed in the blocks it holds was not journaled.
                 changed_unknown=True,
                 failed=str(record.get("failed", "")),
@@ -759,6 +763,7 @@ class Staging:
         finally:
             for flush in flushes:
                 flush.result()
+        staged.flushed = True
         if base_written:
             staged.base_synced = True
 

@@ -134,6 +134,8 @@ class Writeback:
         self.figures = WritebackFigures()
         self.last: dict[int, CommitReport] = {}
         self._busy = 0
+        # Until when a commit does not wait on the store (it was unreachable just now).
+        self._unreachable_until = 0.0
         # Full chunks of copies still being written are sent before their commit.
         self.early = EarlyUploads(drive)
         staging.on_change = self.early.changed
@@ -165,6 +167,39 @@ class Writeback:
         if self.options.commit_on is event:
             self.schedule(node_id, message)
 
+    async def commit_for_fsync(self, staged: StagedFile) -> bool:
+        """Under ``--commit-on fsync``, commit ``staged`` for an fsync and wait: True once
+        what the fsync covers is a version in the metadata store with its chunks in the
+        object store (it survives the loss of this machine). False when not (another
+        mode, a store unreachable now or a few seconds ago, a conflict, a failed
+        write): the caller makes the copy durable here instead, and a later commit
+        retries."""
+        if self.options.commit_on is not CommitOn.FSYNC or staged.rejected or staged.orphan:
+            return False
+        if time.monotonic() < self._unreachable_until:
+            # Each fsync would wait out the store's retries first.
+            return False
+        try:
+            await self.commit(staged)
+        except ConflictError as exc:
+            log.warning("%s", exc)
+            return False
+        except StoreUnavailable as exc:
+            self._unreachable_until = time.monotonic() + _RETRY_SECONDS
+            self._error(f"{staged.path}: {exc}; kept on this machine until a commit succeeds")
+            return False
+        except Exception as exc:
+            log.exception("commit of %s for an fsync failed", staged.path)
+            self._error(f"{staged.path}: {exc!r}; kept on this machine")
+            return False
+        if staged.dirty or staged.failed or staged.orphan:
+            return False
+        if staged.flushed:
+            # An earlier fsync left a durable entry naming changes this commit
+            # recorded: after a power cut it must not bring them back as a copy.
+            await asyncio.to_thread(self.staging.write_journal, staged, True)
+        return True
+
     async def _worker(self) -> None:
         while True:
             node_id, message = await self._queue.get()
@@ -183,6 +218,7 @@ class Writeback:
             except ConflictError as exc:
                 log.warning("%s", exc)
             except StoreUnavailable as exc:
+                self._unreachable_until = time.monotonic() + _RETRY_SECONDS
                 self._error(f"{staged.path}: {exc}; retrying in {_RETRY_SECONDS:.0f}s")
                 asyncio.get_running_loop().call_later(
                     _RETRY_SECONDS, self.schedule, node_id, message
