@@ -898,13 +898,13 @@ class VFS:
             raise FsError(errno.ENOSPC)
         # What the commit will send starts travelling beside the local sync.
         self.writeback.send_ahead(staged)
+        # One step for the sending to reach its put before anything else starts: the
+        # put is what a commit soon after waits for.
+        await asyncio.sleep(0)
         if await self.writeback.commit_for_fsync(staged):
             # A version in the metadata store, its chunks stored: nothing for a local
             # flush to keep.
             return
-        # One step for the sending to reach its put before the local flush starts: the
-        # put is what a commit soon after waits for.
-        await asyncio.sleep(0)
         await asyncio.to_thread(self.staging.sync, staged)
         if staged.dirty:
             self.writeback.schedule_on(CommitOn.FSYNC, staged.node_id, "")

@@ -301,12 +301,25 @@ class Writeback:
         kept_extents = self._kept(staged, reuse)
         if staged.writers == 0 and staged.copying is None:
             return await self._commit_in_place(staged, gen, kept_extents, message)
-        skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
-        snap = await self.staging.snapshot(staged, skip)
-        try:
-            report = await self._commit_snapshot(staged, node_id, gen, snap, kept_extents, message)
-        finally:
-            snap.unlink(missing_ok=True)
+        whole = _tiling(kept_extents, staged.size()) if self.drive.tiers is None else None
+        if whole:
+            # Every byte kept (an edit whose new bytes went ahead on its fsync): nothing
+            # will be read, so no snapshot of the copy to take; a write meanwhile
+            # leaves the copy dirty (see _follow_outcome).
+            upload = self.early.count_in(self.drive.uploader.keep(whole))
+            data = self.staging.data_path(node_id)
+            report = await self._commit_snapshot(
+                staged, node_id, gen, data, kept_extents, message, upload=upload
+            )
+        else:
+            skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
+            snap = await self.staging.snapshot(staged, skip)
+            try:
+                report = await self._commit_snapshot(
+                    staged, node_id, gen, snap, kept_extents, message
+                )
+            finally:
+                snap.unlink(missing_ok=True)
         if report is not None and report.committed:
             self.figures.observe_commit(time.monotonic() - started)
         return report
@@ -388,10 +401,13 @@ class Writeback:
         reuse: dict[int, Extent],
         message: str,
         release: Callable[[], None] | None = None,
+        upload: UploadResult | None = None,
     ) -> CommitReport | None:
         """Upload ``snap`` and record it; ``release``, if given, is called once the
-        bytes in ``snap`` are no longer needed (before a last-closed copy is dropped)."""
-        upload = await self._upload(snap, reuse, staged.path)
+        bytes in ``snap`` are no longer needed (before a last-closed copy is dropped).
+        ``upload``: the upload already worked out (nothing of ``snap`` to read)."""
+        if upload is None:
+            upload = await self._upload(snap, reuse, staged.path)
         # What was sent goes into the block cache while the version is recorded (it is
         # content-addressed: right whatever the commit's outcome).
         keeping = asyncio.create_task(self._keep_blocks(snap, upload, reuse))
