@@ -57,6 +57,7 @@ from bench.peers import (  # noqa: E402
     run,
 )
 from bench.report import Metric, write_outputs  # noqa: E402
+from mediadrive.core.triggers import CommitOn  # noqa: E402
 from tests.servers import minio_server, postgres_server  # noqa: E402
 
 MiB = 1 << 20
@@ -407,6 +408,13 @@ class Bench:
         if wanted("mediadrive"):
             md = Mediadrive(w, t, self.new_bucket("bench-mediadrive"), budget)
             self.add(md, self.data_tools, self.dedup_tools, self.meta_tools)
+            # fsync durable in the stores, as JuiceFS's is: the data scenarios only
+            # (where files are fsync'd).
+            md_fsync = Mediadrive(
+                w, t, self.new_bucket("bench-mediadrive-fsync"), budget,
+                label="mediadrive-fsync", commit_on=CommitOn.FSYNC,
+            )  # fmt: skip
+            self.add(md_fsync, self.data_tools)
             cdc = Mediadrive(
                 w, t, self.new_bucket("bench-mediadrive-cdc"), budget, chunking="cdc",
                 label="mediadrive-cdc",
@@ -543,7 +551,7 @@ class Bench:
             drop_page_cache()
             start = time.perf_counter()
             copy_durable(src, path)
-            tool.durable(path, before)
+            tool.durable(path, before, fsynced=True)
             return {"write": size / (time.perf_counter() - start) / MB}
 
         def write_limit() -> dict[str, float]:
@@ -661,7 +669,7 @@ class Bench:
                     f.seek(offset)
                     f.write(patch)
                     os.fsync(f.fileno())
-                tool.durable(path, before)
+                tool.durable(path, before, fsynced=True)
                 times.append(time.perf_counter() - start)
             sent = (self.s3_received() - received) / EDITS_PER_REP
             return {"edit_time": statistics.median(times) * 1000, "edit_sent": sent / MiB}

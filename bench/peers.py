@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mediadrive.core.config import DriveSettings
 from mediadrive.core.drive import Drive
 from mediadrive.node import client
-from mediadrive.node.options import MountOptions
+from mediadrive.node.options import CommitOn, MountOptions
 from mediadrive.node.registry import MountRegistry
 
 if TYPE_CHECKING:
@@ -159,8 +159,11 @@ class Tool:
     def version(self) -> str:
         raise NotImplementedError
 
-    def durable(self, path: Path, before: tuple[str, int] | None = None) -> None:
-        """Return once ``path`` (written and closed) is stored in S3."""
+    def durable(
+        self, path: Path, before: tuple[str, int] | None = None, fsynced: bool = False
+    ) -> None:
+        """Return once ``path`` (written and closed; ``fsynced``: and fsync'd before its
+        close) is stored in S3."""
         if not self.plain_objects:
             return
         key = str(path.relative_to(self.mountpoint))
@@ -277,6 +280,7 @@ class Mediadrive(Tool):
         meta_url: str | None = None,
         chunking: str = "fixed",
         label: str | None = None,
+        commit_on: CommitOn = CommitOn.CLOSE,
     ) -> None:
         if label is not None:
             self.name = label
@@ -284,6 +288,7 @@ class Mediadrive(Tool):
         self.meta_url = meta_url or f"sqlite:///{self.work}/meta.db"
         self.store_url = f"s3://{bucket}/drive?endpoint={target.endpoint}"
         self.chunking = chunking
+        self.commit_on = commit_on
         self.registry = MountRegistry(self.work / "run")
         self.drive = "bench"
 
@@ -307,6 +312,7 @@ class Mediadrive(Tool):
                 cache_dir=self.cache_dir,
                 cache_size=self.cache_budget,
                 checkpoint_interval=None,
+                commit_on=self.commit_on,
             ),
             timeout=MOUNT_TIMEOUT,
         )
@@ -325,7 +331,13 @@ class Mediadrive(Tool):
     def inner(self, path: Path) -> str:
         return "/" + str(path.relative_to(self.mountpoint))
 
-    def durable(self, path: Path, before: tuple[str, int] | None = None) -> None:
+    def durable(
+        self, path: Path, before: tuple[str, int] | None = None, fsynced: bool = False
+    ) -> None:
+        if fsynced and self.commit_on is CommitOn.FSYNC:
+            # Its fsync returned once the version was recorded and its chunks stored
+            # (as JuiceFS's returns once its slices are).
+            return
         # No message: naming a version a close already committed is one more metadata
         # write, and durability is what is measured.
         self.mount_client().save(self.inner(path))

@@ -92,6 +92,7 @@ def tool_label(tool: str) -> str:
         "mediadrive": "mediadrive (SQLite, fixed 64 MiB chunks)",
         "mediadrive-cdc": "mediadrive (SQLite, CDC chunks)",
         "mediadrive-pg": "mediadrive (PostgreSQL)",
+        "mediadrive-fsync": "mediadrive (SQLite, --commit-on fsync)",
         "juicefs": "JuiceFS (SQLite)",
         "juicefs-pg": "JuiceFS (PostgreSQL)",
         "rclone": "rclone mount (vfs-cache-mode full)",
