@@ -94,6 +94,39 @@ async def test_an_edit_of_blocks_at_hand_sends_the_chunk_it_touched(tmp_path: Pa
     await edit.close()
 
 
+async def test_reading_back_an_edit_sent_ahead_of_its_fsync_fetches_nothing(
+    tmp_path: Path,
+) -> None:
+    """The piece an fsync sends ahead is kept by reference by its commit; its blocks go
+    into the block cache from the bytes sent, so reading the edit back once the copy
+    is gone stays local."""
+    chunk = 16 * BLOCK_SIZE
+    data = bytearray(os.urandom(2 * chunk))
+    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, cache_size=1 << 30)
+    await vfs.write_file("plate.exr", bytes(data))
+    await vfs.parts.writeback.settle()
+    inode = await vfs.inode("plate.exr")
+    opened = await vfs.vfs.open(inode, os.O_RDWR)
+    patch = os.urandom(BLOCK_SIZE)
+    offset = chunk + 4321
+    await vfs.vfs.write(opened.fh, offset, patch)
+    await vfs.vfs.fsync(opened.fh)
+    vfs.vfs.release(opened.fh)
+    await vfs.parts.writeback.settle()
+    assert vfs.parts.staging.files == {}
+    fetched = vfs.parts.cache.figures.bytes_fetched
+    opened = await vfs.vfs.open(inode, os.O_RDONLY)
+    assert await vfs.vfs.read(opened.fh, offset, BLOCK_SIZE) == patch
+    vfs.vfs.release(opened.fh)
+    assert vfs.parts.cache.figures.bytes_fetched == fetched
+    await vfs.close()
+    # What the cache holds under that chunk is what the store holds.
+    data[offset : offset + BLOCK_SIZE] = patch
+    check = await make_test_vfs(tmp_path, cache="check", chunk_size=chunk)
+    assert await check.read_file("plate.exr") == data
+    await check.close()
+
+
 async def test_reject_keeps_the_local_copy(tmp_path: Path) -> None:
     here = await make_test_vfs(tmp_path, conflict=ConflictPolicy.REJECT, commit_on=CommitOn.SAVE)
     await here.write_file("cut.edl", b"base")

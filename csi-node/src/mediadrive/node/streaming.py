@@ -147,6 +147,9 @@ class EarlyUploads:
         self._renewer: asyncio.Task[None] | None = None
         # Holds being ended after commits (nobody waits for them; close does).
         self._releases: set[asyncio.Task[None]] = set()
+        # Told of each piece sent ahead of an fsync, with its bytes (the writeback
+        # keeps its blocks).
+        self.on_sent_ahead: Callable[[StagedFile, Extent, bytes], None] | None = None
 
     # -- told by the staged copies ------------------------------------------------------
 
@@ -289,6 +292,8 @@ class EarlyUploads:
             log.info("early upload of %s at %d failed: %s", staged.path, piece.offset, exc)
             return None
         state.held.add(extent.chunk_id)
+        if put_first and self.on_sent_ahead is not None:
+            self.on_sent_ahead(staged, extent, piece.data)
         sent = _Sent(extent, stamp, new)
         if state.valid(sent):
             state.sent[extent.offset] = sent

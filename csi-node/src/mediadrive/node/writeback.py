@@ -139,6 +139,9 @@ class Writeback:
         # Full chunks of copies still being written are sent before their commit.
         self.early = EarlyUploads(drive)
         staging.on_change = self.early.changed
+        self.early.on_sent_ahead = self._keep_sent_ahead
+        # Blocks of pieces sent ahead of an fsync on their way into the block cache.
+        self._keeping: set[asyncio.Task[None]] = set()
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -156,6 +159,7 @@ class Writeback:
                 await task
         self._tasks.clear()
         await self.early.close()
+        await asyncio.gather(*self._keeping)
 
     def schedule(self, node_id: int, message: str = "") -> None:
         if node_id in self._queued:
@@ -595,6 +599,31 @@ class Writeback:
         _, extents = await self.drive.meta.version(node.id, staged.base_version)
         return extents == upload.extents
 
+    def _keep_sent_ahead(self, staged: StagedFile, extent: Extent, data: bytes) -> None:
+        """The piece an fsync sends ahead (an edit, a few MiB at most) goes into the
+        block cache from the very bytes sent, off the commit's path: the commit keeps
+        it by reference, so reading the edit back once the copy is dropped would
+        otherwise fetch it from the store. (Full chunks sent while a large file is
+        written are not kept: see docs/ARCHITECTURE.md.)"""
+        if staged.size() > self.cache.capacity // 4:
+            return  # the same bound as _keep_blocks: a large file would flush the cache
+        view = memoryview(data)
+        blocks = [
+            (extent.chunk_id, index, view[start : start + BLOCK_SIZE])
+            for index, start in enumerate(range(0, len(data), BLOCK_SIZE))
+            if not self.cache.has(extent.chunk_id, index)
+        ]
+        if blocks:
+            task = asyncio.get_running_loop().create_task(self._put_blocks(blocks))
+            self._keeping.add(task)
+            task.add_done_callback(self._keeping.discard)
+
+    async def _put_blocks(self, blocks: list[tuple[str, int, memoryview]]) -> None:
+        try:
+            await self.cache.put_many(blocks)
+        except OSError as exc:
+            log.warning("cannot keep sent blocks in the cache: %s", exc)
+
     async def _keep_blocks(
         self, snap: Path, upload: UploadResult, reuse: dict[int, Extent]
     ) -> None:
@@ -649,8 +678,10 @@ class Writeback:
         return reports
 
     async def settle(self) -> None:
-        """Wait until every scheduled commit has run."""
+        """Wait until every scheduled commit has run (and the pieces sent ahead of
+        fsyncs are in the block cache)."""
         await self._queue.join()
+        await asyncio.gather(*self._keeping)
 
     async def flush(self) -> None:
         """Commit everything pending (unmount); errors are logged, the copies stay."""
