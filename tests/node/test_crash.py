@@ -102,3 +102,28 @@ def test_under_commit_on_fsync_what_fsync_acknowledged_survives_losing_the_machi
     assert (elsewhere / "shot.bin").read_bytes() == data
     assert drive_call(name, lambda d: d.stat("/shot.bin")).head_version == 2
     assert elsewhere.status()["recovered_files"] == 0
+
+
+def test_under_commit_on_fsync_a_committed_copy_leaves_no_entry_until_it_changes(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """Once an fsync recorded every byte of the copy, its journal entry goes (a power
+    cut must not bring the copy back as a change); the next write brings it back, so a
+    kill after it still loses nothing written and closed."""
+    name = make_drive()
+    m = mounts.mount(name, commit_on="fsync", cache="entries")
+    staging = mounts.base / "entries" / "staging"
+    data = bytearray(os.urandom(2 * MiB))
+    fd = os.open(m / "take.bin", os.O_CREAT | os.O_RDWR, 0o644)
+    os.write(fd, data)
+    os.fsync(fd)
+    assert list(staging.glob("*.json")) == []
+    os.pwrite(fd, b"late", 10)
+    data[10:14] = b"late"
+    # Closed (the kernel hands its pages over), not fsync'd, not committed.
+    os.close(fd)
+    assert len(list(staging.glob("*.json"))) == 1
+    m.kill()
+    m = mounts.mount(name, mountpoint=m.path, commit_on="fsync", cache="entries")
+    assert (m / "take.bin").read_bytes() == data
+    assert m.status()["recovered_files"] == 1

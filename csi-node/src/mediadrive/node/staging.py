@@ -144,8 +144,12 @@ class StagedFile:
     # Whether ``<node>.base`` is known to be on stable storage (see Staging.sync).
     base_synced: bool = field(default=False, init=False)
     # Whether a journal entry of the copy may be on stable storage (an fsync flushed
-    # it, or a restart found it): a later state must be written durably as well.
+    # it, or a restart found it).
     flushed: bool = False
+    # Whether the copy has a journal entry; without one (see Staging.forget_entry),
+    # the next change writes it again through ``rejournal``.
+    journaled: bool = field(default=True, init=False)
+    rejournal: Callable[[StagedFile], None] | None = None
     # Positions of the base blocks the copy holds or had bytes written into, sorted:
     # the few that untouched_runs and missing_bytes look at one by one (an edit of a
     # 100 GiB file touches a handful of its 102,400 blocks).
@@ -183,6 +187,9 @@ class StagedFile:
             self.changed = []
         elif length > 0 and not self.changed_unknown:
             _add_range(self.changed, offset, offset + length)
+        if not self.journaled and self.rejournal is not None:
+            # Before the writer hears back: a kill from now on finds the copy.
+            self.rejournal(self)
         if self.on_change is not None:
             self.on_change(self, offset, length)
 
@@ -597,6 +604,7 @@ class Staging:
                 missing=missing,
                 map_fd=map_fd,
                 on_change=self.on_change,
+                rejournal=self.write_journal,
                 partial=partial,
                 part_path=self._part(node_id),
             )
@@ -724,6 +732,7 @@ class Staging:
             missing=MissingBlocks(len(base)),
             map_fd=map_fd,
             on_change=self.on_change,
+            rejournal=self.write_journal,
             part_path=self._part(node_id),
         )
         self.files[node_id] = staged
@@ -741,8 +750,22 @@ class Staging:
                     f.flush()
                     os.fsync(f.fileno())
             os.replace(tmp, path)
+            staged.journaled = True
         if durable:
             fsync_dir(self.root)
+
+    def forget_entry(self, staged: StagedFile) -> None:
+        """Remove the journal entry of a copy whose every byte is in a recorded version
+        (an fsync under --commit-on fsync): a restart after a power cut must not bring
+        back as a change a copy whose last writes never reached this disk. The next
+        change writes the entry again (StagedFile.touch)."""
+        with self._journal_lock:
+            self._entry(staged.node_id).unlink(missing_ok=True)
+            staged.journaled = False
+        if staged.flushed:
+            # The entry an earlier fsync made durable: its removal must be too.
+            fsync_dir(self.root)
+            staged.flushed = False
 
     def sync(self, staged: StagedFile) -> None:
         """Make the copy and its journal entry durable (runs in a worker thread)."""

@@ -198,10 +198,13 @@ class Writeback:
             return False
         if staged.dirty or staged.failed or staged.orphan:
             return False
-        if staged.flushed:
-            # An earlier fsync left a durable entry naming changes this commit
-            # recorded: after a power cut it must not bring them back as a copy.
-            await asyncio.to_thread(self.staging.write_journal, staged, True)
+        if self.staging.get(staged.node_id) is staged:
+            # Every byte is in the version: no journal entry, so a restart after a
+            # power cut cannot bring the copy back as a change (see forget_entry).
+            if staged.flushed:
+                await asyncio.to_thread(self.staging.forget_entry, staged)
+            else:
+                self.staging.forget_entry(staged)
         return True
 
     async def _worker(self) -> None:
