@@ -608,8 +608,8 @@ class Writeback:
         it by reference, so reading the edit back once the copy is dropped would
         otherwise fetch it from the store. (Full chunks sent while a large file is
         written are not kept: see docs/ARCHITECTURE.md.)"""
-        if staged.size() > self.cache.capacity // 4:
-            return  # the same bound as _keep_blocks: a large file would flush the cache
+        if len(data) > self.cache.capacity // 4:
+            return  # as _keep_blocks: not what would flush the cache
         view = memoryview(data)
         blocks = [
             (extent.chunk_id, index, view[start : start + BLOCK_SIZE])
