@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -185,18 +185,7 @@ class Writeback:
         if time.monotonic() < self._unreachable_until:
             # Each fsync would wait out the store's retries first.
             return False
-        try:
-            await self.commit(staged)
-        except ConflictError as exc:
-            log.warning("%s", exc)
-            return False
-        except StoreUnavailable as exc:
-            self._unreachable_until = time.monotonic() + _RETRY_SECONDS
-            self._error(f"{staged.path}: {exc}; kept on this machine until a commit succeeds")
-            return False
-        except Exception as exc:
-            log.exception("commit of %s for an fsync failed", staged.path)
-            self._error(f"{staged.path}: {exc!r}; kept on this machine")
+        if not await self._commit_reporting(staged, ""):
             return False
         if staged.dirty or staged.failed or staged.orphan:
             return False
@@ -223,23 +212,32 @@ class Writeback:
                 continue
             self._busy += 1
             try:
-                await self.commit(staged, message)
-            except ConflictError as exc:
-                log.warning("%s", exc)
-            except StoreUnavailable as exc:
-                self._unreachable_until = time.monotonic() + _RETRY_SECONDS
-                self._error(f"{staged.path}: {exc}; retrying in {_RETRY_SECONDS:.0f}s")
-                asyncio.get_running_loop().call_later(
-                    _RETRY_SECONDS, self.schedule, node_id, message
-                )
-            except MediadriveError as exc:
-                self._error(f"{staged.path}: {exc}")
-            except Exception as exc:
-                log.exception("commit of %s failed", staged.path)
-                self._error(f"{staged.path}: {exc!r}")
+                await self._commit_reporting(staged, message)
             finally:
                 self._busy -= 1
                 self._queue.task_done()
+
+    async def _commit_reporting(self, staged: StagedFile, message: str) -> bool:
+        """Commit ``staged``; False, with the error logged and in the status, when it
+        failed (a store unreachable: retried in a few seconds)."""
+        try:
+            await self.commit(staged, message)
+        except ConflictError as exc:
+            log.warning("%s", exc)
+        except StoreUnavailable as exc:
+            self._unreachable_until = time.monotonic() + _RETRY_SECONDS
+            self._error(f"{staged.path}: {exc}; retrying in {_RETRY_SECONDS:.0f}s")
+            asyncio.get_running_loop().call_later(
+                _RETRY_SECONDS, self.schedule, staged.node_id, message
+            )
+        except MediadriveError as exc:
+            self._error(f"{staged.path}: {exc}")
+        except Exception as exc:
+            log.exception("commit of %s failed", staged.path)
+            self._error(f"{staged.path}: {exc!r}")
+        else:
+            return True
+        return False
 
     async def _checkpoints(self) -> None:
         interval = self.options.checkpoint_interval
@@ -310,12 +308,10 @@ class Writeback:
         kept_extents = self._kept(staged, reuse)
         if staged.writers == 0 and staged.copying is None:
             return await self._commit_in_place(staged, gen, kept_extents, message)
-        whole = _tiling(kept_extents, staged.size()) if self.drive.tiers is None else None
-        if whole:
-            # Every byte kept (an edit whose new bytes went ahead on its fsync): nothing
-            # will be read, so no snapshot of the copy to take; a write meanwhile
-            # leaves the copy dirty (see _follow_outcome).
-            upload = self.early.count_in(self.drive.uploader.keep(whole))
+        upload = self._all_kept(kept_extents, staged.size())
+        if upload is not None:
+            # Nothing will be read, so no snapshot of the copy to take; a write
+            # meanwhile leaves the copy dirty (see _follow_outcome).
             data = self.staging.data_path(node_id)
             report = await self._commit_snapshot(
                 staged, node_id, gen, data, kept_extents, message, upload=upload
@@ -549,15 +545,21 @@ class Writeback:
             # Changed again while this commit ran, and closed since.
             self.schedule_on(CommitOn.CLOSE, staged.node_id, message)
 
+    def _all_kept(self, reuse: dict[int, Extent], size: int) -> UploadResult | None:
+        """The upload of a copy ``size`` bytes long whose every byte ``reuse`` keeps (an
+        edit whose new bytes went ahead on its fsync): no bytes to read, only the
+        chunks to hold. None when some bytes must be read and sent."""
+        if self.drive.tiers is not None:
+            return None
+        kept = _tiling(reuse, size)
+        return self.early.count_in(self.drive.uploader.keep(kept)) if kept else None
+
     async def _upload(
         self, snap: Path, reuse: dict[int, Extent], path: str | None = None
     ) -> UploadResult:
-        if self.drive.tiers is None:
-            # Every byte kept (an edit whose new bytes went ahead on its fsync): no
-            # bytes to read, only the chunks to hold.
-            kept = _tiling(reuse, os.stat(snap).st_size)
-            if kept:
-                return self.early.count_in(self.drive.uploader.keep(kept))
+        kept = self._all_kept(reuse, os.stat(snap).st_size)
+        if kept is not None:
+            return kept
         source = await asyncio.to_thread(open, snap, "rb")
         try:
             # The path lets a temporary file's chunks stay in the storage pods.
@@ -779,19 +781,24 @@ def _merge_short_runs(
             groups[-1].append(run)
         else:
             groups.append([run])
+
+    def let_go(from_new_bytes: Iterable[tuple[Extent, Sequence[int]]]) -> int:
+        """How many runs, from the new bytes outwards, fit in one end's budget."""
+        count = taken = 0
+        for run in from_new_bytes:
+            if not short(run) or taken + run[0].length > budget:
+                break
+            taken += run[0].length
+            count += 1
+        return count
+
     runs: list[tuple[Extent, Sequence[int]]] = []
     for group in groups:
         lo, hi = 0, len(group)
         if group[0][0].offset > start:
-            taken = 0
-            while lo < hi and short(group[lo]) and taken + group[lo][0].length <= budget:
-                taken += group[lo][0].length
-                lo += 1
+            lo = let_go(group)
         if group[-1][0].offset + group[-1][0].length < end:
-            taken = 0
-            while hi > lo and short(group[hi - 1]) and taken + group[hi - 1][0].length <= budget:
-                taken += group[hi - 1][0].length
-                hi -= 1
+            hi -= let_go(reversed(group[lo:]))
         runs.extend(group[lo:hi])
     if extents_in_region(start, end, runs) > hard_extent_bound(step):
         runs = [run for run in runs if not short(run)]
