@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 
@@ -20,9 +19,7 @@ def test_fsynced_data_survives_kill_and_is_committed(
     fd = os.open(m / "precious.bin", os.O_CREAT | os.O_WRONLY, 0o644)
     os.write(fd, data)
     os.fsync(fd)
-    m.kill()
-    with contextlib.suppress(OSError):
-        os.close(fd)
+    m.kill(fd)
     # Nothing was committed before the kill.
     assert drive_call(name, lambda d: d.stat("/precious.bin")).head_version is None
 
@@ -64,9 +61,7 @@ def test_an_unaligned_edit_of_blocks_never_fetched_survives_kill(
     os.pwrite(fd, patch, offset)
     os.fsync(fd)
     assert m.status()["bytes_fetched"] == 0
-    m.kill()
-    with contextlib.suppress(OSError):
-        os.close(fd)
+    m.kill(fd)
 
     expected = data[:offset] + patch + data[offset + MiB :]
     m = mounts.mount(name, mountpoint=m.path, commit_on="save", cache="crash3")
@@ -95,9 +90,7 @@ def test_under_commit_on_fsync_what_fsync_acknowledged_survives_losing_the_machi
     os.pwrite(fd, patch, MiB + 4321)
     os.fsync(fd)
     # Killed at once: no close, no save, no commit after the fsync.
-    m.kill()
-    with contextlib.suppress(OSError):
-        os.close(fd)
+    m.kill(fd)
     elsewhere = mounts.mount(name, commit_on="fsync", cache="new-machine")
     assert (elsewhere / "shot.bin").read_bytes() == data
     assert drive_call(name, lambda d: d.stat("/shot.bin")).head_version == 2

@@ -4,7 +4,6 @@ committed once the store is back."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,9 +106,7 @@ def test_under_commit_on_fsync_an_fsync_while_the_store_is_down_keeps_the_copy_h
         os.write(fd, data[MiB:])
         os.fsync(fd)
         assert m.status()["errors"]
-        m.kill()
-        with contextlib.suppress(OSError):
-            os.close(fd)
+        m.kill(fd)
     assert drive_call(name, lambda d: d.stat("/take.bin")).head_version is None
     m = mounts.mount(name, mountpoint=m.path, commit_on="fsync", cache="offline-fsync")
     assert (m / "take.bin").read_bytes() == data

@@ -4,7 +4,6 @@ in."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import mmap
 import os
@@ -230,9 +229,7 @@ def test_an_fsynced_edit_of_a_remote_file_survives_kill(
     fd = os.open(m / "take.mov", os.O_RDWR)
     os.pwrite(fd, patch, offset)
     os.fsync(fd)
-    m.kill()
-    with contextlib.suppress(OSError):
-        os.close(fd)
+    m.kill(fd)
 
     m = mounts.mount(name, mountpoint=m.path, commit_on="save", cache="edit")
     expected = data[:offset] + patch + data[offset + len(patch) :]
