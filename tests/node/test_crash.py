@@ -120,3 +120,31 @@ def test_under_commit_on_fsync_a_committed_copy_leaves_no_entry_until_it_changes
     m = mounts.mount(name, mountpoint=m.path, commit_on="fsync", cache="entries")
     assert (m / "take.bin").read_bytes() == data
     assert m.status()["recovered_files"] == 1
+
+
+def test_a_save_of_an_open_file_leaves_no_entry_until_it_changes(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    """Any commit that leaves an open copy with nothing uncommitted (here a save, in
+    the default mode) removes its journal entry; the next write brings it back, so a
+    kill after it still loses nothing written."""
+    name = make_drive()
+    m = mounts.mount(name, cache="entries")
+    staging = mounts.base / "entries" / "staging"
+    data = bytearray(os.urandom(MiB))
+    fd = os.open(m / "cut.bin", os.O_CREAT | os.O_RDWR, 0o644)
+    os.write(fd, data)
+    os.fsync(fd)
+    assert len(list(staging.glob("*.json"))) == 1
+    (report,) = m.save("/cut.bin", "rough cut")
+    assert report["committed"]
+    assert list(staging.glob("*.json")) == []
+    os.pwrite(fd, b"trim", 100)
+    data[100:104] = b"trim"
+    os.fsync(fd)
+    assert len(list(staging.glob("*.json"))) == 1
+    m.kill(fd)
+    m = mounts.mount(name, mountpoint=m.path, cache="entries")
+    assert (m / "cut.bin").read_bytes() == data
+    assert m.status()["recovered_files"] == 1
+    assert drive_call(name, lambda d: d.stat("/cut.bin")).head_version >= 1

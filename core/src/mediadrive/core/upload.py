@@ -399,14 +399,19 @@ class Uploader:
         return states
 
     async def store_piece(
-        self, piece: Piece, token: str, put_first: bool = False
+        self,
+        piece: Piece,
+        token: str,
+        put_first: bool = False,
+        on_put: Callable[[], None] | None = None,
     ) -> tuple[Extent, bool]:
         """Hash, claim (held under ``token``) and, if the drive lacks it, send one chunk
         ahead of the upload that will keep it: a file still being written sends its
         finished chunks this way, and its commit keeps them by reference (``reuse``).
         The hold lasts until released or renewed (:meth:`renew`). ``put_first``: a
         small piece is put before it is claimed (see _put_first). Returns the chunk's
-        extent and whether its bytes were sent (False: the drive had it)."""
+        extent and whether its bytes were sent (False: the drive had it). ``on_put`` is
+        called once the put is handed to the store (or known not to be needed)."""
         if len(piece.data) <= BLOCK_SIZE:
             # Hashing a block takes less than handing it to a thread and back.
             cid, digests = identify(piece.data)
@@ -416,17 +421,29 @@ class Uploader:
         if (
             put_first
             and len(piece.data) <= _PUT_FIRST
-            and await self._put_first(cid, piece.data, digests, token)
+            and await self._put_first(cid, piece.data, digests, token, on_put)
         ):
             return extent, True
         states = await self._claim_many({cid: (len(piece.data), digests)}, token)
         sent = states.get(cid) != "stored"
         if sent:
-            await self.blobs.put(cid, piece.data)
+            putting = asyncio.ensure_future(self.blobs.put(cid, piece.data))
+            if on_put is not None:
+                on_put()
+            await putting
             await self.meta.mark_stored([cid])
+        elif on_put is not None:
+            on_put()
         return extent, sent
 
-    async def _put_first(self, cid: str, data: bytes, digests: bytes, token: str) -> bool:
+    async def _put_first(
+        self,
+        cid: str,
+        data: bytes,
+        digests: bytes,
+        token: str,
+        on_put: Callable[[], None] | None = None,
+    ) -> bool:
         """Put a small piece, then claim it as stored in one transaction: what an fsync
         sends ahead is on the edit's path, and this saves a metadata round trip before
         the put and one after it, for at most a few MiB sent when the drive had them
@@ -436,7 +453,10 @@ class Uploader:
         seen = self._deletions
         if seen is None:
             seen = await self.meta.chunk_deletions()
-        await self.blobs.put(cid, data)
+        putting = asyncio.ensure_future(self.blobs.put(cid, data))
+        if on_put is not None:
+            on_put()
+        await putting
         state, self._deletions = await self.meta.record_put(
             cid, len(data), digests, seen, token=token
         )

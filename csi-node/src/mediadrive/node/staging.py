@@ -754,18 +754,21 @@ class Staging:
         if durable:
             fsync_dir(self.root)
 
-    def forget_entry(self, staged: StagedFile) -> None:
-        """Remove the journal entry of a copy whose every byte is in a recorded version
-        (an fsync under --commit-on fsync): a restart after a power cut must not bring
-        back as a change a copy whose last writes never reached this disk. The next
-        change writes the entry again (StagedFile.touch)."""
+    def forget_entry(self, staged: StagedFile) -> bool:
+        """Remove the journal entry of a copy whose every byte is in a recorded version:
+        a restart after a power cut must not bring back as a change a copy whose last
+        writes never reached this disk. The next change writes the entry again
+        (StagedFile.touch). True when a local flush had made the entry durable: its
+        removal must be made durable too (:meth:`sync_root`, in a worker thread)."""
         with self._journal_lock:
             self._entry(staged.node_id).unlink(missing_ok=True)
             staged.journaled = False
-        if staged.flushed:
-            # The entry an earlier fsync made durable: its removal must be too.
-            fsync_dir(self.root)
-            staged.flushed = False
+        flushed, staged.flushed = staged.flushed, False
+        return flushed
+
+    def sync_root(self) -> None:
+        """Make the journal's entries and removals durable."""
+        fsync_dir(self.root)
 
     def sync(self, staged: StagedFile) -> None:
         """Make the copy and its journal entry durable (runs in a worker thread)."""

@@ -201,13 +201,17 @@ class EarlyUploads:
         state = self._files.get(staged)
         return state is None or (_AHEAD not in state.tasks and state.ahead < _ATTEMPTS)
 
-    def send_ahead(self, staged: StagedFile, stretches: Sequence[tuple[int, int]]) -> None:
+    def send_ahead(
+        self, staged: StagedFile, stretches: Sequence[tuple[int, int]]
+    ) -> asyncio.Future[None] | None:
         """``staged`` was fsync'd: start sending ``stretches`` (offset, length), the
-        pieces its commit would send as things stand (see module doc)."""
+        pieces its commit would send as things stand (see module doc). Returns what is
+        done once their puts are handed to the store (or the sending ended), if any
+        is sent."""
         if not stretches or not self.may_send_ahead(staged):
-            return
+            return None
         if sum(length for _, length in stretches) > self.size:
-            return
+            return None
         state = self._state(staged)
         # A chunk being sent whole already is not sent twice.
         stretches = [
@@ -216,18 +220,33 @@ class EarlyUploads:
             if not any(i in state.tasks for i in state.regions(start, length))
         ]
         if not stretches:
-            return
+            return None
         state.ahead += 1
-        self._track(state, _AHEAD, self._send_stretches(staged, state, stretches))
+        handed = asyncio.get_running_loop().create_future()
+        left = len(stretches)
+
+        def hand() -> None:
+            if not handed.done():
+                handed.set_result(None)
+
+        def put() -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                hand()
+
+        task = self._track(state, _AHEAD, self._send_stretches(staged, state, stretches, put))
+        task.add_done_callback(lambda _: hand())
+        return handed
 
     async def _send_stretches(
-        self, staged: StagedFile, state: _FileState, stretches: Sequence[tuple[int, int]]
+        self,
+        staged: StagedFile,
+        state: _FileState,
+        stretches: Sequence[tuple[int, int]],
+        on_put: Callable[[], None],
     ) -> None:
-        if len(stretches) == 1:
-            # No task of its own: the put starts in this step (see VFS.fsync).
-            await self._send(staged, state, *stretches[0], ahead=True)
-            return
-        await asyncio.gather(*(self._send(staged, state, s, n, ahead=True) for s, n in stretches))
+        await asyncio.gather(*(self._send(staged, state, s, n, ahead=on_put) for s, n in stretches))
 
     def _send_later(self, staged: StagedFile, state: _FileState, index: int) -> None:
         attempts = state.attempts.get(index, 0)
@@ -242,7 +261,7 @@ class EarlyUploads:
         key: int,
         work: Coroutine[Any, Any, None],
         then: Callable[[], None] | None = None,
-    ) -> None:
+    ) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         state.tasks[key] = task
 
@@ -252,6 +271,7 @@ class EarlyUploads:
                 then()
 
         task.add_done_callback(finished)
+        return task
 
     async def _read(
         self, staged: StagedFile, state: _FileState, start: int, length: int
@@ -280,19 +300,20 @@ class EarlyUploads:
         state: _FileState,
         piece: Piece,
         stamp: Stamp,
-        put_first: bool = False,
+        ahead: Callable[[], None] | None = None,
     ) -> str | None:
         """Send one chunk read under ``stamp``; recorded if its bytes still hold.
-        Returns its id once stored."""
+        Returns its id once stored. ``ahead``: the piece is sent for an fsync, and this
+        is called once its put is handed to the store."""
         try:
             extent, new = await self.drive.uploader.store_piece(
-                piece, state.token, put_first=put_first
+                piece, state.token, put_first=ahead is not None, on_put=ahead
             )
         except Exception as exc:  # the commit sends it instead
             log.info("early upload of %s at %d failed: %s", staged.path, piece.offset, exc)
             return None
         state.held.add(extent.chunk_id)
-        if put_first and self.on_sent_ahead is not None:
+        if ahead is not None and self.on_sent_ahead is not None:
             self.on_sent_ahead(staged, extent, piece.data)
         sent = _Sent(extent, stamp, new)
         if state.valid(sent):
@@ -300,16 +321,21 @@ class EarlyUploads:
         return extent.chunk_id
 
     async def _send(
-        self, staged: StagedFile, state: _FileState, start: int, length: int, ahead: bool = False
+        self,
+        staged: StagedFile,
+        state: _FileState,
+        start: int,
+        length: int,
+        ahead: Callable[[], None] | None = None,
     ) -> None:
         """Send ``length`` bytes of the copy at ``start`` as one chunk (``ahead``: for an
-        fsync, whose commit waits for it)."""
+        fsync, whose commit waits for it; see _store)."""
         async with self._slots:
             read = await self._read(staged, state, start, length)
             if read is None:
                 return
             data, stamp = read
-            await self._store(staged, state, Piece(start, data), stamp, put_first=ahead)
+            await self._store(staged, state, Piece(start, data), stamp, ahead)
 
     # -- content-defined chunks ---------------------------------------------------------
 

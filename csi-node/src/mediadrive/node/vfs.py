@@ -896,11 +896,12 @@ class VFS:
         if staged.failed:
             # What the application wrote is not all there: fsync must not say it is.
             raise FsError(errno.ENOSPC)
-        # What the commit will send starts travelling beside the local sync.
-        self.writeback.send_ahead(staged)
-        # One step for the sending to reach its put before anything else starts: the
-        # put is what a commit soon after waits for.
-        await asyncio.sleep(0)
+        # What the commit will send starts travelling beside the local sync; the rest
+        # waits until its puts are under way, since they are what a commit soon after
+        # waits for.
+        sending = self.writeback.send_ahead(staged)
+        if sending is not None:
+            await asyncio.shield(sending)
         if await self.writeback.commit_for_fsync(staged):
             # A version in the metadata store, its chunks stored: nothing for a local
             # flush to keep.

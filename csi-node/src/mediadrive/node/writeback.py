@@ -187,16 +187,8 @@ class Writeback:
             return False
         if not await self._commit_reporting(staged, ""):
             return False
-        if staged.dirty or staged.failed or staged.orphan:
-            return False
-        if self.staging.get(staged.node_id) is staged:
-            # Every byte is in the version: no journal entry, so a restart after a
-            # power cut cannot bring the copy back as a change (see forget_entry).
-            if staged.flushed:
-                await asyncio.to_thread(self.staging.forget_entry, staged)
-            else:
-                self.staging.forget_entry(staged)
-        return True
+        # A copy the commit left clean has no journal entry any more (_follow_outcome).
+        return not (staged.dirty or staged.failed or staged.orphan)
 
     async def _worker(self) -> None:
         while True:
@@ -357,17 +349,18 @@ class Writeback:
         finally:
             release()
 
-    def send_ahead(self, staged: StagedFile) -> None:
+    def send_ahead(self, staged: StagedFile) -> asyncio.Future[None] | None:
         """``staged`` is being fsync'd: start sending the pieces its commit would send
         now, so a commit soon after finds them sent (fixed chunking only: content-defined
-        cuts of a changed stretch depend on the bytes after it)."""
+        cuts of a changed stretch depend on the bytes after it). Returns what is done
+        once their puts are under way, if any are sent."""
         if self.drive.settings.chunking != "fixed" or not staged.dirty or staged.failed:
-            return
+            return None
         if not self.early.may_send_ahead(staged):
-            return
+            return None
         kept = self._kept(staged, self._reusable(staged))
         step = self.drive.settings.chunk_size
-        self.early.send_ahead(staged, fixed_stretches(kept, staged.size(), step))
+        return self.early.send_ahead(staged, fixed_stretches(kept, staged.size(), step))
 
     def _kept(
         self, staged: StagedFile, reuse: dict[int, tuple[Extent, Sequence[int]]]
@@ -428,7 +421,7 @@ class Writeback:
             self._count_commit(upload, outcome)
         # keep-both puts our bytes in a new sibling node; a rename elsewhere only moves us.
         landed_elsewhere = outcome.file_id != node_id and outcome.path != path
-        self._follow_outcome(staged, outcome, gen, landed_elsewhere)
+        await self._follow_outcome(staged, outcome, gen, landed_elsewhere)
         if committed:
             for listener in self.on_commit:
                 listener(node_id, outcome, upload)
@@ -484,10 +477,13 @@ class Writeback:
         if outcome.conflict:
             self.figures.conflicts += 1
 
-    def _follow_outcome(
+    async def _follow_outcome(
         self, staged: StagedFile, outcome: CommitOutcome, gen: int, landed_elsewhere: bool
     ) -> None:
-        """Base the copy on what the commit left as its head, and journal that."""
+        """Base the copy on what the commit left as its head, and journal that: a copy
+        with changes still to commit gets its new base in its entry; a clean one loses
+        its entry, since every byte of it is in the version (a restart after a power
+        cut cannot bring it back as a change; the next change writes the entry again)."""
         if landed_elsewhere:
             # keep-both: our bytes are safe in a sibling; this name follows the other
             # writer's head from now on.
@@ -500,8 +496,12 @@ class Writeback:
         if staged.gen == gen:
             staged.dirty = False
             staged.recovered = False
-        if self.staging.get(staged.node_id) is staged and not self._spent(staged, landed_elsewhere):
+        if self.staging.get(staged.node_id) is not staged or self._spent(staged, landed_elsewhere):
+            return
+        if staged.dirty:
             self.staging.write_journal(staged)
+        elif self.staging.forget_entry(staged):
+            await asyncio.to_thread(self.staging.sync_root)
 
     def _report(
         self,

@@ -17,6 +17,13 @@ would read every byte once more, on the agent's CPU, while the chunk's bytes are
 already named by their BLAKE3 hash, every block is checked against its digest when
 it is read, ``mediadrive fsck`` checks stored chunks, and TLS protects the bytes on
 the wire.
+
+The two requests a mount waits on most, the PUT of a chunk and the GET of a range,
+are first sent as plain signed requests through the client's own HTTP session
+(:class:`_Direct`): the client's per-call machinery (parameter validation, endpoint
+rules, event hooks, response parsing) costs more CPU than the signing and sending
+together, and an fsync or a read waits for it. Anything but a plain success is asked
+again through the client, whose retries and errors then apply.
 """
 
 from __future__ import annotations
@@ -28,10 +35,12 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -89,6 +98,69 @@ def check_s3_url(url: str) -> None:
     S3Location.parse(url)
 
 
+class _Direct:
+    """Signed PUT and ranged GET requests sent without the client's per-call
+    machinery. Each answers None for anything but the plain success (an error status,
+    a dropped connection, credentials that cannot be had): the caller then asks the
+    client, which retries and explains."""
+
+    def __init__(
+        self, client: S3Client, session: boto3.session.Session, base: str, region: str
+    ) -> None:
+        self._base = base
+        self._region = region
+        self._config = client.meta.config
+        self._session = session
+        # The client's own HTTP session: the same connections, proxies, timeouts and
+        # certificate checks as every other request of the store.
+        self._http = client._endpoint.http_session  # type: ignore[attr-defined]
+
+    @classmethod
+    def for_client(
+        cls, client: S3Client, session: boto3.session.Session, bucket: str, region: str
+    ) -> _Direct | None:
+        """The direct path to ``bucket``, or None where its URL is not plain to work
+        out (AWS buckets whose names need path-style addressing)."""
+        if not hasattr(client, "_endpoint"):
+            return None
+        endpoint = client.meta.endpoint_url.rstrip("/")
+        style = (getattr(client.meta.config, "s3", None) or {}).get("addressing_style")
+        if style == "path":
+            return cls(client, session, f"{endpoint}/{quote(bucket)}/", region)
+        if "." in bucket or bucket != bucket.lower() or not endpoint.startswith("https://"):
+            return None
+        host = urlsplit(endpoint).netloc
+        return cls(client, session, f"https://{bucket}.{host}/", region)
+
+    def _send(self, method: str, key: str, body: bytes | None, headers: dict[str, str]) -> Any:
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            return None
+        request = AWSRequest(method, self._base + quote(key, safe="/~"), headers, body)
+        request.context["client_config"] = self._config
+        try:
+            S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+            return self._http.send(request.prepare())
+        except BotoCoreError:
+            return None
+
+    def put(self, key: str, body: bytes) -> bool:
+        """True once ``body`` is stored under ``key``."""
+        answer = self._send("PUT", key, body, {"Content-Length": str(len(body))})
+        return answer is not None and answer.status_code == 200
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes | None:
+        """``length`` bytes of ``key`` from ``offset`` (fewer at its end)."""
+        answer = self._send("GET", key, None, {"Range": f"bytes={offset}-{offset + length - 1}"})
+        if answer is None or answer.status_code not in (200, 206):
+            return None
+        data: bytes = answer.content
+        if answer.status_code == 200:
+            # A server that ignores ranges sends the whole object.
+            data = data[offset : offset + length]
+        return data
+
+
 def _fan_out(start: str) -> str:
     """The key suffix under ``chunks/`` where ids beginning with ``start`` sort."""
     return f"{start[:2]}/{start}" if len(start) >= 2 else start
@@ -143,6 +215,7 @@ class S3BlobStore(BlobStore):
         )
         self._manager: TransferManager | None = None
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3")
+        self._direct = _Direct.for_client(self._client, session, self.bucket, region)
 
     @classmethod
     def from_url(cls, url: str, *, create: bool = False) -> S3BlobStore:
@@ -181,9 +254,12 @@ class S3BlobStore(BlobStore):
         body = data if isinstance(data, bytes) else bytes(data)
         key = self._key(chunk_id)
         if len(body) <= self.single_put_max:
-            await self._call(
-                self._client.put_object, Bucket=self.bucket, Key=key, Body=body, chunk=chunk_id
-            )
+
+            def put() -> None:
+                if self._direct is None or not self._direct.put(key, body):
+                    self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+
+            await self._call(put, chunk=chunk_id)
             return
         # BytesIO shares the bytes object instead of copying it.
         manager = self._transfers()
@@ -204,6 +280,10 @@ class S3BlobStore(BlobStore):
             return b""
 
         def fetch() -> bytes:
+            if self._direct is not None:
+                data = self._direct.get_range(self._key(chunk_id), offset, length)
+                if data is not None:
+                    return data
             try:
                 response = self._client.get_object(
                     Bucket=self.bucket,

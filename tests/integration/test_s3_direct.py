@@ -1,0 +1,132 @@
+"""The S3 store's direct path: a chunk's PUT and a ranged GET go out as plain signed
+requests, and anything but a plain success is asked again through the boto3 client
+(whose retries and errors then apply). Against moto and MinIO on loopback."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from mediadrive.core.blob.s3 import S3BlobStore, _Direct
+from mediadrive.core.errors import NotFound
+from mediadrive.core.hashing import chunk_id
+from tests.integration.test_blob_contract import S3_ENGINES, make_engine
+from tests.servers import S3Server
+
+
+@pytest.fixture(params=S3_ENGINES)
+async def s3(
+    request: pytest.FixtureRequest, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[S3BlobStore, S3Server]]:
+    engine = make_engine(request.param, request, tmp_path, monkeypatch)
+    assert engine.server is not None
+    # A prefix that needs quoting in a URL: the signature must cover the quoted form.
+    store = S3BlobStore.from_url(engine.url_for(engine.bucket, "show reel+cuts/é"))
+    await store.check()
+    try:
+        yield store, engine.server
+    finally:
+        await store.close()
+
+
+def client_calls(store: S3BlobStore) -> Counter[str]:
+    """Operations the store's boto3 client sends from now on, by name."""
+    calls: Counter[str] = Counter()
+
+    def count(event_name: str, **_: Any) -> None:
+        calls[event_name.rsplit(".", 1)[-1]] += 1
+
+    store._client.meta.events.register("before-send.s3", count)
+    return calls
+
+
+def payload(size: int, seed: int) -> tuple[str, bytes]:
+    data = random.Random(seed).randbytes(size)
+    return chunk_id(data), data
+
+
+async def test_puts_and_ranged_gets_skip_the_client(s3: tuple[S3BlobStore, S3Server]) -> None:
+    store, _ = s3
+    calls = client_calls(store)
+    cid, data = payload(300_000, seed=1)
+    await store.put(cid, data)
+    assert await store.get_range(cid, 1000, 5000) == data[1000:6000]
+    # Past the end: what there is.
+    assert await store.get_range(cid, len(data) - 10, 100) == data[-10:]
+    assert calls == Counter()
+    # The object is an ordinary one: the client reads it back whole.
+    assert await store.get(cid) == data
+    assert calls == Counter({"GetObject": 1})
+
+
+async def test_a_failed_direct_request_is_asked_again_through_the_client(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = s3
+    calls = client_calls(store)
+    direct = store._direct
+    assert direct is not None
+    answers: list[int] = []
+    send = direct._http.send
+
+    def refuse_once(request: Any) -> Any:
+        answer = send(request)
+        if not answers:
+            # As if the server had answered 503 Slow Down.
+            answer.status_code = 503
+        answers.append(answer.status_code)
+        return answer
+
+    monkeypatch.setattr(direct._http, "send", refuse_once)
+    cid, data = payload(70_000, seed=2)
+    await store.put(cid, data)
+    assert calls == Counter({"PutObject": 1})
+    assert await store.get_range(cid, 0, 10) == data[:10]
+    # The client sends through the same HTTP session: its PUT is the 200.
+    assert answers == [503, 200, 206]
+    assert calls == Counter({"PutObject": 1})
+
+
+async def test_a_range_past_the_end_and_a_missing_chunk_answer_as_through_the_client(
+    s3: tuple[S3BlobStore, S3Server],
+) -> None:
+    store, _ = s3
+    cid, data = payload(1000, seed=3)
+    await store.put(cid, data)
+    assert await store.get_range(cid, 5000, 10) == b""
+    absent, _ = payload(10, seed=4)
+    with pytest.raises(NotFound, match=absent):
+        await store.get_range(absent, 0, 10)
+
+
+def make_client(endpoint: str | None, style: str | None) -> Any:
+    s3: Any = {} if style is None else {"addressing_style": style}
+    session = boto3.session.Session(aws_access_key_id="id", aws_secret_access_key="secret")
+    return session.client(
+        "s3", endpoint_url=endpoint, region_name="eu-west-1", config=Config(s3=s3)
+    )
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "style", "bucket", "base"),
+    [
+        ("http://127.0.0.1:9000", "path", "takes", "http://127.0.0.1:9000/takes/"),
+        (None, None, "takes", "https://takes.s3.eu-west-1.amazonaws.com/"),
+        # A bucket name a virtual host cannot carry: the client alone knows the way.
+        (None, None, "takes.v2", None),
+        ("http://127.0.0.1:9000", None, "takes", None),
+    ],
+)
+def test_the_direct_url_of_a_bucket(
+    endpoint: str | None, style: str | None, bucket: str, base: str | None
+) -> None:
+    client = make_client(endpoint, style)
+    session = boto3.session.Session(aws_access_key_id="id", aws_secret_access_key="secret")
+    direct = _Direct.for_client(client, session, bucket, "eu-west-1")
+    assert (direct and direct._base) == base
