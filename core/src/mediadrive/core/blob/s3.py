@@ -43,6 +43,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from urllib3.exceptions import HTTPError
 
 from ..errors import ConfigError, NotFound, StoreUnavailable
 from . import BlobStore, register
@@ -136,7 +137,11 @@ class _Direct:
         credentials = self._session.get_credentials()
         if credentials is None:
             return None
-        request = AWSRequest(method, self._base + quote(key, safe="/~"), headers, body)
+        # Streamed: a body read whole in one call (AWSResponse.content reads it in
+        # 64 KiB pieces and joins them).
+        request = AWSRequest(
+            method, self._base + quote(key, safe="/~"), headers, body, stream_output=True
+        )
         request.context["client_config"] = self._config
         try:
             S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
@@ -147,18 +152,28 @@ class _Direct:
     def put(self, key: str, body: bytes) -> bool:
         """True once ``body`` is stored under ``key``."""
         answer = self._send("PUT", key, body, {"Content-Length": str(len(body))})
-        return answer is not None and answer.status_code == 200
+        return answer is not None and _body(answer) is not None and answer.status_code == 200
 
     def get_range(self, key: str, offset: int, length: int) -> bytes | None:
         """``length`` bytes of ``key`` from ``offset`` (fewer at its end)."""
         answer = self._send("GET", key, None, {"Range": f"bytes={offset}-{offset + length - 1}"})
-        if answer is None or answer.status_code not in (200, 206):
+        data = None if answer is None else _body(answer)
+        if data is None or answer.status_code not in (200, 206):
             return None
-        data: bytes = answer.content
         if answer.status_code == 200:
             # A server that ignores ranges sends the whole object.
             data = data[offset : offset + length]
         return data
+
+
+def _body(answer: Any) -> bytes | None:
+    """The whole body of a streamed answer (read to its end, so its connection goes
+    back to the pool); None if the connection failed meanwhile."""
+    try:
+        data: bytes = answer.raw.read()
+    except (HTTPError, OSError):
+        return None
+    return data
 
 
 def _fan_out(start: str) -> str:
