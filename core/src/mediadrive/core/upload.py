@@ -412,8 +412,9 @@ class Uploader:
         small piece is put before it is claimed (see _put_first). Returns the chunk's
         extent and whether its bytes were sent (False: the drive had it). ``on_put`` is
         called once the put is handed to the store (or known not to be needed)."""
-        if len(piece.data) <= BLOCK_SIZE:
-            # Hashing a block takes less than handing it to a thread and back.
+        if len(piece.data) <= BLOCK_SIZE or (put_first and len(piece.data) <= _PUT_FIRST):
+            # Hashing a block takes less than handing it to a thread and back; a piece
+            # for an fsync is hashed while the fsync waits, with nothing else to do.
             cid, digests = identify(piece.data)
         else:
             cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))

@@ -274,16 +274,17 @@ class EarlyUploads:
         return task
 
     async def _read(
-        self, staged: StagedFile, state: _FileState, start: int, length: int
+        self, staged: StagedFile, state: _FileState, start: int, length: int, here: bool = False
     ) -> tuple[bytes, Stamp] | None:
         """The copy's bytes in a range and their stamp; None when they changed (or the
-        copy closed) while they were read, or are not all in the copy."""
+        copy closed) while they were read, or are not all in the copy. ``here``: read on
+        the event loop's thread whatever the length."""
         stamp = state.stamp(start, length)
         fd = staged.fd
         if fd < 0 or staged.orphan or staged.failed or not staged.holds(start, length):
             return None
         try:
-            if length <= BLOCK_SIZE:
+            if here or length <= BLOCK_SIZE:
                 # Just written, so in the page cache: cheaper than a thread hop.
                 data = os.pread(fd, length, start)
             else:
@@ -331,7 +332,8 @@ class EarlyUploads:
         """Send ``length`` bytes of the copy at ``start`` as one chunk (``ahead``: for an
         fsync, whose commit waits for it; see _store)."""
         async with self._slots:
-            read = await self._read(staged, state, start, length)
+            # A piece for an fsync is what the loop waits for (see VFS.fsync).
+            read = await self._read(staged, state, start, length, here=ahead is not None)
             if read is None:
                 return
             data, stamp = read
