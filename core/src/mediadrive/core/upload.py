@@ -25,7 +25,7 @@ from .blob import BlobStore
 from .chunking import Piece, make_chunker
 from .config import DriveSettings
 from .errors import ChunkMissing
-from .hashing import BLOCK_SIZE, identify
+from .hashing import BLOCK_SIZE, block_digests, chunk_id, identify
 from .meta import Extent, MetaStore
 from .meta.sql import CHUNK_HOLD
 
@@ -412,19 +412,21 @@ class Uploader:
         small piece is put before it is claimed (see _put_first). Returns the chunk's
         extent and whether its bytes were sent (False: the drive had it). ``on_put`` is
         called once the put is handed to the store (or known not to be needed)."""
-        if len(piece.data) <= BLOCK_SIZE or (put_first and len(piece.data) <= _PUT_FIRST):
-            # Hashing a block takes less than handing it to a thread and back; a piece
-            # for an fsync is hashed while the fsync waits, with nothing else to do.
-            cid, digests = identify(piece.data)
+        if put_first and len(piece.data) <= _PUT_FIRST:
+            # For an fsync, which waits with nothing else to do: hashed here (no thread
+            # hop), and only its id before the put starts (see _put_first).
+            cid = chunk_id(piece.data)
+            extent = Extent(piece.offset, len(piece.data), cid)
+            recorded, digests = await self._put_first(cid, piece.data, token, on_put)
+            if recorded:
+                return extent, True
         else:
-            cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
-        extent = Extent(piece.offset, len(piece.data), cid)
-        if (
-            put_first
-            and len(piece.data) <= _PUT_FIRST
-            and await self._put_first(cid, piece.data, digests, token, on_put)
-        ):
-            return extent, True
+            if len(piece.data) <= BLOCK_SIZE:
+                # Hashing a block takes less than handing it to a thread and back.
+                cid, digests = identify(piece.data)
+            else:
+                cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
+            extent = Extent(piece.offset, len(piece.data), cid)
         states = await self._claim_many({cid: (len(piece.data), digests)}, token)
         sent = states.get(cid) != "stored"
         if sent:
@@ -441,34 +443,38 @@ class Uploader:
         self,
         cid: str,
         data: bytes,
-        digests: bytes,
         token: str,
         on_put: Callable[[], None] | None = None,
-    ) -> bool:
+    ) -> tuple[bool, bytes]:
         """Put a small piece, then claim it as stored in one transaction: what an fsync
         sends ahead is on the edit's path, and this saves a metadata round trip before
         the put and one after it, for at most a few MiB sent when the drive had them
         (chunks sent while a file is written are claimed first: a copy of bytes the
-        drive has sends nothing). False when GC is deleting that chunk right now
-        (claim it first instead)."""
+        drive has sends nothing). Returns whether it is recorded (not while GC is
+        deleting that chunk right now: claim it first instead) and its block digests,
+        worked out while the put travels (only the record needs them)."""
         seen = self._deletions
         if seen is None:
             seen = await self.meta.chunk_deletions()
         putting = asyncio.ensure_future(self.blobs.put(cid, data))
+        # One step for the put to reach its store's thread; hashing releases the GIL.
+        await asyncio.sleep(0)
         if on_put is not None:
             on_put()
+        # As identify() gives them: a chunk of one block has one digest, its id.
+        digests = bytes.fromhex(cid) if 0 < len(data) <= BLOCK_SIZE else block_digests(data)
         await putting
         state, self._deletions = await self.meta.record_put(
             cid, len(data), digests, seen, token=token
         )
         if state == "busy":
-            return False
+            return False, digests
         if state == "pending":
             # A GC deletion finished since `seen`; it may have taken these very bytes.
             # Held now, so nothing takes them again.
             await self.blobs.put(cid, data)
             await self.meta.mark_stored([cid])
-        return True
+        return True, digests
 
     async def renew(self, chunk_ids: Sequence[str], token: str) -> None:
         """Extend the holds of chunks sent ahead of their commit (see store_piece)."""
