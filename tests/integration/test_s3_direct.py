@@ -93,6 +93,35 @@ async def test_a_failed_direct_request_is_asked_again_through_the_client(
     assert calls == Counter({"PutObject": 1})
 
 
+async def test_an_answer_that_the_requests_are_wrong_here_turns_the_direct_path_off(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = s3
+    calls = client_calls(store)
+    direct = store._direct
+    assert direct is not None
+    sent: list[str] = []
+    send = direct._http.send
+
+    def refuse_direct(request: Any) -> Any:
+        answer = send(request)
+        sent.append(request.method)
+        if len(sent) == 1:
+            # As if the bucket lived in another region.
+            answer.status_code = 301
+        return answer
+
+    monkeypatch.setattr(direct._http, "send", refuse_direct)
+    cid, data = payload(5000, seed=5)
+    await store.put(cid, data)
+    assert await store.get_range(cid, 10, 20) == data[10:30]
+    await store.put(*payload(6000, seed=6))
+    assert direct.off
+    # The refused PUT, then the client's three requests only.
+    assert sent == ["PUT", "PUT", "GET", "PUT"]
+    assert calls == Counter({"PutObject": 2, "GetObject": 1})
+
+
 async def test_a_range_past_the_end_and_a_missing_chunk_answer_as_through_the_client(
     s3: tuple[S3BlobStore, S3Server],
 ) -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -53,12 +54,15 @@ if TYPE_CHECKING:
     from s3transfer.manager import TransferManager
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 # Chunks larger than S3BlobStore.single_put_max go up in parts of this size.
 _PART_SIZE = 16 << 20
 # Parts in flight at once across all of the store's multipart uploads.
 _PART_CONCURRENCY = 16
 _OPTIONS = {"endpoint", "region"}
+# Answers to a direct request that the next one would get too (see _Direct).
+_WRONG_HERE = {301, 307, 400, 403, 405, 501}
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,10 @@ class _Direct:
     """Signed PUT and ranged GET requests sent without the client's per-call
     machinery. Each answers None for anything but the plain success (an error status,
     a dropped connection, credentials that cannot be had): the caller then asks the
-    client, which retries and explains."""
+    client, which retries and explains. An answer that says the requests themselves
+    are wrong here (a redirect to another region, a refused signature, a method the
+    server lacks) turns the direct path off for good: the client, which follows
+    redirects and learns a bucket's region, then sends everything."""
 
     def __init__(
         self, client: S3Client, session: boto3.session.Session, base: str, region: str
@@ -115,6 +122,7 @@ class _Direct:
         # The client's own HTTP session: the same connections, proxies, timeouts and
         # certificate checks as every other request of the store.
         self._http = client._endpoint.http_session  # type: ignore[attr-defined]
+        self.off = False
 
     @classmethod
     def for_client(
@@ -135,7 +143,7 @@ class _Direct:
 
     def _send(self, method: str, key: str, body: bytes | None, headers: dict[str, str]) -> Any:
         credentials = self._session.get_credentials()
-        if credentials is None:
+        if credentials is None or self.off:
             return None
         # Streamed: a body read whole in one call (AWSResponse.content reads it in
         # 64 KiB pieces and joins them).
@@ -145,9 +153,18 @@ class _Direct:
         request.context["client_config"] = self._config
         try:
             S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
-            return self._http.send(request.prepare())
+            answer = self._http.send(request.prepare())
         except BotoCoreError:
             return None
+        if answer.status_code in _WRONG_HERE and not self.off:
+            self.off = True
+            log.warning(
+                "S3 endpoint answered a direct %s with HTTP %d; requests go through boto3's "
+                "client from now on",
+                method,
+                answer.status_code,
+            )
+        return answer
 
     def put(self, key: str, body: bytes) -> bool:
         """True once ``body`` is stored under ``key``."""
