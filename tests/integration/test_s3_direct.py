@@ -65,31 +65,40 @@ async def test_puts_and_ranged_gets_skip_the_client(s3: tuple[S3BlobStore, S3Ser
     assert calls == Counter({"GetObject": 1})
 
 
+def answer_first_with(
+    store: S3BlobStore, monkeypatch: pytest.MonkeyPatch, status: int
+) -> list[tuple[str, int]]:
+    """Make the first answer the store's HTTP session gets carry ``status``; the
+    requests sent from now on (method, status answered), in order."""
+    direct = store._direct
+    assert direct is not None
+    seen: list[tuple[str, int]] = []
+    send = direct._http.send
+
+    def send_and_note(request: Any) -> Any:
+        answer = send(request)
+        if not seen:
+            answer.status_code = status
+        seen.append((request.method, answer.status_code))
+        return answer
+
+    monkeypatch.setattr(direct._http, "send", send_and_note)
+    return seen
+
+
 async def test_a_failed_direct_request_is_asked_again_through_the_client(
     s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, _ = s3
     calls = client_calls(store)
-    direct = store._direct
-    assert direct is not None
-    answers: list[int] = []
-    send = direct._http.send
-
-    def refuse_once(request: Any) -> Any:
-        answer = send(request)
-        if not answers:
-            # As if the server had answered 503 Slow Down.
-            answer.status_code = 503
-        answers.append(answer.status_code)
-        return answer
-
-    monkeypatch.setattr(direct._http, "send", refuse_once)
+    # As if the server had answered 503 Slow Down.
+    seen = answer_first_with(store, monkeypatch, 503)
     cid, data = payload(70_000, seed=2)
     await store.put(cid, data)
     assert calls == Counter({"PutObject": 1})
     assert await store.get_range(cid, 0, 10) == data[:10]
     # The client sends through the same HTTP session: its PUT is the 200.
-    assert answers == [503, 200, 206]
+    assert seen == [("PUT", 503), ("PUT", 200), ("GET", 206)]
     assert calls == Counter({"PutObject": 1})
 
 
@@ -98,27 +107,15 @@ async def test_an_answer_that_the_requests_are_wrong_here_turns_the_direct_path_
 ) -> None:
     store, _ = s3
     calls = client_calls(store)
-    direct = store._direct
-    assert direct is not None
-    sent: list[str] = []
-    send = direct._http.send
-
-    def refuse_direct(request: Any) -> Any:
-        answer = send(request)
-        sent.append(request.method)
-        if len(sent) == 1:
-            # As if the bucket lived in another region.
-            answer.status_code = 301
-        return answer
-
-    monkeypatch.setattr(direct._http, "send", refuse_direct)
+    # As if the bucket lived in another region.
+    seen = answer_first_with(store, monkeypatch, 301)
     cid, data = payload(5000, seed=5)
     await store.put(cid, data)
     assert await store.get_range(cid, 10, 20) == data[10:30]
     await store.put(*payload(6000, seed=6))
-    assert direct.off
+    assert store._direct is not None and store._direct.off
     # The refused PUT, then the client's three requests only.
-    assert sent == ["PUT", "PUT", "GET", "PUT"]
+    assert [method for method, _ in seen] == ["PUT", "PUT", "GET", "PUT"]
     assert calls == Counter({"PutObject": 2, "GetObject": 1})
 
 
