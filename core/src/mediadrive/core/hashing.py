@@ -38,10 +38,14 @@ def identify(data: bytes | bytearray | memoryview, threads: int | None = None) -
     """A chunk's id and its block digests (see :func:`chunk_id`, :func:`block_digests`);
     a chunk of one block hashes once, its digest being both (an empty one has no
     blocks)."""
-    if 0 < len(data) <= BLOCK_SIZE:
-        digest = blake3(data).digest()
-        return digest.hex(), digest
-    return chunk_id(data, threads), block_digests(data)
+    cid = chunk_id(data, threads)
+    return cid, digests_of(data, cid)
+
+
+def digests_of(data: bytes | bytearray | memoryview, cid: str) -> bytes:
+    """The block digests of a chunk whose id ``cid`` is already known: a chunk of one
+    block has one digest, its id (no second pass over its bytes)."""
+    return bytes.fromhex(cid) if 0 < len(data) <= BLOCK_SIZE else block_digests(data)
 
 
 def block_digests(data: bytes | bytearray | memoryview) -> bytes:

@@ -25,7 +25,7 @@ from .blob import BlobStore
 from .chunking import Piece, make_chunker
 from .config import DriveSettings
 from .errors import ChunkMissing
-from .hashing import BLOCK_SIZE, block_digests, chunk_id, identify
+from .hashing import BLOCK_SIZE, chunk_id, digests_of, identify
 from .meta import Extent, MetaStore
 from .meta.sql import CHUNK_HOLD
 
@@ -420,6 +420,8 @@ class Uploader:
             recorded, digests = await self._put_first(cid, piece.data, token, on_put)
             if recorded:
                 return extent, True
+            # Told already: the put below is the same piece's.
+            on_put = None
         else:
             if len(piece.data) <= BLOCK_SIZE:
                 # Hashing a block takes less than handing it to a thread and back.
@@ -461,8 +463,7 @@ class Uploader:
         await asyncio.sleep(0)
         if on_put is not None:
             on_put()
-        # As identify() gives them: a chunk of one block has one digest, its id.
-        digests = bytes.fromhex(cid) if 0 < len(data) <= BLOCK_SIZE else block_digests(data)
+        digests = digests_of(data, cid)
         await putting
         state, self._deletions = await self.meta.record_put(
             cid, len(data), digests, seen, token=token
