@@ -11,6 +11,7 @@ import errno
 import functools
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -88,23 +89,28 @@ def fuse_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any
     return wrapper
 
 
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
+
+
 def entry_attributes(attrs: Attributes) -> pyfuse3.EntryAttributes:
+    inode, generation, mode, nlink, uid, gid, size, mtime_ns, ctime_ns, rdev = attrs
     entry = pyfuse3.EntryAttributes()
-    entry.st_ino = attrs.inode
-    entry.generation = attrs.generation
+    entry.st_ino = inode
+    entry.generation = generation
     entry.entry_timeout = ATTR_TIMEOUT
     entry.attr_timeout = ATTR_TIMEOUT
-    entry.st_mode = attrs.mode
-    entry.st_nlink = attrs.nlink
-    entry.st_uid = attrs.uid
-    entry.st_gid = attrs.gid
-    entry.st_rdev = attrs.rdev
-    entry.st_size = attrs.size
+    entry.st_mode = mode
+    entry.st_nlink = nlink
+    entry.st_uid = uid
+    entry.st_gid = gid
+    entry.st_rdev = rdev
+    entry.st_size = size
     entry.st_blksize = BLOCK_SIZE
-    entry.st_blocks = (attrs.size + 511) // 512
-    entry.st_atime_ns = attrs.mtime_ns
-    entry.st_mtime_ns = attrs.mtime_ns
-    entry.st_ctime_ns = attrs.ctime_ns
+    entry.st_blocks = (size + 511) // 512
+    entry.st_atime_ns = mtime_ns
+    entry.st_mtime_ns = mtime_ns
+    entry.st_ctime_ns = ctime_ns
     return entry
 
 
@@ -216,9 +222,12 @@ class DriveFS(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        for entry in await self.vfs.readdir(fh, start_id):
-            name = os.fsencode(entry.name)
-            if not pyfuse3.readdir_reply(token, name, entry_attributes(entry.attrs), entry.next_id):
+        reply = pyfuse3.readdir_reply
+        for name, attrs, next_id in await self.vfs.readdir(fh, start_id):
+            # str.encode is what os.fsencode does, without its per-call checks.
+            if not reply(
+                token, name.encode(_FS_ENCODING, _FS_ERRORS), entry_attributes(attrs), next_id
+            ):
                 break
 
     async def releasedir(self, fh: int) -> None:

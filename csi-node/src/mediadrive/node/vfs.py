@@ -23,7 +23,7 @@ import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from mediadrive.core.drive import Drive, UploadResult
 from mediadrive.core.errors import CorruptChunk, MediadriveError, PathNotFound
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .passthrough import Views
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 XATTR_VERSION = "user.mediadrive.version"
 XATTR_TIER = "user.mediadrive.tier"
@@ -159,6 +160,16 @@ class AttrChanges:
     @property
     def any(self) -> bool:
         return any(v is not None for v in (self.size, self.mode, self.uid, self.gid, self.mtime_ns))
+
+
+# A named tuple made without its generated __new__ (a Python frame per call): what a
+# listing makes once per entry. The fields are given in order, all of them.
+if TYPE_CHECKING:
+
+    def _new_tuple(cls: type[_T], fields: tuple[Any, ...]) -> _T: ...
+
+else:
+    _new_tuple = tuple.__new__
 
 
 class DirEntry(NamedTuple):
@@ -272,25 +283,36 @@ class VFS:
     # -- attributes --------------------------------------------------------------------------
 
     def attrs(self, node: Node) -> Attributes:
-        staged = self.staging.get(node.id)
+        # Made once per entry of a listing, whose cost is mostly this: the fields are
+        # read once each and the tuple made directly (see _new_tuple).
+        node_id = node.id
+        kind = node.kind
         size = node.size
         mtime = node.mtime_ns
-        if staged is not None and node.kind is NodeKind.FILE:
-            size = staged.size()
-            mtime = staged.mtime_ns
-        return Attributes(
-            inode=self.tree.inode(node.id),
-            generation=self._generations[node.id],
-            mode=_KIND_BITS[node.kind] | stat.S_IMODE(node.mode),
+        if kind is NodeKind.DIR:
             # A folder is linked from its parent, from its own "." and from each
             # subfolder's "..", as on ext4.
-            nlink=2 + node.subdirs if node.is_dir else (0 if node.deleted_ns is not None else 1),
-            uid=node.uid,
-            gid=node.gid,
-            size=size,
-            mtime_ns=mtime,
-            ctime_ns=max(node.ctime_ns, mtime),
-            rdev=node.rdev,
+            nlink = 2 + node.subdirs
+        else:
+            nlink = 0 if node.deleted_ns is not None else 1
+            staged = self.staging.get(node_id)
+            if staged is not None and kind is NodeKind.FILE:
+                size = staged.size()
+                mtime = staged.mtime_ns
+        return _new_tuple(
+            Attributes,
+            (
+                self.tree.inode(node_id),
+                self._generations.get(node_id, 0),
+                _KIND_BITS[kind] | (node.mode & 0o7777),
+                nlink,
+                node.uid,
+                node.gid,
+                size,
+                mtime,
+                node.ctime_ns if node.ctime_ns > mtime else mtime,
+                node.rdev,
+            ),
         )
 
     async def _node(self, inode: int) -> Node:
@@ -419,6 +441,7 @@ class VFS:
         """The entries of an open folder from ``start_id`` on (0: list it afresh), made
         as they are taken: the kernel takes a few dozen per request."""
         handle = self.dirs[fh]
+
         if handle.entries is None or start_id == 0:
             handle.entries = self.entries.listing(handle.node_id)
         if handle.entries is None:
@@ -430,9 +453,10 @@ class VFS:
                 self.entries.put(node, read_at)
             self.entries.complete(handle.node_id, read_at)
         entries = handle.entries
+        entry = self._entry
         return (
-            DirEntry(entries[index].name, self._entry(entries[index]), index + 1)
-            for index in range(start_id, len(entries))
+            _new_tuple(DirEntry, (node.name, entry(node), index))
+            for index, node in enumerate(entries[start_id:], start_id + 1)
         )
 
     def releasedir(self, fh: int) -> None:
@@ -899,6 +923,7 @@ class VFS:
         # What the commit will send starts travelling beside the local sync; the rest
         # waits until its puts are under way, since they are what a commit soon after
         # waits for.
+
         sending = self.writeback.send_ahead(staged)
         if sending is not None:
             await asyncio.shield(sending)
