@@ -284,10 +284,13 @@ class Writeback:
         await staged.fill_local(self.cache.get, self.cache.at_hand)
         while True:
             reuse = self._reusable(staged)
-            await staged.materialize(staged.needing(_ranges(reuse)), self.cache.get)
-            again = self._reusable(staged)
-            if again.keys() != reuse.keys() or staged.needing(_ranges(again)):
-                continue
+            needed = staged.needing(_ranges(reuse))
+            if needed:
+                await staged.materialize(needed, self.cache.get)
+                # Fetching let other work run: what is kept may have changed.
+                again = self._reusable(staged)
+                if again.keys() != reuse.keys() or staged.needing(_ranges(again)):
+                    continue
             # Worked out while chunks already on their way finish (they are kept by
             # reference, not sent again); a change meanwhile means working it out again.
             gen = staged.gen
