@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from mediadrive.cli.drive_registry import open_drive
 from mediadrive.cli.settings import CliSettings
-from mediadrive.core.blob import BlobStore
+from mediadrive.core.blob import BlobStore, put_sent
 from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.chunking import Piece
 from mediadrive.core.config import DriveSettings
@@ -150,4 +151,48 @@ async def test_a_small_piece_sent_ahead_is_not_claimed_before_its_put(
         assert sent
         assert await drive.blobs.get(extent.chunk_id) == data
         assert await drive.meta.chunk_stats() == (1, CHUNK)
+        assert await drive.meta.held_unreferenced() == 1
+
+
+class _SaysSent(WrappedStore):
+    """A store that says a put's bytes are sent, then holds the put until ``landed``
+    is set (``says``: whether it says so at all)."""
+
+    def __init__(self, inner: BlobStore, says: bool = True) -> None:
+        super().__init__(inner)
+        self.says = says
+        self.landed = asyncio.Event()
+
+    @property
+    def signals_sent(self) -> bool:
+        return True
+
+    async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+        sent = put_sent.get()
+        if self.says and sent is not None:
+            sent()
+        await self.landed.wait()
+        await super().put(chunk_id, data)
+
+
+@pytest.mark.parametrize("says", [True, False])
+async def test_a_piece_sent_ahead_is_told_as_handed_over_once_its_bytes_are_sent(
+    tmp_path: Path, says: bool
+) -> None:
+    async with await _drive(tmp_path) as drive:
+        store = _SaysSent(drive.blobs, says)
+        drive.uploader.blobs = store
+        handed = asyncio.Event()
+        data = os.urandom(CHUNK)
+        storing = asyncio.ensure_future(
+            drive.uploader.store_piece(Piece(0, data), "edit", put_first=True, on_put=handed.set)
+        )
+        await asyncio.sleep(0.05)
+        # Told while the put is still on its way, if the store said its bytes left;
+        # otherwise only once it landed.
+        assert handed.is_set() is says
+        store.landed.set()
+        extent, sent = await storing
+        assert handed.is_set() and sent
+        assert await drive.blobs.get(extent.chunk_id) == data
         assert await drive.meta.held_unreferenced() == 1

@@ -13,6 +13,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from mediadrive.core.blob import put_sent
 from mediadrive.core.blob.s3 import S3BlobStore, _Direct
 from mediadrive.core.errors import NotFound
 from mediadrive.core.hashing import chunk_id
@@ -156,3 +157,47 @@ def test_the_direct_url_of_a_bucket(
     session = boto3.session.Session(aws_access_key_id="id", aws_secret_access_key="secret")
     direct = _Direct.for_client(client, session, bucket, "eu-west-1")
     assert (direct and direct._base) == base
+
+
+def note_sends(store: S3BlobStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What happens from now on, in order: "sent" when a put says its bytes are sent
+    (through put_sent), "answered" when the store's HTTP session has an answer."""
+    order: list[str] = []
+    direct = store._direct
+    assert direct is not None
+    send = direct._http.send
+
+    def send_and_note(request: Any) -> Any:
+        answer = send(request)
+        order.append("answered")
+        return answer
+
+    monkeypatch.setattr(direct._http, "send", send_and_note)
+    put_sent.set(lambda: order.append("sent"))
+    return order
+
+
+async def test_a_put_says_its_bytes_are_sent_before_the_answer_comes(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = s3
+    assert store.signals_sent
+    order = note_sends(store, monkeypatch)
+    cid, data = payload(200_000, seed=5)
+    await store.put(cid, data)
+    assert order == ["sent", "answered"]
+    assert await store.get(cid) == data
+
+
+async def test_a_put_through_the_client_says_so_as_it_starts(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = s3
+    order = note_sends(store, monkeypatch)
+    seen = answer_first_with(store, monkeypatch, 500)
+    cid, data = payload(100_000, seed=6)
+    await store.put(cid, data)
+    # The direct PUT failed after its bytes went; the client's PUT starts again.
+    assert seen[0] == ("PUT", 500)
+    assert order.count("sent") == 2
+    assert await store.get(cid) == data

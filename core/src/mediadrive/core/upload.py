@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
-from .blob import BlobStore
+from .blob import BlobStore, put_sent
 from .chunking import Piece, make_chunker
 from .config import DriveSettings
 from .errors import ChunkMissing
@@ -458,9 +458,7 @@ class Uploader:
         seen = self._deletions
         if seen is None:
             seen = await self.meta.chunk_deletions()
-        putting = asyncio.ensure_future(self.blobs.put(cid, data))
-        # One step for the put to reach its store's thread; hashing releases the GIL.
-        await asyncio.sleep(0)
+        putting = await _started(self.blobs, cid, data)
         if on_put is not None:
             on_put()
         digests = digests_of(data, cid)
@@ -489,3 +487,34 @@ class Uploader:
             [(e.chunk_id, e.chunk_offset + e.length, None) for e in extents], token=token
         )
         return token
+
+
+async def _started(store: BlobStore, cid: str, data: bytes) -> asyncio.Future[None]:
+    """Start putting ``data`` into ``store`` and return the put once its bytes have
+    left this process (or it ended): what the caller does next then does not hold
+    the GIL while the put's thread prepares and sends the request, which is what
+    delayed it most. A store that cannot tell gets one step of the loop to start."""
+    if not store.signals_sent:
+        putting = asyncio.ensure_future(store.put(cid, data))
+        await asyncio.sleep(0)
+        return putting
+    loop = asyncio.get_running_loop()
+    out: asyncio.Future[None] = loop.create_future()
+
+    def sent(*_: object) -> None:
+        if not out.done():
+            out.set_result(None)
+
+    def from_any_thread() -> None:
+        # (A loop closed meanwhile has nobody waiting.)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(sent)
+
+    before = put_sent.set(from_any_thread)
+    try:
+        putting = asyncio.ensure_future(store.put(cid, data))
+    finally:
+        put_sent.reset(before)
+    putting.add_done_callback(sent)
+    await out
+    return putting

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +30,13 @@ __all__ = [
 ]
 
 
+# Set around a put by a caller that waits for its bytes to leave this process before
+# doing more (see Uploader._put_first). A store whose ``signals_sent`` is true calls
+# it, from any thread, once they are written (perhaps more than once); the caller
+# stops waiting when the put returns, too.
+put_sent: ContextVar[Callable[[], None] | None] = ContextVar("put_sent", default=None)
+
+
 class BlobStore(ABC):
     """Chunks keyed by their BLAKE3 id. ``put`` is durable when it returns."""
 
@@ -36,6 +44,11 @@ class BlobStore(ABC):
 
     @abstractmethod
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None: ...
+
+    @property
+    def signals_sent(self) -> bool:
+        """Whether ``put`` calls :data:`put_sent`'s callback once its bytes are sent."""
+        return False
 
     @abstractmethod
     async def get(self, chunk_id: str) -> bytes:

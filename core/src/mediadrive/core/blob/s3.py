@@ -32,7 +32,7 @@ import asyncio
 import io
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -47,7 +47,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from urllib3.exceptions import HTTPError
 
 from ..errors import ConfigError, NotFound, StoreUnavailable
-from . import BlobStore, register
+from . import BlobStore, put_sent, register
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -141,7 +141,14 @@ class _Direct:
         host = urlsplit(endpoint).netloc
         return cls(client, session, f"https://{bucket}.{host}/", region)
 
-    def _send(self, method: str, key: str, body: bytes | None, headers: dict[str, str]) -> Any:
+    def _send(
+        self,
+        method: str,
+        key: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        sent: Callable[[], None] | None = None,
+    ) -> Any:
         credentials = self._session.get_credentials()
         if credentials is None or self.off:
             return None
@@ -153,7 +160,11 @@ class _Direct:
         request.context["client_config"] = self._config
         try:
             S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
-            answer = self._http.send(request.prepare())
+            prepared = request.prepare()
+            if sent is not None and body:
+                # urllib3 sends an iterable body piece by piece.
+                prepared.body = _then(body, sent)  # type: ignore[assignment]
+            answer = self._http.send(prepared)
         except BotoCoreError:
             return None
         if answer.status_code in _WRONG_HERE and not self.off:
@@ -166,9 +177,9 @@ class _Direct:
             )
         return answer
 
-    def put(self, key: str, body: bytes) -> bool:
+    def put(self, key: str, body: bytes, sent: Callable[[], None] | None = None) -> bool:
         """True once ``body`` is stored under ``key``."""
-        answer = self._send("PUT", key, body, {"Content-Length": str(len(body))})
+        answer = self._send("PUT", key, body, {"Content-Length": str(len(body))}, sent)
         return answer is not None and _body(answer) is not None and answer.status_code == 200
 
     def get_range(self, key: str, offset: int, length: int) -> bytes | None:
@@ -181,6 +192,13 @@ class _Direct:
             # A server that ignores ranges sends the whole object.
             data = data[offset : offset + length]
         return data
+
+
+def _then(body: bytes, sent: Callable[[], None]) -> Iterator[bytes]:
+    """``body`` as the one piece of a request's body, calling ``sent`` once it is
+    written (when the connection asks for the next piece)."""
+    yield body
+    sent()
 
 
 def _body(answer: Any) -> bytes | None:
@@ -282,17 +300,28 @@ class S3BlobStore(BlobStore):
             self._manager = create_transfer_manager(self._client, self._transfer)
         return self._manager
 
+    @property
+    def signals_sent(self) -> bool:
+        return True
+
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
         body = data if isinstance(data, bytes) else bytes(data)
         key = self._key(chunk_id)
+        sent = put_sent.get()
         if len(body) <= self.single_put_max:
 
             def put() -> None:
-                if self._direct is None or not self._direct.put(key, body):
-                    self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+                if self._direct is not None and self._direct.put(key, body, sent):
+                    return
+                if sent is not None:
+                    # The client sends it in one call, which starts now.
+                    sent()
+                self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
             await self._call(put, chunk=chunk_id)
             return
+        if sent is not None:
+            sent()
         # BytesIO shares the bytes object instead of copying it.
         manager = self._transfers()
         await self._call(

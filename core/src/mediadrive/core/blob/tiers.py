@@ -179,6 +179,11 @@ class TieredStore(WrappedStore):
 
     # -- writing --------------------------------------------------------------------------
 
+    @property
+    def signals_sent(self) -> bool:
+        # Only what goes straight to the cloud store (held puts go to the pods).
+        return self.target == CLOUD and self.inner.signals_sent
+
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
         ttl = _HOLD_TTL.get()
         if ttl is None and self.target == CLOUD:

@@ -26,6 +26,10 @@ class WrappedStore(BlobStore):
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
         await self.inner.put(chunk_id, data)
 
+    @property
+    def signals_sent(self) -> bool:
+        return self.inner.signals_sent
+
     async def get(self, chunk_id: str) -> bytes:
         return await self.inner.get(chunk_id)
 
