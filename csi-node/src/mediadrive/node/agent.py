@@ -38,6 +38,7 @@ from mediadrive.core.credentials import redact_url
 from mediadrive.core.errors import MediadriveError
 from mediadrive.core.logs import JsonFormatter
 
+from . import fuse_wait
 from .api import start_api
 from .assembly import Cleanup, MountParts, open_parts, release
 from .client import MountError
@@ -50,6 +51,7 @@ from .service import MountService
 from .writeback import AFTER_RESTART
 
 pyfuse3.asyncio.enable()
+fuse_wait.install()
 
 log = logging.getLogger("mediadrive.node")
 

@@ -33,6 +33,7 @@ from mediadrive.core.errors import (
 from mediadrive.core.hashing import BLOCK_SIZE
 
 from .entries import ATTR_TIMEOUT
+from .fuse_wait import HANDLING
 from .vfs import VFS, AttrChanges, Attributes, Caller, FsError, OpenResult
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def fuse_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        HANDLING.count += 1
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -85,6 +87,8 @@ def fuse_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any
         except Exception:
             log.exception("%s failed", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            HANDLING.count -= 1
 
     return wrapper
 

@@ -1,0 +1,83 @@
+"""The agent's wait for the next FUSE request: a short poll before it parks, only
+while no request is being handled."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pyfuse3.asyncio
+import pytest
+
+from mediadrive.node import fuse_wait
+
+
+@pytest.fixture
+def parked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """pyfuse3's own wait, recording the fds it is asked to park on; fuse_wait's
+    poll installed in front of it."""
+    seen: list[int] = []
+
+    async def park(fd: int) -> None:
+        seen.append(fd)
+
+    monkeypatch.setattr(pyfuse3.asyncio, "wait_readable", park)
+    monkeypatch.setattr(fuse_wait.HANDLING, "count", 0)
+    fuse_wait.install(spin=0.001)
+    yield seen
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    read, write = os.pipe()
+    yield read, write
+    os.close(read)
+    os.close(write)
+
+
+async def test_a_request_already_there_is_taken_without_parking(
+    parked: list[int], pipe: tuple[int, int]
+) -> None:
+    read, write = pipe
+    os.write(write, b"x")
+    await pyfuse3.asyncio.wait_readable(read)
+    assert parked == []
+
+
+async def test_with_no_request_it_parks_after_the_poll(
+    parked: list[int], pipe: tuple[int, int]
+) -> None:
+    read, _ = pipe
+    await pyfuse3.asyncio.wait_readable(read)
+    assert parked == [read]
+
+
+async def test_while_a_request_is_handled_it_parks_at_once(
+    parked: list[int], pipe: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read, write = pipe
+    os.write(write, b"x")
+    monkeypatch.setattr(fuse_wait.HANDLING, "count", 1)
+    await pyfuse3.asyncio.wait_readable(read)
+    # Readable, but a handler waits on something: the loop is left to it.
+    assert parked == [read]
+
+
+async def test_handlers_count_while_they_run_and_after_they_fail() -> None:
+    from mediadrive.node.fs import fuse_errors
+    from mediadrive.node.vfs import FsError
+
+    counts: list[int] = []
+
+    @fuse_errors
+    async def handler(fail: bool) -> None:
+        counts.append(fuse_wait.HANDLING.count)
+        if fail:
+            raise FsError(2)
+
+    before = fuse_wait.HANDLING.count
+    await handler(False)
+    with pytest.raises(pyfuse3.FUSEError):
+        await handler(True)
+    assert counts == [before + 1, before + 1]
+    assert fuse_wait.HANDLING.count == before
