@@ -411,7 +411,8 @@ class Uploader:
         The hold lasts until released or renewed (:meth:`renew`). ``put_first``: a
         small piece is put before it is claimed (see _put_first). Returns the chunk's
         extent and whether its bytes were sent (False: the drive had it). ``on_put`` is
-        called once the put is handed to the store (or known not to be needed)."""
+        called once the put is handed to the store (for a piece put first by a store that
+        can tell: once its bytes are sent), or known not to be needed."""
         if put_first and len(piece.data) <= _PUT_FIRST:
             # For an fsync, which waits with nothing else to do: hashed here (no thread
             # hop), and only its id before the put starts (see _put_first).

@@ -441,7 +441,6 @@ class VFS:
         """The entries of an open folder from ``start_id`` on (0: list it afresh), made
         as they are taken: the kernel takes a few dozen per request."""
         handle = self.dirs[fh]
-
         if handle.entries is None or start_id == 0:
             handle.entries = self.entries.listing(handle.node_id)
         if handle.entries is None:
@@ -921,9 +920,8 @@ class VFS:
             # What the application wrote is not all there: fsync must not say it is.
             raise FsError(errno.ENOSPC)
         # What the commit will send starts travelling beside the local sync; the rest
-        # waits until its puts are under way, since they are what a commit soon after
-        # waits for.
-
+        # waits until the bytes of its puts are sent (see Uploader._put_first), since
+        # they are what a commit soon after waits for.
         sending = self.writeback.send_ahead(staged)
         if sending is not None:
             await asyncio.shield(sending)
