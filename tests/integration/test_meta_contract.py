@@ -29,6 +29,7 @@ from mediadrive.core.errors import (
     DriveNotFound,
     InvalidPath,
     IsADirectory,
+    LandingFailed,
     NotADirectory,
     NotFound,
     PathNotFound,
@@ -47,6 +48,8 @@ from mediadrive.core.meta import (
     NodeKind,
     connect,
 )
+from mediadrive.core.meta import sql as sql_engine
+from mediadrive.core.meta.records import LandingChunk
 from mediadrive.core.meta.schema import LATEST, MIGRATIONS
 from tests.servers import create_database
 
@@ -961,6 +964,111 @@ async def test_a_put_that_a_gc_deletion_may_have_undone_is_left_pending(
     # A put that began after it (the count read then) is stored at once.
     other = chunk_id(b"sent after the deletion")
     assert (await store.record_put(other, 5, None, now))[0] == "stored"
+
+
+# -- a commit that records chunks still being put ------------------------------------
+
+
+async def landing_commit(
+    meta: MetaStore, path: str, data: bytes, landed: asyncio.Future[None], seen: int | None = None
+) -> tuple[asyncio.Task[CommitOutcome], str]:
+    """Start a commit of ``data`` as one chunk whose put ends with ``landed``."""
+    cid = chunk_id(data)
+    if seen is None:
+        seen = await meta.chunk_deletions()
+    parent = await resolve(meta, posixpath.dirname(path))
+    req = dataclasses.replace(
+        request(parent, path, None, [Extent(0, len(data), cid)]),
+        landing=(LandingChunk(cid, len(data), b"\x07" * 32, seen, "file-token"),),
+    )
+    return asyncio.create_task(meta.commit(req, LWW, landed)), cid
+
+
+async def test_a_commit_records_chunks_being_put_once_their_puts_land(
+    store: MetaStore,
+) -> None:
+    put: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task, cid = await landing_commit(store, "/edit.bin", b"edit bytes", put)
+    await asyncio.sleep(0.1)
+    # Prepared, not committed: nobody sees the version or the chunk yet.
+    assert not task.done()
+    assert await store.resolve("/edit.bin") is None
+    assert await store.chunk_stats() == (0, 0)
+    put.set_result(None)
+    outcome = await asyncio.wait_for(task, 10)
+    assert (outcome.path, outcome.version) == ("/edit.bin", 1)
+    assert await store.chunk_stats() == (1, len(b"edit bytes"))
+    assert await store.chunk_blocks(cid) == b"\x07" * 32
+    _, extents = await store.version(outcome.file_id, 1)
+    assert [e.chunk_id for e in extents] == [cid]
+
+
+async def test_a_commit_whose_put_fails_records_nothing(store: MetaStore) -> None:
+    put: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task, _ = await landing_commit(store, "/edit.bin", b"never arrives", put)
+    await asyncio.sleep(0.05)
+    put.set_exception(StoreUnavailable("S3 store refused"))
+    with pytest.raises(LandingFailed, match="S3 store refused"):
+        await asyncio.wait_for(task, 10)
+    assert await store.resolve("/edit.bin") is None
+    assert await store.chunk_stats() == (0, 0)
+    # The store goes on: the same commit, once its bytes are stored, lands.
+    assert (await commit(store, "/edit.bin", None, b"never arrives")).version == 1
+
+
+async def test_a_commit_lets_go_of_a_put_that_takes_too_long(
+    store: MetaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sql_engine, "LANDING_PATIENCE", 0.2)
+    put: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task, _ = await landing_commit(store, "/slow.bin", b"slow", put)
+    # Another writer meanwhile waits at most that long, and then goes on.
+    made = asyncio.create_task(mkdir(store, "/renders"))
+    with pytest.raises(LandingFailed, match="still under way"):
+        await asyncio.wait_for(task, 10)
+    assert (await asyncio.wait_for(made, 10)).name == "renders"
+    assert await store.resolve("/slow.bin") is None
+    assert await store.chunk_stats() == (0, 0)
+    put.set_result(None)
+
+
+async def test_a_commit_does_not_record_a_put_a_gc_deletion_may_have_undone(
+    store: MetaStore,
+) -> None:
+    seen = await store.chunk_deletions()
+    doomed = chunk_id(b"deleted meanwhile")
+    await store.claim_chunks([(doomed, 17, None)], hold=0)
+    await store.mark_stored([doomed])
+    assert await store.begin_delete_chunk(doomed, time.time() + 1)
+    await store.finish_delete_chunk(doomed)
+    put: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    put.set_result(None)
+    # The put began before that deletion ended (the count read then): not recorded.
+    task, _ = await landing_commit(store, "/late.bin", b"deleted meanwhile", put, seen)
+    with pytest.raises(LandingFailed, match="GC"):
+        await asyncio.wait_for(task, 10)
+    assert await store.resolve("/late.bin") is None
+    assert await store.chunk_stats() == (0, 0)
+
+
+async def test_writes_during_a_landing_commit_wait_and_then_go_through(
+    store: MetaStore,
+) -> None:
+    put: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    task, _ = await landing_commit(store, "/edit.bin", b"edit", put)
+    await asyncio.sleep(0.05)
+    others = [asyncio.create_task(mkdir(store, f"/shot{i}")) for i in range(3)]
+    await asyncio.sleep(0.1)
+    put.set_result(None)
+    assert (await asyncio.wait_for(task, 10)).version == 1
+    made = await asyncio.wait_for(asyncio.gather(*others), 30)
+    assert sorted(node.name for node in made) == ["shot0", "shot1", "shot2"]
+    assert [n.name for n in await store.list_dir((await resolve(store, "/")).id)] == [
+        "edit.bin",
+        "shot0",
+        "shot1",
+        "shot2",
+    ]
 
 
 async def test_a_put_replaces_a_damaged_chunk(store: MetaStore) -> None:

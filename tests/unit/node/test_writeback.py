@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.chunking import Piece
 from mediadrive.core.config import ConflictPolicy, DriveSettings
-from mediadrive.core.errors import ConflictError
-from mediadrive.core.hashing import BLOCK_SIZE
+from mediadrive.core.errors import ConflictError, StoreUnavailable
+from mediadrive.core.hashing import BLOCK_SIZE, chunk_id
 from mediadrive.core.meta import Extent
 from mediadrive.core.upload import pieces
 from mediadrive.node.options import CommitOn
@@ -125,6 +125,90 @@ async def test_reading_back_an_edit_sent_ahead_of_its_fsync_fetches_nothing(
     check = await make_test_vfs(tmp_path, cache="check", chunk_size=chunk)
     assert await check.read_file("plate.exr") == data
     await check.close()
+
+
+async def test_an_fsync_records_its_piece_in_the_commit_prepared_while_it_travels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The piece an fsync sends is recorded by the version's own transaction, made
+    ready while the put travels and committed once it lands: no record of its own,
+    and nothing visible before the bytes are stored."""
+    chunk = 16 * BLOCK_SIZE
+    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, commit_on=CommitOn.FSYNC)
+    drive = vfs.parts.writeback.drive
+    data = bytearray(os.urandom(2 * chunk))
+    await vfs.write_file("plate.exr", bytes(data))
+    await vfs.save()
+    inner = drive.uploader.blobs
+    gate, putting = asyncio.Event(), asyncio.Event()
+
+    class Gated(WrappedStore):
+        async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+            putting.set()
+            await gate.wait()
+            await inner.put(chunk_id, data)
+
+    drive.uploader.blobs = Gated(inner)
+    records: list[tuple[object, ...]] = []
+    record_put = drive.meta.record_put
+
+    async def counted(*args: object, **kwargs: object) -> tuple[str, int]:
+        records.append(args)
+        return await record_put(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(drive.meta, "record_put", counted)
+    opened = await vfs.vfs.open(await vfs.inode("plate.exr"), os.O_RDWR)
+    patch, offset = os.urandom(BLOCK_SIZE), chunk + 4321
+    await vfs.vfs.write(opened.fh, offset, patch)
+    fsync = asyncio.create_task(vfs.vfs.fsync(opened.fh))
+    await asyncio.wait_for(putting.wait(), 10)
+    await asyncio.sleep(0.2)
+    assert not fsync.done()
+    assert [v.version for v in await drive.versions("/plate.exr")] == [1]
+    gate.set()
+    await asyncio.wait_for(fsync, 10)
+    assert [v.version for v in await drive.versions("/plate.exr")] == [1, 2]
+    assert records == []
+    vfs.vfs.release(opened.fh)
+    await vfs.parts.writeback.settle()
+    data[offset : offset + BLOCK_SIZE] = patch
+    reader = await drive.reader("/plate.exr", 2)
+    assert await reader.read(0, reader.size) == data
+    await vfs.close()
+
+
+async def test_an_fsync_whose_piece_cannot_be_put_commits_it_itself(tmp_path: Path) -> None:
+    chunk = 16 * BLOCK_SIZE
+    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, commit_on=CommitOn.FSYNC)
+    drive = vfs.parts.writeback.drive
+    data = bytearray(os.urandom(2 * chunk))
+    await vfs.write_file("plate.exr", bytes(data))
+    await vfs.save()
+    inner = drive.uploader.blobs
+    failed: list[str] = []
+
+    class FailsOnce(WrappedStore):
+        async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+            if not failed:
+                failed.append(chunk_id)
+                raise StoreUnavailable("S3 store dropped the connection")
+            await inner.put(chunk_id, data)
+
+    drive.uploader.blobs = FailsOnce(inner)
+    opened = await vfs.vfs.open(await vfs.inode("plate.exr"), os.O_RDWR)
+    patch, offset = os.urandom(BLOCK_SIZE), chunk + 4321
+    await vfs.vfs.write(opened.fh, offset, patch)
+    await asyncio.wait_for(vfs.vfs.fsync(opened.fh), 10)
+    assert len(failed) == 1
+    # The commit did not record the piece whose put failed: it sent it again.
+    assert [v.version for v in await drive.versions("/plate.exr")] == [1, 2]
+    vfs.vfs.release(opened.fh)
+    await vfs.parts.writeback.settle()
+    data[offset : offset + BLOCK_SIZE] = patch
+    reader = await drive.reader("/plate.exr", 2)
+    assert await reader.read(0, reader.size) == data
+    assert chunk_id(await drive.blobs.get(failed[0])) == failed[0]
+    await vfs.close()
 
 
 async def test_reject_keeps_the_local_copy(tmp_path: Path) -> None:

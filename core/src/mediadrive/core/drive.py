@@ -414,8 +414,14 @@ class Drive:
             file_id=file_id,
             revive=revive,
             tier=upload.tier,
+            landing=tuple(landing.chunk for landing in upload.landing),
         )
-        outcome = await self.meta.commit(request, self.settings.conflict)
+        landed = None
+        if upload.landing:
+            landed = asyncio.gather(*(landing.put for landing in upload.landing))
+            # Its puts' own waiters see a failure; a commit that gave up early does not.
+            landed.add_done_callback(lambda done: done.cancelled() or done.exception())
+        outcome = await self.meta.commit(request, self.settings.conflict, landed)
         if self.settings.tiers.publish_on_save and pod_region(upload.tier) and not outcome.rejected:
             await self._publish_after_commit(outcome)
         return outcome

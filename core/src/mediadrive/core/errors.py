@@ -63,6 +63,12 @@ class StoreFull(StoreUnavailable):
     """The blob store has no room left for a chunk (it may have later: retried)."""
 
 
+class LandingFailed(MediadriveError):
+    """A commit that was to record chunks still on their way did not: a put failed or
+    took too long, or GC was at one of them. Nothing was recorded; commit again once
+    the puts are over."""
+
+
 class ChunkMissing(MediadriveError):
     """A chunk a commit relied on was collected before the commit landed."""
 

@@ -25,8 +25,9 @@ from .blob import BlobStore, put_sent
 from .chunking import Piece, make_chunker
 from .config import DriveSettings
 from .errors import ChunkMissing
-from .hashing import BLOCK_SIZE, chunk_id, digests_of, identify
+from .hashing import BLOCK_SIZE, PARALLEL, chunk_id, digests_of, identify
 from .meta import Extent, MetaStore
+from .meta.records import LandingChunk
 from .meta.sql import CHUNK_HOLD
 
 Progress = Callable[[int], None]
@@ -43,6 +44,8 @@ _CLAIM_BATCH = 32
 # A piece an fsync sends ahead up to this size is put before it is claimed (see
 # store_piece).
 _PUT_FIRST = 4 * BLOCK_SIZE
+# Such a piece is hashed on every core: nothing else runs while an fsync waits for it.
+_PUT_FIRST_THREADS = PARALLEL
 
 _hashers: ThreadPoolExecutor | None = None
 _hashers_lock = threading.Lock()
@@ -67,6 +70,24 @@ def window(settings: DriveSettings) -> int:
     return max(2, min(_MAX_IN_FLIGHT, _WINDOW_BYTES // max(piece, 1)))
 
 
+@dataclass
+class Landing:
+    """A piece put for an fsync, its put still on its way. A commit that keeps it may
+    record it itself (``chunk``: CommitRequest.landing), its transaction prepared while
+    the put travels; ``claimed`` then says so, and ``recorded`` whether that commit
+    recorded it, or it is left to the put's own record."""
+
+    extent: Extent
+    chunk: LandingChunk
+    put: asyncio.Future[None]
+    recorded: asyncio.Future[bool]
+    claimed: bool = False
+
+    def settle(self, recorded: bool) -> None:
+        if not self.recorded.done():
+            self.recorded.set_result(recorded)
+
+
 @dataclass(frozen=True)
 class UploadResult:
     extents: list[Extent]
@@ -78,6 +99,8 @@ class UploadResult:
     token: str = ""
     # Where the chunks went: ``cloud``, or ``pod:REGION`` (the version's tier).
     tier: str = "cloud"
+    # Kept chunks whose puts are still on their way, for the commit to record.
+    landing: tuple[Landing, ...] = ()
 
 
 def pieces(
@@ -404,6 +427,7 @@ class Uploader:
         token: str,
         put_first: bool = False,
         on_put: Callable[[], None] | None = None,
+        on_landing: Callable[[Landing], None] | None = None,
     ) -> tuple[Extent, bool]:
         """Hash, claim (held under ``token``) and, if the drive lacks it, send one chunk
         ahead of the upload that will keep it: a file still being written sends its
@@ -412,15 +436,17 @@ class Uploader:
         small piece is put before it is claimed (see _put_first). Returns the chunk's
         extent and whether its bytes were sent (False: the drive had it). ``on_put`` is
         called once the put is handed to the store (for a piece put first by a store that
-        can tell: once its bytes are sent), or known not to be needed."""
+        can tell: once its bytes are sent), or known not to be needed; ``on_landing``
+        (a piece put first) while the put travels, with what a commit needs to record it
+        (see Landing; False is returned for a piece such a commit recorded)."""
         if put_first and len(piece.data) <= _PUT_FIRST:
             # For an fsync, which waits with nothing else to do: hashed here (no thread
             # hop), and only its id before the put starts (see _put_first).
-            cid = chunk_id(piece.data)
+            cid = chunk_id(piece.data, threads=_PUT_FIRST_THREADS)
             extent = Extent(piece.offset, len(piece.data), cid)
-            recorded, digests = await self._put_first(cid, piece.data, token, on_put)
-            if recorded:
-                return extent, True
+            recorded, digests = await self._put_first(extent, piece.data, token, on_put, on_landing)
+            if recorded is not None:
+                return extent, recorded
             # Told already: the put below is the same piece's.
             on_put = None
         else:
@@ -444,18 +470,21 @@ class Uploader:
 
     async def _put_first(
         self,
-        cid: str,
+        extent: Extent,
         data: bytes,
         token: str,
         on_put: Callable[[], None] | None = None,
-    ) -> tuple[bool, bytes]:
+        on_landing: Callable[[Landing], None] | None = None,
+    ) -> tuple[bool | None, bytes]:
         """Put a small piece, then claim it as stored in one transaction: what an fsync
         sends ahead is on the edit's path, and this saves a metadata round trip before
         the put and one after it, for at most a few MiB sent when the drive had them
         (chunks sent while a file is written are claimed first: a copy of bytes the
-        drive has sends nothing). Returns whether it is recorded (not while GC is
-        deleting that chunk right now: claim it first instead) and its block digests,
-        worked out while the put travels (only the record needs them)."""
+        drive has sends nothing). Returns whether its bytes were sent here (True), a
+        commit recorded them (False; see Landing) or neither (None: GC is deleting that
+        chunk right now, claim it first instead), and its block digests, worked out
+        while the put travels (only the record needs them)."""
+        cid = extent.chunk_id
         seen = self._deletions
         if seen is None:
             seen = await self.meta.chunk_deletions()
@@ -463,12 +492,19 @@ class Uploader:
         if on_put is not None:
             on_put()
         digests = digests_of(data, cid)
+        landing = None
+        if on_landing is not None:
+            chunk = LandingChunk(cid, len(data), digests, seen, token)
+            landing = Landing(extent, chunk, putting, asyncio.get_running_loop().create_future())
+            on_landing(landing)
         await putting
+        if landing is not None and landing.claimed and await landing.recorded:
+            return False, digests
         state, self._deletions = await self.meta.record_put(
             cid, len(data), digests, seen, token=token
         )
         if state == "busy":
-            return False, digests
+            return None, digests
         if state == "pending":
             # A GC deletion finished since `seen`; it may have taken these very bytes.
             # Held now, so nothing takes them again.

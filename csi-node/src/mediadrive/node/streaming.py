@@ -54,7 +54,7 @@ from mediadrive.core.drive import Drive
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
 from mediadrive.core.meta.interface import CHUNK_HOLD
-from mediadrive.core.upload import UploadResult, window
+from mediadrive.core.upload import Landing, UploadResult, window
 
 from .staging import StagedFile
 
@@ -108,6 +108,10 @@ class _FileState:
     held: set[str] = field(default_factory=set)
     # Sends after an fsync since the last commit.
     ahead: int = 0
+    # The pieces of the send after an fsync now under way, and those of them whose
+    # puts are travelling (by offset; see EarlyUploads.settle).
+    ahead_pieces: int = 0
+    landing: dict[int, tuple[Landing, Stamp]] = field(default_factory=dict)
 
     def regions(self, offset: int, length: int) -> range:
         return range(offset // self.grain, (offset + length - 1) // self.grain + 1)
@@ -222,6 +226,7 @@ class EarlyUploads:
         if not stretches:
             return None
         state.ahead += 1
+        state.ahead_pieces = len(stretches)
         handed = asyncio.get_running_loop().create_future()
         left = len(stretches)
 
@@ -306,13 +311,23 @@ class EarlyUploads:
         """Send one chunk read under ``stamp``; recorded if its bytes still hold.
         Returns its id once stored. ``ahead``: the piece is sent for an fsync, and this
         is called once its put is handed to the store."""
+
+        def landing(landing: Landing) -> None:
+            state.landing[piece.offset] = (landing, stamp)
+
         try:
             extent, new = await self.drive.uploader.store_piece(
-                piece, state.token, put_first=ahead is not None, on_put=ahead
+                piece,
+                state.token,
+                put_first=ahead is not None,
+                on_put=ahead,
+                on_landing=landing if ahead is not None else None,
             )
         except Exception as exc:  # the commit sends it instead
             log.info("early upload of %s at %d failed: %s", staged.path, piece.offset, exc)
             return None
+        finally:
+            state.landing.pop(piece.offset, None)
         state.held.add(extent.chunk_id)
         if ahead is not None and self.on_sent_ahead is not None:
             self.on_sent_ahead(staged, extent, piece.data)
@@ -383,11 +398,22 @@ class EarlyUploads:
 
     # -- asked by the commit ------------------------------------------------------------
 
-    async def settle(self, staged: StagedFile) -> None:
-        """Wait for the chunks of ``staged`` being sent now."""
+    async def settle(self, staged: StagedFile, landing: bool = False) -> list[Landing]:
+        """Wait for the chunks of ``staged`` being sent now. ``landing``: unless all
+        that is being sent is what an fsync sent, every piece of it hashed and its put
+        travelling with the copy's bytes unchanged since: those pieces are returned at
+        once instead, for the commit to record (see Landing)."""
         state = self._files.get(staged)
+        if landing and state is not None and state.tasks.keys() == {_AHEAD}:
+            pieces = list(state.landing.values())
+            if len(pieces) == state.ahead_pieces and all(
+                stamp == state.stamp(piece.extent.offset, piece.extent.length)
+                for piece, stamp in pieces
+            ):
+                return [piece for piece, _ in pieces]
         while state is not None and state.tasks:
             await asyncio.gather(*list(state.tasks.values()), return_exceptions=True)
+        return []
 
     def ready(self, staged: StagedFile) -> dict[int, Extent]:
         """The chunks sent early that still hold the copy's bytes, by offset (valid

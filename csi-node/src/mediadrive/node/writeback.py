@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from mediadrive.core.drive import Drive, UploadResult
 from mediadrive.core.errors import (
     ChunkMissing,
     ConflictError,
+    LandingFailed,
     MediadriveError,
     PathNotFound,
     StoreFull,
@@ -29,7 +31,7 @@ from mediadrive.core.errors import (
 )
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import CommitOutcome, Extent
-from mediadrive.core.upload import layout
+from mediadrive.core.upload import Landing, layout
 
 from .cache import BlockCache
 from .options import CommitOn, MountOptions
@@ -280,6 +282,19 @@ class Writeback:
             await self.early.done_with(staged)
 
     async def _commit_staged(self, staged: StagedFile, message: str) -> CommitReport | None:
+        try:
+            return await self._commit_staged_once(staged, message, landing=True)
+        except LandingFailed as exc:
+            log.info("%s: %s; committing once its puts are over", staged.path, exc)
+            return await self._commit_staged_once(staged, message, landing=False)
+
+    async def _commit_staged_once(
+        self, staged: StagedFile, message: str, landing: bool
+    ) -> CommitReport | None:
+        """Commit ``staged``. ``landing``: pieces an fsync sent whose puts are still on
+        their way are recorded by the commit's own transaction, which is prepared
+        while they travel (an edit's version is then recorded as soon as its put is
+        answered; LandingFailed if that cannot be, with nothing recorded)."""
         started = time.monotonic()
         await staged.fill_local(self.cache.get, self.cache.at_hand)
         while True:
@@ -294,13 +309,15 @@ class Writeback:
             # Worked out while chunks already on their way finish (they are kept by
             # reference, not sent again); a change meanwhile means working it out again.
             gen = staged.gen
-            await self.early.settle(staged)
+            flying = await self.early.settle(staged, landing)
             # Nothing is awaited from here to the start of the snapshot, so the
             # snapshot is of the copy as checked.
             if staged.gen == gen:
                 break
         node_id = staged.node_id
         kept_extents = self._kept(staged, reuse)
+        if flying:
+            return await self._commit_landing(staged, gen, kept_extents, flying, message)
         if staged.writers == 0 and staged.copying is None:
             return await self._commit_in_place(staged, gen, kept_extents, message)
         upload = self._all_kept(kept_extents, staged.size())
@@ -324,8 +341,56 @@ class Writeback:
             self.figures.observe_commit(time.monotonic() - started)
         return report
 
+    async def _commit_landing(
+        self,
+        staged: StagedFile,
+        gen: int,
+        kept: dict[int, Extent],
+        flying: list[Landing],
+        message: str,
+    ) -> CommitReport | None:
+        """Commit a copy whose every byte is kept, the pieces ``flying`` among them
+        (see _commit_staged_once)."""
+        kept.update(_disjoint({piece.extent.offset: piece.extent for piece in flying}, kept))
+        upload = self._all_kept(kept, staged.size())
+        if upload is None:
+            raise LandingFailed("the copy has bytes no piece sent holds")
+        named = set(upload.extents)
+        taken = tuple(piece for piece in flying if piece.extent in named)
+        upload = dataclasses.replace(
+            upload,
+            landing=taken,
+            bytes_uploaded=upload.bytes_uploaded + sum(p.chunk.size for p in taken),
+            chunks_new=upload.chunks_new + len(taken),
+        )
+        for piece in taken:
+            piece.claimed = True
+        recorded = False
+        try:
+            if staged.writers == 0 and staged.copying is None:
+                report = await self._commit_in_place(staged, gen, kept, message, upload)
+            else:
+                data = self.staging.data_path(staged.node_id)
+                report = await self._commit_snapshot(
+                    staged, staged.node_id, gen, data, kept, message, upload=upload
+                )
+            recorded = report is not None and report.committed
+        finally:
+            # Each put's own record waits for this (see Uploader._put_first).
+            for piece in taken:
+                piece.settle(recorded)
+        # What is left of those sends is bookkeeping (their blocks into the cache), done
+        # by the time the commit is, as when it waits for them.
+        await self.early.settle(staged)
+        return report
+
     async def _commit_in_place(
-        self, staged: StagedFile, gen: int, reuse: dict[int, Extent], message: str
+        self,
+        staged: StagedFile,
+        gen: int,
+        reuse: dict[int, Extent],
+        message: str,
+        upload: UploadResult | None = None,
     ) -> CommitReport | None:
         """Commit a copy nobody has open for writing from the copy itself, not from a
         snapshot (which would copy the whole file first): whoever opens it to write,
@@ -348,6 +413,7 @@ class Writeback:
                 reuse,
                 message,
                 release,
+                upload,
             )
         finally:
             release()

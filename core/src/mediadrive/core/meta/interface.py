@@ -8,7 +8,7 @@ normalized absolute drive paths of those ids, used for events and messages.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, Protocol
 
 from ..config import ConflictPolicy, DriveSettings, Retention
@@ -154,11 +154,18 @@ class MetaStore(Protocol):
 
     # -- versions -----------------------------------------------------------------------
 
-    async def commit(self, req: CommitRequest, policy: ConflictPolicy) -> CommitOutcome:
+    async def commit(
+        self, req: CommitRequest, policy: ConflictPolicy, landed: Awaitable[Any] | None = None
+    ) -> CommitOutcome:
         """A new version from stored chunks, applying ``policy`` if the head moved.
 
         With ``req.revive`` a deleted file ``req.file_id`` first takes the (free) name
         again, in the same transaction; AlreadyExists if the name is taken.
+
+        ``req.landing`` names chunks whose puts end with ``landed``: they are recorded
+        as :meth:`record_put` would, in the same transaction, which is prepared while
+        they travel and ends only once they are done. LandingFailed, with nothing
+        recorded, if a put fails or takes too long, or GC is at one of them.
         """
 
     async def label_version(

@@ -124,6 +124,21 @@ class CommitRequest:
     # Bring the deleted file ``file_id`` back at ``parent_path/name`` with this version,
     # so its history continues under the same id (a restore of a deleted path).
     revive: bool = False
+    # Chunks of ``extents`` whose puts are still on their way: the commit records them
+    # as stored itself (see MetaStore.commit).
+    landing: tuple[LandingChunk, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LandingChunk:
+    """A chunk put just now, to be recorded as MetaStore.record_put would with these
+    arguments."""
+
+    chunk_id: str
+    size: int
+    blocks: bytes | None
+    deletions_seen: int
+    token: str
 
 
 @dataclass(frozen=True, slots=True)

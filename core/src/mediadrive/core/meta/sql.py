@@ -32,6 +32,7 @@ from ..errors import (
     DriveNotFound,
     InvalidPath,
     IsADirectory,
+    LandingFailed,
     NotADirectory,
     PathNotFound,
     SchemaError,
@@ -49,6 +50,7 @@ from .records import (
     Event,
     Extent,
     GcCandidate,
+    LandingChunk,
     Node,
     NodeKind,
     StoredExtent,
@@ -78,6 +80,21 @@ VERSION_COLUMNS = (
     "file_id, version, size, mode, mtime_ns, created, author, message, parent_version, tier, origin"
 )
 MAX_ATTEMPTS = 30
+# How long a commit recording chunks still on their way (CommitRequest.landing) waits
+# for their puts with its transaction open, holding others' writes back meanwhile.
+LANDING_PATIENCE = 0.5
+
+
+async def landed(until: Awaitable[Any]) -> None:
+    """Wait, in an open transaction, for the puts of the chunks it records (see
+    CommitRequest.landing): at most LANDING_PATIENCE, since it holds others' writes
+    back. LandingFailed, for the caller to roll back, if they fail or take longer."""
+    try:
+        await asyncio.wait_for(asyncio.shield(until), LANDING_PATIENCE)
+    except TimeoutError:
+        raise LandingFailed(f"puts still under way after {LANDING_PATIENCE}s") from None
+    except Exception as exc:
+        raise LandingFailed(f"a put failed: {exc}") from exc
 
 
 class Tx(Protocol):
@@ -168,10 +185,17 @@ class SqlMetaStore(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    async def _attempt(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
-        """One try of ``body`` in one transaction; engines may run it more cheaply."""
+    async def _attempt(
+        self, body: Callable[[Tx], Awaitable[T]], write: bool, until: Awaitable[Any] | None = None
+    ) -> T:
+        """One try of ``body`` in one transaction; engines may run it more cheaply.
+        ``until``: what the transaction waits for, open, once ``body`` is done (see
+        landed)."""
         async with self._transaction(write) as tx:
-            return await body(tx)
+            result = await body(tx)
+            if until is not None:
+                await landed(until)
+            return result
 
     async def _attempt_single(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
         """One try of a body of one statement: an engine whose BEGIN and COMMIT cost
@@ -179,15 +203,20 @@ class SqlMetaStore(ABC):
         return await self._attempt(body, write)
 
     async def _run(
-        self, body: Callable[[Tx], Awaitable[T]], write: bool = True, single: bool = False
+        self,
+        body: Callable[[Tx], Awaitable[T]],
+        write: bool = True,
+        single: bool = False,
+        until: Awaitable[Any] | None = None,
     ) -> T:
         """Run ``body`` in a transaction, again on a serialization conflict. ``single``:
-        a body of one statement."""
+        a body of one statement. ``until``: the transaction ends only once that is done
+        (see landed)."""
         for attempt in range(MAX_ATTEMPTS):
             try:
                 if single:
                     return await self._attempt_single(body, write)
-                return await self._attempt(body, write)
+                return await self._attempt(body, write, until)
             except Exception as exc:
                 if not self._retryable(exc) or attempt == MAX_ATTEMPTS - 1:
                     raise
@@ -889,7 +918,9 @@ class SqlMetaStore(ABC):
 
     # -- versions ---------------------------------------------------------------------------
 
-    async def commit(self, req: CommitRequest, policy: ConflictPolicy) -> CommitOutcome:
+    async def commit(
+        self, req: CommitRequest, policy: ConflictPolicy, landed: Awaitable[Any] | None = None
+    ) -> CommitOutcome:
         """Make a new version from stored chunks, applying ``policy`` if the head moved.
 
         Raises :class:`ConflictError` under ``reject`` after recording the conflict event.
@@ -898,6 +929,8 @@ class SqlMetaStore(ABC):
 
         async def body(tx: Tx) -> CommitOutcome:
             now = time.time()
+            if req.landing:
+                await self._record_landing(tx, req.landing, now)
             parent_id, parent_path, name = req.parent_id, req.parent_path, req.name
             path = posixpath.join(parent_path, name)
             known = await self._get_node(tx, req.file_id) if req.file_id is not None else None
@@ -975,7 +1008,7 @@ class SqlMetaStore(ABC):
                 landed, node.id, version, landed != path or head != req.base_version, head
             )
 
-        outcome = await self._run(body)
+        outcome = await self._run(body, until=landed if req.landing else None)
         if outcome.rejected:
             raise ConflictError(
                 f"{outcome.path!r} changed since version {req.base_version} (head is now "
@@ -983,6 +1016,21 @@ class SqlMetaStore(ABC):
                 "was committed"
             )
         return outcome
+
+    async def _record_landing(self, tx: Tx, chunks: Sequence[LandingChunk], now: float) -> None:
+        """Record chunks still being put as stored, as record_put would once they are;
+        the transaction commits only after their puts (see landed)."""
+        deletions = await self._chunk_deletions(tx)
+        for chunk in chunks:
+            if deletions != chunk.deletions_seen:
+                # A deletion since the put began may have taken these very bytes.
+                raise LandingFailed("GC deleted chunks while the commit's puts travelled")
+            state = await self._claim_row(
+                tx, chunk.chunk_id, chunk.size, chunk.blocks, now, "stored"
+            )
+            if state != "stored":
+                raise LandingFailed(f"GC is deleting chunk {chunk.chunk_id}")
+            await self._hold(tx, [chunk.chunk_id], chunk.token, now + CHUNK_HOLD)
 
     async def _gone(self, tx: Tx, node: Node) -> bool:
         """True if the node or a folder above it was removed."""

@@ -33,7 +33,7 @@ from .. import private
 from ..errors import ConfigError, StoreUnavailable
 from . import register
 from .schema import SQLITE
-from .sql import Row, SqlMetaStore, Tx
+from .sql import Row, SqlMetaStore, Tx, landed
 
 T = TypeVar("T")
 
@@ -212,12 +212,16 @@ class SqliteMetaStore(SqlMetaStore):
             raise _Busy(str(err)) from err
         return conn
 
-    def _write_here(self, body: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run a write transaction on this thread's writing connection; raises
-        _Suspended (body awaits something else) or _Busy (no write lock at once)."""
+    def _writing_connection(self) -> sqlite3.Connection:
         conn = self._writer
         if conn is None:
             conn = self._writer = self._loop_connection("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _write_here(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run a write transaction on this thread's writing connection; raises
+        _Suspended (body awaits something else) or _Busy (no write lock at once)."""
+        conn = self._writing_connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as err:
@@ -273,7 +277,36 @@ class SqliteMetaStore(SqlMetaStore):
                     raise
         return await self._attempt(body, write)
 
-    async def _attempt(self, body: Callable[[Tx], Awaitable[T]], write: bool) -> T:
+    async def _write_here_until(
+        self, body: Callable[[Tx], Awaitable[T]], until: Awaitable[Any]
+    ) -> T:
+        """_write_here with the transaction left open until ``until`` is done (see
+        landed). Writes meanwhile find this connection taken and go to the worker,
+        whose connection waits for the lock."""
+        conn = self._writing_connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise _Busy(str(err)) from err
+        try:
+            result = _finish(body(_SqliteTx(conn)))
+            await landed(until)
+        except BaseException:
+            self._end(conn, ok=False)
+            raise
+        self._end(conn, ok=True)
+        return result
+
+    async def _attempt(
+        self, body: Callable[[Tx], Awaitable[T]], write: bool, until: Awaitable[Any] | None = None
+    ) -> T:
+        if until is not None:
+            if self._conn is not None and not self._lock.locked():
+                try:
+                    return await self._write_here_until(body, until)
+                except (_Suspended, _Busy):
+                    pass
+            return await super()._attempt(body, write, until)
         if not write and self._conn is not None:
             try:
                 return self._read_here(body)
