@@ -16,11 +16,20 @@ A write transaction whose body never suspends runs on the caller's thread too, o
 third connection, when no transaction of this process is under way: a create or a
 delete then costs no thread hand-off either. Only when the write lock is not free at
 once (another process writes) does it go to the worker, which waits for the lock.
+
+The write-ahead log is copied back into the database on the worker, never on the
+event loop's thread: SQLite's own automatic checkpoint runs in whichever commit
+crosses its threshold, which would then hold the loop for the checkpoint's disk
+syncs (milliseconds, every few dozen writes). Every ``CHECKPOINT_EVERY`` write
+transactions the next one goes to the worker and checkpoints there after its
+commit, with this process's other writes waiting (without holding the loop) so
+that the log is copied back whole and starts over from its beginning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -114,6 +123,13 @@ def _finish(step: Awaitable[T]) -> T:
     raise _Suspended("a SQLite transaction body may only await its own statements")
 
 
+log = logging.getLogger(__name__)
+
+# Write transactions between two checkpoints (about SQLite's own threshold of 1,000
+# pages, for commits of a few pages).
+CHECKPOINT_EVERY = 200
+
+
 class SqliteMetaStore(SqlMetaStore):
     dialect = SQLITE
 
@@ -131,6 +147,10 @@ class SqliteMetaStore(SqlMetaStore):
         # worker's connection proved the file is there).
         self._reader: sqlite3.Connection | None = None
         self._writer: sqlite3.Connection | None = None
+        # Write transactions so far, and whether the next one checkpoints (see the
+        # module doc).
+        self._writes = 0
+        self._checkpoint_due = False
 
     async def _on_worker(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -164,6 +184,7 @@ class SqliteMetaStore(SqlMetaStore):
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute("PRAGMA wal_autocheckpoint=0")
             except (sqlite3.Error, OSError) as err:
                 raise StoreUnavailable(f"cannot open metadata file {self.path}: {err}") from None
             self._conn = conn
@@ -193,7 +214,25 @@ class SqliteMetaStore(SqlMetaStore):
             self._end(conn, ok=False)
             raise
         self._end(conn, ok=True)
+        if write:
+            self._wrote()
+            if self._checkpoint_due:
+                self._checkpoint(conn)
         return result
+
+    def _wrote(self) -> None:
+        self._writes += 1
+        if self._writes % CHECKPOINT_EVERY == 0:
+            self._checkpoint_due = True
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the log back into the database (on the worker, its lock held)."""
+        self._checkpoint_due = False
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as err:
+            # The next one copies what this one could not.
+            log.info("checkpoint of %s put off: %s", self.path, err)
 
     def _loop_connection(self, pragma: str) -> sqlite3.Connection:
         """A connection for transactions run on the event loop's thread: it waits at most
@@ -208,6 +247,7 @@ class SqliteMetaStore(SqlMetaStore):
                 check_same_thread=False,
             )
             conn.execute(pragma)
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         except sqlite3.Error as err:
             raise _Busy(str(err)) from err
         return conn
@@ -242,6 +282,7 @@ class SqliteMetaStore(SqlMetaStore):
             if not self._retryable(err) and "busy" not in str(err):
                 raise
             raise _Busy(str(err)) from err
+        self._wrote()
         return result
 
     def _read_here(self, body: Callable[[Tx], Awaitable[T]]) -> T:
@@ -295,6 +336,7 @@ class SqliteMetaStore(SqlMetaStore):
             self._end(conn, ok=False)
             raise
         self._end(conn, ok=True)
+        self._wrote()
         return result
 
     async def _attempt(
@@ -313,8 +355,13 @@ class SqliteMetaStore(SqlMetaStore):
             except (_Suspended, _Busy):
                 pass
         # With the lock free the worker is idle, and nothing runs here until this
-        # transaction (which never suspends) is over.
-        if write and self._conn is not None and not self._lock.locked():
+        # transaction (which never suspends) is over. A checkpoint is the worker's.
+        if (
+            write
+            and self._conn is not None
+            and not self._lock.locked()
+            and not self._checkpoint_due
+        ):
             try:
                 return self._write_here(body)
             except (_Suspended, _Busy):
@@ -337,6 +384,10 @@ class SqliteMetaStore(SqlMetaStore):
                 await self._on_worker(self._end, conn, False)
                 raise
             await self._on_worker(self._end, conn, True)
+            if write:
+                self._wrote()
+                if self._checkpoint_due:
+                    await self._on_worker(self._checkpoint, conn)
 
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
