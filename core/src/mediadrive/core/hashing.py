@@ -10,10 +10,8 @@ ID_LENGTH = 64
 DIGEST_SIZE = 32
 # Reads are verified per block, so a small read never needs its whole chunk.
 BLOCK_SIZE = 1 << 20
-# Below this the thread pool costs more than it saves (on a busy machine).
+# Below this the thread pool costs more than it saves.
 _PARALLEL_THRESHOLD = 4 << 20
-# ``threads`` for as many threads as there are cores.
-PARALLEL = blake3.AUTO
 
 
 def chunk_id(data: bytes | bytearray | memoryview, threads: int | None = None) -> str:

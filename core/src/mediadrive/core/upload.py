@@ -25,7 +25,7 @@ from .blob import BlobStore, put_sent
 from .chunking import Piece, make_chunker
 from .config import DriveSettings
 from .errors import ChunkMissing
-from .hashing import BLOCK_SIZE, PARALLEL, chunk_id, digests_of, identify
+from .hashing import BLOCK_SIZE, chunk_id, digests_of, identify
 from .meta import Extent, MetaStore
 from .meta.records import LandingChunk
 from .meta.sql import CHUNK_HOLD
@@ -44,8 +44,6 @@ _CLAIM_BATCH = 32
 # A piece an fsync sends ahead up to this size is put before it is claimed (see
 # store_piece).
 _PUT_FIRST = 4 * BLOCK_SIZE
-# Such a piece is hashed on every core: nothing else runs while an fsync waits for it.
-_PUT_FIRST_THREADS = PARALLEL
 
 _hashers: ThreadPoolExecutor | None = None
 _hashers_lock = threading.Lock()
@@ -442,7 +440,9 @@ class Uploader:
         if put_first and len(piece.data) <= _PUT_FIRST:
             # For an fsync, which waits with nothing else to do: hashed here (no thread
             # hop), and only its id before the put starts (see _put_first).
-            cid = chunk_id(piece.data, threads=_PUT_FIRST_THREADS)
+            # On this thread alone: BLAKE3's thread pool spins its idle threads for a
+            # while after each hash, CPU that the store's server is short of meanwhile.
+            cid = chunk_id(piece.data, threads=1)
             extent = Extent(piece.offset, len(piece.data), cid)
             recorded, digests = await self._put_first(extent, piece.data, token, on_put, on_landing)
             if recorded is not None:
