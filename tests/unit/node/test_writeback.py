@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.chunking import Piece
 from mediadrive.core.config import ConflictPolicy, DriveSettings
+from mediadrive.core.drive import Drive
 from mediadrive.core.errors import ConflictError, StoreUnavailable
 from mediadrive.core.hashing import BLOCK_SIZE, chunk_id
 from mediadrive.core.meta import Extent
@@ -30,7 +31,7 @@ from mediadrive.node.writeback import (
     hard_extent_bound,
 )
 
-from .vfs_harness import make_test_vfs
+from .vfs_harness import TestVFS, make_test_vfs
 
 CHUNK = 4096
 
@@ -127,18 +128,9 @@ async def test_reading_back_an_edit_sent_ahead_of_its_fsync_fetches_nothing(
     await check.close()
 
 
-async def test_an_fsync_records_its_piece_in_the_commit_prepared_while_it_travels(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The piece an fsync sends is recorded by the version's own transaction, made
-    ready while the put travels and committed once it lands: no record of its own,
-    and nothing visible before the bytes are stored."""
-    chunk = 16 * BLOCK_SIZE
-    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, commit_on=CommitOn.FSYNC)
-    drive = vfs.parts.writeback.drive
-    data = bytearray(os.urandom(2 * chunk))
-    await vfs.write_file("plate.exr", bytes(data))
-    await vfs.save()
+def gate_puts(drive: Drive) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold every put of ``drive``'s uploads until the first event is set; the second
+    is set once one is waiting."""
     inner = drive.uploader.blobs
     gate, putting = asyncio.Event(), asyncio.Event()
 
@@ -149,6 +141,30 @@ async def test_an_fsync_records_its_piece_in_the_commit_prepared_while_it_travel
             await inner.put(chunk_id, data)
 
     drive.uploader.blobs = Gated(inner)
+    return gate, putting
+
+
+PLATE_CHUNK = 16 * BLOCK_SIZE
+
+
+async def saved_plate(tmp_path: Path) -> tuple[TestVFS, bytearray]:
+    """A ``--commit-on fsync`` mount holding ``plate.exr``, two chunks, saved."""
+    vfs = await make_test_vfs(tmp_path, chunk_size=PLATE_CHUNK, commit_on=CommitOn.FSYNC)
+    data = bytearray(os.urandom(2 * PLATE_CHUNK))
+    await vfs.write_file("plate.exr", bytes(data))
+    await vfs.save()
+    return vfs, data
+
+
+async def test_an_fsync_records_its_piece_in_the_commit_prepared_while_it_travels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The piece an fsync sends is recorded by the version's own transaction, made
+    ready while the put travels and committed once it lands: no record of its own,
+    and nothing visible before the bytes are stored."""
+    vfs, data = await saved_plate(tmp_path)
+    drive = vfs.parts.writeback.drive
+    gate, putting = gate_puts(drive)
     records: list[tuple[object, ...]] = []
     record_put = drive.meta.record_put
 
@@ -158,7 +174,7 @@ async def test_an_fsync_records_its_piece_in_the_commit_prepared_while_it_travel
 
     monkeypatch.setattr(drive.meta, "record_put", counted)
     opened = await vfs.vfs.open(await vfs.inode("plate.exr"), os.O_RDWR)
-    patch, offset = os.urandom(BLOCK_SIZE), chunk + 4321
+    patch, offset = os.urandom(BLOCK_SIZE), PLATE_CHUNK + 4321
     await vfs.vfs.write(opened.fh, offset, patch)
     fsync = asyncio.create_task(vfs.vfs.fsync(opened.fh))
     await asyncio.wait_for(putting.wait(), 10)
@@ -178,12 +194,8 @@ async def test_an_fsync_records_its_piece_in_the_commit_prepared_while_it_travel
 
 
 async def test_an_fsync_whose_piece_cannot_be_put_commits_it_itself(tmp_path: Path) -> None:
-    chunk = 16 * BLOCK_SIZE
-    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, commit_on=CommitOn.FSYNC)
+    vfs, data = await saved_plate(tmp_path)
     drive = vfs.parts.writeback.drive
-    data = bytearray(os.urandom(2 * chunk))
-    await vfs.write_file("plate.exr", bytes(data))
-    await vfs.save()
     inner = drive.uploader.blobs
     failed: list[str] = []
 
@@ -196,7 +208,7 @@ async def test_an_fsync_whose_piece_cannot_be_put_commits_it_itself(tmp_path: Pa
 
     drive.uploader.blobs = FailsOnce(inner)
     opened = await vfs.vfs.open(await vfs.inode("plate.exr"), os.O_RDWR)
-    patch, offset = os.urandom(BLOCK_SIZE), chunk + 4321
+    patch, offset = os.urandom(BLOCK_SIZE), PLATE_CHUNK + 4321
     await vfs.vfs.write(opened.fh, offset, patch)
     await asyncio.wait_for(vfs.vfs.fsync(opened.fh), 10)
     assert len(failed) == 1
@@ -243,17 +255,7 @@ async def test_a_closed_copy_is_committed_in_place_and_changes_wait_for_it(
 ) -> None:
     vfs = await make_test_vfs(tmp_path)
     drive = vfs.parts.writeback.drive
-    inner = drive.uploader.blobs
-    gate = asyncio.Event()
-    putting = asyncio.Event()
-
-    class Gated(WrappedStore):
-        async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
-            putting.set()
-            await gate.wait()
-            await inner.put(chunk_id, data)
-
-    drive.uploader.blobs = Gated(inner)
+    gate, putting = gate_puts(drive)
     # Every put here is the commit's own (none is sent while the file is written).
     vfs.parts.writeback.early.enabled = False
     data = os.urandom(6 * CHUNK)

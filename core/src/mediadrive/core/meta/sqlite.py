@@ -252,20 +252,22 @@ class SqliteMetaStore(SqlMetaStore):
             raise _Busy(str(err)) from err
         return conn
 
-    def _writing_connection(self) -> sqlite3.Connection:
+    def _begin_writing(self) -> sqlite3.Connection:
+        """This thread's writing connection, a write transaction begun on it; _Busy
+        when the lock is not free at once (or the connection is in a transaction)."""
         conn = self._writer
         if conn is None:
             conn = self._writer = self._loop_connection("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise _Busy(str(err)) from err
         return conn
 
     def _write_here(self, body: Callable[[Tx], Awaitable[T]]) -> T:
         """Run a write transaction on this thread's writing connection; raises
         _Suspended (body awaits something else) or _Busy (no write lock at once)."""
-        conn = self._writing_connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as err:
-            raise _Busy(str(err)) from err
+        conn = self._begin_writing()
         try:
             result = _finish(body(_SqliteTx(conn)))
         except sqlite3.OperationalError as err:
@@ -324,11 +326,7 @@ class SqliteMetaStore(SqlMetaStore):
         """_write_here with the transaction left open until ``until`` is done (see
         landed). Writes meanwhile find this connection taken and go to the worker,
         whose connection waits for the lock."""
-        conn = self._writing_connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as err:
-            raise _Busy(str(err)) from err
+        conn = self._begin_writing()
         try:
             result = _finish(body(_SqliteTx(conn)))
             await landed(until)
