@@ -314,32 +314,43 @@ class Writeback:
             # snapshot is of the copy as checked.
             if staged.gen == gen:
                 break
-        node_id = staged.node_id
         kept_extents = self._kept(staged, reuse)
         if flying:
-            return await self._commit_landing(staged, gen, kept_extents, flying, message)
+            report = await self._commit_landing(staged, gen, kept_extents, flying, message)
+        else:
+            report = await self._commit_kept(staged, gen, kept_extents, message)
+        if report is not None and report.committed:
+            self.figures.observe_commit(time.monotonic() - started)
+        return report
+
+    async def _commit_kept(
+        self,
+        staged: StagedFile,
+        gen: int,
+        kept_extents: dict[int, Extent],
+        message: str,
+        upload: UploadResult | None = None,
+    ) -> CommitReport | None:
+        """Commit ``staged`` keeping ``kept_extents`` by reference (``upload``: worked
+        out already, nothing of the copy to read)."""
+        node_id = staged.node_id
         if staged.writers == 0 and staged.copying is None:
-            return await self._commit_in_place(staged, gen, kept_extents, message)
-        upload = self._all_kept(kept_extents, staged.size())
+            return await self._commit_in_place(staged, gen, kept_extents, message, upload)
+        if upload is None:
+            upload = self._all_kept(kept_extents, staged.size())
         if upload is not None:
             # Nothing will be read, so no snapshot of the copy to take; a write
             # meanwhile leaves the copy dirty (see _follow_outcome).
             data = self.staging.data_path(node_id)
-            report = await self._commit_snapshot(
+            return await self._commit_snapshot(
                 staged, node_id, gen, data, kept_extents, message, upload=upload
             )
-        else:
-            skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
-            snap = await self.staging.snapshot(staged, skip)
-            try:
-                report = await self._commit_snapshot(
-                    staged, node_id, gen, snap, kept_extents, message
-                )
-            finally:
-                snap.unlink(missing_ok=True)
-        if report is not None and report.committed:
-            self.figures.observe_commit(time.monotonic() - started)
-        return report
+        skip = [(offset, kept_extents[offset].length) for offset in sorted(kept_extents)]
+        snap = await self.staging.snapshot(staged, skip)
+        try:
+            return await self._commit_snapshot(staged, node_id, gen, snap, kept_extents, message)
+        finally:
+            snap.unlink(missing_ok=True)
 
     async def _commit_landing(
         self,
@@ -367,13 +378,7 @@ class Writeback:
             piece.claimed = True
         recorded = False
         try:
-            if staged.writers == 0 and staged.copying is None:
-                report = await self._commit_in_place(staged, gen, kept, message, upload)
-            else:
-                data = self.staging.data_path(staged.node_id)
-                report = await self._commit_snapshot(
-                    staged, staged.node_id, gen, data, kept, message, upload=upload
-                )
+            report = await self._commit_kept(staged, gen, kept, message, upload)
             recorded = report is not None and report.committed
         finally:
             # Each put's own record waits for this (see Uploader._put_first).
