@@ -1019,18 +1019,24 @@ class SqlMetaStore(ABC):
 
     async def _record_landing(self, tx: Tx, chunks: Sequence[LandingChunk], now: float) -> None:
         """Record chunks still being put as stored, as record_put would once they are;
-        the transaction commits only after their puts (see landed)."""
-        deletions = await self._chunk_deletions(tx)
+        the transaction commits only after their puts (see landed), and is rolled back
+        if one could not be recorded stored."""
         for chunk in chunks:
-            if deletions != chunk.deletions_seen:
+            state, _ = await self._record_put(
+                tx,
+                chunk.chunk_id,
+                chunk.size,
+                chunk.blocks,
+                chunk.deletions_seen,
+                chunk.token,
+                now,
+                CHUNK_HOLD,
+            )
+            if state == "pending":
                 # A deletion since the put began may have taken these very bytes.
                 raise LandingFailed("GC deleted chunks while the commit's puts travelled")
-            state = await self._claim_row(
-                tx, chunk.chunk_id, chunk.size, chunk.blocks, now, "stored"
-            )
             if state != "stored":
                 raise LandingFailed(f"GC is deleting chunk {chunk.chunk_id}")
-            await self._hold(tx, [chunk.chunk_id], chunk.token, now + CHUNK_HOLD)
 
     async def _gone(self, tx: Tx, node: Node) -> bool:
         """True if the node or a folder above it was removed."""
@@ -1316,16 +1322,31 @@ class SqlMetaStore(ABC):
         """
 
         async def body(tx: Tx) -> tuple[str, int]:
-            now = time.time()
-            deletions = await self._chunk_deletions(tx)
-            put = "stored" if deletions == deletions_seen else "pending"
-            found = await self._claim_row(tx, chunk_id, size, blocks, now, put)
-            if found is None:
-                return "busy", deletions
-            await self._hold(tx, [chunk_id], token, now + hold)
-            return found, deletions
+            return await self._record_put(
+                tx, chunk_id, size, blocks, deletions_seen, token, time.time(), hold
+            )
 
         return await self._run(body)
+
+    async def _record_put(
+        self,
+        tx: Tx,
+        chunk_id: str,
+        size: int,
+        blocks: bytes | None,
+        deletions_seen: int,
+        token: str,
+        now: float,
+        hold: float,
+    ) -> tuple[str, int]:
+        """record_put's work, in ``tx``."""
+        deletions = await self._chunk_deletions(tx)
+        put = "stored" if deletions == deletions_seen else "pending"
+        found = await self._claim_row(tx, chunk_id, size, blocks, now, put)
+        if found is None:
+            return "busy", deletions
+        await self._hold(tx, [chunk_id], token, now + hold)
+        return found, deletions
 
     async def _hold(self, tx: Tx, chunk_ids: Sequence[str], token: str, until: float) -> None:
         await tx.executemany(

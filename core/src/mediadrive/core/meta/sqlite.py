@@ -213,12 +213,18 @@ class SqliteMetaStore(SqlMetaStore):
         except BaseException:
             self._end(conn, ok=False)
             raise
-        self._end(conn, ok=True)
         if write:
-            self._wrote()
-            if self._checkpoint_due:
-                self._checkpoint(conn)
+            self._end_write(conn)
+        else:
+            self._end(conn, ok=True)
         return result
+
+    def _end_write(self, conn: sqlite3.Connection) -> None:
+        """Commit a write transaction on the worker, then checkpoint if one is due."""
+        self._end(conn, ok=True)
+        self._wrote()
+        if self._checkpoint_due:
+            self._checkpoint(conn)
 
     def _wrote(self) -> None:
         self._writes += 1
@@ -381,11 +387,10 @@ class SqliteMetaStore(SqlMetaStore):
             except BaseException:
                 await self._on_worker(self._end, conn, False)
                 raise
-            await self._on_worker(self._end, conn, True)
             if write:
-                self._wrote()
-                if self._checkpoint_due:
-                    await self._on_worker(self._checkpoint, conn)
+                await self._on_worker(self._end_write, conn)
+            else:
+                await self._on_worker(self._end, conn, True)
 
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
