@@ -500,3 +500,20 @@ def test_stretches_sent_ahead_are_the_pieces_the_upload_cuts(
             if isinstance(piece, Piece)
         ]
     assert fixed_stretches(kept, size, CHUNK) == cut
+
+
+async def test_every_commit_that_records_a_version_is_timed(tmp_path: Path) -> None:
+    """The commit-latency histogram counts a closed copy committed in place and an
+    fsync's commit of pieces still landing, as it counts a snapshot's commit."""
+    vfs, _ = await saved_plate(tmp_path)
+    figures = vfs.parts.writeback.figures
+    timed = sum(figures.commit_seconds_counts) + figures.commit_seconds_over
+    assert timed == figures.commits == 1
+    opened = await vfs.vfs.open(await vfs.inode("plate.exr"), os.O_RDWR)
+    await vfs.vfs.write(opened.fh, PLATE_CHUNK + 4321, os.urandom(BLOCK_SIZE))
+    await vfs.vfs.fsync(opened.fh)
+    vfs.vfs.release(opened.fh)
+    await vfs.parts.writeback.settle()
+    assert figures.commits == 2
+    assert sum(figures.commit_seconds_counts) + figures.commit_seconds_over == 2
+    await vfs.close()
