@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -308,8 +309,9 @@ def test_fsync_flushes_the_copy_its_map_and_once_its_base_list(
     staging.close()
 
 
+@pytest.mark.parametrize("write_behind", [True, False])
 def test_a_large_write_starts_going_to_disk_before_fsync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_behind: bool
 ) -> None:
     started: list[tuple[int, bool]] = []
     start = staging_module.start_writeback
@@ -319,7 +321,7 @@ def test_a_large_write_starts_going_to_disk_before_fsync(
         return started[-1][1]
 
     monkeypatch.setattr(staging_module, "start_writeback", record)
-    staging = Staging(tmp_path)
+    staging = Staging(tmp_path, write_behind=write_behind)
     staging.open()
     staged = staging.create(7, "/f", None, 0o644, 0)
     fd = staged.fd
@@ -328,8 +330,38 @@ def test_a_large_write_starts_going_to_disk_before_fsync(
         os.pwrite(fd, os.urandom(step), i * step)
         staging.wrote(staged, step)
     staging.close()  # waits for the background work
-    # Twice in two WRITE_BEHIND and a bit, for the copy; the kernel took each.
-    assert started == [(fd, True), (fd, True)]
+    # Twice in two WRITE_BEHIND and a bit, for the copy; the kernel took each. Without
+    # write-behind (--commit-on fsync) the pages stay until the kernel's own writeback.
+    assert started == ([(fd, True), (fd, True)] if write_behind else [])
+
+
+def _cancelled_write_bytes() -> int:
+    """Bytes this process dirtied that were never written: their file went first."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("cancelled_write_bytes:"):
+            return int(line.split()[1])
+    raise AssertionError("no cancelled_write_bytes in /proc/self/io")
+
+
+def test_a_new_files_copy_dropped_after_its_commit_never_reaches_the_disk(
+    tmp_path: Path,
+) -> None:
+    fs = subprocess.run(
+        ["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if fs == "tmpfs":
+        pytest.skip("tmpfs never writes pages back")
+    staging = Staging(tmp_path, write_behind=False)
+    staging.open()
+    staged = staging.create(7, "/f", None, 0o644, 0)
+    before = _cancelled_write_bytes()
+    for i in range(16):
+        os.pwrite(staged.fd, os.urandom(1 << 20), i << 20)
+    staging.drop(staged)
+    staging.close()  # waits for the removal
+    # Its pages were still dirty when it went: closing it did not flush them (as ext4
+    # does for a file that was cut to 0 bytes).
+    assert _cancelled_write_bytes() - before >= 12 << 20
 
 
 def test_journal_writes_from_threads_and_the_loop_do_not_race(tmp_path: Path) -> None:

@@ -522,8 +522,12 @@ class StagedFile:
 
 
 class Staging:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, write_behind: bool = True) -> None:
         self.root = root
+        # Start a large write's pages on their way to disk as it goes (see wrote): off
+        # where no fsync waits for them (under --commit-on fsync the commit is the
+        # fsync, and a copy dropped once committed leaves its pages unwritten).
+        self.write_behind = write_behind
         self.files: dict[int, StagedFile] = {}
         self._lock_fd: int | None = None
         # fsync writes journal entries from a worker thread while commits write them
@@ -708,7 +712,11 @@ class Staging:
         self._part(node_id).unlink(missing_ok=True)
         map_fd = -1
         try:
-            os.ftruncate(fd, size)
+            if size:
+                # Never to 0: ext4 flushes a file cut to 0 when it is closed (its
+                # replace-by-truncate guard), so a new file's copy would be written to
+                # disk when dropped, after its commit made that pointless.
+                os.ftruncate(fd, size)
             if base:
                 private.write_file(self._base(node_id), json.dumps({"extents": base.rows()}))
                 map_fd = os.open(self._map(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -849,6 +857,8 @@ class Staging:
         """``length`` bytes were written into the copy: every WRITE_BEHIND bytes its
         dirty pages start going to disk, so an fsync after a large write waits for the
         last few megabytes only (the kernel would otherwise hold them all until then)."""
+        if not self.write_behind:
+            return
         staged.unsynced += length
         if staged.unsynced >= WRITE_BEHIND and staged.fd >= 0:
             staged.unsynced = 0
