@@ -309,6 +309,32 @@ def test_commit_on_fsync(make_drive: DriveFactory, mounts: Mounts) -> None:
     assert versions(m / "f.txt") == [1]
 
 
+def _cancelled_write_bytes(pid: int) -> int:
+    """Bytes ``pid`` dirtied that were never written: their file went first."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("cancelled_write_bytes:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no cancelled_write_bytes in /proc/{pid}/io")
+
+
+def test_under_commit_on_fsync_written_files_never_reach_the_cache_disk(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    m = mounts.mount(make_drive(), commit_on="fsync")
+    pid = m.pid()
+    # A new file, then the same file written again over O_TRUNC: each copy is dropped
+    # once its commit is recorded, its pages still dirty (neither written behind nor
+    # flushed when the copy is closed).
+    for version in (1, 2):
+        start = _cancelled_write_bytes(pid)
+        with open(m / "render.exr", "wb", buffering=0) as f:
+            for _ in range(16):
+                f.write(os.urandom(MiB))
+            os.fsync(f.fileno())
+        assert versions(m / "render.exr") == list(range(1, version + 1))
+        wait_until(lambda start=start: _cancelled_write_bytes(pid) - start >= 12 * MiB)
+
+
 def test_checkpoint_commits_an_open_file(make_drive: DriveFactory, mounts: Mounts) -> None:
     m = mounts.mount(make_drive(), commit_on="save", checkpoint_interval="0.5s")
     with open(m / "long.txt", "wb") as f:

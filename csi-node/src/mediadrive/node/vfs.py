@@ -673,7 +673,10 @@ class VFS:
     async def _truncate(self, staged: StagedFile, size: int) -> None:
         past = await staged.prepare_truncate(size, self.cache.get)
         await staged.held_back()
-        os.ftruncate(staged.fd, size)
+        if size or staged.size():
+            # An empty copy is not cut to 0 again: ext4 would flush it on close (see
+            # Staging.create).
+            os.ftruncate(staged.fd, size)
         staged.settle(past)
         if size == 0 and staged.failed:
             # Emptied: whatever a failed write left behind is gone, start over.
