@@ -9,6 +9,7 @@ import os
 import stat
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -317,6 +318,10 @@ def _cancelled_write_bytes(pid: int) -> int:
     raise AssertionError(f"no cancelled_write_bytes in /proc/{pid}/io")
 
 
+def _cancelled_since(pid: int, start: int, least: int) -> bool:
+    return _cancelled_write_bytes(pid) - start >= least
+
+
 def test_under_commit_on_fsync_written_files_never_reach_the_cache_disk(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
@@ -332,7 +337,7 @@ def test_under_commit_on_fsync_written_files_never_reach_the_cache_disk(
                 f.write(os.urandom(MiB))
             os.fsync(f.fileno())
         assert versions(m / "render.exr") == list(range(1, version + 1))
-        wait_until(lambda start=start: _cancelled_write_bytes(pid) - start >= 12 * MiB)
+        wait_until(partial(_cancelled_since, pid, start, 12 * MiB))
 
 
 def test_checkpoint_commits_an_open_file(make_drive: DriveFactory, mounts: Mounts) -> None:
