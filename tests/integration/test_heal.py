@@ -161,6 +161,51 @@ def test_fsck_finds_reports_and_repairs_damage(tmp_path: Path) -> None:
     assert out.read_bytes() == a_data
 
 
+def test_fsck_records_strays_for_gc(tmp_path: Path) -> None:
+    """Objects in the store that no record names (a put whose record never happened)
+    are listed by a whole check, recorded by --repair, and collected by gc."""
+    import json
+
+    from mediadrive.core.hashing import chunk_id
+
+    cli = Cli(tmp_path / "home", {})
+    cli.run("drive", "create", "strays", "--chunk-size", "1MiB")
+    kept = tmp_path / "kept.bin"
+    kept_data = random_file(kept, 2 * MIB)
+    cli.run("cp", str(kept), "strays:/kept.bin")
+    store = tmp_path / "home" / "strays" / "store"
+    recorded = chunk_files(store)
+    sound_data = os.urandom(MIB)
+    sound = chunk_id(sound_data)
+    bad = chunk_id(b"the bytes this object should hold")
+    for cid, data in ((sound, sound_data), (bad, b"something else")):
+        (store / "chunks" / cid[:2]).mkdir(parents=True, exist_ok=True)
+        (store / "chunks" / cid[:2] / cid).write_bytes(data)
+
+    found = cli.json("fsck", "strays")
+    assert (found["problems"], found["strays"]) == ([], sorted([sound, bad]))
+    text = cli.run("fsck", "strays").stdout
+    assert f"stray: chunk {sound}" in text and "--repair" in text
+    # A sampled check does not list the whole store.
+    assert json.loads(cli.run("fsck", "strays", "--sample", "1", "--json").stdout)["strays"] == []
+
+    repaired = cli.json("fsck", "strays", "--repair")
+    assert repaired["strays_recorded"] == 2
+    assert cli.json("fsck", "strays")["strays"] == []
+    # The sound one is bytes the drive has now: a copy of them sends nothing.
+    again = tmp_path / "again.bin"
+    again.write_bytes(sound_data)
+    assert cli.json("cp", str(again), "strays:/again.bin")["bytes_uploaded"] == 0
+    # The damaged one, which nothing names, goes with gc.
+    cli.json("gc", "strays", "--grace", "0s")
+    assert sorted(p.name for p in chunk_files(store)) == sorted(
+        [*(p.name for p in recorded), sound]
+    )
+    out = tmp_path / "out.bin"
+    cli.run("cp", "strays:/kept.bin", str(out))
+    assert out.read_bytes() == kept_data
+
+
 # -- dump and load ----------------------------------------------------------------------------
 
 

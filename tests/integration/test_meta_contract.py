@@ -966,6 +966,36 @@ async def test_a_put_that_a_gc_deletion_may_have_undone_is_left_pending(
     assert (await store.record_put(other, 5, None, now))[0] == "stored"
 
 
+async def test_strays_are_told_from_recorded_chunks_and_recorded_for_gc(
+    store: MetaStore,
+) -> None:
+    kept, sound, bad, taken = (chunk_id(b"stray %d" % i) for i in range(4))
+    await store.claim_chunks([(kept, 7, None)], hold=0)
+    await store.mark_stored([kept])
+    many = [chunk_id(b"%d" % i) for i in range(1200)]  # more than one batch
+    assert await store.unrecorded([sound, kept, bad, *many]) == [sound, bad, *many]
+    seen = await store.chunk_deletions()
+    assert await store.record_stray(sound, 9, b"\x01" * 32, seen)
+    assert await store.record_stray(bad, 5, None, seen)
+    # A row now: recorded once only.
+    assert not await store.record_stray(sound, 9, b"\x01" * 32, seen)
+    assert await store.unrecorded([sound, kept, bad]) == []
+    assert await store.chunk_blocks(sound) == b"\x01" * 32
+    # Stored and damaged alike count as bytes the store keeps; the damaged one is
+    # uploaded again by the next claim of its bytes.
+    assert await store.chunk_stats() == (3, 7 + 9 + 5)
+    (claim,) = await store.claim_chunks([(bad, 5, None)], hold=0)
+    assert claim.state == "pending"
+    # Nobody holds them and no version names them: GC collects them after its grace.
+    cutoff = time.time() + 1
+    assert {c.chunk_id for c in await store.gc_candidates(cutoff)} >= {sound, kept}
+    assert await store.begin_delete_chunk(sound, cutoff)
+    await store.finish_delete_chunk(sound)
+    # A deletion finished after the count was read: what was read may be gone.
+    assert not await store.record_stray(taken, 4, b"\x02" * 32, seen)
+    assert await store.unrecorded([taken]) == [taken]
+
+
 # -- a commit that records chunks still being put ------------------------------------
 
 

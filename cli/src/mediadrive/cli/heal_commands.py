@@ -38,7 +38,8 @@ def fsck(
         typer.Option(
             "--repair",
             help="Mark damaged or missing chunks so the next upload of their bytes stores "
-            "them again, and remove debris of failed writes from the store.",
+            "them again, remove debris of failed writes from the store, and record stray "
+            "objects (stored, recorded nowhere) so that gc deletes them.",
         ),
     ] = False,
     sample: Annotated[
@@ -63,7 +64,10 @@ def fsck(
         records, total = await checker.chunks(share)
         size = sum(r.size for r in records)
         with transfer_progress(err.console, size, f"checking {name}") as tick:
-            return await checker.check(records, repair=repair, progress=tick, total=total)
+            # Listing the whole store is for whole checks only.
+            return await checker.check(
+                records, repair=repair, progress=tick, total=total, strays=share is None
+            )
 
     report = run_async(_with_drive(name, body))
     if json_out:
@@ -82,8 +86,10 @@ def _report_json(report: FsckReport) -> dict[str, Any]:
         "problems": [asdict(p) for p in report.problems],
         "affected": [asdict(u) for u in report.affected],
         "debris": report.debris,
+        "strays": report.strays,
         "marked": report.marked,
         "debris_removed": report.debris_removed,
+        "strays_recorded": report.strays_recorded,
     }
 
 
@@ -98,6 +104,8 @@ def _print_report(name: str, report: FsckReport, repair: bool) -> None:
                 out.print(f"  {name}:{use.path} version {use.version} ({role})", markup=False)
     for path in report.debris:
         out.print(f"debris: {path}", markup=False)
+    for cid in report.strays:
+        out.print(f"stray: chunk {cid} is in the store, recorded nowhere", markup=False)
     checked = (
         f"checked {report.chunks_checked} of {report.chunks_total} chunks "
         f"({format_size(report.bytes_checked)})"
@@ -112,10 +120,11 @@ def _print_report(name: str, report: FsckReport, repair: bool) -> None:
     if repair:
         repaired = (
             f"; marked {report.marked} for upload again (copy the originals back in), "
-            f"removed {report.debris_removed} debris"
+            f"removed {report.debris_removed} debris, recorded {report.strays_recorded} "
+            "strays for gc"
         )
-    elif report.damaged or report.debris:
-        repaired = "; run with --repair to mark the damage and remove debris"
+    elif report.damaged or report.debris or report.strays:
+        repaired = "; run with --repair to mark the damage, remove debris and record strays"
     out.print(f"{name}: {checked}: {verdict}{repaired}", markup=False)
 
 

@@ -4,7 +4,9 @@ Every chunk a version still in history names must be in the blob store, have the
 size recorded for it and hash to its id (and to the block digests reads check).
 A damaged or missing chunk cannot be rebuilt from the store: ``repair`` marks it
 damaged, so the next upload of the same bytes (copying the original back in)
-stores it again. Repair also removes debris failed writes left in the store.
+stores it again. Repair also removes debris failed writes left in the store, and
+records the strays (objects no chunk record names: a put whose record never
+happened) so that GC collects them.
 """
 
 from __future__ import annotations
@@ -44,9 +46,13 @@ class FsckReport:
     # The versions that name a damaged chunk (head or history, live or deleted files).
     affected: list[ChunkUse] = field(default_factory=list)
     debris: list[str] = field(default_factory=list)
-    # With repair: chunks newly marked for upload again, and debris removed.
+    # Objects in the blob store no chunk record names, by id (looked for on request).
+    strays: list[str] = field(default_factory=list)
+    # With repair: chunks newly marked for upload again, debris removed, and strays
+    # recorded (GC deletes them once its grace has passed).
     marked: int = 0
     debris_removed: int = 0
+    strays_recorded: int = 0
 
     @property
     def damaged(self) -> bool:
@@ -97,9 +103,11 @@ class Fsck:
         progress: Progress | None = None,
         total: int | None = None,
         debris_age: float = DEBRIS_AGE,
+        strays: bool = False,
     ) -> FsckReport:
-        """Check ``records`` several at once; with ``repair`` mark what is damaged and
-        remove debris older than ``debris_age``."""
+        """Check ``records`` several at once (and, with ``strays``, list the store for
+        objects nothing records); with ``repair`` mark what is damaged, remove debris
+        older than ``debris_age`` and record the strays."""
         report = FsckReport(total if total is not None else len(records), 0, 0)
         slots = asyncio.Semaphore(self.concurrency)
 
@@ -118,10 +126,44 @@ class Fsck:
         damaged = [p.chunk_id for p in report.problems]
         report.affected = await self.meta.chunk_users(damaged) if damaged else []
         report.debris = await self.blobs.debris(debris_age)
+        if strays:
+            report.strays = await self.strays()
         if repair:
             report.marked = await self.meta.mark_damaged(damaged) if damaged else 0
             report.debris_removed = await self.blobs.remove_debris(debris_age)
+            for cid in report.strays:
+                report.strays_recorded += await self._record_stray(cid)
         return report
+
+    async def strays(self) -> list[str]:
+        """The ids of objects in the blob store that no chunk record names."""
+        found: list[str] = []
+        batch: list[str] = []
+        async for cid in self.blobs.list():
+            batch.append(cid)
+            if len(batch) == 1000:
+                found += await self.meta.unrecorded(batch)
+                batch = []
+        if batch:
+            found += await self.meta.unrecorded(batch)
+        return found
+
+    async def _record_stray(self, cid: str) -> bool:
+        """Record stray ``cid`` for GC: stored if its bytes hash to its id (a later
+        upload of them may keep it), damaged if not (the next upload replaces it)."""
+        # Read before the object: a GC deletion that ends after this could have taken
+        # it (a writer recorded it, then let it go), and the record must then not claim it.
+        seen = await self.meta.chunk_deletions()
+        try:
+            data = await self.blobs.get(cid)
+        except NotFound:
+            return False
+
+        def digests() -> bytes | None:
+            return block_digests(data) if chunk_id(data) == cid else None
+
+        blocks = await asyncio.to_thread(digests)
+        return await self.meta.record_stray(cid, len(data), blocks, seen)
 
     async def _check_one(self, record: ChunkRecord) -> ChunkProblem | None:
         cid = record.chunk_id

@@ -243,6 +243,19 @@ class MetaStore(Protocol):
         the next claim of each says ``pending`` (so its bytes are uploaded again) and
         ``mark_stored`` clears the mark. Returns how many were marked."""
 
+    async def unrecorded(self, chunk_ids: Sequence[str]) -> list[str]:
+        """Those of ``chunk_ids`` the store has no row for, in the order given (objects
+        in the blob store nothing records: a put whose record never happened)."""
+
+    async def record_stray(
+        self, chunk_id: str, size: int, blocks: bytes | None, deletions_seen: int
+    ) -> bool:
+        """Record an object the blob store holds and no row names (see fsck), so GC
+        collects it once its grace has passed: ``stored`` with its block digests, or
+        ``damaged`` when ``blocks`` is None (its bytes do not hash to its id). The
+        caller read ``deletions_seen`` before reading the object; False, with nothing
+        recorded, when a row exists or a GC deletion has finished since."""
+
     async def referenced_chunks(self) -> list[ChunkRecord]:
         """Every chunk some version still in history names, by id (state ``absent``
         for one the store has no row for)."""

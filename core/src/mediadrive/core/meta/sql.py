@@ -1456,6 +1456,52 @@ class SqlMetaStore(ABC):
 
         return await self._run(body)
 
+    async def unrecorded(self, chunk_ids: Sequence[str]) -> list[str]:
+        """Those of ``chunk_ids`` no row records, in the order given."""
+
+        async def body(tx: Tx) -> list[str]:
+            known: set[str] = set()
+            for start in range(0, len(chunk_ids), 500):
+                batch = chunk_ids[start : start + 500]
+                marks = ", ".join("?" for _ in batch)
+                rows = await tx.fetchall(
+                    f"SELECT id FROM chunks WHERE drive = ? AND id IN ({marks})",
+                    (self.drive, *batch),
+                )
+                known.update(str(r[0]) for r in rows)
+            return [c for c in chunk_ids if c not in known]
+
+        return await self._run(body, write=False)
+
+    async def record_stray(
+        self, chunk_id: str, size: int, blocks: bytes | None, deletions_seen: int
+    ) -> bool:
+        """Record an object the blob store holds and no row names, read and checked
+        after the caller read ``deletions_seen``: ``stored`` with ``blocks`` (its digests),
+        or ``damaged`` if None (its bytes do not hash to its id; the next upload of
+        the right bytes replaces it). Unreferenced and unheld, GC collects it after
+        its grace. False, recording nothing, if a row appeared meanwhile or a GC
+        deletion finished since (it may have taken the object after it was read)."""
+
+        async def body(tx: Tx) -> bool:
+            if await self._chunk_deletions(tx) != deletions_seen:
+                return False
+            added = await tx.execute(
+                "INSERT INTO chunks (drive, id, size, state, held_until, blocks) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (drive, id) DO NOTHING",
+                (
+                    self.drive,
+                    chunk_id,
+                    size,
+                    "stored" if blocks is not None else "damaged",
+                    time.time(),
+                    blocks,
+                ),
+            )
+            return added == 1
+
+        return await self._run(body)
+
     async def referenced_chunks(self) -> list[ChunkRecord]:
         """Every chunk a version names, with what the store records of it."""
 
