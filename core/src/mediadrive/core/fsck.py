@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .blob import BlobStore
 from .errors import ConfigError, NotFound
-from .hashing import block_digests, chunk_id
+from .hashing import identify
 from .meta import ChunkRecord, ChunkUse, MetaStore
 
 Progress = Callable[[int], None]
@@ -159,11 +159,8 @@ class Fsck:
         except NotFound:
             return False
 
-        def digests() -> bytes | None:
-            return block_digests(data) if chunk_id(data) == cid else None
-
-        blocks = await asyncio.to_thread(digests)
-        return await self.meta.record_stray(cid, len(data), blocks, seen)
+        actual, blocks = await asyncio.to_thread(identify, data)
+        return await self.meta.record_stray(cid, len(data), blocks if actual == cid else None, seen)
 
     async def _check_one(self, record: ChunkRecord) -> ChunkProblem | None:
         cid = record.chunk_id
@@ -178,10 +175,7 @@ class Fsck:
                 cid, "truncated", f"{len(data)} bytes in the store, {record.size} recorded"
             )
 
-        def digests() -> tuple[str, bytes]:
-            return chunk_id(data), block_digests(data)
-
-        actual, blocks = await asyncio.to_thread(digests)
+        actual, blocks = await asyncio.to_thread(identify, data)
         if actual != cid:
             return ChunkProblem(cid, "corrupt", f"its bytes hash to {actual}")
         if record.blocks is not None and record.blocks != blocks:
