@@ -4,12 +4,18 @@ damaged blocks fetched again."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import errno
+import mmap
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from mediadrive.node.cache import MAX_RUN_BLOCKS, BlockCache
+from mediadrive.core import buffers
+from mediadrive.core.hashing import BLOCK_SIZE
+from mediadrive.node.cache import MAX_RUN_BLOCKS, Block, BlockCache
 
 
 def block(chunk: str, index: int, size: int = 100) -> bytes:
@@ -30,7 +36,7 @@ class Store:
         await self.gate.wait()
         return block(chunk, index)
 
-    async def fetch_run(self, chunk: str, first: int, count: int) -> list[bytes]:
+    async def fetch_run(self, chunk: str, first: int, count: int) -> Sequence[Block]:
         self.runs.append((chunk, first, count))
         await self.gate.wait()
         return [block(chunk, first + n) for n in range(count)]
@@ -218,4 +224,87 @@ async def test_blocks_a_fill_wrote_are_read_back_unchecked_until_changed(tmp_pat
     assert checked == [("c1", 0)]
     assert cache.figures.corrupt == 1
     await landed(cache)
+    await cache.close()
+
+
+def resident_pages(path: Path) -> int:
+    """How many of a file's pages are in the page cache (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    vector = ctypes.create_string_buffer(pages)
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), size) as mapped:
+        start = ctypes.c_char.from_buffer(mapped)
+        try:
+            if libc.mincore(ctypes.addressof(start), size, vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            del start
+    return sum(byte & 1 for byte in vector.raw[:pages])
+
+
+def block_files(root: Path) -> list[Path]:
+    return [p for p in (root / "blocks").rglob("*") if p.is_file()]
+
+
+class AlignedStore(Store):
+    """Serves runs as views of one page-aligned buffer, as the S3 store does."""
+
+    async def fetch_run(self, chunk: str, first: int, count: int) -> Sequence[Block]:
+        self.runs.append((chunk, first, count))
+        run = buffers.aligned(count * BLOCK_SIZE)
+        for n in range(count):
+            run[n * BLOCK_SIZE : (n + 1) * BLOCK_SIZE] = big_block(chunk, first + n)
+        return [run[n * BLOCK_SIZE : (n + 1) * BLOCK_SIZE] for n in range(count)]
+
+    async def check(self, chunk: str, index: int, data: bytes) -> bool:
+        return data == big_block(chunk, index)
+
+
+def big_block(chunk: str, index: int) -> bytes:
+    return block(chunk, index, BLOCK_SIZE)
+
+
+async def test_blocks_received_into_aligned_memory_skip_the_page_cache(tmp_path: Path) -> None:
+    store = AlignedStore()
+    cache = BlockCache(
+        tmp_path, 64 * BLOCK_SIZE, store.fetch, fetch_run=store.fetch_run, check=store.check
+    )
+    cache.open()
+    await asyncio.gather(*cache.prefetch_many([("c", n) for n in range(4)]))
+    await landed(cache)
+    if not cache.direct_io:
+        pytest.skip(f"the file system under {tmp_path} refuses direct I/O")
+    files = block_files(tmp_path)
+    assert len(files) == 4
+    # Written straight from the buffer: none of their pages went through the page cache.
+    assert [resident_pages(p) for p in files] == [0, 0, 0, 0]
+    cache._memory.clear()
+    assert [await cache.get("c", n) for n in range(4)] == [big_block("c", n) for n in range(4)]
+    await cache.close()
+
+
+async def test_where_direct_io_is_refused_blocks_go_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = os.open
+
+    def refusing(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return opened(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", refusing)
+    store = AlignedStore()
+    cache = BlockCache(
+        tmp_path, 64 * BLOCK_SIZE, store.fetch, fetch_run=store.fetch_run, check=store.check
+    )
+    cache.open()
+    await asyncio.gather(*cache.prefetch_many([("c", n) for n in range(2)]))
+    await landed(cache)
+    assert not cache.direct_io
+    assert sorted(p.read_bytes() for p in block_files(tmp_path)) == sorted(
+        big_block("c", n) for n in range(2)
+    )
     await cache.close()

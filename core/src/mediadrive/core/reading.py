@@ -62,9 +62,19 @@ class BlockReader:
                 return await self.blobs.get(chunk)
             return await self.blobs.get_range(chunk, offset, length)
         except NotFound:
-            log.error("chunk missing from the store", extra={"chunk": chunk, "drive": self.drive})
-            await self.mark_damaged(chunk)
-            raise CorruptChunk(f"chunk {chunk} is missing from the blob store", chunk) from None
+            raise await self._missing(chunk) from None
+
+    async def _fetch_view(self, chunk: str, offset: int, length: int) -> memoryview:
+        """:meth:`_fetch` of a range, as the store's view (see BlobStore.get_range_view)."""
+        try:
+            return await self.blobs.get_range_view(chunk, offset, length)
+        except NotFound:
+            raise await self._missing(chunk) from None
+
+    async def _missing(self, chunk: str) -> CorruptChunk:
+        log.error("chunk missing from the store", extra={"chunk": chunk, "drive": self.drive})
+        await self.mark_damaged(chunk)
+        return CorruptChunk(f"chunk {chunk} is missing from the blob store", chunk)
 
     async def _whole(self, chunk: str) -> bytes:
         # Chunks recorded without block digests are verified whole.
@@ -109,7 +119,7 @@ class BlockReader:
                 for i in range(first, first + count)
                 if i * BLOCK_SIZE < len(whole)
             ]
-        data = memoryview(await self._fetch(chunk, first * BLOCK_SIZE, count * BLOCK_SIZE))
+        data = await self._fetch_view(chunk, first * BLOCK_SIZE, count * BLOCK_SIZE)
         blocks = [data[i : i + BLOCK_SIZE] for i in range(0, len(data), BLOCK_SIZE)]
         # A short (or empty) object must not pass for a chunk that ends sooner: the
         # digests say how many blocks the chunk has.

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import sqlite3
@@ -39,7 +40,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mediadrive.core import private
+from mediadrive.core import buffers, private
 from mediadrive.core.hashing import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ MAX_RUN_BLOCKS = 16
 # enough for that; more would only hold pages a fresh agent must fault in (see heap.py).
 _MEMORY_BYTES = 16 << 20
 _INDEX_FLUSH_SECONDS = 5.0
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 # Checked blocks kept open for small reads.
 _OPEN_BLOCKS = 256
 # Checked blocks whose file signature is remembered (reopened without a new check).
@@ -114,6 +116,12 @@ def runs_of(keys: Iterable[BlockKey]) -> list[list[BlockKey]]:
     return runs
 
 
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def _signature(st: os.stat_result) -> tuple[int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -153,6 +161,9 @@ class BlockCache:
         self._flusher: asyncio.Task[None] | None = None
         self._fills: set[asyncio.Task[None]] = set()
         self.total = 0
+        # Blocks received into aligned memory go to disk with direct I/O (off where the
+        # file system refuses it).
+        self.direct_io = hasattr(os, "O_DIRECT")
         self.pinned_chunks: frozenset[str] = frozenset()
         self.figures = CacheFigures()
 
@@ -581,16 +592,43 @@ class BlockCache:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}")
         # A new name in the cache's private folder (leftovers go when the cache opens):
         # created 0600, no chmod (an inode change of its own) needed.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, private.FILE_MODE)
+        if self.direct_io and buffers.direct_io_ready(data):
+            signature = self._write_direct(tmp, data)
+            if signature is not None:
+                os.replace(tmp, path)
+                return signature
+        fd = os.open(tmp, _NEW_FILE, private.FILE_MODE)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             signature = _signature(os.fstat(fd))
         finally:
             os.close(fd)
         os.replace(tmp, path)
         return signature
+
+    def _write_direct(self, tmp: Path, data: bytes | memoryview) -> tuple[int, int, int] | None:
+        """Write a block file from aligned memory with direct I/O (the bytes go to the
+        disk without a copy into the page cache, see ``buffers.py``); None, with direct
+        I/O turned off for the cache, where the file system or disk refuses it."""
+        try:
+            fd = os.open(tmp, _NEW_FILE | os.O_DIRECT, private.FILE_MODE)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            log.info("block cache: no direct I/O on %s; writing through the page cache", tmp)
+            self.direct_io = False
+            return None
+        try:
+            _write_all(fd, data)
+            return _signature(os.fstat(fd))
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            log.info("block cache: direct writes refused (%s); writing through the page cache", exc)
+            self.direct_io = False
+            return None
+        finally:
+            os.close(fd)
 
     async def put_many(self, blocks: Iterable[tuple[str, int, bytes | memoryview]]) -> None:
         """Add blocks known to be right (just committed from local data)."""

@@ -58,6 +58,12 @@ class BlobStore(ABC):
     async def get_range(self, chunk_id: str, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset`` (fewer only at the end of the chunk)."""
 
+    async def get_range_view(self, chunk_id: str, offset: int, length: int) -> memoryview:
+        """:meth:`get_range` as a view, for bytes that go on to disk: a store may
+        receive them into page-aligned memory, which the block cache writes with direct
+        I/O (see ``buffers.py``)."""
+        return memoryview(await self.get_range(chunk_id, offset, length))
+
     @abstractmethod
     async def exists(self, chunk_id: str) -> bool: ...
 

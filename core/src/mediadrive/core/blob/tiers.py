@@ -254,14 +254,29 @@ class TieredStore(WrappedStore):
         return data
 
     async def get_range(self, chunk_id: str, offset: int, length: int) -> bytes:
+        return bytes(await self._range(chunk_id, offset, length, view=False))
+
+    async def get_range_view(self, chunk_id: str, offset: int, length: int) -> memoryview:
+        return memoryview(await self._range(chunk_id, offset, length, view=True))
+
+    async def _range(
+        self, chunk_id: str, offset: int, length: int, view: bool
+    ) -> bytes | memoryview:
+        """A range from the pods, else from the cloud (then copied into the pods in the
+        background when the rules say so); ``view``: as the store's view."""
         if self._pods_up():
             try:
+                if view:
+                    return await self.pods.get_range_view(chunk_id, offset, length)
                 return await self.pods.get_range(chunk_id, offset, length)
             except NotFound:
                 pass
             except StoreUnavailable as exc:
                 self._pods_failed(exc)
-        data = await self.inner.get_range(chunk_id, offset, length)
+        if view:
+            data: bytes | memoryview = await self.inner.get_range_view(chunk_id, offset, length)
+        else:
+            data = await self.inner.get_range(chunk_id, offset, length)
         if self.rules.read_through and self._pods_up():
             self._fill(chunk_id)
         return data
