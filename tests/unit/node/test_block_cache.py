@@ -266,12 +266,17 @@ def big_block(chunk: str, index: int) -> bytes:
     return block(chunk, index, BLOCK_SIZE)
 
 
-async def test_blocks_received_into_aligned_memory_skip_the_page_cache(tmp_path: Path) -> None:
+def aligned_cache(root: Path) -> BlockCache:
     store = AlignedStore()
     cache = BlockCache(
-        tmp_path, 64 * BLOCK_SIZE, store.fetch, fetch_run=store.fetch_run, check=store.check
+        root, 64 * BLOCK_SIZE, store.fetch, fetch_run=store.fetch_run, check=store.check
     )
     cache.open()
+    return cache
+
+
+async def test_blocks_received_into_aligned_memory_skip_the_page_cache(tmp_path: Path) -> None:
+    cache = aligned_cache(tmp_path)
     await asyncio.gather(*cache.prefetch_many([("c", n) for n in range(4)]))
     await landed(cache)
     if not cache.direct_io:
@@ -296,11 +301,7 @@ async def test_where_direct_io_is_refused_blocks_go_through_the_page_cache(
         return opened(path, flags, mode)
 
     monkeypatch.setattr(os, "open", refusing)
-    store = AlignedStore()
-    cache = BlockCache(
-        tmp_path, 64 * BLOCK_SIZE, store.fetch, fetch_run=store.fetch_run, check=store.check
-    )
-    cache.open()
+    cache = aligned_cache(tmp_path)
     await asyncio.gather(*cache.prefetch_many([("c", n) for n in range(2)]))
     await landed(cache)
     assert not cache.direct_io

@@ -610,25 +610,20 @@ class BlockCache:
         """Write a block file from aligned memory with direct I/O (the bytes go to the
         disk without a copy into the page cache, see ``buffers.py``); None, with direct
         I/O turned off for the cache, where the file system or disk refuses it."""
+        fd = -1
         try:
             fd = os.open(tmp, _NEW_FILE | os.O_DIRECT, private.FILE_MODE)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            log.info("block cache: no direct I/O on %s; writing through the page cache", tmp)
-            self.direct_io = False
-            return None
-        try:
             _write_all(fd, data)
             return _signature(os.fstat(fd))
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            log.info("block cache: direct writes refused (%s); writing through the page cache", exc)
+            log.info("block cache: direct I/O refused (%s); writing through the page cache", exc)
             self.direct_io = False
             return None
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
 
     async def put_many(self, blocks: Iterable[tuple[str, int, bytes | memoryview]]) -> None:
         """Add blocks known to be right (just committed from local data)."""
