@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -120,12 +122,22 @@ async def test_without_a_token_file_other_clients_are_refused(pods: Pods) -> Non
     assert files_on_disk(pod.data_dir, "show") == []
 
 
+def alive_members(pod: PodServer) -> set[str]:
+    _, _, body = http("GET", f"{pod.url}/v1/stats", headers=bearer(PEER))
+    return {m["url"] for m in json.loads(body)["members"] if m["alive"]}
+
+
 async def test_only_pods_may_mark_a_request_forwarded(pods: Pods, tmp_path: Path) -> None:
     files = token_files(tmp_path)
     ports = pods.ports(2)
     peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
     flags = ("--token-file", str(files["pod"]), "--peers", peers, "--probe-interval", "300ms")
     first, second = (pods.start(*flags, port=port) for port in ports)
+    # The first may have probed the second before it was up: wait until it sees it.
+    deadline = time.monotonic() + 10
+    while second.url not in alive_members(first):
+        assert time.monotonic() < deadline, alive_members(first)
+        time.sleep(0.1)
     cid, data = payload(20_000, 4)
     # A drive's client claiming to be a pod is still replicated like any client.
     headers = {**bearer(SHOW), "X-Mediadrive-Forwarded": "1"}
