@@ -13,6 +13,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from mediadrive.core import buffers
 from mediadrive.core.blob import put_sent
 from mediadrive.core.blob.s3 import S3BlobStore, _Direct
 from mediadrive.core.errors import NotFound
@@ -101,6 +102,25 @@ async def test_a_failed_direct_request_is_asked_again_through_the_client(
     # The client sends through the same HTTP session: its PUT is the 200.
     assert seen == [("PUT", 503), ("PUT", 200), ("GET", 206)]
     assert calls == Counter({"PutObject": 1})
+
+
+async def test_a_ranged_view_comes_in_aligned_memory_or_through_the_client(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = s3
+    calls = client_calls(store)
+    cid, data = payload(5 * buffers.ALIGNMENT, seed=7)
+    await store.put(cid, data)
+    view = await store.get_range_view(cid, buffers.ALIGNMENT, 3 * buffers.ALIGNMENT)
+    assert bytes(view) == data[buffers.ALIGNMENT : 4 * buffers.ALIGNMENT]
+    assert buffers.direct_io_ready(view)
+    assert calls == Counter()
+    # A failed direct GET (503): the client's answer, the same bytes.
+    seen = answer_first_with(store, monkeypatch, 503)
+    view = await store.get_range_view(cid, 100, 5000)
+    assert bytes(view) == data[100:5100]
+    assert seen == [("GET", 503), ("GET", 206)]
+    assert calls == Counter({"GetObject": 1})
 
 
 async def test_an_answer_that_the_requests_are_wrong_here_turns_the_direct_path_off(

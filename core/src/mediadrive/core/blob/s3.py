@@ -382,17 +382,7 @@ class S3BlobStore(BlobStore):
                 data = self._direct.get_range(self._key(chunk_id), offset, length)
                 if data is not None:
                     return data
-            try:
-                response = self._client.get_object(
-                    Bucket=self.bucket,
-                    Key=self._key(chunk_id),
-                    Range=f"bytes={offset}-{offset + length - 1}",
-                )
-            except ClientError as err:
-                if err.response.get("Error", {}).get("Code") == "InvalidRange":
-                    return b""
-                raise
-            return response["Body"].read()
+            return self._client_range(chunk_id, offset, length)
 
         return await self._call(fetch, chunk=chunk_id)
 
@@ -401,14 +391,29 @@ class S3BlobStore(BlobStore):
         if length <= 0 or direct is None:
             return await super().get_range_view(chunk_id, offset, length)
 
-        def fetch() -> memoryview | None:
-            return direct.get_range_into_aligned(self._key(chunk_id), offset, length)
+        def fetch() -> memoryview:
+            view = direct.get_range_into_aligned(self._key(chunk_id), offset, length)
+            return (
+                memoryview(self._client_range(chunk_id, offset, length)) if view is None else view
+            )
 
-        view = await self._call(fetch, chunk=chunk_id)
-        if view is not None:
-            return view
-        # The client's path: its retries and errors.
-        return await super().get_range_view(chunk_id, offset, length)
+        return await self._call(fetch, chunk=chunk_id)
+
+    def _client_range(self, chunk_id: str, offset: int, length: int) -> bytes:
+        """A range through the client (its retries and errors); runs on the store's
+        threads."""
+        try:
+            response = self._client.get_object(
+                Bucket=self.bucket,
+                Key=self._key(chunk_id),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""
+            raise
+        data: bytes = response["Body"].read()
+        return data
 
     async def exists(self, chunk_id: str) -> bool:
         try:
