@@ -187,13 +187,7 @@ class _Direct:
     def get_range(self, key: str, offset: int, length: int) -> bytes | None:
         """``length`` bytes of ``key`` from ``offset`` (fewer at its end)."""
         answer = self._send("GET", key, None, {"Range": f"bytes={offset}-{offset + length - 1}"})
-        data = None if answer is None else _body(answer)
-        if data is None or answer.status_code not in (200, 206):
-            return None
-        if answer.status_code == 200:
-            # A server that ignores ranges sends the whole object.
-            data = data[offset : offset + length]
-        return data
+        return None if answer is None else _range_body(answer, offset, length)
 
     def get_range_into_aligned(self, key: str, offset: int, length: int) -> memoryview | None:
         """:meth:`get_range`, received straight into page-aligned memory (see
@@ -206,12 +200,8 @@ class _Direct:
         inner = getattr(answer.raw, "_fp", None)
         size = answer.headers.get("Content-Length", "")
         if answer.status_code != 206 or not isinstance(inner, HTTPResponse) or not size.isdigit():
-            data = _body(answer)
-            if data is None or answer.status_code not in (200, 206):
-                return None
-            if answer.status_code == 200:
-                data = data[offset : offset + length]
-            return memoryview(data)
+            data = _range_body(answer, offset, length)
+            return None if data is None else memoryview(data)
         view = buffers.aligned(int(size))
         got = 0
         try:
@@ -236,6 +226,17 @@ def _then(body: bytes, sent: Callable[[], None]) -> Iterator[bytes]:
     written (when the connection asks for the next piece)."""
     yield body
     sent()
+
+
+def _range_body(answer: Any, offset: int, length: int) -> bytes | None:
+    """The bytes a ranged GET's answer carries, read whole; None unless it succeeded."""
+    data = _body(answer)
+    if data is None or answer.status_code not in (200, 206):
+        return None
+    if answer.status_code == 200:
+        # A server that ignores ranges sends the whole object.
+        data = data[offset : offset + length]
+    return data
 
 
 def _body(answer: Any) -> bytes | None:
