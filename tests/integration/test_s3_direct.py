@@ -1,10 +1,12 @@
 """The S3 store's direct path: a chunk's PUT and a ranged GET go out as plain signed
-requests, and anything but a plain success is asked again through the boto3 client
-(whose retries and errors then apply). Against moto and MinIO on loopback."""
+requests (a small PUT from the event loop, through aiohttp), and anything but a plain
+success is asked again through the boto3 client (whose retries and errors then apply).
+Against moto and MinIO on loopback."""
 
 from __future__ import annotations
 
 import random
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,7 +17,7 @@ from botocore.config import Config
 
 from mediadrive.core import buffers
 from mediadrive.core.blob import put_sent
-from mediadrive.core.blob.s3 import S3BlobStore, _Direct
+from mediadrive.core.blob.s3 import _LOOP_PUT_MAX, S3BlobStore, _Direct, _host
 from mediadrive.core.errors import NotFound
 from mediadrive.core.hashing import chunk_id
 from tests.integration.test_blob_contract import S3_ENGINES, make_engine
@@ -69,13 +71,15 @@ async def test_puts_and_ranged_gets_skip_the_client(s3: tuple[S3BlobStore, S3Ser
 
 def answer_first_with(
     store: S3BlobStore, monkeypatch: pytest.MonkeyPatch, status: int
-) -> list[tuple[str, int]]:
-    """Make the first answer the store's HTTP session gets carry ``status``; the
-    requests sent from now on (method, status answered), in order."""
+) -> list[tuple[str, int | None]]:
+    """Make the first answer the store's HTTP sessions get (the client's, or the
+    event loop's for a small PUT) carry ``status``; the requests sent from now on
+    (method, status answered), in order."""
     direct = store._direct
     assert direct is not None
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int | None]] = []
     send = direct._http.send
+    exchange = direct._exchange_on_loop
 
     def send_and_note(request: Any) -> Any:
         answer = send(request)
@@ -84,7 +88,15 @@ def answer_first_with(
         seen.append((request.method, answer.status_code))
         return answer
 
+    async def exchange_and_note(*args: Any) -> int | None:
+        answered = await exchange(*args)
+        if not seen:
+            answered = status
+        seen.append(("PUT", answered))
+        return answered
+
     monkeypatch.setattr(direct._http, "send", send_and_note)
+    monkeypatch.setattr(direct, "_exchange_on_loop", exchange_and_note)
     return seen
 
 
@@ -181,18 +193,26 @@ def test_the_direct_url_of_a_bucket(
 
 def note_sends(store: S3BlobStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What happens from now on, in order: "sent" when a put says its bytes are sent
-    (through put_sent), "answered" when the store's HTTP session has an answer."""
+    (through put_sent), "answered" when one of the store's HTTP sessions has an
+    answer."""
     order: list[str] = []
     direct = store._direct
     assert direct is not None
     send = direct._http.send
+    exchange = direct._exchange_on_loop
 
     def send_and_note(request: Any) -> Any:
         answer = send(request)
         order.append("answered")
         return answer
 
+    async def exchange_and_note(*args: Any) -> int | None:
+        answered = await exchange(*args)
+        order.append("answered")
+        return answered
+
     monkeypatch.setattr(direct._http, "send", send_and_note)
+    monkeypatch.setattr(direct, "_exchange_on_loop", exchange_and_note)
     put_sent.set(lambda: order.append("sent"))
     return order
 
@@ -221,3 +241,79 @@ async def test_a_put_through_the_client_says_so_as_it_starts(
     assert seen[0] == ("PUT", 500)
     assert order.count("sent") == 2
     assert await store.get(cid) == data
+
+
+async def test_a_small_put_goes_from_the_event_loop_and_a_large_one_from_a_thread(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = s3
+    direct = store._direct
+    assert direct is not None
+    calls = client_calls(store)
+    ways: list[str] = []
+    loop_thread = threading.get_ident()
+    exchange, put = direct._exchange_on_loop, direct.put
+
+    async def exchange_and_note(*args: Any) -> int | None:
+        ways.append("loop" if threading.get_ident() == loop_thread else "loop elsewhere")
+        return await exchange(*args)
+
+    def put_and_note(*args: Any) -> bool:
+        ways.append("thread" if threading.get_ident() != loop_thread else "thread on the loop")
+        return put(*args)
+
+    monkeypatch.setattr(direct, "_exchange_on_loop", exchange_and_note)
+    monkeypatch.setattr(direct, "put", put_and_note)
+    small = payload(300_000, seed=8)
+    large = payload(_LOOP_PUT_MAX + 1, seed=9)
+    await store.put(*small)
+    await store.put(*large)
+    assert ways == ["loop", "thread"]
+    assert calls == Counter()
+    assert await store.get(small[0]) == small[1]
+    assert await store.get(large[0]) == large[1]
+
+
+async def test_a_small_put_the_loop_cannot_send_goes_through_the_client(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, _ = s3
+    direct = store._direct
+    assert direct is not None
+    calls = client_calls(store)
+    # Nothing listens there: the connection is refused.
+    monkeypatch.setattr(direct, "_base", "http://127.0.0.1:1/" + direct._base.split("/", 3)[3])
+    cid, data = payload(50_000, seed=10)
+    await store.put(cid, data)
+    assert calls == Counter({"PutObject": 1})
+    assert not direct.off
+    assert await store.get(cid) == data
+
+
+def test_puts_leave_the_event_loop_only_where_a_proxy_is_set() -> None:
+    session = boto3.session.Session(aws_access_key_id="id", aws_secret_access_key="secret")
+    plain = make_client("http://127.0.0.1:9000", "path")
+    direct = _Direct.for_client(plain, session, "takes", "eu-west-1")
+    assert direct is not None and direct.on_loop
+    proxied = session.client(
+        "s3",
+        endpoint_url="http://127.0.0.1:9000",
+        region_name="eu-west-1",
+        config=Config(s3={"addressing_style": "path"}, proxies={"http": "http://proxy:3128"}),
+    )
+    direct = _Direct.for_client(proxied, session, "takes", "eu-west-1")
+    assert direct is not None and not direct.on_loop
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("http://127.0.0.1:9000/takes/a", "127.0.0.1:9000"),
+        ("http://minio.local:80/takes/a", "minio.local"),
+        ("https://takes.s3.eu-west-1.amazonaws.com/a", "takes.s3.eu-west-1.amazonaws.com"),
+        ("https://[::1]:443/takes/a", "[::1]"),
+        ("https://[::1]:9443/takes/a", "[::1]:9443"),
+    ],
+)
+def test_the_host_a_put_from_the_loop_signs_and_sends(url: str, host: str) -> None:
+    assert _host(url) == host
