@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import os
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -741,3 +742,103 @@ async def test_a_block_written_in_part_holds_needs_and_keeps_only_its_base_bytes
     ]
     assert extents == [((a_end, BLOCK_SIZE + 7, "b", 0), [4, 5])]
     staging.close()
+
+
+# A base of slices: extents that start and end inside blocks, over two chunks.
+SLICED = [
+    Extent(0, 9 * BLOCK_SIZE + 300, "a", 0),
+    Extent(9 * BLOCK_SIZE + 300, 6 * BLOCK_SIZE + 5, "b", BLOCK_SIZE // 2 + 11),
+    Extent(15 * BLOCK_SIZE + 305, 3 * BLOCK_SIZE, "a", 12 * BLOCK_SIZE),
+]
+SLICED_SIZE = 18 * BLOCK_SIZE + 305
+
+
+def _reference_runs(staged: StagedFile) -> list[tuple[Extent, list[int]]]:
+    """untouched_runs worked out block by block, every block of a touched extent."""
+    out: list[tuple[Extent, list[int]]] = []
+    for group, extent in staged._extent_groups():
+        if staged._untouched(group):
+            out.append((extent, list(group)))
+            continue
+        spans: list[tuple[int, int, int]] = []
+        for p in group:
+            block = staged.base[p]
+            if p in staged.partial:
+                spans.extend((lo, hi, p) for lo, hi in staged._from_base(p))
+            elif p in staged.missing:
+                spans.append((block.offset, block.end, p))
+            elif not staged.changed_unknown:
+                spans.extend(
+                    (lo, hi, p) for lo, hi in _subtract(staged.changed, block.offset, block.end)
+                )
+        run: list[tuple[int, int, int]] = []
+        for span in [*spans, (-1, -1, -1)]:
+            if run and span[0] == run[-1][1]:
+                run.append(span)
+                continue
+            if run and (
+                run[-1][1] - run[0][0] >= MIN_SLICE or any(p in staged.missing for *_, p in run)
+            ):
+                first = staged.base[run[0][2]]
+                start = run[0][0]
+                extent = Extent(
+                    start,
+                    run[-1][1] - start,
+                    first.chunk_id,
+                    first.chunk_position + start - first.offset,
+                )
+                out.append((extent, sorted({p for *_, p in run})))
+            run = [span]
+    return out
+
+
+def _reference_needing(staged: StagedFile, covered: list[tuple[int, int]]) -> list[int]:
+    """needing worked out block by block."""
+    return [
+        i
+        for i in range(len(staged.base))
+        if i in staged.missing
+        and any(_subtract(covered, lo, hi) for lo, hi in staged._from_base(i))
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, SLICED_SIZE - 1), st.integers(1, 3 * BLOCK_SIZE), st.booleans()),
+        max_size=6,
+    ),
+    st.lists(st.tuples(st.integers(0, SLICED_SIZE), st.integers(0, 4 * BLOCK_SIZE)), max_size=5),
+    st.booleans(),
+)
+def test_kept_runs_and_blocks_needed_match_a_block_by_block_reference(
+    writes: list[tuple[int, int, bool]], cover: list[tuple[int, int]], unknown: bool
+) -> None:
+    """untouched_runs and needing look at the touched blocks one by one and at the
+    blocks between them as one stretch; they answer as a look at every block would."""
+
+    async def check(root: Path) -> None:
+        staging = Staging(root)
+        staging.open()
+        base = BaseLayout(SLICED)
+        staged = staging.create(7, "/f", 1, 0o644, 0, base=base, size=SLICED_SIZE)
+        fetch = Fetches()
+        for offset, length, at_hand in writes:
+            length = min(length, SLICED_SIZE - offset)
+
+            def local(chunk: str, index: int, at_hand: bool = at_hand) -> bool:
+                return at_hand
+
+            await _write_vfs(staged, offset, b"w" * length, fetch, local)
+        if unknown:
+            staged.touch()
+        covered: list[tuple[int, int]] = []
+        for start, length in cover:
+            if length:
+                _add_range(covered, start, min(start + length, SLICED_SIZE))
+        assert [(e, list(p)) for e, p in staged.untouched_runs()] == _reference_runs(staged)
+        assert staged.needing(covered) == _reference_needing(staged, covered)
+        staging.close()
+
+    with tempfile.TemporaryDirectory() as root:
+        asyncio.run(check(Path(root)))

@@ -270,11 +270,33 @@ class StagedFile:
             j = bisect.bisect_right(ranges, (start, _END)) - 1
             if j >= 0 and ranges[j][0] <= start and end <= ranges[j][1]:
                 continue  # inside one covered range, as most untouched extents are
-            for i in group:
-                if i in self.missing and any(
-                    _subtract(ranges, lo, hi) for lo, hi in self._from_base(i)
+            # Between two touched blocks, the copy lacks every block whole: one stretch,
+            # checked at once; the touched few one by one.
+            after = group.start
+            first = bisect.bisect_left(self._touched, group.start)
+            last = bisect.bisect_left(self._touched, group.stop)
+            for p in [*self._touched[first:last], group.stop]:
+                if p > after:
+                    found.extend(self._uncovered(ranges, after, p))
+                if (
+                    p < group.stop
+                    and p in self.missing
+                    and any(_subtract(ranges, lo, hi) for lo, hi in self._from_base(p))
                 ):
+                    found.append(p)
+                after = p + 1
+        return found
+
+    def _uncovered(self, ranges: list[tuple[int, int]], first: int, stop: int) -> list[int]:
+        """Positions among the adjacent blocks ``first`` to ``stop`` (excluded) with
+        bytes outside the sorted, disjoint ``ranges``."""
+        found: list[int] = []
+        for lo, hi in _subtract(ranges, self.base[first].offset, self.base[stop - 1].end):
+            i = bisect.bisect_right(self.base, lo, first, stop, key=_block_offset) - 1
+            while i < stop and self.base[i].offset < hi:
+                if not found or found[-1] != i:
                     found.append(i)
+                i += 1
         return found
 
     def untouched_extents(self) -> list[tuple[Extent, Sequence[int]]]:
@@ -297,31 +319,45 @@ class StagedFile:
             if self._untouched(group):
                 out.append((extent, group))  # all of it
                 continue
-            spans: list[tuple[int, int, int]] = []  # (start, end, position)
-            for p in group:
+            # (start, end, first position, last position): the blocks between two
+            # touched ones are lacked whole, one span; only the touched few are looked
+            # at one by one (a 64 MiB chunk is 64 blocks, an edit touches two).
+            spans: list[tuple[int, int, int, int]] = []
+            after = group.start
+            first = bisect.bisect_left(self._touched, group.start)
+            last = bisect.bisect_left(self._touched, group.stop)
+            for p in self._touched[first:last]:
+                if p > after:
+                    spans.append((self.base[after].offset, self.base[p - 1].end, after, p - 1))
+                after = p + 1
                 block = self.base[p]
                 if p in self.partial:
-                    spans.extend((lo, hi, p) for lo, hi in self._from_base(p))
+                    spans.extend((lo, hi, p, p) for lo, hi in self._from_base(p))
                 elif p in self.missing:
-                    spans.append((block.offset, block.end, p))
+                    spans.append((block.offset, block.end, p, p))
                 elif not self.changed_unknown:
-                    spans.extend(
-                        (lo, hi, p) for lo, hi in _subtract(self.changed, block.offset, block.end)
-                    )
-            run: list[tuple[int, int, int]] = []
-            for span in [*spans, (-1, -1, -1)]:
+                    kept = _subtract(self.changed, block.offset, block.end)
+                    spans.extend((lo, hi, p, p) for lo, hi in kept)
+            if after < group.stop:
+                end = group.stop - 1
+                spans.append((self.base[after].offset, self.base[end].end, after, end))
+            run: list[tuple[int, int, int, int]] = []
+            for span in [*spans, (-1, -1, -1, -1)]:
                 if run and span[0] == run[-1][1]:
                     run.append(span)
                     continue
                 if run and (
-                    run[-1][1] - run[0][0] >= MIN_SLICE or any(p in self.missing for _, _, p in run)
+                    run[-1][1] - run[0][0] >= MIN_SLICE
+                    or any(first in self.missing for _, _, first, _ in run)
                 ):
                     out.append(self._run_extent(run))
                 run = [span]
         return out
 
-    def _run_extent(self, run: list[tuple[int, int, int]]) -> tuple[Extent, Sequence[int]]:
-        start, _, first = run[0]
+    def _run_extent(self, run: list[tuple[int, int, int, int]]) -> tuple[Extent, Sequence[int]]:
+        """The slice of its chunk that a run of adjacent spans is, with the positions of
+        the blocks it covers (consecutive, since the spans are)."""
+        start, _, first, _ = run[0]
         block = self.base[first]
         extent = Extent(
             start,
@@ -329,7 +365,7 @@ class StagedFile:
             block.chunk_id,
             block.chunk_position + start - block.offset,
         )
-        return extent, sorted({p for _, _, p in run})
+        return extent, range(first, run[-1][3] + 1)
 
     def _extent_groups(self) -> list[tuple[range, Extent]]:
         """Positions of the base blocks, grouped by the base extent they came from
@@ -753,7 +789,8 @@ class Staging:
         with self._journal_lock:
             # Read under the lock: whoever writes last writes the copy's latest state.
             with open(tmp, "w", opener=private.opener) as f:
-                json.dump(staged.journal(), f)
+                # dumps, not dump: the C encoder, where dump encodes in Python.
+                f.write(json.dumps(staged.journal()))
                 if durable:
                     f.flush()
                     os.fsync(f.fileno())
