@@ -1279,6 +1279,47 @@ def entries_paths(entries: list[DeletedEntry]) -> list[str]:
     return [e.path for e in entries]
 
 
+async def test_a_commit_without_a_folder_id_finds_the_folder_by_its_path(
+    store: MetaStore,
+) -> None:
+    root = await resolve(store, "/")
+    shots = await mkdir(store, "/shots")
+    # A new file: the folder at the path.
+    by_path = dataclasses.replace(
+        request(shots, "/shots/a.mov", None, await stored_extents(store, b"a")), parent_id=None
+    )
+    first = await store.commit(by_path, LWW)
+    assert (first.path, (await resolve(store, "/shots/a.mov")).id) == (
+        "/shots/a.mov",
+        first.file_id,
+    )
+    # A file known by id lands where it is now, wherever the request says.
+    await store.rename(shots.id, "/shots/a.mov", root.id, "/a.mov", ACTOR)
+    moved = dataclasses.replace(
+        request(shots, "/shots/a.mov", 1, await stored_extents(store, b"b")),
+        parent_id=None,
+        file_id=first.file_id,
+    )
+    outcome = await store.commit(moved, LWW)
+    assert (outcome.path, outcome.file_id, outcome.version) == ("/a.mov", first.file_id, 2)
+    # Gone, it lands at the path again; a folder that is not there is an error.
+    await store.remove(root.id, "/", "a.mov", ACTOR)
+    again = await store.commit(dataclasses.replace(moved, base_version=None), LWW)
+    assert again.path == "/shots/a.mov"
+    nowhere = dataclasses.replace(
+        request(shots, "/takes/c.mov", None, await stored_extents(store, b"c")), parent_id=None
+    )
+    with pytest.raises(PathNotFound, match="/takes"):
+        await store.commit(nowhere, LWW)
+    await store.commit(request(shots, "/shots/file", None, await stored_extents(store, b"d")), LWW)
+    under_a_file = dataclasses.replace(
+        request(shots, "/shots/file/e.mov", None, await stored_extents(store, b"e")),
+        parent_id=None,
+    )
+    with pytest.raises(NotADirectory, match="/shots/file"):
+        await store.commit(under_a_file, LWW)
+
+
 async def test_commit_revives_a_deleted_file_with_its_history(store: MetaStore) -> None:
     await mkdir(store, "/folder")
     first = await commit(store, "/folder/f.txt", None, b"one")

@@ -396,9 +396,11 @@ class Drive:
     ) -> CommitOutcome:
         path = paths.normalize(path)
         parent_path, name = paths.split(path)
-        parent = await self._folder(parent_path)
+        # A file known by id lands where it is now: its folder is looked up by the
+        # commit itself, and only if the file is gone.
+        parent_id = None if file_id is not None else (await self._folder(parent_path)).id
         request = CommitRequest(
-            parent_id=parent.id,
+            parent_id=parent_id,
             parent_path=parent_path,
             name=name,
             base_version=base_version,

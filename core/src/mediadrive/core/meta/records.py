@@ -103,7 +103,8 @@ class CommitRequest:
     if the head moved since, the drive's conflict policy decides.
     """
 
-    parent_id: int
+    # The folder's id; None: the folder at ``parent_path``, looked up by the commit.
+    parent_id: int | None
     parent_path: str
     name: str
     base_version: int | None

@@ -143,6 +143,15 @@ def _new_node(
     )  # fmt: skip
 
 
+def _check_live_dir(folder: Node | None, path: str) -> Node:
+    """``folder`` if it is a live folder; PathNotFound or NotADirectory naming ``path``."""
+    if folder is None or folder.deleted_ns is not None:
+        raise PathNotFound(f"folder {path!r} does not exist")
+    if not folder.is_dir:
+        raise NotADirectory(f"{path!r} is not a folder")
+    return folder
+
+
 def _node_and_subdirs(row: Row) -> Node:
     """A row of NODE_COLUMNS_AND_SUBDIRS."""
     return _node(row, int(row[14] or 0))
@@ -454,15 +463,15 @@ class SqlMetaStore(ABC):
     async def resolve(self, path: str) -> Node | None:
         """The live node at a normalized absolute drive path, in one transaction."""
 
-        async def body(tx: Tx) -> Node | None:
-            node = await self._get_node(tx, ROOT_ID)
-            for part in [p for p in path.split("/") if p]:
-                if node is None or not node.is_dir:
-                    return None
-                node = await self._lookup(tx, node.id, part)
-            return node
+        return await self._run(lambda tx: self._resolve(tx, path), write=False)
 
-        return await self._run(body, write=False)
+    async def _resolve(self, tx: Tx, path: str) -> Node | None:
+        node = await self._get_node(tx, ROOT_ID)
+        for part in [p for p in path.split("/") if p]:
+            if node is None or not node.is_dir:
+                return None
+            node = await self._lookup(tx, node.id, part)
+        return node
 
     async def last_deleted(self, parent_id: int, name: str) -> Node | None:
         """The most recently deleted node of that name, for the time machine."""
@@ -594,12 +603,16 @@ class SqlMetaStore(ABC):
         )
 
     async def _live_dir(self, tx: Tx, dir_id: int, path: str) -> Node:
-        parent = await self._get_node(tx, dir_id)
-        if parent is None or parent.deleted_ns is not None:
-            raise PathNotFound(f"folder {path!r} does not exist")
-        if not parent.is_dir:
-            raise NotADirectory(f"{path!r} is not a folder")
-        return parent
+        return _check_live_dir(await self._get_node(tx, dir_id), path)
+
+    async def _live_dir_and_path(self, tx: Tx, dir_id: int) -> tuple[Node, str]:
+        """A live folder by id, and its path (the folder read once for both)."""
+        folder = await self._get_node(tx, dir_id)
+        path = await self._path_above(tx, folder)
+        return _check_live_dir(folder, path), path
+
+    async def _folder_at(self, tx: Tx, path: str) -> Node:
+        return _check_live_dir(await self._resolve(tx, path), path)
 
     async def make_node(
         self,
@@ -931,21 +944,30 @@ class SqlMetaStore(ABC):
             now = time.time()
             if req.landing:
                 await self._record_landing(tx, req.landing, now)
-            parent_id, parent_path, name = req.parent_id, req.parent_path, req.name
+            parent_path, name = req.parent_path, req.name
             path = posixpath.join(parent_path, name)
             known = await self._get_node(tx, req.file_id) if req.file_id is not None else None
             if req.revive and known is not None and await self._gone(tx, known):
-                known = await self._revive(tx, known, parent_id, parent_path, name)
+                folder = await self._parent(tx, req)
+                known = await self._revive(tx, known, folder.id, parent_path, name)
+            node: Node | None
             if known is not None and known.deleted_ns is None and known.parent_id is not None:
-                parent_id, name = known.parent_id, known.name
-                parent_path = await self._path_of(tx, parent_id)
+                # Where the file is now (moved since it was opened, it lands there); it is
+                # the live node of its name in its folder.
+                name = known.name
+                parent, parent_path = await self._live_dir_and_path(tx, known.parent_id)
                 path = posixpath.join(parent_path, name)
-            parent = await self._live_dir(tx, parent_id, parent_path)
+                node = known
+            else:
+                parent = await self._parent(tx, req)
+                node = None
+            parent_id = parent.id
             await self._require_stored(tx, chunk_ids)
             await tx.execute(
                 "DELETE FROM holds WHERE drive = ? AND token = ?", (self.drive, req.hold_token)
             )
-            node = await self._lookup(tx, parent_id, name)
+            if node is None:
+                node = await self._lookup(tx, parent_id, name)
             if node is not None and node.is_dir:
                 raise IsADirectory(f"{path!r} is a folder")
             head = node.head_version if node else None
@@ -1069,12 +1091,21 @@ class SqlMetaStore(ABC):
         return revived
 
     async def _path_of(self, tx: Tx, dir_id: int) -> str:
+        return await self._path_above(tx, await self._get_node(tx, dir_id))
+
+    async def _path_above(self, tx: Tx, node: Node | None) -> str:
+        """The path of ``node``, from its name and its parents'."""
         names = []
-        node = await self._get_node(tx, dir_id)
         while node is not None and node.parent_id is not None:
             names.append(node.name)
             node = await self._get_node(tx, node.parent_id)
         return "/" + "/".join(reversed(names))
+
+    async def _parent(self, tx: Tx, req: CommitRequest) -> Node:
+        """The live folder a commit names: by id, or (none given) by its path."""
+        if req.parent_id is None:
+            return await self._folder_at(tx, req.parent_path)
+        return await self._live_dir(tx, req.parent_id, req.parent_path)
 
     async def _free_name(self, tx: Tx, parent_id: int, name: str, host: str, now: float) -> str:
         candidate = conflict_name(name, host, now)
