@@ -66,8 +66,8 @@ MB = 10**6
 PART = 8 * MiB  # boto3's part size for the limits (its default)
 BOTO_THREADS = 10  # boto3's default max_concurrency
 TIMEOUT = 900  # seconds for one scenario of one tool
-LS_RUNS = 3  # `ls -l` listings in a row per repetition (their median is the figure)
-EDITS_PER_REP = 5  # 1 MiB edits timed per repetition (their median is the figure)
+LS_RUNS = 5  # `ls -l` listings in a row per repetition (their median is the figure)
+EDITS_PER_REP = 8  # 1 MiB edits timed per repetition (their median is the figure)
 EDIT_SPACING = 5 * MiB  # between their offsets
 
 
