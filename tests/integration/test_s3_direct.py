@@ -50,6 +50,11 @@ def client_calls(store: S3BlobStore) -> Counter[str]:
     return calls
 
 
+def direct_of(store: S3BlobStore) -> _Direct:
+    assert store._direct is not None
+    return store._direct
+
+
 def payload(size: int, seed: int) -> tuple[str, bytes]:
     data = random.Random(seed).randbytes(size)
     return chunk_id(data), data
@@ -247,9 +252,7 @@ async def test_a_small_put_goes_from_the_event_loop_and_a_large_one_from_a_threa
     s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, _ = s3
-    direct = store._direct
-    assert direct is not None
-    calls = client_calls(store)
+    direct, calls = direct_of(store), client_calls(store)
     ways: list[str] = []
     loop_thread = threading.get_ident()
     exchange, put = direct._exchange_on_loop, direct.put
@@ -278,9 +281,7 @@ async def test_a_small_put_the_loop_cannot_send_goes_through_the_client(
     s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, _ = s3
-    direct = store._direct
-    assert direct is not None
-    calls = client_calls(store)
+    direct, calls = direct_of(store), client_calls(store)
     # Nothing listens there: the connection is refused.
     monkeypatch.setattr(direct, "_base", "http://127.0.0.1:1/" + direct._base.split("/", 3)[3])
     cid, data = payload(50_000, seed=10)
