@@ -156,6 +156,40 @@ async def saved_plate(tmp_path: Path) -> tuple[TestVFS, bytearray]:
     return vfs, data
 
 
+async def test_after_an_edit_its_commit_recorded_the_next_put_reads_no_count_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put sent ahead needs the count of GC deletions from before it starts; the
+    commit that recorded the last one found it unchanged, so the next edit's put
+    starts from that count without a metadata read on the fsync's path."""
+    vfs, data = await saved_plate(tmp_path)
+    drive = vfs.parts.writeback.drive
+    reads: list[int] = []
+    chunk_deletions = drive.meta.chunk_deletions
+
+    async def counted() -> int:
+        reads.append(1)
+        return await chunk_deletions()
+
+    monkeypatch.setattr(drive.meta, "chunk_deletions", counted)
+    inode = await vfs.inode("plate.exr")
+    counts = []
+    for offset in (4321, PLATE_CHUNK + 4321):
+        opened = await vfs.vfs.open(inode, os.O_RDWR)
+        patch = os.urandom(BLOCK_SIZE)
+        await vfs.vfs.write(opened.fh, offset, patch)
+        await vfs.vfs.fsync(opened.fh)
+        vfs.vfs.release(opened.fh)
+        data[offset : offset + BLOCK_SIZE] = patch
+        counts.append(len(reads))
+    # The first edit may read it (no commit had recorded a piece yet); the second not.
+    assert counts[0] <= 1
+    assert counts[1] == counts[0]
+    await vfs.parts.writeback.settle()
+    assert await vfs.read_file("plate.exr") == data
+    await vfs.close()
+
+
 async def test_an_fsync_records_its_piece_in_the_commit_prepared_while_it_travels(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

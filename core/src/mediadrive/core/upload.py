@@ -499,6 +499,9 @@ class Uploader:
             on_landing(landing)
         await putting
         if landing is not None and landing.claimed and await landing.recorded:
+            # The commit recorded it, having found no deletion finished since `seen`:
+            # the count the next put starts from, with no read of its own.
+            self._deletions = seen
             return False, digests
         state, self._deletions = await self.meta.record_put(
             cid, len(data), digests, seen, token=token
