@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import boto3
@@ -74,34 +74,43 @@ async def test_puts_and_ranged_gets_skip_the_client(s3: tuple[S3BlobStore, S3Ser
     assert calls == Counter({"GetObject": 1})
 
 
+def watch_answers(
+    store: S3BlobStore,
+    monkeypatch: pytest.MonkeyPatch,
+    watch: Callable[[str, int | None], int | None],
+) -> None:
+    """Pass every answer the store's HTTP sessions get from now on (the client's, or
+    the event loop's for a small PUT) through ``watch`` (method, status), whose
+    return is the status the store then sees."""
+    direct = direct_of(store)
+    send, exchange = direct._http.send, direct._exchange_on_loop
+
+    def send_and_watch(request: Any) -> Any:
+        answer = send(request)
+        answer.status_code = watch(request.method, answer.status_code)
+        return answer
+
+    async def exchange_and_watch(*args: Any) -> int | None:
+        return watch("PUT", await exchange(*args))
+
+    monkeypatch.setattr(direct._http, "send", send_and_watch)
+    monkeypatch.setattr(direct, "_exchange_on_loop", exchange_and_watch)
+
+
 def answer_first_with(
     store: S3BlobStore, monkeypatch: pytest.MonkeyPatch, status: int
 ) -> list[tuple[str, int | None]]:
-    """Make the first answer the store's HTTP sessions get (the client's, or the
-    event loop's for a small PUT) carry ``status``; the requests sent from now on
-    (method, status answered), in order."""
-    direct = store._direct
-    assert direct is not None
+    """Make the first answer the store's HTTP sessions get carry ``status``; the
+    requests sent from now on (method, status answered), in order."""
     seen: list[tuple[str, int | None]] = []
-    send = direct._http.send
-    exchange = direct._exchange_on_loop
 
-    def send_and_note(request: Any) -> Any:
-        answer = send(request)
-        if not seen:
-            answer.status_code = status
-        seen.append((request.method, answer.status_code))
-        return answer
-
-    async def exchange_and_note(*args: Any) -> int | None:
-        answered = await exchange(*args)
+    def first_with(method: str, answered: int | None) -> int | None:
         if not seen:
             answered = status
-        seen.append(("PUT", answered))
+        seen.append((method, answered))
         return answered
 
-    monkeypatch.setattr(direct._http, "send", send_and_note)
-    monkeypatch.setattr(direct, "_exchange_on_loop", exchange_and_note)
+    watch_answers(store, monkeypatch, first_with)
     return seen
 
 
@@ -201,23 +210,12 @@ def note_sends(store: S3BlobStore, monkeypatch: pytest.MonkeyPatch) -> list[str]
     (through put_sent), "answered" when one of the store's HTTP sessions has an
     answer."""
     order: list[str] = []
-    direct = store._direct
-    assert direct is not None
-    send = direct._http.send
-    exchange = direct._exchange_on_loop
 
-    def send_and_note(request: Any) -> Any:
-        answer = send(request)
+    def answered(method: str, status: int | None) -> int | None:
         order.append("answered")
-        return answer
+        return status
 
-    async def exchange_and_note(*args: Any) -> int | None:
-        answered = await exchange(*args)
-        order.append("answered")
-        return answered
-
-    monkeypatch.setattr(direct._http, "send", send_and_note)
-    monkeypatch.setattr(direct, "_exchange_on_loop", exchange_and_note)
+    watch_answers(store, monkeypatch, answered)
     put_sent.set(lambda: order.append("sent"))
     return order
 

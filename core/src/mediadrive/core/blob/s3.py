@@ -169,17 +169,10 @@ class _Direct:
         headers: dict[str, str],
         sent: Callable[[], None] | None = None,
     ) -> Any:
-        credentials = self._session.get_credentials()
-        if credentials is None or self.off:
+        request = self._signed(method, key, headers, body)
+        if request is None:
             return None
-        # Streamed: a body read whole in one call (AWSResponse.content reads it in
-        # 64 KiB pieces and joins them).
-        request = AWSRequest(
-            method, self._base + quote(key, safe="/~"), headers, body, stream_output=True
-        )
-        request.context["client_config"] = self._config
         try:
-            S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
             prepared = request.prepare()
             if sent is not None and body:
                 # urllib3 sends an iterable body piece by piece.
@@ -189,6 +182,34 @@ class _Direct:
             return None
         self._judge(method, answer.status_code)
         return answer
+
+    def _signed(
+        self,
+        method: str,
+        key: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        on_loop: bool = False,
+    ) -> AWSRequest | None:
+        """A request signed with the session's credentials; None when there are none,
+        the direct path is off, or (``on_loop``) they must be refreshed first, which may
+        ask a server: not on the event loop."""
+        credentials = self._session.get_credentials()
+        if credentials is None or self.off:
+            return None
+        if on_loop and getattr(credentials, "refresh_needed", lambda: False)():
+            return None
+        # Streamed: a body read whole in one call (AWSResponse.content reads it in
+        # 64 KiB pieces and joins them).
+        request = AWSRequest(
+            method, self._base + quote(key, safe="/~"), headers, body, stream_output=True
+        )
+        request.context["client_config"] = self._config
+        try:
+            S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+        except BotoCoreError:
+            return None
+        return request
 
     def _judge(self, method: str, status: int | None) -> None:
         """Turn the direct path off for an answer that the next request would get too."""
@@ -207,33 +228,28 @@ class _Direct:
         """:meth:`put` from the event loop: True once stored, False when the request
         failed (ask the client), None when it was not sent (credentials to refresh first,
         or the direct path is off: take the usual way)."""
-        credentials = self._session.get_credentials()
-        if credentials is None or self.off or not self.on_loop:
+        if not self.on_loop:
             return None
-        if getattr(credentials, "refresh_needed", lambda: False)():
-            # Refreshing may ask a server: not on the loop.
+        # The Host aiohttp sends is the one signed.
+        headers = {"Host": _host(self._base), "Content-Length": str(len(body))}
+        request = self._signed("PUT", key, headers, body, on_loop=True)
+        if request is None:
             return None
-        url = self._base + quote(key, safe="/~")
-        headers = {"Host": _host(url), "Content-Length": str(len(body))}
-        request = AWSRequest("PUT", url, headers, body)
-        request.context["client_config"] = self._config
-        try:
-            S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
-        except BotoCoreError:
-            return None
-        status = await self._exchange_on_loop(url, dict(request.headers.items()), body, sent)
+        status = await self._exchange_on_loop(request, body, sent)
         self._judge("PUT", status)
         return status == 200
 
     async def _exchange_on_loop(
-        self, url: str, headers: dict[str, str], body: bytes, sent: Callable[[], None] | None
+        self, request: AWSRequest, body: bytes, sent: Callable[[], None] | None
     ) -> int | None:
         """Send one signed PUT through the loop's session: the status answered, None if
         no answer came."""
         try:
             # encoded: the path goes out exactly as it was signed.
             async with self._session_here().put(
-                URL(url, encoded=True), data=_Body(body, sent), headers=headers
+                URL(str(request.url), encoded=True),
+                data=_Body(body, sent),
+                headers=dict(request.headers.items()),
             ) as answer:
                 await answer.read()
                 return answer.status
