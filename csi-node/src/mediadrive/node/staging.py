@@ -44,7 +44,7 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,22 +270,29 @@ class StagedFile:
             j = bisect.bisect_right(ranges, (start, _END)) - 1
             if j >= 0 and ranges[j][0] <= start and end <= ranges[j][1]:
                 continue  # inside one covered range, as most untouched extents are
-            # Between two touched blocks, the copy lacks every block whole: one stretch,
-            # checked at once; the touched few one by one.
-            after = group.start
-            first = bisect.bisect_left(self._touched, group.start)
-            last = bisect.bisect_left(self._touched, group.stop)
-            for p in [*self._touched[first:last], group.stop]:
-                if p > after:
-                    found.extend(self._uncovered(ranges, after, p))
-                if (
-                    p < group.stop
-                    and p in self.missing
-                    and any(_subtract(ranges, lo, hi) for lo, hi in self._from_base(p))
+            for first, last, touched in self._stretches(group):
+                if not touched:
+                    found.extend(self._uncovered(ranges, first, last + 1))
+                elif first in self.missing and any(
+                    _subtract(ranges, lo, hi) for lo, hi in self._from_base(first)
                 ):
-                    found.append(p)
-                after = p + 1
+                    found.append(first)
         return found
+
+    def _stretches(self, group: range) -> Iterator[tuple[int, int, bool]]:
+        """The blocks of ``group`` in order as (first, last, touched): each block the copy
+        holds or had a write into, alone, and between them each run of blocks it lacks
+        whole, at once (a 64 MiB chunk is 64 blocks; an edit touches two)."""
+        after = group.start
+        lo = bisect.bisect_left(self._touched, group.start)
+        hi = bisect.bisect_left(self._touched, group.stop)
+        for p in self._touched[lo:hi]:
+            if p > after:
+                yield after, p - 1, False
+            yield p, p, True
+            after = p + 1
+        if after < group.stop:
+            yield after, group.stop - 1, False
 
     def _uncovered(self, ranges: list[tuple[int, int]], first: int, stop: int) -> list[int]:
         """Positions among the adjacent blocks ``first`` to ``stop`` (excluded) with
@@ -319,18 +326,13 @@ class StagedFile:
             if self._untouched(group):
                 out.append((extent, group))  # all of it
                 continue
-            # (start, end, first position, last position): the blocks between two
-            # touched ones are lacked whole, one span; only the touched few are looked
-            # at one by one (a 64 MiB chunk is 64 blocks, an edit touches two).
+            # (start, end, first position, last position)
             spans: list[tuple[int, int, int, int]] = []
-            after = group.start
-            first = bisect.bisect_left(self._touched, group.start)
-            last = bisect.bisect_left(self._touched, group.stop)
-            for p in self._touched[first:last]:
-                if p > after:
-                    spans.append((self.base[after].offset, self.base[p - 1].end, after, p - 1))
-                after = p + 1
-                block = self.base[p]
+            for first, last, touched in self._stretches(group):
+                if not touched:
+                    spans.append((self.base[first].offset, self.base[last].end, first, last))
+                    continue
+                p, block = first, self.base[first]
                 if p in self.partial:
                     spans.extend((lo, hi, p, p) for lo, hi in self._from_base(p))
                 elif p in self.missing:
@@ -338,9 +340,6 @@ class StagedFile:
                 elif not self.changed_unknown:
                     kept = _subtract(self.changed, block.offset, block.end)
                     spans.extend((lo, hi, p, p) for lo, hi in kept)
-            if after < group.stop:
-                end = group.stop - 1
-                spans.append((self.base[after].offset, self.base[end].end, after, end))
             run: list[tuple[int, int, int, int]] = []
             for span in [*spans, (-1, -1, -1, -1)]:
                 if run and span[0] == run[-1][1]:
