@@ -20,6 +20,7 @@ from mediadrive.core.errors import ConflictError, StoreUnavailable
 from mediadrive.core.hashing import BLOCK_SIZE, chunk_id
 from mediadrive.core.meta import Extent
 from mediadrive.core.upload import pieces
+from mediadrive.node import writeback as writeback_module
 from mediadrive.node.options import CommitOn
 from mediadrive.node.writeback import (
     ABSORB_PARTS,
@@ -126,6 +127,52 @@ async def test_reading_back_an_edit_sent_ahead_of_its_fsync_fetches_nothing(
     check = await make_test_vfs(tmp_path, cache="check", chunk_size=chunk)
     assert await check.read_file("plate.exr") == data
     await check.close()
+
+
+async def test_a_piece_sent_ahead_waits_in_memory_while_fsyncs_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The blocks of a piece sent ahead are readable from memory at once, and reach
+    the cache's disk only once fsyncs pause (or too many bytes wait)."""
+    monkeypatch.setattr(writeback_module, "_KEEP_AFTER", 0.01)
+    monkeypatch.setattr(writeback_module, "_KEEP_WITHIN", 3600.0)
+    chunk = 16 * BLOCK_SIZE
+    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, cache_size=1 << 30)
+    await vfs.write_file("plate.exr", os.urandom(2 * chunk))
+    await vfs.parts.writeback.settle()
+    writeback, cache = vfs.parts.writeback, vfs.parts.cache
+    inode = await vfs.inode("plate.exr")
+
+    async def edit(offset: int) -> tuple[bytes, str]:
+        patch = os.urandom(BLOCK_SIZE)
+        opened = await vfs.vfs.open(inode, os.O_RDWR)
+        await vfs.vfs.write(opened.fh, offset, patch)
+        await vfs.vfs.fsync(opened.fh)
+        # Fsyncs go on, as far as the keeping of their pieces can tell.
+        writeback._sent_ahead_at = float("inf")
+        vfs.vfs.release(opened.fh)
+        await writeback._queue.join()
+        node = await vfs.parts.drive.meta.get_node(vfs.vfs.tree.node_id(inode))
+        assert node is not None and node.head_version is not None
+        extents = (await vfs.parts.drive.reader("/plate.exr", node.head_version)).extents
+        (piece,) = [e for e in extents if e.offset == offset]
+        return patch, piece.chunk_id
+
+    offset = chunk + 4321
+    patch, sent = await edit(offset)
+    assert cache.at_hand(sent, 0) and not cache.has(sent, 0)
+    fetched = cache.figures.bytes_fetched
+    opened = await vfs.vfs.open(inode, os.O_RDONLY)
+    assert await vfs.vfs.read(opened.fh, offset, BLOCK_SIZE) == patch
+    vfs.vfs.release(opened.fh)
+    assert cache.figures.bytes_fetched == fetched
+
+    # Too many bytes waiting: written even while fsyncs go on.
+    monkeypatch.setattr(writeback_module, "_KEEP_HELD", BLOCK_SIZE // 2)
+    _, second = await edit(offset + 2 * BLOCK_SIZE)
+    await writeback.settle()
+    assert cache.has(sent, 0) and cache.has(second, 0)
+    await vfs.close()
 
 
 def gate_puts(drive: Drive) -> tuple[asyncio.Event, asyncio.Event]:

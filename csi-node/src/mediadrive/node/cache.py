@@ -625,6 +625,11 @@ class BlockCache:
             if fd >= 0:
                 os.close(fd)
 
+    def hold(self, blocks: Iterable[tuple[str, int, Block]]) -> None:
+        """Keep blocks known to be right in memory (their files may follow)."""
+        for chunk, index, data in blocks:
+            self._remember((chunk, index), data)
+
     async def put_many(self, blocks: Iterable[tuple[str, int, bytes | memoryview]]) -> None:
         """Add blocks known to be right (just committed from local data)."""
         for chunk, index, data in blocks:

@@ -42,8 +42,14 @@ from .tree import Tree
 log = logging.getLogger(__name__)
 
 _RETRY_SECONDS = 5.0
-# Seconds between a put sent ahead of an fsync and its blocks going into the cache.
+# The blocks of a piece sent ahead of an fsync are held in memory at once and written
+# to the block cache's disk once no piece was sent ahead for _KEEP_AFTER seconds: on a
+# disk shared with the next edit's flush and with the store, that write slowed each of
+# a run of edits by about a millisecond. At most _KEEP_WITHIN seconds later, and at
+# once while more than _KEEP_HELD bytes wait (the memory tier is 16 MiB).
 _KEEP_AFTER = 0.05
+_KEEP_WITHIN = 5.0
+_KEEP_HELD = 8 << 20
 
 CHECKPOINT = "checkpoint"
 ON_UNMOUNT = "saved on unmount"
@@ -144,8 +150,11 @@ class Writeback:
         self.early = EarlyUploads(drive)
         staging.on_change = self.early.changed
         self.early.on_sent_ahead = self._keep_sent_ahead
-        # Blocks of pieces sent ahead of an fsync on their way into the block cache.
+        # Blocks of pieces sent ahead of fsyncs on their way into the block cache, their
+        # bytes, and when a piece was last sent ahead (see _put_blocks).
         self._keeping: set[asyncio.Task[None]] = set()
+        self._held = 0
+        self._sent_ahead_at = 0.0
 
     # -- scheduling ------------------------------------------------------------------------
 
@@ -434,6 +443,7 @@ class Writeback:
             return None
         kept = self._kept(staged, self._reusable(staged))
         step = self.drive.settings.chunk_size
+        self._sent_ahead_at = time.monotonic()
         return self.early.send_ahead(staged, fixed_stretches(kept, staged.size(), step))
 
     def _kept(
@@ -524,8 +534,10 @@ class Writeback:
             if staged.writers == 0:
                 self.staging.drop(staged)
             return None
-        path = await self._current_path(staged, node_id)
-        staged.path = path
+        # Where the file was when last seen here: a commit by id lands where it is now
+        # (moved elsewhere meanwhile), which its outcome names; the path is used only
+        # if the file is gone (deleted elsewhere: it lands where it was, nothing lost).
+        path = staged.path
         if staged.recovered and await self._unchanged(staged, upload):
             return path, CommitOutcome(path, node_id, staged.base_version or 0), False
         try:
@@ -535,15 +547,9 @@ class Writeback:
             self.figures.conflicts += 1
             self._error(str(exc))
             raise
+        if outcome.file_id == node_id:
+            path = staged.path = outcome.path
         return path, outcome, True
-
-    async def _current_path(self, staged: StagedFile, node_id: int) -> str:
-        try:
-            # Resolved after the upload, from the metadata: the file may have moved.
-            return await self.tree.path_of(node_id, fresh=True)
-        except PathNotFound:
-            # Deleted elsewhere while we wrote: commit where it was, nothing is lost.
-            return staged.path
 
     def _count_commit(self, upload: UploadResult, outcome: CommitOutcome) -> None:
         self.figures.commits += 1
@@ -695,18 +701,31 @@ class Writeback:
             if not self.cache.has(extent.chunk_id, index)
         ]
         if blocks:
+            self.cache.hold(blocks)
             task = asyncio.get_running_loop().create_task(self._put_blocks(blocks))
             self._keeping.add(task)
             task.add_done_callback(self._keeping.discard)
 
     async def _put_blocks(self, blocks: list[tuple[str, int, memoryview]]) -> None:
-        # After the commit that follows the put (a few milliseconds): writing the
-        # blocks beside it slowed it by a few tenths of a millisecond.
-        await asyncio.sleep(_KEEP_AFTER)
+        """Write held blocks to the cache's disk once fsyncs pause (see _KEEP_AFTER)."""
+        size = sum(len(data) for _, _, data in blocks)
+        self._held += size
+        latest = time.monotonic() + _KEEP_WITHIN
         try:
+            while True:
+                await asyncio.sleep(_KEEP_AFTER)
+                now = time.monotonic()
+                if (
+                    now - self._sent_ahead_at >= _KEEP_AFTER
+                    or now >= latest
+                    or self._held > _KEEP_HELD
+                ):
+                    break
             await self.cache.put_many(blocks)
         except OSError as exc:
             log.warning("cannot keep sent blocks in the cache: %s", exc)
+        finally:
+            self._held -= size
 
     async def _keep_blocks(
         self, snap: Path, upload: UploadResult, reuse: dict[int, Extent]
