@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import subprocess
 import tempfile
@@ -286,12 +287,8 @@ def test_dropped_copies_leave_no_files_and_no_bookkeeping_behind(tmp_path: Path)
     staging.close()
 
 
-def test_fsync_flushes_the_copy_its_map_and_once_its_base_list(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The base list is written once, when the copy is made: the first fsync makes it
-    durable with the rest (a restart cannot read the copy without it)."""
-    staging, staged = base_copy(tmp_path)
+def record_flushes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files fdatasync'd from now on."""
     flushed: list[str] = []
     real = os.fdatasync
 
@@ -300,14 +297,54 @@ def test_fsync_flushes_the_copy_its_map_and_once_its_base_list(
         real(fd)
 
     monkeypatch.setattr(os, "fdatasync", record)
+    return flushed
+
+
+async def test_fsync_flushes_the_copy_and_its_map_once_a_block_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base is in the journal entry (flushed with it); the map is made when the
+    copy first holds a block of the base, and flushed from then on."""
+    staging, staged = base_copy(tmp_path)
+    flushed = record_flushes(monkeypatch)
     os.pwrite(staged.fd, b"x", 5)
     staged.touch(5, 1)
     staging.sync(staged)
-    assert sorted(flushed) == ["7.base", "7.data", "7.map"]
+    assert flushed == ["7.data"]
+    assert not (tmp_path / "7.map").exists() and not (tmp_path / "7.base").exists()
+    assert json.loads((tmp_path / "7.json").read_text())["extents"] == BaseLayout.of(BASE).rows()
+    await staged.materialize([1], Fetches())
     flushed.clear()
     staging.sync(staged)
     assert sorted(flushed) == ["7.data", "7.map"]
     staging.close()
+
+
+def test_a_large_base_is_written_in_its_own_file_and_flushed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past _JOURNALED_EXTENTS the base goes in ``<node>.base``, written once when the
+    copy is made: the first fsync makes it durable with the rest (a restart cannot
+    read the copy without it), and the journal entry stays small."""
+    many = [Extent(i * BLOCK_SIZE, BLOCK_SIZE, f"{i:064x}") for i in range(300)]
+    content = ExtentMap.of(1, 300 * BLOCK_SIZE, many)
+    staging = Staging(tmp_path)
+    staging.open()
+    staged = staging.create(7, "/f", 1, 0o644, 0, base=BaseLayout.of(content), size=content.size)
+    flushed = record_flushes(monkeypatch)
+    os.pwrite(staged.fd, b"x", 5)
+    staged.touch(5, 1)
+    staging.sync(staged)
+    assert sorted(flushed) == ["7.base", "7.data"]
+    assert "extents" not in json.loads((tmp_path / "7.json").read_text())
+    flushed.clear()
+    staging.sync(staged)
+    assert flushed == ["7.data"]
+    staging.close()
+    again = Staging(tmp_path)
+    [found] = again.open()
+    assert list(found.base) == list(BaseLayout.of(content))
+    again.close()
 
 
 @pytest.mark.parametrize("write_behind", [True, False])

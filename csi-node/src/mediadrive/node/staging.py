@@ -6,12 +6,13 @@ attributes. Writes go to the copy; a commit uploads a snapshot of it. ``fsync`` 
 the copy and its entry durable before it returns, so after ``kill -9`` (or a power
 cut, for fsync'd data) the agent finds every entry on restart and commits it.
 
-The copy starts sparse: the extents of the version it started from are noted in
-``<node>.base`` (their blocks are worked out by position, see ``base_layout``), and a
-block is copied in only when something reads it, writes part of it, or a commit
-needs it. ``<node>.map`` has one byte per block, set once the copy
-no longer needs that block from the base (copied in, overwritten whole, or truncated
-away), so a restart knows which blocks the copy still lacks. Editing a megabyte of a
+The copy starts sparse: the extents of the version it started from are noted in its
+journal entry (in ``<node>.base`` past a few hundred; their blocks are worked out by
+position, see ``base_layout``), and a block is copied in only when something reads
+it, writes part of it, or a commit needs it. ``<node>.map``, made at the first such
+block, has one byte per block, set once the copy no longer needs that block from the
+base (copied in, overwritten whole, or truncated away), so a restart knows which
+blocks the copy still lacks. Editing a megabyte of a
 remote file gigabytes long fetches the blocks around the edit, not the file.
 
 A write that covers part of a block the copy lacks does not wait for that block:
@@ -48,6 +49,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mediadrive.core import private
 from mediadrive.core.durability import fsync_dir
@@ -82,6 +84,9 @@ MAX_PARTIAL_RANGES = 16
 _END = 1 << 63
 # One written range of a block the copy lacks, in ``<node>.part``: position, start, end.
 _PART_RECORD = struct.Struct("<qqq")
+# A base of up to this many extents is written in the copy's journal entry; a larger
+# one in ``<node>.base`` once, so that flushing the entry stays small.
+_JOURNALED_EXTENTS = 256
 
 # Fetches one verified block of a chunk: (chunk id, block index) -> its bytes.
 FetchBlock = Callable[[str, int], Awaitable[bytes]]
@@ -127,6 +132,9 @@ class StagedFile:
     base: Sequence[BaseBlock] = ()
     missing: MissingBlocks = field(default_factory=lambda: MissingBlocks(0))
     map_fd: int = -1
+    # Where the map goes: it is made at the first block the copy holds (an edit of
+    # blocks not at hand never makes one).
+    map_path: Path | None = None
     on_change: ChangeListener | None = None
     # The byte ranges writes changed, (start, end), sorted and disjoint; with
     # ``changed_unknown`` (a truncate, a punch, a copy found after a restart) any byte
@@ -211,7 +219,7 @@ class StagedFile:
         os.write(self.part_fd, b"".join(records))
 
     def journal(self) -> dict[str, object]:
-        return {
+        entry: dict[str, object] = {
             "node_id": self.node_id,
             "path": self.path,
             "base_version": self.base_version,
@@ -220,6 +228,11 @@ class StagedFile:
             "dirty": self.dirty,
             "failed": self.failed,
         }
+        if isinstance(self.base, BaseLayout) and len(self.base.extents) <= _JOURNALED_EXTENTS:
+            # The base version's extents: a restart cannot read the copy without them
+            # (a larger base, or one from an earlier release, is in ``<node>.base``).
+            entry["extents"] = self.base.rows()
+        return entry
 
     def missing_bytes(self) -> int:
         total = 0
@@ -407,6 +420,9 @@ class StagedFile:
                 self.missing.discard(i)
                 self.partial.pop(i, None)
                 self._touch_block(i)
+                if self.map_fd < 0 and self.map_path is not None and self.fd >= 0:
+                    # Cut: whatever an earlier copy of the file left there is not ours.
+                    self.map_fd = os.open(self.map_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
                 if self.map_fd >= 0:
                     os.pwrite(self.map_fd, b"\x01", i)
 
@@ -616,7 +632,7 @@ class Staging:
                     entry_path.rename(entry_path.with_suffix(".broken"))
                 continue
             try:
-                base, missing, map_fd = self._open_base(node_id)
+                base, missing, map_fd, base_file = self._open_base(node_id, record)
                 partial = self._open_partial(node_id, len(base), missing)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("staging entry %s: bad base list (%s); kept aside", entry_path, exc)
@@ -642,11 +658,14 @@ class Staging:
                 base=base,
                 missing=missing,
                 map_fd=map_fd,
+                map_path=self._map(node_id) if base else None,
                 on_change=self.on_change,
                 rejournal=self.write_journal,
                 partial=partial,
                 part_path=self._part(node_id),
             )
+            # A base read from its own file is flushed with the copy's next fsync.
+            staged.base_synced = not base_file
             self.files[node_id] = staged
             recovered.append(staged)
         for pattern in ("*.data", "*.base", "*.map", "*.part"):
@@ -655,25 +674,38 @@ class Staging:
                     orphan.unlink(missing_ok=True)
         return recovered
 
-    def _open_base(self, node_id: int) -> tuple[Sequence[BaseBlock], MissingBlocks, int]:
-        """The base blocks of a staged copy, which of them it lacks, and its map."""
-        base_path = self._base(node_id)
-        if not base_path.exists():
-            return BaseLayout(), MissingBlocks(0), -1
-        record = json.loads(base_path.read_text())
+    def _open_base(
+        self, node_id: int, record: dict[str, Any]
+    ) -> tuple[Sequence[BaseBlock], MissingBlocks, int, bool]:
+        """The base blocks of a staged copy, which of them it lacks, its map (-1 if it
+        has none yet) and whether the base came from ``<node>.base``."""
         base: Sequence[BaseBlock]
-        if isinstance(record, dict):
+        base_file = False
+        if "extents" in record:
             base = BaseLayout.from_rows(record["extents"])
         else:
-            # Earlier releases listed every block; rows of four were written before
-            # slices could start inside a block.
-            base = [
-                BaseBlock(int(r[0]), int(r[1]), str(r[2]), int(r[3]), *map(int, r[4:]))
-                for r in record
-            ]
-        map_fd = os.open(self._map(node_id), os.O_RDWR)
+            base_path = self._base(node_id)
+            if not base_path.exists():
+                return BaseLayout(), MissingBlocks(0), -1, False
+            base_file = True
+            rows = json.loads(base_path.read_text())
+            if isinstance(rows, dict):
+                base = BaseLayout.from_rows(rows["extents"])
+            else:
+                # Earlier releases listed every block; rows of four were written before
+                # slices could start inside a block.
+                base = [
+                    BaseBlock(int(r[0]), int(r[1]), str(r[2]), int(r[3]), *map(int, r[4:]))
+                    for r in rows
+                ]
+        try:
+            map_fd = os.open(self._map(node_id), os.O_RDWR)
+        except FileNotFoundError:
+            # No block was copied in (the map is made at the first), or the copy has no
+            # base at all.
+            return base, MissingBlocks(len(base)), -1, base_file
         settled = os.pread(map_fd, len(base), 0).ljust(len(base), b"\x00")
-        return base, MissingBlocks.from_map(settled), map_fd
+        return base, MissingBlocks.from_map(settled), map_fd, base_file
 
     def _open_partial(
         self, node_id: int, blocks: int, missing: MissingBlocks
@@ -745,24 +777,23 @@ class Staging:
         self._out_of_the_way(node_id)
         fd = os.open(self._data(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         self._part(node_id).unlink(missing_ok=True)
-        map_fd = -1
+        # The base goes in the journal entry (a large one in its own file) and the map
+        # is made at the first block copied in: an edit makes two files fewer.
+        in_file = len(base.extents) > _JOURNALED_EXTENTS
         try:
             if size:
                 # Never to 0: ext4 flushes a file cut to 0 when it is closed (its
                 # replace-by-truncate guard), so a new file's copy would be written to
                 # disk when dropped, after its commit made that pointless.
                 os.ftruncate(fd, size)
-            if base:
+            if in_file:
                 private.write_file(self._base(node_id), json.dumps({"extents": base.rows()}))
-                map_fd = os.open(self._map(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-                os.ftruncate(map_fd, len(base))
             else:
                 self._base(node_id).unlink(missing_ok=True)
-                self._map(node_id).unlink(missing_ok=True)
+            # An earlier copy's map would tell a restart of blocks this one never held.
+            self._map(node_id).unlink(missing_ok=True)
         except BaseException:
             os.close(fd)
-            if map_fd >= 0:
-                os.close(map_fd)
             raise
         staged = StagedFile(
             node_id,
@@ -773,11 +804,12 @@ class Staging:
             fd,
             base=base,
             missing=MissingBlocks(len(base)),
-            map_fd=map_fd,
+            map_path=self._map(node_id) if base else None,
             on_change=self.on_change,
             rejournal=self.write_journal,
             part_path=self._part(node_id),
         )
+        staged.base_synced = not in_file
         self.files[node_id] = staged
         self.write_journal(staged)
         return staged
