@@ -44,13 +44,9 @@ class Tree:
         if node_id != self.root_id:
             self._paths.pop(node_id, None)
 
-    async def path_of(self, node_id: int, fresh: bool = False) -> str:
-        """The drive path of a live node, walking up through the metadata if needed.
-
-        ``fresh`` skips remembered paths: a rename may be between its metadata
-        transaction and this mount's bookkeeping.
-        """
-        known = None if fresh else self._paths.get(node_id)
+    async def path_of(self, node_id: int) -> str:
+        """The drive path of a live node, walking up through the metadata if needed."""
+        known = self._paths.get(node_id)
         if known is not None:
             return known
         names: list[str] = []
