@@ -5,15 +5,22 @@ whose bytes the copy no longer holds."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
+import mmap
 import os
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.chunking import make_chunker
 from mediadrive.core.config import DriveSettings
 from mediadrive.core.drive import Drive
 from mediadrive.core.hashing import chunk_id
+from mediadrive.node import staging as staging_module
+from mediadrive.node.staging import WRITE_BEHIND
 
 from .vfs_harness import CALLER, TestVFS, drive_urls, make_test_vfs
 
@@ -378,3 +385,112 @@ async def test_a_write_after_the_fsync_is_in_the_commit_not_the_chunk_sent_ahead
     await committed(vfs)
     await version_holds(vfs, "clip.bin", bytes(data))
     await vfs.close()
+
+
+def resident_pages(fd: int, offset: int, length: int) -> int:
+    """How many pages of a file's range are in the page cache (mincore(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    pages = length // mmap.PAGESIZE
+    vector = (ctypes.c_ubyte * pages)()
+    with mmap.mmap(fd, length, offset=offset) as mapped:
+        anchor = ctypes.c_char.from_buffer(mapped)
+        try:
+            assert libc.mincore(ctypes.addressof(anchor), length, vector) == 0
+        finally:
+            del anchor
+    return sum(flag & 1 for flag in vector)
+
+
+async def test_chunks_written_in_order_are_sent_as_written_not_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    store = counting(vfs)
+    early = vfs.parts.writeback.early
+    read_back_at: list[int] = []
+    read = early._read
+
+    async def reading(*args: Any, **kwargs: Any) -> Any:
+        read_back_at.append(args[2])
+        return await read(*args, **kwargs)
+
+    monkeypatch.setattr(early, "_read", reading)
+    data = os.urandom(4 * CHUNK + 100)
+    fh = await create(vfs, "clip.bin")
+    # Two chunks as cp writes them, the halves of the third out of order, then the
+    # fourth and the tail in one write.
+    for offset in range(0, 2 * CHUNK, 1024):
+        await vfs.vfs.write(fh, offset, data[offset : offset + 1024])
+    half = 2 * CHUNK + CHUNK // 2
+    await vfs.vfs.write(fh, half, data[half : 3 * CHUNK])
+    await vfs.vfs.write(fh, 2 * CHUNK, data[2 * CHUNK : half])
+    await vfs.vfs.write(fh, 3 * CHUNK, data[3 * CHUNK :])
+    await sent_early(vfs, 4)
+    assert read_back_at == [2 * CHUNK]
+    assert sorted(store.puts) == sorted(ids(data)[:4])
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    await version_holds(vfs, "clip.bin", data)
+    # Nothing gathered outlives the copy.
+    assert early._gathering == 0
+    await vfs.close()
+    assert await read_back(tmp_path, "clip.bin") == data
+
+
+async def test_a_chunk_changed_while_it_is_gathered_sends_what_the_file_holds(
+    tmp_path: Path,
+) -> None:
+    vfs = await make_test_vfs(tmp_path)
+    data = bytearray(os.urandom(3 * CHUNK))
+    fh = await create(vfs, "clip.bin")
+    # The first chunk is retouched halfway through its writing, the second cut to
+    # nothing and written again.
+    await vfs.vfs.write(fh, 0, bytes(data[:2048]))
+    await vfs.vfs.write(fh, 100, b"retouched")
+    data[100:109] = b"retouched"
+    await vfs.vfs.write(fh, 2048, bytes(data[2048 : CHUNK + 1024]))
+    await vfs.truncate("clip.bin", CHUNK)
+    await vfs.vfs.write(fh, CHUNK, bytes(data[CHUNK:]))
+    await sent_early(vfs, 3)
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    await version_holds(vfs, "clip.bin", bytes(data))
+    await vfs.close()
+
+
+async def test_a_large_file_written_in_order_goes_past_the_page_cache(tmp_path: Path) -> None:
+    vfs = await make_test_vfs(tmp_path, chunk_size=MiB)
+    data = os.urandom(WRITE_BEHIND + 4 * MiB)
+    fh = await create(vfs, "render.exr")
+    for offset in range(0, len(data), 256 << 10):
+        await vfs.vfs.write(fh, offset, data[offset : offset + (256 << 10)])
+    (staged,) = vfs.parts.staging.files.values()
+    if staged.direct_fd < 0:
+        pytest.skip("the cache folder's file system has no direct I/O")
+    # Past its first WRITE_BEHIND bytes the copy was written from the bytes gathered
+    # for the early sends, straight to disk: none of it is in the page cache.
+    assert resident_pages(staged.fd, WRITE_BEHIND, 4 * MiB) == 0
+    assert os.pread(staged.fd, len(data), 0) == data
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    await vfs.close()
+    assert await read_back(tmp_path, "render.exr") == data
+
+
+async def test_a_file_system_without_direct_io_gets_the_bytes_through_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It takes the O_DIRECT open and refuses the writes.
+    monkeypatch.setattr(staging_module, "_pwrite_all", lambda fd, placed: False)
+    vfs = await make_test_vfs(tmp_path, chunk_size=MiB)
+    data = os.urandom(WRITE_BEHIND + 2 * MiB)
+    fh = await create(vfs, "render.exr")
+    for offset in range(0, len(data), MiB):
+        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    (staged,) = vfs.parts.staging.files.values()
+    assert staged.direct_fd == -2
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    await vfs.close()
+    assert await read_back(tmp_path, "render.exr") == data

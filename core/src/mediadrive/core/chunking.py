@@ -38,7 +38,8 @@ class Piece:
     """One chunk's bytes and where they sit in the stream."""
 
     offset: int
-    data: bytes
+    # A piece gathered in memory as it was written is sent from there (a memoryview).
+    data: bytes | memoryview
 
 
 class Chunker(Protocol):

@@ -58,7 +58,7 @@ def _hash_pool() -> ThreadPoolExecutor:
         return _hashers
 
 
-def _digest(data: bytes) -> tuple[str, bytes]:
+def _digest(data: bytes | memoryview) -> tuple[str, bytes]:
     return identify(data, threads=1)
 
 
@@ -378,7 +378,9 @@ class Uploader:
                 continue
             run.advance(extent.length)
 
-    async def _send(self, run: _Run, slots: asyncio.Semaphore, cid: str, data: bytes) -> None:
+    async def _send(
+        self, run: _Run, slots: asyncio.Semaphore, cid: str, data: bytes | memoryview
+    ) -> None:
         try:
             await self.blobs.put(cid, data)
             run.stored.append(cid)
@@ -471,7 +473,7 @@ class Uploader:
     async def _put_first(
         self,
         extent: Extent,
-        data: bytes,
+        data: bytes | memoryview,
         token: str,
         on_put: Callable[[], None] | None = None,
         on_landing: Callable[[Landing], None] | None = None,
@@ -529,7 +531,7 @@ class Uploader:
         return token
 
 
-async def _started(store: BlobStore, cid: str, data: bytes) -> asyncio.Future[None]:
+async def _started(store: BlobStore, cid: str, data: bytes | memoryview) -> asyncio.Future[None]:
     """Start putting ``data`` into ``store`` and return the put once its bytes have
     left this process (or it ended): what the caller does next then does not hold
     the GIL while the put's thread prepares and sends the request, which is what

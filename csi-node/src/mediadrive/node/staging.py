@@ -76,6 +76,8 @@ MIN_SLICE = 64 << 10
 MAX_CHANGED_RANGES = 4096
 # A copy's dirty pages start going to disk each time this much more is written into it.
 WRITE_BEHIND = 8 << 20
+# Direct writes into copies under way at once (each waits for the disk).
+_DIRECT_WRITERS = 4
 
 # A block the copy lacks takes at most this many separate written ranges; a write that
 # would make more waits for the block to be copied in instead.
@@ -147,6 +149,10 @@ class StagedFile:
     partial: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     part_path: Path | None = None
     part_fd: int = -1
+    # The copy opened again with O_DIRECT, for writes gathered in aligned memory (see
+    # write_direct); -1 until the first, -2 where the file system refuses it.
+    direct_fd: int = field(default=-1, init=False)
+    direct_writes: set[asyncio.Future[bool]] = field(default_factory=set, init=False)
     # Bytes written since the copy's writeback was last started (see Staging.wrote).
     unsynced: int = field(default=0, init=False)
     # Whether ``<node>.base`` is known to be on stable storage (see Staging.sync).
@@ -180,6 +186,23 @@ class StagedFile:
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
+
+    def opened_direct(self) -> int:
+        """The copy opened again with O_DIRECT (see Staging.write_direct); -1 where the
+        file system has no direct I/O."""
+        if self.direct_fd == -1 and self.fd >= 0:
+            try:
+                # The same inode, through the open file's own name in /proc.
+                self.direct_fd = os.open(f"/proc/self/fd/{self.fd}", os.O_WRONLY | os.O_DIRECT)
+            except OSError:
+                self.direct_fd = -2
+        return self.direct_fd if self.direct_fd >= 0 else -1
+
+    async def direct_settled(self) -> None:
+        """Wait for the direct writes into the copy under way: a change that is not one
+        of them (a write out of order, a truncate) must land after them."""
+        while self.direct_writes:
+            await asyncio.gather(*self.direct_writes, return_exceptions=True)
 
     def touch(self, offset: int | None = None, length: int | None = None) -> None:
         """The copy changed: ``length`` bytes written at ``offset``, or (no range) in
@@ -404,14 +427,18 @@ class StagedFile:
         first, last = self.base[positions[0]], self.base[positions[-1]]
         return Extent(first.offset, last.end - first.offset, first.chunk_id, first.chunk_position)
 
-    async def held_back(self) -> None:
-        """Wait until no snapshot or commit is reading the copy (before changing it)."""
+    async def held_back(self, direct: bool = False) -> None:
+        """Wait until no snapshot or commit is reading the copy (before changing it),
+        and, unless the change is a ``direct`` write, until the direct writes under way
+        are in."""
         while self.copying is not None:
             self.waiting += 1
             try:
                 await self.copying.wait()
             finally:
                 self.waiting -= 1
+        if not direct:
+            await self.direct_settled()
 
     def settle(self, positions: Sequence[int]) -> None:
         """The copy no longer needs these base blocks (after their bytes were written)."""
@@ -932,6 +959,28 @@ class Staging:
             staged.unsynced = 0
             self._pool("io").submit(start_writeback, staged.fd)
 
+    async def write_direct(
+        self, staged: StagedFile, placed: Sequence[tuple[int, memoryview]]
+    ) -> bool:
+        """Write ``placed`` (offset, aligned view) into the copy with direct I/O, on
+        worker threads (the disk takes each write before it returns, and several at once
+        keep it busy). False where the file system has no direct I/O: the caller writes
+        the bytes as any other (any of them written here are the same)."""
+        fd = staged.opened_direct()
+        if fd < 0:
+            return False
+        done = asyncio.wrap_future(
+            self._pool("direct", _DIRECT_WRITERS).submit(_pwrite_all, fd, placed)
+        )
+        staged.direct_writes.add(done)
+        try:
+            if await done:
+                return True
+        finally:
+            staged.direct_writes.discard(done)
+        staged.direct_fd = -2
+        return False
+
     def _pool(self, job: str, workers: int = 1) -> ThreadPoolExecutor:
         # Under a lock: sync runs on worker threads, and two fsyncs at once must not
         # make two pools.
@@ -955,6 +1004,7 @@ class Staging:
                 return snap
             staged.copying = asyncio.Event()
             try:
+                await staged.direct_settled()
                 await asyncio.to_thread(_copy, staged.fd, snap, size, ranges)
             finally:
                 staged.copying.set()
@@ -996,7 +1046,7 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 
 
 def _close(staged: StagedFile) -> None:
-    for fd in (staged.fd, staged.map_fd, staged.part_fd):
+    for fd in (staged.fd, staged.map_fd, staged.part_fd, staged.direct_fd):
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -1005,6 +1055,7 @@ def _close(staged: StagedFile) -> None:
     staged.fd = -1
     staged.map_fd = -1
     staged.part_fd = -1
+    staged.direct_fd = -1
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -1030,6 +1081,21 @@ def _flush_file(path: Path) -> None:
         os.fdatasync(fd)
     finally:
         os.close(fd)
+
+
+def _pwrite_all(fd: int, placed: Sequence[tuple[int, memoryview]]) -> bool:
+    """Write every (offset, view); False if the file system refuses direct I/O."""
+    for offset, view in placed:
+        try:
+            written = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            # Some file systems take an O_DIRECT open and refuse its writes.
+            if exc.errno == errno.EINVAL:
+                return False
+            raise
+        if written < len(view):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return True
 
 
 def _remove(paths: list[Path]) -> None:

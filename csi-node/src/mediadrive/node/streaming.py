@@ -49,6 +49,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mediadrive.core import buffers
 from mediadrive.core.chunking import Piece, make_chunker
 from mediadrive.core.drive import Drive
 from mediadrive.core.hashing import BLOCK_SIZE
@@ -69,6 +70,9 @@ _CDC_BATCH = 32 << 20
 _CDC_BATCHES = 4
 # Puts in flight at once for one batch of content-defined chunks.
 _CDC_PUTS = 8
+# Memory for chunks gathered as they are written (see EarlyUploads.gather), across
+# all files: an upload's window.
+_GATHERED_BYTES = 256 << 20
 # The keys of a file's content-defined cutting task and of its send after an fsync
 # among its tasks (the others are chunk indexes).
 _CUT = -1
@@ -76,6 +80,17 @@ _AHEAD = -2
 
 # (epoch, changes): whether bytes are still the ones read (see _FileState.stamp).
 Stamp = tuple[int, int]
+
+
+@dataclass(eq=False)
+class _Gathered:
+    """A fixed chunk of a copy written from its start in order, its bytes gathered
+    here as they come (see EarlyUploads.gather)."""
+
+    view: memoryview
+    filled: int = 0
+    # Gathered writes whose change the copy has yet to report (see changed).
+    expected: int = 0
 
 
 @dataclass
@@ -112,6 +127,8 @@ class _FileState:
     # puts are travelling (by offset; see EarlyUploads.settle).
     ahead_pieces: int = 0
     landing: dict[int, tuple[Landing, Stamp]] = field(default_factory=dict)
+    # By chunk index: chunks being written in order from their start (see gather).
+    gathered: dict[int, _Gathered] = field(default_factory=dict)
 
     def regions(self, offset: int, length: int) -> range:
         return range(offset // self.grain, (offset + length - 1) // self.grain + 1)
@@ -148,12 +165,16 @@ class EarlyUploads:
         # ones, each up to two batches long) in memory at once, across all files.
         self._slots = asyncio.Semaphore(_CDC_BATCHES if self.cdc else window(settings))
         self._files: dict[StagedFile, _FileState] = {}
+        # Chunks gathered in memory at once, across all files, those being sent
+        # included (see gather).
+        self._gather_max = max(1, _GATHERED_BYTES // self.grain)
+        self._gathering = 0
         self._renewer: asyncio.Task[None] | None = None
         # Holds being ended after commits (nobody waits for them; close does).
         self._releases: set[asyncio.Task[None]] = set()
         # Told of each piece sent ahead of an fsync, with its bytes (the writeback
         # keeps its blocks).
-        self.on_sent_ahead: Callable[[StagedFile, Extent, bytes], None] | None = None
+        self.on_sent_ahead: Callable[[StagedFile, Extent, bytes | memoryview], None] | None = None
 
     # -- told by the staged copies ------------------------------------------------------
 
@@ -165,6 +186,7 @@ class EarlyUploads:
         state = self._files.get(staged)
         if offset is None or length is None:
             if state is not None:
+                self._scatter(state)
                 state.epoch += 1
                 state.sent.clear()
                 state.covered.clear()
@@ -178,6 +200,13 @@ class EarlyUploads:
         full = []
         for index in state.regions(offset, length):
             state.changes[index] = state.changes.get(index, 0) + 1
+            gathered = state.gathered.get(index)
+            if gathered is not None:
+                if gathered.expected:
+                    gathered.expected -= 1
+                else:
+                    # Changed by a write it did not see: its bytes are not the copy's.
+                    self._scatter(state, index)
             start = index * self.grain
             overlap = min(end, start + self.grain) - max(offset, start)
             state.covered[index] = state.covered.get(index, 0) + overlap
@@ -189,6 +218,51 @@ class EarlyUploads:
         for index in full:
             if index not in state.tasks:
                 self._send_later(staged, state, index)
+
+    def gather(self, staged: StagedFile, offset: int, data: bytes) -> list[tuple[int, memoryview]]:
+        """Before ``data`` is written into ``staged`` at ``offset``: keep its bytes in
+        memory where they continue a chunk being written in order from its start (or
+        start one), so the chunk, once written, is hashed and sent from there rather
+        than read back from the copy. Returns, for each chunk the write falls in, where
+        its bytes now are in such memory (offset in the file, aligned view): the
+        caller may write the copy from those, past the page cache; none when the write
+        continues no chunk. The caller must write the copy, with nothing awaited in
+        between, so that ``changed`` hears of it."""
+        if not self.enabled or self.cdc or staged.recovered or not data:
+            return []
+        state = self._state(staged)
+        end = offset + len(data)
+        placed = []
+        for index in state.regions(offset, len(data)):
+            start = index * self.grain
+            lo, hi = max(offset, start), min(end, start + self.grain)
+            gathered = state.gathered.get(index)
+            if gathered is None and lo == start and self._gathering < self._gather_max:
+                gathered = state.gathered[index] = _Gathered(buffers.aligned(self.grain))
+                self._gathering += 1
+            if gathered is None:
+                continue
+            if gathered.filled != lo - start:
+                # Out of order: the copy is read as before.
+                self._scatter(state, index)
+                continue
+            view = gathered.view[lo - start : hi - start]
+            view[:] = memoryview(data)[lo - offset : hi - offset]
+            gathered.filled = hi - start
+            gathered.expected += 1
+            placed.append((lo, view))
+        return placed
+
+    def _scatter(
+        self, state: _FileState, index: int | None = None, view: memoryview | None = None
+    ) -> None:
+        """Let go of the bytes gathered for chunk ``index`` (None: every chunk; with
+        ``view``, only if they are still those)."""
+        for i in list(state.gathered) if index is None else [index]:
+            gathered = state.gathered.get(i)
+            if gathered is not None and (view is None or gathered.view is view):
+                del state.gathered[i]
+                self._gathering -= 1
 
     def _state(self, staged: StagedFile) -> _FileState:
         state = self._files.get(staged)
@@ -347,12 +421,29 @@ class EarlyUploads:
         """Send ``length`` bytes of the copy at ``start`` as one chunk (``ahead``: for an
         fsync, whose commit waits for it; see _store)."""
         async with self._slots:
+            gathered = None if ahead is not None else self._whole(state, start, length)
+            if gathered is not None:
+                stamp = state.stamp(start, length)
+                try:
+                    await self._store(staged, state, Piece(start, gathered), stamp, ahead)
+                finally:
+                    self._scatter(state, start // self.grain, gathered)
+                return
             # A piece for an fsync is what the loop waits for (see VFS.fsync).
             read = await self._read(staged, state, start, length, here=ahead is not None)
             if read is None:
                 return
             data, stamp = read
             await self._store(staged, state, Piece(start, data), stamp, ahead)
+
+    def _whole(self, state: _FileState, start: int, length: int) -> memoryview | None:
+        """The bytes of the chunk at ``start`` gathered whole in memory, if they are."""
+        if start % self.grain or length != self.grain:
+            return None
+        gathered = state.gathered.get(start // self.grain)
+        if gathered is None or gathered.filled != length or gathered.expected:
+            return None
+        return gathered.view
 
     # -- content-defined chunks ---------------------------------------------------------
 
@@ -456,6 +547,7 @@ class EarlyUploads:
             return
         if staged.fd < 0:
             del self._files[staged]
+            self._scatter(state)
             for task in state.tasks.values():
                 task.cancel()
             keep: set[str] = set()

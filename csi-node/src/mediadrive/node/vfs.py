@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
+from mediadrive.core.buffers import ALIGNMENT
 from mediadrive.core.drive import Drive, UploadResult
 from mediadrive.core.errors import CorruptChunk, MediadriveError, PathNotFound
 from mediadrive.core.extents import BlockRef, ExtentMap
@@ -38,6 +39,7 @@ from .reading import ReadAhead, read_content
 from .staging import (
     FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE,
+    WRITE_BEHIND,
     StagedFile,
     Staging,
     fallocate,
@@ -856,18 +858,42 @@ class VFS:
             whole = await staged.prepare_write(
                 offset, len(data), self.cache.get, local=self.cache.at_hand
             )
-            await staged.held_back()
-            written = os.pwrite(staged.fd, data, offset)
-            if written < len(data):
-                # Only a full disk makes a regular file's pwrite short.
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            await staged.held_back(direct=True)
+            written, direct = await self._write_into(staged, offset, data)
         except OSError as exc:
             self._write_failed(staged, exc)
             raise
         staged.settle(whole + staged.whole_in_parts(offset, written))
         staged.touch(offset, written)
-        self.staging.wrote(staged, written)
+        self.staging.wrote(staged, written - direct)
         return written
+
+    async def _write_into(self, staged: StagedFile, offset: int, data: bytes) -> tuple[int, int]:
+        """Write ``data`` into the copy; returns the bytes written and how many of them
+        went past the page cache. Bytes that continue a chunk written in order are
+        gathered in memory for its early send (``EarlyUploads.gather``), and those past
+        a copy's first WRITE_BEHIND bytes are written from there with direct I/O:
+        through the page cache each byte is copied once more, into a page the kernel
+        has to find for it, the most CPU a large write cost the agent. The first bytes
+        go through the page cache as before (a small file's copy may be dropped before
+        they are written back; past them, write-behind sends the pages to disk within
+        a few megabytes anyway), and so does all of a copy under ``--commit-on fsync``,
+        dropped with its pages unwritten."""
+        placed = self.writeback.early.gather(staged, offset, data)
+        if (
+            self.staging.write_behind
+            and offset >= WRITE_BEHIND
+            and sum(len(view) for _, view in placed) == len(data)
+            and all(at % ALIGNMENT == 0 and len(view) % ALIGNMENT == 0 for at, view in placed)
+            and await self.staging.write_direct(staged, placed)
+        ):
+            return len(data), len(data)
+        await staged.direct_settled()
+        written = os.pwrite(staged.fd, data, offset)
+        if written < len(data):
+            # Only a full disk makes a regular file's pwrite short.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return written, 0
 
     def _write_failed(self, staged: StagedFile, exc: OSError) -> None:
         """The copy now holds part of a write at most: never commit it as it is."""

@@ -686,7 +686,9 @@ class Writeback:
         _, extents = await self.drive.meta.version(node.id, staged.base_version)
         return extents == upload.extents
 
-    def _keep_sent_ahead(self, staged: StagedFile, extent: Extent, data: bytes) -> None:
+    def _keep_sent_ahead(
+        self, staged: StagedFile, extent: Extent, data: bytes | memoryview
+    ) -> None:
         """The piece an fsync sends ahead (an edit, a few MiB at most) goes into the
         block cache from the very bytes sent, off the commit's path: the commit keeps
         it by reference, so reading the edit back once the copy is dropped would
