@@ -428,6 +428,7 @@ class Uploader:
         put_first: bool = False,
         on_put: Callable[[], None] | None = None,
         on_landing: Callable[[Landing], None] | None = None,
+        identity: tuple[str, bytes] | None = None,
     ) -> tuple[Extent, bool]:
         """Hash, claim (held under ``token``) and, if the drive lacks it, send one chunk
         ahead of the upload that will keep it: a file still being written sends its
@@ -438,7 +439,8 @@ class Uploader:
         called once the put is handed to the store (for a piece put first by a store that
         can tell: once its bytes are sent), or known not to be needed; ``on_landing``
         (a piece put first) while the put travels, with what a commit needs to record it
-        (see Landing; False is returned for a piece such a commit recorded)."""
+        (see Landing; False is returned for a piece such a commit recorded).
+        ``identity``: the piece's id and block digests, hashed already."""
         if put_first and len(piece.data) <= _PUT_FIRST:
             # For an fsync, which waits with nothing else to do: hashed here (no thread
             # hop), and only its id before the put starts (see _put_first).
@@ -452,7 +454,9 @@ class Uploader:
             # Told already: the put below is the same piece's.
             on_put = None
         else:
-            if len(piece.data) <= BLOCK_SIZE:
+            if identity is not None:
+                cid, digests = identity
+            elif len(piece.data) <= BLOCK_SIZE:
                 # Hashing a block takes less than handing it to a thread and back.
                 cid, digests = identify(piece.data)
             else:

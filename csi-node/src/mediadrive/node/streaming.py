@@ -46,8 +46,11 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+from blake3 import blake3
 
 from mediadrive.core import buffers
 from mediadrive.core.chunking import Piece, make_chunker
@@ -85,12 +88,50 @@ Stamp = tuple[int, int]
 @dataclass(eq=False)
 class _Gathered:
     """A fixed chunk of a copy written from its start in order, its bytes gathered
-    here as they come (see EarlyUploads.gather)."""
+    here as they come (see EarlyUploads.gather), and hashed a block at a time as
+    they do: the last chunk of a file is sent as soon as its last write is in, not
+    after a pass over it."""
 
     view: memoryview
     filled: int = 0
     # Gathered writes whose change the copy has yet to report (see changed).
     expected: int = 0
+    # Bytes handed to the hashing thread, the chunk's hash and its block digests so far,
+    # and the last hashing handed over (the thread takes them in order).
+    hashed: int = 0
+    hasher: Any = field(default_factory=blake3)
+    digests: bytearray = field(default_factory=bytearray)
+    hashing: Future[None] | None = None
+
+    def hash_on(self, whole: bool) -> None:
+        """Hand the blocks written since over to the hashing thread (``whole``: the
+        chunk is written, its last block too, short or not)."""
+        end = self.filled if whole else self.filled - self.filled % BLOCK_SIZE
+        if end > self.hashed:
+            self.hashing = _hashing_thread().submit(self._hash, self.hashed, end)
+            self.hashed = end
+
+    def _hash(self, start: int, end: int) -> None:
+        part = self.view[start:end]
+        self.hasher.update(part)
+        for i in range(0, len(part), BLOCK_SIZE):
+            self.digests += blake3(part[i : i + BLOCK_SIZE]).digest()
+
+    async def identity(self) -> tuple[str, bytes]:
+        """The chunk's id and block digests (see ``hashing.identify``), once hashed."""
+        if self.hashing is not None:
+            await asyncio.wrap_future(self.hashing)
+        return self.hasher.hexdigest(), bytes(self.digests)
+
+
+_hashing: ThreadPoolExecutor | None = None
+
+
+def _hashing_thread() -> ThreadPoolExecutor:
+    global _hashing
+    if _hashing is None:
+        _hashing = ThreadPoolExecutor(1, thread_name_prefix="gather-hash")
+    return _hashing
 
 
 @dataclass
@@ -250,6 +291,7 @@ class EarlyUploads:
             view[:] = memoryview(data)[lo - offset : hi - offset]
             gathered.filled = hi - start
             gathered.expected += 1
+            gathered.hash_on(whole=gathered.filled == self.grain)
             placed.append((lo, view))
         return placed
 
@@ -381,10 +423,12 @@ class EarlyUploads:
         piece: Piece,
         stamp: Stamp,
         ahead: Callable[[], None] | None = None,
+        identity: tuple[str, bytes] | None = None,
     ) -> str | None:
         """Send one chunk read under ``stamp``; recorded if its bytes still hold.
         Returns its id once stored. ``ahead``: the piece is sent for an fsync, and this
-        is called once its put is handed to the store."""
+        is called once its put is handed to the store. ``identity``: its id and block
+        digests, when already worked out."""
 
         def landing(landing: Landing) -> None:
             state.landing[piece.offset] = (landing, stamp)
@@ -396,6 +440,7 @@ class EarlyUploads:
                 put_first=ahead is not None,
                 on_put=ahead,
                 on_landing=landing if ahead is not None else None,
+                identity=identity,
             )
         except Exception as exc:  # the commit sends it instead
             log.info("early upload of %s at %d failed: %s", staged.path, piece.offset, exc)
@@ -425,9 +470,11 @@ class EarlyUploads:
             if gathered is not None:
                 stamp = state.stamp(start, length)
                 try:
-                    await self._store(staged, state, Piece(start, gathered), stamp, ahead)
+                    identity = await gathered.identity()
+                    piece = Piece(start, gathered.view)
+                    await self._store(staged, state, piece, stamp, ahead, identity)
                 finally:
-                    self._scatter(state, start // self.grain, gathered)
+                    self._scatter(state, start // self.grain, gathered.view)
                 return
             # A piece for an fsync is what the loop waits for (see VFS.fsync).
             read = await self._read(staged, state, start, length, here=ahead is not None)
@@ -436,14 +483,14 @@ class EarlyUploads:
             data, stamp = read
             await self._store(staged, state, Piece(start, data), stamp, ahead)
 
-    def _whole(self, state: _FileState, start: int, length: int) -> memoryview | None:
-        """The bytes of the chunk at ``start`` gathered whole in memory, if they are."""
+    def _whole(self, state: _FileState, start: int, length: int) -> _Gathered | None:
+        """The chunk at ``start`` gathered whole in memory, if it is."""
         if start % self.grain or length != self.grain:
             return None
         gathered = state.gathered.get(start // self.grain)
         if gathered is None or gathered.filled != length or gathered.expected:
             return None
-        return gathered.view
+        return gathered
 
     # -- content-defined chunks ---------------------------------------------------------
 
