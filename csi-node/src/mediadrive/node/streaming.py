@@ -20,6 +20,12 @@ copy is counted per region (a fixed chunk, or a block under content-defined cuts
 the commit only if the counts of its regions have not moved since its bytes were
 read, so what the version names is always what the copy holds.
 
+A fixed chunk written in order from its start (a copy, a render) is also gathered
+in memory as it is written, and hashed there a block at a time (``gather``): once
+whole it is sent from that memory, neither read back from the copy nor hashed
+again, and the caller writes the copy from it with direct I/O (see
+``VFS._write_into``). Any other change to the chunk lets its gathered bytes go.
+
 An fsync of a changed copy also starts sending what its commit would send (the
 stretches around the base bytes it keeps, cut as the commit cuts them), beside the
 local sync: a small edit saved right after is then mostly sent already. Up to a
