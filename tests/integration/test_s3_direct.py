@@ -1,11 +1,14 @@
 """The S3 store's direct path: a chunk's PUT and a ranged GET go out as plain signed
-requests (a small PUT from the event loop, through aiohttp), and anything but a plain
+requests (a small PUT from the event loop, over a kept connection of its own), and
+anything but a plain
 success is asked again through the boto3 client (whose retries and errors then apply).
 Against moto and MinIO on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import socket
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -13,11 +16,18 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 
 from mediadrive.core import buffers
 from mediadrive.core.blob import put_sent
-from mediadrive.core.blob.s3 import _LOOP_PUT_MAX, S3BlobStore, _Direct, _host
+from mediadrive.core.blob.s3 import (
+    _LOOP_PUT_MAX,
+    S3BlobStore,
+    _Direct,
+    _host,
+    _LoopConnections,
+)
 from mediadrive.core.errors import NotFound
 from mediadrive.core.hashing import chunk_id
 from tests.integration.test_blob_contract import S3_ENGINES, make_engine
@@ -287,6 +297,87 @@ async def test_a_small_put_the_loop_cannot_send_goes_through_the_client(
     assert calls == Counter({"PutObject": 1})
     assert not direct.off
     assert await store.get(cid) == data
+
+
+async def test_puts_from_the_loop_keep_one_connection_and_outlive_its_closing(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, server = s3
+    if server.kind == "moto":
+        pytest.skip("moto's server closes every connection after its answer")
+    direct, calls = direct_of(store), client_calls(store)
+    opened: list[object] = []
+    open_connection = asyncio.open_connection
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        opened.append(args)
+        return await open_connection(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "open_connection", counting)
+    pieces = [payload(100_000, seed=20 + i) for i in range(3)]
+    await store.put(*pieces[0])
+    await store.put(*pieces[1])
+    assert len(opened) == 1
+    # The server goes away from the kept connection before the next put notices.
+    connections = direct._loop_connections
+    assert connections is not None
+    ((_, writer),) = connections._idle
+    writer.get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+    await store.put(*pieces[2])
+    assert len(opened) == 2
+    assert calls == Counter()
+    for cid, data in pieces:
+        assert await store.get(cid) == data
+
+
+async def _serve_answer(answer: bytes) -> tuple[asyncio.Server, str]:
+    """A server that reads a request (headers and a Content-Length body) and sends
+    ``answer``."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/bucket/"
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "kept"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 200, True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", 200, False),
+        (b"HTTP/1.1 503 Slow Down\r\nContent-Length: 5\r\n\r\nerror", 503, True),
+        (
+            b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nerror\r\n0\r\n\r\n",
+            500,
+            False,
+        ),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", 200, False),
+        (b"SSH-2.0-OpenSSH\r\n", None, False),
+    ],
+)
+async def test_an_answer_from_the_loop_keeps_its_connection_only_when_it_may(
+    answer: bytes, status: int | None, kept: bool
+) -> None:
+    server, base = await _serve_answer(answer)
+    try:
+        connections = _LoopConnections(
+            asyncio.get_running_loop(), base, True, connect_timeout=5, read_timeout=5
+        )
+        request = AWSRequest("PUT", base + "key", {"Content-Length": "4"}, b"body")
+        assert await connections.put(request, b"body", None) == status
+        assert len(connections._idle) == (1 if kept else 0)
+        connections.close()
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def test_puts_leave_the_event_loop_only_where_a_proxy_is_set() -> None:
