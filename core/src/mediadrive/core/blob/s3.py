@@ -364,7 +364,10 @@ class _LoopConnections:
             except (OSError, TimeoutError):
                 return None
             try:
-                writer.writelines([head, body])
+                # Two writes, not one joined (a copy of the body): the headers go out
+                # on their own first.
+                writer.write(head)
+                writer.write(body)
                 await writer.drain()
                 if sent is not None:
                     sent()
