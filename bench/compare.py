@@ -228,8 +228,10 @@ def touch(base: Path, name: str) -> None:
     os.close(os.open(base / name, os.O_CREAT | os.O_WRONLY, 0o644))
 
 
-# Before each tool's turn: CPUs this idle over one window, or the longest wait.
+# Before each tool's turn: CPUs this idle and disks this quiet over one window, or
+# the longest wait.
 SETTLE_IDLE = 0.8
+SETTLE_WRITTEN = 1 << 20
 SETTLE_WINDOW = 0.2
 SETTLE_LIMIT = 5.0
 
@@ -240,16 +242,30 @@ def _cpu_ticks() -> tuple[int, int]:
     return sum(fields), fields[3] + fields[4]
 
 
+def _bytes_written() -> int:
+    """Bytes written to the machine's block devices so far (loop and RAM disks aside)."""
+    total = 0
+    for line in Path("/proc/diskstats").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 9 and not fields[2].startswith(("loop", "ram", "zram")):
+            total += int(fields[9]) * 512
+    return total
+
+
 def settle() -> float:
     """Wait until the machine is quiet (up to ``SETTLE_LIMIT`` s): what the last
     turn left running (MinIO removing what a tool deleted, a peer's background
-    uploads) is not timed as the next one's. Returns the seconds waited."""
+    uploads, the pages they left for the disk) is not timed as the next one's. A disk
+    still writing leaves the CPUs idle (its wait counts as idle), hence both.
+    Returns the seconds waited."""
     start = time.monotonic()
     while time.monotonic() - start < SETTLE_LIMIT:
         total, idle = _cpu_ticks()
+        written = _bytes_written()
         time.sleep(SETTLE_WINDOW)
         total2, idle2 = _cpu_ticks()
-        if total2 == total or (idle2 - idle) / (total2 - total) >= SETTLE_IDLE:
+        cpu_quiet = total2 == total or (idle2 - idle) / (total2 - total) >= SETTLE_IDLE
+        if cpu_quiet and _bytes_written() - written < SETTLE_WRITTEN:
             break
     return time.monotonic() - start
 
