@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mediadrive.core import buffers
 from mediadrive.core.extents import ExtentMap
 from mediadrive.core.hashing import BLOCK_SIZE
 from mediadrive.core.meta import Extent
@@ -879,3 +880,39 @@ def test_kept_runs_and_blocks_needed_match_a_block_by_block_reference(
 
     with tempfile.TemporaryDirectory() as root:
         asyncio.run(check(Path(root)))
+
+
+async def test_a_copy_closed_under_a_direct_write_frees_its_number_once_the_write_is_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    staged = staging.create(7, "/f", None, 0o644, 0)
+    if staged.opened_direct() < 0:
+        pytest.skip("the file system has no direct I/O")
+    gate = threading.Event()
+    pwrite_all = staging_module._pwrite_all
+
+    def held(fd: int, placed: list[tuple[int, memoryview]]) -> bool:
+        gate.wait(5)
+        return pwrite_all(fd, placed)
+
+    monkeypatch.setattr(staging_module, "_pwrite_all", held)
+    view = buffers.aligned(4096)
+    view[:] = b"x" * 4096
+    writing = asyncio.ensure_future(staging.write_direct(staged, [(0, view)]))
+    await asyncio.sleep(0.05)
+    number = staged.direct_fd
+    staging_module._close(staged)
+    # While the write is on its thread, its number stays taken: the next open gets
+    # another, and the write cannot land there.
+    other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600)
+    assert other != number
+    gate.set()
+    assert await writing
+    await asyncio.sleep(0)
+    assert os.fstat(other).st_size == 0
+    with pytest.raises(OSError):
+        os.fstat(number)
+    os.close(other)
+    staging.close()

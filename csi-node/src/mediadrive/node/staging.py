@@ -1046,16 +1046,39 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 
 
 def _close(staged: StagedFile) -> None:
-    for fd in (staged.fd, staged.map_fd, staged.part_fd, staged.direct_fd):
+    for fd in (staged.fd, staged.map_fd, staged.part_fd):
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
+    if staged.direct_fd >= 0:
+        # Not under a direct write still on a worker thread: its number, reused by the
+        # next open, would take the write.
+        _close_after(staged.direct_fd, list(staged.direct_writes))
     # Forget the numbers: the kernel reuses them, and a late write through a stale
     # one would land in whatever file was opened next.
     staged.fd = -1
     staged.map_fd = -1
     staged.part_fd = -1
     staged.direct_fd = -1
+
+
+def _close_after(fd: int, writes: list[asyncio.Future[bool]]) -> None:
+    """Close ``fd`` once ``writes`` are over."""
+    if not writes:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        return
+    left = len(writes)
+
+    def over(_: asyncio.Future[bool]) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    for write in writes:
+        write.add_done_callback(over)
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
