@@ -134,11 +134,13 @@ def markdown(results: dict[str, Any]) -> str:
         "Written by `bench/compare.py` (`make bench`"
         + (" QUICK=1" if s["quick"] else "")
         + "); the figures are from one run on the machine below. Tools ran one after "
-        "the other within each repetition (their order rotating; each turn starts once "
-        "the CPUs are 80% idle, or after 5 s), against one MinIO "
+        "the other within each repetition (their order rotating, so that in the data "
+        "scenarios each tool takes each place once; each turn starts once the CPUs are "
+        "80% idle and the disks quiet, or after 5 s), against one MinIO "
         "on loopback, each in its own bucket, with the same data and cache budget. "
         "MB = 10^6 bytes, MiB = 2^20 bytes. Medians of "
-        f"{s['reps']} repetitions; the spread is min to max. `vs best peer` and "
+        f"{s.get('data_reps') or s['reps']} repetitions in the data scenarios and "
+        f"{s['reps']} in the others; the spread is min to max. `vs best peer` and "
         "`vs limit` are how many times as good as that figure (above 1.00: better; "
         "for times and bytes the inverse ratio, so it still reads that way).",
         "",
