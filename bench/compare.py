@@ -242,30 +242,36 @@ def _cpu_ticks() -> tuple[int, int]:
     return sum(fields), fields[3] + fields[4]
 
 
-def _bytes_written() -> int:
-    """Bytes written to the machine's block devices so far (loop and RAM disks aside)."""
-    total = 0
+def _disk_work() -> tuple[int, int]:
+    """Bytes written and discarded on the machine's block devices so far (loop and RAM
+    disks aside; a deleted file's blocks are discarded where the file system is
+    mounted so), and their requests in flight now."""
+    done = in_flight = 0
     for line in Path("/proc/diskstats").read_text().splitlines():
         fields = line.split()
-        if len(fields) > 9 and not fields[2].startswith(("loop", "ram", "zram")):
-            total += int(fields[9]) * 512
-    return total
+        if len(fields) > 11 and not fields[2].startswith(("loop", "ram", "zram")):
+            discarded = int(fields[16]) if len(fields) > 16 else 0
+            done += (int(fields[9]) + discarded) * 512
+            in_flight += int(fields[11])
+    return done, in_flight
 
 
 def settle() -> float:
     """Wait until the machine is quiet (up to ``SETTLE_LIMIT`` s): what the last
     turn left running (MinIO removing what a tool deleted, a peer's background
-    uploads, the pages they left for the disk) is not timed as the next one's. A disk
-    still writing leaves the CPUs idle (its wait counts as idle), hence both.
+    uploads, the pages they left for the disk, the blocks of deleted files being
+    discarded) is not timed as the next one's. A disk still at work leaves the CPUs
+    idle (its wait counts as idle), hence both.
     Returns the seconds waited."""
     start = time.monotonic()
     while time.monotonic() - start < SETTLE_LIMIT:
         total, idle = _cpu_ticks()
-        written = _bytes_written()
+        work, _ = _disk_work()
         time.sleep(SETTLE_WINDOW)
         total2, idle2 = _cpu_ticks()
+        work2, in_flight = _disk_work()
         cpu_quiet = total2 == total or (idle2 - idle) / (total2 - total) >= SETTLE_IDLE
-        if cpu_quiet and _bytes_written() - written < SETTLE_WRITTEN:
+        if cpu_quiet and work2 - work < SETTLE_WRITTEN and not in_flight:
             break
     return time.monotonic() - start
 
