@@ -26,7 +26,7 @@ help:
 	@echo "                 mode and 10,000 pwrite+fsync rounds (tests/node/test_integrity.py)"
 	@echo "make demo        run the end-to-end demo"
 	@echo "make bench       mediadrive vs JuiceFS, rclone and s3fs on one MinIO: bench/report.md,"
-	@echo "                 results.json, *.png (QUICK=1: smaller sizes, under 15 minutes)"
+	@echo "                 results.json, *.png (QUICK=1: smaller sizes, about 13 minutes)"
 	@echo "make bench-core  core benchmarks against MinIO and PostgreSQL"
 	@echo "make bench-fuse  FUSE mount benchmarks"
 	@echo "make bench-pod   storage pod benchmarks: pod vs MinIO, mount reads, event relay"

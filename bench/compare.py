@@ -924,7 +924,7 @@ def versions(tools: list[Tool], peers: Peers) -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 15 minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 13 minutes)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: does it all run?")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (at least 3)")
     parser.add_argument("--only", help="comma-separated tools (mediadrive,juicefs,rclone,s3fs)")
