@@ -9,6 +9,7 @@ import ctypes
 import io
 import mmap
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -515,3 +516,55 @@ async def test_a_chunk_gathered_in_odd_pieces_is_named_and_digested_as_a_whole_p
     await vfs.close()
     # A new mount checks every block it fetches against the digests recorded.
     assert await read_back(tmp_path, "plate.dpx") == data
+
+
+async def test_a_rewrite_over_a_block_being_filled_keeps_the_bytes_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vfs = await make_test_vfs(tmp_path, chunk_size=MiB)
+    old = os.urandom(WRITE_BEHIND + 2 * MiB)
+    await vfs.write_file("plate.dpx", old)
+    await vfs.close()
+    # Another mount, its cache empty: the file's blocks come from the store.
+    vfs = await make_test_vfs(tmp_path, cache="cold", chunk_size=MiB)
+    fh = (await vfs.vfs.open(await vfs.inode("plate.dpx"), os.O_RDWR)).fh
+    cache = vfs.parts.cache
+    fetch_now = asyncio.Event()
+    get = cache.get
+
+    async def held_fetch(chunk: str, index: int) -> Any:
+        await fetch_now.wait()
+        return await get(chunk, index)
+
+    monkeypatch.setattr(cache, "get", held_fetch)
+    written, go_on = threading.Event(), threading.Event()
+    pwrite_all = staging_module._pwrite_all
+
+    def held_write(fd: int, placed: list[tuple[int, memoryview]]) -> bool:
+        done = pwrite_all(fd, placed)
+        written.set()
+        go_on.wait(5)
+        return done
+
+    monkeypatch.setattr(staging_module, "_pwrite_all", held_write)
+    # A rewrite of the last chunk, in order from its start, is on its way into the copy
+    # when a reader of that chunk's block starts filling it in from the base.
+    block = WRITE_BEHIND + MiB
+    new = os.urandom(MiB)
+    writing = asyncio.ensure_future(vfs.vfs.write(fh, block, new))
+    await asyncio.to_thread(written.wait, 0.5)
+    reading = asyncio.ensure_future(vfs.vfs.read(fh, block, 4096))
+    await asyncio.sleep(0.05)
+    # The fill lands before the write is done: were the block still lacking then, the
+    # base's bytes would go over the written ones.
+    fetch_now.set()
+    await reading
+    go_on.set()
+    assert await writing == MiB
+    # What the copy holds is what was written, for readers of the open file and for
+    # a commit that reads it.
+    assert await vfs.vfs.read(fh, block, MiB) == new
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    await vfs.close()
+    assert await read_back(tmp_path, "plate.dpx") == old[:block] + new

@@ -883,6 +883,9 @@ class VFS:
         if (
             self.staging.write_behind
             and offset >= WRITE_BEHIND
+            # Over a base block the copy lacks, a fill may be under way: written at once
+            # and settled before anything else runs, the write cannot land under it.
+            and not staged.lacking(offset, len(data))
             and sum(len(view) for _, view in placed) == len(data)
             and all(at % ALIGNMENT == 0 and len(view) % ALIGNMENT == 0 for at, view in placed)
             and await self.staging.write_direct(staged, placed)
