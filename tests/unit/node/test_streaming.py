@@ -479,6 +479,14 @@ async def test_a_large_file_written_in_order_goes_past_the_page_cache(tmp_path: 
     assert await read_back(tmp_path, "render.exr") == data
 
 
+def _names(fd: str, path: str) -> bool:
+    """Whether this process's descriptor ``fd`` names ``path``."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}") == path
+    except OSError:
+        return False
+
+
 async def test_a_file_system_without_direct_io_gets_the_bytes_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -491,6 +499,9 @@ async def test_a_file_system_without_direct_io_gets_the_bytes_through_the_page_c
         await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
     (staged,) = vfs.parts.staging.files.values()
     assert staged.direct_fd == -2
+    # The descriptor it refused is closed: the copy is open once, for the page cache.
+    copy = os.readlink(f"/proc/self/fd/{staged.fd}")
+    assert [n for n in os.listdir("/proc/self/fd") if _names(n, copy)] == [str(staged.fd)]
     vfs.vfs.release(fh)
     await committed(vfs)
     await vfs.close()

@@ -978,7 +978,11 @@ class Staging:
                 return True
         finally:
             staged.direct_writes.discard(done)
-        staged.direct_fd = -2
+        if staged.direct_fd == fd:
+            # Refused: closed (once the other direct writes on it are in) and not
+            # opened again.
+            _close_after(fd, list(staged.direct_writes))
+            staged.direct_fd = -2
         return False
 
     def _pool(self, job: str, workers: int = 1) -> ThreadPoolExecutor:

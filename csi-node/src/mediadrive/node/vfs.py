@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
-from mediadrive.core.buffers import ALIGNMENT
+from mediadrive.core.buffers import ALIGNMENT, direct_io_ready
 from mediadrive.core.drive import Drive, UploadResult
 from mediadrive.core.errors import CorruptChunk, MediadriveError, PathNotFound
 from mediadrive.core.extents import BlockRef, ExtentMap
@@ -887,7 +887,7 @@ class VFS:
             # and settled before anything else runs, the write cannot land under it.
             and not staged.lacking(offset, len(data))
             and sum(len(view) for _, view in placed) == len(data)
-            and all(at % ALIGNMENT == 0 and len(view) % ALIGNMENT == 0 for at, view in placed)
+            and all(at % ALIGNMENT == 0 and direct_io_ready(view) for at, view in placed)
             and await self.staging.write_direct(staged, placed)
         ):
             return len(data), len(data)
