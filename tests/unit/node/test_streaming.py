@@ -90,6 +90,15 @@ async def version_holds(vfs: TestVFS, name: str, data: bytes) -> None:
     assert await reader.read(0, reader.size) == data
 
 
+async def released_and_read_back(vfs: TestVFS, fh: int, tmp_path: Path, name: str) -> bytes:
+    """Close ``fh``, wait for the commit, unmount, and read ``name`` back as a new
+    mount with an empty cache does."""
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    await vfs.close()
+    return await read_back(tmp_path, name)
+
+
 def ids(data: bytes) -> list[str]:
     return [chunk_id(data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]
 
@@ -227,11 +236,7 @@ async def test_gc_keeps_the_chunks_sent_early_for_the_commit(tmp_path: Path) -> 
     # No version names them yet; their holds keep them through a GC with no grace.
     report = await vfs.parts.drive.gc(grace=0)
     assert report.chunks_deleted == 0
-    vfs.vfs.release(fh)
-    await committed(vfs)
-    await vfs.close()
-
-    assert await read_back(tmp_path, "clip.bin") == data
+    assert await released_and_read_back(vfs, fh, tmp_path, "clip.bin") == data
 
 
 async def test_holds_of_chunks_sent_early_end_with_the_copy(tmp_path: Path) -> None:
@@ -473,10 +478,7 @@ async def test_a_large_file_written_in_order_goes_past_the_page_cache(tmp_path: 
     # for the early sends, straight to disk: none of it is in the page cache.
     assert resident_pages(staged.fd, WRITE_BEHIND, 4 * MiB) == 0
     assert os.pread(staged.fd, len(data), 0) == data
-    vfs.vfs.release(fh)
-    await committed(vfs)
-    await vfs.close()
-    assert await read_back(tmp_path, "render.exr") == data
+    assert await released_and_read_back(vfs, fh, tmp_path, "render.exr") == data
 
 
 def _names(fd: str, path: str) -> bool:
@@ -502,10 +504,7 @@ async def test_a_file_system_without_direct_io_gets_the_bytes_through_the_page_c
     # The descriptor it refused is closed: the copy is open once, for the page cache.
     copy = os.readlink(f"/proc/self/fd/{staged.fd}")
     assert [n for n in os.listdir("/proc/self/fd") if _names(n, copy)] == [str(staged.fd)]
-    vfs.vfs.release(fh)
-    await committed(vfs)
-    await vfs.close()
-    assert await read_back(tmp_path, "render.exr") == data
+    assert await released_and_read_back(vfs, fh, tmp_path, "render.exr") == data
 
 
 async def test_a_chunk_gathered_in_odd_pieces_is_named_and_digested_as_a_whole_pass(
@@ -522,11 +521,8 @@ async def test_a_chunk_gathered_in_odd_pieces_is_named_and_digested_as_a_whole_p
         await vfs.vfs.write(fh, offset, data[offset : offset + step])
     await sent_early(vfs, 2)
     assert store.puts == [chunk_id(data[:chunk]), chunk_id(data[chunk : 2 * chunk])]
-    vfs.vfs.release(fh)
-    await committed(vfs)
-    await vfs.close()
     # A new mount checks every block it fetches against the digests recorded.
-    assert await read_back(tmp_path, "plate.dpx") == data
+    assert await released_and_read_back(vfs, fh, tmp_path, "plate.dpx") == data
 
 
 async def test_a_rewrite_over_a_block_being_filled_keeps_the_bytes_written(
@@ -575,7 +571,4 @@ async def test_a_rewrite_over_a_block_being_filled_keeps_the_bytes_written(
     # What the copy holds is what was written, for readers of the open file and for
     # a commit that reads it.
     assert await vfs.vfs.read(fh, block, MiB) == new
-    vfs.vfs.release(fh)
-    await committed(vfs)
-    await vfs.close()
-    assert await read_back(tmp_path, "plate.dpx") == old[:block] + new
+    assert await released_and_read_back(vfs, fh, tmp_path, "plate.dpx") == old[:block] + new
