@@ -256,30 +256,39 @@ async def test_a_put_through_the_client_says_so_as_it_starts(
     assert await store.get(cid) == data
 
 
+def direct_puts(direct: _Direct, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
+    """Puts the direct path sends from now on: the way each went (from the event loop's
+    thread, or from another) and the body it was handed."""
+    noted: list[tuple[str, object]] = []
+    loop_thread = threading.get_ident()
+    exchange, put = direct._exchange_on_loop, direct.put
+
+    async def exchange_and_note(request: AWSRequest, body: Any, sent: Any) -> int | None:
+        on_loop = threading.get_ident() == loop_thread
+        noted.append(("loop" if on_loop else "loop elsewhere", body))
+        return await exchange(request, body, sent)
+
+    def put_and_note(key: str, body: Any, sent: Any = None) -> bool:
+        on_loop = threading.get_ident() == loop_thread
+        noted.append(("thread on the loop" if on_loop else "thread", body))
+        return put(key, body, sent)
+
+    monkeypatch.setattr(direct, "_exchange_on_loop", exchange_and_note)
+    monkeypatch.setattr(direct, "put", put_and_note)
+    return noted
+
+
 async def test_a_small_put_goes_from_the_event_loop_and_a_large_one_from_a_thread(
     s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, _ = s3
     direct, calls = direct_of(store), client_calls(store)
-    ways: list[str] = []
-    loop_thread = threading.get_ident()
-    exchange, put = direct._exchange_on_loop, direct.put
-
-    async def exchange_and_note(*args: Any) -> int | None:
-        ways.append("loop" if threading.get_ident() == loop_thread else "loop elsewhere")
-        return await exchange(*args)
-
-    def put_and_note(*args: Any) -> bool:
-        ways.append("thread" if threading.get_ident() != loop_thread else "thread on the loop")
-        return put(*args)
-
-    monkeypatch.setattr(direct, "_exchange_on_loop", exchange_and_note)
-    monkeypatch.setattr(direct, "put", put_and_note)
+    noted = direct_puts(direct, monkeypatch)
     small = payload(300_000, seed=8)
     large = payload(_LOOP_PUT_MAX + 1, seed=9)
     await store.put(*small)
     await store.put(*large)
-    assert ways == ["loop", "thread"]
+    assert [way for way, _ in noted] == ["loop", "thread"]
     assert calls == Counter()
     assert await store.get(small[0]) == small[1]
     assert await store.get(large[0]) == large[1]
@@ -292,19 +301,7 @@ async def test_a_view_is_sent_as_it_is_not_copied_first(
     # of it before the put cost the event loop up to 50 ms.
     store, _ = s3
     direct, calls = direct_of(store), client_calls(store)
-    handed: list[object] = []
-    exchange, put = direct._exchange_on_loop, direct.put
-
-    async def exchange_and_note(request: AWSRequest, body: Any, sent: Any) -> int | None:
-        handed.append(body)
-        return await exchange(request, body, sent)
-
-    def put_and_note(key: str, body: Any, sent: Any = None) -> bool:
-        handed.append(body)
-        return put(key, body, sent)
-
-    monkeypatch.setattr(direct, "_exchange_on_loop", exchange_and_note)
-    monkeypatch.setattr(direct, "put", put_and_note)
+    noted = direct_puts(direct, monkeypatch)
     views = []
     for size, seed in ((300_000, 11), (_LOOP_PUT_MAX + 4096, 12)):
         cid, data = payload(size, seed)
@@ -312,33 +309,27 @@ async def test_a_view_is_sent_as_it_is_not_copied_first(
         view[:] = data
         views.append((cid, data, view))
         await store.put(cid, view)
-    assert [id(body) for body in handed] == [id(view) for _, _, view in views]
+    assert [way for way, _ in noted] == ["loop", "thread"]
+    assert [id(body) for _, body in noted] == [id(view) for _, _, view in views]
     assert calls == Counter()
     for cid, data, _ in views:
         assert await store.get(cid) == data
 
 
-async def test_a_view_the_direct_path_cannot_send_goes_through_the_client(
-    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store, _ = s3
-    direct, calls = direct_of(store), client_calls(store)
-    monkeypatch.setattr(direct, "_base", "http://127.0.0.1:1/" + direct._base.split("/", 3)[3])
-    cid, data = payload(_LOOP_PUT_MAX + 4096, seed=13)
-    await store.put(cid, memoryview(bytearray(data)))
-    assert calls == Counter({"PutObject": 1})
-    assert await store.get(cid) == data
-
-
-async def test_a_small_put_the_loop_cannot_send_goes_through_the_client(
-    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("size", "as_view"),
+    [(50_000, False), (_LOOP_PUT_MAX + 4096, True)],
+    ids=["small bytes from the loop", "large view from a thread"],
+)
+async def test_a_put_the_direct_path_cannot_send_goes_through_the_client(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch, size: int, as_view: bool
 ) -> None:
     store, _ = s3
     direct, calls = direct_of(store), client_calls(store)
     # Nothing listens there: the connection is refused.
     monkeypatch.setattr(direct, "_base", "http://127.0.0.1:1/" + direct._base.split("/", 3)[3])
-    cid, data = payload(50_000, seed=10)
-    await store.put(cid, data)
+    cid, data = payload(size, seed=10)
+    await store.put(cid, memoryview(bytearray(data)) if as_view else data)
     assert calls == Counter({"PutObject": 1})
     assert not direct.off
     assert await store.get(cid) == data

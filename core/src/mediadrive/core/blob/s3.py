@@ -563,8 +563,8 @@ class S3BlobStore(BlobStore):
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
         # A view (a chunk gathered as it was written) goes to the socket as it is: a
         # copy of 64 MiB of new memory took up to 50 ms of the event loop, and botocore
-        # joins a bytes body to the request's headers, a second copy.
-        body = data
+        # joins a bytes body to the request's headers, a second copy. Only the client's
+        # paths take bytes (``bytes()`` of a bytes object is that object).
         key = self._key(chunk_id)
         sent = put_sent.get()
 
@@ -572,12 +572,11 @@ class S3BlobStore(BlobStore):
             if sent is not None:
                 # The client sends it in one call, which starts now.
                 sent()
-            whole = body if isinstance(body, bytes) else bytes(body)
-            self._client.put_object(Bucket=self.bucket, Key=key, Body=whole)
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=bytes(data))
 
         direct = self._direct
-        if direct is not None and len(body) <= _LOOP_PUT_MAX:
-            stored = await direct.put_on_loop(key, body, sent)
+        if direct is not None and len(data) <= _LOOP_PUT_MAX:
+            stored = await direct.put_on_loop(key, data, sent)
             if stored:
                 return
             if stored is False:
@@ -585,10 +584,10 @@ class S3BlobStore(BlobStore):
                 # path again).
                 await self._call(by_client, chunk=chunk_id)
                 return
-        if len(body) <= self.single_put_max:
+        if len(data) <= self.single_put_max:
 
             def put() -> None:
-                if direct is None or not direct.put(key, body, sent):
+                if direct is None or not direct.put(key, data, sent):
                     by_client()
 
             await self._call(put, chunk=chunk_id)
@@ -596,10 +595,10 @@ class S3BlobStore(BlobStore):
         if sent is not None:
             sent()
         # BytesIO shares a bytes object instead of copying it.
-        whole = body if isinstance(body, bytes) else bytes(body)
         manager = self._transfers()
         await self._call(
-            lambda: manager.upload(io.BytesIO(whole), self.bucket, key).result(), chunk=chunk_id
+            lambda: manager.upload(io.BytesIO(bytes(data)), self.bucket, key).result(),
+            chunk=chunk_id,
         )
 
     async def get(self, chunk_id: str) -> bytes:
