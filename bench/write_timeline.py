@@ -29,7 +29,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.compare import settle  # noqa: E402
+from bench.compare import settle, write_random  # noqa: E402
 from bench.peers import JuiceFS, Mediadrive, S3Target, Tool, cpu_seconds, drop_page_cache  # noqa: E402
 from tests.servers import minio_server  # noqa: E402
 
@@ -74,10 +74,7 @@ def requests_in(pcap: Path, port: int) -> list[Request]:
 
 def write_once(tool: Tool, path: Path, size: int, port: int, work: Path) -> None:
     src = work / "src.bin"
-    with open(src, "wb") as f:
-        for _ in range(0, size, MARK_EVERY):
-            f.write(os.urandom(min(MARK_EVERY, size - f.tell())))
-        os.fsync(f.fileno())
+    write_random(src, size)
     settle()
     pcap = work / "capture.pcap"
     capture = subprocess.Popen(
