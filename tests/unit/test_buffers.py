@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mediadrive.core import buffers
@@ -26,3 +28,28 @@ def test_only_aligned_memory_of_whole_units_is_ready_for_direct_io() -> None:
     assert not buffers.direct_io_ready(view.toreadonly())
     assert not buffers.direct_io_ready(bytes(view))
     assert not buffers.direct_io_ready(memoryview(b""))
+
+
+def _advice_over(view: memoryview) -> set[str]:
+    """The VmFlags of the mappings that hold ``view``'s whole huge pages."""
+    begin = buffers.address(view)
+    lo = -(-begin // buffers.HUGE_PAGE) * buffers.HUGE_PAGE
+    hi = (begin + len(view)) // buffers.HUGE_PAGE * buffers.HUGE_PAGE
+    flags: set[str] = set()
+    start = end = 0
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(x, 16) for x in head.split("-"))
+        elif head == "VmFlags:" and start < hi and end > lo:
+            flags.update(line.split()[1:])
+    return flags
+
+
+def test_a_large_buffer_asks_for_huge_pages() -> None:
+    if "[madvise]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
+        pytest.skip("this kernel gives huge pages without advice, or never")
+    large = buffers.aligned(buffers.HUGE_PAGES_FROM + buffers.HUGE_PAGE)
+    assert "hg" in _advice_over(large)
+    # Advice covers whole huge pages only: none inside a few pages.
+    assert not buffers.advise_huge_pages(large[: 4 * buffers.ALIGNMENT])
