@@ -317,7 +317,9 @@ class DriveFS(pyfuse3.Operations):
         return cast("bytes", await self.vfs.read(fh, off, size))
 
     @fuse_errors
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: int, off: int, buf: bytes | memoryview) -> int:
+        # With the patched pyfuse3, ``buf`` is a view of the request libfuse read,
+        # valid until this returns: whatever keeps bytes past that copies them.
         return await self.vfs.write(fh, off, buf)
 
     @fuse_errors

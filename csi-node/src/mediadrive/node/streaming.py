@@ -266,7 +266,9 @@ class EarlyUploads:
             if index not in state.tasks:
                 self._send_later(staged, state, index)
 
-    def gather(self, staged: StagedFile, offset: int, data: bytes) -> list[tuple[int, memoryview]]:
+    def gather(
+        self, staged: StagedFile, offset: int, data: bytes | memoryview
+    ) -> list[tuple[int, memoryview]]:
         """Before ``data`` is written into ``staged`` at ``offset``: keep its bytes in
         memory where they continue a chunk being written in order from its start (or
         start one), so the chunk, once written, is hashed and sent from there rather

@@ -847,7 +847,7 @@ class VFS:
         async with self._page_lock(node_id):
             pass
 
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
+    async def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
         handle = self.handles[fh]
         staged = self.staging.get(handle.node_id)
         if staged is None:
@@ -868,7 +868,9 @@ class VFS:
         self.staging.wrote(staged, written - direct)
         return written
 
-    async def _write_into(self, staged: StagedFile, offset: int, data: bytes) -> tuple[int, int]:
+    async def _write_into(
+        self, staged: StagedFile, offset: int, data: bytes | memoryview
+    ) -> tuple[int, int]:
         """Write ``data`` into the copy; returns the bytes written and how many of them
         went past the page cache. Bytes that continue a chunk written in order are
         gathered in memory for its early send (``EarlyUploads.gather``), and those past
