@@ -67,6 +67,11 @@ PART = 8 * MiB  # boto3's part size for the limits (its default)
 BOTO_THREADS = 10  # boto3's default max_concurrency
 TIMEOUT = 900  # seconds for one scenario of one tool
 LS_RUNS = 5  # `ls -l` listings in a row per repetition (their median is the figure)
+# A warm read of the QUICK file takes about 30 ms, and a stat of its 1,000 files about
+# as long: a few in a row per repetition, their median the figure, so that one
+# scheduling hiccup does not decide.
+WARM_READS = 5
+STAT_RUNS = 3
 EDITS_PER_REP = 8  # 1 MiB edits timed per repetition (their median is the figure)
 EDIT_SPACING = 5 * MiB  # between their offsets
 
@@ -212,6 +217,19 @@ def write_random(path: Path, size: int, prefix: bytes = b"") -> None:
             n = min(left, 64 * MiB)
             f.write(os.urandom(n))
             left -= n
+
+
+def stat_time(names: list[Path]) -> float:
+    """Seconds to stat every one of ``names`` with the page cache dropped first: the
+    median of STAT_RUNS rounds."""
+    times = []
+    for _ in range(STAT_RUNS):
+        drop_page_cache()
+        start = time.perf_counter()
+        for name in names:
+            os.stat(name)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def copy_durable(src: Path, dst: Path) -> None:
@@ -612,9 +630,12 @@ class Bench:
 
         def warm_file(path: Path) -> dict[str, float]:
             read_all(path)
-            start = time.perf_counter()
-            read_all(path)
-            return {"warm_read": size / (time.perf_counter() - start) / MB}
+            times = []
+            for _ in range(WARM_READS):
+                start = time.perf_counter()
+                read_all(path)
+                times.append(time.perf_counter() - start)
+            return {"warm_read": size / statistics.median(times) / MB}
 
         each(["warm_read"], lambda t: warm_file(t.mountpoint / "big.bin"), lambda: warm_file(src))
 
@@ -788,11 +809,7 @@ class Bench:
             for name in names:
                 os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o644))
             create = time.perf_counter() - start
-            drop_page_cache()
-            start = time.perf_counter()
-            for name in names:
-                os.stat(name)
-            stat = time.perf_counter() - start
+            stat = stat_time(names)
             # The command's own start is much of the time at these sizes: the median
             # of a few listings in a row, so that one slow start does not decide.
             times = []
