@@ -498,6 +498,10 @@ def minio_server(timeout: float = 60.0, host: str = LOOPBACK) -> Iterator[S3Serv
             MINIO_ROOT_PASSWORD=secret_key,
             MINIO_UPDATE="off",
             MINIO_CI_CD="1",
+            # Its scanner's passes over the buckets took up to half a CPU second at a
+            # time, a burst in whatever a test or a benchmark was timing; slowest: a
+            # pass every 30 minutes, pausing between objects.
+            MINIO_SCANNER_SPEED="slowest",
             HOME=str(base),
         )
 
