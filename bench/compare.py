@@ -219,17 +219,23 @@ def write_random(path: Path, size: int, prefix: bytes = b"") -> None:
             left -= n
 
 
-def stat_time(names: list[Path]) -> float:
-    """Seconds to stat every one of ``names`` with the page cache dropped first: the
-    median of STAT_RUNS rounds."""
+def median_seconds(
+    runs: int, action: Callable[[], object], before: Callable[[], object] | None = None
+) -> float:
+    """The median of ``runs`` timings of ``action``, each after an untimed ``before``."""
     times = []
-    for _ in range(STAT_RUNS):
-        drop_page_cache()
+    for _ in range(runs):
+        if before is not None:
+            before()
         start = time.perf_counter()
-        for name in names:
-            os.stat(name)
+        action()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def stat_all(names: list[Path]) -> None:
+    for name in names:
+        os.stat(name)
 
 
 def copy_durable(src: Path, dst: Path) -> None:
@@ -630,12 +636,7 @@ class Bench:
 
         def warm_file(path: Path) -> dict[str, float]:
             read_all(path)
-            times = []
-            for _ in range(WARM_READS):
-                start = time.perf_counter()
-                read_all(path)
-                times.append(time.perf_counter() - start)
-            return {"warm_read": size / statistics.median(times) / MB}
+            return {"warm_read": size / median_seconds(WARM_READS, lambda: read_all(path)) / MB}
 
         each(["warm_read"], lambda t: warm_file(t.mountpoint / "big.bin"), lambda: warm_file(src))
 
@@ -809,18 +810,17 @@ class Bench:
             for name in names:
                 os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o644))
             create = time.perf_counter() - start
-            stat = stat_time(names)
+            stat = median_seconds(STAT_RUNS, lambda: stat_all(names), before=drop_page_cache)
             # The command's own start is much of the time at these sizes: the median
             # of a few listings in a row, so that one slow start does not decide.
-            times = []
-            for _ in range(LS_RUNS):
-                start = time.perf_counter()
-                out = run(["ls", "-l", str(folder)], timeout=TIMEOUT)
-                times.append(time.perf_counter() - start)
+            outs: list[str] = []
+            ls_l = median_seconds(
+                LS_RUNS, lambda: outs.append(run(["ls", "-l", str(folder)], timeout=TIMEOUT))
+            )
+            for out in outs:
                 listed = out.count("\n") - 1
                 if listed != s.files:
                     raise BenchError(f"ls -l listed {listed} of {s.files} files")
-            ls_l = statistics.median(times)
             start = time.perf_counter()
             for name in names:
                 name.unlink()
