@@ -32,9 +32,7 @@ def test_only_aligned_memory_of_whole_units_is_ready_for_direct_io() -> None:
 
 def _advice_over(view: memoryview) -> set[str]:
     """The VmFlags of the mappings that hold ``view``'s whole huge pages."""
-    begin = buffers.address(view)
-    lo = -(-begin // buffers.HUGE_PAGE) * buffers.HUGE_PAGE
-    hi = (begin + len(view)) // buffers.HUGE_PAGE * buffers.HUGE_PAGE
+    lo, hi = buffers.huge_page_span(view)
     flags: set[str] = set()
     start = end = 0
     for line in Path("/proc/self/smaps").read_text().splitlines():

@@ -68,10 +68,16 @@ def advise_huge_pages(view: memoryview) -> bool:
     (advice only: False where the kernel or the C library cannot take it)."""
     if _MADVISE is None or _MADV_HUGEPAGE is None:
         return False
+    lo, hi = huge_page_span(view)
+    return hi > lo and _MADVISE(lo, hi - lo, _MADV_HUGEPAGE) == 0
+
+
+def huge_page_span(view: memoryview) -> tuple[int, int]:
+    """The addresses where the whole 2 MiB pages inside ``view`` start and end (equal
+    when it holds none)."""
     begin = address(view)
     lo = -(-begin // HUGE_PAGE) * HUGE_PAGE
-    hi = (begin + len(view)) // HUGE_PAGE * HUGE_PAGE
-    return hi > lo and _MADVISE(lo, hi - lo, _MADV_HUGEPAGE) == 0
+    return lo, max(lo, (begin + len(view)) // HUGE_PAGE * HUGE_PAGE)
 
 
 def address(view: memoryview) -> int:
