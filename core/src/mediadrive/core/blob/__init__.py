@@ -6,6 +6,11 @@ tests. An engine is one module that parses its own URLs and calls
 :func:`register` when imported; the built-in ones are imported the first time a
 URL needs them, so importing this package loads no S3 client. Stores that change
 how another store works (tiers, sharding, encryption) wrap it: see ``wrapper.py``.
+
+A chunk's id is the hash of all its bytes, so it is known only once the last one is
+written. An engine that can take a chunk's bytes before then offers a
+:class:`ChunkStream` (``BlobStore.stream``): a file written in order sends each
+chunk a part at a time while it is written, and names it when it is whole.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from ..schemes import SchemeRegistry
 __all__ = [
     "BlobEngine",
     "BlobStore",
+    "ChunkStream",
     "OpenStore",
     "check_store_url",
     "open_store",
@@ -37,6 +43,29 @@ __all__ = [
 put_sent: ContextVar[Callable[[], None] | None] = ContextVar("put_sent", default=None)
 
 
+class ChunkStream(ABC):
+    """One chunk sent while it is still being written. Its bytes go in parts of
+    ``part_size`` at offsets that are multiples of it (the last part may be shorter),
+    concurrently and in any order; :meth:`finish` then stores them under the chunk's
+    id. Until then no id names them, and whatever :meth:`abort`, a failed finish or a
+    crash leaves behind is debris (see :meth:`BlobStore.debris`)."""
+
+    part_size: int
+
+    @abstractmethod
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Send one part (``data`` is read until this returns)."""
+
+    @abstractmethod
+    async def finish(self, chunk_id: str, size: int) -> None:
+        """Store the parts written, which cover ``size`` bytes from 0, as ``chunk_id``:
+        durable when it returns, as :meth:`BlobStore.put` is. Every write must be over."""
+
+    @abstractmethod
+    async def abort(self) -> None:
+        """Give up: the parts written go (best effort; a store sweeps what stays)."""
+
+
 class BlobStore(ABC):
     """Chunks keyed by their BLAKE3 id. ``put`` is durable when it returns."""
 
@@ -49,6 +78,11 @@ class BlobStore(ABC):
     def signals_sent(self) -> bool:
         """Whether ``put`` calls :data:`put_sent`'s callback once its bytes are sent."""
         return False
+
+    def stream(self) -> ChunkStream | None:
+        """A new chunk to send while it is being written, or None if this store takes
+        chunks whole only (the default)."""
+        return None
 
     @abstractmethod
     async def get(self, chunk_id: str) -> bytes:

@@ -1,4 +1,8 @@
-"""Chunks as files in a local folder: ``chunks/ab/abcdef...``; URL ``file:///ABS/PATH``."""
+"""Chunks as files in a local folder: ``chunks/ab/abcdef...``; URL ``file:///ABS/PATH``.
+
+A chunk streamed while it is written (see ``ChunkStream``) grows in
+``streams/UUID.tmp`` and is renamed into place, fsynced, when it is named.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,19 @@ import errno
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from .. import private
-from ..durability import write_atomically
+from ..durability import fsync_dir, write_atomically
 from ..errors import ConfigError, NotFound, StoreFull, StoreUnavailable
-from . import BlobStore, register
+from . import BlobStore, ChunkStream, register
+
+T = TypeVar("T")
+# Parts of a streamed chunk: any size would do here; this is the S3 engine's.
+_STREAM_PART = 8 << 20
 
 
 def local_root(url: str) -> str:
@@ -56,11 +65,88 @@ def _ids_in(folder: Path, prefix: str, after: str) -> builtins.list[str]:
     )
 
 
+def _store_error(root: Path, err: OSError) -> Exception:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(f"the store {root} is full ({err.strerror})")
+    return StoreUnavailable(f"cannot write to store folder {root}: {err.strerror}")
+
+
+class _LocalStream(ChunkStream):
+    part_size = _STREAM_PART
+
+    def __init__(self, store: LocalBlobStore) -> None:
+        self._store = store
+        self.path = store._streams / f"{uuid.uuid4().hex}.tmp"
+        self._fd: int | None = None
+        self._opening = asyncio.Lock()
+        # Bytes of the parts written (they do not overlap): a part missing leaves a
+        # hole, which the file's size does not show.
+        self._written = 0
+
+    async def _file(self) -> int:
+        async with self._opening:
+            if self._fd is None:
+
+                def open_() -> int:
+                    private.make_dir(self.path.parent)
+                    return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+                self._fd = await self._run(open_)
+            return self._fd
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(work)
+        except OSError as err:
+            raise _store_error(self._store.root, err) from None
+
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        fd = await self._file()
+
+        def write() -> None:
+            view = memoryview(data)
+            done = 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
+
+        await self._run(write)
+        self._written += len(data)
+
+    async def finish(self, chunk_id: str, size: int) -> None:
+        fd = await self._file()
+        final = self._store._path(chunk_id)
+
+        def finish() -> None:
+            if self._written != size or os.fstat(fd).st_size != size:
+                raise StoreUnavailable(
+                    f"streamed chunk {chunk_id} has {self._written} bytes in {self.path}, "
+                    f"not {size}"
+                )
+            os.fsync(fd)
+            private.make_dir(final.parent)
+            os.replace(self.path, final)
+            fsync_dir(final.parent)
+
+        try:
+            await self._run(finish)
+        except BaseException:
+            await self.abort()
+            raise
+        await self.abort()
+
+    async def abort(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        self.path.unlink(missing_ok=True)
+
+
 class LocalBlobStore(BlobStore):
     def __init__(self, url: str, root: str, *, create: bool = False) -> None:
         self.url = url
         self.root = Path(root)
         self._chunks = self.root / "chunks"
+        self._streams = self.root / "streams"
         self._create = create
 
     @classmethod
@@ -81,14 +167,13 @@ class LocalBlobStore(BlobStore):
             # sees the whole chunk or none of it, and a full disk leaves no half chunk.
             write_atomically(final, data, tmp)
         except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFull(f"the store {self.root} is full ({err.strerror})") from None
-            raise StoreUnavailable(
-                f"cannot write to store folder {self.root}: {err.strerror}"
-            ) from None
+            raise _store_error(self.root, err) from None
 
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
         await asyncio.to_thread(self._put, chunk_id, data)
+
+    def stream(self) -> ChunkStream:
+        return _LocalStream(self)
 
     def _read(self, chunk_id: str, offset: int, length: int | None) -> bytes:
         try:
@@ -123,8 +208,11 @@ class LocalBlobStore(BlobStore):
     def _debris(self, older_than: float) -> builtins.list[Path]:
         cutoff = time.time() - older_than
         found = []
-        for folder in _fan_out_folders(self._chunks):
-            with os.scandir(self._chunks / folder) as entries:
+        folders = [self._chunks / folder for folder in _fan_out_folders(self._chunks)]
+        if self._streams.is_dir():
+            folders.append(self._streams)
+        for folder in folders:
+            with os.scandir(folder) as entries:
                 for entry in entries:
                     if not _is_chunk_name(entry.name) and entry.name.endswith(".tmp"):
                         with contextlib.suppress(FileNotFoundError):
@@ -133,7 +221,7 @@ class LocalBlobStore(BlobStore):
         return sorted(found)
 
     async def debris(self, older_than: float) -> builtins.list[str]:
-        """Half-written ``.tmp`` files a crashed or failed put left behind."""
+        """Half-written ``.tmp`` files a crashed or failed put or stream left behind."""
         return [str(p) for p in await asyncio.to_thread(self._debris, older_than)]
 
     async def remove_debris(self, older_than: float) -> int:

@@ -27,15 +27,30 @@ again through the client, whose retries and errors then apply. A PUT of up to 4 
 (what an fsync sends ahead, a small file's chunk) goes out from the event loop itself
 over a kept connection of its own (:class:`_LoopConnections`), signed the same way:
 handing it to a thread and back took about as long as signing and sending it.
+
+A chunk streamed while it is written (see ``ChunkStream``) goes up as a multipart
+upload to ``PREFIX/streams/UUID``, 8 MiB parts sent as the writer fills them: when
+its last byte is written only the last part, the completion and a small object at the
+chunk's key are left to send, where a PUT of the whole chunk would start only then.
+That small object (its body and its ``x-amz-meta-mediadrive-stream`` header name the
+stream object) redirects reads of the chunk, once per chunk per process (remembered);
+deleting the chunk deletes both. S3 has no rename: a server-side copy to the chunk's
+key would cost the server as much as the PUT it replaces. A stream whose upload never
+completed, or which completed with no chunk pointing at it (a crash between the two
+steps, or two writers of the same chunk at once), is debris that GC sweeps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import io
 import logging
 import os
 import ssl
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,7 +69,7 @@ from urllib3.exceptions import HTTPError
 
 from .. import buffers
 from ..errors import ConfigError, NotFound, StoreUnavailable
-from . import BlobStore, put_sent, register
+from . import BlobStore, ChunkStream, put_sent, register
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -72,6 +87,31 @@ _OPTIONS = {"endpoint", "region"}
 _WRONG_HERE = {301, 307, 400, 403, 405, 501}
 # Bodies up to this size are put from the event loop (see _Direct.put_on_loop).
 _LOOP_PUT_MAX = 4 << 20
+# Parts of a streamed chunk: S3 takes parts of 5 MiB at least (but the last); the
+# smaller, the less is left to send once the chunk's last byte is written.
+_STREAM_PART = 8 << 20
+# The user metadata on a chunk's key that names the stream object holding its bytes.
+_STREAM_META = "mediadrive-stream"
+_STREAM_HEADER = f"x-amz-meta-{_STREAM_META}"
+# Streams are debris only after this long at least: a stream stays open as long as its
+# chunk is being written, and S3 dates a multipart upload from its start.
+_STREAM_DEBRIS_AGE = 24 * 3600.0
+# Chunk ids whose stream object is remembered (see S3BlobStore._streamed).
+_STREAMED_KEPT = 1 << 16
+
+
+class _Moved(Exception):
+    """A chunk's key holds a redirect to the stream object with its bytes."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _moved_to(headers: Any) -> str | None:
+    """The stream object a chunk's answer redirects to, if it does."""
+    target = headers.get(_STREAM_HEADER)
+    return str(target) if target else None
 
 
 @dataclass(frozen=True)
@@ -163,8 +203,9 @@ class _Direct:
         body: bytes | memoryview | None,
         headers: dict[str, str],
         sent: Callable[[], None] | None = None,
+        query: str = "",
     ) -> Any:
-        request = self._signed(method, key, headers, body)
+        request = self._signed(method, key, headers, body, query=query)
         if request is None:
             return None
         try:
@@ -185,6 +226,7 @@ class _Direct:
         headers: dict[str, str],
         body: bytes | memoryview | None,
         on_loop: bool = False,
+        query: str = "",
     ) -> AWSRequest | None:
         """A request signed with the session's credentials; None when there are none,
         the direct path is off, or (``on_loop``) they must be refreshed first, which may
@@ -196,9 +238,8 @@ class _Direct:
             return None
         # Streamed: a body read whole in one call (AWSResponse.content reads it in
         # 64 KiB pieces and joins them).
-        request = AWSRequest(
-            method, self._base + quote(key, safe="/~"), headers, body, stream_output=True
-        )
+        url = self._base + quote(key, safe="/~") + (f"?{query}" if query else "")
+        request = AWSRequest(method, url, headers, body, stream_output=True)
         request.context["client_config"] = self._config
         try:
             S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
@@ -258,22 +299,48 @@ class _Direct:
             connections.close()
 
     def put(
-        self, key: str, body: bytes | memoryview, sent: Callable[[], None] | None = None
+        self,
+        key: str,
+        body: bytes | memoryview,
+        sent: Callable[[], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> bool:
         """True once ``body`` is stored under ``key``."""
-        answer = self._send("PUT", key, body, {"Content-Length": str(len(body))}, sent)
+        headers = {"Content-Length": str(len(body)), **(headers or {})}
+        answer = self._send("PUT", key, body, headers, sent)
         return answer is not None and _body(answer) is not None and answer.status_code == 200
+
+    def put_part(
+        self, key: str, upload_id: str, number: int, body: bytes | memoryview
+    ) -> str | None:
+        """Part ``number`` of a multipart upload: its ETag once stored."""
+        query = f"partNumber={number}&uploadId={quote(upload_id, safe='')}"
+        answer = self._send("PUT", key, body, {"Content-Length": str(len(body))}, query=query)
+        if answer is None or _body(answer) is None or answer.status_code != 200:
+            return None
+        etag = answer.headers.get("ETag")
+        return str(etag) if etag else None
+
+    def _get(self, key: str, offset: int, length: int) -> Any:
+        """A ranged GET's answer (None if not sent); _Moved for a chunk's redirect."""
+        answer = self._send("GET", key, None, {"Range": f"bytes={offset}-{offset + length - 1}"})
+        if answer is not None and answer.status_code in (200, 206):
+            target = _moved_to(answer.headers)
+            if target is not None:
+                _body(answer)
+                raise _Moved(target)
+        return answer
 
     def get_range(self, key: str, offset: int, length: int) -> bytes | None:
         """``length`` bytes of ``key`` from ``offset`` (fewer at its end)."""
-        answer = self._send("GET", key, None, {"Range": f"bytes={offset}-{offset + length - 1}"})
+        answer = self._get(key, offset, length)
         return None if answer is None else _range_body(answer, offset, length)
 
     def get_range_into_aligned(self, key: str, offset: int, length: int) -> memoryview | None:
         """:meth:`get_range`, received straight into page-aligned memory (see
         ``buffers.py``): the body is read from the connection into it, with no copy of
         its own in between."""
-        answer = self._send("GET", key, None, {"Range": f"bytes={offset}-{offset + length - 1}"})
+        answer = self._get(key, offset, length)
         if answer is None:
             return None
         # The standard library's response under urllib3's: it reads into a buffer given.
@@ -472,11 +539,112 @@ def _fan_out(start: str) -> str:
     return f"{start[:2]}/{start}" if len(start) >= 2 else start
 
 
+class _S3Stream(ChunkStream):
+    """A chunk streamed into a multipart upload (see module doc)."""
+
+    part_size = _STREAM_PART
+
+    def __init__(self, store: S3BlobStore) -> None:
+        self._store = store
+        self.key = f"{store.prefix}streams/{uuid.uuid4().hex}"
+        self._upload: asyncio.Future[str] | None = None
+        self._etags: dict[int, str] = {}
+
+    async def _upload_id(self) -> str:
+        if self._upload is None:
+            store = self._store
+
+            def create() -> str:
+                answer = store._client.create_multipart_upload(Bucket=store.bucket, Key=self.key)
+                return answer["UploadId"]
+
+            self._upload = asyncio.ensure_future(store._call(create))
+        return await asyncio.shield(self._upload)
+
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        if offset % self.part_size:
+            raise ValueError(f"a part starts at a multiple of {self.part_size}, not {offset}")
+        store = self._store
+        upload_id = await self._upload_id()
+        number = offset // self.part_size + 1
+
+        def put() -> str:
+            direct = store._direct
+            if direct is not None:
+                etag = direct.put_part(self.key, upload_id, number, data)
+                if etag is not None:
+                    return etag
+            answer = store._client.upload_part(
+                Bucket=store.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=bytes(data),
+            )
+            return answer["ETag"]
+
+        self._etags[number] = await store._call(put)
+
+    async def finish(self, chunk_id: str, size: int) -> None:
+        store = self._store
+        upload_id = await self._upload_id()
+        parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
+        if len(parts) != -(-size // self.part_size):
+            await self.abort()
+            raise StoreUnavailable(
+                f"streamed chunk {chunk_id} has {len(parts)} parts for {size} bytes"
+            )
+        key = store._key(chunk_id)
+        body = self.key.encode()
+
+        def complete() -> None:
+            store._client.complete_multipart_upload(
+                Bucket=store.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
+            )
+            # The redirect after the object it names: a chunk's key never names bytes
+            # that are not stored.
+            direct = store._direct
+            if direct is None or not direct.put(key, body, headers={_STREAM_HEADER: self.key}):
+                store._client.put_object(
+                    Bucket=store.bucket, Key=key, Body=body, Metadata={_STREAM_META: self.key}
+                )
+
+        try:
+            await store._call(complete, chunk=chunk_id)
+        except BaseException:
+            await self.abort()
+            raise
+        store._remember(chunk_id, self.key)
+
+    async def abort(self) -> None:
+        store = self._store
+        upload = self._upload
+        if upload is None or not upload.done() or upload.exception() is not None:
+            return
+        upload_id = upload.result()
+
+        def abort() -> None:
+            with contextlib.suppress(ClientError):
+                store._client.abort_multipart_upload(
+                    Bucket=store.bucket, Key=self.key, UploadId=upload_id
+                )
+            # Completed, but its redirect failed.
+            store._client.delete_object(Bucket=store.bucket, Key=self.key)
+
+        with contextlib.suppress(StoreUnavailable, NotFound):
+            await store._call(abort)
+
+
 class S3BlobStore(BlobStore):
     # Keys per LIST request; S3's maximum. Tests lower it to see several pages.
     page_size = 1000
     # Chunks up to this size go up in one PUT (tests lower it to see multipart).
     single_put_max = 64 << 20
+    # Streams are debris only after this long at least (tests lower it).
+    stream_debris_age = _STREAM_DEBRIS_AGE
 
     def __init__(
         self,
@@ -522,6 +690,9 @@ class S3BlobStore(BlobStore):
         self._manager: TransferManager | None = None
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="s3")
         self._direct = _Direct.for_client(self._client, session, self.bucket, region)
+        # Streamed chunks: id -> the stream object with their bytes, so a read goes
+        # there without asking the chunk's key first (bounded; chunks never change).
+        self._streamed: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str, *, create: bool = False) -> S3BlobStore:
@@ -529,6 +700,30 @@ class S3BlobStore(BlobStore):
 
     def _key(self, chunk_id: str) -> str:
         return f"{self.prefix}chunks/{chunk_id[:2]}/{chunk_id}"
+
+    def _remember(self, chunk_id: str, stream_key: str) -> None:
+        if len(self._streamed) >= _STREAMED_KEPT:
+            self._streamed.clear()
+        self._streamed[chunk_id] = stream_key
+
+    async def _read(self, chunk_id: str, fetch: Callable[[str], T]) -> T:
+        """``fetch(key)`` on the store's threads, from the chunk's key or, for a
+        streamed chunk, the stream object its key redirects to (see module doc)."""
+        key = self._streamed.get(chunk_id) or self._key(chunk_id)
+        try:
+            return await self._call(fetch, key, chunk=chunk_id)
+        except _Moved as moved:
+            key = moved.key
+        self._remember(chunk_id, key)
+        try:
+            return await self._call(fetch, key, chunk=chunk_id)
+        except _Moved:
+            raise StoreUnavailable(
+                f"chunk {chunk_id} in {self._where()} redirects to another redirect"
+            ) from None
+
+    def stream(self) -> ChunkStream:
+        return _S3Stream(self)
 
     async def _call(
         self, fn: Callable[..., T], *args: Any, chunk: str | None = None, **kwargs: Any
@@ -602,53 +797,61 @@ class S3BlobStore(BlobStore):
         )
 
     async def get(self, chunk_id: str) -> bytes:
-        def fetch() -> bytes:
-            return self._client.get_object(Bucket=self.bucket, Key=self._key(chunk_id))[
-                "Body"
-            ].read()
+        def fetch(key: str) -> bytes:
+            answer = self._client.get_object(Bucket=self.bucket, Key=key)
+            data: bytes = answer["Body"].read()
+            target = answer.get("Metadata", {}).get(_STREAM_META)
+            if target:
+                raise _Moved(target)
+            return data
 
-        return await self._call(fetch, chunk=chunk_id)
+        return await self._read(chunk_id, fetch)
 
     async def get_range(self, chunk_id: str, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
 
-        def fetch() -> bytes:
+        def fetch(key: str) -> bytes:
             if self._direct is not None:
-                data = self._direct.get_range(self._key(chunk_id), offset, length)
+                data = self._direct.get_range(key, offset, length)
                 if data is not None:
                     return data
-            return self._client_range(chunk_id, offset, length)
+            return self._client_range(key, offset, length)
 
-        return await self._call(fetch, chunk=chunk_id)
+        return await self._read(chunk_id, fetch)
 
     async def get_range_view(self, chunk_id: str, offset: int, length: int) -> memoryview:
         direct = self._direct
         if length <= 0 or direct is None:
             return await super().get_range_view(chunk_id, offset, length)
 
-        def fetch() -> memoryview:
-            view = direct.get_range_into_aligned(self._key(chunk_id), offset, length)
-            return (
-                memoryview(self._client_range(chunk_id, offset, length)) if view is None else view
-            )
+        def fetch(key: str) -> memoryview:
+            view = direct.get_range_into_aligned(key, offset, length)
+            return memoryview(self._client_range(key, offset, length)) if view is None else view
 
-        return await self._call(fetch, chunk=chunk_id)
+        return await self._read(chunk_id, fetch)
 
-    def _client_range(self, chunk_id: str, offset: int, length: int) -> bytes:
+    def _client_range(self, key: str, offset: int, length: int) -> bytes:
         """A range through the client (its retries and errors); runs on the store's
-        threads."""
+        threads. _Moved for a chunk's redirect."""
         try:
             response = self._client.get_object(
-                Bucket=self.bucket,
-                Key=self._key(chunk_id),
-                Range=f"bytes={offset}-{offset + length - 1}",
+                Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}"
             )
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") == "InvalidRange":
-                return b""
-            raise
+            if err.response.get("Error", {}).get("Code") != "InvalidRange":
+                raise
+            # Past the end of the object: a chunk's, or its redirect's (shorter than
+            # the chunk), which only its header tells apart.
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+            target = head.get("Metadata", {}).get(_STREAM_META)
+            if target:
+                raise _Moved(target) from None
+            return b""
         data: bytes = response["Body"].read()
+        target = response.get("Metadata", {}).get(_STREAM_META)
+        if target:
+            raise _Moved(target)
         return data
 
     async def exists(self, chunk_id: str) -> bool:
@@ -664,7 +867,75 @@ class S3BlobStore(BlobStore):
         return True
 
     async def delete(self, chunk_id: str) -> None:
-        await self._call(self._client.delete_object, Bucket=self.bucket, Key=self._key(chunk_id))
+        key = self._key(chunk_id)
+
+        def delete() -> None:
+            try:
+                head = self._client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as err:
+                if str(err.response.get("Error", {}).get("Code", "")) in _MISSING:
+                    return
+                raise
+            # The redirect first: a crash in between leaves debris, not a chunk whose
+            # key names bytes that are gone.
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+            target = head.get("Metadata", {}).get(_STREAM_META)
+            if target:
+                self._client.delete_object(Bucket=self.bucket, Key=target)
+
+        self._streamed.pop(chunk_id, None)
+        await self._call(delete)
+
+    def _stream_debris(self, older_than: float) -> tuple[list[tuple[str, str]], list[str]]:
+        """Multipart uploads of streams (key, upload id) and stream objects no chunk
+        names, untouched for ``older_than`` seconds; on the store's threads."""
+        cutoff = time.time() - max(older_than, self.stream_debris_age)
+        root = f"{self.prefix}streams/"
+        uploads = []
+        pages = self._client.get_paginator("list_multipart_uploads")
+        # The whole bucket's, filtered here: MinIO lists uploads under a prefix only
+        # when it is an object's whole key.
+        for listed in pages.paginate(Bucket=self.bucket):
+            for upload in listed.get("Uploads", []):
+                if upload["Key"].startswith(root) and upload["Initiated"].timestamp() < cutoff:
+                    uploads.append((upload["Key"], upload["UploadId"]))
+        objects = self._client.get_paginator("list_objects_v2")
+        orphans = {
+            item["Key"]
+            for page in objects.paginate(Bucket=self.bucket, Prefix=root)
+            for item in page.get("Contents", [])
+            if item["LastModified"].timestamp() < cutoff
+        }
+        if orphans:
+            # A redirect's body is its stream's key, as long as every other's here.
+            size = len(f"{root}{uuid.uuid4().hex}".encode())
+            for page in objects.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}chunks/"):
+                for item in page.get("Contents", []):
+                    if item["Size"] != size:
+                        continue
+                    with contextlib.suppress(ClientError):
+                        head = self._client.head_object(Bucket=self.bucket, Key=item["Key"])
+                        orphans.discard(head.get("Metadata", {}).get(_STREAM_META, ""))
+        return uploads, sorted(orphans)
+
+    async def debris(self, older_than: float) -> builtins.list[str]:
+        """Streams that never became a chunk (see module doc)."""
+        uploads, orphans = await self._call(self._stream_debris, older_than)
+        return [f"{key} (unfinished upload)" for key, _ in uploads] + orphans
+
+    async def remove_debris(self, older_than: float) -> int:
+        def remove() -> int:
+            uploads, orphans = self._stream_debris(older_than)
+            for key, upload_id in uploads:
+                with contextlib.suppress(ClientError):
+                    self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id
+                    )
+            for key in orphans:
+                self._client.delete_object(Bucket=self.bucket, Key=key)
+            return len(uploads) + len(orphans)
+
+        return await self._call(remove)
 
     async def list(self, prefix: str = "", after: str = "") -> AsyncIterator[str]:
         # Keys sort as their ids do, since the fan-out folder is the id's first two

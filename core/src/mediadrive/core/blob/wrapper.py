@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator
 
-from . import BlobStore
+from . import BlobStore, ChunkStream
 
 
 class WrappedStore(BlobStore):
@@ -29,6 +29,11 @@ class WrappedStore(BlobStore):
     @property
     def signals_sent(self) -> bool:
         return self.inner.signals_sent
+
+    def stream(self) -> ChunkStream | None:
+        # Not passed on: a stream would store chunks past whatever the wrapper does to a
+        # put. A wrapper that leaves puts as they are may return the inner store's.
+        return None
 
     async def get(self, chunk_id: str) -> bytes:
         return await self.inner.get(chunk_id)
