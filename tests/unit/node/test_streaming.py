@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mediadrive.core.blob import ChunkStream
 from mediadrive.core.blob.wrapper import WrappedStore
 from mediadrive.core.chunking import make_chunker
 from mediadrive.core.config import DriveSettings
@@ -91,9 +92,10 @@ async def version_holds(vfs: TestVFS, name: str, data: bytes) -> None:
 
 
 async def released_and_read_back(vfs: TestVFS, fh: int, tmp_path: Path, name: str) -> bytes:
-    """Close ``fh``, wait for the commit, unmount, and read ``name`` back as a new
-    mount with an empty cache does."""
-    vfs.vfs.release(fh)
+    """Close ``fh`` (unless -1), wait for the commit, unmount, and read ``name`` back as
+    a new mount with an empty cache does."""
+    if fh >= 0:
+        vfs.vfs.release(fh)
     await committed(vfs)
     await vfs.close()
     return await read_back(tmp_path, name)
@@ -572,3 +574,156 @@ async def test_a_rewrite_over_a_block_being_filled_keeps_the_bytes_written(
     # a commit that reads it.
     assert await vfs.vfs.read(fh, block, MiB) == new
     assert await released_and_read_back(vfs, fh, tmp_path, "plate.dpx") == old[:block] + new
+
+
+# -- chunks that go up a part at a time while they are written -------------------------------
+
+STREAMED = 16 * MiB
+
+
+class _WatchedStream(ChunkStream):
+    def __init__(self, inner: ChunkStream, watch: StreamWatch) -> None:
+        self.inner = inner
+        self.watch = watch
+        self.part_size = inner.part_size
+
+    async def write(self, offset: int, data: bytes | memoryview) -> None:
+        self.watch.parts += 1
+        await self.inner.write(offset, data)
+
+    async def finish(self, chunk_id: str, size: int) -> None:
+        await self.inner.finish(chunk_id, size)
+        self.watch.named.append(chunk_id)
+
+    async def abort(self) -> None:
+        self.watch.aborted += 1
+        await self.inner.abort()
+
+
+class StreamWatch(WrappedStore):
+    """Passes streams on, remembering what they named, and every chunk put whole."""
+
+    def __init__(self, inner: WrappedStore) -> None:
+        super().__init__(inner)
+        self.puts: list[str] = []
+        self.named: list[str] = []
+        self.parts = 0
+        self.aborted = 0
+
+    async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
+        self.puts.append(chunk_id)
+        await super().put(chunk_id, data)
+
+    def stream(self) -> ChunkStream | None:
+        inner = self.inner.stream()
+        return None if inner is None else _WatchedStream(inner, self)
+
+
+def watching(vfs: TestVFS) -> StreamWatch:
+    uploader = vfs.parts.drive.uploader
+    store = StreamWatch(uploader.blobs)  # type: ignore[arg-type]
+    uploader.blobs = store
+    return store
+
+
+def streams_left(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "store" / "streams"
+    return sorted(os.listdir(folder)) if folder.is_dir() else []
+
+
+def fixed_ids(data: bytes, size: int = STREAMED) -> list[str]:
+    return [chunk_id(data[i : i + size]) for i in range(0, len(data), size)]
+
+
+async def test_a_large_chunk_goes_up_in_parts_while_it_is_written(tmp_path: Path) -> None:
+    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED)
+    store = watching(vfs)
+    # Two whole chunks and a short last one, long enough to stream too.
+    data = os.urandom(2 * STREAMED + 10 * MiB)
+    fh = await create(vfs, "render.exr")
+    for offset in range(0, 12 * MiB, MiB):
+        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    # Three quarters of the first chunk written: its first part is stored already.
+    for _ in range(200):
+        if streams_left(tmp_path):
+            break
+        await asyncio.sleep(0.02)
+    (part,) = streams_left(tmp_path)
+    assert os.path.getsize(tmp_path / "store" / "streams" / part) >= 8 * MiB
+    for offset in range(12 * MiB, len(data), MiB):
+        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await sent_early(vfs, 2)
+    assert store.named == fixed_ids(data)[:2]
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    # The short last chunk is named from its stream too: nothing is put whole.
+    assert store.named == fixed_ids(data)
+    assert store.puts == []
+    assert (store.parts, store.aborted) == (6, 0)
+    assert streams_left(tmp_path) == []
+    assert vfs.parts.writeback.figures.bytes_uploaded == len(data)
+    reader = await vfs.parts.drive.reader("/render.exr")
+    assert [e.chunk_id for e in reader.extents] == fixed_ids(data)
+    assert await released_and_read_back(vfs, -1, tmp_path, "render.exr") == data
+
+
+async def test_a_chunk_rewritten_while_it_streams_is_aborted_and_sent_as_the_file_holds(
+    tmp_path: Path,
+) -> None:
+    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED)
+    store = watching(vfs)
+    data = bytearray(os.urandom(2 * STREAMED))
+    fh = await create(vfs, "plate.dpx")
+    for offset in range(0, 10 * MiB, MiB):
+        await vfs.vfs.write(fh, offset, bytes(data[offset : offset + MiB]))
+    # Back into the part already sent: the stream no longer holds the file's bytes.
+    await vfs.vfs.write(fh, 5, b"retouched")
+    data[5:14] = b"retouched"
+    for offset in range(10 * MiB, len(data), MiB):
+        await vfs.vfs.write(fh, offset, bytes(data[offset : offset + MiB]))
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    first, second = fixed_ids(bytes(data))
+    assert store.named == [second]
+    assert store.puts == [first]
+    assert store.aborted == 1
+    await vfs.parts.writeback.early.close()
+    assert streams_left(tmp_path) == []
+    await version_holds_streamed(vfs, "plate.dpx", bytes(data))
+    assert await released_and_read_back(vfs, -1, tmp_path, "plate.dpx") == bytes(data)
+
+
+async def test_a_copy_of_chunks_the_drive_has_streams_nothing_that_stays(
+    tmp_path: Path,
+) -> None:
+    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED)
+    data = os.urandom(2 * STREAMED)
+    fh = await create(vfs, "take-1.exr")
+    await vfs.vfs.write(fh, 0, data)
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    stored = await vfs.parts.drive.meta.chunk_stats()
+    store = watching(vfs)
+    fh = await create(vfs, "take-2.exr")
+    for offset in range(0, len(data), MiB):
+        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    # Its parts went while it was written (its id was not known yet); once named, the
+    # drive had it: the streams are given up, nothing is stored twice.
+    assert (store.named, store.puts, store.aborted) == ([], [], 2)
+    assert await vfs.parts.drive.meta.chunk_stats() == stored
+    assert streams_left(tmp_path) == []
+    assert sorted(os.listdir(tmp_path / "store" / "chunks" / data_id_dir(data))) != []
+    await version_holds_streamed(vfs, "take-2.exr", data)
+    await vfs.close()
+
+
+def data_id_dir(data: bytes) -> str:
+    return fixed_ids(data)[0][:2]
+
+
+async def version_holds_streamed(vfs: TestVFS, name: str, data: bytes) -> None:
+    reader = await vfs.parts.drive.reader(f"/{name}")
+    assert [e.chunk_id for e in reader.extents] == fixed_ids(data)
+    assert await reader.read(0, reader.size) == data

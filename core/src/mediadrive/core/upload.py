@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import threading
 import uuid
@@ -21,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
-from .blob import BlobStore, put_sent
+from .blob import BlobStore, ChunkStream, put_sent
 from .chunking import Piece, make_chunker
 from .config import DriveSettings
 from .errors import ChunkMissing
@@ -29,6 +30,8 @@ from .hashing import BLOCK_SIZE, chunk_id, digests_of, identify
 from .meta import Extent, MetaStore
 from .meta.records import LandingChunk
 from .meta.sql import CHUNK_HOLD
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int], None]
 
@@ -429,6 +432,7 @@ class Uploader:
         on_put: Callable[[], None] | None = None,
         on_landing: Callable[[Landing], None] | None = None,
         identity: tuple[str, bytes] | None = None,
+        stream: ChunkStream | None = None,
     ) -> tuple[Extent, bool]:
         """Hash, claim (held under ``token``) and, if the drive lacks it, send one chunk
         ahead of the upload that will keep it: a file still being written sends its
@@ -440,7 +444,9 @@ class Uploader:
         can tell: once its bytes are sent), or known not to be needed; ``on_landing``
         (a piece put first) while the put travels, with what a commit needs to record it
         (see Landing; False is returned for a piece such a commit recorded).
-        ``identity``: the piece's id and block digests, hashed already."""
+        ``identity``: the piece's id and block digests, hashed already. ``stream``: one
+        holding the piece's bytes already, every part written: finished as the chunk if
+        the drive lacks it (put instead if that fails), aborted otherwise."""
         if put_first and len(piece.data) <= _PUT_FIRST:
             # For an fsync, which waits with nothing else to do: hashed here (no thread
             # hop), and only its id before the put starts (see _put_first).
@@ -462,17 +468,43 @@ class Uploader:
             else:
                 cid, digests = await asyncio.wrap_future(_hash_pool().submit(_digest, piece.data))
             extent = Extent(piece.offset, len(piece.data), cid)
-        states = await self._claim_many({cid: (len(piece.data), digests)}, token)
+        try:
+            states = await self._claim_many({cid: (len(piece.data), digests)}, token)
+        except BaseException:
+            if stream is not None:
+                await _abort(stream)
+            raise
         sent = states.get(cid) != "stored"
         if sent:
-            putting = asyncio.ensure_future(self.blobs.put(cid, piece.data))
+            await self._store_claimed(cid, piece.data, stream, on_put)
+        else:
+            if stream is not None:
+                await _abort(stream)
             if on_put is not None:
                 on_put()
-            await putting
-            await self.meta.mark_stored([cid])
-        elif on_put is not None:
-            on_put()
         return extent, sent
+
+    async def _store_claimed(
+        self,
+        cid: str,
+        data: bytes | memoryview,
+        stream: ChunkStream | None,
+        on_put: Callable[[], None] | None,
+    ) -> None:
+        """Store a claimed chunk: its stream finished, or ``data`` put (see store_piece)."""
+        if stream is not None:
+            try:
+                await stream.finish(cid, len(data))
+            except Exception as exc:
+                log.info("streamed chunk %s not stored (%s); putting it whole", cid, exc)
+            else:
+                await self.meta.mark_stored([cid])
+                return
+        putting = asyncio.ensure_future(self.blobs.put(cid, data))
+        if on_put is not None:
+            on_put()
+        await putting
+        await self.meta.mark_stored([cid])
 
     async def _put_first(
         self,
@@ -564,3 +596,9 @@ async def _started(store: BlobStore, cid: str, data: bytes | memoryview) -> asyn
     putting.add_done_callback(sent)
     await out
     return putting
+
+
+async def _abort(stream: ChunkStream) -> None:
+    """Give a stream up; one that cannot be aborted is left to the store's sweep."""
+    with contextlib.suppress(Exception):
+        await stream.abort()

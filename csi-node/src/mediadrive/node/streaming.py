@@ -59,6 +59,7 @@ from typing import Any
 from blake3 import blake3
 
 from mediadrive.core import buffers
+from mediadrive.core.blob import ChunkStream
 from mediadrive.core.chunking import Piece, make_chunker
 from mediadrive.core.drive import Drive
 from mediadrive.core.hashing import BLOCK_SIZE
@@ -79,6 +80,9 @@ _CDC_BATCH = 32 << 20
 _CDC_BATCHES = 4
 # Puts in flight at once for one batch of content-defined chunks.
 _CDC_PUTS = 8
+# A gathered chunk goes up while it is written once it has this much (a chunk sent in
+# one put is as soon up if smaller).
+_STREAM_FROM = 8 << 20
 # Memory for chunks gathered as they are written (see EarlyUploads.gather), across
 # all files: an upload's window.
 _GATHERED_BYTES = 256 << 20
@@ -108,6 +112,11 @@ class _Gathered:
     hasher: Any = field(default_factory=blake3)
     digests: bytearray = field(default_factory=bytearray)
     hashing: Future[None] | None = None
+    # Its bytes going up a part at a time (see EarlyUploads._stream_on): the stream,
+    # the bytes handed to it, and the sends of its parts.
+    stream: ChunkStream | None = None
+    streamed: int = 0
+    parts: list[asyncio.Task[None]] = field(default_factory=list)
 
     def hash_on(self, whole: bool) -> None:
         """Hand the blocks written since over to the hashing thread (``whole``: the
@@ -217,11 +226,15 @@ class EarlyUploads:
         self._gather_max = max(1, _GATHERED_BYTES // self.grain)
         self._gathering = 0
         self._renewer: asyncio.Task[None] | None = None
-        # Holds being ended after commits (nobody waits for them; close does).
+        # Holds being ended after commits and streams being aborted (nobody waits for
+        # them; close does).
         self._releases: set[asyncio.Task[None]] = set()
         # Told of each piece sent ahead of an fsync, with its bytes (the writeback
         # keeps its blocks).
         self.on_sent_ahead: Callable[[StagedFile, Extent, bytes | memoryview], None] | None = None
+        # Whether gathered chunks go up while they are written (asking for a stream
+        # sends nothing until a part is written).
+        self.streams = self.enabled and not self.cdc and drive.uploader.blobs.stream() is not None
 
     # -- told by the staged copies ------------------------------------------------------
 
@@ -299,9 +312,72 @@ class EarlyUploads:
             view[:] = memoryview(data)[lo - offset : hi - offset]
             gathered.filled = hi - start
             gathered.expected += 1
-            gathered.hash_on(whole=gathered.filled == self.grain)
+            whole = gathered.filled == self.grain
+            gathered.hash_on(whole)
+            self._stream_on(gathered, whole)
             placed.append((lo, view))
         return placed
+
+    def _stream_on(self, gathered: _Gathered, whole: bool) -> None:
+        """Send the parts of a gathered chunk filled since (``whole``: its last part
+        too, short or not). A chunk shorter than one part is not streamed: one put
+        sends it as soon."""
+        if not self.streams:
+            return
+        if gathered.stream is None:
+            if gathered.streamed or gathered.filled < _STREAM_FROM:
+                return
+            gathered.stream = self.drive.uploader.blobs.stream()
+            if gathered.stream is None:
+                return
+        stream = gathered.stream
+        step = stream.part_size
+        end = gathered.filled if whole else gathered.filled - gathered.filled % step
+        loop = asyncio.get_running_loop()
+        while gathered.streamed < end:
+            start = gathered.streamed
+            stop = min(start + step, end)
+            part = gathered.view[start:stop]
+            gathered.parts.append(loop.create_task(stream.write(start, part)))
+            gathered.streamed = stop
+
+    def _drop_stream(self, gathered: _Gathered) -> None:
+        """Abort the stream of a chunk let go, once its parts' sends are over."""
+        stream, parts = gathered.stream, gathered.parts
+        gathered.stream, gathered.parts = None, []
+        if stream is None:
+            return
+
+        async def drop() -> None:
+            for part in parts:
+                part.cancel()
+            await asyncio.gather(*parts, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await stream.abort()
+
+        self._background(drop())
+
+    async def _parts_in(self, gathered: _Gathered, length: int) -> ChunkStream | None:
+        """The stream of a gathered chunk once every part of its ``length`` bytes is
+        sent; None (the stream aborted) if it has none or a part failed."""
+        stream, parts = gathered.stream, gathered.parts
+        if stream is None:
+            return None
+        gathered.stream, gathered.parts = None, []
+        try:
+            results = await asyncio.gather(*parts, return_exceptions=True)
+        except asyncio.CancelledError:
+            gathered.stream, gathered.parts = stream, parts
+            self._drop_stream(gathered)
+            raise
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed or gathered.streamed != length:
+            if failed:
+                log.info("a part of a streamed chunk failed (%s); putting it whole", failed[0])
+            gathered.stream, gathered.parts = stream, []
+            self._drop_stream(gathered)
+            return None
+        return stream
 
     def _scatter(
         self, state: _FileState, index: int | None = None, view: memoryview | None = None
@@ -313,6 +389,7 @@ class EarlyUploads:
             if gathered is not None and (view is None or gathered.view is view):
                 del state.gathered[i]
                 self._gathering -= 1
+                self._drop_stream(gathered)
 
     def _state(self, staged: StagedFile) -> _FileState:
         state = self._files.get(staged)
@@ -432,11 +509,12 @@ class EarlyUploads:
         stamp: Stamp,
         ahead: Callable[[], None] | None = None,
         identity: tuple[str, bytes] | None = None,
+        stream: ChunkStream | None = None,
     ) -> str | None:
         """Send one chunk read under ``stamp``; recorded if its bytes still hold.
         Returns its id once stored. ``ahead``: the piece is sent for an fsync, and this
         is called once its put is handed to the store. ``identity``: its id and block
-        digests, when already worked out."""
+        digests, when already worked out. ``stream``: one holding its bytes already."""
 
         def landing(landing: Landing) -> None:
             state.landing[piece.offset] = (landing, stamp)
@@ -449,6 +527,7 @@ class EarlyUploads:
                 on_put=ahead,
                 on_landing=landing if ahead is not None else None,
                 identity=identity,
+                stream=stream,
             )
         except Exception as exc:  # the commit sends it instead
             log.info("early upload of %s at %d failed: %s", staged.path, piece.offset, exc)
@@ -479,8 +558,9 @@ class EarlyUploads:
                 stamp = state.stamp(start, length)
                 try:
                     identity = await gathered.identity()
-                    piece = Piece(start, gathered.view)
-                    await self._store(staged, state, piece, stamp, ahead, identity)
+                    stream = await self._parts_in(gathered, length)
+                    piece = Piece(start, gathered.view[:length])
+                    await self._store(staged, state, piece, stamp, ahead, identity, stream)
                 finally:
                     self._scatter(state, start // self.grain, gathered.view)
                 return
@@ -492,13 +572,38 @@ class EarlyUploads:
             await self._store(staged, state, Piece(start, data), stamp, ahead)
 
     def _whole(self, state: _FileState, start: int, length: int) -> _Gathered | None:
-        """The chunk at ``start`` gathered whole in memory, if it is."""
-        if start % self.grain or length != self.grain:
+        """The chunk at ``start`` gathered in memory and hashed, ``length`` bytes of it
+        (a whole chunk, or the last of a file), if it is."""
+        if start % self.grain:
             return None
         gathered = state.gathered.get(start // self.grain)
         if gathered is None or gathered.filled != length or gathered.expected:
             return None
-        return gathered
+        return gathered if gathered.hashed == length else None
+
+    def _send_tail(self, staged: StagedFile, state: _FileState) -> None:
+        """Name the file's last chunk, short, from its stream (see module doc): it
+        would otherwise be aborted and its bytes read and sent again by the commit."""
+        if staged.fd < 0 or staged.orphan or not state.gathered or _AHEAD in state.tasks:
+            return
+        size = staged.size()
+        if size <= 0:
+            return
+        index = (size - 1) // self.grain
+        start = index * self.grain
+        gathered = state.gathered.get(index)
+        if (
+            gathered is None
+            or gathered.stream is None
+            or gathered.expected
+            or gathered.filled != size - start
+            or index in state.tasks
+            or start in state.sent
+        ):
+            return
+        gathered.hash_on(whole=True)
+        self._stream_on(gathered, whole=True)
+        self._track(state, index, self._send(staged, state, start, gathered.filled))
 
     # -- content-defined chunks ---------------------------------------------------------
 
@@ -550,6 +655,8 @@ class EarlyUploads:
         travelling with the copy's bytes unchanged since: those pieces are returned at
         once instead, for the commit to record (see Landing)."""
         state = self._files.get(staged)
+        if state is not None and self.streams:
+            self._send_tail(staged, state)
         if landing and state is not None and state.tasks.keys() == {_AHEAD}:
             pieces = list(state.landing.values())
             if len(pieces) == state.ahead_pieces and all(
@@ -613,9 +720,13 @@ class EarlyUploads:
         state.held &= keep
         if spent:
             # Off the commit's path: a hold left behind only delays GC until it lapses.
-            task = asyncio.get_running_loop().create_task(self._release(spent, state.token))
-            self._releases.add(task)
-            task.add_done_callback(self._releases.discard)
+            self._background(self._release(spent, state.token))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` off every caller's path (close waits for it)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _release(self, chunk_ids: list[str], token: str) -> None:
         with contextlib.suppress(Exception):
@@ -639,13 +750,14 @@ class EarlyUploads:
                     await self.drive.uploader.renew(sorted(state.held), state.token)
 
     async def close(self) -> None:
-        await asyncio.gather(*self._releases)
         for staged, state in list(self._files.items()):
             for task in state.tasks.values():
                 task.cancel()
             await asyncio.gather(*state.tasks.values(), return_exceptions=True)
+            self._scatter(state)
             with contextlib.suppress(Exception):
                 await self.drive.uploader.release(sorted(state.held), state.token)
             self._files.pop(staged, None)
+        await asyncio.gather(*self._releases)
         if self._renewer is not None:
             self._renewer.cancel()

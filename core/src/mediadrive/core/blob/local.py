@@ -82,6 +82,7 @@ class _LocalStream(ChunkStream):
         # Bytes of the parts written (they do not overlap): a part missing leaves a
         # hole, which the file's size does not show.
         self._written = 0
+        self._writing: set[asyncio.Future[None]] = set()
 
     async def _file(self) -> int:
         async with self._opening:
@@ -109,7 +110,12 @@ class _LocalStream(ChunkStream):
             while done < len(view):
                 done += os.pwrite(fd, view[done:], offset + done)
 
-        await self._run(write)
+        # A caller that stops waiting does not stop the thread: abort waits for it
+        # before it closes the descriptor, which another file could then reuse.
+        writing = asyncio.ensure_future(self._run(write))
+        self._writing.add(writing)
+        writing.add_done_callback(self._writing.discard)
+        await asyncio.shield(writing)
         self._written += len(data)
 
     async def finish(self, chunk_id: str, size: int) -> None:
@@ -135,6 +141,7 @@ class _LocalStream(ChunkStream):
         await self.abort()
 
     async def abort(self) -> None:
+        await asyncio.gather(*self._writing, return_exceptions=True)
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
