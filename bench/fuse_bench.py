@@ -220,13 +220,19 @@ def main() -> int:
                 def write(self, b: object) -> int:
                     return len(memoryview(cast(bytes, b)))
 
-            def download(chunk: str) -> None:
+            def located(chunk: str) -> str:
                 key = f"drive/chunks/{chunk[:2]}/{chunk}"
+                # A chunk streamed while it was written is in the object its key names.
+                head = s3_client.head_object(Bucket=bucket, Key=key)
+                return head.get("Metadata", {}).get("mediadrive-stream", key)
+
+            def download(key: str) -> None:
                 s3_client.download_fileobj(bucket, key, cast("IO[bytes]", Sink()), Config=transfer)
 
+            keys = [located(chunk) for chunk in chunk_ids]
             start = time.perf_counter()
             with ThreadPoolExecutor(4) as pool:
-                list(pool.map(download, chunk_ids))
+                list(pool.map(download, keys))
             direct = time.perf_counter() - start
             results.append(("cold sequential read, boto3 parallel", rate(size, direct)))
             results.append(("  ratio mount / boto3", f"{direct / cold:8.2f}x"))
