@@ -320,12 +320,12 @@ class EarlyUploads:
 
     def _stream_on(self, gathered: _Gathered, whole: bool) -> None:
         """Send the parts of a gathered chunk filled since (``whole``: its last part
-        too, short or not). A chunk shorter than one part is not streamed: one put
-        sends it as soon."""
+        too, short or not). A chunk whose first part is not filled until it is whole
+        is not streamed: one put sends it as soon, in one request."""
         if not self.streams:
             return
         if gathered.stream is None:
-            if gathered.streamed or gathered.filled < _STREAM_FROM:
+            if gathered.streamed or gathered.filled < _STREAM_FROM or whole:
                 return
             gathered.stream = self.drive.uploader.blobs.stream()
             if gathered.stream is None:
