@@ -74,7 +74,9 @@ def test_a_large_file_streams_into_s3_while_it_is_written(
         for offset in range(0, len(data), MiB):
             f.write(data[offset : offset + MiB])
     wait_until(lambda: m.status()["dirty_files"] == 0 and m.status()["commits"] == 1)
-    assert m.status()["bytes_uploaded"] == len(data)
+    status = m.status()
+    assert status["bytes_uploaded"] == len(data)
+    assert (status["chunks_streamed"], status["streams_dropped"]) == (3, 0)
     ids = [chunk_id(data[i : i + chunk]) for i in range(0, len(data), chunk)]
     s3 = minio_s3.client()
 

@@ -688,6 +688,8 @@ async def test_a_chunk_rewritten_while_it_streams_is_aborted_and_sent_as_the_fil
     assert store.named == [second]
     assert store.puts == [first]
     assert store.aborted == 1
+    early = vfs.parts.writeback.early
+    assert (early.streams_started, early.streams_dropped) == (2, 1)
     await vfs.parts.writeback.early.close()
     assert streams_left(tmp_path) == []
     await version_holds_streamed(vfs, "plate.dpx", bytes(data))

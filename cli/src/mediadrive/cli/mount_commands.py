@@ -261,6 +261,7 @@ _STATUS_ROWS = (
     ("pending upload", "pending_upload_bytes", _size),
     ("fetched", "bytes_fetched", _size),
     ("uploaded", "bytes_uploaded", _size),
+    ("chunks sent while written", "chunks_streamed", str),
     ("open files", "open_files", str),
     ("dirty files", "dirty_files", str),
     ("commits", "commits", str),

@@ -60,6 +60,10 @@ class MountStatus(BaseModel):
     bytes_uploaded: int
     commits: int
     conflicts: int
+    # Chunks that went up in parts while written, and those of them let go before
+    # they were named (rewritten out of order, truncated, a part failed).
+    chunks_streamed: int = 0
+    streams_dropped: int = 0
     open_files: int
     passthrough: bool
     passthrough_opens: int
@@ -240,6 +244,8 @@ class MountService:
             bytes_uploaded=wb.figures.bytes_uploaded,
             commits=wb.figures.commits,
             conflicts=wb.figures.conflicts,
+            chunks_streamed=wb.early.streams_started,
+            streams_dropped=wb.early.streams_dropped,
             open_files=self.vfs.open_files,
             passthrough=views is not None and views.enabled and passthrough.negotiated(),
             passthrough_opens=views.opens if views is not None else 0,

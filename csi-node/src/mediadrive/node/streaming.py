@@ -235,6 +235,8 @@ class EarlyUploads:
         # Whether gathered chunks go up while they are written (asking for a stream
         # sends nothing until a part is written).
         self.streams = self.enabled and not self.cdc and drive.uploader.blobs.stream() is not None
+        self.streams_started = 0
+        self.streams_dropped = 0
 
     # -- told by the staged copies ------------------------------------------------------
 
@@ -330,6 +332,7 @@ class EarlyUploads:
             gathered.stream = self.drive.uploader.blobs.stream()
             if gathered.stream is None:
                 return
+            self.streams_started += 1
         stream = gathered.stream
         step = stream.part_size
         end = gathered.filled if whole else gathered.filled - gathered.filled % step
@@ -347,6 +350,7 @@ class EarlyUploads:
         gathered.stream, gathered.parts = None, []
         if stream is None:
             return
+        self.streams_dropped += 1
 
         async def drop() -> None:
             for part in parts:
