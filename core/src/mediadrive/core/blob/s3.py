@@ -108,6 +108,10 @@ class _Moved(Exception):
         self.key = key
 
 
+# What a direct ranged GET answers for a range past the end of a chunk.
+_PAST_END = object()
+
+
 def _moved_to(headers: Any) -> str | None:
     """The stream object a chunk's answer redirects to, if it does."""
     target = headers.get(_STREAM_HEADER)
@@ -322,18 +326,36 @@ class _Direct:
         return str(etag) if etag else None
 
     def _get(self, key: str, offset: int, length: int) -> Any:
-        """A ranged GET's answer (None if not sent); _Moved for a chunk's redirect."""
+        """A ranged GET's answer (None if not sent, ``_PAST_END`` for a range past the
+        object's end); _Moved for a chunk's redirect."""
         answer = self._send("GET", key, None, {"Range": f"bytes={offset}-{offset + length - 1}"})
-        if answer is not None and answer.status_code in (200, 206):
+        if answer is None:
+            return None
+        if answer.status_code in (200, 206):
             target = _moved_to(answer.headers)
             if target is not None:
                 _body(answer)
                 raise _Moved(target)
+        elif answer.status_code == 416:
+            # Past the end of the object: a chunk's, or (most reads of a streamed
+            # chunk, whose redirect is short) its redirect's. The refusal carries no
+            # metadata; a HEAD does.
+            _body(answer)
+            head = self._send("HEAD", key, None, {})
+            if head is None or head.status_code != 200:
+                return None
+            _body(head)
+            target = _moved_to(head.headers)
+            if target is not None:
+                raise _Moved(target)
+            return _PAST_END
         return answer
 
     def get_range(self, key: str, offset: int, length: int) -> bytes | None:
         """``length`` bytes of ``key`` from ``offset`` (fewer at its end)."""
         answer = self._get(key, offset, length)
+        if answer is _PAST_END:
+            return b""
         return None if answer is None else _range_body(answer, offset, length)
 
     def get_range_into_aligned(self, key: str, offset: int, length: int) -> memoryview | None:
@@ -343,6 +365,8 @@ class _Direct:
         answer = self._get(key, offset, length)
         if answer is None:
             return None
+        if answer is _PAST_END:
+            return memoryview(b"")
         # The standard library's response under urllib3's: it reads into a buffer given.
         inner = getattr(answer.raw, "_fp", None)
         size = answer.headers.get("Content-Length", "")
