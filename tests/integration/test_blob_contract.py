@@ -10,6 +10,7 @@ standalone S3 server and MinIO, all over real HTTP on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -608,3 +609,23 @@ async def test_streams_that_never_became_chunks_are_debris(
     # The chunk that was named is untouched.
     assert await store.get_range(kept, 0, 100) != b""
     assert len(stream_objects(engine, tmp_path)) == (0 if engine.server is None else 1)
+
+
+async def test_a_stream_given_up_while_its_first_part_travels_leaves_nothing(
+    streaming_store: BlobStore, streaming: Engine, tmp_path: Path
+) -> None:
+    stream = streaming_store.stream()
+    assert stream is not None
+    # The writer goes away (a copy dropped) with the upload still being started.
+    writing = asyncio.ensure_future(stream.write(0, os.urandom(stream.part_size)))
+    await asyncio.sleep(0)
+    writing.cancel()
+    await stream.abort()
+    with contextlib.suppress(asyncio.CancelledError, NotFound, StoreUnavailable):
+        await writing
+    for _ in range(100):
+        if stream_objects(streaming, tmp_path) == []:
+            break
+        await asyncio.sleep(0.05)
+    assert stream_objects(streaming, tmp_path) == []
+    assert await listed(streaming_store) == set()

@@ -102,6 +102,15 @@ class _LocalStream(ChunkStream):
             raise _store_error(self._store.root, err) from None
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
+        # A caller that stops waiting does not stop the thread: abort waits for it
+        # before it closes the descriptor (which another file could then reuse) and
+        # removes the file (which an open still on its way would make again).
+        writing = asyncio.ensure_future(self._write(offset, data))
+        self._writing.add(writing)
+        writing.add_done_callback(self._writing.discard)
+        await asyncio.shield(writing)
+
+    async def _write(self, offset: int, data: bytes | memoryview) -> None:
         fd = await self._file()
 
         def write() -> None:
@@ -110,12 +119,7 @@ class _LocalStream(ChunkStream):
             while done < len(view):
                 done += os.pwrite(fd, view[done:], offset + done)
 
-        # A caller that stops waiting does not stop the thread: abort waits for it
-        # before it closes the descriptor, which another file could then reuse.
-        writing = asyncio.ensure_future(self._run(write))
-        self._writing.add(writing)
-        writing.add_done_callback(self._writing.discard)
-        await asyncio.shield(writing)
+        await self._run(write)
         self._written += len(data)
 
     async def finish(self, chunk_id: str, size: int) -> None:

@@ -646,9 +646,13 @@ class _S3Stream(ChunkStream):
     async def abort(self) -> None:
         store = self._store
         upload = self._upload
-        if upload is None or not upload.done() or upload.exception() is not None:
+        if upload is None or upload.cancelled():
             return
-        upload_id = upload.result()
+        try:
+            # Its start may still be on its way (a part's caller gave up meanwhile).
+            upload_id = await asyncio.shield(upload)
+        except Exception:
+            return
 
         def abort() -> None:
             with contextlib.suppress(ClientError):
