@@ -17,7 +17,7 @@ TIMED := scripts/timed.sh
 
 help:
 	@echo "make install     system packages + uv environment (.venv/bin/mediadrive)"
-	@echo "                 + pyfuse3 with FUSE passthrough (libfuse 3.17 in .cache/fuse3)"
+	@echo "                 + pyfuse3 with FUSE passthrough (libfuse 3.17 in ~/.cache/mediadrive/fuse)"
 	@echo "make test-deps   install + test binaries (MinIO, the Kubernetes node, helm, csi-sanity)"
 	@echo "                 built once under ~/.cache/mediadrive"
 	@echo "make lint        ruff check, ruff format --check, mypy"

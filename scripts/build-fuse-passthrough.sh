@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
 # Build libfuse 3.17 and pyfuse3 with FUSE passthrough support
-# (csi-node/patches/pyfuse3-3.5.0-passthrough.patch) under .cache/ and
-# install that pyfuse3 into .venv. Passthrough needs libfuse >= 3.16 and
-# Linux >= 6.9; Debian bookworm ships libfuse 3.14 and the pyfuse3 from PyPI
-# lacks the API, so the node agent feature-detects it (pyfuse3.session_fd).
+# (csi-node/patches/pyfuse3-3.5.0-passthrough.patch) under
+# $MEDIADRIVE_CACHE/fuse (default ~/.cache/mediadrive/fuse, outside the clone,
+# so every clone on the machine shares them) and install that pyfuse3 into
+# .venv. Passthrough needs libfuse >= 3.16 and Linux >= 6.9; Debian bookworm
+# ships libfuse 3.14 and the pyfuse3 from PyPI lacks the API, so the node
+# agent feature-detects it (pyfuse3.session_fd).
 #
-# Each step is skipped when its result is there already, so a second run
-# takes well under a second. Remove .cache/fuse3 or .cache/wheels to force
-# a rebuild.
+# Each step is skipped when its result is there already (libfuse keyed by its
+# version, the wheel by the patch and the pins), so a second run takes well
+# under a second. Remove the fuse3-* or wheels folders there to force a rebuild.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cache="$repo_root/.cache"
-src_dir="$cache/src"
-build_root="$cache/fuse-build"
-build_venv="$cache/fuse-build-venv"
-prefix="$cache/fuse3"
+cache="${MEDIADRIVE_CACHE:-$HOME/.cache/mediadrive}/fuse"
 venv_python="$repo_root/.venv/bin/python"
 patch_file="$repo_root/csi-node/patches/pyfuse3-3.5.0-passthrough.patch"
 
 FUSE_VERSION=3.17.2
+src_dir="$cache/src"
+build_root="$cache/build"
+build_venv="$cache/build-venv"
+prefix="$cache/fuse3-$FUSE_VERSION"
 FUSE_URL="https://deb.debian.org/debian/pool/main/f/fuse3/fuse3_${FUSE_VERSION}.orig.tar.gz"
 FUSE_SHA256=3d932431ad94e86179e5265cddde1d67aa3bb2fb09a5bd35c641f86f2b5ed06f
 
@@ -64,7 +66,7 @@ need_tools() {
     done
 }
 
-# fetch NAME URL SHA256: download into .cache/src unless it is there already.
+# fetch NAME URL SHA256: download into $src_dir unless it is there already.
 fetch() {
     local name="$1" url="$2" sha256="$3" dest="$src_dir/$1"
     if [ -f "$dest" ]; then
@@ -95,7 +97,7 @@ wheel_dir="$cache/wheels/pyfuse3-$PYFUSE3_VERSION-passthrough-$build_id"
 
 [ -x "$venv_python" ] || die "no $venv_python: run 'uv sync --all-packages' first"
 
-# 1. libfuse into .cache/fuse3 (meson and ninja from a small build venv).
+# 1. libfuse into $prefix (meson and ninja from a small build venv).
 if [ ! -f "$prefix/lib/libfuse3.so.$FUSE_VERSION" ] || [ ! -f "$prefix/lib/pkgconfig/fuse3.pc" ]; then
     start=$SECONDS
     need_tools uv cc pkg-config
@@ -108,7 +110,7 @@ if [ ! -f "$prefix/lib/libfuse3.so.$FUSE_VERSION" ] || [ ! -f "$prefix/lib/pkgco
     fi
     run_logged "$build_root/venv.log" "installing meson and ninja" \
         uv pip install -q --python "$build_venv/bin/python" "meson==$MESON_VERSION" "ninja==$NINJA_VERSION"
-    log "building libfuse $FUSE_VERSION into .cache/fuse3"
+    log "building libfuse $FUSE_VERSION into $prefix"
     rm -rf "$build_root/fuse-$FUSE_VERSION" "$prefix"
     tar -xzf "$src_dir/fuse3_$FUSE_VERSION.orig.tar.gz" -C "$build_root"
     fuse_log="$build_root/libfuse.log"
@@ -128,7 +130,7 @@ if [ ! -f "$prefix/lib/libfuse3.so.$FUSE_VERSION" ] || [ ! -f "$prefix/lib/pkgco
     log "built libfuse $FUSE_VERSION in $((SECONDS - start))s"
 fi
 
-# 2. The patched pyfuse3 wheel, linked against .cache/fuse3 with an rpath
+# 2. The patched pyfuse3 wheel, linked against $prefix with an rpath
 # so that no LD_LIBRARY_PATH is needed at run time.
 wheel="$(compgen -G "$wheel_dir/pyfuse3-$PYFUSE3_VERSION-*.whl" | head -n 1 || true)"
 if [ -z "$wheel" ]; then

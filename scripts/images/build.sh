@@ -54,7 +54,9 @@ declare -A WITHOUT=(
     [node]=""
 )
 IMAGES=(pod operator node)
-fuse_lib="$repo/.cache/fuse3/lib"
+# Where scripts/build-fuse-passthrough.sh puts libfuse (its version read from there).
+fuse_version="$(sed -n 's/^FUSE_VERSION=//p' "$repo/scripts/build-fuse-passthrough.sh")"
+fuse_lib="${MEDIADRIVE_CACHE:-$HOME/.cache/mediadrive}/fuse/fuse3-$fuse_version/lib"
 
 log() {
     echo "images: $*" >&2
@@ -205,7 +207,7 @@ pyfuse3_wheel() {
     found="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["url"].removeprefix("file://"))' \
         "$repo"/.venv/lib/python3.*/site-packages/pyfuse3-*.dist-info/direct_url.json 2>/dev/null || true)"
     [ -f "$found" ] && [ -e "$fuse_lib/libfuse3.so.4" ] || {
-        log "no pyfuse3 wheel in .cache/wheels: run scripts/build-fuse-passthrough.sh"
+        log "no patched pyfuse3 wheel in .venv or no $fuse_lib: run scripts/build-fuse-passthrough.sh"
         return 1
     }
     echo "$found"
