@@ -67,7 +67,7 @@ def test_a_large_file_streams_into_s3_while_it_is_written(
     name = make_drive(
         chunk_size=chunk, store_url=f"s3://{bucket}/show?endpoint={minio_s3.endpoint_url}"
     )
-    m = mounts.mount(name)
+    m = mounts.mount(name, stream_chunks=True)
     # Two whole chunks and a short last one, each long enough to go up in parts.
     data = os.urandom(2 * chunk + 10 * MiB)
     with open(m / "render.exr", "wb") as f:

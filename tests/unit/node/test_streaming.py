@@ -636,7 +636,7 @@ def fixed_ids(data: bytes, size: int = STREAMED) -> list[str]:
 
 
 async def test_a_large_chunk_goes_up_in_parts_while_it_is_written(tmp_path: Path) -> None:
-    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED)
+    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED, stream_chunks=True)
     store = watching(vfs)
     # Two whole chunks and a short last one, long enough to stream too.
     data = os.urandom(2 * STREAMED + 10 * MiB)
@@ -671,7 +671,7 @@ async def test_a_large_chunk_goes_up_in_parts_while_it_is_written(tmp_path: Path
 async def test_a_chunk_rewritten_while_it_streams_is_aborted_and_sent_as_the_file_holds(
     tmp_path: Path,
 ) -> None:
-    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED)
+    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED, stream_chunks=True)
     store = watching(vfs)
     data = bytearray(os.urandom(2 * STREAMED))
     fh = await create(vfs, "plate.dpx")
@@ -699,7 +699,7 @@ async def test_a_chunk_rewritten_while_it_streams_is_aborted_and_sent_as_the_fil
 async def test_a_copy_of_chunks_the_drive_has_streams_nothing_that_stays(
     tmp_path: Path,
 ) -> None:
-    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED)
+    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED, stream_chunks=True)
     data = os.urandom(2 * STREAMED)
     fh = await create(vfs, "take-1.exr")
     await vfs.vfs.write(fh, 0, data)
@@ -730,3 +730,16 @@ async def version_holds_streamed(vfs: TestVFS, name: str, data: bytes) -> None:
     reader = await vfs.parts.drive.reader(f"/{name}")
     assert [e.chunk_id for e in reader.extents] == fixed_ids(data)
     assert await reader.read(0, reader.size) == data
+
+
+async def test_chunks_go_up_whole_unless_the_mount_streams_them(tmp_path: Path) -> None:
+    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED)
+    store = watching(vfs)
+    data = os.urandom(2 * STREAMED)
+    fh = await create(vfs, "render.exr")
+    for offset in range(0, len(data), MiB):
+        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await sent_early(vfs, 2)
+    assert (store.parts, store.named) == (0, [])
+    assert sorted(store.puts) == sorted(fixed_ids(data))
+    assert await released_and_read_back(vfs, fh, tmp_path, "render.exr") == data

@@ -164,6 +164,7 @@ async def make_test_vfs(
     author: str = "tester@vfs",
     subdir: str = "/",
     pod_url: str | None = None,
+    stream_chunks: bool = False,
 ) -> TestVFS:
     """A VFS on the drive in ``base`` (made on first use) with the cache ``base/cache``."""
     if not (base / "meta.db").exists():
@@ -183,6 +184,7 @@ async def make_test_vfs(
         commit_on=commit_on,
         subdir=subdir,
         passthrough=False,
+        stream_chunks=stream_chunks,
     )
     parts = await open_parts(options, NoKernel())
     parts.start()

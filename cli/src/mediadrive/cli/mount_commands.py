@@ -95,6 +95,14 @@ def mount(
         ),
     ] = True,
     subdir: Annotated[str, typer.Option(help="Mount this folder of the drive.")] = "/",
+    stream_chunks: Annotated[
+        bool,
+        typer.Option(
+            help="Send a large chunk in parts while it is written (a multipart upload "
+            "per chunk): a shorter wait after a large write, for more requests and CPU; "
+            "for a distant S3."
+        ),
+    ] = False,
     allow_other: Annotated[
         bool,
         typer.Option(
@@ -140,6 +148,7 @@ def mount(
         ),
         read_only=read_only,
         passthrough=passthrough,
+        stream_chunks=stream_chunks,
         subdir=subdir,
         allow_other=allow_other,
         nonempty=nonempty,

@@ -26,6 +26,13 @@ whole it is sent from that memory, neither read back from the copy nor hashed
 again, and the caller writes the copy from it with direct I/O (see
 ``VFS._write_into``). Any other change to the chunk lets its gathered bytes go.
 
+Where the store takes a chunk in parts (``BlobStore.stream``) and the mount asks for
+it (``MountOptions.stream_chunks``), the gathered bytes also go up a part at a time
+as they come: once the chunk is whole only its last part is left to send before it
+is named, where a put of the whole chunk would only start then. The last chunk of a
+file, written in order but short, is named from its stream when the commit comes
+(``settle``), not sent again. A stream whose chunk is let go is aborted.
+
 An fsync of a changed copy also starts sending what its commit would send (the
 stretches around the base bytes it keeps, cut as the commit cuts them), beside the
 local sync: a small edit saved right after is then mostly sent already. Up to a
@@ -207,7 +214,9 @@ class _FileState:
 class EarlyUploads:
     """Sends full chunks of staged copies ahead of their commits (see module doc)."""
 
-    def __init__(self, drive: Drive) -> None:
+    def __init__(self, drive: Drive, stream: bool = False) -> None:
+        """``stream``: send gathered chunks a part at a time while they are written,
+        where the store can take them so."""
         self.drive = drive
         settings = drive.settings
         self.settings = settings
@@ -234,7 +243,9 @@ class EarlyUploads:
         self.on_sent_ahead: Callable[[StagedFile, Extent, bytes | memoryview], None] | None = None
         # Whether gathered chunks go up while they are written (asking for a stream
         # sends nothing until a part is written).
-        self.streams = self.enabled and not self.cdc and drive.uploader.blobs.stream() is not None
+        self.streams = (
+            stream and self.enabled and not self.cdc and drive.uploader.blobs.stream() is not None
+        )
         self.streams_started = 0
         self.streams_dropped = 0
 

@@ -147,7 +147,7 @@ class Writeback:
         # Until when a commit does not wait on the store (it was unreachable just now).
         self._unreachable_until = 0.0
         # Full chunks of copies still being written are sent before their commit.
-        self.early = EarlyUploads(drive)
+        self.early = EarlyUploads(drive, stream=options.stream_chunks)
         staging.on_change = self.early.changed
         self.early.on_sent_ahead = self._keep_sent_ahead
         # Blocks of pieces sent ahead of fsyncs on their way into the block cache, their
