@@ -146,14 +146,20 @@ def s3_engine(
     return make_engine(request.param, request, tmp_path, monkeypatch)
 
 
-@pytest.fixture
-async def store(engine: Engine) -> AsyncIterator[BlobStore]:
+async def opened(engine: Engine) -> AsyncIterator[BlobStore]:
+    """The engine's store at its URL, made and checked; closed after the test."""
     blobs = engine.open(engine.url, create=True)
     await blobs.check()
     try:
         yield blobs
     finally:
         await blobs.close()
+
+
+@pytest.fixture
+async def store(engine: Engine) -> AsyncIterator[BlobStore]:
+    async for blobs in opened(engine):
+        yield blobs
 
 
 def payload(size: int, seed: int = 0) -> tuple[str, bytes]:
@@ -483,12 +489,8 @@ def streaming(
 
 @pytest.fixture
 async def streaming_store(streaming: Engine) -> AsyncIterator[BlobStore]:
-    blobs = streaming.open(streaming.url, create=True)
-    await blobs.check()
-    try:
+    async for blobs in opened(streaming):
         yield blobs
-    finally:
-        await blobs.close()
 
 
 async def stream_chunk(

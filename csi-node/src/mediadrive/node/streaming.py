@@ -359,8 +359,11 @@ class EarlyUploads:
         """Abort the stream of a chunk let go, once its parts' sends are over."""
         stream, parts = gathered.stream, gathered.parts
         gathered.stream, gathered.parts = None, []
-        if stream is None:
-            return
+        if stream is not None:
+            self._abort_stream(stream, parts)
+
+    def _abort_stream(self, stream: ChunkStream, parts: list[asyncio.Task[None]]) -> None:
+        """Abort ``stream`` in the background once ``parts`` (cancelled) are over."""
         self.streams_dropped += 1
 
         async def drop() -> None:
@@ -382,15 +385,13 @@ class EarlyUploads:
         try:
             results = await asyncio.gather(*parts, return_exceptions=True)
         except asyncio.CancelledError:
-            gathered.stream, gathered.parts = stream, parts
-            self._drop_stream(gathered)
+            self._abort_stream(stream, parts)
             raise
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed or gathered.streamed != length:
             if failed:
                 log.info("a part of a streamed chunk failed (%s); putting it whole", failed[0])
-            gathered.stream, gathered.parts = stream, []
-            self._drop_stream(gathered)
+            self._abort_stream(stream, [])
             return None
         return stream
 
