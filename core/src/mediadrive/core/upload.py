@@ -314,6 +314,9 @@ class Uploader:
         except BaseException:
             for task in run.sent.values():
                 task.cancel()
+            # Returned only once no put is running: one still writing would leave a
+            # half-written object behind the error (stores end their puts on cancel).
+            await asyncio.gather(*run.sent.values(), return_exceptions=True)
             # A failed upload is finished: let GC have its chunks (see release).
             with contextlib.suppress(Exception):
                 await self.release(sorted(run.claimed), run.token)

@@ -181,7 +181,16 @@ class LocalBlobStore(BlobStore):
             raise _store_error(self.root, err) from None
 
     async def put(self, chunk_id: str, data: bytes | memoryview) -> None:
-        await asyncio.to_thread(self._put, chunk_id, data)
+        # A caller that stops waiting does not stop the thread: the put ends (its
+        # ``.tmp`` renamed or removed) before the cancellation is passed on, so a
+        # failed upload that cancels its other puts leaves nothing half-written.
+        putting = asyncio.ensure_future(asyncio.to_thread(self._put, chunk_id, data))
+        try:
+            await asyncio.shield(putting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await putting
+            raise
 
     def stream(self) -> ChunkStream:
         return _LocalStream(self)
