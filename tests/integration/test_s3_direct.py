@@ -10,6 +10,7 @@ import asyncio
 import random
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -443,3 +444,23 @@ def test_puts_leave_the_event_loop_only_where_a_proxy_is_set() -> None:
 )
 def test_the_host_a_put_from_the_loop_signs_and_sends(url: str, host: str) -> None:
     assert _host(url) == host
+
+
+def unfinished_uploads(store: S3BlobStore, server: S3Server) -> list[str]:
+    listed = server.client().list_multipart_uploads(Bucket=store.bucket)
+    return [upload["Key"] for upload in listed.get("Uploads", [])]
+
+
+async def test_a_chunk_upload_never_completed_is_debris(
+    s3: tuple[S3BlobStore, S3Server],
+) -> None:
+    store, server = s3
+    store.stream_debris_age = 0
+    key = store._key(payload(10, seed=60)[0])
+    # A chunk over single_put_max whose upload in parts a crash cut off.
+    server.client().create_multipart_upload(Bucket=store.bucket, Key=key)
+    server.client().create_multipart_upload(Bucket=store.bucket, Key="not-ours/x")
+    time.sleep(1.1)
+    assert await store.debris(older_than=1) == [f"{key} (unfinished upload)"]
+    assert await store.remove_debris(older_than=1) == 1
+    assert unfinished_uploads(store, server) == ["not-ours/x"]

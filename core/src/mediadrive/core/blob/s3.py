@@ -915,17 +915,19 @@ class S3BlobStore(BlobStore):
         await self._call(delete)
 
     def _stream_debris(self, older_than: float) -> tuple[list[tuple[str, str]], list[str]]:
-        """Multipart uploads of streams (key, upload id) and stream objects no chunk
-        names, untouched for ``older_than`` seconds; on the store's threads."""
+        """Multipart uploads never completed (key, upload id): of streams, and of
+        chunks over single_put_max; and stream objects no chunk names; untouched for
+        ``older_than`` seconds; on the store's threads."""
         cutoff = time.time() - max(older_than, self.stream_debris_age)
         root = f"{self.prefix}streams/"
+        ours = (root, f"{self.prefix}chunks/")
         uploads = []
         pages = self._client.get_paginator("list_multipart_uploads")
         # The whole bucket's, filtered here: MinIO lists uploads under a prefix only
         # when it is an object's whole key.
         for listed in pages.paginate(Bucket=self.bucket):
             for upload in listed.get("Uploads", []):
-                if upload["Key"].startswith(root) and upload["Initiated"].timestamp() < cutoff:
+                if upload["Key"].startswith(ours) and upload["Initiated"].timestamp() < cutoff:
                     uploads.append((upload["Key"], upload["UploadId"]))
         objects = self._client.get_paginator("list_objects_v2")
         orphans = {
@@ -947,7 +949,7 @@ class S3BlobStore(BlobStore):
         return uploads, sorted(orphans)
 
     async def debris(self, older_than: float) -> builtins.list[str]:
-        """Streams that never became a chunk (see module doc)."""
+        """Streams that never became a chunk, and chunk uploads never completed."""
         uploads, orphans = await self._call(self._stream_debris, older_than)
         return [f"{key} (unfinished upload)" for key, _ in uploads] + orphans
 
