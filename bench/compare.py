@@ -68,10 +68,12 @@ BOTO_THREADS = 10  # boto3's default max_concurrency
 TIMEOUT = 900  # seconds for one scenario of one tool
 LS_RUNS = 5  # `ls -l` listings in a row per repetition (their median is the figure)
 # A warm read of the QUICK file takes about 30 ms, and a stat of its 1,000 files about
-# as long: a few in a row per repetition, their median the figure, so that one
-# scheduling hiccup does not decide.
-WARM_READS = 5
-STAT_RUNS = 3
+# as long: several in a row per repetition, their median the figure, so that one
+# scheduling hiccup does not decide. Page-cache reads on these shared machines slow
+# down by a third for stretches longer than five of them (one tool's median of five
+# moved 9,000-16,000 MB/s across the repetitions of one run): 21 reads outlast that.
+WARM_READS = 21
+STAT_RUNS = 5
 EDITS_PER_REP = 8  # 1 MiB edits timed per repetition (their median is the figure)
 EDIT_SPACING = 5 * MiB  # between their offsets
 
