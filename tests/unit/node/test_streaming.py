@@ -614,8 +614,8 @@ class StreamWatch(WrappedStore):
         self.puts.append(chunk_id)
         await super().put(chunk_id, data)
 
-    def stream(self) -> ChunkStream | None:
-        inner = self.inner.stream()
+    def stream(self, part_size: int = 0) -> ChunkStream | None:
+        inner = self.inner.stream(part_size)
         return None if inner is None else _WatchedStream(inner, self)
 
 
@@ -666,6 +666,41 @@ async def test_a_large_chunk_goes_up_in_parts_while_it_is_written(tmp_path: Path
     reader = await vfs.parts.drive.reader("/render.exr")
     assert [e.chunk_id for e in reader.extents] == fixed_ids(data)
     assert await released_and_read_back(vfs, -1, tmp_path, "render.exr") == data
+
+
+async def test_a_streamed_chunk_goes_up_in_two_halves(tmp_path: Path) -> None:
+    chunk = 2 * STREAMED
+    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, stream_chunks=True)
+    early = vfs.parts.writeback.early
+    assert (early.streams, early.part_size) == (True, STREAMED)
+    store = watching(vfs)
+    data = os.urandom(2 * chunk)
+    fh = await create(vfs, "comp.exr")
+    for offset in range(0, len(data), MiB):
+        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    assert (store.named, store.puts, store.parts) == (fixed_ids(data, chunk), [], 4)
+    assert await released_and_read_back(vfs, -1, tmp_path, "comp.exr") == data
+
+
+async def test_a_chunk_no_larger_than_the_stores_smallest_part_goes_up_in_one_put(
+    tmp_path: Path,
+) -> None:
+    # Two parts of 4 MiB would be smaller than the local store's 8 MiB parts.
+    chunk = 8 * MiB
+    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, stream_chunks=True)
+    assert not vfs.parts.writeback.early.streams
+    store = watching(vfs)
+    data = os.urandom(3 * chunk)
+    fh = await create(vfs, "proxy.mov")
+    for offset in range(0, len(data), MiB):
+        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    assert (store.named, store.parts) == ([], 0)
+    assert sorted(store.puts) == sorted(fixed_ids(data, chunk))
+    assert await released_and_read_back(vfs, -1, tmp_path, "proxy.mov") == data
 
 
 async def test_a_chunk_rewritten_while_it_streams_is_aborted_and_sent_as_the_file_holds(

@@ -98,11 +98,11 @@ def mount(
     stream_chunks: Annotated[
         bool,
         typer.Option(
-            help="Send a large chunk in parts while it is written (a multipart upload "
-            "per chunk): a shorter wait after a large write, for more requests and CPU; "
-            "for a distant S3."
+            help="Send a large chunk in two parts, the first while the second is "
+            "written (a multipart upload per chunk): a shorter wait after a large write, "
+            "for three more requests a chunk."
         ),
-    ] = False,
+    ] = True,
     allow_other: Annotated[
         bool,
         typer.Option(

@@ -60,12 +60,11 @@ class MountOptions(BaseModel):
     # The bearer token for the relay: a file whose first word is the token.
     relay_token_file: Path | None = None
     writeback_cache: bool = True
-    # Send a large chunk's bytes in parts while it is written (``ChunkStream``): the
-    # wait after a large write's last byte shrinks to about one part, for a multipart
-    # upload per chunk (more requests, more CPU on both sides). Worth it where a
-    # chunk's PUT takes long (a distant S3); on a server next to the machine the
-    # extra CPU cost more than the shorter wait saved (bench/README.md).
-    stream_chunks: bool = False
+    # Send a large chunk's bytes in two parts, the first while the second is written
+    # (``ChunkStream``): the wait after a large write's last byte shrinks to about half
+    # a chunk's put, for a multipart upload per chunk (three more requests, and a
+    # redirect read once per chunk per process). Off: each chunk in one put.
+    stream_chunks: bool = True
     # Read-only mounts let the kernel read cached files directly, where it can.
     passthrough: bool = True
     # Let other users reach the mount (FUSE allow_other). Off unless asked for, root

@@ -48,7 +48,9 @@ class ChunkStream(ABC):
     ``part_size`` at offsets that are multiples of it (the last part may be shorter),
     concurrently and in any order; :meth:`finish` then stores them under the chunk's
     id. Until then no id names them, and whatever :meth:`abort`, a failed finish or a
-    crash leaves behind is debris (see :meth:`BlobStore.debris`)."""
+    crash leaves behind is debris (see :meth:`BlobStore.debris`). ``part_size`` is
+    what the writer asked for (see :meth:`BlobStore.stream`), or the store's
+    smallest part if that is larger."""
 
     part_size: int
 
@@ -79,9 +81,10 @@ class BlobStore(ABC):
         """Whether ``put`` calls :data:`put_sent`'s callback once its bytes are sent."""
         return False
 
-    def stream(self) -> ChunkStream | None:
-        """A new chunk to send while it is being written, or None if this store takes
-        chunks whole only (the default)."""
+    def stream(self, part_size: int = 0) -> ChunkStream | None:
+        """A new chunk to send while it is being written, in parts of ``part_size`` (at
+        least the store's smallest), or None if this store takes chunks whole only
+        (the default)."""
         return None
 
     @abstractmethod

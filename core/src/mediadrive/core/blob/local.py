@@ -24,7 +24,8 @@ from ..errors import ConfigError, NotFound, StoreFull, StoreUnavailable
 from . import BlobStore, ChunkStream, register
 
 T = TypeVar("T")
-# Parts of a streamed chunk: any size would do here; this is the S3 engine's.
+# The smallest part of a streamed chunk: any size would do here; this is the S3
+# engine's.
 _STREAM_PART = 8 << 20
 
 
@@ -72,10 +73,9 @@ def _store_error(root: Path, err: OSError) -> Exception:
 
 
 class _LocalStream(ChunkStream):
-    part_size = _STREAM_PART
-
-    def __init__(self, store: LocalBlobStore) -> None:
+    def __init__(self, store: LocalBlobStore, part_size: int) -> None:
         self._store = store
+        self.part_size = max(part_size, _STREAM_PART)
         self.path = store._streams / f"{uuid.uuid4().hex}.tmp"
         self._fd: int | None = None
         self._opening = asyncio.Lock()
@@ -192,8 +192,8 @@ class LocalBlobStore(BlobStore):
                 await putting
             raise
 
-    def stream(self) -> ChunkStream:
-        return _LocalStream(self)
+    def stream(self, part_size: int = 0) -> ChunkStream:
+        return _LocalStream(self, part_size)
 
     def _read(self, chunk_id: str, offset: int, length: int | None) -> bytes:
         try:

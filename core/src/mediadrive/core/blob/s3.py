@@ -29,7 +29,8 @@ over a kept connection of its own (:class:`_LoopConnections`), signed the same w
 handing it to a thread and back took about as long as signing and sending it.
 
 A chunk streamed while it is written (see ``ChunkStream``) goes up as a multipart
-upload to ``PREFIX/streams/UUID``, 8 MiB parts sent as the writer fills them: when
+upload to ``PREFIX/streams/UUID``, parts sent as the writer fills them (a mount
+sends halves of a chunk, 8 MiB at least): when
 its last byte is written only the last part, the completion and a small object at the
 chunk's key are left to send, where a PUT of the whole chunk would start only then.
 That small object (its body and its ``x-amz-meta-mediadrive-stream`` header name the
@@ -87,8 +88,9 @@ _OPTIONS = {"endpoint", "region"}
 _WRONG_HERE = {301, 307, 400, 403, 405, 501}
 # Bodies up to this size are put from the event loop (see _Direct.put_on_loop).
 _LOOP_PUT_MAX = 4 << 20
-# Parts of a streamed chunk: S3 takes parts of 5 MiB at least (but the last); the
-# smaller, the less is left to send once the chunk's last byte is written.
+# The smallest part of a streamed chunk: S3 takes parts of 5 MiB at least (but the
+# last). The smaller, the less is left to send once the chunk's last byte is written,
+# but each part is a request (see ``EarlyUploads`` for what mounts ask for).
 _STREAM_PART = 8 << 20
 # The user metadata on a chunk's key that names the stream object holding its bytes.
 _STREAM_META = "mediadrive-stream"
@@ -566,10 +568,9 @@ def _fan_out(start: str) -> str:
 class _S3Stream(ChunkStream):
     """A chunk streamed into a multipart upload (see module doc)."""
 
-    part_size = _STREAM_PART
-
-    def __init__(self, store: S3BlobStore) -> None:
+    def __init__(self, store: S3BlobStore, part_size: int) -> None:
         self._store = store
+        self.part_size = max(part_size, _STREAM_PART)
         self.key = f"{store.prefix}streams/{uuid.uuid4().hex}"
         self._upload: asyncio.Future[str] | None = None
         self._etags: dict[int, str] = {}
@@ -750,8 +751,8 @@ class S3BlobStore(BlobStore):
                 f"chunk {chunk_id} in {self._where()} redirects to another redirect"
             ) from None
 
-    def stream(self) -> ChunkStream:
-        return _S3Stream(self)
+    def stream(self, part_size: int = 0) -> ChunkStream:
+        return _S3Stream(self, part_size)
 
     async def _call(
         self, fn: Callable[..., T], *args: Any, chunk: str | None = None, **kwargs: Any

@@ -30,7 +30,7 @@ class WrappedStore(BlobStore):
     def signals_sent(self) -> bool:
         return self.inner.signals_sent
 
-    def stream(self) -> ChunkStream | None:
+    def stream(self, part_size: int = 0) -> ChunkStream | None:
         # Not passed on: a stream would store chunks past whatever the wrapper does to a
         # put. A wrapper that leaves puts as they are may return the inner store's.
         return None
