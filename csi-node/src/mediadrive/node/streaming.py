@@ -31,7 +31,9 @@ turned it off (``MountOptions.stream_chunks``), the gathered bytes also go up in
 halves as they come: once the chunk is whole only its second half is left to send
 before it is named, where a put of the whole chunk would only start then. The last chunk of a
 file, written in order but short, is named from its stream when the commit comes
-(``settle``), not sent again. A stream whose chunk is let go is aborted.
+(``settle``), not sent again. A stream whose chunk is let go is aborted. Once a
+chunk of a file turns out stored already (the file is a copy of one the drive has,
+most likely), its later chunks go whole: claimed first, sent only if missing.
 
 An fsync of a changed copy also starts sending what its commit would send (the
 stretches around the base bytes it keeps, cut as the commit cuts them), beside the
@@ -196,6 +198,10 @@ class _FileState:
     landing: dict[int, tuple[Landing, Stamp]] = field(default_factory=dict)
     # By chunk index: chunks being written in order from their start (see gather).
     gathered: dict[int, _Gathered] = field(default_factory=dict)
+    # A chunk of it sent early turned out stored already: the file is likely a copy of
+    # one the drive has, and its later chunks go whole (streamed, half of each would
+    # travel for nothing before its name is known).
+    copied: bool = False
 
     def regions(self, offset: int, length: int) -> range:
         return range(offset // self.grain, (offset + length - 1) // self.grain + 1)
@@ -334,18 +340,19 @@ class EarlyUploads:
             gathered.expected += 1
             whole = gathered.filled == self.grain
             gathered.hash_on(whole)
-            self._stream_on(gathered, whole)
+            self._stream_on(gathered, whole, start=not state.copied)
             placed.append((lo, view))
         return placed
 
-    def _stream_on(self, gathered: _Gathered, whole: bool) -> None:
+    def _stream_on(self, gathered: _Gathered, whole: bool, start: bool = True) -> None:
         """Send the parts of a gathered chunk filled since (``whole``: its last part
-        too, short or not). A chunk whose first part is not filled until it is whole
-        is not streamed: one put sends it as soon, in one request."""
+        too, short or not; ``start``: a stream may start for it). A chunk whose first
+        part is not filled until it is whole is not streamed: one put sends it as
+        soon, in one request."""
         if not self.streams:
             return
         if gathered.stream is None:
-            if gathered.streamed or gathered.filled < self.part_size or whole:
+            if not start or gathered.streamed or gathered.filled < self.part_size or whole:
                 return
             gathered.stream = self.drive.uploader.blobs.stream(self.part_size)
             if gathered.stream is None:
@@ -356,10 +363,10 @@ class EarlyUploads:
         end = gathered.filled if whole else gathered.filled - gathered.filled % step
         loop = asyncio.get_running_loop()
         while gathered.streamed < end:
-            start = gathered.streamed
-            stop = min(start + step, end)
-            part = gathered.view[start:stop]
-            gathered.parts.append(loop.create_task(stream.write(start, part)))
+            offset = gathered.streamed
+            stop = min(offset + step, end)
+            part = gathered.view[offset:stop]
+            gathered.parts.append(loop.create_task(stream.write(offset, part)))
             gathered.streamed = stop
 
     def _drop_stream(self, gathered: _Gathered) -> None:
@@ -558,6 +565,8 @@ class EarlyUploads:
         finally:
             state.landing.pop(piece.offset, None)
         state.held.add(extent.chunk_id)
+        if not new and ahead is None:
+            state.copied = True
         if ahead is not None and self.on_sent_ahead is not None:
             self.on_sent_ahead(staged, extent, piece.data)
         sent = _Sent(extent, stamp, new)
