@@ -31,9 +31,10 @@ turned it off (``MountOptions.stream_chunks``), the gathered bytes also go up in
 halves as they come: once the chunk is whole only its second half is left to send
 before it is named, where a put of the whole chunk would only start then. The last chunk of a
 file, written in order but short, is named from its stream when the commit comes
-(``settle``), not sent again. A stream whose chunk is let go is aborted. Once a
-chunk of a file turns out stored already (the file is a copy of one the drive has,
-most likely), its later chunks go whole: claimed first, sent only if missing.
+(``settle``), not sent again. A stream whose chunk is let go is aborted. A whole
+chunk's last part waits for its name: one the drive records already is not sent
+further, and the file's later chunks go whole (it is a copy of one the drive has,
+most likely): claimed first, sent only if missing.
 
 An fsync of a changed copy also starts sending what its commit would send (the
 stretches around the base bytes it keeps, cut as the commit cuts them), beside the
@@ -340,15 +341,18 @@ class EarlyUploads:
             gathered.expected += 1
             whole = gathered.filled == self.grain
             gathered.hash_on(whole)
-            self._stream_on(gathered, whole, start=not state.copied)
+            # A whole chunk's last part waits for its name (see _send).
+            self._stream_on(gathered, whole, start=not state.copied, hold_last=True)
             placed.append((lo, view))
         return placed
 
-    def _stream_on(self, gathered: _Gathered, whole: bool, start: bool = True) -> None:
+    def _stream_on(
+        self, gathered: _Gathered, whole: bool, start: bool = True, hold_last: bool = False
+    ) -> None:
         """Send the parts of a gathered chunk filled since (``whole``: its last part
-        too, short or not; ``start``: a stream may start for it). A chunk whose first
-        part is not filled until it is whole is not streamed: one put sends it as
-        soon, in one request."""
+        too, short or not, unless ``hold_last``; ``start``: a stream may start for
+        it). A chunk whose first part is not filled until it is whole is not
+        streamed: one put sends it as soon, in one request."""
         if not self.streams:
             return
         if gathered.stream is None:
@@ -360,7 +364,10 @@ class EarlyUploads:
             self.streams_started += 1
         stream = gathered.stream
         step = stream.part_size
-        end = gathered.filled if whole else gathered.filled - gathered.filled % step
+        if whole and hold_last:
+            end = (gathered.filled - 1) // step * step
+        else:
+            end = gathered.filled if whole else gathered.filled - gathered.filled % step
         loop = asyncio.get_running_loop()
         while gathered.streamed < end:
             offset = gathered.streamed
@@ -590,6 +597,12 @@ class EarlyUploads:
                 stamp = state.stamp(start, length)
                 try:
                     identity = await gathered.identity()
+                    if gathered.stream is not None and await self._recorded(identity[0]):
+                        # Stored already, most likely (a copy): its last part and those
+                        # still on their way would travel for nothing. (The claim
+                        # below decides.)
+                        self._drop_stream(gathered)
+                    self._stream_on(gathered, whole=True)
                     stream = await self._parts_in(gathered, length)
                     piece = Piece(start, gathered.view[:length])
                     await self._store(staged, state, piece, stamp, ahead, identity, stream)
@@ -602,6 +615,13 @@ class EarlyUploads:
                 return
             data, stamp = read
             await self._store(staged, state, Piece(start, data), stamp, ahead)
+
+    async def _recorded(self, chunk_id: str) -> bool:
+        """Whether the drive records ``chunk_id`` (stored, or being stored)."""
+        try:
+            return not await self.drive.meta.unrecorded([chunk_id])
+        except Exception:
+            return False
 
     def _whole(self, state: _FileState, start: int, length: int) -> _Gathered | None:
         """The chunk at ``start`` gathered in memory and hashed, ``length`` bytes of it
