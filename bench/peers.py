@@ -281,6 +281,7 @@ class Mediadrive(Tool):
         chunking: str = "fixed",
         label: str | None = None,
         commit_on: CommitOn = CommitOn.CLOSE,
+        stream_chunks: bool = True,
     ) -> None:
         if label is not None:
             self.name = label
@@ -289,6 +290,7 @@ class Mediadrive(Tool):
         self.store_url = f"s3://{bucket}/drive?endpoint={target.endpoint}"
         self.chunking = chunking
         self.commit_on = commit_on
+        self.stream_chunks = stream_chunks
         self.registry = MountRegistry(self.work / "run")
         self.drive = "bench"
 
@@ -313,6 +315,7 @@ class Mediadrive(Tool):
                 cache_size=self.cache_budget,
                 checkpoint_interval=None,
                 commit_on=self.commit_on,
+                stream_chunks=self.stream_chunks,
             ),
             timeout=MOUNT_TIMEOUT,
         )
