@@ -31,6 +31,8 @@ from mediadrive.node.registry import MountRegistry
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+    from tests.servers import S3Server
+
 MiB = 1 << 20
 MOUNT_TIMEOUT = 60.0
 
@@ -93,6 +95,12 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
+def cached_juicefs() -> Path | None:
+    """The JuiceFS binary ``scripts/bench/peers.sh juicefs`` installed, if it did."""
+    cache = Path(os.environ.get("MEDIADRIVE_CACHE", Path.home() / ".cache/mediadrive"))
+    return next(iter(sorted(cache.glob("bench/juicefs-*/juicefs"))), None)
+
+
 @dataclass
 class S3Target:
     """Where every tool stores: one MinIO, one bucket per tool."""
@@ -102,6 +110,13 @@ class S3Target:
     secret_key: str
     region: str
     s3: S3Client
+
+    @classmethod
+    def of(cls, s3: S3Server) -> S3Target:
+        """``s3`` as the tools' target, its credentials in the environment (where
+        mediadrive's agents and JuiceFS read them)."""
+        os.environ.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key)
+        return cls(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region, s3.client())
 
     def bucket_bytes(self, bucket: str) -> int:
         total = 0

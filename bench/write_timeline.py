@@ -30,7 +30,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.compare import settle, write_random  # noqa: E402
-from bench.peers import JuiceFS, Mediadrive, S3Target, Tool, cpu_seconds, drop_page_cache  # noqa: E402
+from bench.peers import (  # noqa: E402
+    JuiceFS,
+    Mediadrive,
+    S3Target,
+    Tool,
+    cached_juicefs,
+    cpu_seconds,
+    drop_page_cache,
+)
 from tests.servers import minio_server  # noqa: E402
 
 MiB = 1 << 20
@@ -139,8 +147,7 @@ def main() -> int:
     if shutil.which("tcpdump") is None:
         print("write_timeline.py needs tcpdump (apt-get install tcpdump)", file=sys.stderr)
         return 2
-    cache = Path(os.environ.get("MEDIADRIVE_CACHE", Path.home() / ".cache/mediadrive"))
-    juicefs = next(iter(sorted(cache.glob("bench/juicefs-*/juicefs"))), None)
+    juicefs = cached_juicefs()
     if juicefs is None:
         print("no JuiceFS binary: run scripts/bench/peers.sh juicefs first", file=sys.stderr)
         return 2
@@ -148,9 +155,8 @@ def main() -> int:
     tools: list[Tool] = []
     try:
         with minio_server() as s3:
-            os.environ.update(AWS_ACCESS_KEY_ID=s3.access_key, AWS_SECRET_ACCESS_KEY=s3.secret_key)
             port = int(s3.endpoint_url.rsplit(":", 1)[1])
-            target = S3Target(s3.endpoint_url, s3.access_key, s3.secret_key, s3.region, s3.client())
+            target = S3Target.of(s3)
             budget = 2048 * MiB
             tools = [
                 Mediadrive(work, target, s3.new_bucket("mediadrive"), budget),
