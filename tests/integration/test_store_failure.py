@@ -18,15 +18,20 @@ from mediadrive.core.errors import StoreFull, StoreUnavailable
 from mediadrive.core.hashing import chunk_id
 
 
-async def test_failed_put_leaves_no_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    drive = await Drive.create(
+async def small_chunk_drive(tmp_path: Path) -> Drive:
+    """A drive of 64 KiB chunks in ``tmp_path``: an upload of a few MiB is many puts."""
+    return await Drive.create(
         "fail",
         f"sqlite:///{tmp_path}/meta.db",
         f"file://{tmp_path}/store",
         DriveSettings(chunk_size="64KiB"),
     )
+
+
+async def test_failed_put_leaves_no_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drive = await small_chunk_drive(tmp_path)
     try:
         data = os.urandom(4 << 20)
         await drive.write_file("/ok", io.BytesIO(data[: 1 << 20]))
@@ -91,12 +96,7 @@ async def test_a_cancelled_local_put_ends_before_the_cancellation_is_passed_on(
 async def test_a_failed_upload_returns_only_once_its_other_puts_have_ended(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    drive = await Drive.create(
-        "fail",
-        f"sqlite:///{tmp_path}/meta.db",
-        f"file://{tmp_path}/store",
-        DriveSettings(chunk_size="64KiB"),
-    )
+    drive = await small_chunk_drive(tmp_path)
     try:
         running = _slow_writes(monkeypatch, 0.3)
         calls = 0

@@ -57,6 +57,14 @@ async def create(vfs: TestVFS, name: str) -> int:
     return opened.fh
 
 
+async def write_in_mib(
+    vfs: TestVFS, fh: int, data: bytes | bytearray, start: int = 0, end: int | None = None
+) -> None:
+    """Write ``data[start:end]`` where it belongs, 1 MiB a call, as a copy in would."""
+    for offset in range(start, len(data) if end is None else end, MiB):
+        await vfs.vfs.write(fh, offset, bytes(data[offset : offset + MiB]))
+
+
 async def sent_early(vfs: TestVFS, count: int) -> None:
     """Wait until ``count`` chunks of open files were sent ahead of their commits."""
     early = vfs.parts.writeback.early
@@ -499,8 +507,7 @@ async def test_a_file_system_without_direct_io_gets_the_bytes_through_the_page_c
     vfs = await make_test_vfs(tmp_path, chunk_size=MiB)
     data = os.urandom(WRITE_BEHIND + 2 * MiB)
     fh = await create(vfs, "render.exr")
-    for offset in range(0, len(data), MiB):
-        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await write_in_mib(vfs, fh, data)
     (staged,) = vfs.parts.staging.files.values()
     assert staged.direct_fd == -2
     # The descriptor it refused is closed: the copy is open once, for the page cache.
@@ -641,8 +648,7 @@ async def test_a_large_chunk_goes_up_in_parts_while_it_is_written(tmp_path: Path
     # Two whole chunks and a short last one, long enough to stream too.
     data = os.urandom(2 * STREAMED + 10 * MiB)
     fh = await create(vfs, "render.exr")
-    for offset in range(0, 12 * MiB, MiB):
-        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await write_in_mib(vfs, fh, data, 0, 12 * MiB)
     # Three quarters of the first chunk written: its first part goes up meanwhile.
     folder = tmp_path / "store" / "streams"
     for _ in range(500):
@@ -651,8 +657,7 @@ async def test_a_large_chunk_goes_up_in_parts_while_it_is_written(tmp_path: Path
         await asyncio.sleep(0.02)
     (part,) = streams_left(tmp_path)
     assert os.path.getsize(folder / part) == 8 * MiB
-    for offset in range(12 * MiB, len(data), MiB):
-        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await write_in_mib(vfs, fh, data, 12 * MiB)
     await sent_early(vfs, 2)
     assert store.named == fixed_ids(data)[:2]
     vfs.vfs.release(fh)
@@ -676,8 +681,7 @@ async def test_a_streamed_chunk_goes_up_in_two_halves(tmp_path: Path) -> None:
     store = watching(vfs)
     data = os.urandom(2 * chunk)
     fh = await create(vfs, "comp.exr")
-    for offset in range(0, len(data), MiB):
-        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await write_in_mib(vfs, fh, data)
     vfs.vfs.release(fh)
     await committed(vfs)
     assert (store.named, store.puts, store.parts) == (fixed_ids(data, chunk), [], 4)
@@ -694,8 +698,7 @@ async def test_a_chunk_no_larger_than_the_stores_smallest_part_goes_up_in_one_pu
     store = watching(vfs)
     data = os.urandom(3 * chunk)
     fh = await create(vfs, "proxy.mov")
-    for offset in range(0, len(data), MiB):
-        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await write_in_mib(vfs, fh, data)
     vfs.vfs.release(fh)
     await committed(vfs)
     assert (store.named, store.parts) == ([], 0)
@@ -710,13 +713,11 @@ async def test_a_chunk_rewritten_while_it_streams_is_aborted_and_sent_as_the_fil
     store = watching(vfs)
     data = bytearray(os.urandom(2 * STREAMED))
     fh = await create(vfs, "plate.dpx")
-    for offset in range(0, 10 * MiB, MiB):
-        await vfs.vfs.write(fh, offset, bytes(data[offset : offset + MiB]))
+    await write_in_mib(vfs, fh, data, 0, 10 * MiB)
     # Back into the part already sent: the stream no longer holds the file's bytes.
     await vfs.vfs.write(fh, 5, b"retouched")
     data[5:14] = b"retouched"
-    for offset in range(10 * MiB, len(data), MiB):
-        await vfs.vfs.write(fh, offset, bytes(data[offset : offset + MiB]))
+    await write_in_mib(vfs, fh, data, 10 * MiB)
     vfs.vfs.release(fh)
     await committed(vfs)
     first, second = fixed_ids(bytes(data))
@@ -744,16 +745,14 @@ async def test_a_copy_of_chunks_the_drive_has_stops_streaming_after_its_first(
     store = watching(vfs)
     early = vfs.parts.writeback.early
     fh = await create(vfs, "take-2.exr")
-    for offset in range(0, STREAMED, MiB):
-        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await write_in_mib(vfs, fh, data, 0, STREAMED)
     # The first chunk's parts went while it was written (its id was not known yet);
     # once named, the drive had it: its stream is given up, nothing is stored twice.
     await sent_early(vfs, 1)
     assert (early.streams_started, early.streams_dropped) == (1, 1)
     # The file is a copy, most likely: its later chunks go whole, and the drive has
     # those too, so nothing more travels.
-    for offset in range(STREAMED, len(data), MiB):
-        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await write_in_mib(vfs, fh, data, STREAMED)
     vfs.vfs.release(fh)
     await committed(vfs)
     await early.close()
@@ -782,8 +781,7 @@ async def test_chunks_go_up_whole_unless_the_mount_streams_them(tmp_path: Path) 
     store = watching(vfs)
     data = os.urandom(2 * STREAMED)
     fh = await create(vfs, "render.exr")
-    for offset in range(0, len(data), MiB):
-        await vfs.vfs.write(fh, offset, data[offset : offset + MiB])
+    await write_in_mib(vfs, fh, data)
     await sent_early(vfs, 2)
     assert (store.parts, store.named) == (0, [])
     assert sorted(store.puts) == sorted(fixed_ids(data))
