@@ -766,6 +766,30 @@ async def test_a_copy_of_chunks_the_drive_has_stops_streaming_after_its_first(
     await vfs.close()
 
 
+async def test_a_copy_of_a_short_file_the_drive_has_sends_no_last_part(tmp_path: Path) -> None:
+    vfs = await make_test_vfs(tmp_path, chunk_size=STREAMED, stream_chunks=True)
+    data = os.urandom(STREAMED - 4 * MiB)
+    fh = await create(vfs, "still.exr")
+    await vfs.vfs.write(fh, 0, data)
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    store = watching(vfs)
+    early = vfs.parts.writeback.early
+    before = (early.streams_started, early.streams_dropped)
+    fh = await create(vfs, "still-copy.exr")
+    await write_in_mib(vfs, fh, data)
+    vfs.vfs.release(fh)
+    await committed(vfs)
+    await early.close()
+    # Its first part went while it was written; the last, short, waited for the name,
+    # which the drive had.
+    assert (store.named, store.puts, store.parts, store.aborted) == ([], [], 1, 1)
+    assert (early.streams_started, early.streams_dropped) == (before[0] + 1, before[1] + 1)
+    assert streams_left(tmp_path) == []
+    await version_holds_streamed(vfs, "still-copy.exr", data)
+    await vfs.close()
+
+
 def data_id_dir(data: bytes) -> str:
     return fixed_ids(data)[0][:2]
 

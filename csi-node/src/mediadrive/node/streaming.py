@@ -654,7 +654,8 @@ class EarlyUploads:
         ):
             return
         gathered.hash_on(whole=True)
-        self._stream_on(gathered, whole=True)
+        # Its last part waits for its name, as a whole chunk's does (see _send).
+        self._stream_on(gathered, whole=True, hold_last=True)
         self._track(state, index, self._send(staged, state, start, gathered.filled))
 
     # -- content-defined chunks ---------------------------------------------------------
