@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -69,10 +69,11 @@ TIMEOUT = 900  # seconds for one scenario of one tool
 LS_RUNS = 5  # `ls -l` listings in a row per repetition (their median is the figure)
 # A warm read of the QUICK file takes about 30 ms, and a stat of its 1,000 files about
 # as long: several in a row per repetition, their median the figure, so that one
-# scheduling hiccup does not decide. Page-cache reads on these shared machines slow
-# down by a third for stretches longer than five of them (one tool's median of five
-# moved 9,000-16,000 MB/s across the repetitions of one run): 21 reads outlast that.
+# scheduling hiccup does not decide.
 WARM_READS = 21
+# Warm reads fill the page cache with every file a step of each in turn (see
+# fill_side_by_side).
+FILL_STEP = 4 * MiB
 STAT_RUNS = 5
 EDITS_PER_REP = 8  # 1 MiB edits timed per repetition (their median is the figure)
 EDIT_SPACING = 5 * MiB  # between their offsets
@@ -310,6 +311,38 @@ def read_all(path: Path) -> int:
         while n := f.readinto(view):
             total += n
     return total
+
+
+def fill_side_by_side(paths: Sequence[Path], failed: dict[Path, str]) -> None:
+    """Read every file of ``paths`` into the page cache, ``FILL_STEP`` bytes of each in
+    turn; a file that cannot be read goes into ``failed`` with the error.
+
+    How fast a file reads from the page cache depends on where in memory its pages
+    are, and on these virtual machines that is settled when they are filled and holds
+    for as long as they stay: four FUSE file systems' files of 256 MiB, filled one
+    after another, read at 7 to 13 GB/s by their turn alone, each its own speed
+    every time, the same files filled side by side at 12 GB/s each. Filled side by
+    side, every file takes its pages from the same stretches of memory."""
+    files: dict[Path, IO[bytes]] = {}
+    try:
+        for path in paths:
+            try:
+                files[path] = open(path, "rb", buffering=0)  # noqa: SIM115
+            except OSError as exc:
+                failed[path] = f"{type(exc).__name__}: {exc}"
+        while files:
+            for path, f in list(files.items()):
+                try:
+                    done = len(f.read(FILL_STEP)) < FILL_STEP
+                except OSError as exc:
+                    failed[path] = f"{type(exc).__name__}: {exc}"
+                    done = True
+                if done:
+                    f.close()
+                    del files[path]
+    finally:
+        for f in files.values():
+            f.close()
 
 
 def read_at(path: Path, offset: int, length: int) -> int:
@@ -636,11 +669,49 @@ class Bench:
 
         each(["cold_read", "cold_cpu"], cold, cold_limit)
 
-        def warm_file(path: Path) -> dict[str, float]:
-            read_all(path)
-            return {"warm_read": size / median_seconds(WARM_READS, lambda: read_all(path)) / MB}
+        self.warm_reads(rep, src)
 
-        each(["warm_read"], lambda t: warm_file(t.mountpoint / "big.bin"), lambda: warm_file(src))
+    def warm_reads(self, rep: int, src: Path) -> None:
+        """Warm sequential reads: the page cache dropped and filled with every tool's
+        file and the limit's side by side (see fill_side_by_side), then the files read
+        in turn, WARM_READS times; each one's median is its figure."""
+        size = self.sizes.file
+        print(f"  [{rep}] warm_read", flush=True)
+        readers: dict[str, tuple[Tool | None, Path]] = {}
+        for tool in self.order(self.data_tools, rep):
+            if tool.broken:
+                self.fail(tool.name, rep, ["warm_read"], tool.broken)
+            else:
+                readers[tool.name] = (tool, tool.mountpoint / "big.bin")
+        readers["limit"] = (None, src)
+        self.settled += settle()
+        drop_page_cache()
+        unread: dict[Path, str] = {}
+        fill_side_by_side([path for _, path in readers.values()], unread)
+        failed = {name: unread[path] for name, (_, path) in readers.items() if path in unread}
+        times: dict[str, list[float]] = {name: [] for name in readers}
+        for _ in range(WARM_READS):
+            for name, (_, path) in readers.items():
+                if name in failed:
+                    continue
+                try:
+                    with time_limit(TIMEOUT):
+                        start = time.perf_counter()
+                        n = read_all(path)
+                        elapsed = time.perf_counter() - start
+                    if n != size:
+                        raise BenchError(f"read {n} bytes of {size}")
+                except (Exception, Timeout) as exc:
+                    failed[name] = f"{type(exc).__name__}: {exc}"[:300]
+                    continue
+                times[name].append(elapsed)
+        for name, (reader, _) in readers.items():
+            if name in failed:
+                self.fail(name, rep, ["warm_read"], failed[name])
+                if reader is not None:
+                    self.recover(reader)
+            else:
+                self.record(name, rep, {"warm_read": size / statistics.median(times[name]) / MB})
 
     def random_rep(self, rep: int, src: Path) -> None:
         s = self.sizes
