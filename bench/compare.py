@@ -671,6 +671,15 @@ class Bench:
 
         self.warm_reads(rep, src)
 
+    def fill_page_cache(self, paths: list[Path]) -> dict[Path, str]:
+        """Once the machine is quiet, drop the page cache and fill it with ``paths``
+        side by side (see fill_side_by_side); returns those that could not be read."""
+        self.settled += settle()
+        drop_page_cache()
+        unread: dict[Path, str] = {}
+        fill_side_by_side(paths, unread)
+        return unread
+
     def warm_reads(self, rep: int, src: Path) -> None:
         """Warm sequential reads: the page cache dropped and filled with every tool's
         file and the limit's side by side (see fill_side_by_side), then the files read
@@ -684,10 +693,7 @@ class Bench:
             else:
                 readers[tool.name] = (tool, tool.mountpoint / "big.bin")
         readers["limit"] = (None, src)
-        self.settled += settle()
-        drop_page_cache()
-        unread: dict[Path, str] = {}
-        fill_side_by_side([path for _, path in readers.values()], unread)
+        unread = self.fill_page_cache([path for _, path in readers.values()])
         failed = {name: unread[path] for name, (_, path) in readers.items() if path in unread}
         times: dict[str, list[float]] = {name: [] for name in readers}
         for _ in range(WARM_READS):
@@ -731,8 +737,14 @@ class Bench:
             lambda: rand_cold(src, None),
         )
 
+        # Filled side by side, as for the warm sequential read: random reads out of the
+        # page cache depend on where its pages are too. (A file that cannot be read
+        # fails in fio.)
+        self.fill_page_cache(
+            [t.mountpoint / "big.bin" for t in self.data_tools if not t.broken] + [src]
+        )
+
         def rand_warm(path: Path) -> dict[str, float]:
-            read_all(path)
             return {"rand_warm": fio_randread(path, size, s.fio_seconds)}
 
         each(
