@@ -1,11 +1,12 @@
 """A large write until durable, side by side: mediadrive with chunks streamed while
-they are written (the default), mediadrive with ``--no-stream-chunks``, and JuiceFS,
+they are written (the default), mediadrive with ``--no-stream-chunks`` (``--fsync``: a
+``--commit-on fsync`` drive instead), and JuiceFS,
 each in a bucket of its own on one MinIO. Every round writes new random bytes on a
 fresh mount of each tool, the page cache dropped first, the tools in every order over
 each six rounds; printed: each phase's median (the application's writes, its fsync,
 the wait after the close until durable, the whole) and the file system process's CPU.
 
-    sudo .venv/bin/python bench/write_ab.py [--rounds 12] [--size-mib 256] [--no-juicefs]
+    sudo .venv/bin/python bench/write_ab.py [--rounds 12] [--size-mib 256] [--no-juicefs] [--fsync]
 
 Needs root (FUSE mounts, dropping the page cache) and, for JuiceFS, the binary from
 ``scripts/bench/peers.sh juicefs``.
@@ -36,6 +37,7 @@ from bench.peers import (  # noqa: E402
     cpu_seconds,
     drop_page_cache,
 )
+from mediadrive.node.options import CommitOn  # noqa: E402
 from tests.servers import minio_server  # noqa: E402
 
 MiB = 1 << 20
@@ -65,6 +67,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=12, help="writes per tool")
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--no-juicefs", action="store_true", help="mediadrive both ways only")
+    parser.add_argument(
+        "--fsync",
+        action="store_true",
+        help="the second mount is a --commit-on fsync drive (streamed), not --no-stream-chunks",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("write_ab.py needs root (FUSE mounts, dropping the page cache)", file=sys.stderr)
@@ -84,6 +91,15 @@ def main() -> int:
             tools = [
                 Mediadrive(work / "a", target, s3.new_bucket("streamed"), budget, label="streamed"),
                 Mediadrive(
+                    work / "b",
+                    target,
+                    s3.new_bucket("fsync"),
+                    budget,
+                    label="commit on fsync",
+                    commit_on=CommitOn.FSYNC,
+                )
+                if args.fsync
+                else Mediadrive(
                     work / "b",
                     target,
                     s3.new_bucket("whole"),
