@@ -308,6 +308,7 @@ class Mediadrive(Tool):
         self.stream_chunks = stream_chunks
         self.registry = MountRegistry(self.work / "run")
         self.drive = "bench"
+        self._client: client.MountClient | None = None
 
     def create(self) -> None:
         settings = DriveSettings(chunking="cdc") if self.chunking == "cdc" else DriveSettings()
@@ -319,6 +320,7 @@ class Mediadrive(Tool):
         asyncio.run(make())
 
     def mount(self) -> None:
+        self._client = None
         client.mount(
             MountOptions(
                 drive=self.drive,
@@ -336,6 +338,7 @@ class Mediadrive(Tool):
         )
 
     def unmount(self) -> None:
+        self._client = None
         if self.registry.entry_for(self.mountpoint) is not None or is_mounted(self.mountpoint):
             client.umount(self.mountpoint, self.registry, timeout=600)
 
@@ -344,7 +347,11 @@ class Mediadrive(Tool):
         return entry.pid if entry is not None else None
 
     def mount_client(self) -> client.MountClient:
-        return client.MountClient.for_mountpoint(self.mountpoint, self.registry)
+        # Kept while mounted, as a program using the API keeps its client (not looked
+        # up in the mount registry again inside each timed save).
+        if self._client is None:
+            self._client = client.MountClient.for_mountpoint(self.mountpoint, self.registry)
+        return self._client
 
     def inner(self, path: Path) -> str:
         return "/" + str(path.relative_to(self.mountpoint))
