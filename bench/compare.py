@@ -5,7 +5,7 @@
 
 Every tool mounts its own bucket of the same MinIO on loopback, gets the same data and
 the same cache budget; within each repetition the tools run one after the other
-(their order rotates between repetitions). Metadata scenarios run on SQLite and
+(their order changes between repetitions, see balanced_orders). Metadata scenarios run on SQLite and
 PostgreSQL for the tools that have a metadata engine (mediadrive, JuiceFS). Limits:
 boto3 with parallel threads against the same MinIO, and the local disk.
 
@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
+import itertools
 import json
 import os
 import platform
@@ -30,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -311,6 +314,42 @@ def read_all(path: Path) -> int:
         while n := f.readinto(view):
             total += n
     return total
+
+
+@functools.cache
+def balanced_orders(n: int) -> list[tuple[int, ...]]:
+    """``n`` orders of ``n`` tools for ``n`` repetitions: each tool takes each place once
+    (a Latin square, as a rotation gives), and no tool comes right after the same other
+    one in more of them than it has to (a rotation puts every tool after the same one
+    each time: a turn's figure depends on what the turn before left the machine doing).
+    Where ``n`` is even each tool follows each other one once at most; where it is odd
+    that cannot be, and twice at most is. Found by a search, first order ``0..n-1``; a
+    rotation past 6 tools."""
+    if n > 6:
+        return [tuple((k + i) % n for i in range(n)) for k in range(n)]
+    orders = list(itertools.permutations(range(n)))
+    first = tuple(range(n))
+    best: tuple[int, list[tuple[int, ...]]] = (n + 1, [])
+
+    def extend(rows: list[tuple[int, ...]], follows: Counter[tuple[int, int]], worst: int) -> None:
+        nonlocal best
+        if worst >= best[0]:
+            return
+        if len(rows) == n:
+            best = (worst, list(rows))
+            return
+        for order in orders:
+            if any(order[i] == row[i] for row in rows for i in range(n)):
+                continue
+            pairs = list(itertools.pairwise(order))
+            follows.update(pairs)
+            rows.append(order)
+            extend(rows, follows, max(worst, *(follows[pair] for pair in pairs)))
+            rows.pop()
+            follows.subtract(pairs)
+
+    extend([first], Counter(itertools.pairwise(first)), 1)
+    return best[1]
 
 
 def fill_side_by_side(paths: Sequence[Path], failed: dict[Path, str]) -> None:
@@ -596,8 +635,10 @@ class Bench:
 
     # -- scenarios ----------------------------------------------------------------------------
     def order(self, tools: list[Tool], rep: int) -> list[Tool]:
-        k = rep % len(tools) if tools else 0
-        return tools[k:] + tools[:k]
+        if not tools:
+            return []
+        rows = balanced_orders(len(tools))
+        return [tools[i] for i in rows[rep % len(rows)]]
 
     def each(
         self,
@@ -1091,8 +1132,8 @@ def main() -> int:
             setup_s = time.perf_counter() - step
             print(f"setup took {setup_s:.1f}s", flush=True)
             src = work / "src.bin"
-            # The data scenarios run once per place in the rotation at least, so every
-            # tool takes every place once (a turn's figure depends on the one before).
+            # The data scenarios run once per place at least, so every tool takes every
+            # place once (a turn's figure depends on the one before; see balanced_orders).
             data = bool(parts & {"write", "read", "random", "edit"})
             data_reps = max(bench.reps, len(bench.data_tools)) if data else 0
             total = max(bench.reps, data_reps)
