@@ -5,9 +5,10 @@
 
 Every tool mounts its own bucket of the same MinIO on loopback, gets the same data and
 the same cache budget; within each repetition the tools run one after the other
-(their order changes between repetitions, see balanced_orders). Metadata scenarios run on SQLite and
-PostgreSQL for the tools that have a metadata engine (mediadrive, JuiceFS). Limits:
-boto3 with parallel threads against the same MinIO, and the local disk.
+(their order changes between repetitions, see balanced_orders). Metadata scenarios
+run on SQLite and PostgreSQL for the tools that have a metadata engine (mediadrive,
+JuiceFS). Limits: boto3 with parallel threads against the same MinIO, and the local
+disk.
 
 Writes bench/results.json, bench/report.md and bench/*.png. Needs root (FUSE, dropping
 the page cache), the MinIO binary of scripts/build-test-binaries.sh and the peers of

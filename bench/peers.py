@@ -15,8 +15,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +98,33 @@ def drop_page_cache() -> None:
 
 
 def cached_juicefs() -> Path | None:
-    """The JuiceFS binary ``scripts/bench/peers.sh juicefs`` installed, if it did."""
+    """The JuiceFS binary ``scripts/bench/peers.sh juicefs`` installed, if it did (if
+    not, says so on stderr)."""
     cache = Path(os.environ.get("MEDIADRIVE_CACHE", Path.home() / ".cache/mediadrive"))
-    return next(iter(sorted(cache.glob("bench/juicefs-*/juicefs"))), None)
+    found = next(iter(sorted(cache.glob("bench/juicefs-*/juicefs"))), None)
+    if found is None:
+        print("no JuiceFS binary: run scripts/bench/peers.sh juicefs first", file=sys.stderr)
+    return found
+
+
+@contextlib.contextmanager
+def side_by_side(prefix: str) -> Iterator[tuple[Path, S3Server, S3Target, list[Tool]]]:
+    """For a script that runs tools side by side on one MinIO: a work folder under
+    /var/tmp, the server, the tools' target, and a list for the tools, each of which
+    is stopped (before the server) and the folder removed, whatever happens."""
+    from tests.servers import minio_server
+
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    tools: list[Tool] = []
+    try:
+        with minio_server() as s3:
+            try:
+                yield work, s3, S3Target.of(s3), tools
+            finally:
+                for tool in tools:
+                    tool.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @dataclass

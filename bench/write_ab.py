@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,14 +29,13 @@ from bench.compare import settle, write_random  # noqa: E402
 from bench.peers import (  # noqa: E402
     JuiceFS,
     Mediadrive,
-    S3Target,
     Tool,
     cached_juicefs,
     cpu_seconds,
     drop_page_cache,
+    side_by_side,
 )
 from mediadrive.node.options import CommitOn  # noqa: E402
-from tests.servers import minio_server  # noqa: E402
 
 MiB = 1 << 20
 PHASES = ("writes", "fsync", "after close", "until durable", "CPU")
@@ -80,64 +77,55 @@ def main() -> int:
     if not args.no_juicefs:
         juicefs = cached_juicefs()
         if juicefs is None:
-            print("no JuiceFS binary: run scripts/bench/peers.sh juicefs first", file=sys.stderr)
             return 2
-    work = Path(tempfile.mkdtemp(prefix="mediadrive-write-ab-", dir="/var/tmp"))
-    tools: list[Tool] = []
-    try:
-        with minio_server() as s3:
-            target = S3Target.of(s3)
-            budget = 2048 * MiB
-            tools = [
-                Mediadrive(work / "a", target, s3.new_bucket("streamed"), budget, label="streamed"),
-                Mediadrive(
-                    work / "b",
-                    target,
-                    s3.new_bucket("fsync"),
-                    budget,
-                    label="commit on fsync",
-                    commit_on=CommitOn.FSYNC,
-                )
-                if args.fsync
-                else Mediadrive(
-                    work / "b",
-                    target,
-                    s3.new_bucket("whole"),
-                    budget,
-                    label="one put a chunk",
-                    stream_chunks=False,
-                ),
-            ]
-            if juicefs is not None:
-                tools.append(JuiceFS(work / "c", target, s3.new_bucket("juicefs"), budget, juicefs))
-            for tool in tools:
-                tool.create()
-            orders = list(itertools.permutations(tools))
-            results: dict[str, list[tuple[float, ...]]] = {tool.name: [] for tool in tools}
-            src = work / "src.bin"
-            for rnd in range(args.rounds):
-                for tool in orders[rnd % len(orders)]:
-                    write_random(src, args.size_mib * MiB)
-                    tool.mount()
-                    settle()
-                    drop_page_cache()
-                    figures = write_once(tool, src, f"w{rnd}.bin")
-                    results[tool.name].append(figures)
-                    tool.unmount()
-                    print(
-                        f"round {rnd + 1} {tool.name:16}",
-                        "  ".join(f"{p} {f:.3f}" for p, f in zip(PHASES, figures, strict=True)),
-                        flush=True,
-                    )
-            print(f"\nmedians of {args.rounds} writes of {args.size_mib} MiB (seconds):")
-            print(f"{'':16}", "  ".join(f"{p:>13}" for p in PHASES))
-            for name, rows in results.items():
-                medians = [statistics.median(column) for column in zip(*rows, strict=True)]
-                print(f"{name:16}", "  ".join(f"{m:13.3f}" for m in medians))
-    finally:
+    with side_by_side("mediadrive-write-ab-") as (work, s3, target, tools):
+        budget = 2048 * MiB
+        tools += [
+            Mediadrive(work / "a", target, s3.new_bucket("streamed"), budget, label="streamed"),
+            Mediadrive(
+                work / "b",
+                target,
+                s3.new_bucket("fsync"),
+                budget,
+                label="commit on fsync",
+                commit_on=CommitOn.FSYNC,
+            )
+            if args.fsync
+            else Mediadrive(
+                work / "b",
+                target,
+                s3.new_bucket("whole"),
+                budget,
+                label="one put a chunk",
+                stream_chunks=False,
+            ),
+        ]
+        if juicefs is not None:
+            tools.append(JuiceFS(work / "c", target, s3.new_bucket("juicefs"), budget, juicefs))
         for tool in tools:
-            tool.stop()
-        shutil.rmtree(work, ignore_errors=True)
+            tool.create()
+        orders = list(itertools.permutations(tools))
+        results: dict[str, list[tuple[float, ...]]] = {tool.name: [] for tool in tools}
+        src = work / "src.bin"
+        for rnd in range(args.rounds):
+            for tool in orders[rnd % len(orders)]:
+                write_random(src, args.size_mib * MiB)
+                tool.mount()
+                settle()
+                drop_page_cache()
+                figures = write_once(tool, src, f"w{rnd}.bin")
+                results[tool.name].append(figures)
+                tool.unmount()
+                print(
+                    f"round {rnd + 1} {tool.name:16}",
+                    "  ".join(f"{p} {f:.3f}" for p, f in zip(PHASES, figures, strict=True)),
+                    flush=True,
+                )
+        print(f"\nmedians of {args.rounds} writes of {args.size_mib} MiB (seconds):")
+        print(f"{'':16}", "  ".join(f"{p:>13}" for p in PHASES))
+        for name, rows in results.items():
+            medians = [statistics.median(column) for column in zip(*rows, strict=True)]
+            print(f"{name:16}", "  ".join(f"{m:13.3f}" for m in medians))
     return 0
 
 

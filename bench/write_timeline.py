@@ -21,7 +21,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +32,12 @@ from bench.compare import settle, write_random  # noqa: E402
 from bench.peers import (  # noqa: E402
     JuiceFS,
     Mediadrive,
-    S3Target,
     Tool,
     cached_juicefs,
     cpu_seconds,
     drop_page_cache,
+    side_by_side,
 )
-from tests.servers import minio_server  # noqa: E402
 
 MiB = 1 << 20
 MB = 1_000_000
@@ -149,35 +147,24 @@ def main() -> int:
         return 2
     juicefs = cached_juicefs()
     if juicefs is None:
-        print("no JuiceFS binary: run scripts/bench/peers.sh juicefs first", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="mediadrive-timeline-", dir="/var/tmp"))
-    tools: list[Tool] = []
-    try:
-        with minio_server() as s3:
-            port = int(s3.endpoint_url.rsplit(":", 1)[1])
-            target = S3Target.of(s3)
-            budget = 2048 * MiB
-            tools = [
-                Mediadrive(work, target, s3.new_bucket("mediadrive"), budget),
-                JuiceFS(work, target, s3.new_bucket("juicefs"), budget, juicefs),
-            ]
-            for tool in tools:
-                tool.create()
-                tool.mount()
-            for rnd in range(args.rounds):
-                for tool in tools if rnd % 2 == 0 else tools[::-1]:
-                    if args.fresh_mount:
-                        tool.unmount()
-                        tool.mount()
-                    path = tool.mountpoint / f"w{rnd}.bin"
-                    write_once(tool, path, args.size_mib * MiB, port, work)
-            for tool in tools:
-                tool.stop()
-    finally:
+    with side_by_side("mediadrive-timeline-") as (work, s3, target, tools):
+        port = int(s3.endpoint_url.rsplit(":", 1)[1])
+        budget = 2048 * MiB
+        tools += [
+            Mediadrive(work, target, s3.new_bucket("mediadrive"), budget),
+            JuiceFS(work, target, s3.new_bucket("juicefs"), budget, juicefs),
+        ]
         for tool in tools:
-            tool.stop()
-        shutil.rmtree(work, ignore_errors=True)
+            tool.create()
+            tool.mount()
+        for rnd in range(args.rounds):
+            for tool in tools if rnd % 2 == 0 else tools[::-1]:
+                if args.fresh_mount:
+                    tool.unmount()
+                    tool.mount()
+                path = tool.mountpoint / f"w{rnd}.bin"
+                write_once(tool, path, args.size_mib * MiB, port, work)
     return 0
 
 
