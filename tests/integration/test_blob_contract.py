@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from mediadrive.core import buffers
-from mediadrive.core.blob import BlobStore, ChunkStream, open_store
+from mediadrive.core.blob import PART_ALIGN, BlobStore, ChunkStream, open_store
 from mediadrive.core.blob.s3 import S3BlobStore
 from mediadrive.core.blob.tiers import TieredStore
 from mediadrive.core.blob.wrapper import WrappedStore
@@ -568,6 +568,34 @@ async def test_an_aborted_stream_leaves_nothing(
     assert stream_objects(engine, tmp_path) == []
     assert not await store.exists(cid)
     assert await listed(store) == set()
+
+
+async def test_a_streamed_chunks_parts_may_differ_in_size(
+    streaming_store: BlobStore, streaming: Engine, tmp_path: Path
+) -> None:
+    # A part as it fills, then the rest in two pieces sent at once, the last first
+    # (how a mount sends a chunk's last part once it is named).
+    store = streaming_store
+    stream = store.stream()
+    assert stream is not None
+    step, piece = stream.part_size, 6 * PART_ALIGN
+    assert piece >= stream.min_part
+    data = os.urandom(step + 2 * piece - 1000)
+    view = memoryview(data)
+    await stream.write(0, view[:step])
+    await asyncio.gather(
+        stream.write(step + piece, view[step + piece :]),
+        stream.write(step, view[step : step + piece]),
+    )
+    cid = chunk_id(data)
+    await stream.finish(cid, len(data))
+    assert await store.get(cid) == data
+    if streaming.server is not None:
+        # A part must start on PART_ALIGN.
+        other = store.stream()
+        assert other is not None
+        with pytest.raises(ValueError, match="multiple of"):
+            await other.write(PART_ALIGN + 1, b"x")
 
 
 async def test_a_stream_missing_a_part_is_refused(

@@ -11,7 +11,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +271,54 @@ def test_fallocate_reserves_keeps_size_and_punches_holes(
     mounts.umount(m)
     m = mounts.mount(drive, cache="c3")
     assert (m / "f.bin").read_bytes() == data
+
+
+def test_a_write_truncate_or_chown_clears_setuid_and_setgid(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    name = make_drive()
+    m = mounts.mount(name)
+    path = m / "render.sh"
+    path.write_bytes(b"#!/bin/sh\n")
+
+    def after(mode: int, change: Callable[[], object]) -> int:
+        os.chmod(path, mode)
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+        change()
+        return stat.S_IMODE(path.stat().st_mode)
+
+    def write() -> None:
+        with open(path, "r+b") as f:
+            f.write(b"#")
+
+    # Setuid goes, and setgid with group execute; setgid without it (mandatory
+    # locking) stays. Root writes here: the mount cannot tell who writes.
+    assert after(0o6755, write) == 0o755
+    assert after(0o2644, write) == 0o2644
+    assert after(0o4755, lambda: os.truncate(path, 4)) == 0o755
+    assert after(0o4755, lambda: open(path, "wb").close()) == 0o755
+    assert after(0o6775, lambda: os.chown(path, 1234, 1234)) == 0o775
+    # A chmod alone keeps them, and so does a folder's owner change.
+    assert after(0o4755, lambda: os.chmod(path, 0o4750)) == 0o4750
+    folder = m / "shots"
+    folder.mkdir(mode=0o2775)
+    os.chmod(folder, 0o2775)
+    os.chown(folder, 1234, 1234)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o2775
+    mounts.umount(m)
+    m = mounts.mount(name)
+    assert stat.S_IMODE((m / "render.sh").stat().st_mode) == 0o4750
+
+
+def test_writes_are_not_preceded_by_a_request_for_security_capability(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    m = mounts.mount(make_drive())
+    before = m.status()["xattr_reads"]
+    with open(m / "plate.exr", "wb", buffering=0) as f:
+        for _ in range(64):
+            f.write(b"x" * 65536)
+    # At most the first write of the file asks (then the kernel knows it has none).
+    assert m.status()["xattr_reads"] - before <= 1
+    assert os.getxattr(m / "plate.exr", "user.mediadrive.tier") == b"local"
+    assert m.status()["xattr_reads"] - before <= 2

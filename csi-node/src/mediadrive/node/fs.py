@@ -157,6 +157,13 @@ class FuseKernel:
             if exc.errno != errno.ENOENT:
                 log.warning("cannot invalidate inode %d: %s", inode, exc)
 
+    async def invalidate_attrs(self, inode: int) -> None:
+        try:
+            await asyncio.to_thread(pyfuse3.invalidate_inode, inode, True)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                log.warning("cannot invalidate the attributes of inode %d: %s", inode, exc)
+
     async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None:
         try:
             await asyncio.to_thread(
@@ -188,6 +195,10 @@ class DriveFS(pyfuse3.Operations):
         # The kernel refuses backing files on a connection with the writeback cache.
         self.enable_writeback_cache = vfs.options.writeback_cache and vfs.views is None
         self.enable_passthrough = vfs.views is not None
+        # Setuid and setgid bits are cleared here on write, truncate and chown (see
+        # VFS.clear_setid): the kernel then no longer asks for security.capability
+        # before every write(2), a round trip behind the writes queued ahead of it.
+        self.handle_killpriv = True
         vfs.direct_edits = self.enable_writeback_cache and direct_io_mmap()
 
     @fuse_errors

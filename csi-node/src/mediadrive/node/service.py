@@ -57,6 +57,9 @@ class MountStatus(BaseModel):
     listings_cached: int = 0
     # Bytes of files read at random handed to the kernel's page cache.
     pages_stored: int
+    # Extended attributes asked for (the kernel no longer asks before every write(2):
+    # the mount clears setuid and setgid itself).
+    xattr_reads: int = 0
     bytes_uploaded: int
     commits: int
     conflicts: int
@@ -241,6 +244,7 @@ class MountService:
             entry_misses=self.vfs.entries.misses,
             listings_cached=self.vfs.entries.listings,
             pages_stored=self.vfs.pages_stored,
+            xattr_reads=self.vfs.xattr_reads,
             bytes_uploaded=wb.figures.bytes_uploaded,
             commits=wb.figures.commits,
             conflicts=wb.figures.conflicts,

@@ -34,7 +34,9 @@ file, written in order but short, is named from its stream when the commit comes
 (``settle``), not sent again. A stream whose chunk is let go is aborted. A whole
 chunk's last part waits for its name: one the drive records already is not sent
 further, and the file's later chunks go whole (it is a copy of one the drive has,
-most likely): claimed first, sent only if missing.
+most likely): claimed first, sent only if missing. Otherwise the last part goes in
+two pieces side by side: at the end of a file nothing else is on its way, and an
+S3 server takes each request on a core of its own.
 
 An fsync of a changed copy also starts sending what its commit would send (the
 stretches around the base bytes it keeps, cut as the commit cuts them), beside the
@@ -69,7 +71,7 @@ from typing import Any
 from blake3 import blake3
 
 from mediadrive.core import buffers
-from mediadrive.core.blob import ChunkStream
+from mediadrive.core.blob import PART_ALIGN, ChunkStream
 from mediadrive.core.chunking import Piece, make_chunker
 from mediadrive.core.drive import Drive
 from mediadrive.core.hashing import BLOCK_SIZE
@@ -97,6 +99,11 @@ _CDC_PUTS = 8
 # more CPU than one put a chunk, and 0.07 s less wait (docs/ARCHITECTURE.md).
 _STREAM_PARTS = 2
 _MIB = 1 << 20
+# The part a chunk's name waits for goes in this many pieces side by side, each at
+# least _MIN_PIECE long: what is left to send once a file's last byte is written is
+# sent by more than one of the store's cores.
+_LAST_PIECES = 2
+_MIN_PIECE = 8 << 20
 # Memory for chunks gathered as they are written (see EarlyUploads.gather), across
 # all files: an upload's window.
 _GATHERED_BYTES = 256 << 20
@@ -154,6 +161,13 @@ class _Gathered:
 
 
 _hashing: ThreadPoolExecutor | None = None
+
+
+def _last_pieces(rest: int, smallest: int) -> int:
+    """How long each piece of the ``rest`` of a named chunk is: the rest goes in
+    ``_LAST_PIECES`` pieces side by side where each is long enough."""
+    pieces = max(1, min(_LAST_PIECES, rest // max(smallest, _MIN_PIECE)))
+    return -(-rest // pieces // PART_ALIGN) * PART_ALIGN or PART_ALIGN
 
 
 def _hashing_thread() -> ThreadPoolExecutor:
@@ -368,6 +382,8 @@ class EarlyUploads:
             end = (gathered.filled - 1) // step * step
         else:
             end = gathered.filled if whole else gathered.filled - gathered.filled % step
+        if whole and not hold_last:
+            step = _last_pieces(end - gathered.streamed, stream.min_part)
         loop = asyncio.get_running_loop()
         while gathered.streamed < end:
             offset = gathered.streamed

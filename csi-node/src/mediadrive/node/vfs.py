@@ -22,7 +22,7 @@ import time
 import weakref
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from mediadrive.core.buffers import ALIGNMENT, direct_io_ready
@@ -98,6 +98,8 @@ class Kernel(Protocol):
 
     async def invalidate_inode(self, inode: int) -> None: ...
 
+    async def invalidate_attrs(self, inode: int) -> None: ...
+
     async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None: ...
 
     async def store(self, inode: int, offset: int, data: bytes) -> bool:
@@ -110,6 +112,9 @@ class NoKernel:
     """No kernel caches to invalidate (the VFS used in process, by tests)."""
 
     async def invalidate_inode(self, inode: int) -> None:
+        pass
+
+    async def invalidate_attrs(self, inode: int) -> None:
         pass
 
     async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None:
@@ -147,6 +152,18 @@ class OpenResult:
 class Caller:
     uid: int = 0
     gid: int = 0
+
+
+# What a change of a file's bytes or owner may clear (see without_setid).
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+def without_setid(mode: int) -> int:
+    """``mode`` less what a write, truncate or chown clears: setuid, and setgid where
+    group execute is set (without it, setgid marks mandatory locking, and stays)."""
+    if mode & stat.S_IXGRP:
+        return mode & ~_SETID
+    return mode & ~stat.S_ISUID
 
 
 @dataclass(frozen=True)
@@ -278,6 +295,7 @@ class VFS:
             weakref.WeakValueDictionary()
         )
         self.pages_stored = 0
+        self.xattr_reads = 0
         # Handles that edit a file in place skip the page cache (see ``open``); set by
         # the FUSE layer where the kernel still allows shared mmap of such files.
         self.direct_edits = False
@@ -364,6 +382,14 @@ class VFS:
         node = await self._node(inode)
         if changes.any:
             self._writable()
+        if (
+            changes.mode is None
+            and (changes.size is not None or changes.uid is not None or changes.gid is not None)
+            and not node.is_dir
+            and without_setid(node.mode) != node.mode
+        ):
+            changes = replace(changes, mode=without_setid(node.mode))
+            self._attrs_changed(inode)
         staged = self.staging.get(node.id)
         if changes.size is not None:
             staged = await self._resize(node, changes.size, fh)
@@ -693,6 +719,8 @@ class VFS:
         if writable:
             self._writable()
             truncate = bool(flags & os.O_TRUNC)
+            if truncate:
+                await self.clear_setid(inode, node.mode)
             staged = await self._stage(node, empty=truncate)
             if truncate and (staged.size() or node.size):
                 await self._truncate(staged, 0)
@@ -866,7 +894,24 @@ class VFS:
         staged.settle(whole + staged.whole_in_parts(offset, written))
         staged.touch(offset, written)
         self.staging.wrote(staged, written - direct)
+        if staged.mode & _SETID:
+            await self.clear_setid(self.tree.inode(handle.node_id), staged.mode)
         return written
+
+    async def clear_setid(self, inode: int, mode: int) -> None:
+        """After a write or a truncate: clear the file's setuid and setgid bits, as the
+        kernel would for a writer without CAP_FSETID (the mount asks it to leave that
+        here, see ``DriveFS.handle_killpriv``; what the writer may do is not known
+        here, so the bits go whoever writes)."""
+        cleared = without_setid(mode)
+        if cleared != mode:
+            await self.setattr(inode, AttrChanges(mode=cleared), None)
+            self._attrs_changed(inode)
+
+    def _attrs_changed(self, inode: int) -> None:
+        """The kernel's attributes of ``inode`` are stale: it asks again (told from a
+        task, not from inside the request it may be serving)."""
+        asyncio.get_running_loop().create_task(self.kernel.invalidate_attrs(inode))
 
     async def _write_into(
         self, staged: StagedFile, offset: int, data: bytes | memoryview
@@ -1011,6 +1056,7 @@ class VFS:
         return used
 
     async def getxattr(self, inode: int, name: str) -> bytes:
+        self.xattr_reads += 1
         if name not in (XATTR_VERSION, XATTR_TIER):
             # Only the user namespace is supported, and this answers without a query.
             # Refusing the others (ACLs, security labels) as unsupported rather than

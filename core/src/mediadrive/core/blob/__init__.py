@@ -25,6 +25,7 @@ from typing import Protocol
 from ..schemes import SchemeRegistry
 
 __all__ = [
+    "PART_ALIGN",
     "BlobEngine",
     "BlobStore",
     "ChunkStream",
@@ -43,16 +44,22 @@ __all__ = [
 put_sent: ContextVar[Callable[[], None] | None] = ContextVar("put_sent", default=None)
 
 
+# Where a streamed chunk's parts may start: at multiples of this.
+PART_ALIGN = 1 << 20
+
+
 class ChunkStream(ABC):
-    """One chunk sent while it is still being written. Its bytes go in parts of
-    ``part_size`` at offsets that are multiples of it (the last part may be shorter),
-    concurrently and in any order; :meth:`finish` then stores them under the chunk's
-    id. Until then no id names them, and whatever :meth:`abort`, a failed finish or a
-    crash leaves behind is debris (see :meth:`BlobStore.debris`). ``part_size`` is
-    what the writer asked for (see :meth:`BlobStore.stream`), or the store's
-    smallest part if that is larger."""
+    """One chunk sent while it is still being written. Its bytes go in parts that do
+    not overlap, each starting at a multiple of :data:`PART_ALIGN` and at least
+    ``min_part`` long unless it ends the chunk, concurrently and in any order;
+    :meth:`finish` then stores them under the chunk's id. Until then no id names
+    them, and whatever :meth:`abort`, a failed finish or a crash leaves behind is
+    debris (see :meth:`BlobStore.debris`). ``part_size`` is the part a writer sends
+    as the chunk fills: what it asked for (see :meth:`BlobStore.stream`), or the
+    store's smallest part if that is larger."""
 
     part_size: int
+    min_part: int
 
     @abstractmethod
     async def write(self, offset: int, data: bytes | memoryview) -> None:

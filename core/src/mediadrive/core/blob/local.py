@@ -76,6 +76,7 @@ class _LocalStream(ChunkStream):
     def __init__(self, store: LocalBlobStore, part_size: int) -> None:
         self._store = store
         self.part_size = max(part_size, _STREAM_PART)
+        self.min_part = 1
         self.path = store._streams / f"{uuid.uuid4().hex}.tmp"
         self._fd: int | None = None
         self._opening = asyncio.Lock()

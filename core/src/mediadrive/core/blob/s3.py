@@ -70,7 +70,7 @@ from urllib3.exceptions import HTTPError
 
 from .. import buffers
 from ..errors import ConfigError, NotFound, StoreUnavailable
-from . import BlobStore, ChunkStream, put_sent, register
+from . import PART_ALIGN, BlobStore, ChunkStream, put_sent, register
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -88,10 +88,12 @@ _OPTIONS = {"endpoint", "region"}
 _WRONG_HERE = {301, 307, 400, 403, 405, 501}
 # Bodies up to this size are put from the event loop (see _Direct.put_on_loop).
 _LOOP_PUT_MAX = 4 << 20
-# The smallest part of a streamed chunk: S3 takes parts of 5 MiB at least (but the
-# last). The smaller, the less is left to send once the chunk's last byte is written,
-# but each part is a request (see ``EarlyUploads`` for what mounts ask for).
+# The smallest part of a streamed chunk a writer sends as it fills: the smaller, the
+# less is left to send once the chunk's last byte is written, but each part is a
+# request (see ``EarlyUploads`` for what mounts ask for).
 _STREAM_PART = 8 << 20
+# S3 takes parts of 5 MiB at least (but the last).
+_S3_MIN_PART = 5 << 20
 # The user metadata on a chunk's key that names the stream object holding its bytes.
 _STREAM_META = "mediadrive-stream"
 _STREAM_HEADER = f"x-amz-meta-{_STREAM_META}"
@@ -571,9 +573,11 @@ class _S3Stream(ChunkStream):
     def __init__(self, store: S3BlobStore, part_size: int) -> None:
         self._store = store
         self.part_size = max(part_size, _STREAM_PART)
+        self.min_part = _S3_MIN_PART
         self.key = f"{store.prefix}streams/{uuid.uuid4().hex}"
         self._upload: asyncio.Future[str] | None = None
-        self._etags: dict[int, str] = {}
+        # By part number: its ETag and length.
+        self._parts: dict[int, tuple[str, int]] = {}
 
     async def _upload_id(self) -> str:
         if self._upload is None:
@@ -587,11 +591,12 @@ class _S3Stream(ChunkStream):
         return await asyncio.shield(self._upload)
 
     async def write(self, offset: int, data: bytes | memoryview) -> None:
-        if offset % self.part_size:
-            raise ValueError(f"a part starts at a multiple of {self.part_size}, not {offset}")
+        if offset % PART_ALIGN:
+            raise ValueError(f"a part starts at a multiple of {PART_ALIGN}, not {offset}")
         store = self._store
         upload_id = await self._upload_id()
-        number = offset // self.part_size + 1
+        # Numbered by where they start: S3 joins parts in the order of their numbers.
+        number = offset // PART_ALIGN + 1
 
         def put() -> str:
             direct = store._direct
@@ -608,16 +613,17 @@ class _S3Stream(ChunkStream):
             )
             return answer["ETag"]
 
-        self._etags[number] = await store._call(put)
+        self._parts[number] = (await store._call(put), len(data))
 
     async def finish(self, chunk_id: str, size: int) -> None:
         store = self._store
         upload_id = await self._upload_id()
-        parts = [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
-        if len(parts) != -(-size // self.part_size):
+        parts = [{"PartNumber": n, "ETag": self._parts[n][0]} for n in sorted(self._parts)]
+        if not self._cover(size):
             await self.abort()
             raise StoreUnavailable(
-                f"streamed chunk {chunk_id} has {len(parts)} parts for {size} bytes"
+                f"streamed chunk {chunk_id} has {len(parts)} parts that do not make its "
+                f"{size} bytes"
             )
         key = store._key(chunk_id)
         body = self.key.encode()
@@ -643,6 +649,15 @@ class _S3Stream(ChunkStream):
             await self.abort()
             raise
         store._remember(chunk_id, self.key)
+
+    def _cover(self, size: int) -> bool:
+        """Whether the parts sent, in order, are the bytes from 0 to ``size``."""
+        end = 0
+        for number in sorted(self._parts):
+            if (number - 1) * PART_ALIGN != end:
+                return False
+            end += self._parts[number][1]
+        return end == size
 
     async def abort(self) -> None:
         store = self._store
