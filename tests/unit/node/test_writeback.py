@@ -598,3 +598,31 @@ async def test_every_commit_that_records_a_version_is_timed(tmp_path: Path) -> N
     assert figures.commits == 2
     assert sum(figures.commit_seconds_counts) + figures.commit_seconds_over == 2
     await vfs.close()
+
+
+async def test_a_save_answers_once_the_commit_under_way_records_its_version(
+    tmp_path: Path,
+) -> None:
+    """A save of a file whose close's commit is under way answers with that commit's
+    version as soon as it is recorded, not after the commit's bookkeeping."""
+    vfs = await make_test_vfs(tmp_path)
+    writeback = vfs.parts.writeback
+    bookkeeping = asyncio.Event()
+    done_with = writeback.early.done_with
+
+    async def held_back(staged: object) -> None:
+        await bookkeeping.wait()
+        await done_with(staged)  # type: ignore[arg-type]
+
+    writeback.early.done_with = held_back  # type: ignore[method-assign]
+    data = os.urandom(3 * CHUNK)
+    await vfs.write_file("clip.bin", data)  # closed: its commit starts
+    (report,) = await asyncio.wait_for(writeback.save("/clip.bin", ""), 10)
+    assert (report.version, report.committed, report.size) == (1, True, len(data))
+    assert not bookkeeping.is_set()
+    assert [v.version for v in await writeback.drive.versions("/clip.bin")] == [1]
+    bookkeeping.set()
+    await writeback.settle()
+    assert writeback.figures.commits == 1
+    assert await vfs.read_file("clip.bin") == data
+    await vfs.close()

@@ -143,6 +143,10 @@ class Writeback:
         self._tasks: list[asyncio.Task[None]] = []
         self.figures = WritebackFigures()
         self.last: dict[int, CommitReport] = {}
+        # Per file being committed: the copy's generation the commit took and its report,
+        # once the version is recorded (None: the commit recorded nothing). A save
+        # waiting for that commit answers then, not after its bookkeeping.
+        self._recorded: dict[int, asyncio.Future[tuple[int, CommitReport] | None]] = {}
         self._busy = 0
         # Until when a commit does not wait on the store (it was unreachable just now).
         self._unreachable_until = 0.0
@@ -285,9 +289,14 @@ class Writeback:
             return await self._commit(staged, message)
 
     async def _commit(self, staged: StagedFile, message: str) -> CommitReport | None:
+        recorded = self._recorded[staged.node_id] = asyncio.get_running_loop().create_future()
         try:
             return await self._commit_staged(staged, message)
         finally:
+            if not recorded.done():
+                recorded.set_result(None)
+            if self._recorded.get(staged.node_id) is recorded:
+                del self._recorded[staged.node_id]
             await self.early.done_with(staged)
 
     async def _commit_staged(self, staged: StagedFile, message: str) -> CommitReport | None:
@@ -503,6 +512,9 @@ class Writeback:
         path, outcome, committed = landed
         if committed:
             self._count_commit(upload, outcome)
+            recorded = self._recorded.get(node_id)
+            if recorded is not None and not recorded.done():
+                recorded.set_result((gen, self._report(path, outcome, upload, True, message)))
         # keep-both puts our bytes in a new sibling node; a rename elsewhere only moves us.
         landed_elsewhere = outcome.file_id != node_id and outcome.path != path
         await self._follow_outcome(staged, outcome, gen, landed_elsewhere)
@@ -771,6 +783,13 @@ class Writeback:
                 path = staged.path
             if path != drive_path and not path.startswith(prefix) and drive_path != "/":
                 continue
+            if not message:
+                # A commit under way (a close's): once it records a version of the
+                # copy as it is now, that is what the save asks for.
+                early = await self._recorded_now(staged)
+                if early is not None:
+                    reports.append(early)
+                    continue
             async with staged.commit_lock:
                 if staged.failed and not staged.orphan:
                     raise WriteFailed(
@@ -781,6 +800,18 @@ class Writeback:
                     if report is not None:
                         reports.append(report)
         return reports
+
+    async def _recorded_now(self, staged: StagedFile) -> CommitReport | None:
+        """The report of the commit of ``staged`` under way, once it records a version
+        holding every change to the copy; None if none is under way or it does not."""
+        recorded = self._recorded.get(staged.node_id)
+        if recorded is None:
+            return None
+        taken = await asyncio.shield(recorded)
+        if taken is None or staged.failed:
+            return None
+        gen, report = taken
+        return report if gen == staged.gen else None
 
     async def settle(self) -> None:
         """Wait until every scheduled commit has run (and the pieces sent ahead of
