@@ -388,8 +388,8 @@ class VFS:
             and not node.is_dir
             and without_setid(node.mode) != node.mode
         ):
+            # The reply carries the new mode: the kernel takes it from there.
             changes = replace(changes, mode=without_setid(node.mode))
-            self._attrs_changed(inode)
         staged = self.staging.get(node.id)
         if changes.size is not None:
             staged = await self._resize(node, changes.size, fh)
