@@ -150,19 +150,12 @@ class FuseKernel:
             return False
         return True
 
-    async def invalidate_inode(self, inode: int) -> None:
+    async def invalidate_inode(self, inode: int, attr_only: bool = False) -> None:
         try:
-            await asyncio.to_thread(pyfuse3.invalidate_inode, inode, False)
+            await asyncio.to_thread(pyfuse3.invalidate_inode, inode, attr_only)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 log.warning("cannot invalidate inode %d: %s", inode, exc)
-
-    async def invalidate_attrs(self, inode: int) -> None:
-        try:
-            await asyncio.to_thread(pyfuse3.invalidate_inode, inode, True)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                log.warning("cannot invalidate the attributes of inode %d: %s", inode, exc)
 
     async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None:
         try:

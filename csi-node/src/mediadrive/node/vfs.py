@@ -96,9 +96,7 @@ class Kernel(Protocol):
     """What the VFS asks of the kernel: forget what it cached about a node or a name,
     or keep bytes of a file in its page cache."""
 
-    async def invalidate_inode(self, inode: int) -> None: ...
-
-    async def invalidate_attrs(self, inode: int) -> None: ...
+    async def invalidate_inode(self, inode: int, attr_only: bool = False) -> None: ...
 
     async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None: ...
 
@@ -111,10 +109,7 @@ class Kernel(Protocol):
 class NoKernel:
     """No kernel caches to invalidate (the VFS used in process, by tests)."""
 
-    async def invalidate_inode(self, inode: int) -> None:
-        pass
-
-    async def invalidate_attrs(self, inode: int) -> None:
+    async def invalidate_inode(self, inode: int, attr_only: bool = False) -> None:
         pass
 
     async def invalidate_entry(self, parent_inode: int, name: str, deleted_inode: int) -> None:
@@ -382,14 +377,15 @@ class VFS:
         node = await self._node(inode)
         if changes.any:
             self._writable()
+        cleared = without_setid(node.mode)
         if (
             changes.mode is None
             and (changes.size is not None or changes.uid is not None or changes.gid is not None)
             and not node.is_dir
-            and without_setid(node.mode) != node.mode
+            and cleared != node.mode
         ):
             # The reply carries the new mode: the kernel takes it from there.
-            changes = replace(changes, mode=without_setid(node.mode))
+            changes = replace(changes, mode=cleared)
         staged = self.staging.get(node.id)
         if changes.size is not None:
             staged = await self._resize(node, changes.size, fh)
@@ -911,7 +907,7 @@ class VFS:
     def _attrs_changed(self, inode: int) -> None:
         """The kernel's attributes of ``inode`` are stale: it asks again (told from a
         task, not from inside the request it may be serving)."""
-        asyncio.get_running_loop().create_task(self.kernel.invalidate_attrs(inode))
+        asyncio.get_running_loop().create_task(self.kernel.invalidate_inode(inode, attr_only=True))
 
     async def _write_into(
         self, staged: StagedFile, offset: int, data: bytes | memoryview

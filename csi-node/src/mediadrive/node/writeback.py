@@ -510,18 +510,18 @@ class Writeback:
         if landed is None:
             return None
         path, outcome, committed = landed
+        report = self._report(path, outcome, upload, committed, message)
         if committed:
             self._count_commit(upload, outcome)
             recorded = self._recorded.get(node_id)
             if recorded is not None and not recorded.done():
-                recorded.set_result((gen, self._report(path, outcome, upload, True, message)))
+                recorded.set_result((gen, report))
         # keep-both puts our bytes in a new sibling node; a rename elsewhere only moves us.
         landed_elsewhere = outcome.file_id != node_id and outcome.path != path
         await self._follow_outcome(staged, outcome, gen, landed_elsewhere)
         if committed:
             for listener in self.on_commit:
                 listener(node_id, outcome, upload)
-        report = self._report(path, outcome, upload, committed, message)
         self.last[outcome.file_id] = report
         if release is not None:
             release()
