@@ -13,6 +13,7 @@ The tests of this module share one release and run in order.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import os
@@ -213,7 +214,15 @@ def _pod_spec(
     }
 
 
+# A job's script ends by printing this line: a container that exits at once can be
+# reported complete before the runtime has written all of its output to the log.
+JOB_DONE = "job-script-finished"
+
+
 def _job(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    spec = copy.deepcopy(spec)
+    command = spec["containers"][0]["command"]
+    command[-1] = f"{command[-1].rstrip()}\necho {JOB_DONE}\n"
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -260,7 +269,17 @@ def _wait_job(cluster: Cluster, release: Release, name: str, timeout: float = 24
         return bool(status.get("succeeded"))
 
     wait_for(f"job {name} complete", finished, timeout, explain=lambda: _explain(cluster, release))
-    return _logs(cluster, release, f"job/{name}")
+    pod = cluster.get("job", name, "-n", release.apps)["spec"]["template"]["spec"]
+    marked = any(JOB_DONE in " ".join(c.get("command", [])) for c in pod["containers"])
+    log = ""
+
+    def logged() -> bool:
+        nonlocal log
+        log = _logs(cluster, release, f"job/{name}")
+        return not marked or JOB_DONE in log
+
+    wait_for(f"job {name}'s whole log", logged, 30, explain=lambda: repr(log))
+    return log.replace(f"{JOB_DONE}\n", "")
 
 
 def _logs(cluster: Cluster, release: Release, what: str) -> str:
