@@ -43,11 +43,12 @@ from .api import start_api
 from .assembly import Cleanup, MountParts, open_parts, release
 from .client import MountError
 from .fs import DriveFS, FuseKernel
-from .heap import keep_freed_buffers
+from .heap import fault_in, keep_freed_buffers
 from .options import MountOptions
 from .reading import KERNEL_READ_AHEAD
 from .registry import MountEntry, MountRegistry
 from .service import MountService
+from .streaming import GATHERED_BYTES
 from .writeback import AFTER_RESTART
 
 pyfuse3.asyncio.enable()
@@ -261,6 +262,25 @@ def _setup_logging(log_path: Path | None, options: MountOptions) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+# The mount has had no request for this long: what it is asked next is not shared
+# with faulting its heap in (a cold read often comes at once after a mount).
+QUIET_SECONDS = 1.0
+
+
+async def fault_in_when_quiet(size: int) -> None:
+    """Fault ``size`` bytes of the heap in (see ``heap.fault_in``) once the mount is
+    quiet."""
+    while True:
+        seen = fuse_wait.HANDLING.started
+        await asyncio.sleep(QUIET_SECONDS)
+        if fuse_wait.HANDLING.started == seen and not fuse_wait.HANDLING.count:
+            break
+    thread = fault_in(size)
+    if thread is not None:
+        await asyncio.to_thread(thread.join)
+        log.info("heap faulted in", extra={"bytes": size})
+
+
 async def run_agent(options: MountOptions, ready: Callable[[str | None], None]) -> int:
     """Mount, report readiness (None) or the reason it failed, serve until unmounted."""
     agent = Agent(options)
@@ -279,9 +299,14 @@ async def run_agent(options: MountOptions, ready: Callable[[str | None], None]) 
     gc.collect()
     gc.freeze()
     ready(None)
+    warming = None
+    if not options.read_only:
+        warming = asyncio.get_running_loop().create_task(fault_in_when_quiet(GATHERED_BYTES))
     try:
         await agent.serve()
     finally:
+        if warming is not None:
+            warming.cancel()
         await agent.shutdown()
     return 0
 

@@ -70,6 +70,7 @@ def fuse_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         HANDLING.count += 1
+        HANDLING.started += 1
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:

@@ -27,10 +27,11 @@ SPIN_SECONDS = 50e-6
 
 
 class InFlight:
-    """How many FUSE requests are being handled now."""
+    """How many FUSE requests are being handled now, and how many have been."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.started = 0
 
 
 HANDLING = InFlight()

@@ -106,7 +106,7 @@ _LAST_PIECES = 2
 _MIN_PIECE = 8 << 20
 # Memory for chunks gathered as they are written (see EarlyUploads.gather), across
 # all files: an upload's window.
-_GATHERED_BYTES = 256 << 20
+GATHERED_BYTES = 256 << 20
 # The keys of a file's content-defined cutting task and of its send after an fsync
 # among its tasks (the others are chunk indexes).
 _CUT = -1
@@ -257,7 +257,7 @@ class EarlyUploads:
         self._files: dict[StagedFile, _FileState] = {}
         # Chunks gathered in memory at once, across all files, those being sent
         # included (see gather).
-        self._gather_max = max(1, _GATHERED_BYTES // self.grain)
+        self._gather_max = max(1, GATHERED_BYTES // self.grain)
         self._gathering = 0
         self._renewer: asyncio.Task[None] | None = None
         # Holds being ended after commits and streams being aborted (nobody waits for
