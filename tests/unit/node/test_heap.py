@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from mediadrive.node.heap import memory_to_spare
 
 # Allocates large buffers the way the agent does and prints the page faults it took:
 # 64 MiB ones (an upload's chunks) in the main thread, 8 MiB ones (a read's runs of
@@ -96,3 +99,57 @@ def test_a_heap_faulted_in_ahead_serves_a_large_buffer_without_new_pages() -> No
     # Where freed memory would not be kept, nothing is faulted in for nothing.
     _, started = faults_after("untuned")
     assert not started
+
+
+def _machine(tmp_path: Path, cgroup: str, available_mib: int | None = 8192) -> tuple[Path, Path]:
+    proc, cgroups = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    cgroups.mkdir()
+    if available_mib is not None:
+        (proc / "meminfo").write_text(
+            f"MemTotal:       16000000 kB\nMemAvailable:   {available_mib * 1024} kB\n"
+        )
+    (proc / "self" / "cgroup").write_text(cgroup)
+    return proc, cgroups
+
+
+def _limit(folder: Path, names: tuple[str, str], limit: str, used: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / names[0]).write_text(limit + "\n")
+    (folder / names[1]).write_text(f"{used}\n")
+
+
+V2 = ("memory.max", "memory.current")
+V1 = ("memory.limit_in_bytes", "memory.usage_in_bytes")
+MiB = 1 << 20
+
+
+def test_memory_to_spare_is_what_the_machine_has_without_a_limit(tmp_path: Path) -> None:
+    proc, cgroups = _machine(tmp_path, "0::/user.slice\n")
+    _limit(cgroups / "user.slice", V2, "max", 300 * MiB)
+    assert memory_to_spare(proc, cgroups) == 8192 * MiB
+
+
+def test_memory_to_spare_is_what_a_v2_limit_leaves(tmp_path: Path) -> None:
+    proc, cgroups = _machine(tmp_path, "0::/kubepods/pod1/plugin\n")
+    _limit(cgroups / "kubepods/pod1/plugin", V2, str(512 * MiB), 100 * MiB)
+    assert memory_to_spare(proc, cgroups) == 412 * MiB
+
+
+def test_memory_to_spare_in_a_container_reads_the_cgroup_mounted_as_root(tmp_path: Path) -> None:
+    # v1 memory controller; the path names the host's view, the container sees its own
+    # cgroup at the root of the mount.
+    proc, cgroups = _machine(tmp_path, "5:cpu:/\n4:memory:/kubepods/podX/abc\n0::/\n")
+    _limit(cgroups / "memory", V1, str(1024 * MiB), 1000 * MiB)
+    assert memory_to_spare(proc, cgroups) == 24 * MiB
+
+
+def test_memory_to_spare_takes_v1s_huge_number_as_no_limit(tmp_path: Path) -> None:
+    proc, cgroups = _machine(tmp_path, "4:memory:/x\n", available_mib=2048)
+    _limit(cgroups / "memory" / "x", V1, str(9223372036854771712), 10 * MiB)
+    assert memory_to_spare(proc, cgroups) == 2048 * MiB
+
+
+def test_memory_to_spare_is_unknown_with_nothing_to_read(tmp_path: Path) -> None:
+    proc, cgroups = _machine(tmp_path, "", available_mib=None)
+    assert memory_to_spare(proc, cgroups) is None

@@ -43,7 +43,7 @@ from .api import start_api
 from .assembly import Cleanup, MountParts, open_parts, release
 from .client import MountError
 from .fs import DriveFS, FuseKernel
-from .heap import fault_in, keep_freed_buffers
+from .heap import fault_in, keep_freed_buffers, memory_to_spare
 from .options import MountOptions
 from .reading import KERNEL_READ_AHEAD
 from .registry import MountEntry, MountRegistry
@@ -275,6 +275,10 @@ async def fault_in_when_quiet(size: int) -> None:
         await asyncio.sleep(QUIET_SECONDS)
         if fuse_wait.HANDLING.started == seen and not fuse_wait.HANDLING.count:
             break
+    spare = memory_to_spare()
+    if spare is not None and spare < 4 * size:
+        log.info("heap not faulted in: memory is short", extra={"bytes_to_spare": spare})
+        return
     thread = fault_in(size)
     if thread is not None:
         await asyncio.to_thread(thread.join)

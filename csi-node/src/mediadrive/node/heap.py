@@ -18,7 +18,10 @@ Kept pages still have to be faulted in once, each zeroed by the kernel: measured
 s, a fifth of the first one's samples in ``clear_page``. So once a mount is live the
 agent faults in its upload window (:func:`fault_in`, on a thread of the lowest
 priority) and leaves it free in the heap: the memory an agent holds after its first
-large write, held from the start.
+large write, held from the start. Not where memory is short (:func:`memory_to_spare`:
+less than four times the window left under the container's limit, or available on
+the machine): a node plugin given a memory limit, or a workstation with many drives
+mounted, keeps its memory for what is actually written.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+from pathlib import Path
 
 from mediadrive.core.buffers import address, aligned
 
@@ -92,3 +96,48 @@ def fault_in(size: int) -> threading.Thread | None:
     thread = threading.Thread(target=run, name="heap-fault-in", daemon=True)
     thread.start()
     return thread
+
+
+def memory_to_spare(
+    proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """Bytes this process may still take: what the machine has available, or less
+    where its cgroup (v2, or v1's memory controller) has a limit; None when neither is
+    known."""
+    spare = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in (proc / "meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                spare = int(line.split()[1]) * 1024
+    left = _cgroup_room(proc, cgroups)
+    if left is not None:
+        spare = left if spare is None else min(spare, left)
+    return spare
+
+
+def _cgroup_room(proc: Path, cgroups: Path) -> int | None:
+    """What is left under this process's cgroup memory limit; None with no limit."""
+    try:
+        lines = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files, base = ("memory.max", "memory.current"), cgroups
+        elif "memory" in controllers.split(","):
+            files, base = ("memory.limit_in_bytes", "memory.usage_in_bytes"), cgroups / "memory"
+        else:
+            continue
+        # In a container of its own the cgroup is the root of what is mounted there.
+        for folder in (base / path.lstrip("/"), base):
+            try:
+                limit = (folder / files[0]).read_text().strip()
+                used = int((folder / files[1]).read_text())
+            except (OSError, ValueError):
+                continue
+            # v1 says "no limit" with a huge number rather than "max".
+            if limit == "max" or int(limit) >= 1 << 60:
+                return None
+            return max(int(limit) - used, 0)
+    return None
