@@ -12,6 +12,7 @@ whoever made it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -156,6 +157,25 @@ def wait_for(
             details = f"\n{explain()}" if explain is not None else ""
             raise AssertionError(f"{what}: not within {timeout:.0f}s{details}")
         time.sleep(every)
+
+
+def finished_log(
+    cluster: Cluster, pod: str, namespace: str, whole: Callable[[str], bool], timeout: float = 30
+) -> str:
+    """The log of a pod that has finished, once ``whole`` says it is all there: a
+    container that exits at once can be reported done before the runtime has
+    written all of its output. Returns the last log read (the caller's assertions
+    then say what is missing)."""
+    log = ""
+
+    def read() -> bool:
+        nonlocal log
+        log = cluster.kubectl("logs", pod, "-n", namespace)
+        return whole(log)
+
+    with contextlib.suppress(AssertionError):
+        wait_for(f"pod {pod}'s whole log", read, timeout)
+    return log
 
 
 def helm(cluster: Cluster, *args: str, stdin: str | None = None, timeout: float = 300) -> str:

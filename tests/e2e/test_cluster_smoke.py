@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import POD_IMAGE, Cluster
+from tests.e2e.cluster import POD_IMAGE, Cluster, finished_log
 
 pytestmark = pytest.mark.cluster
 
@@ -95,7 +95,8 @@ def test_pod_image_runs_the_mediadrive_command(cluster: Cluster) -> None:
             "--for=jsonpath={.status.phase}=Succeeded",
             "--timeout=120s",
         )
-        assert "Usage: mediadrive" in cluster.kubectl("logs", "cli", "-n", namespace)
+        log = finished_log(cluster, "cli", namespace, lambda text: "Usage: mediadrive" in text)
+        assert "Usage: mediadrive" in log
 
 
 # What an in-cluster client (the operator) does: the kubernetes Service's address
@@ -141,7 +142,8 @@ def test_pod_reaches_the_apiserver_through_the_kubernetes_service(cluster: Clust
             "--for=jsonpath={.status.phase}=Succeeded",
             "--timeout=120s",
         )
-        assert cluster.kubectl("logs", "api", "-n", namespace).startswith("v1.")
+        log = finished_log(cluster, "api", namespace, lambda text: text.startswith("v1."))
+        assert log.startswith("v1.")
 
 
 # Cluster DNS follows the apiserver within seconds (as CoreDNS does): a pod started
@@ -160,6 +162,11 @@ for name in sys.argv[1:]:
             print(name, "not yet:", exc, file=sys.stderr, flush=True)
             time.sleep(1)
 """
+
+
+def _answers(log: str) -> dict[str, str]:
+    """The "NAME ADDRESS" lines of _RESOLVE's output (the "not yet" ones are longer)."""
+    return dict(line.split() for line in log.splitlines() if len(line.split()) == 2)
 
 
 def test_pods_resolve_services_and_statefulset_pods_by_name(cluster: Cluster) -> None:
@@ -226,9 +233,11 @@ def test_pods_resolve_services_and_statefulset_pods_by_name(cluster: Cluster) ->
             "--for=jsonpath={.status.phase}=Succeeded",
             "--timeout=120s",
         )
-        logs = cluster.kubectl("logs", "resolve", "-n", namespace).splitlines()
-        # "NAME ADDRESS" lines; the "not yet" ones are longer.
-        resolved = dict(line.split() for line in logs if len(line.split()) == 2)
+        resolved = _answers(
+            finished_log(
+                cluster, "resolve", namespace, lambda text: len(_answers(text)) == len(names)
+            )
+        )
         kubernetes_ip = cluster.kubectl(
             "get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}"
         )
