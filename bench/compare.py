@@ -292,9 +292,13 @@ def settle() -> float:
     turn left running (MinIO removing what a tool deleted, a peer's background
     uploads, the pages they left for the disk, the blocks of deleted files being
     discarded) is not timed as the next one's. A disk still at work leaves the CPUs
-    idle (its wait counts as idle), hence both.
+    idle (its wait counts as idle), hence both. Pages written but not yet sent to
+    the disk keep it quiet until the kernel's writeback starts, up to 30 s later,
+    in whichever turn then runs (a server-side copy of 256 MiB in MinIO, as s3fs's
+    edit makes, left about 270 MiB of them), so a ``sync`` comes first.
     Returns the seconds waited."""
     start = time.monotonic()
+    os.sync()
     while time.monotonic() - start < SETTLE_LIMIT:
         total, idle = _cpu_ticks()
         work, _ = _disk_work()

@@ -136,7 +136,7 @@ def markdown(results: dict[str, Any]) -> str:
         + "); the figures are from one run on the machine below. Tools ran one after "
         "the other within each repetition (their order changing, so that in the data "
         "scenarios each tool takes each place once and follows no other tool more than "
-        "twice; each turn starts once the CPUs are "
+        "twice; each turn starts after a sync, once the CPUs are "
         "80% idle and the disks quiet, or after 5 s), against one MinIO "
         "on loopback, each in its own bucket, with the same data and cache budget. "
         "MB = 10^6 bytes, MiB = 2^20 bytes. Medians of "
