@@ -153,3 +153,9 @@ def test_memory_to_spare_takes_v1s_huge_number_as_no_limit(tmp_path: Path) -> No
 def test_memory_to_spare_is_unknown_with_nothing_to_read(tmp_path: Path) -> None:
     proc, cgroups = _machine(tmp_path, "", available_mib=None)
     assert memory_to_spare(proc, cgroups) is None
+
+
+def test_memory_to_spare_passes_over_a_limit_it_cannot_read(tmp_path: Path) -> None:
+    proc, cgroups = _machine(tmp_path, "4:memory:/x\n", available_mib=2048)
+    _limit(cgroups / "memory" / "x", V1, "unreadable", 10 * MiB)
+    assert memory_to_spare(proc, cgroups) == 2048 * MiB

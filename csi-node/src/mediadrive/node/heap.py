@@ -132,12 +132,11 @@ def _cgroup_room(proc: Path, cgroups: Path) -> int | None:
         # In a container of its own the cgroup is the root of what is mounted there.
         for folder in (base / path.lstrip("/"), base):
             try:
-                limit = (folder / files[0]).read_text().strip()
+                text = (folder / files[0]).read_text().strip()
+                # v1 says "no limit" with a huge number rather than "max".
+                limit = 1 << 60 if text == "max" else int(text)
                 used = int((folder / files[1]).read_text())
             except (OSError, ValueError):
                 continue
-            # v1 says "no limit" with a huge number rather than "max".
-            if limit == "max" or int(limit) >= 1 << 60:
-                return None
-            return max(int(limit) - used, 0)
+            return None if limit >= 1 << 60 else max(limit - used, 0)
     return None
