@@ -160,21 +160,21 @@ def wait_for(
 
 
 def finished_log(
-    cluster: Cluster, pod: str, namespace: str, whole: Callable[[str], bool], timeout: float = 30
+    cluster: Cluster, what: str, namespace: str, whole: Callable[[str], bool], timeout: float = 30
 ) -> str:
-    """The log of a pod that has finished, once ``whole`` says it is all there: a
-    container that exits at once can be reported done before the runtime has
-    written all of its output. Returns the last log read (the caller's assertions
-    then say what is missing)."""
+    """The log of a finished pod (``what``: its name, or ``job/NAME``), once ``whole``
+    says it is all there: a container that exits at once can be reported done before
+    the runtime has written all of its output. Returns the last log read (the
+    caller's assertions then say what is missing)."""
     log = ""
 
     def read() -> bool:
         nonlocal log
-        log = cluster.kubectl("logs", pod, "-n", namespace)
+        log = cluster.kubectl("logs", what, "-n", namespace)
         return whole(log)
 
     with contextlib.suppress(AssertionError):
-        wait_for(f"pod {pod}'s whole log", read, timeout)
+        wait_for(f"{what}'s whole log", read, timeout)
     return log
 
 

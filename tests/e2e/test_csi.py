@@ -31,7 +31,15 @@ import yaml
 
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import DriveNotFound, PathNotFound, VersionNotFound
-from tests.e2e.cluster import REPO_ROOT, Cluster, ClusterError, cluster_dir, helm, wait_for
+from tests.e2e.cluster import (
+    REPO_ROOT,
+    Cluster,
+    ClusterError,
+    cluster_dir,
+    finished_log,
+    helm,
+    wait_for,
+)
 from tests.servers import PostgresServer, S3Server, minio_server, postgres_server
 
 pytestmark = pytest.mark.cluster
@@ -271,14 +279,11 @@ def _wait_job(cluster: Cluster, release: Release, name: str, timeout: float = 24
     wait_for(f"job {name} complete", finished, timeout, explain=lambda: _explain(cluster, release))
     pod = cluster.get("job", name, "-n", release.apps)["spec"]["template"]["spec"]
     marked = any(JOB_DONE in " ".join(c.get("command", [])) for c in pod["containers"])
-    log = ""
-
-    def logged() -> bool:
-        nonlocal log
-        log = _logs(cluster, release, f"job/{name}")
-        return not marked or JOB_DONE in log
-
-    wait_for(f"job {name}'s whole log", logged, 30, explain=lambda: repr(log))
+    log = finished_log(
+        cluster, f"job/{name}", release.apps, lambda text: not marked or JOB_DONE in text
+    )
+    if marked and JOB_DONE not in log:
+        raise AssertionError(f"job {name}'s whole log: not within 30s\n{log!r}")
     return log.replace(f"{JOB_DONE}\n", "")
 
 
