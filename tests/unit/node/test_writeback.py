@@ -129,6 +129,97 @@ async def test_reading_back_an_edit_sent_ahead_of_its_fsync_fetches_nothing(
     await check.close()
 
 
+async def _fragmented(tmp_path: Path, cache: str = "cache") -> tuple[TestVFS, bytearray, int]:
+    """A one-chunk file whose chunk holds five short edits (eleven extents, more than
+    MAX_EXTENTS_PER_CHUNK): an edit beside one of them sends that one's bytes again."""
+    chunk = 16 * BLOCK_SIZE
+    short = chunk // ABSORB_PARTS
+    data = bytearray(os.urandom(chunk))
+    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, cache_size=1 << 30)
+    await vfs.write_file("comp.nk", bytes(data))
+    await vfs.parts.writeback.settle()
+    inode = await vfs.inode("comp.nk")
+    for k in range(1, 6):
+        patch = os.urandom(short)
+        offset = 2 * k * BLOCK_SIZE + 4321
+        opened = await vfs.vfs.open(inode, os.O_RDWR)
+        await vfs.vfs.write(opened.fh, offset, patch)
+        await vfs.vfs.fsync(opened.fh)
+        vfs.vfs.release(opened.fh)
+        await vfs.parts.writeback.settle()
+        data[offset : offset + short] = patch
+    extents = (await vfs.parts.drive.reader("/comp.nk", 6)).extents
+    assert len(extents) == 11
+    if cache != "cache":
+        await vfs.close()
+        vfs = await make_test_vfs(tmp_path, chunk_size=chunk, cache_size=1 << 30, cache=cache)
+    return vfs, data, short
+
+
+async def _edit_beside_the_third(
+    vfs: TestVFS, data: bytearray, short: int
+) -> tuple[int, int, str, dict[int, Extent]]:
+    """Write and fsync ``short`` bytes right after the third short edit, leaving the
+    file open; returns the handle, where that edit starts, the id of the chunk its bytes
+    and the new ones make, and the pieces the fsync sent (by offset)."""
+    start = 6 * BLOCK_SIZE + 4321
+    patch = os.urandom(short)
+    data[start + short : start + 2 * short] = patch
+    inode = await vfs.inode("comp.nk")
+    opened = await vfs.vfs.open(inode, os.O_RDWR)
+    await vfs.vfs.write(opened.fh, start + short, patch)
+    await vfs.vfs.fsync(opened.fh)
+    staged = vfs.parts.staging.get(vfs.vfs.tree.node_id(inode))
+    assert staged is not None
+    early = vfs.parts.writeback.early
+    await early.settle(staged)
+    return opened.fh, start, chunk_id(bytes(data[start : start + 2 * short])), early.ready(staged)
+
+
+async def test_an_fsync_beside_an_earlier_edit_sends_both_when_their_blocks_are_at_hand(
+    tmp_path: Path,
+) -> None:
+    """In a chunk with too many extents, the short earlier edit beside a new one goes
+    again with it (see fixed_reusable). Its blocks are in the block cache (kept when
+    it was sent): the fsync copies them in and sends the piece the commit keeps, so the
+    commit, after the close, sends nothing."""
+    vfs, data, short = await _fragmented(tmp_path)
+    fetched = vfs.parts.cache.figures.bytes_fetched
+    fh, start, merged, sent = await _edit_beside_the_third(vfs, data, short)
+    # Sent by the fsync, before any commit.
+    assert sent == {start: Extent(start, 2 * short, merged)}
+    assert await vfs.parts.drive.meta.unrecorded([merged]) == []
+    uploaded = vfs.parts.writeback.figures.bytes_uploaded
+    vfs.vfs.release(fh)
+    await vfs.parts.writeback.settle()
+    extents = (await vfs.parts.drive.reader("/comp.nk", 7)).extents
+    assert Extent(start, 2 * short, merged) in extents
+    # The commit counts the piece the fsync sent, and sent nothing itself.
+    assert vfs.parts.writeback.figures.bytes_uploaded - uploaded == 2 * short
+    assert vfs.parts.cache.figures.bytes_fetched == fetched
+    assert await vfs.read_file("comp.nk") == data
+    await vfs.close()
+
+
+async def test_an_fsync_does_not_fetch_from_the_store_the_bytes_its_commit_sends_again(
+    tmp_path: Path,
+) -> None:
+    """The same edit from a machine whose cache lacks the earlier edit's blocks: the
+    fsync leaves them to the commit (an fsync does not wait on the store), which
+    fetches them and sends both."""
+    vfs, data, short = await _fragmented(tmp_path, cache="fresh")
+    fh, start, merged, sent = await _edit_beside_the_third(vfs, data, short)
+    assert vfs.parts.cache.figures.bytes_fetched == 0
+    assert sent == {}
+    vfs.vfs.release(fh)
+    await vfs.parts.writeback.settle()
+    extents = (await vfs.parts.drive.reader("/comp.nk", 7)).extents
+    assert Extent(start, 2 * short, merged) in extents
+    assert vfs.parts.cache.figures.bytes_fetched > 0
+    assert await vfs.read_file("comp.nk") == data
+    await vfs.close()
+
+
 async def test_a_piece_sent_ahead_waits_in_memory_while_fsyncs_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

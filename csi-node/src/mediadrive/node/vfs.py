@@ -997,7 +997,7 @@ class VFS:
         # What the commit will send starts travelling beside the local sync; the rest
         # waits until the bytes of its puts are sent (see Uploader._put_first), since
         # they are what a commit soon after waits for.
-        sending = self.writeback.send_ahead(staged)
+        sending = await self.writeback.send_ahead(staged)
         if sending is not None:
             await asyncio.shield(sending)
         if await self.writeback.commit_for_fsync(staged):
