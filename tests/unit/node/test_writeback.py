@@ -22,10 +22,13 @@ from mediadrive.core.meta import Extent
 from mediadrive.core.upload import pieces
 from mediadrive.node import writeback as writeback_module
 from mediadrive.node.options import CommitOn
+from mediadrive.node.staging import StagedFile
+from mediadrive.node.vfs import XATTR_TIER, XATTR_VERSION
 from mediadrive.node.writeback import (
     ABSORB_PARTS,
     LONG_RUN_PARTS,
     MAX_EXTENTS_PER_CHUNK,
+    CommitReport,
     extents_in_region,
     fixed_reusable,
     fixed_stretches,
@@ -716,4 +719,45 @@ async def test_a_save_answers_once_the_commit_under_way_records_its_version(
     await writeback.settle()
     assert writeback.figures.commits == 1
     assert await vfs.read_file("clip.bin") == data
+    await vfs.close()
+
+
+async def test_a_waiting_save_answers_before_the_commit_forgets_the_copys_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bookkeeping after a version is recorded (the copy's journal entry removed,
+    the copy dropped) waits for a save that waited for that version to answer; what
+    the save's caller may look at next is up to date by then."""
+    vfs = await make_test_vfs(tmp_path)
+    writeback = vfs.parts.writeback
+    order: list[str] = []
+    started = asyncio.Event()
+    journal_outcome = writeback._journal_outcome
+    commit_staged = writeback._commit_staged
+
+    async def journaled(staged: StagedFile, landed_elsewhere: bool) -> None:
+        order.append("bookkeeping")
+        await journal_outcome(staged, landed_elsewhere)
+
+    async def commit_started(staged: StagedFile, message: str) -> CommitReport | None:
+        started.set()
+        return await commit_staged(staged, message)
+
+    monkeypatch.setattr(writeback, "_journal_outcome", journaled)
+    monkeypatch.setattr(writeback, "_commit_staged", commit_started)
+    await vfs.write_file("clip.bin", os.urandom(3 * CHUNK))  # closed: its commit is queued
+    # The close's commit is under way: the save waits for it.
+    await asyncio.wait_for(started.wait(), 10)
+
+    async def save() -> list[CommitReport]:
+        reports = await writeback.save("/clip.bin", "")
+        order.append("answered")
+        return reports
+
+    (report,) = await asyncio.wait_for(save(), 10)
+    inode = await vfs.inode("clip.bin")
+    assert await vfs.vfs.getxattr(inode, XATTR_VERSION) == str(report.version).encode()
+    assert await vfs.vfs.getxattr(inode, XATTR_TIER) == b"cloud"
+    await writeback.settle()
+    assert order == ["answered", "bookkeeping"]
     await vfs.close()

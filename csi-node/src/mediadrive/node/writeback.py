@@ -50,6 +50,9 @@ _RETRY_SECONDS = 5.0
 _KEEP_AFTER = 0.05
 _KEEP_WITHIN = 5.0
 _KEEP_HELD = 8 << 20
+# Turns of the event loop a save waiting for a commit takes to answer (see
+# _commit_snapshot).
+_SAVE_TURNS = 2
 
 CHECKPOINT = "checkpoint"
 ON_UNMOUNT = "saved on unmount"
@@ -147,6 +150,8 @@ class Writeback:
         # once the version is recorded (None: the commit recorded nothing). A save
         # waiting for that commit answers then, not after its bookkeeping.
         self._recorded: dict[int, asyncio.Future[tuple[int, CommitReport] | None]] = {}
+        # Those of them a save is waiting for.
+        self._awaited: set[asyncio.Future[tuple[int, CommitReport] | None]] = set()
         self._busy = 0
         # Until when a commit does not wait on the store (it was unreachable just now).
         self._unreachable_until = 0.0
@@ -202,7 +207,7 @@ class Writeback:
             return False
         if not await self._commit_reporting(staged, ""):
             return False
-        # A copy the commit left clean has no journal entry any more (_follow_outcome).
+        # A copy the commit left clean has no journal entry any more (_journal_outcome).
         return not (staged.dirty or staged.failed or staged.orphan)
 
     async def _worker(self) -> None:
@@ -358,7 +363,7 @@ class Writeback:
             upload = self._all_kept(kept_extents, staged.size())
         if upload is not None:
             # Nothing will be read, so no snapshot of the copy to take; a write
-            # meanwhile leaves the copy dirty (see _follow_outcome).
+            # meanwhile leaves the copy dirty (see _rebase).
             data = self.staging.data_path(node_id)
             return await self._commit_snapshot(
                 staged, node_id, gen, data, kept_extents, message, upload=upload
@@ -525,18 +530,28 @@ class Writeback:
             return None
         path, outcome, committed = landed
         report = self._report(path, outcome, upload, committed, message)
+        waited = False
         if committed:
             self._count_commit(upload, outcome)
             recorded = self._recorded.get(node_id)
             if recorded is not None and not recorded.done():
                 recorded.set_result((gen, report))
+                waited = recorded in self._awaited
         # keep-both puts our bytes in a new sibling node; a rename elsewhere only moves us.
         landed_elsewhere = outcome.file_id != node_id and outcome.path != path
-        await self._follow_outcome(staged, outcome, gen, landed_elsewhere)
+        self._rebase(staged, outcome, gen, landed_elsewhere)
         if committed:
             for listener in self.on_commit:
                 listener(node_id, outcome, upload)
         self.last[outcome.file_id] = report
+        if waited:
+            # The loop's turns for the save waiting for this version to take the report
+            # (through the shield it waits in) and answer before the bookkeeping below,
+            # which it does not need: what it may look at next (the file's version and
+            # tier, the copy's state) is up to date already.
+            for _ in range(_SAVE_TURNS):
+                await asyncio.sleep(0)
+        await self._journal_outcome(staged, landed_elsewhere)
         if release is not None:
             release()
         if staged.writers == 0:
@@ -583,13 +598,11 @@ class Writeback:
         if outcome.conflict:
             self.figures.conflicts += 1
 
-    async def _follow_outcome(
+    def _rebase(
         self, staged: StagedFile, outcome: CommitOutcome, gen: int, landed_elsewhere: bool
     ) -> None:
-        """Base the copy on what the commit left as its head, and journal that: a copy
-        with changes still to commit gets its new base in its entry; a clean one loses
-        its entry, since every byte of it is in the version (a restart after a power
-        cut cannot bring it back as a change; the next change writes the entry again)."""
+        """Base the copy on what the commit left as its head; clean unless it changed
+        during the commit (those writes are not in this version)."""
         if landed_elsewhere:
             # keep-both: our bytes are safe in a sibling; this name follows the other
             # writer's head from now on.
@@ -598,10 +611,15 @@ class Writeback:
             staged.path = outcome.path
             # (A file deleted elsewhere meanwhile is a new node now; its base is that.)
             staged.base_version = outcome.version
-        # Writes during the commit are not in this version: the copy stays dirty.
         if staged.gen == gen:
             staged.dirty = False
             staged.recovered = False
+
+    async def _journal_outcome(self, staged: StagedFile, landed_elsewhere: bool) -> None:
+        """Journal the copy's new base: a copy with changes still to commit gets it in
+        its entry; a clean one loses its entry, since every byte of it is in the version
+        (a restart after a power cut cannot bring it back as a change; the next change
+        writes the entry again)."""
         if self.staging.get(staged.node_id) is not staged or self._spent(staged, landed_elsewhere):
             return
         if staged.dirty:
@@ -821,7 +839,11 @@ class Writeback:
         recorded = self._recorded.get(staged.node_id)
         if recorded is None:
             return None
-        taken = await asyncio.shield(recorded)
+        self._awaited.add(recorded)
+        try:
+            taken = await asyncio.shield(recorded)
+        finally:
+            self._awaited.discard(recorded)
         if taken is None or staged.failed:
             return None
         gen, report = taken
