@@ -455,24 +455,27 @@ class Writeback:
             return None
         if not self.early.may_send_ahead(staged):
             return None
-        await self._copy_in_at_hand(staged)
-        kept = self._kept(staged, self._reusable(staged))
+        kept = self._kept(staged, await self._copy_in_at_hand(staged))
         step = self.drive.settings.chunk_size
         self._sent_ahead_at = time.monotonic()
         return self.early.send_ahead(staged, fixed_stretches(kept, staged.size(), step))
 
-    async def _copy_in_at_hand(self, staged: StagedFile) -> None:
+    async def _copy_in_at_hand(self, staged: StagedFile) -> dict[int, tuple[Extent, Sequence[int]]]:
         """Copy in the base bytes the commit would send again beside an edit (the short
         runs a fragmented chunk lets go of, see fixed_reusable) when every block of
         them is at hand here: the pieces sent ahead are then the ones the commit keeps,
         where they would otherwise be left out (the copy lacks their bytes) and sent by
         the commit after fetching them. Blocks only the store has are left to the
-        commit: an fsync does not wait on the store."""
-        needed = staged.needing(_ranges(self._reusable(staged)))
-        if needed and all(
+        commit: an fsync does not wait on the store. Returns the base bytes the
+        commit keeps (see _reusable), as the copy is now."""
+        reuse = self._reusable(staged)
+        needed = staged.needing(_ranges(reuse))
+        if not needed or not all(
             self.cache.at_hand(staged.base[i].chunk_id, staged.base[i].index) for i in needed
         ):
-            await staged.materialize(needed, self.cache.get)
+            return reuse
+        await staged.materialize(needed, self.cache.get)
+        return self._reusable(staged)
 
     def _kept(
         self, staged: StagedFile, reuse: dict[int, tuple[Extent, Sequence[int]]]
