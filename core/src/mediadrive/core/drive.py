@@ -21,7 +21,7 @@ import stat as stat_mode
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from . import paths
 from .blob import BlobStore, check_store_url, open_store
@@ -418,9 +418,12 @@ class Drive:
             tier=upload.tier,
             landing=tuple(landing.chunk for landing in upload.landing),
         )
-        landed = None
+        landed: asyncio.Future[Any] | None = None
         if upload.landing:
-            landed = asyncio.gather(*(landing.put for landing in upload.landing))
+            puts = [landing.put for landing in upload.landing]
+            # One put (an edit's piece) is waited for as it is: a gather would be a turn
+            # of the loop more between its answer and the commit.
+            landed = puts[0] if len(puts) == 1 else asyncio.gather(*puts)
             # Its puts' own waiters see a failure; a commit that gave up early does not.
             landed.add_done_callback(lambda done: done.cancelled() or done.exception())
         outcome = await self.meta.commit(request, self.settings.conflict, landed)

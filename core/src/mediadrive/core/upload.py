@@ -570,6 +570,13 @@ class Uploader:
         return token
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 async def _started(store: BlobStore, cid: str, data: bytes | memoryview) -> asyncio.Future[None]:
     """Start putting ``data`` into ``store`` and return the put once its bytes have
     left this process (or it ended): what the caller does next then does not hold
@@ -587,6 +594,10 @@ async def _started(store: BlobStore, cid: str, data: bytes | memoryview) -> asyn
             out.set_result(None)
 
     def from_any_thread() -> None:
+        if _running_loop() is loop:
+            # A put from the loop itself (see S3Store.put_on_loop): no wake-up to send.
+            sent()
+            return
         # (A loop closed meanwhile has nobody waiting.)
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(sent)

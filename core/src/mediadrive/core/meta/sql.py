@@ -90,7 +90,10 @@ async def landed(until: Awaitable[Any]) -> None:
     CommitRequest.landing): at most LANDING_PATIENCE, since it holds others' writes
     back. LandingFailed, for the caller to roll back, if they fail or take longer."""
     try:
-        await asyncio.wait_for(asyncio.shield(until), LANDING_PATIENCE)
+        # A timeout around the shield, not wait_for: the put's answer reaches the
+        # transaction in two turns of the loop rather than three.
+        async with asyncio.timeout(LANDING_PATIENCE):
+            await asyncio.shield(until)
     except TimeoutError:
         raise LandingFailed(f"puts still under way after {LANDING_PATIENCE}s") from None
     except Exception as exc:
