@@ -1,0 +1,154 @@
+"""The benchmark's 1 MiB edit until durable, side by side and repeated: the default
+(commit on close) drive, a ``--commit-on fsync`` drive and JuiceFS, each in a bucket
+of its own on one MinIO. Each round remounts every tool with its cache emptied and the
+page cache dropped, as ``compare.py`` does before its edits, then times the same
+eight edits in each (open, write 1 MiB at the benchmark's offsets, fsync, close, until
+durable), the tools in every order over the rounds. Printed: each tool's median edit,
+its ratio to JuiceFS's, and the CPU an edit took in the tool's process and in MinIO.
+
+    sudo .venv/bin/python bench/edit_ab.py [--rounds 6] [--size-mib 1024] [--no-juicefs]
+
+Needs root (FUSE mounts, dropping the page cache) and, for JuiceFS, the binary from
+``scripts/bench/peers.sh juicefs``. ``TMPDIR=/dev/shm`` puts MinIO's data on tmpfs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.compare import EDIT_SPACING, EDITS_PER_REP, settle, write_random  # noqa: E402
+from bench.peers import (  # noqa: E402
+    JuiceFS,
+    Mediadrive,
+    Tool,
+    cached_juicefs,
+    cpu_seconds,
+    side_by_side,
+)
+from mediadrive.node.options import CommitOn  # noqa: E402
+
+MiB = 1 << 20
+
+
+def server_pid(endpoint: str) -> int:
+    """The MinIO process serving ``endpoint``."""
+    port = endpoint.rsplit(":", 1)[1]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"minio") and any(port.encode() in a for a in argv):
+                return int(entry.name)
+    raise RuntimeError(f"no MinIO process serving {endpoint}")
+
+
+def edits(tool: Tool, size: int, server_pid: int) -> tuple[list[float], float, float]:
+    """The benchmark's edits of ``big.bin``: each one's seconds, and the CPU seconds an
+    edit took in the tool's process and in MinIO."""
+    path = tool.mountpoint / "big.bin"
+    offsets = [size // 2 + 4321 + k * EDIT_SPACING for k in range(EDITS_PER_REP)]
+    patches = [os.urandom(MiB) for _ in offsets]
+    pid = tool.pid()
+    cpu, server_cpu = cpu_seconds(pid), cpu_seconds(server_pid)
+    times = []
+    for patch, offset in zip(patches, offsets, strict=True):
+        before = tool.object_state(path)
+        start = time.perf_counter()
+        with open(path, "r+b", buffering=0) as f:
+            f.seek(offset)
+            f.write(patch)
+            os.fsync(f.fileno())
+        tool.durable(path, before, fsynced=True)
+        times.append(time.perf_counter() - start)
+    n = len(offsets)
+    return times, (cpu_seconds(pid) - cpu) / n, (cpu_seconds(server_pid) - server_cpu) / n
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of eight edits per tool")
+    parser.add_argument("--size-mib", type=int, default=1024, help="the edited file's size")
+    parser.add_argument("--no-juicefs", action="store_true", help="the mediadrive drives only")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("edit_ab.py needs root (FUSE mounts, dropping the page cache)", file=sys.stderr)
+        return 2
+    juicefs = None
+    if not args.no_juicefs:
+        juicefs = cached_juicefs()
+        if juicefs is None:
+            return 2
+    size = args.size_mib * MiB
+    with side_by_side("mediadrive-edit-ab-") as (work, s3, target, tools):
+        budget = 2048 * MiB
+        tools += [
+            Mediadrive(work / "a", target, s3.new_bucket("close"), budget),
+            Mediadrive(
+                work / "b",
+                target,
+                s3.new_bucket("fsync"),
+                budget,
+                label="mediadrive-fsync",
+                commit_on=CommitOn.FSYNC,
+            ),
+        ]
+        if juicefs is not None:
+            tools.append(JuiceFS(work / "c", target, s3.new_bucket("juicefs"), budget, juicefs))
+        minio = server_pid(s3.endpoint_url)
+        src = work / "src.bin"
+        write_random(src, size)
+        for tool in tools:
+            tool.create()
+            tool.mount()
+            with open(src, "rb") as fin, open(tool.mountpoint / "big.bin", "wb") as fout:
+                while block := fin.read(4 * MiB):
+                    fout.write(block)
+                fout.flush()
+                os.fsync(fout.fileno())
+            tool.durable(tool.mountpoint / "big.bin", fsynced=True)
+        src.unlink()
+        orders = list(itertools.permutations(tools))
+        times: dict[str, list[float]] = {tool.name: [] for tool in tools}
+        cpu: dict[str, list[float]] = {tool.name: [] for tool in tools}
+        server_cpu: dict[str, list[float]] = {tool.name: [] for tool in tools}
+        for rnd in range(args.rounds):
+            for tool in orders[rnd % len(orders)]:
+                tool.remount_cold()
+                settle()
+                took, own, server = edits(tool, size, minio)
+                times[tool.name] += took
+                cpu[tool.name].append(own)
+                server_cpu[tool.name].append(server)
+                each = " ".join(f"{t * 1000:.1f}" for t in took)
+                print(
+                    f"round {rnd + 1} {tool.name:17}"
+                    f" median {statistics.median(took) * 1000:6.2f} ms  ({each})",
+                    flush=True,
+                )
+        best = times.get("juicefs")
+        print(f"\n{args.rounds} rounds of {EDITS_PER_REP} edits of a {args.size_mib} MiB file:")
+        print(f"{'':17} {'median ms':>10} {'vs JuiceFS':>10} {'CPU ms':>7} {'MinIO CPU ms':>12}")
+        for name, took in times.items():
+            median = statistics.median(took)
+            ratio = f"{statistics.median(best) / median:.2f}x" if best else "-"
+            print(
+                f"{name:17} {median * 1000:10.2f} {ratio:>10}"
+                f" {statistics.median(cpu[name]) * 1000:7.2f}"
+                f" {statistics.median(server_cpu[name]) * 1000:12.2f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
