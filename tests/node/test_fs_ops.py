@@ -302,6 +302,46 @@ def test_a_save_after_commit_on_close_names_that_version(
     assert m.client().versions("/shot.exr")[0]["message"] == "approved by the director"
 
 
+def test_setting_the_save_xattr_saves_and_returns_once_saved(
+    make_drive: DriveFactory, mounts: Mounts
+) -> None:
+    m = mounts.mount(make_drive(), commit_on="save")
+    (m / "shots").mkdir()
+    (m / "shots" / "a.exr").write_bytes(b"frame a")
+    (m / "shots" / "b.exr").write_bytes(b"frame b")
+    (m / "notes.txt").write_bytes(b"notes")
+    # A file: its version is recorded (with the value as its message) when setxattr
+    # returns, with no wait and no call to the mount's API.
+    os.setxattr(m / "shots" / "a.exr", "user.mediadrive.save", b"take 3")
+    assert versions(m / "shots" / "a.exr") == [1]
+    listed = m.client().versions("/shots/a.exr")
+    assert [(v["version"], v["message"]) for v in listed] == [(1, "take 3")]
+    assert os.getxattr(m / "shots" / "b.exr", "user.mediadrive.tier") == b"local"
+    # A folder: everything under it, and nothing else.
+    os.setxattr(m / "shots", "user.mediadrive.save", b"")
+    assert versions(m / "shots" / "b.exr") == [1]
+    assert os.getxattr(m / "notes.txt", "user.mediadrive.tier") == b"local"
+    # Saving again names the version a save already made, as `mediadrive save -m` does.
+    (m / "shots" / "a.exr").write_bytes(b"frame a, graded")
+    os.setxattr(m / "shots" / "a.exr", "user.mediadrive.save", b"")
+    os.setxattr(m / "shots" / "a.exr", "user.mediadrive.save", b"graded")
+    listed = m.client().versions("/shots/a.exr")
+    assert [(v["version"], v["message"]) for v in listed] == [(1, "take 3"), (2, "graded")]
+    assert (m / "shots" / "a.exr").read_bytes() == b"frame a, graded"
+
+
+def test_a_save_xattr_that_is_not_text_is_refused(make_drive: DriveFactory, mounts: Mounts) -> None:
+    m = mounts.mount(make_drive(), commit_on="save")
+    (m / "a.exr").write_bytes(b"frame")
+    with pytest.raises(OSError) as excinfo:
+        os.setxattr(m / "a.exr", "user.mediadrive.save", b"\xff\xfe")
+    assert excinfo.value.errno == errno.EINVAL
+    assert os.getxattr(m / "a.exr", "user.mediadrive.tier") == b"local"
+    with pytest.raises(OSError) as excinfo:
+        os.getxattr(m / "a.exr", "user.mediadrive.save")
+    assert excinfo.value.errno == errno.ENODATA
+
+
 def test_commit_on_fsync(make_drive: DriveFactory, mounts: Mounts) -> None:
     m = mounts.mount(make_drive(), commit_on="fsync")
     with open(m / "f.txt", "wb") as f:

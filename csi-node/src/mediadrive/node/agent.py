@@ -122,6 +122,7 @@ class Agent:
             loop.call_soon(self.stopping.set)
 
         service = self.service = MountService(parts, self.mountpoint, request_stop, self.started)
+        parts.vfs.saver = service.save
         parts.follower.listeners.append(service.pins.on_event)
 
         fuse_options = set(pyfuse3.default_options)

@@ -21,7 +21,7 @@ import stat
 import time
 import weakref
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
@@ -56,6 +56,8 @@ _T = TypeVar("_T")
 
 XATTR_VERSION = "user.mediadrive.version"
 XATTR_TIER = "user.mediadrive.tier"
+# Setting it saves the file (or everything under the folder), its value the message.
+XATTR_SAVE = "user.mediadrive.save"
 # What Linux answers for a missing extended attribute (ENOATTR elsewhere).
 ENOATTR = errno.ENODATA
 STATFS_REFRESH = 10.0
@@ -294,6 +296,9 @@ class VFS:
         # Handles that edit a file in place skip the page cache (see ``open``); set by
         # the FUSE layer where the kernel still allows shared mmap of such files.
         self.direct_edits = False
+        # The mount's save (mount path, message), for a save asked through setxattr:
+        # one request to the file system, no connection to the mount's API.
+        self.saver: Callable[[str, str], Awaitable[object]] | None = None
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -1072,6 +1077,21 @@ class VFS:
         if node.head_version is None:
             raise FsError(ENOATTR)
         return str(node.head_version).encode()
+
+    async def setxattr(self, inode: int, name: str, value: bytes) -> None:
+        """Only :data:`XATTR_SAVE` can be set: it saves the file or folder as ``mediadrive
+        save`` does and returns once that is done (the value is the message)."""
+        if name != XATTR_SAVE or self.saver is None:
+            raise FsError(errno.ENOTSUP)
+        try:
+            message = value.decode()
+        except UnicodeDecodeError:
+            raise FsError(errno.EINVAL) from None
+        node = await self._node(inode)
+        path = self.tree.to_mount(await self.tree.path_of(node.id))
+        if path is None:
+            raise FsError(errno.ENOENT)
+        await self.saver(path, message)
 
     async def listxattr(self, inode: int) -> list[str]:
         node = await self._node(inode)
