@@ -22,12 +22,14 @@ from botocore.config import Config
 
 from mediadrive.core import buffers
 from mediadrive.core.blob import put_sent
+from mediadrive.core.blob import s3 as s3_module
 from mediadrive.core.blob.s3 import (
     _LOOP_PUT_MAX,
     S3BlobStore,
     _Direct,
     _host,
     _LoopConnections,
+    body_checksum,
 )
 from mediadrive.core.errors import NotFound
 from mediadrive.core.hashing import chunk_id
@@ -293,6 +295,58 @@ async def test_a_small_put_goes_from_the_event_loop_and_a_large_one_from_a_threa
     assert calls == Counter()
     assert await store.get(small[0]) == small[1]
     assert await store.get(large[0]) == large[1]
+
+
+async def test_a_put_carries_the_crc32_of_its_body_and_leaves_the_body_unsigned(
+    s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No SHA-256 of the body for the signature (here and in the server): the server
+    checks the CRC32 the request carries instead."""
+    store, _ = s3
+    direct = direct_of(store)
+    signed: list[AWSRequest] = []
+    sign = direct._signed
+
+    def noting(*args: Any, **kwargs: Any) -> AWSRequest | None:
+        request = sign(*args, **kwargs)
+        if request is not None:
+            signed.append(request)
+        return request
+
+    monkeypatch.setattr(direct, "_signed", noting)
+    small = payload(300_000, seed=21)
+    large = payload(_LOOP_PUT_MAX + 1, seed=22)
+    await store.put(*small)
+    await store.put(*large)
+    assert [r.headers["X-Amz-Content-SHA256"] for r in signed] == ["UNSIGNED-PAYLOAD"] * 2
+    assert [r.headers["x-amz-checksum-crc32"] for r in signed] == [
+        body_checksum(small[1]),
+        body_checksum(large[1]),
+    ]
+    assert await store.get(small[0]) == small[1]
+    assert await store.get(large[0]) == large[1]
+
+
+@pytest.mark.minio
+@pytest.mark.parametrize("size", [300_000, _LOOP_PUT_MAX + 1])
+async def test_a_body_that_does_not_match_its_crc32_is_refused_and_put_again_signed(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, size: int
+) -> None:
+    """What the server stores is what was sent: a body that arrives other than its
+    checksum says is refused (here the checksum of other bytes), and the chunk goes
+    through the client, whose requests sign the body."""
+    engine = make_engine("minio", request, tmp_path, monkeypatch)
+    store = S3BlobStore.from_url(engine.url_for(engine.bucket, "chunks"))
+    try:
+        calls = client_calls(store)
+        monkeypatch.setattr(s3_module, "body_checksum", lambda body: body_checksum(b"other"))
+        cid, data = payload(size, seed=23)
+        await store.put(cid, data)
+        assert direct_of(store).off
+        assert calls == Counter({"PutObject": 1})
+        assert await store.get(cid) == data
+    finally:
+        await store.close()
 
 
 async def test_a_view_is_sent_as_it_is_not_copied_first(

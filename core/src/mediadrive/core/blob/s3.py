@@ -44,6 +44,7 @@ steps, or two writers of the same chunk at once), is debris that GC sweeps.
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
 import contextlib
 import io
@@ -52,6 +53,7 @@ import os
 import ssl
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -160,6 +162,22 @@ def check_s3_url(url: str) -> None:
     S3Location.parse(url)
 
 
+class _ChecksummedAuth(S3SigV4Auth):
+    """SigV4 leaving the body out of the signature (``UNSIGNED-PAYLOAD``), for a PUT
+    whose body carries its own CRC32 in ``x-amz-checksum-crc32``, which S3 and MinIO
+    check before they store it (a mismatch is refused). A signed body costs a SHA-256
+    of it here and another in the server: about 0.6 ms a MiB each, on the path of
+    every fsync'd edit."""
+
+    def _should_sha256_sign_payload(self, request: AWSRequest) -> bool:
+        return False
+
+
+def body_checksum(body: bytes | memoryview) -> str:
+    """``x-amz-checksum-crc32`` of ``body``: its CRC32, big-endian, in base64."""
+    return base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+
+
 class _Direct:
     """Signed PUT and ranged GET requests sent without the client's per-call
     machinery. Each answers None for anything but the plain success (an error status,
@@ -212,8 +230,9 @@ class _Direct:
         headers: dict[str, str],
         sent: Callable[[], None] | None = None,
         query: str = "",
+        checksum: bool = False,
     ) -> Any:
-        request = self._signed(method, key, headers, body, query=query)
+        request = self._signed(method, key, headers, body, query=query, checksum=checksum)
         if request is None:
             return None
         try:
@@ -235,10 +254,12 @@ class _Direct:
         body: bytes | memoryview | None,
         on_loop: bool = False,
         query: str = "",
+        checksum: bool = False,
     ) -> AWSRequest | None:
         """A request signed with the session's credentials; None when there are none,
         the direct path is off, or (``on_loop``) they must be refreshed first, which may
-        ask a server: not on the event loop."""
+        ask a server: not on the event loop. ``checksum``: the body goes with its CRC32
+        for the server to check, unsigned (see _ChecksummedAuth)."""
         credentials = self._session.get_credentials()
         if credentials is None or self.off:
             return None
@@ -247,10 +268,14 @@ class _Direct:
         # Streamed: a body read whole in one call (AWSResponse.content reads it in
         # 64 KiB pieces and joins them).
         url = self._base + quote(key, safe="/~") + (f"?{query}" if query else "")
+        auth = S3SigV4Auth
+        if checksum and body is not None:
+            headers = {**headers, "x-amz-checksum-crc32": body_checksum(body)}
+            auth = _ChecksummedAuth
         request = AWSRequest(method, url, headers, body, stream_output=True)
         request.context["client_config"] = self._config
         try:
-            S3SigV4Auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+            auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
         except BotoCoreError:
             return None
         return request
@@ -276,7 +301,7 @@ class _Direct:
             return None
         # Every header sent is signed, Host included.
         headers = {"Host": _host(self._base), "Content-Length": str(len(body))}
-        request = self._signed("PUT", key, headers, body, on_loop=True)
+        request = self._signed("PUT", key, headers, body, on_loop=True, checksum=True)
         if request is None:
             return None
         status = await self._exchange_on_loop(request, body, sent)
@@ -315,7 +340,7 @@ class _Direct:
     ) -> bool:
         """True once ``body`` is stored under ``key``."""
         headers = {"Content-Length": str(len(body)), **(headers or {})}
-        answer = self._send("PUT", key, body, headers, sent)
+        answer = self._send("PUT", key, body, headers, sent, checksum=True)
         return answer is not None and _body(answer) is not None and answer.status_code == 200
 
     def put_part(
