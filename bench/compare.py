@@ -680,7 +680,9 @@ class Bench:
             start = time.perf_counter()
             copy_durable(src, path)
             tool.durable(path, before, fsynced=True)
-            return {"write": size / (time.perf_counter() - start) / MB}
+            took = time.perf_counter() - start
+            tool.check()
+            return {"write": size / took / MB}
 
         def write_limit() -> dict[str, float]:
             drop_page_cache()
@@ -847,6 +849,7 @@ class Bench:
                     os.fsync(f.fileno())
                 tool.durable(path, before, fsynced=True)
                 times.append(time.perf_counter() - start)
+            tool.check()
             sent = (self.s3_received() - received) / EDITS_PER_REP
             return {"edit_time": statistics.median(times) * 1000, "edit_sent": sent / MiB}
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 
+import pytest
+
 from .conftest import DriveFactory, Mounts, drive_call, wait_until
 
 MiB = 1 << 20
@@ -74,13 +76,15 @@ def test_an_unaligned_edit_of_blocks_never_fetched_survives_kill(
     assert (fresh / "take.mov").read_bytes() == expected
 
 
-def test_under_commit_on_fsync_what_fsync_acknowledged_survives_losing_the_machine(
-    make_drive: DriveFactory, mounts: Mounts
+@pytest.mark.parametrize("commit_on", ["close", "fsync"])
+def test_what_fsync_acknowledged_survives_losing_the_machine(
+    make_drive: DriveFactory, mounts: Mounts, commit_on: str
 ) -> None:
-    """fsync returns once its version is recorded and its chunks stored: a new machine
-    (another cache, the first agent killed) reads the bytes without the first one."""
+    """Unless versions come from saves only, fsync returns once its version is recorded
+    and its chunks stored: a new machine (another cache, the first agent killed) reads
+    the bytes without the first one."""
     name = make_drive()
-    m = mounts.mount(name, commit_on="fsync", cache="lost")
+    m = mounts.mount(name, commit_on=commit_on, cache="lost")
     data = bytearray(os.urandom(3 * MiB))
     fd = os.open(m / "shot.bin", os.O_CREAT | os.O_RDWR, 0o644)
     os.write(fd, data)
@@ -91,7 +95,7 @@ def test_under_commit_on_fsync_what_fsync_acknowledged_survives_losing_the_machi
     os.fsync(fd)
     # Killed at once: no close, no save, no commit after the fsync.
     m.kill(fd)
-    elsewhere = mounts.mount(name, commit_on="fsync", cache="new-machine")
+    elsewhere = mounts.mount(name, commit_on=commit_on, cache="new-machine")
     assert (elsewhere / "shot.bin").read_bytes() == data
     assert drive_call(name, lambda d: d.stat("/shot.bin")).head_version == 2
     assert elsewhere.status()["recovered_files"] == 0
@@ -125,11 +129,11 @@ def test_under_commit_on_fsync_a_committed_copy_leaves_no_entry_until_it_changes
 def test_a_save_of_an_open_file_leaves_no_entry_until_it_changes(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
-    """Any commit that leaves an open copy with nothing uncommitted (here a save, in
-    the default mode) removes its journal entry; the next write brings it back, so a
-    kill after it still loses nothing written."""
+    """Any commit that leaves an open copy with nothing uncommitted (here a save, the
+    fsync before it having flushed the copy here) removes its journal entry; the next
+    write brings it back, so a kill after it still loses nothing written."""
     name = make_drive()
-    m = mounts.mount(name, cache="entries")
+    m = mounts.mount(name, commit_on="save", cache="entries")
     staging = mounts.base / "entries" / "staging"
     data = bytearray(os.urandom(MiB))
     fd = os.open(m / "cut.bin", os.O_CREAT | os.O_RDWR, 0o644)
@@ -144,7 +148,7 @@ def test_a_save_of_an_open_file_leaves_no_entry_until_it_changes(
     os.fsync(fd)
     assert len(list(staging.glob("*.json"))) == 1
     m.kill(fd)
-    m = mounts.mount(name, mountpoint=m.path, cache="entries")
+    m = mounts.mount(name, mountpoint=m.path, commit_on="save", cache="entries")
     assert (m / "cut.bin").read_bytes() == data
     assert m.status()["recovered_files"] == 1
     assert drive_call(name, lambda d: d.stat("/cut.bin")).head_version >= 1

@@ -29,11 +29,11 @@ async def _read(drive: Drive, path: str) -> tuple[bytes, list[str]]:
 
 def test_full_chunks_are_stored_before_close(make_drive: DriveFactory, mounts: Mounts) -> None:
     name = make_drive(chunk_size=CHUNK)
-    m = mounts.mount(name)
+    m = mounts.mount(name, commit_on="save")
     data = bytearray(os.urandom(3 * CHUNK + MiB))
     with open(m / "render.exr", "wb", buffering=0) as f:
         f.write(data[: 3 * CHUNK])
-        # The pages reach the agent (fsync commits nothing under --commit-on close).
+        # The pages reach the agent (fsync commits nothing under --commit-on save).
         os.fsync(f.fileno())
         wait_until(lambda: drive_call(name, _stored) == 3)
         assert m.status()["commits"] == 0
@@ -42,7 +42,8 @@ def test_full_chunks_are_stored_before_close(make_drive: DriveFactory, mounts: M
         f.seek(CHUNK + 100)
         f.write(b"retouched")
         data[CHUNK + 100 : CHUNK + 109] = b"retouched"
-    wait_until(lambda: m.status()["dirty_files"] == 0 and m.status()["commits"] == 1)
+    m.save("/render.exr")
+    assert m.status()["dirty_files"] == 0 and m.status()["commits"] == 1
     content, ids = drive_call(name, lambda d: _read(d, "/render.exr"))
     assert content == bytes(data)
     assert ids == [chunk_id(data[i : i + CHUNK]) for i in range(0, len(data), CHUNK)]

@@ -22,6 +22,7 @@ from mediadrive.core.config import DriveSettings
 from mediadrive.core.drive import Drive
 from mediadrive.core.hashing import chunk_id
 from mediadrive.node import staging as staging_module
+from mediadrive.node.options import CommitOn
 from mediadrive.node.staging import WRITE_BEHIND
 
 from .vfs_harness import CALLER, TestVFS, drive_urls, make_test_vfs
@@ -76,6 +77,8 @@ async def sent_early(vfs: TestVFS, count: int) -> None:
 
 
 async def committed(vfs: TestVFS) -> None:
+    if vfs.parts.options.commit_on is CommitOn.SAVE:
+        await vfs.parts.writeback.save("/", "")
     await vfs.parts.writeback.settle()
     for _ in range(200):
         if not vfs.parts.writeback.busy and not vfs.parts.staging.files:
@@ -325,7 +328,8 @@ async def test_a_content_defined_chunk_rewritten_after_it_was_sent_is_cut_again(
 
 
 async def edited_copy(vfs: TestVFS, data: bytearray) -> tuple[int, CountingStore]:
-    """``data`` committed as clip.bin and read back (its blocks are at hand, so an edit
+    """(Versions from saves: an fsync sends ahead what a later commit keeps.) ``data``
+    committed as clip.bin and read back (its blocks are at hand, so an edit
     is merged into whole chunks), then the file open for writing with six bytes of its
     third chunk changed; puts counted from then on."""
     await vfs.write_file("clip.bin", bytes(data))
@@ -344,7 +348,7 @@ async def sends_settled(vfs: TestVFS) -> None:
 
 
 async def test_an_fsync_starts_sending_what_the_commit_will_send(tmp_path: Path) -> None:
-    vfs = await make_test_vfs(tmp_path)
+    vfs = await make_test_vfs(tmp_path, commit_on=CommitOn.SAVE)
     data = bytearray(os.urandom(4 * CHUNK))
     fh, store = await edited_copy(vfs, data)
     await vfs.vfs.fsync(fh)
@@ -367,7 +371,7 @@ async def test_an_fsync_starts_sending_what_the_commit_will_send(tmp_path: Path)
 async def test_fsyncs_of_a_file_that_keeps_changing_send_it_ahead_twice_at_most(
     tmp_path: Path,
 ) -> None:
-    vfs = await make_test_vfs(tmp_path)
+    vfs = await make_test_vfs(tmp_path, commit_on=CommitOn.SAVE)
     data = bytearray(os.urandom(4 * CHUNK))
     fh, store = await edited_copy(vfs, data)
     for i in range(5):
@@ -388,7 +392,7 @@ async def test_fsyncs_of_a_file_that_keeps_changing_send_it_ahead_twice_at_most(
 async def test_a_write_after_the_fsync_is_in_the_commit_not_the_chunk_sent_ahead(
     tmp_path: Path,
 ) -> None:
-    vfs = await make_test_vfs(tmp_path)
+    vfs = await make_test_vfs(tmp_path, commit_on=CommitOn.SAVE)
     data = bytearray(os.urandom(4 * CHUNK))
     fh, store = await edited_copy(vfs, data)
     store.gate.clear()
@@ -476,7 +480,9 @@ async def test_a_chunk_changed_while_it_is_gathered_sends_what_the_file_holds(
 
 
 async def test_a_large_file_written_in_order_goes_past_the_page_cache(tmp_path: Path) -> None:
-    vfs = await make_test_vfs(tmp_path, chunk_size=MiB)
+    # Where an fsync flushes the copy here (versions from saves only); elsewhere the
+    # copy is dropped once committed, its pages never written.
+    vfs = await make_test_vfs(tmp_path, chunk_size=MiB, commit_on=CommitOn.SAVE)
     data = os.urandom(WRITE_BEHIND + 4 * MiB)
     fh = await create(vfs, "render.exr")
     for offset in range(0, len(data), 256 << 10):
@@ -488,7 +494,9 @@ async def test_a_large_file_written_in_order_goes_past_the_page_cache(tmp_path: 
     # for the early sends, straight to disk: none of it is in the page cache.
     assert resident_pages(staged.fd, WRITE_BEHIND, 4 * MiB) == 0
     assert os.pread(staged.fd, len(data), 0) == data
-    assert await released_and_read_back(vfs, fh, tmp_path, "render.exr") == data
+    vfs.vfs.release(fh)
+    await vfs.parts.writeback.save("/render.exr", "")
+    assert await released_and_read_back(vfs, -1, tmp_path, "render.exr") == data
 
 
 def _names(fd: str, path: str) -> bool:
@@ -504,7 +512,8 @@ async def test_a_file_system_without_direct_io_gets_the_bytes_through_the_page_c
 ) -> None:
     # It takes the O_DIRECT open and refuses the writes.
     monkeypatch.setattr(staging_module, "_pwrite_all", lambda fd, placed: False)
-    vfs = await make_test_vfs(tmp_path, chunk_size=MiB)
+    # (Writes go past the page cache only where an fsync flushes the copy here.)
+    vfs = await make_test_vfs(tmp_path, chunk_size=MiB, commit_on=CommitOn.SAVE)
     data = os.urandom(WRITE_BEHIND + 2 * MiB)
     fh = await create(vfs, "render.exr")
     await write_in_mib(vfs, fh, data)
@@ -513,7 +522,9 @@ async def test_a_file_system_without_direct_io_gets_the_bytes_through_the_page_c
     # The descriptor it refused is closed: the copy is open once, for the page cache.
     copy = os.readlink(f"/proc/self/fd/{staged.fd}")
     assert [n for n in os.listdir("/proc/self/fd") if _names(n, copy)] == [str(staged.fd)]
-    assert await released_and_read_back(vfs, fh, tmp_path, "render.exr") == data
+    vfs.vfs.release(fh)
+    await vfs.parts.writeback.save("/render.exr", "")
+    assert await released_and_read_back(vfs, -1, tmp_path, "render.exr") == data
 
 
 async def test_a_chunk_gathered_in_odd_pieces_is_named_and_digested_as_a_whole_pass(
@@ -542,7 +553,7 @@ async def test_a_rewrite_over_a_block_being_filled_keeps_the_bytes_written(
     await vfs.write_file("plate.dpx", old)
     await vfs.close()
     # Another mount, its cache empty: the file's blocks come from the store.
-    vfs = await make_test_vfs(tmp_path, cache="cold", chunk_size=MiB)
+    vfs = await make_test_vfs(tmp_path, cache="cold", chunk_size=MiB, commit_on=CommitOn.SAVE)
     fh = (await vfs.vfs.open(await vfs.inode("plate.dpx"), os.O_RDWR)).fh
     cache = vfs.parts.cache
     fetch_now = asyncio.Event()
@@ -580,7 +591,9 @@ async def test_a_rewrite_over_a_block_being_filled_keeps_the_bytes_written(
     # What the copy holds is what was written, for readers of the open file and for
     # a commit that reads it.
     assert await vfs.vfs.read(fh, block, MiB) == new
-    assert await released_and_read_back(vfs, fh, tmp_path, "plate.dpx") == old[:block] + new
+    vfs.vfs.release(fh)
+    await vfs.parts.writeback.save("/plate.dpx", "")
+    assert await released_and_read_back(vfs, -1, tmp_path, "plate.dpx") == old[:block] + new
 
 
 # -- chunks that go up a part at a time while they are written -------------------------------

@@ -134,13 +134,17 @@ async def test_reading_back_an_edit_sent_ahead_of_its_fsync_fetches_nothing(
 
 async def _fragmented(tmp_path: Path, cache: str = "cache") -> tuple[TestVFS, bytearray, int]:
     """A one-chunk file whose chunk holds five short edits (eleven extents, more than
-    MAX_EXTENTS_PER_CHUNK): an edit beside one of them sends that one's bytes again."""
+    MAX_EXTENTS_PER_CHUNK): an edit beside one of them sends that one's bytes again.
+    Versions come from saves (an fsync sends its pieces ahead and flushes the copy
+    here; the save's commit keeps them)."""
     chunk = 16 * BLOCK_SIZE
     short = chunk // ABSORB_PARTS
     data = bytearray(os.urandom(chunk))
-    vfs = await make_test_vfs(tmp_path, chunk_size=chunk, cache_size=1 << 30)
+    vfs = await make_test_vfs(
+        tmp_path, chunk_size=chunk, cache_size=1 << 30, commit_on=CommitOn.SAVE
+    )
     await vfs.write_file("comp.nk", bytes(data))
-    await vfs.parts.writeback.settle()
+    await vfs.parts.writeback.save("/comp.nk", "")
     inode = await vfs.inode("comp.nk")
     for k in range(1, 6):
         patch = os.urandom(short)
@@ -149,13 +153,16 @@ async def _fragmented(tmp_path: Path, cache: str = "cache") -> tuple[TestVFS, by
         await vfs.vfs.write(opened.fh, offset, patch)
         await vfs.vfs.fsync(opened.fh)
         vfs.vfs.release(opened.fh)
+        await vfs.parts.writeback.save("/comp.nk", "")
         await vfs.parts.writeback.settle()
         data[offset : offset + short] = patch
     extents = (await vfs.parts.drive.reader("/comp.nk", 6)).extents
     assert len(extents) == 11
     if cache != "cache":
         await vfs.close()
-        vfs = await make_test_vfs(tmp_path, chunk_size=chunk, cache_size=1 << 30, cache=cache)
+        vfs = await make_test_vfs(
+            tmp_path, chunk_size=chunk, cache_size=1 << 30, cache=cache, commit_on=CommitOn.SAVE
+        )
     return vfs, data, short
 
 
@@ -185,7 +192,7 @@ async def test_an_fsync_beside_an_earlier_edit_sends_both_when_their_blocks_are_
     """In a chunk with too many extents, the short earlier edit beside a new one goes
     again with it (see fixed_reusable). Its blocks are in the block cache (kept when
     it was sent): the fsync copies them in and sends the piece the commit keeps, so the
-    commit, after the close, sends nothing."""
+    commit, at the save after the close, sends nothing."""
     vfs, data, short = await _fragmented(tmp_path)
     fetched = vfs.parts.cache.figures.bytes_fetched
     fh, start, merged, sent = await _edit_beside_the_third(vfs, data, short)
@@ -194,6 +201,7 @@ async def test_an_fsync_beside_an_earlier_edit_sends_both_when_their_blocks_are_
     assert await vfs.parts.drive.meta.unrecorded([merged]) == []
     uploaded = vfs.parts.writeback.figures.bytes_uploaded
     vfs.vfs.release(fh)
+    await vfs.parts.writeback.save("/comp.nk", "")
     await vfs.parts.writeback.settle()
     extents = (await vfs.parts.drive.reader("/comp.nk", 7)).extents
     assert Extent(start, 2 * short, merged) in extents
@@ -215,6 +223,7 @@ async def test_an_fsync_does_not_fetch_from_the_store_the_bytes_its_commit_sends
     assert vfs.parts.cache.figures.bytes_fetched == 0
     assert sent == {}
     vfs.vfs.release(fh)
+    await vfs.parts.writeback.save("/comp.nk", "")
     await vfs.parts.writeback.settle()
     extents = (await vfs.parts.drive.reader("/comp.nk", 7)).extents
     assert Extent(start, 2 * short, merged) in extents

@@ -81,8 +81,9 @@ def mount(
     commit_on: Annotated[
         CommitOn | None,
         typer.Option(
-            help="Also commit a written file on close, on fsync (an fsync then returns "
-            "once its version is stored), or only on save "
+            help="Commit a written file on fsync and close, on fsync only, or only on "
+            "save (an fsync returns once its version is stored, except under save, "
+            "where it makes the file durable on this machine) "
             "[default: the drive policy's commitOn, else close]."
         ),
     ] = None,

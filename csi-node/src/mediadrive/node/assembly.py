@@ -14,7 +14,6 @@ from mediadrive.core import private
 from mediadrive.core.blob.pod import PodLocation
 from mediadrive.core.drive import Drive
 from mediadrive.core.errors import NotADirectory
-from mediadrive.core.triggers import CommitOn
 
 from . import passthrough
 from .cache import BlockCache
@@ -105,7 +104,7 @@ async def _open(options: MountOptions, kernel: Kernel, cleanups: list[Cleanup]) 
         raise NotADirectory(f"--subdir {options.subdir} is not a folder")
     cache_dir = options.cache_dir
     private.make_dir(cache_dir, tighten=True)
-    staging = Staging(cache_dir / "staging", write_behind=options.commit_on is not CommitOn.FSYNC)
+    staging = Staging(cache_dir / "staging", write_behind=not options.commit_on.on_fsync)
     recovered = staging.open()
     cleanups.append(staging.close)
     cache = BlockCache(

@@ -603,8 +603,9 @@ class Staging:
     def __init__(self, root: Path, write_behind: bool = True) -> None:
         self.root = root
         # Start a large write's pages on their way to disk as it goes (see wrote): off
-        # where no fsync waits for them (under --commit-on fsync the commit is the
-        # fsync, and a copy dropped once committed leaves its pages unwritten).
+        # where no fsync waits for them (unless versions come from saves only, the
+        # commit is the fsync, and a copy dropped once committed leaves its pages
+        # unwritten).
         self.write_behind = write_behind
         self.files: dict[int, StagedFile] = {}
         self._lock_fd: int | None = None

@@ -1010,8 +1010,9 @@ class VFS:
             # flush to keep.
             return
         await asyncio.to_thread(self.staging.sync, staged)
-        if staged.dirty:
-            self.writeback.schedule_on(CommitOn.FSYNC, staged.node_id, "")
+        if staged.dirty and self.options.commit_on.on_fsync:
+            # The commit this fsync could not make, once it can.
+            self.writeback.schedule(staged.node_id)
 
     def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)

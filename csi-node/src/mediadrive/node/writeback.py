@@ -194,13 +194,13 @@ class Writeback:
             self.schedule(node_id, message)
 
     async def commit_for_fsync(self, staged: StagedFile) -> bool:
-        """Under ``--commit-on fsync``, commit ``staged`` for an fsync and wait: True once
-        what the fsync covers is a version in the metadata store with its chunks in the
-        object store (it survives the loss of this machine). False when not (another
-        mode, a store unreachable now or a few seconds ago, a conflict, a failed
-        write): the caller makes the copy durable here instead, and a later commit
-        retries."""
-        if self.options.commit_on is not CommitOn.FSYNC or staged.rejected or staged.orphan:
+        """Commit ``staged`` for an fsync and wait (unless versions come from saves only):
+        True once what the fsync covers is a version in the metadata store with its
+        chunks in the object store (it survives the loss of this machine). False when
+        not (``--commit-on save``, a store unreachable now or a few seconds ago, a
+        conflict, a failed write): the caller makes the copy durable here instead, and
+        a later commit retries."""
+        if not self.options.commit_on.on_fsync or staged.rejected or staged.orphan:
             return False
         if time.monotonic() < self._unreachable_until:
             # Each fsync would wait out the store's retries first.
