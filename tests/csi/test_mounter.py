@@ -159,11 +159,14 @@ def test_plugin_container_killed_mounts_keep_serving(
 
     clip = os.urandom(3 << 20)
     (target / "clip.bin").write_bytes(clip)
-    # Acknowledged by fsync and still open: pending until the unstage commits it.
+    # Committed by its fsync, then written again and still open: pending until the
+    # unstage commits it (written in place, the bytes reach the agent at once).
     pending = open(staging / "render.log", "wb")  # noqa: SIM115
     pending.write(b"frame 1001 done\n")
     pending.flush()
     os.fsync(pending.fileno())
+    more = os.open(staging / "render.log", os.O_RDWR)
+    os.pwrite(more, b"frame 1002 done\n", 16)
 
     reader = Reader(base, target / "clip.bin", clip)
     try:
@@ -204,8 +207,10 @@ def test_plugin_container_killed_mounts_keep_serving(
     unstage(client, staging)
     with contextlib.suppress(OSError):
         pending.close()
+    with contextlib.suppress(OSError):
+        os.close(more)
     assert gone(agent)
-    assert drive.read("/render.log")[0] == b"frame 1001 done\n"
+    assert drive.read("/render.log")[0] == b"frame 1001 done\nframe 1002 done\n"
     assert drive.read("/clip.bin")[0] == clip
 
 

@@ -297,11 +297,11 @@ async def test_a_small_put_goes_from_the_event_loop_and_a_large_one_from_a_threa
     assert await store.get(large[0]) == large[1]
 
 
-async def test_a_put_carries_the_crc32_of_its_body_and_leaves_the_body_unsigned(
+async def test_a_put_carries_the_crc32c_of_its_body_and_leaves_the_body_unsigned(
     s3: tuple[S3BlobStore, S3Server], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No SHA-256 of the body for the signature (here and in the server): the server
-    checks the CRC32 the request carries instead."""
+    checks the CRC32C the request carries instead."""
     store, _ = s3
     direct = direct_of(store)
     signed: list[AWSRequest] = []
@@ -319,7 +319,7 @@ async def test_a_put_carries_the_crc32_of_its_body_and_leaves_the_body_unsigned(
     await store.put(*small)
     await store.put(*large)
     assert [r.headers["X-Amz-Content-SHA256"] for r in signed] == ["UNSIGNED-PAYLOAD"] * 2
-    assert [r.headers["x-amz-checksum-crc32"] for r in signed] == [
+    assert [r.headers["x-amz-checksum-crc32c"] for r in signed] == [
         body_checksum(small[1]),
         body_checksum(large[1]),
     ]
@@ -329,7 +329,7 @@ async def test_a_put_carries_the_crc32_of_its_body_and_leaves_the_body_unsigned(
 
 @pytest.mark.minio
 @pytest.mark.parametrize("size", [300_000, _LOOP_PUT_MAX + 1])
-async def test_a_body_that_does_not_match_its_crc32_is_refused_and_put_again_signed(
+async def test_a_body_that_does_not_match_its_crc32c_is_refused_and_put_again_signed(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, size: int
 ) -> None:
     """What the server stores is what was sent: a body that arrives other than its

@@ -53,7 +53,6 @@ import os
 import ssl
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
 import boto3
+import crc32c
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -164,18 +164,18 @@ def check_s3_url(url: str) -> None:
 
 class _ChecksummedAuth(S3SigV4Auth):
     """SigV4 leaving the body out of the signature (``UNSIGNED-PAYLOAD``), for a PUT
-    whose body carries its own CRC32 in ``x-amz-checksum-crc32``, which S3 and MinIO
+    whose body carries its own CRC32C in ``x-amz-checksum-crc32c``, which S3 and MinIO
     check before they store it (a mismatch is refused). A signed body costs a SHA-256
     of it here and another in the server: about 0.6 ms a MiB each, on the path of
-    every fsync'd edit."""
+    every fsync'd edit; a CRC32C takes 0.04 ms a MiB (in hardware)."""
 
     def _should_sha256_sign_payload(self, request: AWSRequest) -> bool:
         return False
 
 
 def body_checksum(body: bytes | memoryview) -> str:
-    """``x-amz-checksum-crc32`` of ``body``: its CRC32, big-endian, in base64."""
-    return base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode()
+    """``x-amz-checksum-crc32c`` of ``body``: its CRC32C, big-endian, in base64."""
+    return base64.b64encode(crc32c.crc32c(body).to_bytes(4, "big")).decode()
 
 
 class _Direct:
@@ -258,7 +258,7 @@ class _Direct:
     ) -> AWSRequest | None:
         """A request signed with the session's credentials; None when there are none,
         the direct path is off, or (``on_loop``) they must be refreshed first, which may
-        ask a server: not on the event loop. ``checksum``: the body goes with its CRC32
+        ask a server: not on the event loop. ``checksum``: the body goes with its CRC32C
         for the server to check, unsigned (see _ChecksummedAuth)."""
         credentials = self._session.get_credentials()
         if credentials is None or self.off:
@@ -270,7 +270,7 @@ class _Direct:
         url = self._base + quote(key, safe="/~") + (f"?{query}" if query else "")
         auth = S3SigV4Auth
         if checksum and body is not None:
-            headers = {**headers, "x-amz-checksum-crc32": body_checksum(body)}
+            headers = {**headers, "x-amz-checksum-crc32c": body_checksum(body)}
             auth = _ChecksummedAuth
         request = AWSRequest(method, url, headers, body, stream_output=True)
         request.context["client_config"] = self._config
