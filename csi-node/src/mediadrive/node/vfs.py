@@ -925,8 +925,9 @@ class VFS:
         has to find for it, the most CPU a large write cost the agent. The first bytes
         go through the page cache as before (a small file's copy may be dropped before
         they are written back; past them, write-behind sends the pages to disk within
-        a few megabytes anyway), and so does all of a copy under ``--commit-on fsync``,
-        dropped with its pages unwritten."""
+        a few megabytes anyway), and so does all of a copy wherever an fsync commits
+        (every mode but ``--commit-on save``): it is dropped with its pages
+        unwritten."""
         placed = self.writeback.early.gather(staged, offset, data)
         if (
             self.staging.write_behind
