@@ -255,6 +255,29 @@ def copy_durable(src: Path, dst: Path) -> None:
         os.fsync(fout.fileno())
 
 
+def edit_offsets(size: int) -> list[int]:
+    """Where the timed 1 MiB edits of a ``size``-byte file go."""
+    return [size // 2 + 4321 + k * EDIT_SPACING for k in range(EDITS_PER_REP)]
+
+
+def timed_edits(tool: Tool, path: Path, patches: list[bytes], offsets: list[int]) -> list[float]:
+    """Write each patch at its offset as an application would (open, write, fsync,
+    close) until durable: each edit's seconds. Then ask the tool whether anything
+    timed as durable is not."""
+    times = []
+    for patch, offset in zip(patches, offsets, strict=True):
+        before = tool.object_state(path)
+        start = time.perf_counter()
+        with open(path, "r+b", buffering=0) as f:
+            f.seek(offset)
+            f.write(patch)
+            os.fsync(f.fileno())
+        tool.durable(path, before, fsynced=True)
+        times.append(time.perf_counter() - start)
+    tool.check()
+    return times
+
+
 def touch(base: Path, name: str) -> None:
     os.close(os.open(base / name, os.O_CREAT | os.O_WRONLY, 0o644))
 
@@ -834,22 +857,11 @@ class Bench:
         # repetition times several (the first after the TTFB step's cold remount) and
         # keeps their median.
         patches = [os.urandom(MiB) for _ in range(EDITS_PER_REP)]
-        offsets = [size // 2 + 4321 + k * EDIT_SPACING for k in range(EDITS_PER_REP)]
+        offsets = edit_offsets(size)
 
         def edit(tool: Tool) -> dict[str, float]:
-            path = tool.mountpoint / "big.bin"
             received = self.s3_received()
-            times = []
-            for patch, offset in zip(patches, offsets, strict=True):
-                before = tool.object_state(path)
-                start = time.perf_counter()
-                with open(path, "r+b", buffering=0) as f:
-                    f.seek(offset)
-                    f.write(patch)
-                    os.fsync(f.fileno())
-                tool.durable(path, before, fsynced=True)
-                times.append(time.perf_counter() - start)
-            tool.check()
+            times = timed_edits(tool, tool.mountpoint / "big.bin", patches, offsets)
             sent = (self.s3_received() - received) / EDITS_PER_REP
             return {"edit_time": statistics.median(times) * 1000, "edit_sent": sent / MiB}
 

@@ -20,13 +20,18 @@ import os
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.compare import EDIT_SPACING, EDITS_PER_REP, settle, write_random  # noqa: E402
+from bench.compare import (  # noqa: E402
+    EDITS_PER_REP,
+    edit_offsets,
+    settle,
+    timed_edits,
+    write_random,
+)
 from bench.peers import (  # noqa: E402
     JuiceFS,
     Mediadrive,
@@ -57,22 +62,11 @@ def server_pid(endpoint: str) -> int:
 def edits(tool: Tool, size: int, server_pid: int) -> tuple[list[float], float, float]:
     """The benchmark's edits of ``big.bin``: each one's seconds, and the CPU seconds an
     edit took in the tool's process and in MinIO."""
-    path = tool.mountpoint / "big.bin"
-    offsets = [size // 2 + 4321 + k * EDIT_SPACING for k in range(EDITS_PER_REP)]
+    offsets = edit_offsets(size)
     patches = [os.urandom(MiB) for _ in offsets]
     pid = tool.pid()
     cpu, server_cpu = cpu_seconds(pid), cpu_seconds(server_pid)
-    times = []
-    for patch, offset in zip(patches, offsets, strict=True):
-        before = tool.object_state(path)
-        start = time.perf_counter()
-        with open(path, "r+b", buffering=0) as f:
-            f.seek(offset)
-            f.write(patch)
-            os.fsync(f.fileno())
-        tool.durable(path, before, fsynced=True)
-        times.append(time.perf_counter() - start)
-    tool.check()
+    times = timed_edits(tool, tool.mountpoint / "big.bin", patches, offsets)
     n = len(offsets)
     return times, (cpu_seconds(pid) - cpu) / n, (cpu_seconds(server_pid) - server_cpu) / n
 
