@@ -69,11 +69,16 @@ def test_a_setting_given_in_the_environment_is_left_as_it_is() -> None:
 _AFTER_FAULT_IN = """
 import ctypes, resource, sys
 from mediadrive.core.buffers import address, aligned
-from mediadrive.node.heap import fault_in, keep_freed_buffers
+from mediadrive.node.heap import fault_in, fault_in_now, keep_freed_buffers
 
 if sys.argv[1] != "untuned":
     keep_freed_buffers()
-thread = fault_in(96 << 20) if sys.argv[1] != "tuned-only" else None
+if sys.argv[1] == "now":
+    thread = None
+    if not fault_in_now(96 << 20):
+        sys.exit("nothing faulted in")
+else:
+    thread = fault_in(96 << 20) if sys.argv[1] != "tuned-only" else None
 if thread is not None:
     thread.join()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -99,6 +104,14 @@ def test_a_heap_faulted_in_ahead_serves_a_large_buffer_without_new_pages() -> No
     # Where freed memory would not be kept, nothing is faulted in for nothing.
     _, started = faults_after("untuned")
     assert not started
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_a_heap_faulted_in_on_the_spot_serves_a_large_buffer_without_new_pages() -> None:
+    # What the agent does before it announces a mount (see agent.EARLY_FAULT_IN).
+    cold, _ = faults_after("tuned-only")
+    warm, _ = faults_after("now")
+    assert warm < cold // 4
 
 
 def _machine(tmp_path: Path, cgroup: str, available_mib: int | None = 8192) -> tuple[Path, Path]:

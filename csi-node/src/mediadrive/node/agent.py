@@ -43,7 +43,7 @@ from .api import start_api
 from .assembly import Cleanup, MountParts, open_parts, release
 from .client import MountError
 from .fs import DriveFS, FuseKernel
-from .heap import fault_in, keep_freed_buffers, memory_to_spare
+from .heap import fault_in, fault_in_now, keep_freed_buffers, memory_to_spare
 from .options import MountOptions
 from .reading import KERNEL_READ_AHEAD
 from .registry import MountEntry, MountRegistry
@@ -263,6 +263,10 @@ def _setup_logging(log_path: Path | None, options: MountOptions) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
+# Heap faulted in before the mount is announced (see ``heap``): what an edit or a
+# small write right after a mount takes, so it does not fault its buffers in.
+EARLY_FAULT_IN = 32 << 20
+
 # The mount has had no request for this long: what it is asked next is not shared
 # with faulting its heap in (a cold read often comes at once after a mount).
 QUIET_SECONDS = 1.0
@@ -303,6 +307,9 @@ async def run_agent(options: MountOptions, ready: Callable[[str | None], None]) 
     # walk only what requests made, not the whole heap each time.
     gc.collect()
     gc.freeze()
+    spare = memory_to_spare()
+    if not options.read_only and (spare is None or spare >= 4 * EARLY_FAULT_IN):
+        fault_in_now(EARLY_FAULT_IN)
     ready(None)
     warming = None
     if not options.read_only:
