@@ -260,20 +260,42 @@ def edit_offsets(size: int) -> list[int]:
     return [size // 2 + 4321 + k * EDIT_SPACING for k in range(EDITS_PER_REP)]
 
 
-def timed_edits(tool: Tool, path: Path, patches: list[bytes], offsets: list[int]) -> list[float]:
+# The calls an edit makes, in order (see timed_edits).
+EDIT_CALLS = ("open", "write", "fsync", "close", "durable")
+
+
+def timed_edits(
+    tool: Tool,
+    path: Path,
+    patches: list[bytes],
+    offsets: list[int],
+    calls: dict[str, list[float]] | None = None,
+) -> list[float]:
     """Write each patch at its offset as an application would (open, write, fsync,
     close) until durable: each edit's seconds. Then ask the tool whether anything
-    timed as durable is not."""
+    timed as durable is not. ``calls``, if given, gets the seconds each of an edit's
+    calls took (EDIT_CALLS; ``durable`` is the tool's own check that it is)."""
     times = []
     for patch, offset in zip(patches, offsets, strict=True):
         before = tool.object_state(path)
-        start = time.perf_counter()
-        with open(path, "r+b", buffering=0) as f:
-            f.seek(offset)
-            f.write(patch)
-            os.fsync(f.fileno())
+        marks = [time.perf_counter()]
+        fd = os.open(path, os.O_RDWR)
+        try:
+            marks.append(time.perf_counter())
+            if os.pwrite(fd, patch, offset) != len(patch):
+                raise BenchError(f"{tool.name}: short write into {path}")
+            marks.append(time.perf_counter())
+            os.fsync(fd)
+            marks.append(time.perf_counter())
+        finally:
+            os.close(fd)
+        marks.append(time.perf_counter())
         tool.durable(path, before, fsynced=True)
-        times.append(time.perf_counter() - start)
+        marks.append(time.perf_counter())
+        times.append(marks[-1] - marks[0])
+        if calls is not None:
+            for name, took in zip(EDIT_CALLS, itertools.pairwise(marks), strict=True):
+                calls.setdefault(name, []).append(took[1] - took[0])
     tool.check()
     return times
 

@@ -4,7 +4,8 @@ of its own on one MinIO. Each round remounts every tool with its cache emptied a
 page cache dropped, as ``compare.py`` does before its edits, then times the same
 eight edits in each (open, write 1 MiB at the benchmark's offsets, fsync, close, until
 durable), the tools in every order over the rounds. Printed: each tool's median edit,
-its ratio to JuiceFS's, and the CPU an edit took in the tool's process and in MinIO.
+its ratio to JuiceFS's, the CPU an edit took in the tool's process and in MinIO, and
+what each of an edit's calls took (open, write, fsync, close, the tool's own check).
 
     sudo .venv/bin/python bench/edit_ab.py [--rounds 6] [--size-mib 1024] [--no-juicefs]
 
@@ -26,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench.compare import (  # noqa: E402
+    EDIT_CALLS,
     EDITS_PER_REP,
     edit_offsets,
     settle,
@@ -59,14 +61,17 @@ def server_pid(endpoint: str) -> int:
     raise RuntimeError(f"no MinIO process serving {endpoint}")
 
 
-def edits(tool: Tool, size: int, server_pid: int) -> tuple[list[float], float, float]:
+def edits(
+    tool: Tool, size: int, server_pid: int, calls: dict[str, list[float]]
+) -> tuple[list[float], float, float]:
     """The benchmark's edits of ``big.bin``: each one's seconds, and the CPU seconds an
-    edit took in the tool's process and in MinIO."""
+    edit took in the tool's process and in MinIO; what each call took goes to
+    ``calls``."""
     offsets = edit_offsets(size)
     patches = [os.urandom(MiB) for _ in offsets]
     pid = tool.pid()
     cpu, server_cpu = cpu_seconds(pid), cpu_seconds(server_pid)
-    times = timed_edits(tool, tool.mountpoint / "big.bin", patches, offsets)
+    times = timed_edits(tool, tool.mountpoint / "big.bin", patches, offsets, calls)
     n = len(offsets)
     return times, (cpu_seconds(pid) - cpu) / n, (cpu_seconds(server_pid) - server_cpu) / n
 
@@ -123,11 +128,12 @@ def main() -> int:
         times: dict[str, list[float]] = {tool.name: [] for tool in tools}
         cpu: dict[str, list[float]] = {tool.name: [] for tool in tools}
         server_cpu: dict[str, list[float]] = {tool.name: [] for tool in tools}
+        calls: dict[str, dict[str, list[float]]] = {tool.name: {} for tool in tools}
         for rnd in range(args.rounds):
             for tool in orders[rnd % len(orders)]:
                 tool.remount_cold()
                 settle()
-                took, own, server = edits(tool, size, minio)
+                took, own, server = edits(tool, size, minio, calls[tool.name])
                 times[tool.name] += took
                 cpu[tool.name].append(own)
                 server_cpu[tool.name].append(server)
@@ -147,6 +153,13 @@ def main() -> int:
                 f"{name:17} {median * 1000:10.2f} {ratio:>10}"
                 f" {statistics.median(cpu[name]) * 1000:7.2f}"
                 f" {statistics.median(server_cpu[name]) * 1000:12.2f}"
+            )
+        print("\nmedian ms of each call of an edit:")
+        print(f"{'':17}" + "".join(f" {call:>8}" for call in EDIT_CALLS))
+        for name, by_call in calls.items():
+            print(
+                f"{name:17}"
+                + "".join(f" {statistics.median(by_call[c]) * 1000:8.2f}" for c in EDIT_CALLS)
             )
     return 0
 
