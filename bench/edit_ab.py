@@ -19,9 +19,11 @@ import argparse
 import itertools
 import os
 import random
+import signal
 import statistics
 import sys
 from pathlib import Path
+from types import FrameType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -91,6 +93,12 @@ def main() -> int:
         if juicefs is None:
             return 2
     size = args.size_mib * MiB
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    # Stopped from outside (kill, timeout): the tools still unmount on the way out.
+    signal.signal(signal.SIGTERM, interrupt)
     with side_by_side("mediadrive-edit-ab-") as (work, s3, target, tools):
         budget = 2048 * MiB
         tools += [
