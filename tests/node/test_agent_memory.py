@@ -23,6 +23,21 @@ def anonymous(pid: int) -> int:
     raise AssertionError(f"no RssAnon for {pid}")
 
 
+def settled_anonymous(pid: int, timeout: float = 30.0) -> int:
+    """The process's resident anonymous memory once it stops growing: the fault-in
+    goes a slice at a time (see heap.FAULT_IN_STEP), so crossing a size says it is
+    under way, not over."""
+    deadline = time.monotonic() + timeout
+    last = anonymous(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = anonymous(pid)
+        if now - last < 1 << 20:
+            return now
+        last = now
+    raise AssertionError(f"the anonymous memory of {pid} kept growing for {timeout:.0f}s")
+
+
 def test_a_quiet_writable_mount_faults_its_upload_window_in_and_a_write_then_reuses_it(
     make_drive: DriveFactory, mounts: Mounts
 ) -> None:
@@ -32,7 +47,7 @@ def test_a_quiet_writable_mount_faults_its_upload_window_in_and_a_write_then_reu
     m = mounts.mount(make_drive())
     pid = m.pid()
     wait_until(lambda: anonymous(pid) >= GATHERED_BYTES, timeout=30)
-    held = anonymous(pid)
+    held = settled_anonymous(pid)
     data = os.urandom(GATHERED_BYTES // 2)
     (m / "take.mov").write_bytes(data)
     m.save("/take.mov")
