@@ -19,11 +19,9 @@ import argparse
 import itertools
 import os
 import random
-import signal
 import statistics
 import sys
 from pathlib import Path
-from types import FrameType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
@@ -31,6 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from bench.compare import (  # noqa: E402
     EDIT_CALLS,
     EDITS_PER_REP,
+    copy_durable,
     edit_offsets,
     settle,
     timed_edits,
@@ -94,11 +93,6 @@ def main() -> int:
             return 2
     size = args.size_mib * MiB
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    # Stopped from outside (kill, timeout): the tools still unmount on the way out.
-    signal.signal(signal.SIGTERM, interrupt)
     with side_by_side("mediadrive-edit-ab-") as (work, s3, target, tools):
         budget = 2048 * MiB
         tools += [
@@ -120,11 +114,7 @@ def main() -> int:
         for tool in tools:
             tool.create()
             tool.mount()
-            with open(src, "rb") as fin, open(tool.mountpoint / "big.bin", "wb") as fout:
-                while block := fin.read(4 * MiB):
-                    fout.write(block)
-                fout.flush()
-                os.fsync(fout.fileno())
+            copy_durable(src, tool.mountpoint / "big.bin")
             tool.durable(tool.mountpoint / "big.bin", fsynced=True)
         src.unlink()
         # Every order of three tools over six rounds; more tools, a shuffled order each.

@@ -16,17 +16,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from bench.compare import edit_offsets, settle, timed_edits, write_random  # noqa: E402
+from bench.compare import (  # noqa: E402
+    copy_durable,
+    edit_offsets,
+    settle,
+    timed_edits,
+    write_random,
+)
 from bench.peers import JuiceFS, Mediadrive, cached_juicefs, side_by_side  # noqa: E402
 
 MiB = 1 << 20
@@ -48,10 +52,6 @@ def main() -> int:
     if binary is None:
         return 2
 
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
     medians: dict[str, list[float]] = {"during": [], "after": []}
     with side_by_side("mediadrive-fault-in-noise-") as (work, s3, target, tools):
         mount = Mediadrive(work / "a", target, s3.new_bucket("md"), 2048 * MiB)
@@ -63,11 +63,7 @@ def main() -> int:
         juicefs.mount()
         mount.create()
         mount.mount()
-        with open(src, "rb") as fin, open(juicefs.mountpoint / "big.bin", "wb") as fout:
-            while block := fin.read(4 * MiB):
-                fout.write(block)
-            fout.flush()
-            os.fsync(fout.fileno())
+        copy_durable(src, juicefs.mountpoint / "big.bin")
         juicefs.durable(juicefs.mountpoint / "big.bin", fsynced=True)
         offsets = edit_offsets(SIZE)
         for rnd in range(args.rounds):

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from mediadrive.core.config import DriveSettings
@@ -111,9 +113,15 @@ def cached_juicefs() -> Path | None:
 def side_by_side(prefix: str) -> Iterator[tuple[Path, S3Server, S3Target, list[Tool]]]:
     """For a script that runs tools side by side on one MinIO: a work folder under
     /var/tmp, the server, the tools' target, and a list for the tools, each of which
-    is stopped (before the server) and the folder removed, whatever happens."""
+    is stopped (before the server) and the folder removed, whatever happens (a
+    SIGTERM included)."""
     from tests.servers import minio_server
 
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    # Stopped from outside (kill, timeout): the tools still unmount on the way out.
+    signal.signal(signal.SIGTERM, interrupt)
     work = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     tools: list[Tool] = []
     try:
