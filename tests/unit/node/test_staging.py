@@ -230,30 +230,43 @@ async def test_a_dropped_copy_leaves_nothing_and_a_new_copy_of_the_file_is_its_o
 ) -> None:
     staging = Staging(tmp_path)
     staging.open()
-    # What a crash left between a drop and its removal goes at the next open.
+    # What a crash left between a drop and its removal goes at the next open: files
+    # without an entry, and where earlier releases put dropped copies.
+    (tmp_path / "3-1.data").write_bytes(b"old")
+    (tmp_path / "3-1.map").write_bytes(b"\x01")
+    (tmp_path / "3-1.tmp").write_text("{")
+    (tmp_path / "trash").mkdir()
     (tmp_path / "trash" / "3.data.0").write_bytes(b"old")
     staging.close()
     staging = Staging(tmp_path)
     staging.open()
-    assert not list((tmp_path / "trash").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+    gate = threading.Event()
+    staging._pool("drop").submit(gate.wait)  # holds the thread that removes files
     first = staging.create(7, "/f", 1, 0o644, 0, base=BaseLayout.of(BASE), size=BASE.size)
     await first.materialize_range(0, BASE.size, Fetches())
     staging.drop(first)
-    # The same file staged again at once is a fresh copy, whatever the removal is at.
+    # The same file staged again at once is a fresh copy with files of its own, while
+    # the first copy's are still there.
     second = staging.create(7, "/f", 2, 0o644, 0)
+    assert second.stem != first.stem
+    assert (tmp_path / f"{first.stem}.map").exists()
     os.pwrite(second.fd, b"new", 0)
     staging.sync(second)
+    gate.set()
     staging.close()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".lock",
-        "7.data",
-        "7.json",
+        f"{second.stem}.data",
+        f"{second.stem}.json",
     ]
-    assert not list((tmp_path / "trash").iterdir())
-    assert (tmp_path / "7.data").read_bytes() == b"new"
+    assert (tmp_path / f"{second.stem}.data").read_bytes() == b"new"
     again = Staging(tmp_path)
     [copy] = again.open()
     assert (copy.base_version, set(copy.missing)) == (2, set())
+    # A copy made after a restart does not take the name of one found there.
+    third = again.create(8, "/g", 1, 0o644, 0)
+    assert int(third.stem.partition("-")[2]) > int(copy.stem.partition("-")[2])
     again.close()
 
 
@@ -269,11 +282,11 @@ def test_a_dropped_copy_has_no_entry_even_before_its_files_are_aside(tmp_path: P
     staged.touch(0, 1)
     staging.sync(staged)
     staging.drop(staged)
-    assert not (tmp_path / "7.json").exists()
-    assert (tmp_path / "7.data").exists()  # still waiting for the thread
+    assert not (tmp_path / f"{staged.stem}.json").exists()
+    assert (tmp_path / f"{staged.stem}.data").exists()  # still waiting for the thread
     gate.set()
     staging.close()
-    assert not (tmp_path / "7.data").exists()
+    assert not (tmp_path / f"{staged.stem}.data").exists()
 
 
 def test_dropped_copies_leave_no_files_and_no_bookkeeping_behind(tmp_path: Path) -> None:
@@ -282,9 +295,7 @@ def test_dropped_copies_leave_no_files_and_no_bookkeeping_behind(tmp_path: Path)
     for node_id in (1, 2, 3, 2):
         staging.drop(staging.create(node_id, "/f", 1, 0o644, 0))
     staging._pool("drop").submit(lambda: None).result()  # after the drops queued before it
-    assert staging._dropping == {}
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == [".lock"]
-    assert not list((tmp_path / "trash").iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
     staging.close()
 
 
@@ -311,20 +322,23 @@ async def test_fsync_flushes_the_copy_and_its_map_once_a_block_is_held(
     os.pwrite(staged.fd, b"x", 5)
     staged.touch(5, 1)
     staging.sync(staged)
-    assert flushed == ["7.data"]
-    assert not (tmp_path / "7.map").exists() and not (tmp_path / "7.base").exists()
-    assert json.loads((tmp_path / "7.json").read_text())["extents"] == BaseLayout.of(BASE).rows()
+    files = tmp_path / staged.stem
+    assert flushed == [f"{staged.stem}.data"]
+    assert not files.with_suffix(".map").exists() and not files.with_suffix(".base").exists()
+    assert json.loads(files.with_suffix(".json").read_text())["extents"] == (
+        BaseLayout.of(BASE).rows()
+    )
     await staged.materialize([1], Fetches())
     flushed.clear()
     staging.sync(staged)
-    assert sorted(flushed) == ["7.data", "7.map"]
+    assert sorted(flushed) == [f"{staged.stem}.data", f"{staged.stem}.map"]
     staging.close()
 
 
 def test_a_large_base_is_written_in_its_own_file_and_flushed_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past _JOURNALED_EXTENTS the base goes in ``<node>.base``, written once when the
+    """Past _JOURNALED_EXTENTS the base goes in the copy's ``.base``, written once when the
     copy is made: the first fsync makes it durable with the rest (a restart cannot
     read the copy without it), and the journal entry stays small."""
     many = [Extent(i * BLOCK_SIZE, BLOCK_SIZE, f"{i:064x}") for i in range(300)]
@@ -336,11 +350,11 @@ def test_a_large_base_is_written_in_its_own_file_and_flushed_once(
     os.pwrite(staged.fd, b"x", 5)
     staged.touch(5, 1)
     staging.sync(staged)
-    assert sorted(flushed) == ["7.base", "7.data"]
-    assert "extents" not in json.loads((tmp_path / "7.json").read_text())
+    assert sorted(flushed) == [f"{staged.stem}.base", f"{staged.stem}.data"]
+    assert "extents" not in json.loads((tmp_path / f"{staged.stem}.json").read_text())
     flushed.clear()
     staging.sync(staged)
-    assert flushed == ["7.data"]
+    assert flushed == [f"{staged.stem}.data"]
     staging.close()
     again = Staging(tmp_path)
     [found] = again.open()
@@ -643,7 +657,7 @@ async def test_a_restart_keeps_the_bytes_written_into_a_lacking_block(tmp_path: 
     fetch = Fetches()
     at = BLOCK_SIZE + 1000
     await _write_vfs(staged, at, b"HELLO", fetch)
-    assert (tmp_path / "7.part").stat().st_size > 0
+    assert (tmp_path / f"{staged.stem}.part").stat().st_size > 0
     # Closed as an unmount or a crash leaves it (the page cache holds the bytes).
     staging.close()
 
@@ -671,7 +685,7 @@ async def test_a_torn_part_record_and_one_for_a_settled_block_are_ignored(
     assert _settled_in_map(staged, 2)
     staging.close()
     # A crash in the middle of appending a record leaves part of it.
-    with open(tmp_path / "7.part", "ab") as part:
+    with open(tmp_path / f"{staged.stem}.part", "ab") as part:
         part.write(b"\x01\x02\x03\x04\x05")
 
     again = Staging(tmp_path)

@@ -1,29 +1,29 @@
 """The write-back staging area: local copies of files being written, and their journal.
 
-A file opened for writing gets a local copy (``<node>.data``) and a journal entry
-(``<node>.json``) naming the drive node, the version the copy started from and its
-attributes. Writes go to the copy; a commit uploads a snapshot of it. ``fsync`` makes
+A file opened for writing gets a local copy (``<node>-<n>.data``, ``n`` new for each
+copy, so that a copy never waits for the files of the one before it to go) and a
+journal entry (``<node>-<n>.json``) naming the drive node, the version the copy started
+from and its attributes. Writes go to the copy; a commit uploads a snapshot of it. ``fsync`` makes
 the copy and its entry durable before it returns, so after ``kill -9`` (or a power
 cut, for fsync'd data) the agent finds every entry on restart and commits it.
 
 The copy starts sparse: the extents of the version it started from are noted in its
-journal entry (in ``<node>.base`` past a few hundred; their blocks are worked out by
+journal entry (in ``<node>-<n>.base`` past a few hundred; their blocks are worked out by
 position, see ``base_layout``), and a block is copied in only when something reads
-it, writes part of it, or a commit needs it. ``<node>.map``, made at the first such
+it, writes part of it, or a commit needs it. ``<node>-<n>.map``, made at the first such
 block, has one byte per block, set once the copy no longer needs that block from the
 base (copied in, overwritten whole, or truncated away), so a restart knows which
 blocks the copy still lacks. Editing a megabyte of a
 remote file gigabytes long fetches the blocks around the edit, not the file.
 
 A write that covers part of a block the copy lacks does not wait for that block:
-its bytes go into the copy and its range is noted (``<node>.part``, appended after the
+its bytes go into the copy and its range is noted (``<node>-<n>.part``, appended after the
 bytes are in), and whatever later needs the block copies in only the base bytes no
 write replaced. A commit keeps those base bytes as slices of their chunk, so editing a
 remote file fetches nothing at all unless something reads around the edit.
 
 A copy no longer needed (committed and closed) loses its journal entry, and its files
-move into ``trash/`` to be removed in the background; whatever is there at the next
-start is removed then.
+are removed in the background; files without an entry are removed at the next start.
 
 Nothing here talks to the drive: the agent decides when to commit, and says how to
 fetch a block.
@@ -46,7 +46,7 @@ import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,10 +84,10 @@ _DIRECT_WRITERS = 4
 MAX_PARTIAL_RANGES = 16
 # Past any file offset (sorts after every (start, end) range that starts at an offset).
 _END = 1 << 63
-# One written range of a block the copy lacks, in ``<node>.part``: position, start, end.
+# One written range of a block the copy lacks, in ``.part``: position, start, end.
 _PART_RECORD = struct.Struct("<qqq")
 # A base of up to this many extents is written in the copy's journal entry; a larger
-# one in ``<node>.base`` once, so that flushing the entry stays small.
+# one in the copy's ``.base`` file once, so that flushing the entry stays small.
 _JOURNALED_EXTENTS = 256
 
 # Fetches one verified block of a chunk: (chunk id, block index) -> its bytes.
@@ -111,6 +111,8 @@ class StagedFile:
     mode: int
     mtime_ns: int
     fd: int
+    # The copy's files are ``<stem>.data``, ``<stem>.json`` and so on (see Staging).
+    stem: str = ""
     dirty: bool = False
     # Bumped by every change; a commit is complete if it did not move meanwhile.
     gen: int = 0
@@ -155,7 +157,7 @@ class StagedFile:
     direct_writes: set[asyncio.Future[bool]] = field(default_factory=set, init=False)
     # Bytes written since the copy's writeback was last started (see Staging.wrote).
     unsynced: int = field(default=0, init=False)
-    # Whether ``<node>.base`` is known to be on stable storage (see Staging.sync).
+    # Whether the copy's ``.base`` is known to be on stable storage (see Staging.sync).
     base_synced: bool = field(default=False, init=False)
     # Whether a journal entry of the copy may be on stable storage (an fsync flushed
     # it, or a restart found it).
@@ -253,7 +255,7 @@ class StagedFile:
         }
         if isinstance(self.base, BaseLayout) and len(self.base.extents) <= _JOURNALED_EXTENTS:
             # The base version's extents: a restart cannot read the copy without them
-            # (a larger base, or one from an earlier release, is in ``<node>.base``).
+            # (a larger base, or one from an earlier release, is in its ``.base`` file).
             entry["extents"] = self.base.rows()
         return entry
 
@@ -615,18 +617,13 @@ class Staging:
         self._journal_lock = threading.Lock()
         # Given to every copy made or found here (see StagedFile.touch).
         self.on_change: ChangeListener | None = None
-        # Dropped copies wait here to be removed (see drop).
-        self._trash = root / "trash"
-        self._trashed = itertools.count()
+        # Numbers the copies' files (see create); past those a restart finds.
+        self._copies = itertools.count(1)
         # Worker threads by job, made when first needed (see _pool): "io" starts a
         # copy's writeback (see wrote), "sync" flushes its files (see sync), "drop"
-        # puts a dropped copy's files aside and removes them (see drop).
+        # removes a dropped copy's files (see drop).
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pools_lock = threading.Lock()
-        # Dropped copies whose files are not aside yet, by node; the dropping thread
-        # forgets them, hence the lock.
-        self._dropping: dict[int, Future[None]] = {}
-        self._dropping_lock = threading.Lock()
 
     def open(self) -> list[StagedFile]:
         """Take the folder (one agent at a time) and return the entries a crash left."""
@@ -641,27 +638,33 @@ class Staging:
                 "give this mount its own --cache-dir"
             ) from None
         self._lock_fd = fd
-        for leftover in self.root.glob("*.snap"):
-            leftover.unlink(missing_ok=True)
-        # Copies dropped before a crash or an unmount that were not yet removed.
+        # Snapshots, and journal entries a crash cut short before they replaced theirs.
+        for pattern in ("*.snap", "*.tmp"):
+            for leftover in self.root.glob(pattern):
+                leftover.unlink(missing_ok=True)
+        # Where earlier releases put dropped copies on their way out.
         with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self._trash)
-        private.make_dir(self._trash)
+            shutil.rmtree(self.root / "trash")
         recovered = []
+        last = 0
         for entry_path in sorted(self.root.glob("*.json")):
-            data_path = entry_path.with_suffix(".data")
+            stem = entry_path.stem
+            # <node>-<n>; earlier releases named a copy by its node alone.
+            _, _, number = stem.partition("-")
+            if number.isdigit():
+                last = max(last, int(number))
             try:
                 record = json.loads(entry_path.read_text())
                 node_id = int(record["node_id"])
-                data_fd = os.open(data_path, os.O_RDWR)
+                data_fd = os.open(self._file(stem, ".data"), os.O_RDWR)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("staging entry %s is unreadable (%s); it is kept aside", entry_path, exc)
                 with contextlib.suppress(OSError):
                     entry_path.rename(entry_path.with_suffix(".broken"))
                 continue
             try:
-                base, missing, map_fd, base_file = self._open_base(node_id, record)
-                partial = self._open_partial(node_id, len(base), missing)
+                base, missing, map_fd, base_file = self._open_base(stem, record)
+                partial = self._open_partial(stem, len(base), missing)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.error("staging entry %s: bad base list (%s); kept aside", entry_path, exc)
                 os.close(data_fd)
@@ -675,6 +678,7 @@ class Staging:
                 mode=int(record.get("mode", 0o644)),
                 mtime_ns=int(record.get("mtime_ns", time.time_ns())),
                 fd=data_fd,
+                stem=stem,
                 # Whether it changed since its last commit is unknown: commit it, and let
                 # the commit notice when nothing changed.
                 dirty=True,
@@ -686,33 +690,35 @@ class Staging:
                 base=base,
                 missing=missing,
                 map_fd=map_fd,
-                map_path=self._map(node_id) if base else None,
+                map_path=self._file(stem, ".map") if base else None,
                 on_change=self.on_change,
                 rejournal=self.write_journal,
                 partial=partial,
-                part_path=self._part(node_id),
+                part_path=self._file(stem, ".part"),
             )
             # A base read from its own file is flushed with the copy's next fsync.
             staged.base_synced = not base_file
             self.files[node_id] = staged
             recovered.append(staged)
+        # Files of copies dropped before a crash or an unmount that were not removed yet.
         for pattern in ("*.data", "*.base", "*.map", "*.part"):
             for orphan in self.root.glob(pattern):
                 if not orphan.with_suffix(".json").exists():
                     orphan.unlink(missing_ok=True)
+        self._copies = itertools.count(last + 1)
         return recovered
 
     def _open_base(
-        self, node_id: int, record: dict[str, Any]
+        self, stem: str, record: dict[str, Any]
     ) -> tuple[Sequence[BaseBlock], MissingBlocks, int, bool]:
         """The base blocks of a staged copy, which of them it lacks, its map (-1 if it
-        has none yet) and whether the base came from ``<node>.base``."""
+        has none yet) and whether the base came from its ``.base`` file."""
         base: Sequence[BaseBlock]
         base_file = False
         if "extents" in record:
             base = BaseLayout.from_rows(record["extents"])
         else:
-            base_path = self._base(node_id)
+            base_path = self._file(stem, ".base")
             if not base_path.exists():
                 return BaseLayout(), MissingBlocks(0), -1, False
             base_file = True
@@ -727,7 +733,7 @@ class Staging:
                     for r in rows
                 ]
         try:
-            map_fd = os.open(self._map(node_id), os.O_RDWR)
+            map_fd = os.open(self._file(stem, ".map"), os.O_RDWR)
         except FileNotFoundError:
             # No block was copied in (the map is made at the first), or the copy has no
             # base at all.
@@ -736,12 +742,12 @@ class Staging:
         return base, MissingBlocks.from_map(settled), map_fd, base_file
 
     def _open_partial(
-        self, node_id: int, blocks: int, missing: MissingBlocks
+        self, stem: str, blocks: int, missing: MissingBlocks
     ) -> dict[int, list[tuple[int, int]]]:
         """The ranges written into blocks a staged copy still lacks."""
         partial: dict[int, list[tuple[int, int]]] = {}
         try:
-            raw = self._part(node_id).read_bytes()
+            raw = self._file(stem, ".part").read_bytes()
         except FileNotFoundError:
             return partial
         # A record cut short by the crash was never acknowledged: its write is not in.
@@ -762,29 +768,16 @@ class Staging:
             self._pools.clear()
         for pool in pools:
             pool.shutdown(wait=True)
-        self._dropping.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _data(self, node_id: int) -> Path:
-        return self.root / f"{node_id}.data"
+    def _file(self, stem: str, suffix: str) -> Path:
+        return self.root / f"{stem}{suffix}"
 
-    def data_path(self, node_id: int) -> Path:
+    def data_path(self, staged: StagedFile) -> Path:
         """Where a staged copy's bytes are (a commit of a closed copy reads them)."""
-        return self._data(node_id)
-
-    def _entry(self, node_id: int) -> Path:
-        return self.root / f"{node_id}.json"
-
-    def _base(self, node_id: int) -> Path:
-        return self.root / f"{node_id}.base"
-
-    def _map(self, node_id: int) -> Path:
-        return self.root / f"{node_id}.map"
-
-    def _part(self, node_id: int) -> Path:
-        return self.root / f"{node_id}.part"
+        return self._file(staged.stem, ".data")
 
     def get(self, node_id: int) -> StagedFile | None:
         return self.files.get(node_id)
@@ -802,9 +795,11 @@ class Staging:
         """A staged copy of ``size`` bytes that lacks every block of ``base`` (none for
         a new file or O_TRUNC); they are copied in as they are needed."""
         base = base or BaseLayout()
-        self._out_of_the_way(node_id)
-        fd = os.open(self._data(node_id), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        self._part(node_id).unlink(missing_ok=True)
+        # Files of its own: none of an earlier copy of the file (being removed on a
+        # thread, see drop) is in its way, and none can tell a restart of blocks or
+        # written ranges this copy never held.
+        stem = f"{node_id}-{next(self._copies)}"
+        fd = os.open(self._file(stem, ".data"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         # The base goes in the journal entry (a large one in its own file) and the map
         # is made at the first block copied in: an edit makes two files fewer.
         in_file = len(base.extents) > _JOURNALED_EXTENTS
@@ -815,13 +810,10 @@ class Staging:
                 # disk when dropped, after its commit made that pointless.
                 os.ftruncate(fd, size)
             if in_file:
-                private.write_file(self._base(node_id), json.dumps({"extents": base.rows()}))
-            else:
-                self._base(node_id).unlink(missing_ok=True)
-            # An earlier copy's map would tell a restart of blocks this one never held.
-            self._map(node_id).unlink(missing_ok=True)
+                private.write_file(self._file(stem, ".base"), json.dumps({"extents": base.rows()}))
         except BaseException:
             os.close(fd)
+            self._file(stem, ".data").unlink(missing_ok=True)
             raise
         staged = StagedFile(
             node_id,
@@ -830,12 +822,13 @@ class Staging:
             mode,
             mtime_ns,
             fd,
+            stem=stem,
             base=base,
             missing=MissingBlocks(len(base)),
-            map_path=self._map(node_id) if base else None,
+            map_path=self._file(stem, ".map") if base else None,
             on_change=self.on_change,
             rejournal=self.write_journal,
-            part_path=self._part(node_id),
+            part_path=self._file(stem, ".part"),
         )
         staged.base_synced = not in_file
         self.files[node_id] = staged
@@ -843,7 +836,7 @@ class Staging:
         return staged
 
     def write_journal(self, staged: StagedFile, durable: bool = False) -> None:
-        path = self._entry(staged.node_id)
+        path = self._file(staged.stem, ".json")
         tmp = path.with_suffix(".tmp")
         with self._journal_lock:
             # Read under the lock: whoever writes last writes the copy's latest state.
@@ -865,7 +858,7 @@ class Staging:
         (StagedFile.touch). True when a local flush had made the entry durable: its
         removal must be made durable too (:meth:`sync_root`, in a worker thread)."""
         with self._journal_lock:
-            self._entry(staged.node_id).unlink(missing_ok=True)
+            self._file(staged.stem, ".json").unlink(missing_ok=True)
             staged.journaled = False
         flushed, staged.flushed = staged.flushed, False
         return flushed
@@ -887,7 +880,9 @@ class Staging:
         # Written once when the copy was made; a restart cannot read the copy without it.
         base_written = bool(staged.base) and not staged.base_synced
         if base_written:
-            flushes.append(self._pool("sync", 4).submit(_flush_file, self._base(staged.node_id)))
+            flushes.append(
+                self._pool("sync", 4).submit(_flush_file, self._file(staged.stem, ".base"))
+            )
         try:
             self.write_journal(staged, durable=True)
         finally:
@@ -904,50 +899,13 @@ class Staging:
         # Without its entry a restart knows no copy: it goes at once (were it left to
         # the thread below, an agent killed meanwhile would commit the copy again on
         # restart, against a head that has moved on).
-        self._entry(staged.node_id).unlink(missing_ok=True)
-        # The files go on a thread: a rename waits for the file system's journal,
+        self._file(staged.stem, ".json").unlink(missing_ok=True)
+        # The files go on a thread: an unlink waits for the file system's journal,
         # which a flush elsewhere may hold for milliseconds, and freeing a copy's
-        # blocks takes longer still. A new copy of the same file waits until they are
-        # out of its way (see create).
-        aside: Future[None] = Future()
-        with self._dropping_lock:
-            self._dropping[staged.node_id] = aside
-        self._pool("drop").submit(self._discard, staged.node_id, aside)
-
-    def _discard(self, node_id: int, aside: Future[None]) -> None:
-        """Put a dropped copy's files aside into ``trash/`` (then ``aside`` is done) and
-        remove them."""
-        moved = []
-        try:
-            for path in (
-                self._data(node_id),
-                self._base(node_id),
-                self._map(node_id),
-                self._part(node_id),
-            ):
-                target = self._trash / f"{path.name}.{next(self._trashed)}"
-                try:
-                    path.rename(target)
-                    moved.append(target)
-                except FileNotFoundError:
-                    # No such file, or no trash folder (a staging area never opened).
-                    path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("staged copy of node %d not removed: %s", node_id, exc)
-        finally:
-            aside.set_result(None)
-            with self._dropping_lock:
-                # Unless a later copy of the same file was dropped meanwhile.
-                if self._dropping.get(node_id) is aside:
-                    del self._dropping[node_id]
-        _remove(moved)
-
-    def _out_of_the_way(self, node_id: int) -> None:
-        """Wait until the files of a dropped copy of ``node_id`` are aside."""
-        with self._dropping_lock:
-            pending = self._dropping.get(node_id)
-        if pending is not None:
-            pending.result()
+        # blocks takes longer still.
+        self._pool("drop").submit(
+            _remove, [self._file(staged.stem, suffix) for suffix in _COPY_FILES]
+        )
 
     def wrote(self, staged: StagedFile, length: int) -> None:
         """``length`` bytes were written into the copy: every WRITE_BEHIND bytes its
@@ -1000,7 +958,7 @@ class Staging:
     async def snapshot(self, staged: StagedFile, skip: Sequence[tuple[int, int]] = ()) -> Path:
         """A private copy of the staged bytes as they are now, for an upload to read;
         the ``skip`` ranges (offset, length), sorted, are left as holes."""
-        snap = self.root / f"{staged.node_id}.{staged.gen}.snap"
+        snap = self.root / f"{staged.stem}.{staged.gen}.snap"
         size = staged.size()
         ranges = _complement(skip, size)
         try:
@@ -1126,10 +1084,17 @@ def _pwrite_all(fd: int, placed: Sequence[tuple[int, memoryview]]) -> bool:
     return True
 
 
+# A copy's files besides its journal entry, removed when it is dropped.
+_COPY_FILES = (".data", ".base", ".map", ".part")
+
+
 def _remove(paths: list[Path]) -> None:
     for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            # Removed at the next start, as a file without an entry.
+            log.warning("staged file %s not removed: %s", path, exc)
 
 
 def _complement(skip: Sequence[tuple[int, int]], size: int) -> list[tuple[int, int]]:

@@ -364,7 +364,7 @@ class Writeback:
         if upload is not None:
             # Nothing will be read, so no snapshot of the copy to take; a write
             # meanwhile leaves the copy dirty (see _rebase).
-            data = self.staging.data_path(node_id)
+            data = self.staging.data_path(staged)
             return await self._commit_snapshot(
                 staged, node_id, gen, data, kept_extents, message, upload=upload
             )
@@ -437,7 +437,7 @@ class Writeback:
                 staged,
                 staged.node_id,
                 gen,
-                self.staging.data_path(staged.node_id),
+                self.staging.data_path(staged),
                 reuse,
                 message,
                 release,
