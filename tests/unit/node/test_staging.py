@@ -194,6 +194,72 @@ async def test_journal_recovers_a_dirty_copy_after_reopen(tmp_path: Path) -> Non
     again.close()
 
 
+def test_a_copy_has_an_entry_from_its_first_change_and_one_never_changed_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    staging = Staging(tmp_path)
+    staging.open()
+    untouched = staging.create(3, "/a", 1, 0o644, 0)
+    changed = staging.create(7, "/f", 1, 0o644, 0)
+    assert not list(tmp_path.glob("*.json"))
+    os.pwrite(changed.fd, b"x", 0)
+    changed.touch(0, 1)
+    # Written before the writer hears back, so a kill from now on finds the copy.
+    entry = json.loads((tmp_path / f"{changed.stem}.json").read_text())
+    assert (entry["node_id"], entry["dirty"]) == (7, True)
+    staging.close()
+
+    again = Staging(tmp_path)
+    assert [copy.node_id for copy in again.open()] == [7]
+    assert not (tmp_path / f"{untouched.stem}.data").exists()
+    again.close()
+
+
+def test_an_entry_a_power_cut_left_empty_is_dropped_with_its_copy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An entry made in place is empty until its bytes reach the disk: a power cut
+    before that (no fsync of the copy, which writes its entry anew) leaves it so, and
+    nothing of it was acknowledged as durable. A damaged entry is kept aside."""
+    staging = Staging(tmp_path)
+    staging.open()
+    for node_id in (3, 7):
+        staged = staging.create(node_id, "/f", 1, 0o644, 0)
+        staged.touch(0, 0)
+    staging.close()
+    (tmp_path / "3-1.json").write_bytes(b"")
+    (tmp_path / "7-2.json").write_bytes(b'{"node_id": 7, "pa')
+
+    again = Staging(tmp_path)
+    with caplog.at_level("INFO"):
+        assert again.open() == []
+    again.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "7-2.broken"]
+    assert "3-1.json is empty" in caplog.text and "7-2.json is unreadable" in caplog.text
+
+
+def test_an_fsync_replaces_an_entry_made_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The durable entry goes through a rename: a crash in the middle of writing it
+    leaves the entry before it, not an empty one."""
+    staging = Staging(tmp_path)
+    staging.open()
+    staged = staging.create(7, "/f", 1, 0o644, 0)
+    staged.touch(0, 0)
+    renamed: list[str] = []
+    real = os.replace
+
+    def record(src: str, dst: str) -> None:
+        renamed.append(Path(dst).name)
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", record)
+    staging.sync(staged)
+    assert renamed == [f"{staged.stem}.json"]
+    staging.close()
+
+
 async def test_a_fill_that_lands_after_the_copy_was_dropped_writes_nowhere(
     tmp_path: Path,
 ) -> None:

@@ -162,8 +162,8 @@ class StagedFile:
     # Whether a journal entry of the copy may be on stable storage (an fsync flushed
     # it, or a restart found it).
     flushed: bool = False
-    # Whether the copy has a journal entry; without one (see Staging.forget_entry),
-    # the next change writes it again through ``rejournal``.
+    # Whether the copy has a journal entry; without one (a copy nothing changed yet, or
+    # see Staging.forget_entry), the next change writes it through ``rejournal``.
     journaled: bool = field(default=True, init=False)
     rejournal: Callable[[StagedFile], None] | None = None
     # Positions of the base blocks the copy holds or had bytes written into, sorted:
@@ -654,7 +654,14 @@ class Staging:
             if number.isdigit():
                 last = max(last, int(number))
             try:
-                record = json.loads(entry_path.read_text())
+                text = entry_path.read_text()
+                if not text:
+                    # Made in place and never flushed (see write_journal): a power cut
+                    # took its contents, and with them nothing an fsync acknowledged.
+                    log.info("staging entry %s is empty; the copy is dropped", entry_path)
+                    entry_path.unlink()
+                    continue
+                record = json.loads(text)
                 node_id = int(record["node_id"])
                 data_fd = os.open(self._file(stem, ".data"), os.O_RDWR)
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -831,22 +838,27 @@ class Staging:
             part_path=self._file(stem, ".part"),
         )
         staged.base_synced = not in_file
+        # Its entry is written at its first change (StagedFile.touch), before the writer
+        # hears back: until then a restart has nothing of it to keep.
+        staged.journaled = False
         self.files[node_id] = staged
-        self.write_journal(staged)
         return staged
 
     def write_journal(self, staged: StagedFile, durable: bool = False) -> None:
         path = self._file(staged.stem, ".json")
-        tmp = path.with_suffix(".tmp")
         with self._journal_lock:
             # Read under the lock: whoever writes last writes the copy's latest state.
-            with open(tmp, "w", opener=private.opener) as f:
-                # dumps, not dump: the C encoder, where dump encodes in Python.
-                f.write(json.dumps(staged.journal()))
-                if durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
+            entry = json.dumps(staged.journal()).encode()
+            if staged.journaled or durable:
+                # An entry replaced whole: a crash leaves the old one or the new one.
+                tmp = path.with_suffix(".tmp")
+                _write_entry(tmp, entry, durable)
+                os.replace(tmp, path)
+            else:
+                # None to replace, so written in place: a power cut before it is flushed
+                # may leave it empty (a restart takes that for none), but an fsync of
+                # the copy always writes its entry anew, durably, as above.
+                _write_entry(path, entry, durable=False)
             staged.journaled = True
         if durable:
             fsync_dir(self.root)
@@ -896,10 +908,13 @@ class Staging:
         if self.files.get(staged.node_id) is staged:
             del self.files[staged.node_id]
         _close(staged)
-        # Without its entry a restart knows no copy: it goes at once (were it left to
-        # the thread below, an agent killed meanwhile would commit the copy again on
-        # restart, against a head that has moved on).
-        self._file(staged.stem, ".json").unlink(missing_ok=True)
+        if staged.journaled:
+            # Without its entry a restart knows no copy: it goes at once (were it left
+            # to the thread below, an agent killed meanwhile would commit the copy again
+            # on restart, against a head that has moved on).
+            with self._journal_lock:
+                self._file(staged.stem, ".json").unlink(missing_ok=True)
+                staged.journaled = False
         # The files go on a thread: an unlink waits for the file system's journal,
         # which a flush elsewhere may hold for milliseconds, and freeing a copy's
         # blocks takes longer still.
@@ -1082,6 +1097,18 @@ def _pwrite_all(fd: int, placed: Sequence[tuple[int, memoryview]]) -> bool:
         if written < len(view):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return True
+
+
+def _write_entry(path: Path, entry: bytes, durable: bool) -> None:
+    fd = private.opener(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        view = memoryview(entry)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # A copy's files besides its journal entry, removed when it is dropped.
