@@ -81,6 +81,10 @@ FILL_STEP = 4 * MiB
 STAT_RUNS = 5
 EDITS_PER_REP = 8  # 1 MiB edits timed per repetition (their median is the figure)
 EDIT_SPACING = 5 * MiB  # between their offsets
+# Between two interleaved edits (see edit_turns): what one tool's edit leaves running
+# (its cache's copy of the patch, MinIO's answer to the traffic count) is not timed
+# as the next tool's.
+EDIT_PAUSE = 0.05
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,43 @@ def edit_offsets(size: int) -> list[int]:
 EDIT_CALLS = ("open", "write", "fsync", "close", "durable")
 
 
+# Who edits in an interleaved turn (see Bench.edit_turns): a name, the tool (None for
+# the limit), and what times its k-th edit.
+Editor = tuple[str, "Tool | None", Callable[[int], float]]
+
+
+def timed_edit(
+    tool: Tool,
+    path: Path,
+    patch: bytes,
+    offset: int,
+    calls: dict[str, list[float]] | None = None,
+) -> float:
+    """Write ``patch`` at ``offset`` as an application would (open, write, fsync,
+    close) until durable: the seconds it took. ``calls``, if given, gets the seconds
+    each of its calls took (EDIT_CALLS; ``durable`` is the tool's own check that it
+    is)."""
+    before = tool.object_state(path)
+    marks = [time.perf_counter()]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        marks.append(time.perf_counter())
+        if os.pwrite(fd, patch, offset) != len(patch):
+            raise BenchError(f"{tool.name}: short write into {path}")
+        marks.append(time.perf_counter())
+        os.fsync(fd)
+        marks.append(time.perf_counter())
+    finally:
+        os.close(fd)
+    marks.append(time.perf_counter())
+    tool.durable(path, before, fsynced=True)
+    marks.append(time.perf_counter())
+    if calls is not None:
+        for name, took in zip(EDIT_CALLS, itertools.pairwise(marks), strict=True):
+            calls.setdefault(name, []).append(took[1] - took[0])
+    return marks[-1] - marks[0]
+
+
 def timed_edits(
     tool: Tool,
     path: Path,
@@ -271,31 +312,12 @@ def timed_edits(
     offsets: list[int],
     calls: dict[str, list[float]] | None = None,
 ) -> list[float]:
-    """Write each patch at its offset as an application would (open, write, fsync,
-    close) until durable: each edit's seconds. Then ask the tool whether anything
-    timed as durable is not. ``calls``, if given, gets the seconds each of an edit's
-    calls took (EDIT_CALLS; ``durable`` is the tool's own check that it is)."""
-    times = []
-    for patch, offset in zip(patches, offsets, strict=True):
-        before = tool.object_state(path)
-        marks = [time.perf_counter()]
-        fd = os.open(path, os.O_RDWR)
-        try:
-            marks.append(time.perf_counter())
-            if os.pwrite(fd, patch, offset) != len(patch):
-                raise BenchError(f"{tool.name}: short write into {path}")
-            marks.append(time.perf_counter())
-            os.fsync(fd)
-            marks.append(time.perf_counter())
-        finally:
-            os.close(fd)
-        marks.append(time.perf_counter())
-        tool.durable(path, before, fsynced=True)
-        marks.append(time.perf_counter())
-        times.append(marks[-1] - marks[0])
-        if calls is not None:
-            for name, took in zip(EDIT_CALLS, itertools.pairwise(marks), strict=True):
-                calls.setdefault(name, []).append(took[1] - took[0])
+    """Each patch written at its offset (see timed_edit), one after the other: each
+    edit's seconds. Then ask the tool whether anything timed as durable is not."""
+    times = [
+        timed_edit(tool, path, patch, offset, calls)
+        for patch, offset in zip(patches, offsets, strict=True)
+    ]
     tool.check()
     return times
 
@@ -703,6 +725,82 @@ class Bench:
             self.attempt(tool, tool.name, rep, keys, partial(fn, tool))
         self.attempt(None, "limit", rep, keys, limit)
 
+    def edit_turns(
+        self,
+        rep: int,
+        edit: Callable[[Tool, int], float],
+        edit_limit: Callable[[int], float],
+    ) -> None:
+        """The edit scenario: ``edit(tool, k)`` times a tool's k-th edit. A tool that
+        stores plain objects rewrites the object at each edit (seconds, and MinIO busy
+        for a while after): its edits run one after the other in a turn of its own, as
+        in the other scenarios. The edits of the others and the limit take
+        milliseconds, which the machine's noise moves from one second to the next by
+        as much as they differ: those run in one turn, interleaved edit by edit (the
+        order rotating from one edit to the next), so that each meets the same
+        moments of the machine."""
+        keys = ["edit_time", "edit_sent"]
+        print(f"  [{rep}] {', '.join(keys)}", flush=True)
+        order = self.order(self.data_tools, rep)
+        quick: list[Editor] = [
+            (tool.name, tool, partial(edit, tool)) for tool in order if not tool.plain_objects
+        ]
+        quick.append(("limit", None, edit_limit))
+        interleaved = False
+        for tool in order:
+            if tool.plain_objects:
+
+                def alone(tool: Tool = tool) -> dict[str, float]:
+                    received = self.s3_received()
+                    times = [edit(tool, k) for k in range(EDITS_PER_REP)]
+                    tool.check()
+                    sent = (self.s3_received() - received) / EDITS_PER_REP
+                    return {"edit_time": statistics.median(times) * 1000, "edit_sent": sent / MiB}
+
+                self.attempt(tool, tool.name, rep, keys, alone)
+            elif not interleaved:
+                # Where the first of them comes in this repetition's order.
+                self.interleave(rep, keys, quick)
+                interleaved = True
+        if not interleaved:
+            self.interleave(rep, keys, quick)
+
+    def interleave(self, rep: int, keys: list[str], edits: list[Editor]) -> None:
+        """One turn of interleaved edits (see edit_turns): every tool's k-th edit before
+        any tool's next, the order rotated by one at each; MiB received by MinIO counted
+        edit by edit. A tool whose edit fails is left out of the rest of the turn."""
+        self.settled += settle()
+        times: dict[str, list[float]] = {name: [] for name, _, _ in edits}
+        sent = dict.fromkeys(times, 0)
+        failed: set[str] = set()
+        for name, tool, _ in edits:
+            if tool is not None and tool.broken:
+                self.fail(name, rep, keys, tool.broken)
+                failed.add(name)
+        for k in range(EDITS_PER_REP):
+            for name, tool, fn in edits[k % len(edits) :] + edits[: k % len(edits)]:
+                if name in failed:
+                    continue
+                received = self.s3_received()
+                time.sleep(EDIT_PAUSE)
+                try:
+                    with time_limit(TIMEOUT):
+                        times[name].append(fn(k))
+                        if tool is not None and k == EDITS_PER_REP - 1:
+                            tool.check()
+                except (Exception, Timeout) as exc:
+                    self.fail(name, rep, keys, f"{type(exc).__name__}: {exc}"[:300])
+                    failed.add(name)
+                    if tool is not None:
+                        self.recover(tool)
+                    continue
+                sent[name] += self.s3_received() - received
+        for name in times:
+            if name not in failed:
+                median = statistics.median(times[name]) * 1000
+                per_edit = sent[name] / EDITS_PER_REP / MiB
+                self.record(name, rep, {"edit_time": median, "edit_sent": per_edit})
+
     def data_rep(self, rep: int, src: Path, parts: set[str]) -> None:
         # Every later data scenario reads the file the write scenario leaves.
         self.sequential_rep(rep, src, reads="read" in parts)
@@ -881,23 +979,15 @@ class Bench:
         patches = [os.urandom(MiB) for _ in range(EDITS_PER_REP)]
         offsets = edit_offsets(size)
 
-        def edit(tool: Tool) -> dict[str, float]:
-            received = self.s3_received()
-            times = timed_edits(tool, tool.mountpoint / "big.bin", patches, offsets)
-            sent = (self.s3_received() - received) / EDITS_PER_REP
-            return {"edit_time": statistics.median(times) * 1000, "edit_sent": sent / MiB}
+        def edit(tool: Tool, k: int) -> float:
+            return timed_edit(tool, tool.mountpoint / "big.bin", patches[k], offsets[k])
 
-        def edit_limit() -> dict[str, float]:
-            received = self.s3_received()
-            times = []
-            for patch in patches:
-                start = time.perf_counter()
-                self.target.s3.put_object(Bucket=self.limit_bucket, Key="patch.bin", Body=patch)
-                times.append(time.perf_counter() - start)
-            sent = (self.s3_received() - received) / EDITS_PER_REP
-            return {"edit_time": statistics.median(times) * 1000, "edit_sent": sent / MiB}
+        def edit_limit(k: int) -> float:
+            start = time.perf_counter()
+            self.target.s3.put_object(Bucket=self.limit_bucket, Key="patch.bin", Body=patches[k])
+            return time.perf_counter() - start
 
-        each(["edit_time", "edit_sent"], edit, edit_limit)
+        self.edit_turns(rep, edit, edit_limit)
 
         def hydrate(tool: Tool) -> dict[str, float]:
             tool.remount_cold()
@@ -968,17 +1058,21 @@ class Bench:
 
     def meta_rep(self, rep: int) -> None:
         s = self.sizes
-        keys = ["create", "stat", "ls_l", "delete"]
+        made: dict[str, list[Path]] = {}
 
-        def small(base: Path) -> dict[str, float]:
+        def create(name: str, base: Path) -> dict[str, float]:
             folder = base / f"many-{rep}"
             folder.mkdir()
             names = [folder / f"f{i:05d}" for i in range(s.files)]
             start = time.perf_counter()
-            for name in names:
-                os.close(os.open(name, os.O_CREAT | os.O_WRONLY, 0o644))
-            create = time.perf_counter() - start
-            stat = median_seconds(STAT_RUNS, lambda: stat_all(names), before=drop_page_cache)
+            for path in names:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+            took = time.perf_counter() - start
+            made[name] = names
+            return {"create": s.files / took}
+
+        def list_and_delete(names: list[Path]) -> dict[str, float]:
+            folder = names[0].parent
             # The command's own start is much of the time at these sizes: the median
             # of a few listings in a row, so that one slow start does not decide.
             outs: list[str] = []
@@ -990,22 +1084,31 @@ class Bench:
                 if listed != s.files:
                     raise BenchError(f"ls -l listed {listed} of {s.files} files")
             start = time.perf_counter()
-            for name in names:
-                name.unlink()
+            for path in names:
+                path.unlink()
             delete = time.perf_counter() - start
             with contextlib.suppress(OSError):
                 folder.rmdir()
-            return {
-                "create": s.files / create,
-                "stat": s.files / stat,
-                "ls_l": s.files / ls_l,
-                "delete": s.files / delete,
-            }
+            return {"ls_l": s.files / ls_l, "delete": s.files / delete}
 
         print(f"  [{rep}] small files", flush=True)
-        for tool in self.order(self.meta_tools, rep):
-            self.attempt(tool, tool.name, rep, keys, partial(small, tool.mountpoint))
-        self.attempt(None, "limit", rep, keys, lambda: small(self.local))
+        members: list[tuple[str, Tool | None, Path]] = [
+            (tool.name, tool, tool.mountpoint) for tool in self.order(self.meta_tools, rep)
+        ]
+        members.append(("limit", None, self.local))
+        for name, tool, base in members:
+            self.attempt(tool, name, rep, ["create"], partial(create, name, base))
+            if name not in made:
+                self.fail(name, rep, ["stat", "ls_l", "delete"], "no files to work on")
+        self.stat_turn(rep, [(name, tool) for name, tool, _ in members if name in made], made)
+        for name, tool, _ in members:
+            if name in made:
+                rest = partial(list_and_delete, made[name])
+                self.attempt(tool, name, rep, ["ls_l", "delete"], rest)
+        self.tree_rep(rep)
+
+    def tree_rep(self, rep: int) -> None:
+        s = self.sizes
 
         def ls_lr(tool: Tool | None) -> dict[str, float]:
             if tool is not None:
@@ -1026,6 +1129,35 @@ class Bench:
         for tool in self.order(self.meta_tools, rep):
             self.attempt(tool, tool.name, rep, ["ls_lr"], partial(ls_lr, tool))
         self.attempt(None, "limit", rep, ["ls_lr"], lambda: ls_lr(None))
+
+    def stat_turn(
+        self, rep: int, members: list[tuple[str, Tool | None]], made: dict[str, list[Path]]
+    ) -> None:
+        """Stat every file of each member's folder, page cache dropped before, STAT_RUNS
+        times: one turn, the members' runs interleaved (the order rotating by one from
+        each run to the next). A stat of 1,000 files takes about as long as a hiccup of
+        the machine lasts: in a turn of its own, a tool's figure depended on what the
+        machine did during those few hundred milliseconds."""
+        self.settled += settle()
+        times: dict[str, list[float]] = {name: [] for name, _ in members}
+        failed: set[str] = set()
+        for k in range(STAT_RUNS):
+            shift = k % len(members) if members else 0
+            for name, _ in members[shift:] + members[:shift]:
+                if name in failed:
+                    continue
+                drop_page_cache()
+                try:
+                    with time_limit(TIMEOUT):
+                        start = time.perf_counter()
+                        stat_all(made[name])
+                        times[name].append(time.perf_counter() - start)
+                except (Exception, Timeout) as exc:
+                    self.fail(name, rep, ["stat"], f"{type(exc).__name__}: {exc}"[:300])
+                    failed.add(name)
+        for name, took in times.items():
+            if name not in failed:
+                self.record(name, rep, {"stat": self.sizes.files / statistics.median(took)})
 
     def stop(self) -> None:
         # A second Ctrl-C must not cut the cleanup short and leave mounts behind.

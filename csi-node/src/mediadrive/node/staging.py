@@ -1,24 +1,25 @@
 """The write-back staging area: local copies of files being written, and their journal.
 
 A file opened for writing gets a local copy (``<node>-<n>.data``, ``n`` new for each
-copy, so that a copy never waits for the files of the one before it to go) and a
-journal entry (``<node>-<n>.json``) naming the drive node, the version the copy started
-from and its attributes. Writes go to the copy; a commit uploads a snapshot of it. ``fsync`` makes
-the copy and its entry durable before it returns, so after ``kill -9`` (or a power
-cut, for fsync'd data) the agent finds every entry on restart and commits it.
+copy, so that a copy never waits for the files of the one before it to go) and, at its
+first change, a journal entry (``<node>-<n>.json``) naming the drive node, the
+version the copy started from and its attributes. Writes go to the copy; a commit
+uploads a snapshot of it. ``fsync`` makes the copy and its entry durable before it
+returns, so after ``kill -9`` (or a power cut, for fsync'd data) the agent finds
+every entry on restart and commits it.
 
 The copy starts sparse: the extents of the version it started from are noted in its
-journal entry (in ``<node>-<n>.base`` past a few hundred; their blocks are worked out by
-position, see ``base_layout``), and a block is copied in only when something reads
-it, writes part of it, or a commit needs it. ``<node>-<n>.map``, made at the first such
-block, has one byte per block, set once the copy no longer needs that block from the
-base (copied in, overwritten whole, or truncated away), so a restart knows which
-blocks the copy still lacks. Editing a megabyte of a
-remote file gigabytes long fetches the blocks around the edit, not the file.
+journal entry (in ``<node>-<n>.base`` past a few hundred; their blocks are worked
+out by position, see ``base_layout``), and a block is copied in only when something
+reads it, writes part of it, or a commit needs it. ``<node>-<n>.map``, made at the
+first such block, has one byte per block, set once the copy no longer needs that
+block from the base (copied in, overwritten whole, or truncated away), so a restart
+knows which blocks the copy still lacks. Editing a megabyte of a remote file
+gigabytes long fetches the blocks around the edit, not the file.
 
 A write that covers part of a block the copy lacks does not wait for that block:
-its bytes go into the copy and its range is noted (``<node>-<n>.part``, appended after the
-bytes are in), and whatever later needs the block copies in only the base bytes no
+its bytes go into the copy and its range is noted (``<node>-<n>.part``, appended after
+the bytes are in), and whatever later needs the block copies in only the base bytes no
 write replaced. A commit keeps those base bytes as slices of their chunk, so editing a
 remote file fetches nothing at all unless something reads around the edit.
 
