@@ -63,9 +63,17 @@ def touch(path: Path) -> Path:
     return path
 
 
-def write_file(path: Path, data: str | bytes) -> None:
-    """Write ``path`` whole, 0600 (callers that need atomicity write a temporary
-    name and rename it)."""
-    raw = data.encode() if isinstance(data, str) else data
-    with open(path, "wb", opener=opener) as f:
-        f.write(raw)
+def write_file(path: Path, data: str | bytes, durable: bool = False) -> None:
+    """Write ``path`` whole, 0600, and (``durable``) flush it to stable storage;
+    callers that need atomicity write a temporary name and rename it."""
+    # Straight to the descriptor: no file object, which costs more than the write of
+    # a small file (a staged copy's journal entry is written at every first change).
+    fd = opener(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        view = memoryview(data.encode() if isinstance(data, str) else data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -709,8 +709,8 @@ class Staging:
             self.files[node_id] = staged
             recovered.append(staged)
         # Files of copies dropped before a crash or an unmount that were not removed yet.
-        for pattern in ("*.data", "*.base", "*.map", "*.part"):
-            for orphan in self.root.glob(pattern):
+        for suffix in _COPY_FILES:
+            for orphan in self.root.glob(f"*{suffix}"):
                 if not orphan.with_suffix(".json").exists():
                     orphan.unlink(missing_ok=True)
         self._copies = itertools.count(last + 1)
@@ -853,13 +853,13 @@ class Staging:
             if staged.journaled or durable:
                 # An entry replaced whole: a crash leaves the old one or the new one.
                 tmp = path.with_suffix(".tmp")
-                _write_entry(tmp, entry, durable)
+                private.write_file(tmp, entry, durable)
                 os.replace(tmp, path)
             else:
                 # None to replace, so written in place: a power cut before it is flushed
                 # may leave it empty (a restart takes that for none), but an fsync of
                 # the copy always writes its entry anew, durably, as above.
-                _write_entry(path, entry, durable=False)
+                private.write_file(path, entry)
             staged.journaled = True
         if durable:
             fsync_dir(self.root)
@@ -1100,19 +1100,8 @@ def _pwrite_all(fd: int, placed: Sequence[tuple[int, memoryview]]) -> bool:
     return True
 
 
-def _write_entry(path: Path, entry: bytes, durable: bool) -> None:
-    fd = private.opener(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        view = memoryview(entry)
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-# A copy's files besides its journal entry, removed when it is dropped.
+# A copy's files besides its journal entry: removed when it is dropped, or at the next
+# start when it has no entry.
 _COPY_FILES = (".data", ".base", ".map", ".part")
 
 
