@@ -268,9 +268,9 @@ def edit_offsets(size: int) -> list[int]:
 EDIT_CALLS = ("open", "write", "fsync", "close", "durable")
 
 
-# Who edits in an interleaved turn (see Bench.edit_turns): a name, the tool (None for
-# the limit), and what times its k-th edit.
-Editor = tuple[str, "Tool | None", Callable[[int], float]]
+# Who takes part in an interleaved turn (see Bench.interleaved): a name, the tool (None
+# for the limit), and what times its k-th run, in seconds.
+Member = tuple[str, "Tool | None", Callable[[int], float]]
 
 
 def timed_edit(
@@ -742,10 +742,28 @@ class Bench:
         keys = ["edit_time", "edit_sent"]
         print(f"  [{rep}] {', '.join(keys)}", flush=True)
         order = self.order(self.data_tools, rep)
-        quick: list[Editor] = [
-            (tool.name, tool, partial(edit, tool)) for tool in order if not tool.plain_objects
+        # MiB received by MinIO, counted edit by edit.
+        sent: dict[str, int] = {}
+
+        def counted(name: str, tool: Tool | None, k: int) -> float:
+            received = self.s3_received()
+            time.sleep(EDIT_PAUSE)
+            took = edit(tool, k) if tool is not None else edit_limit(k)
+            if tool is not None and k == EDITS_PER_REP - 1:
+                tool.check()
+            sent[name] = sent.get(name, 0) + self.s3_received() - received
+            return took
+
+        def figures(name: str, times: list[float]) -> dict[str, float]:
+            per_edit = sent[name] / EDITS_PER_REP / MiB
+            return {"edit_time": statistics.median(times) * 1000, "edit_sent": per_edit}
+
+        quick: list[Member] = [
+            (tool.name, tool, partial(counted, tool.name, tool))
+            for tool in order
+            if not tool.plain_objects
         ]
-        quick.append(("limit", None, edit_limit))
+        quick.append(("limit", None, partial(counted, "limit", None)))
         interleaved = False
         for tool in order:
             if tool.plain_objects:
@@ -760,46 +778,49 @@ class Bench:
                 self.attempt(tool, tool.name, rep, keys, alone)
             elif not interleaved:
                 # Where the first of them comes in this repetition's order.
-                self.interleave(rep, keys, quick)
+                self.interleaved(rep, keys, quick, EDITS_PER_REP, figures)
                 interleaved = True
         if not interleaved:
-            self.interleave(rep, keys, quick)
+            self.interleaved(rep, keys, quick, EDITS_PER_REP, figures)
 
-    def interleave(self, rep: int, keys: list[str], edits: list[Editor]) -> None:
-        """One turn of interleaved edits (see edit_turns): every tool's k-th edit before
-        any tool's next, the order rotated by one at each; MiB received by MinIO counted
-        edit by edit. A tool whose edit fails is left out of the rest of the turn."""
+    def interleaved(
+        self,
+        rep: int,
+        keys: list[str],
+        members: list[Member],
+        rounds: int,
+        figures: Callable[[str, list[float]], dict[str, float]],
+    ) -> None:
+        """One turn of ``rounds`` runs of each member, interleaved: every member's k-th
+        run before any member's next, the order rotated by one at each. A figure that
+        takes milliseconds moves with what the machine does from one second to the
+        next by as much as the tools differ: in turns of their own, each tool's runs
+        would meet different moments of it. ``figures`` makes a member's figures of
+        its runs' seconds. A member whose run fails is left out of the rest of the
+        turn, and its tool mounted afresh."""
         self.settled += settle()
-        times: dict[str, list[float]] = {name: [] for name, _, _ in edits}
-        sent = dict.fromkeys(times, 0)
+        times: dict[str, list[float]] = {name: [] for name, _, _ in members}
         failed: set[str] = set()
-        for name, tool, _ in edits:
+        for name, tool, _ in members:
             if tool is not None and tool.broken:
                 self.fail(name, rep, keys, tool.broken)
                 failed.add(name)
-        for k in range(EDITS_PER_REP):
-            for name, tool, fn in edits[k % len(edits) :] + edits[: k % len(edits)]:
+        for k in range(rounds):
+            shift = k % len(members)
+            for name, tool, run_k in members[shift:] + members[:shift]:
                 if name in failed:
                     continue
-                received = self.s3_received()
-                time.sleep(EDIT_PAUSE)
                 try:
                     with time_limit(TIMEOUT):
-                        times[name].append(fn(k))
-                        if tool is not None and k == EDITS_PER_REP - 1:
-                            tool.check()
+                        times[name].append(run_k(k))
                 except (Exception, Timeout) as exc:
                     self.fail(name, rep, keys, f"{type(exc).__name__}: {exc}"[:300])
                     failed.add(name)
                     if tool is not None:
                         self.recover(tool)
-                    continue
-                sent[name] += self.s3_received() - received
-        for name in times:
+        for name, took in times.items():
             if name not in failed:
-                median = statistics.median(times[name]) * 1000
-                per_edit = sent[name] / EDITS_PER_REP / MiB
-                self.record(name, rep, {"edit_time": median, "edit_sent": per_edit})
+                self.record(name, rep, figures(name, took))
 
     def data_rep(self, rep: int, src: Path, parts: set[str]) -> None:
         # Every later data scenario reads the file the write scenario leaves.
@@ -1100,7 +1121,22 @@ class Bench:
             self.attempt(tool, name, rep, ["create"], partial(create, name, base))
             if name not in made:
                 self.fail(name, rep, ["stat", "ls_l", "delete"], "no files to work on")
-        self.stat_turn(rep, [(name, tool) for name, tool, _ in members if name in made], made)
+
+        def stat(names: list[Path], k: int) -> float:
+            drop_page_cache()
+            start = time.perf_counter()
+            stat_all(names)
+            return time.perf_counter() - start
+
+        # A stat of 1,000 files takes about as long as a hiccup of the machine lasts:
+        # every tool's runs interleaved, after every tool's creates.
+        self.interleaved(
+            rep,
+            ["stat"],
+            [(name, tool, partial(stat, made[name])) for name, tool, _ in members if name in made],
+            STAT_RUNS,
+            lambda _, took: {"stat": s.files / statistics.median(took)},
+        )
         for name, tool, _ in members:
             if name in made:
                 rest = partial(list_and_delete, made[name])
@@ -1129,35 +1165,6 @@ class Bench:
         for tool in self.order(self.meta_tools, rep):
             self.attempt(tool, tool.name, rep, ["ls_lr"], partial(ls_lr, tool))
         self.attempt(None, "limit", rep, ["ls_lr"], lambda: ls_lr(None))
-
-    def stat_turn(
-        self, rep: int, members: list[tuple[str, Tool | None]], made: dict[str, list[Path]]
-    ) -> None:
-        """Stat every file of each member's folder, page cache dropped before, STAT_RUNS
-        times: one turn, the members' runs interleaved (the order rotating by one from
-        each run to the next). A stat of 1,000 files takes about as long as a hiccup of
-        the machine lasts: in a turn of its own, a tool's figure depended on what the
-        machine did during those few hundred milliseconds."""
-        self.settled += settle()
-        times: dict[str, list[float]] = {name: [] for name, _ in members}
-        failed: set[str] = set()
-        for k in range(STAT_RUNS):
-            shift = k % len(members) if members else 0
-            for name, _ in members[shift:] + members[:shift]:
-                if name in failed:
-                    continue
-                drop_page_cache()
-                try:
-                    with time_limit(TIMEOUT):
-                        start = time.perf_counter()
-                        stat_all(made[name])
-                        times[name].append(time.perf_counter() - start)
-                except (Exception, Timeout) as exc:
-                    self.fail(name, rep, ["stat"], f"{type(exc).__name__}: {exc}"[:300])
-                    failed.add(name)
-        for name, took in times.items():
-            if name not in failed:
-                self.record(name, rep, {"stat": self.sizes.files / statistics.median(took)})
 
     def stop(self) -> None:
         # A second Ctrl-C must not cut the cleanup short and leave mounts behind.
