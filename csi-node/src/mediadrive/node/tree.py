@@ -44,6 +44,10 @@ class Tree:
         if node_id != self.root_id:
             self._paths.pop(node_id, None)
 
+    def known_path(self, node_id: int) -> str | None:
+        """The drive path of a node if it is remembered (no walk up)."""
+        return self._paths.get(node_id)
+
     async def path_of(self, node_id: int) -> str:
         """The drive path of a live node, walking up through the metadata if needed."""
         known = self._paths.get(node_id)
