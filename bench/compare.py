@@ -79,6 +79,10 @@ WARM_READS = 21
 # fill_side_by_side).
 FILL_STEP = 4 * MiB
 STAT_RUNS = 5
+# A drop of the page cache sets every mount's agent forgetting its inodes and the
+# machine handing the freed memory back to its host for some milliseconds: the stat
+# of 1,000 files, which takes about as long, starts once that is over.
+DROP_SETTLE = 0.2
 EDITS_PER_REP = 8  # 1 MiB edits timed per repetition (their median is the figure)
 EDIT_SPACING = 5 * MiB  # between their offsets
 # Between two interleaved edits (see edit_turns): what one tool's edit leaves running
@@ -1124,6 +1128,7 @@ class Bench:
 
         def stat(names: list[Path], k: int) -> float:
             drop_page_cache()
+            time.sleep(DROP_SETTLE)
             start = time.perf_counter()
             stat_all(names)
             return time.perf_counter() - start
