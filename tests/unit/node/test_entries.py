@@ -207,3 +207,31 @@ def test_a_folder_stays_complete_while_the_follower_vouches_for_it(now: list[flo
     # The follower stopped reading: a timeout after it last did, the folder is unknown.
     now[0] = 118.5
     assert not cache.absent(2, "x") and cache.listing(2) is None
+
+
+def test_a_node_stays_past_its_timeout_while_the_follower_vouches_for_it(
+    now: list[float],
+) -> None:
+    cache = Entries(ttl=10.0)
+    cache.put(node(5, name="a"))
+    now[0] = 108.0
+    cache.followed()
+    now[0] = 117.0
+    assert cache.child(1, "a") == cache.node(5) == node(5, name="a")
+    # A change made elsewhere, as the follower meets it, drops it all the same.
+    cache.clear()
+    assert cache.node(5) is None
+    cache.put(node(5, name="a"))  # read again at 117 s: its own timeout ends at 127 s
+    now[0] = 127.5
+    assert cache.child(1, "a") is None and len(cache) == 0
+
+
+def test_a_node_expires_a_timeout_after_the_follower_last_read(now: list[float]) -> None:
+    cache = Entries(ttl=10.0)
+    cache.put(node(5, name="a"))
+    now[0] = 105.0
+    cache.followed()  # vouches until 115 s
+    now[0] = 114.0
+    assert cache.node(5) is not None
+    now[0] = 115.5
+    assert cache.node(5) is None and cache.child(1, "a") is None
