@@ -70,7 +70,7 @@ MB = 10**6
 PART = 8 * MiB  # boto3's part size for the limits (its default)
 BOTO_THREADS = 10  # boto3's default max_concurrency
 TIMEOUT = 900  # seconds for one scenario of one tool
-LS_RUNS = 5  # `ls -l` listings in a row per repetition (their median is the figure)
+LS_RUNS = 5  # `ls -l` listings per repetition (their median is the figure)
 # A warm read of the QUICK file takes about 30 ms, and a stat of its 1,000 files about
 # as long: several in a row per repetition, their median the figure, so that one
 # scheduling hiccup does not decide.
@@ -232,20 +232,6 @@ def write_random(path: Path, size: int, prefix: bytes = b"") -> None:
             n = min(left, 64 * MiB)
             f.write(os.urandom(n))
             left -= n
-
-
-def median_seconds(
-    runs: int, action: Callable[[], object], before: Callable[[], object] | None = None
-) -> float:
-    """The median of ``runs`` timings of ``action``, each after an untimed ``before``."""
-    times = []
-    for _ in range(runs):
-        if before is not None:
-            before()
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def stat_all(names: list[Path]) -> None:
@@ -1096,25 +1082,14 @@ class Bench:
             made[name] = names
             return {"create": s.files / took}
 
-        def list_and_delete(names: list[Path]) -> dict[str, float]:
-            folder = names[0].parent
-            # The command's own start is much of the time at these sizes: the median
-            # of a few listings in a row, so that one slow start does not decide.
-            outs: list[str] = []
-            ls_l = median_seconds(
-                LS_RUNS, lambda: outs.append(run(["ls", "-l", str(folder)], timeout=TIMEOUT))
-            )
-            for out in outs:
-                listed = out.count("\n") - 1
-                if listed != s.files:
-                    raise BenchError(f"ls -l listed {listed} of {s.files} files")
+        def delete(names: list[Path]) -> dict[str, float]:
             start = time.perf_counter()
             for path in names:
                 path.unlink()
-            delete = time.perf_counter() - start
+            took = time.perf_counter() - start
             with contextlib.suppress(OSError):
-                folder.rmdir()
-            return {"ls_l": s.files / ls_l, "delete": s.files / delete}
+                names[0].parent.rmdir()
+            return {"delete": s.files / took}
 
         print(f"  [{rep}] small files", flush=True)
         members: list[tuple[str, Tool | None, Path]] = [
@@ -1142,10 +1117,28 @@ class Bench:
             STAT_RUNS,
             lambda _, took: {"stat": s.files / statistics.median(took)},
         )
+
+        def ls_l(names: list[Path], k: int) -> float:
+            start = time.perf_counter()
+            out = run(["ls", "-l", str(names[0].parent)], timeout=TIMEOUT)
+            took = time.perf_counter() - start
+            listed = out.count("\n") - 1
+            if listed != s.files:
+                raise BenchError(f"ls -l listed {listed} of {s.files} files")
+            return took
+
+        # The command's own start is much of an `ls -l`'s time at these sizes, and as
+        # short-lived as the stat: interleaved the same way.
+        self.interleaved(
+            rep,
+            ["ls_l"],
+            [(name, tool, partial(ls_l, made[name])) for name, tool, _ in members if name in made],
+            LS_RUNS,
+            lambda _, took: {"ls_l": s.files / statistics.median(took)},
+        )
         for name, tool, _ in members:
             if name in made:
-                rest = partial(list_and_delete, made[name])
-                self.attempt(tool, name, rep, ["ls_l", "delete"], rest)
+                self.attempt(tool, name, rep, ["delete"], partial(delete, made[name]))
         self.tree_rep(rep)
 
     def tree_rep(self, rep: int) -> None:
