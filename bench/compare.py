@@ -499,6 +499,10 @@ class Bench:
         self.work = work
         self.target = target
         self.runs: list[dict[str, Any]] = []
+        # Every run of an interleaved turn in seconds, in the order taken (a
+        # repetition's figure is their median): where one repetition's figure stands
+        # out, which of its runs made it.
+        self.samples: list[dict[str, Any]] = []
         self.started = time.perf_counter()
         # Seconds spent waiting for a quiet machine before turns (see settle).
         self.settled = 0.0
@@ -809,6 +813,7 @@ class Bench:
                     if tool is not None:
                         self.recover(tool)
         for name, took in times.items():
+            self.samples.append({"metrics": keys, "tool": name, "rep": rep, "seconds": took})
             if name not in failed:
                 self.record(name, rep, figures(name, took))
 
@@ -1343,6 +1348,7 @@ def main() -> int:
                 "cache": {t.name: t.cache_note for t in bench.all_tools},
                 "metrics": {k: asdict(m) for k, m in bench.metrics.items()},
                 "runs": bench.runs,
+                "samples": bench.samples,
                 "timing": {
                     "setup_s": setup_s,
                     "total_s": time.perf_counter() - started,
