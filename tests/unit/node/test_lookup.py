@@ -81,10 +81,12 @@ async def test_a_failure_on_the_short_way_is_answered_as_an_error(
     await fs.write_file("a.exr", b"a")
     drive_fs = DriveFS(fs.vfs)
 
-    def broken(parent_inode: int, name: str) -> None:
+    def broken(parent_id: int, name: str) -> None:
         raise RuntimeError("entries cache broken")
 
-    monkeypatch.setattr(fs.vfs, "known_entry", broken)
+    # Both ways ask the entries: the short way's failure must not escape, and the long
+    # way's is answered as an error.
+    monkeypatch.setattr(fs.vfs.entries, "child", broken)
     # pyfuse3's worker only survives a FUSEError: anything else would end the mount.
     with pytest.raises(pyfuse3.FUSEError) as raised:
         await drive_fs.lookup(ROOT_INODE, b"a.exr")

@@ -350,20 +350,18 @@ class VFS:
         without a wait (a ``stat`` of every file in a folder is a lookup each). None
         when the lookup has to go the long way."""
         parent_id = self.tree.node_id(parent_inode)
-        node = self.entries.child(parent_id, name)
-        if node is None:
-            return None
+        # The path first: a lookup that goes the long way asks the entries once.
         parent_path = self.tree.known_path(parent_id)
         if parent_path is None:
+            return None
+        node = self.entries.child(parent_id, name)
+        if node is None:
             return None
         # A name held as a child passed check_name when it was made or read.
         self.tree.remember(node.id, f"{parent_path.rstrip('/')}/{name}")
         return self._entry(node)
 
     async def lookup(self, parent_inode: int, name: str) -> Attributes:
-        known = self.known_entry(parent_inode, name)
-        if known is not None:
-            return known
         parent_id = self.tree.node_id(parent_inode)
         if name == ".":
             return self.attrs(await self._node(parent_inode))
