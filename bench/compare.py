@@ -766,8 +766,8 @@ class Bench:
                     received = self.s3_received()
                     times = [edit(tool, k) for k in range(EDITS_PER_REP)]
                     tool.check()
-                    sent = (self.s3_received() - received) / EDITS_PER_REP
-                    return {"edit_time": statistics.median(times) * 1000, "edit_sent": sent / MiB}
+                    sent[tool.name] = self.s3_received() - received
+                    return figures(tool.name, times)
 
                 self.attempt(tool, tool.name, rep, keys, alone)
             elif not interleaved:
@@ -1113,15 +1113,10 @@ class Bench:
             stat_all(names)
             return time.perf_counter() - start
 
+        files = {name: (tool, made[name]) for name, tool, _ in members if name in made}
         # A stat of 1,000 files takes about as long as a hiccup of the machine lasts:
         # every tool's runs interleaved, after every tool's creates.
-        self.interleaved(
-            rep,
-            ["stat"],
-            [(name, tool, partial(stat, made[name])) for name, tool, _ in members if name in made],
-            STAT_RUNS,
-            lambda _, took: {"stat": s.files / statistics.median(took)},
-        )
+        self.files_per_second(rep, "stat", files, stat, STAT_RUNS)
 
         def ls_l(names: list[Path], k: int) -> float:
             start = time.perf_counter()
@@ -1134,17 +1129,28 @@ class Bench:
 
         # The command's own start is much of an `ls -l`'s time at these sizes, and as
         # short-lived as the stat: interleaved the same way.
+        self.files_per_second(rep, "ls_l", files, ls_l, LS_RUNS)
+        for name, (tool, names) in files.items():
+            self.attempt(tool, name, rep, ["delete"], partial(delete, names))
+        self.tree_rep(rep)
+
+    def files_per_second(
+        self,
+        rep: int,
+        key: str,
+        files: dict[str, tuple[Tool | None, list[Path]]],
+        run_k: Callable[[list[Path], int], float],
+        rounds: int,
+    ) -> None:
+        """Every member's ``run_k`` on its files, interleaved; the figure: files a
+        second."""
         self.interleaved(
             rep,
-            ["ls_l"],
-            [(name, tool, partial(ls_l, made[name])) for name, tool, _ in members if name in made],
-            LS_RUNS,
-            lambda _, took: {"ls_l": s.files / statistics.median(took)},
+            [key],
+            [(name, tool, partial(run_k, names)) for name, (tool, names) in files.items()],
+            rounds,
+            lambda _, took: {key: self.sizes.files / statistics.median(took)},
         )
-        for name, tool, _ in members:
-            if name in made:
-                self.attempt(tool, name, rep, ["delete"], partial(delete, made[name]))
-        self.tree_rep(rep)
 
     def tree_rep(self, rep: int) -> None:
         s = self.sizes
