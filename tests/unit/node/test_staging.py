@@ -813,6 +813,98 @@ async def test_writes_covering_a_lacking_block_in_parts_settle_it_without_a_fetc
     staging.close()
 
 
+def _at_hand(chunk: str, index: int) -> bool:
+    return True
+
+
+async def test_a_write_into_a_block_at_hand_copies_in_only_the_base_bytes_around_it(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    # 1,000 base bytes before the write: too few to keep as a slice, so copied in.
+    at, data = BLOCK_SIZE + 1000, b"HELLO"
+    whole = await staged.prepare_write(at, len(data), fetch, local=_at_hand)
+    assert fetch.asked == [("a", 1)]
+    # The base went in around the range the write is about to fill, not over it,
+    # and the block waits for that write before it counts as held.
+    assert os.pread(staged.fd, len(data), at) == bytes(len(data))
+    assert os.pread(staged.fd, 1000, BLOCK_SIZE) == base_content()[BLOCK_SIZE:at]
+    assert 1 in staged.missing
+    os.pwrite(staged.fd, data, at)
+    assert staged.whole_in_parts(at, len(data)) == [1]
+    staged.settle(whole + staged.whole_in_parts(at, len(data)))
+    staged.touch(at, len(data))
+    assert 1 not in staged.missing and 1 not in staged.partial
+    assert _settled_in_map(staged, 1)
+    assert _block_1(staged) == _expected([(at, data)])[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    # Held now, with only the write changed: every other byte is kept as before.
+    assert [r[:2] for r in _runs(staged)] == [
+        (0, at),
+        (at + len(data), 3 * BLOCK_SIZE + 100 - at - len(data)),
+        (3 * BLOCK_SIZE + 100, BLOCK_SIZE + 7),
+    ]
+    staging.close()
+
+
+async def test_a_write_across_two_blocks_at_hand_copies_both_in_around_it(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    # 1,000 base bytes left at either end: blocks 1 and 2, each copied in around it.
+    at, data = BLOCK_SIZE + 1000, b"w" * (2 * BLOCK_SIZE - 2000)
+    await _write_vfs(staged, at, data, fetch, local=_at_hand)
+    assert sorted(fetch.asked) == [("a", 1), ("a", 2)]
+    assert set(staged.missing) == {0, 3, 4, 5} and not staged.partial
+    expected = _expected([(at, data)])
+    assert os.pread(staged.fd, 2 * BLOCK_SIZE, BLOCK_SIZE) == expected[BLOCK_SIZE : 3 * BLOCK_SIZE]
+    staging.close()
+
+
+async def test_a_write_into_a_block_at_hand_leaving_only_long_base_runs_fetches_nothing(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    # The base bytes on either side of the write are kept as slices whether the copy
+    # holds them or not: the block is not copied in, for the write or the commit.
+    at, data = BLOCK_SIZE + MIN_SLICE, b"x" * 10
+    await _write_vfs(staged, at, data, fetch, local=_at_hand)
+    assert fetch.asked == []
+    assert staged.partial == {1: [(at, at + len(data))]}
+    await staged.fill_local(fetch, _at_hand)
+    assert fetch.asked == []
+    assert 1 in staged.missing
+    assert [r[:2] for r in _runs(staged)] == [
+        (0, at),
+        (at + len(data), 3 * BLOCK_SIZE + 100 - at - len(data)),
+        (3 * BLOCK_SIZE + 100, BLOCK_SIZE + 7),
+    ]
+    await staged.materialize_range(BLOCK_SIZE, BLOCK_SIZE, fetch)
+    await staged.settled()
+    assert _block_1(staged) == _expected([(at, data)])[BLOCK_SIZE : 2 * BLOCK_SIZE]
+    staging.close()
+
+
+async def test_a_commit_copies_in_a_block_written_in_part_only_for_a_short_run(
+    tmp_path: Path,
+) -> None:
+    staging, staged = base_copy(tmp_path)
+    fetch = Fetches()
+    # Written while neither block was at hand: noted, not fetched.
+    short, long_ = (BLOCK_SIZE + 1000, b"s" * 10), (2 * BLOCK_SIZE + MIN_SLICE, b"l" * 10)
+    await _write_vfs(staged, *short, fetch)
+    await _write_vfs(staged, *long_, fetch)
+    assert fetch.asked == []
+    # Both came into the cache since: only the one a sliver would be left of is copied
+    # in before the commit.
+    await staged.fill_local(fetch, _at_hand)
+    assert fetch.asked == [("a", 1)]
+    assert 1 not in staged.missing and 2 in staged.missing
+    staging.close()
+
+
 async def test_a_block_written_in_part_holds_needs_and_keeps_only_its_base_bytes(
     tmp_path: Path,
 ) -> None:

@@ -528,30 +528,62 @@ class StagedFile:
         self, offset: int, size: int, fetch: FetchBlock, local: HasBlock | None = None
     ) -> list[int]:
         """Ready the copy for a write: base blocks it covers in part are copied in
-        (given ``local``, the ones it says are not at hand are noted as written in part
-        instead, while they take few ranges); the ones it covers whole are returned, to
-        be settled once the write is done."""
+        around it; given ``local``, the ones it says are not at hand, and the ones
+        whose base bytes left would all be kept as slices anyway, are noted as written
+        in part instead, while they take few ranges. The ones it covers whole (or
+        will, with the bytes copied around it) are returned, to be settled once the
+        write is done."""
         end = offset + size
         whole: list[int] = []
         part: list[int] = []
+        around: list[int] = []
         for i in self.lacking(offset, size):
             block = self.base[i]
+            start, stop = max(offset, block.offset), min(end, block.end)
             if offset <= block.offset and block.end <= end:
                 whole.append(i)
-            elif (
-                local is not None
-                and not local(block.chunk_id, block.index)
-                and self._take_partial(i, max(offset, block.offset), min(end, block.end))
-            ):
-                continue
-            else:
+            elif local is None:
                 part.append(i)
-        if part or whole:
+            elif self._keeps_sliver(i, start, stop) and local(block.chunk_id, block.index):
+                around.append(i)
+            elif not self._take_partial(i, start, stop):
+                part.append(i)
+        if len(around) == 1 and not part and not whole:
+            # The usual edit: awaited here, as a task it would start a turn later.
+            block = self.base[around[0]]
+            data = await fetch(block.chunk_id, block.index)
+            self._copy_around(around[0], max(offset, block.offset), min(end, block.end), data)
+        elif part or whole or around:
             # The (at most two) blocks covered in part are fetched side by side.
-            await asyncio.gather(
-                *(self._fill(i, fetch) for i in part), *(self._landed(i) for i in whole)
+            fetched, _ = await asyncio.gather(
+                asyncio.gather(*(fetch(self.base[i].chunk_id, self.base[i].index) for i in around)),
+                asyncio.gather(
+                    *(self._fill(i, fetch) for i in part), *(self._landed(i) for i in whole)
+                ),
             )
+            for i, data in zip(around, fetched, strict=True):
+                block = self.base[i]
+                self._copy_around(i, max(offset, block.offset), min(end, block.end), data)
         return whole
+
+    def _copy_around(self, i: int, start: int, end: int, data: bytes) -> None:
+        """Copy base block ``i`` (``data``) into the copy around ``start..end``, which
+        a write is about to fill: that range is noted as written first, so neither
+        this nor a fill under way copies the base over it, and the block is settled
+        once the write is in (see whole_in_parts). A block that takes too many ranges
+        for that is copied in whole and settled now, as a fill does. Nothing is
+        awaited from the note to the write."""
+        if i not in self.missing or self.fd < 0:
+            return  # copied in meanwhile, or the copy closed
+        noted = self._take_partial(i, start, end)
+        block = self.base[i]
+        view = memoryview(data)[block.skip : block.skip + block.length]
+        for lo, hi in self._from_base(i):
+            os.pwrite(self.fd, view[lo - block.offset : hi - block.offset], lo)
+        if noted:
+            self.partial[i] = [(block.offset, block.end)]
+        else:
+            self.settle([i])
 
     def _take_partial(self, i: int, start: int, end: int) -> bool:
         """Note ``start..end`` as written into lacking block ``i``; False (nothing
@@ -567,13 +599,29 @@ class StagedFile:
         return True
 
     async def fill_local(self, fetch: FetchBlock, local: HasBlock) -> None:
-        """Copy in the blocks written in part whose base ``local`` says is at hand
-        (it came into the cache since): a commit then sends their short unchanged
-        runs with the write rather than keeping them as slivers."""
+        """Copy in the blocks written in part that keep a sliver of base bytes and
+        whose base ``local`` says is at hand (it came into the cache since): a commit
+        then sends their short unchanged runs with the write rather than keeping them
+        as slivers."""
         await self.materialize(
-            [i for i in sorted(self.partial) if local(self.base[i].chunk_id, self.base[i].index)],
+            [
+                i
+                for i in sorted(self.partial)
+                if self._keeps_sliver(i) and local(self.base[i].chunk_id, self.base[i].index)
+            ],
             fetch,
         )
+
+    def _keeps_sliver(self, i: int, start: int | None = None, end: int | None = None) -> bool:
+        """Whether lacking block ``i``, with the range ``start..end`` written into it
+        besides what was, would still have a run of base bytes shorter than
+        ``MIN_SLICE``: the only reason to copy a block in for a write (a longer run
+        is kept as a slice of the base whether the copy holds its bytes or not)."""
+        written = list(self.partial.get(i, []))
+        if start is not None and end is not None:
+            _add_range(written, start, end)
+        block = self.base[i]
+        return any(hi - lo < MIN_SLICE for lo, hi in _subtract(written, block.offset, block.end))
 
     def whole_in_parts(self, offset: int, size: int) -> list[int]:
         """Positions of the lacking blocks in the range whose every byte writes have
