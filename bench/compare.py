@@ -83,7 +83,11 @@ STAT_RUNS = 5
 # machine handing the freed memory back to its host for some milliseconds: the stat
 # of 1,000 files, which takes about as long, starts once that is over.
 DROP_SETTLE = 0.2
-EDITS_PER_REP = 8  # 1 MiB edits timed per repetition (their median is the figure)
+# 1 MiB edits timed per repetition (their median is the figure): the tools that edit in
+# one interleaved turn (see edit_turns), and those that rewrite the object at each edit,
+# which takes seconds.
+EDITS_PER_REP = 16
+PLAIN_EDITS = 8
 EDIT_SPACING = 5 * MiB  # between their offsets
 # Between two interleaved edits (see edit_turns): what one tool's edit leaves running
 # (its cache's copy of the patch, MinIO's answer to the traffic count) is not timed
@@ -414,6 +418,28 @@ def balanced_orders(n: int) -> list[tuple[int, ...]]:
     return best[1]
 
 
+def round_orders(n: int) -> list[tuple[int, ...]]:
+    """Orders of ``n`` members for the rounds of an interleaved turn: each member right
+    after each other one equally often over them (once over ``n`` orders where ``n``
+    is even, twice over ``2n`` where it is odd), and in each place as often. A
+    rotation puts every member right after the same one each round, and what one run
+    leaves the machine doing is met by the next (a Williams design: the first order
+    0, 1, n-1, 2, n-2, ..., each next one adding 1 to every member, then, for odd
+    ``n``, each of them reversed)."""
+    first = [0]
+    low, high = 1, n - 1
+    while len(first) < n:
+        first.append(low)
+        low += 1
+        if len(first) < n:
+            first.append(high)
+            high -= 1
+    orders = [tuple((member + k) % n for member in first) for k in range(n)]
+    if n % 2:
+        orders += [order[::-1] for order in orders]
+    return orders
+
+
 def fill_side_by_side(paths: Sequence[Path], failed: dict[Path, str]) -> None:
     """Read every file of ``paths`` into the page cache, ``FILL_STEP`` bytes of each in
     turn; a file that cannot be read goes into ``failed`` with the error.
@@ -730,8 +756,8 @@ class Bench:
         for a while after): its edits run one after the other in a turn of its own, as
         in the other scenarios. The edits of the others and the limit take
         milliseconds, which the machine's noise moves from one second to the next by
-        as much as they differ: those run in one turn, interleaved edit by edit (the
-        order rotating from one edit to the next), so that each meets the same
+        as much as they differ: those run in one turn, interleaved edit by edit (in
+        another order from one edit to the next), so that each meets the same
         moments of the machine."""
         keys = ["edit_time", "edit_sent"]
         print(f"  [{rep}] {', '.join(keys)}", flush=True)
@@ -749,7 +775,7 @@ class Bench:
             return took
 
         def figures(name: str, times: list[float]) -> dict[str, float]:
-            per_edit = sent[name] / EDITS_PER_REP / MiB
+            per_edit = sent[name] / len(times) / MiB
             return {"edit_time": statistics.median(times) * 1000, "edit_sent": per_edit}
 
         quick: list[Member] = [
@@ -764,7 +790,7 @@ class Bench:
 
                 def alone(tool: Tool = tool) -> dict[str, float]:
                     received = self.s3_received()
-                    times = [edit(tool, k) for k in range(EDITS_PER_REP)]
+                    times = [edit(tool, k) for k in range(PLAIN_EDITS)]
                     tool.check()
                     sent[tool.name] = self.s3_received() - received
                     return figures(tool.name, times)
@@ -786,7 +812,8 @@ class Bench:
         figures: Callable[[str, list[float]], dict[str, float]],
     ) -> None:
         """One turn of ``rounds`` runs of each member, interleaved: every member's k-th
-        run before any member's next, the order rotated by one at each. A figure that
+        run before any member's next, in an order of ``round_orders`` each round (from
+        the repetition's place on, so each starts elsewhere). A figure that
         takes milliseconds moves with what the machine does from one second to the
         next by as much as the tools differ: in turns of their own, each tool's runs
         would meet different moments of it. ``figures`` makes a member's figures of
@@ -799,9 +826,10 @@ class Bench:
             if tool is not None and tool.broken:
                 self.fail(name, rep, keys, tool.broken)
                 failed.add(name)
+        orders = round_orders(len(members))
         for k in range(rounds):
-            shift = k % len(members)
-            for name, tool, run_k in members[shift:] + members[:shift]:
+            for place in orders[(rep + k) % len(orders)]:
+                name, tool, run_k = members[place]
                 if name in failed:
                     continue
                 try:
