@@ -63,7 +63,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 import boto3
 import crc32c
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
-from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -73,6 +72,7 @@ from urllib3.exceptions import HTTPError
 from .. import buffers
 from ..errors import ConfigError, NotFound, StoreUnavailable
 from . import PART_ALIGN, BlobStore, ChunkStream, put_sent, register
+from .sigv4 import UNSIGNED_PAYLOAD, Signer, host_of, payload_hash
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -162,15 +162,12 @@ def check_s3_url(url: str) -> None:
     S3Location.parse(url)
 
 
-class _ChecksummedAuth(S3SigV4Auth):
-    """SigV4 leaving the body out of the signature (``UNSIGNED-PAYLOAD``), for a PUT
-    whose body carries its own CRC32C in ``x-amz-checksum-crc32c``, which S3 and MinIO
-    check before they store it (a mismatch is refused). A signed body costs a SHA-256
-    of it here and another in the server: about 0.6 ms a MiB each, on the path of
-    every fsync'd edit; a CRC32C takes 0.04 ms a MiB (in hardware)."""
+@dataclass(frozen=True)
+class _Signed:
+    """A request of the direct path, signed: its URL and every header it carries."""
 
-    def _should_sha256_sign_payload(self, request: AWSRequest) -> bool:
-        return False
+    url: str
+    headers: dict[str, str]
 
 
 def body_checksum(body: bytes | memoryview) -> str:
@@ -197,6 +194,11 @@ class _Direct:
         # The client's own HTTP session: the same connections, proxies, timeouts and
         # certificate checks as every other request of the store.
         self._http = client._endpoint.http_session  # type: ignore[attr-defined]
+        self._signer = Signer(region)
+        # Bodies go unsigned where the client's configuration says so (as the client's
+        # own requests then do); otherwise botocore's S3 signer signs them.
+        s3_config = getattr(self._config, "s3", None) or {}
+        self._sign_bodies = s3_config.get("payload_signing_enabled") is not False
         self.off = False
         # Puts from the event loop: not through a proxy or with a client certificate,
         # which only the client's session knows how to use.
@@ -232,9 +234,12 @@ class _Direct:
         query: str = "",
         checksum: bool = False,
     ) -> Any:
-        request = self._signed(method, key, headers, body, query=query, checksum=checksum)
-        if request is None:
+        signed = self._signed(method, key, headers, body, query=query, checksum=checksum)
+        if signed is None:
             return None
+        # Streamed: a body read whole in one call (AWSResponse.content reads it in 64 KiB
+        # pieces and joins them).
+        request = AWSRequest(method, signed.url, signed.headers, body, stream_output=True)
         try:
             prepared = request.prepare()
             if sent is not None and body:
@@ -255,30 +260,30 @@ class _Direct:
         on_loop: bool = False,
         query: str = "",
         checksum: bool = False,
-    ) -> AWSRequest | None:
+    ) -> _Signed | None:
         """A request signed with the session's credentials; None when there are none,
         the direct path is off, or (``on_loop``) they must be refreshed first, which may
         ask a server: not on the event loop. ``checksum``: the body goes with its CRC32C
-        for the server to check, unsigned (see _ChecksummedAuth)."""
+        in ``x-amz-checksum-crc32c``, which S3 and MinIO check before they store it (a
+        mismatch is refused), and unsigned: a signed body costs a SHA-256 of it here
+        and another in the server, about 0.6 ms a MiB each on the path of every
+        fsync'd edit, where a CRC32C takes 0.04 ms a MiB (in hardware)."""
         credentials = self._session.get_credentials()
         if credentials is None or self.off:
             return None
         if on_loop and getattr(credentials, "refresh_needed", lambda: False)():
             return None
-        # Streamed: a body read whole in one call (AWSResponse.content reads it in
-        # 64 KiB pieces and joins them).
         url = self._base + quote(key, safe="/~") + (f"?{query}" if query else "")
-        auth = S3SigV4Auth
         if checksum and body is not None:
             headers = {**headers, "x-amz-checksum-crc32c": body_checksum(body)}
-            auth = _ChecksummedAuth
-        request = AWSRequest(method, url, headers, body, stream_output=True)
-        request.context["client_config"] = self._config
+            payload = UNSIGNED_PAYLOAD
+        else:
+            payload = payload_hash(body) if self._sign_bodies else UNSIGNED_PAYLOAD
         try:
-            auth(credentials.get_frozen_credentials(), "s3", self._region).add_auth(request)
+            frozen = credentials.get_frozen_credentials()
         except BotoCoreError:
             return None
-        return request
+        return _Signed(url, self._signer.sign(frozen, method, url, headers, payload))
 
     def _judge(self, method: str, status: int | None) -> None:
         """Turn the direct path off for an answer that the next request would get too."""
@@ -300,7 +305,7 @@ class _Direct:
         if not self.on_loop:
             return None
         # Every header sent is signed, Host included.
-        headers = {"Host": _host(self._base), "Content-Length": str(len(body))}
+        headers = {"Host": host_of(self._base), "Content-Length": str(len(body))}
         request = self._signed("PUT", key, headers, body, on_loop=True, checksum=True)
         if request is None:
             return None
@@ -309,7 +314,7 @@ class _Direct:
         return status == 200
 
     async def _exchange_on_loop(
-        self, request: AWSRequest, body: bytes | memoryview, sent: Callable[[], None] | None
+        self, request: _Signed, body: bytes | memoryview, sent: Callable[[], None] | None
     ) -> int | None:
         """Send one signed PUT over a kept connection of the loop's own: the status
         answered, None if no answer came."""
@@ -421,14 +426,6 @@ class _Direct:
         return view
 
 
-def _host(url: str) -> str:
-    """The Host header of a request to ``url`` (its port only if not the default)."""
-    parts = urlsplit(url)
-    if parts.port is not None and parts.port == {"http": 80, "https": 443}.get(parts.scheme):
-        return parts.netloc.rsplit(":", 1)[0]
-    return parts.netloc
-
-
 class _LoopConnections:
     """Signed PUTs over kept HTTP/1.1 connections of the event loop's own.
 
@@ -469,9 +466,9 @@ class _LoopConnections:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def put(
-        self, request: AWSRequest, body: bytes | memoryview, sent: Callable[[], None] | None
+        self, request: _Signed, body: bytes | memoryview, sent: Callable[[], None] | None
     ) -> int | None:
-        url = urlsplit(str(request.url))
+        url = urlsplit(request.url)
         target = url.path + (f"?{url.query}" if url.query else "")
         head = "".join(
             [f"PUT {target} HTTP/1.1\r\n"]
