@@ -6,9 +6,10 @@ normalised; query pairs sorted; every header but botocore's excluded few, Host
 added from the URL when absent, values trimmed; the payload's SHA-256 or
 ``UNSIGNED-PAYLOAD``), the same string to sign and the same HMAC chain. What it
 leaves out is botocore's general request handling (``AWSRequest`` and its
-``email.message``-based header map, each header read three times over), which made
-signing about a third of the CPU an fsync spends before its PUT leaves; the
-signing key, which changes once a day, is kept.
+``email.message``-based header map, each header read three times over): 45 us of
+CPU a PUT where this takes 10, and after a pause, with the caches cold, about a
+quarter of the time an fsync took before its PUT left. The signing key, which
+changes once a day, is kept.
 """
 
 from __future__ import annotations
