@@ -305,13 +305,16 @@ def timed_edits(
     patches: list[bytes],
     offsets: list[int],
     calls: dict[str, list[float]] | None = None,
+    pause: float = 0.0,
 ) -> list[float]:
-    """Each patch written at its offset (see timed_edit), one after the other: each
-    edit's seconds. Then ask the tool whether anything timed as durable is not."""
-    times = [
-        timed_edit(tool, path, patch, offset, calls)
-        for patch, offset in zip(patches, offsets, strict=True)
-    ]
+    """Each patch written at its offset (see timed_edit), one after the other,
+    ``pause`` seconds apart: each edit's seconds. Then ask the tool whether anything
+    timed as durable is not."""
+    times = []
+    for patch, offset in zip(patches, offsets, strict=True):
+        if pause:
+            time.sleep(pause)
+        times.append(timed_edit(tool, path, patch, offset, calls))
     tool.check()
     return times
 

@@ -2,12 +2,14 @@
 (commit on close) drive, a ``--commit-on fsync`` drive and JuiceFS, each in a bucket
 of its own on one MinIO. Each round remounts every tool with its cache emptied and the
 page cache dropped, as ``compare.py`` does before its edits, then times the same
-eight edits in each (open, write 1 MiB at the benchmark's offsets, fsync, close, until
-durable), the tools in every order over the rounds. Printed: each tool's median edit,
-its ratio to JuiceFS's, the CPU an edit took in the tool's process and in MinIO, and
-what each of an edit's calls took (open, write, fsync, close, the tool's own check).
+sixteen edits in each (open, write 1 MiB at the benchmark's offsets, fsync, close, until
+durable; back to back, or ``--pause`` seconds apart as the benchmark's are), the tools
+in every order over the rounds. Printed: each tool's median edit, its ratio to
+JuiceFS's, the CPU an edit took in the tool's process and in MinIO, and what each of
+an edit's calls took (open, write, fsync, close, the tool's own check).
 
-    sudo .venv/bin/python bench/edit_ab.py [--rounds 6] [--size-mib 1024] [--no-juicefs]
+    sudo .venv/bin/python bench/edit_ab.py [--rounds 6] [--size-mib 1024] [--pause 0.05]
+        [--no-juicefs]
 
 Needs root (FUSE mounts, dropping the page cache) and, for JuiceFS, the binary from
 ``scripts/bench/peers.sh juicefs``. ``TMPDIR=/dev/shm`` puts MinIO's data on tmpfs.
@@ -28,6 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.compare import (  # noqa: E402
     EDIT_CALLS,
+    EDIT_PAUSE,
     EDITS_PER_REP,
     copy_durable,
     edit_offsets,
@@ -63,23 +66,31 @@ def server_pid(endpoint: str) -> int:
 
 
 def edits(
-    tool: Tool, size: int, server_pid: int, calls: dict[str, list[float]]
+    tool: Tool, size: int, server_pid: int, calls: dict[str, list[float]], pause: float = 0.0
 ) -> tuple[list[float], float, float]:
-    """The benchmark's edits of ``big.bin``: each one's seconds, and the CPU seconds an
-    edit took in the tool's process and in MinIO; what each call took goes to
-    ``calls``."""
+    """The benchmark's edits of ``big.bin``, ``pause`` seconds apart: each one's
+    seconds, and the CPU seconds an edit took in the tool's process and in MinIO; what
+    each call took goes to ``calls``."""
     offsets = edit_offsets(size)
     patches = [os.urandom(MiB) for _ in offsets]
     pid = tool.pid()
     cpu, server_cpu = cpu_seconds(pid), cpu_seconds(server_pid)
-    times = timed_edits(tool, tool.mountpoint / "big.bin", patches, offsets, calls)
+    times = timed_edits(tool, tool.mountpoint / "big.bin", patches, offsets, calls, pause)
     n = len(offsets)
     return times, (cpu_seconds(pid) - cpu) / n, (cpu_seconds(server_pid) - server_cpu) / n
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=6, help="rounds of eight edits per tool")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help=f"rounds of {EDITS_PER_REP} edits per tool"
+    )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help=f"seconds between two edits (the benchmark's: {EDIT_PAUSE})",
+    )
     parser.add_argument("--size-mib", type=int, default=1024, help="the edited file's size")
     parser.add_argument("--no-juicefs", action="store_true", help="the mediadrive drives only")
     args = parser.parse_args()
@@ -131,7 +142,7 @@ def main() -> int:
             for tool in orders[rnd % len(orders)]:
                 tool.remount_cold()
                 settle()
-                took, own, server = edits(tool, size, minio, calls[tool.name])
+                took, own, server = edits(tool, size, minio, calls[tool.name], args.pause)
                 times[tool.name] += took
                 cpu[tool.name].append(own)
                 server_cpu[tool.name].append(server)

@@ -1,7 +1,7 @@
 """Whether a mediadrive mount's heap fault-in slows other work on the machine.
 
 A mount faults its heap in a second after it goes quiet (``node/heap.py``). This
-times JuiceFS's eight edits of a 256 MiB file (the benchmark's, see ``compare.py``)
+times JuiceFS's edits of a 256 MiB file (the benchmark's sixteen, see ``compare.py``)
 started just as a mediadrive mount remounted before them begins that fault-in, and
 the same edits 3 s later, when it is over, alternating over the rounds. Printed: the
 median edit of each round and the median over the rounds, for both.
