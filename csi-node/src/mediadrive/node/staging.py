@@ -511,10 +511,8 @@ class StagedFile:
             # A copy closed meanwhile (committed and dropped, or the mount closing)
             # takes no more bytes: its descriptor may already name another file.
             if i in self.missing and self.fd >= 0:
-                view = memoryview(data)[block.skip : block.skip + block.length]
                 # Around what was written into the copy while it lacked the block.
-                for lo, hi in self._from_base(i):
-                    os.pwrite(self.fd, view[lo - block.offset : hi - block.offset], lo)
+                self._write_from_base(i, data)
                 self.settle([i])
         finally:
             self._fills.pop(i, None)
@@ -536,7 +534,8 @@ class StagedFile:
         end = offset + size
         whole: list[int] = []
         part: list[int] = []
-        around: list[int] = []
+        # Blocks copied in around the write: position, and the part of the write in it.
+        around: list[tuple[int, int, int]] = []
         for i in self.lacking(offset, size):
             block = self.base[i]
             start, stop = max(offset, block.offset), min(end, block.end)
@@ -545,25 +544,27 @@ class StagedFile:
             elif local is None:
                 part.append(i)
             elif self._keeps_sliver(i, start, stop) and local(block.chunk_id, block.index):
-                around.append(i)
+                around.append((i, start, stop))
             elif not self._take_partial(i, start, stop):
                 part.append(i)
         if len(around) == 1 and not part and not whole:
             # The usual edit: awaited here, as a task it would start a turn later.
-            block = self.base[around[0]]
-            data = await fetch(block.chunk_id, block.index)
-            self._copy_around(around[0], max(offset, block.offset), min(end, block.end), data)
+            i, start, stop = around[0]
+            self._copy_around(
+                i, start, stop, await fetch(self.base[i].chunk_id, self.base[i].index)
+            )
         elif part or whole or around:
             # The (at most two) blocks covered in part are fetched side by side.
             fetched, _ = await asyncio.gather(
-                asyncio.gather(*(fetch(self.base[i].chunk_id, self.base[i].index) for i in around)),
+                asyncio.gather(
+                    *(fetch(self.base[i].chunk_id, self.base[i].index) for i, _, _ in around)
+                ),
                 asyncio.gather(
                     *(self._fill(i, fetch) for i in part), *(self._landed(i) for i in whole)
                 ),
             )
-            for i, data in zip(around, fetched, strict=True):
-                block = self.base[i]
-                self._copy_around(i, max(offset, block.offset), min(end, block.end), data)
+            for (i, start, stop), data in zip(around, fetched, strict=True):
+                self._copy_around(i, start, stop, data)
         return whole
 
     def _copy_around(self, i: int, start: int, end: int, data: bytes) -> None:
@@ -571,19 +572,26 @@ class StagedFile:
         a write is about to fill: that range is noted as written first, so neither
         this nor a fill under way copies the base over it, and the block is settled
         once the write is in (see whole_in_parts). A block that takes too many ranges
-        for that is copied in whole and settled now, as a fill does. Nothing is
-        awaited from the note to the write."""
+        for that is copied in whole and settled now, as a fill does. The note comes
+        once the block is fetched, just before the write, as it does for a block
+        written in part without being copied in."""
         if i not in self.missing or self.fd < 0:
             return  # copied in meanwhile, or the copy closed
         noted = self._take_partial(i, start, end)
+        self._write_from_base(i, data)
+        if noted:
+            block = self.base[i]
+            self.partial[i] = [(block.offset, block.end)]
+        else:
+            self.settle([i])
+
+    def _write_from_base(self, i: int, data: bytes) -> None:
+        """Write base block ``i`` (``data``, the chunk's block) into the copy where no
+        write went (see _from_base)."""
         block = self.base[i]
         view = memoryview(data)[block.skip : block.skip + block.length]
         for lo, hi in self._from_base(i):
             os.pwrite(self.fd, view[lo - block.offset : hi - block.offset], lo)
-        if noted:
-            self.partial[i] = [(block.offset, block.end)]
-        else:
-            self.settle([i])
 
     def _take_partial(self, i: int, start: int, end: int) -> bool:
         """Note ``start..end`` as written into lacking block ``i``; False (nothing
